@@ -1,0 +1,111 @@
+//! Status of a `TracingPolicy`: what the controller observed and decided. Written only by the
+//! controller, through server-side apply.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TracingPolicyStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Overall rollout phase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<PolicyPhase>,
+    /// `Ready`, `Progressing`, `Degraded`, with reasons.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// Name of the rollout phase currently being rolled out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_phase: Option<String>,
+    /// Hash of the settings that change pod manifests; pods injected with another hash are outdated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest_hash: Option<String>,
+    /// Per-namespace rollout state and counts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub namespaces: Vec<NamespaceStatus>,
+    /// Totals over all governed namespaces.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coverage: Option<Coverage>,
+    /// Sampling actually in effect.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sampling: Option<SamplingStatus>,
+}
+
+/// Overall phase of a policy.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum PolicyPhase {
+    Pending,
+    Progressing,
+    Paused,
+    Degraded,
+    Complete,
+}
+
+/// Rollout state of one governed namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NamespaceStatus {
+    pub name: String,
+    /// Rollout phase the namespace belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout_phase: Option<String>,
+    /// `Pending` (not reached yet), `Active` (agent config written; new pods are injected),
+    /// `Leaving` (being restarted without injection).
+    pub state: NamespaceState,
+    #[serde(default)]
+    pub counts: Coverage,
+}
+
+/// Rollout state of a namespace. The webhook injects only into `Active` namespaces.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum NamespaceState {
+    #[default]
+    Pending,
+    Active,
+    Leaving,
+}
+
+/// Pod counts.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Coverage {
+    /// Governed namespaces (totals only).
+    #[serde(default)]
+    pub namespaces: u32,
+    /// Pods the policy selects.
+    #[serde(default)]
+    pub selected: u32,
+    /// Selected pods carrying the agent.
+    #[serde(default)]
+    pub injected: u32,
+    /// Injected pods whose manifest hash differs from the policy's.
+    #[serde(default)]
+    pub outdated: u32,
+    /// Selected pods in active namespaces that are not injected.
+    #[serde(default)]
+    pub missed: u32,
+    /// Injected pods whose agent reports spans.
+    #[serde(default)]
+    pub reporting: u32,
+}
+
+/// Sampling in effect.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SamplingStatus {
+    /// Ratio the agents apply (lower than `spec.sampling.ratio` when a budget applies).
+    pub effective_ratio: f64,
+    /// Observed exported spans per second.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spans_per_second: Option<f64>,
+}
+
+impl TracingPolicyStatus {
+    /// Rollout state of `namespace`, if the controller has recorded one.
+    pub fn namespace_state(&self, namespace: &str) -> Option<NamespaceState> {
+        self.namespaces.iter().find(|n| n.name == namespace).map(|n| n.state)
+    }
+}

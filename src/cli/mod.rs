@@ -1,0 +1,4 @@
+//! Offline commands: `crd` and `inject`.
+
+pub mod crd;
+pub mod inject;

@@ -1,0 +1,41 @@
+//! `tracelight <subcommand>`: the command line, and nothing else.
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "tracelight",
+    version,
+    about = "Distributed tracing for Kubernetes workloads, without touching their code"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the TracingPolicy CustomResourceDefinition as YAML.
+    Crd,
+    /// Print manifests with their pod templates injected exactly as the webhook would.
+    Inject(tracelight::cli::inject::InjectArgs),
+    /// Run the operator: admission webhook, certificate management and controllers.
+    Controller(Box<tracelight::controller::ControllerArgs>),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Crd => tracelight::cli::crd::run(&mut std::io::stdout()),
+        Command::Inject(args) => tracelight::cli::inject::run(&args),
+        Command::Controller(args) => tracelight::controller::run(*args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
