@@ -34,8 +34,9 @@ done
 command -v go >/dev/null 2>&1 ||
   die "the Go toolchain ('go') is not on PATH; install Go >= 1.26 (the modules in $CLUSTER_SRC need it)"
 go_version=$(go env GOVERSION)
-[[ $go_version =~ ^go1\.([0-9]+) ]] && ((BASH_REMATCH[1] >= 26)) ||
+if ! [[ $go_version =~ ^go1\.([0-9]+) ]] || ((BASH_REMATCH[1] < 26)); then
   die "Go >= 1.26 is required, found $go_version ($(command -v go))"
+fi
 # Never let the go command fetch another toolchain behind our back.
 export GOTOOLCHAIN=local
 

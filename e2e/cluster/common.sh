@@ -1,7 +1,7 @@
 # Shared settings for the e2e cluster scripts. Sourced, not executed:
 #   . "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 # Every value can be overridden from the environment (see README.md).
-# shellcheck shell=bash
+# shellcheck shell=bash disable=SC2034 # the variables are used by the scripts that source this
 
 CLUSTER_SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
@@ -38,9 +38,12 @@ die() { printf 'ERROR: %s\n' "$*" >&2; exit 1; }
 
 # pid_of NAME -> pid from STATE_DIR/run/NAME.pid if that process is alive.
 pid_of() {
-  local f="$STATE_DIR/run/$1.pid" pid
+  local f="$STATE_DIR/run/$1.pid" pid exe
   [[ -s $f ]] || return 1
   pid=$(<"$f")
   [[ $pid =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null || return 1
+  # Guard against pid reuse: the process must still be our binary.
+  exe=$(readlink "/proc/$pid/exe" 2>/dev/null) || exe=
+  [[ -z $exe || ${exe##*/} == "$1" || ${exe##*/} == "$1 (deleted)" ]] || return 1
   printf '%s\n' "$pid"
 }
