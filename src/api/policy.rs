@@ -15,6 +15,8 @@ use std::collections::BTreeMap;
 
 /// A cluster-wide tracing policy: which namespaces get tracing, where spans go, how they are
 /// sampled, and in which order the change is rolled out.
+// The repeated `printcolumn(type_ = ...)` keys trip clippy's duplicated-attribute lint.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(
     group = "tracelight.io",

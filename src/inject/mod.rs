@@ -2,8 +2,29 @@
 //! that turns the admitted pod into the injected one. No I/O here: the webhook, the offline
 //! `tracelight inject` command and the controller all call these functions.
 
-use crate::api::{AgentPorts, TracingPolicy};
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+mod agent;
+mod env;
+mod hash;
+mod language;
+mod patch;
+mod workload;
+
+pub use agent::{AGENT_CONTAINER, CONFIG_VOLUME, SECRET_VOLUME, TMP_VOLUME};
+pub use hash::manifest_hash;
+pub use language::Language;
+pub use workload::{service_name_for, workload_of, WorkloadRef};
+
+use crate::api::keys::{
+    CONTAINER_NAMES_ANNOTATION, INJECTED_LABEL, INJECT_LABEL, MANIFEST_HASH_ANNOTATION, POLICY_ANNOTATION,
+};
+use crate::api::{agent_config, governing_policy, selector, AgentPorts, TracingPolicy};
+use k8s_openapi::api::core::v1::{Container, EmptyDirVolumeSource, Namespace, Pod, PodSpec, Volume, VolumeMount};
+use kube::ResourceExt;
+use language::LanguageRequest;
+use std::collections::BTreeMap;
+
+/// Containers that are never instrumented: service-mesh proxies and the agent itself.
+pub const NEVER_INSTRUMENTED: [&str; 3] = ["istio-proxy", "linkerd-proxy", AGENT_CONTAINER];
 
 /// Operator-level settings of the injector (flags of `tracelight controller`).
 #[derive(Clone, Debug, PartialEq)]
@@ -91,6 +112,303 @@ pub fn decide<'a>(
     policies: impl IntoIterator<Item = &'a TracingPolicy>,
     options: &InjectOptions,
 ) -> Result<Outcome, InjectError> {
-    let _ = (pod, namespace, policies, options);
-    unimplemented!("injector lands next")
+    let Some(policy) = governing_policy(policies, namespace) else {
+        return Ok(Outcome::Skipped(SkipReason::NamespaceNotGoverned));
+    };
+    let ns = namespace.name_any();
+    if !policy.is_active_in(&ns) {
+        return Ok(Outcome::Skipped(SkipReason::NamespaceNotActive));
+    }
+    inject(pod, &ns, policy, options)
 }
+
+/// Injects `pod` (in `namespace`) according to `policy`, regardless of rollout state: the
+/// webhook calls it through [`decide`], `tracelight inject` directly.
+///
+/// Idempotent: every step adds only what is missing, so injecting an injected pod yields the
+/// same pod and an empty patch.
+pub fn inject(
+    pod: &Pod,
+    namespace: &str,
+    policy: &TracingPolicy,
+    options: &InjectOptions,
+) -> Result<Outcome, InjectError> {
+    if is_opted_out(pod) {
+        return Ok(Outcome::Skipped(SkipReason::OptedOut));
+    }
+    if !is_selected(pod, policy) {
+        return Ok(Outcome::Skipped(SkipReason::NotSelected));
+    }
+    let Some(spec) = pod.spec.as_ref() else {
+        return Ok(Outcome::Skipped(SkipReason::NoEligibleContainers));
+    };
+    let mut warnings = Vec::new();
+    let plan = plan(pod, spec, policy, options, &mut warnings);
+    if plan.containers.is_empty() {
+        return Ok(Outcome::Skipped(SkipReason::NoEligibleContainers));
+    }
+    if !is_injected(pod) {
+        if let Some(name) = name_conflict(spec, &plan) {
+            return Ok(Outcome::Skipped(SkipReason::NameConflict(name)));
+        }
+    }
+    let mut mutated = pod.clone();
+    apply(&mut mutated, namespace, policy, options, &plan);
+    let patch = patch::diff(&serde_json::to_value(pod)?, &serde_json::to_value(&mutated)?);
+    Ok(Outcome::Injected(Box::new(Mutation { pod: mutated, patch, manifest_hash: plan.hash, warnings })))
+}
+
+/// The pod carries the opt-out label.
+pub fn is_opted_out(pod: &Pod) -> bool {
+    pod.labels().get(INJECT_LABEL).is_some_and(|v| v == "false")
+}
+
+/// The pod carries the injected label.
+pub fn is_injected(pod: &Pod) -> bool {
+    pod.labels().get(INJECTED_LABEL).is_some_and(|v| v == "true")
+}
+
+fn is_selected(pod: &Pod, policy: &TracingPolicy) -> bool {
+    match &policy.spec.pod_selector {
+        None => true,
+        Some(sel) => selector::matches(sel, pod.labels()).unwrap_or(false),
+    }
+}
+
+/// What will be done to one pod.
+struct Plan {
+    /// Instrumented containers (by index in `spec.containers`) and their language.
+    containers: Vec<(usize, Option<Language>)>,
+    ports: AgentPorts,
+    with_secret: bool,
+    workload: Option<WorkloadRef>,
+    service_name: String,
+    hash: String,
+}
+
+impl Plan {
+    fn languages(&self) -> Vec<Language> {
+        let mut langs: Vec<Language> = self.containers.iter().filter_map(|(_, l)| *l).collect();
+        langs.sort();
+        langs.dedup();
+        langs
+    }
+}
+
+fn plan(
+    pod: &Pod,
+    spec: &PodSpec,
+    policy: &TracingPolicy,
+    options: &InjectOptions,
+    warnings: &mut Vec<String>,
+) -> Plan {
+    let requested = LanguageRequest::from_annotations(pod.metadata.annotations.as_ref(), warnings);
+    let containers: Vec<(usize, Option<Language>)> = eligible_containers(pod, spec, warnings)
+        .into_iter()
+        .map(|i| {
+            let c = &spec.containers[i];
+            let lang = requested.for_container(&c.name).filter(|lang| {
+                let user_env = c.env.as_deref().unwrap_or_default();
+                match env::check_joins(user_env, &language::env_edits(*lang)) {
+                    Ok(()) => true,
+                    Err(conflict) => {
+                        warnings.push(format!(
+                            "container {:?}: {} comes from valueFrom and cannot be extended; {} auto-instrumentation skipped",
+                            c.name,
+                            conflict.name,
+                            lang.as_str()
+                        ));
+                        false
+                    }
+                }
+            });
+            (i, lang)
+        })
+        .collect();
+    let ports = if spec.host_network == Some(true) { options.host_network_ports } else { policy.spec.agent.ports };
+    let with_secret = agent_config::needs_secret(policy);
+    let workload = workload_of(pod);
+    let service_name = service_name_for(pod, workload.as_ref());
+    let by_name: BTreeMap<String, Option<Language>> =
+        containers.iter().map(|(i, l)| (spec.containers[*i].name.clone(), *l)).collect();
+    let hash = manifest_hash(policy, ports, options.native_sidecar, with_secret, &by_name);
+    Plan { containers, ports, with_secret, workload, service_name, hash }
+}
+
+/// Indices of the application containers to instrument: those named by
+/// `tracelight.io/container-names`, or all; never proxies or the agent.
+fn eligible_containers(pod: &Pod, spec: &PodSpec, warnings: &mut Vec<String>) -> Vec<usize> {
+    let wanted: Option<Vec<&str>> = pod
+        .annotations()
+        .get(CONTAINER_NAMES_ANNOTATION)
+        .map(|v| v.split(',').map(str::trim).filter(|n| !n.is_empty()).collect());
+    if let Some(names) = &wanted {
+        for name in names {
+            if !spec.containers.iter().any(|c| c.name == *name) {
+                warnings.push(format!("{CONTAINER_NAMES_ANNOTATION}: no container named {name:?}"));
+            }
+        }
+    }
+    spec.containers
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| !NEVER_INSTRUMENTED.contains(&c.name.as_str()))
+        .filter(|(_, c)| wanted.as_ref().is_none_or(|names| names.contains(&c.name.as_str())))
+        .map(|(i, _)| i)
+        .collect()
+}
+
+/// A user container or volume already named like one the injector adds (only checked on pods
+/// that were not injected before, where such a name cannot be ours).
+fn name_conflict(spec: &PodSpec, plan: &Plan) -> Option<String> {
+    let mut volumes: Vec<String> = vec![CONFIG_VOLUME.into(), TMP_VOLUME.into(), SECRET_VOLUME.into()];
+    volumes.extend(plan.languages().iter().map(|l| l.volume_name()));
+    let containers: Vec<String> =
+        std::iter::once(AGENT_CONTAINER.to_string()).chain(plan.languages().iter().map(|l| l.volume_name())).collect();
+    let user_volumes = spec.volumes.iter().flatten().map(|v| &v.name);
+    let user_containers = spec.containers.iter().chain(spec.init_containers.iter().flatten()).map(|c| &c.name);
+    user_volumes
+        .filter(|n| volumes.contains(n))
+        .map(|n| format!("volume {n:?}"))
+        .chain(user_containers.filter(|n| containers.contains(n)).map(|n| format!("container {n:?}")))
+        .next()
+}
+
+/// Applies `plan` to `pod`, adding only what is missing.
+fn apply(pod: &mut Pod, namespace: &str, policy: &TracingPolicy, options: &InjectOptions, plan: &Plan) {
+    pod.labels_mut().insert(INJECTED_LABEL.into(), "true".into());
+    pod.annotations_mut().insert(POLICY_ANNOTATION.into(), policy.name_any());
+    pod.annotations_mut().insert(MANIFEST_HASH_ANNOTATION.into(), plan.hash.clone());
+    let spec = pod.spec.get_or_insert_with(Default::default);
+
+    for (i, lang) in &plan.containers {
+        instrument_container(&mut spec.containers[*i], namespace, policy, plan, *lang);
+    }
+
+    let agent = agent::agent_container(&agent::AgentParams {
+        spec: &policy.spec.agent,
+        ports: plan.ports,
+        namespace,
+        workload: plan.workload.as_ref(),
+        native_sidecar: options.native_sidecar,
+        with_secret: plan.with_secret,
+    });
+    let init = spec.init_containers.get_or_insert_with(Vec::new);
+    // Language copiers go first among the init containers, the agent before them (a native
+    // sidecar starts in order, and earlier init containers may already emit spans).
+    let mut position = 0;
+    if options.native_sidecar {
+        ensure_container(init, agent.clone(), &mut position);
+    }
+    for lang in plan.languages() {
+        ensure_container(init, language_init_container(policy, lang), &mut position);
+    }
+    if init.is_empty() {
+        spec.init_containers = None;
+    }
+    if !options.native_sidecar && !spec.containers.iter().any(|c| c.name == AGENT_CONTAINER) {
+        spec.containers.push(agent);
+    }
+
+    let volumes = spec.volumes.get_or_insert_with(Vec::new);
+    let mut wanted = agent::agent_volumes(plan.with_secret);
+    wanted.extend(plan.languages().into_iter().map(language_volume));
+    for v in wanted {
+        if !volumes.iter().any(|existing| existing.name == v.name) {
+            volumes.push(v);
+        }
+    }
+}
+
+/// Inserts `container` at `*position` unless one of that name exists; advances the position.
+fn ensure_container(list: &mut Vec<Container>, container: Container, position: &mut usize) {
+    match list.iter().position(|c| c.name == container.name) {
+        Some(existing) => *position = (*position).max(existing + 1),
+        None => {
+            list.insert(*position, container);
+            *position += 1;
+        }
+    }
+}
+
+fn instrument_container(
+    c: &mut Container,
+    namespace: &str,
+    policy: &TracingPolicy,
+    plan: &Plan,
+    lang: Option<Language>,
+) {
+    let injected = env::app_env(&env::AppEnv {
+        policy,
+        namespace,
+        container: &c.name,
+        workload: plan.workload.as_ref(),
+        service_name: &plan.service_name,
+        ports: plan.ports,
+    });
+    let mut edits = Vec::new();
+    let mut extra = Vec::new();
+    if let Some(lang) = lang {
+        edits = language::env_edits(lang);
+        if let Some(settings) = lang.settings(&policy.spec.instrumentation) {
+            extra.extend(settings.env.iter().map(|(k, v)| env::literal(k, v.replace('$', "$$"))));
+        }
+        let mounts = c.volume_mounts.get_or_insert_with(Vec::new);
+        if !mounts.iter().any(|m| m.name == lang.volume_name()) {
+            mounts.push(VolumeMount {
+                name: lang.volume_name(),
+                mount_path: lang.mount_path(),
+                read_only: Some(true),
+                ..Default::default()
+            });
+        }
+    }
+    let user = c.env.take().unwrap_or_default();
+    let merged = env::merge(&user, injected.into_iter().chain(extra).collect(), &edits);
+    c.env = Some(merged);
+}
+
+fn language_init_container(policy: &TracingPolicy, lang: Language) -> Container {
+    use k8s_openapi::api::core::v1::ResourceRequirements;
+    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+    let q = |s: &str| Quantity(s.into());
+    Container {
+        name: lang.volume_name(),
+        image: Some(lang.image(&policy.spec.instrumentation)),
+        image_pull_policy: Some("IfNotPresent".into()),
+        command: Some(lang.copy_command()),
+        volume_mounts: Some(vec![VolumeMount {
+            name: lang.volume_name(),
+            mount_path: lang.mount_path(),
+            ..Default::default()
+        }]),
+        resources: Some(ResourceRequirements {
+            requests: Some(BTreeMap::from([("cpu".into(), q("10m")), ("memory".into(), q("32Mi"))])),
+            limits: Some(BTreeMap::from([("memory".into(), q("128Mi"))])),
+            ..Default::default()
+        }),
+        security_context: Some(agent::restricted_security_context()),
+        ..Default::default()
+    }
+}
+
+fn language_volume(lang: Language) -> Volume {
+    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+    Volume {
+        name: lang.volume_name(),
+        // The Java agent is ~25 MB, the others smaller; the limit keeps a runaway copy in check.
+        empty_dir: Some(EmptyDirVolumeSource { size_limit: Some(Quantity("256Mi".into())), ..Default::default() }),
+        ..Default::default()
+    }
+}
+
+/// The manifest hash `pod` would carry if injected now (the controller compares it with the
+/// pod's annotation to find outdated pods). `None` when the pod would not be injected.
+pub fn expected_manifest_hash(pod: &Pod, policy: &TracingPolicy, options: &InjectOptions) -> Option<String> {
+    let spec = pod.spec.as_ref()?;
+    let plan = plan(pod, spec, policy, options, &mut Vec::new());
+    (!plan.containers.is_empty()).then_some(plan.hash)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,156 @@
+//! The agent sidecar container and the volumes it needs.
+
+use super::env::{downward_env, literal, POD_NAMESPACE_VAR, WORKLOAD_KIND_VAR, WORKLOAD_NAME_VAR};
+use super::workload::WorkloadRef;
+use crate::api::agent_config::{AGENT_CONFIGMAP, AGENT_CONFIG_DIR, AGENT_CONFIG_KEY, AGENT_SECRET, AGENT_SECRET_DIR};
+use crate::api::{AgentPorts, AgentSpec};
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, HTTPGetAction, Probe,
+    SeccompProfile, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+pub const AGENT_CONTAINER: &str = "tracelight-agent";
+pub const CONFIG_VOLUME: &str = "tracelight-agent-config";
+pub const SECRET_VOLUME: &str = "tracelight-agent-secret";
+pub const TMP_VOLUME: &str = "tracelight-agent-tmp";
+/// UID the agent runs as (the distroless "nonroot" user).
+const AGENT_UID: i64 = 65532;
+
+/// Everything that shapes the agent container of one pod.
+pub struct AgentParams<'a> {
+    pub spec: &'a AgentSpec,
+    pub ports: AgentPorts,
+    pub namespace: &'a str,
+    pub workload: Option<&'a WorkloadRef>,
+    pub native_sidecar: bool,
+    pub with_secret: bool,
+}
+
+/// The agent container: a native sidecar (`restartPolicy: Always` in `initContainers`) or, for
+/// clusters without native sidecars, a plain container.
+pub fn agent_container(p: &AgentParams) -> Container {
+    let mut env = downward_env();
+    env.push(literal(POD_NAMESPACE_VAR, p.namespace));
+    // Plain values, not fieldRefs: the owner is known at admission and ownerReferences are not
+    // available through the downward API.
+    if let Some(w) = p.workload {
+        env.push(literal(WORKLOAD_KIND_VAR, w.kind.as_str()));
+        env.push(literal(WORKLOAD_NAME_VAR, w.name.as_str()));
+    }
+    let mut mounts = vec![
+        VolumeMount {
+            name: CONFIG_VOLUME.into(),
+            mount_path: AGENT_CONFIG_DIR.into(),
+            read_only: Some(true),
+            ..Default::default()
+        },
+        VolumeMount { name: TMP_VOLUME.into(), mount_path: "/tmp".into(), ..Default::default() },
+    ];
+    if p.with_secret {
+        mounts.push(VolumeMount {
+            name: SECRET_VOLUME.into(),
+            mount_path: AGENT_SECRET_DIR.into(),
+            read_only: Some(true),
+            ..Default::default()
+        });
+    }
+    let health = Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some("/healthz".into()),
+            port: IntOrString::Int(i32::from(p.ports.admin)),
+            ..Default::default()
+        }),
+        period_seconds: Some(2),
+        failure_threshold: Some(3),
+        ..Default::default()
+    };
+    Container {
+        name: AGENT_CONTAINER.into(),
+        image: Some(p.spec.image.clone()),
+        image_pull_policy: Some(p.spec.image_pull_policy.as_str().into()),
+        args: Some(vec![
+            "agent".into(),
+            format!("--config={AGENT_CONFIG_DIR}/{AGENT_CONFIG_KEY}"),
+            format!("--otlp-grpc-port={}", p.ports.otlp_grpc),
+            format!("--otlp-http-port={}", p.ports.otlp_http),
+            format!("--admin-port={}", p.ports.admin),
+        ]),
+        env: Some(env),
+        ports: Some(vec![
+            port("otlp-grpc", p.ports.otlp_grpc),
+            port("otlp-http", p.ports.otlp_http),
+            port("tl-admin", p.ports.admin),
+        ]),
+        resources: Some(p.spec.resources.clone()),
+        security_context: Some(restricted_security_context()),
+        volume_mounts: Some(mounts),
+        // A startup probe on a native sidecar holds back the application containers until the
+        // agent listens, so the first spans are not refused.
+        startup_probe: p.native_sidecar.then(|| Probe {
+            failure_threshold: Some(30),
+            period_seconds: Some(1),
+            ..health.clone()
+        }),
+        readiness_probe: Some(health.clone()),
+        liveness_probe: Some(Probe { period_seconds: Some(10), ..health }),
+        restart_policy: p.native_sidecar.then(|| "Always".to_string()),
+        ..Default::default()
+    }
+}
+
+fn port(name: &str, number: u16) -> ContainerPort {
+    ContainerPort {
+        name: Some(name.into()),
+        container_port: i32::from(number),
+        protocol: Some("TCP".into()),
+        ..Default::default()
+    }
+}
+
+/// A securityContext that passes the `restricted` Pod Security Standard.
+pub fn restricted_security_context() -> SecurityContext {
+    SecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(AGENT_UID),
+        run_as_group: Some(AGENT_UID),
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        privileged: Some(false),
+        capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), add: None }),
+        seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), localhost_profile: None }),
+        ..Default::default()
+    }
+}
+
+/// The agent's volumes: its config (the namespace's ConfigMap), scratch space, and the API key
+/// Secret when the policy has one.
+pub fn agent_volumes(with_secret: bool) -> Vec<Volume> {
+    let mut volumes = vec![
+        Volume {
+            name: CONFIG_VOLUME.into(),
+            config_map: Some(ConfigMapVolumeSource { name: AGENT_CONFIGMAP.into(), ..Default::default() }),
+            ..Default::default()
+        },
+        Volume {
+            name: TMP_VOLUME.into(),
+            empty_dir: Some(EmptyDirVolumeSource { size_limit: Some(Quantity("16Mi".into())), ..Default::default() }),
+            ..Default::default()
+        },
+    ];
+    if with_secret {
+        volumes.push(Volume {
+            name: SECRET_VOLUME.into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(AGENT_SECRET.into()),
+                // Only the agent container mounts it; the agent runs as a non-root user, so the files must be
+                // world-readable inside that one mount.
+                default_mode: Some(0o444),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+    }
+    volumes
+}

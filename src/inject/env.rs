@@ -1,0 +1,294 @@
+//! The OpenTelemetry environment of an instrumented container, and how it is merged with the
+//! container's own: the container's values always win, language variables are joined with the
+//! user's, and `$(VAR)` references always come after the variable they reference.
+
+use super::language::EnvEdit;
+use super::workload::WorkloadRef;
+use crate::api::{AgentPorts, SamplingMode, TracingPolicy};
+use k8s_openapi::api::core::v1::{EnvVar, EnvVarSource, ObjectFieldSelector};
+use std::collections::{BTreeMap, HashSet};
+
+/// Downward-API variables the injected values refer to as `$(...)`.
+pub const POD_NAME_VAR: &str = "TRACELIGHT_POD_NAME";
+pub const POD_UID_VAR: &str = "TRACELIGHT_POD_UID";
+pub const NODE_NAME_VAR: &str = "TRACELIGHT_NODE_NAME";
+pub const POD_NAMESPACE_VAR: &str = "TRACELIGHT_POD_NAMESPACE";
+pub const WORKLOAD_KIND_VAR: &str = "TRACELIGHT_WORKLOAD_KIND";
+pub const WORKLOAD_NAME_VAR: &str = "TRACELIGHT_WORKLOAD_NAME";
+
+/// What an application container's injected environment depends on.
+pub struct AppEnv<'a> {
+    pub policy: &'a TracingPolicy,
+    pub namespace: &'a str,
+    pub container: &'a str,
+    pub workload: Option<&'a WorkloadRef>,
+    pub service_name: &'a str,
+    pub ports: AgentPorts,
+}
+
+pub fn literal(name: &str, value: impl Into<String>) -> EnvVar {
+    EnvVar { name: name.to_string(), value: Some(value.into()), value_from: None }
+}
+
+pub fn field_ref(name: &str, field_path: &str) -> EnvVar {
+    EnvVar {
+        name: name.to_string(),
+        value: None,
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector { field_path: field_path.to_string(), api_version: None }),
+            ..Default::default()
+        }),
+    }
+}
+
+/// The downward-API variables shared by the agent and the application containers.
+pub fn downward_env() -> Vec<EnvVar> {
+    vec![
+        field_ref(POD_NAME_VAR, "metadata.name"),
+        field_ref(POD_UID_VAR, "metadata.uid"),
+        field_ref(NODE_NAME_VAR, "spec.nodeName"),
+    ]
+}
+
+/// The injected variables of an application container, in dependency order.
+pub fn app_env(ctx: &AppEnv) -> Vec<EnvVar> {
+    let spec = &ctx.policy.spec;
+    let mut env = downward_env();
+    env.push(literal("OTEL_SERVICE_NAME", escape_dollar(ctx.service_name)));
+    env.push(literal("OTEL_RESOURCE_ATTRIBUTES", resource_attributes(ctx)));
+    let propagators: Vec<&str> = spec.propagators.iter().map(|p| p.as_str()).collect();
+    env.push(literal("OTEL_PROPAGATORS", propagators.join(",")));
+    match spec.sampling.mode {
+        // The agent samples consistently; a second, SDK-side ratio would split traces.
+        SamplingMode::Agent => env.push(literal("OTEL_TRACES_SAMPLER", "parentbased_always_on")),
+        SamplingMode::Sdk => {
+            env.push(literal("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"));
+            env.push(literal("OTEL_TRACES_SAMPLER_ARG", spec.sampling.ratio.to_string()));
+        }
+    }
+    // 127.0.0.1, not localhost: some runtimes resolve localhost to ::1 first, where the agent
+    // does not listen. Every SDK speaks OTLP/HTTP; the agent converts for the collector.
+    env.push(literal("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://127.0.0.1:{}", ctx.ports.otlp_http)));
+    env.push(literal("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"));
+    env.push(literal("OTEL_TRACES_EXPORTER", "otlp"));
+    // The agent handles traces only: keep SDKs from exporting metrics and logs into it.
+    env.push(literal("OTEL_METRICS_EXPORTER", "none"));
+    env.push(literal("OTEL_LOGS_EXPORTER", "none"));
+    env
+}
+
+/// `OTEL_RESOURCE_ATTRIBUTES`: the `k8s.*` semantic-convention attributes, then the policy's.
+fn resource_attributes(ctx: &AppEnv) -> String {
+    let mut attrs: Vec<(String, String)> = vec![
+        ("k8s.namespace.name".into(), ctx.namespace.into()),
+        ("k8s.pod.name".into(), format!("$({POD_NAME_VAR})")),
+        ("k8s.pod.uid".into(), format!("$({POD_UID_VAR})")),
+        ("k8s.node.name".into(), format!("$({NODE_NAME_VAR})")),
+        ("k8s.container.name".into(), ctx.container.into()),
+    ];
+    if let Some(w) = ctx.workload {
+        if let Some(key) = w.attribute_key() {
+            attrs.push((key.into(), w.name.clone()));
+        }
+    }
+    for (k, v) in &ctx.policy.spec.resource_attributes {
+        attrs.push((k.clone(), escape_dollar(&percent_encode(v))));
+    }
+    attrs.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
+}
+
+/// Values in `OTEL_RESOURCE_ATTRIBUTES` are percent-encoded (W3C baggage octets).
+fn percent_encode(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for b in value.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~:/@!$&'()*+;".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The kubelet expands `$(NAME)` in literal values; `$$` keeps a user-supplied `$` literal.
+fn escape_dollar(value: &str) -> String {
+    value.replace('$', "$$")
+}
+
+/// Names referenced as `$(NAME)` in a value (`$$(NAME)` is an escaped literal).
+pub fn references(value: &str) -> Vec<&str> {
+    let bytes = value.as_bytes();
+    let mut refs = Vec::new();
+    let mut i = 0;
+    while i + 1 < bytes.len() {
+        match (bytes[i], bytes[i + 1]) {
+            (b'$', b'$') => i += 2,
+            (b'$', b'(') => match value[i + 2..].find(')') {
+                Some(end) => {
+                    refs.push(&value[i + 2..i + 2 + end]);
+                    i += end + 3;
+                }
+                None => break,
+            },
+            _ => i += 1,
+        }
+    }
+    refs
+}
+
+/// A language edit that could not be applied: the language is skipped for the container.
+#[derive(Debug, PartialEq)]
+pub struct JoinConflict {
+    pub name: &'static str,
+}
+
+/// Whether every `Join` of `edits` can be applied to `user` (no `valueFrom` values to join).
+pub fn check_joins(user: &[EnvVar], edits: &[EnvEdit]) -> Result<(), JoinConflict> {
+    for edit in edits {
+        if let EnvEdit::Join { name, .. } = edit {
+            if user.iter().any(|e| e.name == *name && e.value_from.is_some()) {
+                return Err(JoinConflict { name });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Merges the injected variables into the container's `user` env.
+///
+/// - a variable the container already defines is kept as it is (the user wins);
+/// - `Join` edits extend the user's literal value in place (idempotently);
+/// - injected variables that user values reference are placed first, so that `$(VAR)` resolves;
+///   all others are appended after the user's.
+pub fn merge(user: &[EnvVar], injected: Vec<EnvVar>, edits: &[EnvEdit]) -> Vec<EnvVar> {
+    let mut result: Vec<EnvVar> = user.to_vec();
+    let mut to_add: Vec<EnvVar> = Vec::new();
+    let defined: HashSet<&str> = user.iter().map(|e| e.name.as_str()).collect();
+    for var in injected {
+        if !defined.contains(var.name.as_str()) {
+            to_add.push(var);
+        }
+    }
+    for edit in edits {
+        match edit {
+            EnvEdit::Set(name, value) => {
+                if !defined.contains(name) && !to_add.iter().any(|e| e.name == *name) {
+                    to_add.push(literal(name, value.clone()));
+                }
+            }
+            EnvEdit::Join { name, value, separator, prepend } => {
+                // The last definition is the effective one.
+                match result.iter_mut().rev().find(|e| e.name == *name) {
+                    Some(existing) => {
+                        let current = existing.value.clone().unwrap_or_default();
+                        if !current.contains(value.as_str()) {
+                            existing.value = Some(join(&current, value, separator, *prepend));
+                        }
+                    }
+                    None => to_add.push(literal(name, value.clone())),
+                }
+            }
+        }
+    }
+    let first = referenced_by(&result, &to_add);
+    let (front, back): (Vec<EnvVar>, Vec<EnvVar>) = to_add.into_iter().partition(|e| first.contains(&e.name));
+    front.into_iter().chain(result).chain(back).collect()
+}
+
+fn join(current: &str, ours: &str, separator: &str, prepend: bool) -> String {
+    match (current.is_empty(), prepend) {
+        (true, _) => ours.to_string(),
+        (false, true) => format!("{ours}{separator}{current}"),
+        (false, false) => format!("{current}{separator}{ours}"),
+    }
+}
+
+/// Names of `candidates` that `user` values reference, directly or through other candidates.
+fn referenced_by(user: &[EnvVar], candidates: &[EnvVar]) -> HashSet<String> {
+    let by_name: BTreeMap<&str, &EnvVar> = candidates.iter().map(|e| (e.name.as_str(), e)).collect();
+    let mut found: HashSet<String> = HashSet::new();
+    let mut stack: Vec<&str> = user
+        .iter()
+        .filter_map(|e| e.value.as_deref())
+        .flat_map(references)
+        .filter(|r| by_name.contains_key(r))
+        .collect();
+    while let Some(name) = stack.pop() {
+        if found.insert(name.to_string()) {
+            if let Some(value) = by_name.get(name).and_then(|e| e.value.as_deref()) {
+                stack.extend(references(value).into_iter().filter(|r| by_name.contains_key(r)));
+            }
+        }
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(env: &[EnvVar]) -> Vec<&str> {
+        env.iter().map(|e| e.name.as_str()).collect()
+    }
+
+    #[test]
+    fn references_skip_escaped_dollars() {
+        assert_eq!(references("a=$(X),b=$$(Y),c=$(Z)"), vec!["X", "Z"]);
+        assert_eq!(references("$(unterminated"), Vec::<&str>::new());
+    }
+
+    #[test]
+    fn user_value_wins_over_injected_value() {
+        let user = vec![literal("OTEL_SERVICE_NAME", "mine")];
+        let merged = merge(&user, vec![literal("OTEL_SERVICE_NAME", "ours"), literal("B", "b")], &[]);
+        assert_eq!(merged, vec![literal("OTEL_SERVICE_NAME", "mine"), literal("B", "b")]);
+    }
+
+    #[test]
+    fn injected_vars_referenced_by_user_come_first() {
+        let user = vec![literal("GREETING", "pod $(TRACELIGHT_POD_NAME)")];
+        let injected = vec![field_ref(POD_NAME_VAR, "metadata.name"), literal("OTHER", "x")];
+        let merged = merge(&user, injected, &[]);
+        assert_eq!(names(&merged), vec!["TRACELIGHT_POD_NAME", "GREETING", "OTHER"]);
+    }
+
+    #[test]
+    fn transitive_references_are_hoisted_in_order() {
+        let user = vec![literal("U", "$(B)")];
+        let injected = vec![literal("A", "a"), literal("B", "$(A)"), literal("C", "c")];
+        assert_eq!(names(&merge(&user, injected, &[])), vec!["A", "B", "U", "C"]);
+    }
+
+    #[test]
+    fn join_appends_once_and_keeps_user_value() {
+        let edit = EnvEdit::Join {
+            name: "JAVA_TOOL_OPTIONS",
+            value: "-javaagent:/a.jar".into(),
+            separator: " ",
+            prepend: false,
+        };
+        let user = vec![literal("JAVA_TOOL_OPTIONS", "-Xmx1g")];
+        let once = merge(&user, vec![], std::slice::from_ref(&edit));
+        assert_eq!(once, vec![literal("JAVA_TOOL_OPTIONS", "-Xmx1g -javaagent:/a.jar")]);
+        assert_eq!(merge(&once, vec![], &[edit]), once);
+    }
+
+    #[test]
+    fn join_prepends_for_pythonpath() {
+        let edit = EnvEdit::Join { name: "PYTHONPATH", value: "/otel".into(), separator: ":", prepend: true };
+        let merged = merge(&[literal("PYTHONPATH", "/app")], vec![], &[edit]);
+        assert_eq!(merged, vec![literal("PYTHONPATH", "/otel:/app")]);
+    }
+
+    #[test]
+    fn join_refuses_value_from() {
+        let user = vec![EnvVar { name: "NODE_OPTIONS".into(), value: None, value_from: Some(Default::default()) }];
+        let edit = EnvEdit::Join { name: "NODE_OPTIONS", value: "--require x".into(), separator: " ", prepend: false };
+        assert_eq!(check_joins(&user, &[edit]), Err(JoinConflict { name: "NODE_OPTIONS" }));
+    }
+
+    #[test]
+    fn attribute_values_are_percent_encoded() {
+        assert_eq!(percent_encode("a,b=c d%"), "a%2Cb%3Dc%20d%25");
+    }
+}

@@ -1,0 +1,68 @@
+//! The manifest hash: a digest of exactly the settings that change an injected pod's manifest.
+//!
+//! It decides when a workload needs a restart. Live settings (collector endpoint, sampling ratio
+//! in agent mode, API key) are deliberately left out: agents reload them without a restart.
+
+use super::language::Language;
+use crate::api::{AgentPorts, AgentSpec, Propagator, SamplingMode, TracingPolicy};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+
+#[derive(Serialize)]
+struct ManifestInputs<'a> {
+    agent: &'a AgentSpec,
+    ports: AgentPorts,
+    native_sidecar: bool,
+    with_secret: bool,
+    propagators: &'a [Propagator],
+    resource_attributes: &'a BTreeMap<String, String>,
+    sampling_mode: SamplingMode,
+    /// Only in `sdk` mode, where the ratio is an env value of the application.
+    sdk_ratio: Option<f64>,
+    /// Per instrumented container: language, image and extra env (None: no language).
+    containers: BTreeMap<&'a str, Option<LanguageInputs<'a>>>,
+}
+
+#[derive(Serialize)]
+struct LanguageInputs<'a> {
+    language: Language,
+    image: String,
+    env: Option<&'a BTreeMap<String, String>>,
+}
+
+/// Hex digest (16 characters) of the manifest-changing settings for a pod whose instrumented
+/// containers and languages are `containers`.
+pub fn manifest_hash(
+    policy: &TracingPolicy,
+    ports: AgentPorts,
+    native_sidecar: bool,
+    with_secret: bool,
+    containers: &BTreeMap<String, Option<Language>>,
+) -> String {
+    let spec = &policy.spec;
+    let inputs = ManifestInputs {
+        agent: &spec.agent,
+        ports,
+        native_sidecar,
+        with_secret,
+        propagators: &spec.propagators,
+        resource_attributes: &spec.resource_attributes,
+        sampling_mode: spec.sampling.mode,
+        sdk_ratio: (spec.sampling.mode == SamplingMode::Sdk).then(|| spec.sampling.ratio.get()),
+        containers: containers
+            .iter()
+            .map(|(name, lang)| {
+                let lang = lang.map(|l| LanguageInputs {
+                    language: l,
+                    image: l.image(&spec.instrumentation),
+                    env: l.settings(&spec.instrumentation).map(|s| &s.env),
+                });
+                (name.as_str(), lang)
+            })
+            .collect(),
+    };
+    let bytes = serde_json::to_vec(&inputs).expect("manifest inputs always serialize");
+    let digest = Sha256::digest(&bytes);
+    digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
