@@ -1,8 +1,252 @@
-//! Controllers (I/O).
+//! `tracelight controller`: the operator process. Every replica serves the admission webhook;
+//! the replica holding the leader Lease also runs the controllers.
+//!
+//! - [`plan`]: pure decisions (governed namespaces, steps, counts, status);
+//! - [`resources`]: the objects written into governed namespaces, as pure values;
+//! - [`reconcile`]: the TracingPolicy reconciler (I/O);
+//! - [`lease`]: leader election;
+//! - [`metrics`]: the controller's metrics.
 
+pub mod lease;
+pub mod metrics;
+pub mod plan;
+pub mod reconcile;
+pub mod resources;
+
+use crate::api::TracingPolicy;
+use crate::telemetry::{self, LogFormat, Metrics};
+use anyhow::Context as _;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kube::api::Api;
+use kube::core::PartialObjectMeta;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::{predicates, reflector, watcher, Controller, WatchStreamExt};
+use kube::Client;
+use lease::LeaderElector;
+use metrics::ControllerMetrics;
+use reconcile::{error_policy, reconcile, Context};
+use std::future::{ready, Future};
+use std::sync::Arc;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// Name under which the controller reports Events.
+const REPORTER: &str = "tracelight-controller";
+
+/// Flags of `tracelight controller`. The Kubernetes connection comes from `KUBECONFIG` (or
+/// `~/.kube/config`, or the in-cluster service account).
 #[derive(clap::Args, Debug)]
-pub struct ControllerArgs {}
+pub struct ControllerArgs {
+    #[command(flatten)]
+    pub webhook: webhook_stub::WebhookArgs,
 
-pub fn run(_args: ControllerArgs) -> anyhow::Result<()> {
-    anyhow::bail!("not implemented yet")
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "TRACELIGHT_LOG_FORMAT")]
+    pub log_format: LogFormat,
+
+    /// Run the controllers only on the replica holding the leader Lease (the webhook serves on
+    /// every replica). Disable only when running a single replica.
+    #[arg(
+        long,
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        default_missing_value = "true",
+        value_name = "BOOL"
+    )]
+    pub leader_election: bool,
+
+    /// Name of the leader-election Lease.
+    #[arg(long, default_value = "tracelight-controller")]
+    pub lease_name: String,
+
+    /// Namespace of the leader-election Lease. Default: the pod's namespace (`POD_NAMESPACE`),
+    /// else the kubeconfig's current namespace.
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub lease_namespace: Option<String>,
+}
+
+/// Runs the operator until SIGTERM or SIGINT, then shuts down gracefully.
+pub fn run(args: ControllerArgs) -> anyhow::Result<()> {
+    telemetry::init_logging(args.log_format);
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+    runtime.block_on(run_async(args))
+}
+
+async fn run_async(args: ControllerArgs) -> anyhow::Result<()> {
+    let client = Client::try_default().await.context("connecting to Kubernetes (KUBECONFIG or in-cluster config)")?;
+    let metrics = Metrics::new();
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+
+    let ControllerArgs { webhook, leader_election, lease_name, lease_namespace, .. } = args;
+    let lease = leader_election.then(|| {
+        let namespace = lease_namespace.unwrap_or_else(|| client.default_namespace().to_string());
+        (namespace, lease_name)
+    });
+    // Whichever half fails first stops the other: a replica without its webhook or controllers is no use.
+    let webhook = cancel_on_error(
+        shutdown.clone(),
+        webhook_stub::run(webhook, client.clone(), metrics.clone(), shutdown.clone()),
+    );
+    let controllers = cancel_on_error(shutdown.clone(), run_controllers(client, metrics, lease, shutdown.clone()));
+    let (webhook, controllers) = tokio::join!(webhook, controllers);
+    webhook.context("webhook")?;
+    controllers.context("controllers")?;
+    tracing::info!("shut down");
+    Ok(())
+}
+
+async fn cancel_on_error<T, E>(token: CancellationToken, fut: impl Future<Output = Result<T, E>>) -> Result<T, E> {
+    let result = fut.await;
+    if result.is_err() {
+        token.cancel();
+    }
+    result
+}
+
+/// Cancels `token` on the first SIGTERM/SIGINT; a second signal exits at once.
+async fn cancel_on_signal(token: CancellationToken) {
+    wait_for_signal().await;
+    tracing::info!("signal received: shutting down (send again to exit immediately)");
+    token.cancel();
+    wait_for_signal().await;
+    std::process::exit(130);
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            },
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Runs the controllers whenever this replica leads (always, without a `lease`), until `shutdown`.
+async fn run_controllers(
+    client: Client,
+    metrics: Metrics,
+    lease: Option<(String, String)>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let controller_metrics = ControllerMetrics::register(&metrics);
+    let (leader_tx, leader_rx) = watch::channel(lease.is_none());
+    let elector = lease.map(|(namespace, name)| {
+        let elector = LeaderElector::new(Api::namespaced(client.clone(), &namespace), &name, lease::default_identity());
+        tracing::info!(lease = %name, %namespace, identity = %elector.identity(), "leader election enabled");
+        tokio::spawn(elector.run(leader_tx.clone(), shutdown.clone().cancelled_owned()))
+    });
+
+    loop {
+        let mut became_leader = leader_rx.clone();
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            r = became_leader.wait_for(|leads| *leads) => if r.is_err() { break },
+        }
+        tracing::info!("leading: starting controllers");
+        controller_metrics.leader.set(1);
+        let mut lost = leader_rx.clone();
+        tokio::select! {
+            () = run_policy_controller(client.clone(), controller_metrics.clone(), shutdown.clone()) => {}
+            _ = lost.wait_for(|leads| !*leads) => tracing::warn!("leadership lost: controllers stopped"),
+        }
+        controller_metrics.leader.set(0);
+        if shutdown.is_cancelled() {
+            break;
+        }
+    }
+    drop(leader_tx);
+    if let Some(elector) = elector {
+        // Lets the elector release the lease so another replica takes over at once.
+        elector.await.context("leader election task")?;
+    }
+    Ok(())
+}
+
+/// The TracingPolicy controller, with its namespace and pod-metadata caches, until `shutdown`
+/// (in-flight reconciles finish first).
+async fn run_policy_controller(client: Client, metrics: ControllerMetrics, shutdown: CancellationToken) {
+    let (namespaces, ns_writer) = reflector::store::<Namespace>();
+    // Namespace label changes can change what every policy governs: re-reconcile them all.
+    let namespace_changes = watcher(Api::<Namespace>::all(client.clone()), watcher::Config::default().any_semantic())
+        .default_backoff()
+        .reflect(ns_writer)
+        .touched_objects()
+        .predicate_filter(predicates::labels, Default::default())
+        .filter_map(|r| ready(r.map(|_| ()).map_err(|e| tracing::warn!(error = %e, "namespace watch failed")).ok()));
+
+    let (pods, pod_writer) = reflector::store::<PartialObjectMeta<Pod>>();
+    let pod_cache =
+        watcher(Api::<PartialObjectMeta<Pod>>::all(client.clone()), watcher::Config::default().any_semantic())
+            .default_backoff()
+            .reflect(pod_writer)
+            .for_each(|r| {
+                if let Err(e) = r {
+                    tracing::warn!(error = %e, "pod metadata watch failed");
+                }
+                ready(())
+            });
+
+    let controller =
+        Controller::new(Api::<TracingPolicy>::all(client.clone()), watcher::Config::default().any_semantic());
+    let reporter = Reporter { controller: REPORTER.into(), instance: std::env::var("POD_NAME").ok() };
+    let ctx = Arc::new(Context {
+        recorder: Recorder::new(client.clone(), reporter),
+        client,
+        metrics,
+        policies: controller.store(),
+        namespaces,
+        pods,
+    });
+    let policies = controller
+        .reconcile_all_on(namespace_changes)
+        .graceful_shutdown_on(shutdown.cancelled_owned())
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| {
+            match result {
+                Ok((policy, _)) => tracing::debug!(policy = %policy.name, "reconciled"),
+                // Reconcile failures are logged by `error_policy`.
+                Err(kube::runtime::controller::Error::ReconcilerFailed(..)) => {}
+                Err(e) => tracing::warn!(error = %e, "policy controller"),
+            }
+            ready(())
+        });
+    tokio::select! {
+        () = policies => {}
+        () = pod_cache => {}
+    }
+}
+
+/// Stand-in for `crate::webhook::{WebhookArgs, run}` until the webhook lands.
+// TODO(webhook): replace with the real `crate::webhook::WebhookArgs` and `crate::webhook::run`.
+mod webhook_stub {
+    use crate::telemetry::Metrics;
+    use kube::Client;
+    use tokio_util::sync::CancellationToken;
+
+    #[derive(clap::Args, Debug, Default)]
+    pub struct WebhookArgs {}
+
+    pub async fn run(
+        _args: WebhookArgs,
+        _client: Client,
+        _metrics: Metrics,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
+        shutdown.cancelled().await;
+        Ok(())
+    }
 }

@@ -1,0 +1,315 @@
+//! Leader election with a `coordination.k8s.io/v1` Lease, so that only one replica runs the
+//! controllers while every replica serves the webhook.
+//!
+//! The decision ("should I take over this lease now?") is the pure [`decide`]; [`LeaderElector`]
+//! does the I/O: get, then create or replace guarded by `resourceVersion`, so two replicas can
+//! never both believe they won the same round.
+
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::api::{Api, PostParams};
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+/// How long a lease is valid without renewal.
+pub const LEASE_DURATION: Duration = Duration::from_secs(15);
+/// How often the holder renews (and a follower retries).
+pub const RENEW_PERIOD: Duration = Duration::from_secs(5);
+/// A holder that could not renew for this long stops acting as leader, before the lease expires
+/// for the others.
+pub const RENEW_DEADLINE: Duration = Duration::from_secs(10);
+
+/// What to do with the lease, seen from one candidate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// No lease exists yet: create it, holding it.
+    Create,
+    /// We hold it: renew.
+    Renew,
+    /// Nobody holds it, or the holder let it expire: take it over.
+    TakeOver,
+    /// Someone else holds a valid lease: wait.
+    Follow { holder: String },
+}
+
+/// How the current lease record has been observed locally.
+#[derive(Clone, Copy, Debug)]
+pub struct Observed {
+    /// Time since this replica first saw the record's current (holder, renewTime). Measured with
+    /// the local monotonic clock, so clock skew between replicas cannot shorten a lease.
+    pub unchanged_for: Duration,
+    /// Wall-clock now, used only to recognise leases that expired long ago (e.g. after a crash)
+    /// without waiting a full lease duration.
+    pub now: Timestamp,
+}
+
+/// Whether `me` should create, renew, take over or follow `lease`.
+pub fn decide(lease: Option<&LeaseSpec>, me: &str, observed: Observed) -> Decision {
+    let Some(spec) = lease else { return Decision::Create };
+    let holder = spec.holder_identity.as_deref().unwrap_or_default();
+    if holder == me {
+        return Decision::Renew;
+    }
+    if holder.is_empty() {
+        return Decision::TakeOver;
+    }
+    let duration = lease_duration(spec);
+    // A generous margin (two more lease durations) for skew before trusting the wall clock.
+    let long_expired = spec.renew_time.as_ref().is_none_or(|t| {
+        let margin = SignedDuration::try_from(duration * 3).unwrap_or(SignedDuration::MAX);
+        t.0.checked_add(margin).is_ok_and(|deadline| deadline < observed.now)
+    });
+    if observed.unchanged_for >= duration || long_expired {
+        Decision::TakeOver
+    } else {
+        Decision::Follow { holder: holder.to_string() }
+    }
+}
+
+fn lease_duration(spec: &LeaseSpec) -> Duration {
+    spec.lease_duration_seconds
+        .and_then(|s| u64::try_from(s).ok())
+        .filter(|s| *s > 0)
+        .map_or(LEASE_DURATION, Duration::from_secs)
+}
+
+/// The spec after `me` acquires or renews `previous` at `now`.
+pub fn held_spec(previous: Option<&LeaseSpec>, me: &str, now: Timestamp) -> LeaseSpec {
+    let previous = previous.cloned().unwrap_or_default();
+    let changed_hands = previous.holder_identity.as_deref() != Some(me);
+    let transitions = previous.lease_transitions.unwrap_or(0);
+    LeaseSpec {
+        holder_identity: Some(me.to_string()),
+        lease_duration_seconds: Some(i32::try_from(LEASE_DURATION.as_secs()).unwrap_or(15)),
+        acquire_time: if changed_hands { Some(MicroTime(now)) } else { previous.acquire_time.clone() },
+        renew_time: Some(MicroTime(now)),
+        lease_transitions: Some(if changed_hands && previous.holder_identity.is_some() {
+            transitions + 1
+        } else {
+            transitions
+        }),
+        ..previous
+    }
+}
+
+/// The spec after the holder releases it: no holder, so the next candidate takes over at once.
+pub fn released_spec(previous: &LeaseSpec, now: Timestamp) -> LeaseSpec {
+    LeaseSpec {
+        holder_identity: None,
+        lease_duration_seconds: Some(1),
+        renew_time: Some(MicroTime(now)),
+        ..previous.clone()
+    }
+}
+
+/// An identity unique to this process: the pod name (or host name) and a random suffix.
+pub fn default_identity() -> String {
+    let host = std::env::var("POD_NAME")
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "tracelight".to_string());
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    format!("{host}_{:08x}", nanos ^ std::process::id().rotate_left(16))
+}
+
+/// Errors talking to the API server about the lease.
+#[derive(Debug, thiserror::Error)]
+pub enum LeaseError {
+    #[error("reading lease {name}: {source}")]
+    Get { name: String, source: kube::Error },
+    #[error("writing lease {name}: {source}")]
+    Write { name: String, source: kube::Error },
+}
+
+/// Runs the acquire/renew loop for one Lease.
+pub struct LeaderElector {
+    api: Api<Lease>,
+    name: String,
+    identity: String,
+    /// (holder, renewTime) last seen, and when it was first seen.
+    last_record: Option<(Option<String>, Option<MicroTime>, Instant)>,
+}
+
+impl LeaderElector {
+    pub fn new(api: Api<Lease>, name: &str, identity: String) -> Self {
+        LeaderElector { api, name: name.to_string(), identity, last_record: None }
+    }
+
+    pub fn identity(&self) -> &str {
+        &self.identity
+    }
+
+    /// One round: returns whether this replica holds the lease afterwards. A lost race (409) is
+    /// not an error: someone else won this round.
+    pub async fn try_acquire_or_renew(&mut self) -> Result<bool, LeaseError> {
+        let current =
+            self.api.get_opt(&self.name).await.map_err(|source| LeaseError::Get { name: self.name.clone(), source })?;
+        // A Lease without spec is treated as held by nobody.
+        let spec = current.as_ref().map(|l| l.spec.clone().unwrap_or_default());
+        let observed = Observed { unchanged_for: self.unchanged_for(spec.as_ref()), now: Timestamp::now() };
+        let decision = decide(spec.as_ref(), &self.identity, observed);
+        let now = Timestamp::now();
+        let result = match (&decision, current) {
+            (Decision::Follow { .. }, _) => return Ok(false),
+            (Decision::Create, _) | (_, None) => {
+                let lease = Lease {
+                    metadata: ObjectMeta { name: Some(self.name.clone()), ..Default::default() },
+                    spec: Some(held_spec(None, &self.identity, now)),
+                };
+                self.api.create(&PostParams::default(), &lease).await
+            }
+            (Decision::Renew | Decision::TakeOver, Some(mut lease)) => {
+                // `replace` sends the resourceVersion we read: a concurrent writer makes it fail with 409.
+                lease.spec = Some(held_spec(lease.spec.as_ref(), &self.identity, now));
+                self.api.replace(&self.name, &PostParams::default(), &lease).await
+            }
+        };
+        match result {
+            Ok(_) => {
+                if decision == Decision::TakeOver || decision == Decision::Create {
+                    tracing::info!(lease = %self.name, identity = %self.identity, "acquired leadership");
+                }
+                Ok(true)
+            }
+            Err(kube::Error::Api(status)) if status.is_conflict() || status.is_already_exists() => Ok(false),
+            Err(source) => Err(LeaseError::Write { name: self.name.clone(), source }),
+        }
+    }
+
+    fn unchanged_for(&mut self, spec: Option<&LeaseSpec>) -> Duration {
+        let holder = spec.and_then(|s| s.holder_identity.clone());
+        let renew = spec.and_then(|s| s.renew_time.clone());
+        match &self.last_record {
+            Some((h, r, since)) if *h == holder && *r == renew => since.elapsed(),
+            _ => {
+                self.last_record = Some((holder, renew, Instant::now()));
+                Duration::ZERO
+            }
+        }
+    }
+
+    /// Gives the lease up if this replica holds it, so another takes over without waiting.
+    pub async fn release(&self) -> Result<(), LeaseError> {
+        let current =
+            self.api.get_opt(&self.name).await.map_err(|source| LeaseError::Get { name: self.name.clone(), source })?;
+        let Some(mut lease) = current else { return Ok(()) };
+        let Some(spec) = lease.spec.as_ref().filter(|s| s.holder_identity.as_deref() == Some(&self.identity)) else {
+            return Ok(());
+        };
+        lease.spec = Some(released_spec(spec, Timestamp::now()));
+        match self.api.replace(&self.name, &PostParams::default(), &lease).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(status)) if status.is_conflict() => Ok(()),
+            Err(source) => Err(LeaseError::Write { name: self.name.clone(), source }),
+        }
+    }
+
+    /// Campaigns until `shutdown` resolves, publishing leadership on `leader`. Steps down when it
+    /// could not renew within [`RENEW_DEADLINE`]; releases the lease on shutdown.
+    pub async fn run(mut self, leader: watch::Sender<bool>, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        let mut last_renewal: Option<Instant> = None;
+        loop {
+            match self.try_acquire_or_renew().await {
+                Ok(true) => last_renewal = Some(Instant::now()),
+                Ok(false) => last_renewal = None,
+                Err(e) => tracing::warn!(error = %e, "leader election round failed"),
+            }
+            let is_leader = last_renewal.is_some_and(|t| t.elapsed() < RENEW_DEADLINE);
+            if *leader.borrow() != is_leader {
+                if !is_leader {
+                    tracing::warn!(lease = %self.name, "lost leadership");
+                }
+                leader.send_replace(is_leader);
+            }
+            tokio::select! {
+                () = &mut shutdown => break,
+                () = tokio::time::sleep(RENEW_PERIOD) => {}
+            }
+        }
+        leader.send_replace(false);
+        if let Err(e) = self.release().await {
+            tracing::warn!(error = %e, "could not release the lease on shutdown");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ts(secs: i64) -> Timestamp {
+        Timestamp::from_second(secs).unwrap()
+    }
+
+    fn held_by(holder: &str, renewed: i64) -> LeaseSpec {
+        LeaseSpec {
+            holder_identity: Some(holder.into()),
+            renew_time: Some(MicroTime(ts(renewed))),
+            lease_duration_seconds: Some(15),
+            ..Default::default()
+        }
+    }
+
+    fn seen(unchanged_secs: u64, now: i64) -> Observed {
+        Observed { unchanged_for: Duration::from_secs(unchanged_secs), now: ts(now) }
+    }
+
+    #[test]
+    fn no_lease_means_create() {
+        assert_eq!(decide(None, "me", seen(0, 1000)), Decision::Create);
+    }
+
+    #[test]
+    fn own_lease_is_renewed() {
+        assert_eq!(decide(Some(&held_by("me", 990)), "me", seen(0, 1000)), Decision::Renew);
+    }
+
+    #[test]
+    fn released_lease_is_taken_over_at_once() {
+        let released = released_spec(&held_by("other", 990), ts(1000));
+        assert_eq!(decide(Some(&released), "me", seen(0, 1000)), Decision::TakeOver);
+    }
+
+    #[test]
+    fn valid_lease_of_another_is_followed() {
+        let d = decide(Some(&held_by("other", 995)), "me", seen(5, 1000));
+        assert_eq!(d, Decision::Follow { holder: "other".into() });
+    }
+
+    #[test]
+    fn lease_unrenewed_for_its_duration_is_taken_over_despite_skew() {
+        // The holder's clock runs ahead (renewTime in our future), but nobody renewed for 15s.
+        assert_eq!(decide(Some(&held_by("other", 2000)), "me", seen(15, 1000)), Decision::TakeOver);
+        assert_eq!(
+            decide(Some(&held_by("other", 2000)), "me", seen(14, 1000)),
+            Decision::Follow { holder: "other".into() }
+        );
+    }
+
+    #[test]
+    fn long_expired_lease_is_taken_over_without_waiting() {
+        assert_eq!(decide(Some(&held_by("other", 900)), "me", seen(0, 1000)), Decision::TakeOver);
+        // Recently expired (within the skew margin): wait for local evidence.
+        assert_eq!(
+            decide(Some(&held_by("other", 980)), "me", seen(0, 1000)),
+            Decision::Follow { holder: "other".into() }
+        );
+    }
+
+    #[test]
+    fn taking_over_counts_a_transition_and_renewing_does_not() {
+        let taken = held_spec(Some(&held_by("other", 900)), "me", ts(1000));
+        assert_eq!(taken.holder_identity.as_deref(), Some("me"));
+        assert_eq!(taken.lease_transitions, Some(1));
+        assert_eq!(taken.acquire_time, Some(MicroTime(ts(1000))));
+        let renewed = held_spec(Some(&taken), "me", ts(1005));
+        assert_eq!(renewed.lease_transitions, Some(1));
+        assert_eq!(renewed.acquire_time, Some(MicroTime(ts(1000))));
+        assert_eq!(renewed.renew_time, Some(MicroTime(ts(1005))));
+        assert_eq!(held_spec(None, "me", ts(1)).lease_transitions, Some(0));
+    }
+}

@@ -1,0 +1,713 @@
+//! The policy controller's decisions, as pure functions: which namespaces a policy governs, what
+//! to do in each of them, how many pods are covered, and the status that results.
+//!
+//! The reconciler gathers the inputs (policies, namespaces, pod metadata, source Secrets), calls
+//! these functions and carries out what they return; it decides nothing itself.
+
+use crate::api::keys::{INJECTED_LABEL, INJECT_LABEL};
+use crate::api::{
+    governing_policy, selector, Coverage, NamespaceState, NamespaceStatus, PolicyPhase, SamplingStatus, TracingPolicy,
+    TracingPolicyStatus,
+};
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, ObjectMeta, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
+
+/// Rollout phase of a namespace when the policy declares no phases.
+pub const DEFAULT_ROLLOUT_PHASE: &str = "default";
+
+/// Condition types written by the controller.
+pub const READY: &str = "Ready";
+pub const PROGRESSING: &str = "Progressing";
+pub const DEGRADED: &str = "Degraded";
+
+/// Condition reasons (also used as Event reasons where they match).
+pub mod reason {
+    pub const INVALID_SPEC: &str = "InvalidSpec";
+    pub const SECRET_NOT_FOUND: &str = "SecretNotFound";
+    pub const OVERLAP: &str = "Overlap";
+    pub const NO_NAMESPACES: &str = "NoNamespaces";
+    pub const PAUSED: &str = "Paused";
+    pub const DRY_RUN: &str = "DryRun";
+    pub const ACTIVATING: &str = "Activating";
+    pub const COMPLETE: &str = "Complete";
+    pub const ALL_ACTIVE: &str = "AllNamespacesActive";
+    pub const AS_EXPECTED: &str = "AsExpected";
+    pub const WRITE_FAILED: &str = "WriteFailed";
+}
+
+/// A namespace this policy governs (and no older policy claims), with its rollout phase.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GovernedNamespace {
+    pub name: String,
+    pub rollout_phase: String,
+}
+
+/// A namespace this policy's selector matches but an older policy governs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Overlap {
+    pub namespace: String,
+    pub governed_by: String,
+}
+
+/// Where a policy applies, computed from every policy and namespace the controller knows.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NamespacePlan {
+    /// Sorted by name.
+    pub governed: Vec<GovernedNamespace>,
+    /// Sorted by namespace name.
+    pub overlaps: Vec<Overlap>,
+}
+
+impl NamespacePlan {
+    pub fn governs(&self, namespace: &str) -> bool {
+        self.governed.iter().any(|g| g.name == namespace)
+    }
+}
+
+/// Which namespaces `policy` governs among `namespaces`, given all known `policies` (the store may
+/// lag behind, so `policy` itself is taken from the argument, not from `policies`).
+/// Terminating namespaces are not governed: nothing can be written there any more.
+pub fn plan_namespaces<'a>(
+    policy: &'a TracingPolicy,
+    policies: impl IntoIterator<Item = &'a TracingPolicy>,
+    namespaces: impl IntoIterator<Item = &'a Namespace>,
+) -> NamespacePlan {
+    let me = policy.name_any();
+    let candidates: Vec<&TracingPolicy> =
+        std::iter::once(policy).chain(policies.into_iter().filter(|p| p.name_any() != me)).collect();
+    let mut plan = NamespacePlan::default();
+    for ns in namespaces {
+        if is_terminating(ns) || !policy.governs(ns) {
+            continue;
+        }
+        match governing_policy(candidates.iter().copied(), ns) {
+            Some(winner) if winner.name_any() != me => {
+                plan.overlaps.push(Overlap { namespace: ns.name_any(), governed_by: winner.name_any() })
+            }
+            _ => plan
+                .governed
+                .push(GovernedNamespace { name: ns.name_any(), rollout_phase: rollout_phase_for(policy, ns) }),
+        }
+    }
+    plan.governed.sort_by(|a, b| a.name.cmp(&b.name));
+    plan.overlaps.sort_by(|a, b| a.namespace.cmp(&b.namespace));
+    plan
+}
+
+fn is_terminating(ns: &Namespace) -> bool {
+    ns.metadata.deletion_timestamp.is_some()
+        || ns.status.as_ref().and_then(|s| s.phase.as_deref()).is_some_and(|p| p == "Terminating")
+}
+
+/// The rollout phase `ns` belongs to: the first phase whose selector matches it (a phase without
+/// selector takes every remaining namespace), else the last phase, else [`DEFAULT_ROLLOUT_PHASE`].
+pub fn rollout_phase_for(policy: &TracingPolicy, ns: &Namespace) -> String {
+    let phases = &policy.spec.rollout.phases;
+    let matches =
+        |sel: &Option<LabelSelector>| sel.as_ref().is_none_or(|s| selector::matches(s, ns.labels()).unwrap_or(false));
+    phases
+        .iter()
+        .find(|p| matches(&p.namespace_selector))
+        .or(phases.last())
+        .map_or_else(|| DEFAULT_ROLLOUT_PHASE.to_string(), |p| p.name.clone())
+}
+
+/// Kind of an object the policy owns in a user namespace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum OwnedKind {
+    ConfigMap,
+    Secret,
+}
+
+/// An object the policy owns, as listed (metadata only).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct OwnedObject {
+    pub kind: OwnedKind,
+    pub namespace: String,
+    pub name: String,
+    /// Deletion is guarded by this version, so an object another policy just took over survives.
+    pub resource_version: Option<String>,
+}
+
+/// Owned objects that must go: everything in namespaces the policy no longer governs, and the
+/// agent Secret where the policy no longer needs one (its API key or CA reference was removed).
+pub fn stale_objects(plan: &NamespacePlan, needs_secret: bool, owned: &[OwnedObject]) -> Vec<OwnedObject> {
+    let mut stale: Vec<OwnedObject> = owned
+        .iter()
+        .filter(|o| !plan.governs(&o.namespace) || (o.kind == OwnedKind::Secret && !needs_secret))
+        .cloned()
+        .collect();
+    stale.sort();
+    stale
+}
+
+/// What gates the activation of namespaces in this reconcile.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Gates {
+    /// `spec.rollout.paused`: no new namespace becomes active.
+    pub paused: bool,
+    /// `spec.rollout.dryRun`: nothing new is written or activated.
+    pub dry_run: bool,
+    /// Every source Secret the policy references exists with its key.
+    pub secrets_ready: bool,
+}
+
+/// What to do in one governed namespace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Write the agent config (and Secret) and mark the namespace `Active` for the first time.
+    Activate,
+    /// Already active: rewrite the agent config so live changes (sampling, endpoint) reach the agents.
+    Refresh,
+    /// Already active, but the config cannot be written now (a source Secret is missing): leave
+    /// what is there, so running agents keep working.
+    Keep,
+    /// Not active, and not to be activated now.
+    Hold(HoldReason),
+}
+
+/// Why a namespace stays `Pending`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HoldReason {
+    Paused,
+    DryRun,
+    SecretNotFound,
+    /// Writing the agent objects failed; retried on the next reconcile.
+    WriteFailed,
+}
+
+impl Step {
+    /// The namespace's state once the step is carried out.
+    pub fn resulting_state(self) -> NamespaceState {
+        match self {
+            Step::Activate | Step::Refresh | Step::Keep => NamespaceState::Active,
+            Step::Hold(_) => NamespaceState::Pending,
+        }
+    }
+
+    /// Whether the step writes the agent ConfigMap (and Secret).
+    pub fn writes_config(self) -> bool {
+        matches!(self, Step::Activate | Step::Refresh)
+    }
+}
+
+/// The step for a namespace previously in state `previous` (None: never recorded).
+pub fn step_for(previous: Option<NamespaceState>, gates: Gates) -> Step {
+    let active = previous == Some(NamespaceState::Active);
+    match (active, gates) {
+        (true, Gates { secrets_ready: false, .. }) => Step::Keep,
+        (true, _) => Step::Refresh,
+        (false, Gates { secrets_ready: false, .. }) => Step::Hold(HoldReason::SecretNotFound),
+        (false, Gates { dry_run: true, .. }) => Step::Hold(HoldReason::DryRun),
+        (false, Gates { paused: true, .. }) => Step::Hold(HoldReason::Paused),
+        (false, _) => Step::Activate,
+    }
+}
+
+/// Pod counts of one namespace from pod metadata.
+///
+/// `selected`: not terminating, not opted out, matched by `podSelector`; `injected`: selected and
+/// labelled `tracelight.io/injected=true`; `missed`: selected, not injected, namespace active.
+/// `outdated` needs the expected manifest hash, which depends on each pod's containers (see
+/// `inject::hash`) and cannot be computed from metadata alone: it stays 0 for now.
+// TODO(outdated): once the injector records a policy-level hash annotation, compare it here.
+pub fn pod_counts<'a>(
+    pods: impl IntoIterator<Item = &'a ObjectMeta>,
+    pod_selector: Option<&LabelSelector>,
+    active: bool,
+) -> Coverage {
+    let empty = Default::default();
+    let mut counts = Coverage::default();
+    for pod in pods {
+        let labels = pod.labels.as_ref().unwrap_or(&empty);
+        let opted_out = labels.get(INJECT_LABEL).is_some_and(|v| v == "false");
+        let selected = pod_selector.is_none_or(|s| selector::matches(s, labels).unwrap_or(false));
+        if pod.deletion_timestamp.is_some() || opted_out || !selected {
+            continue;
+        }
+        counts.selected += 1;
+        if labels.get(INJECTED_LABEL).is_some_and(|v| v == "true") {
+            counts.injected += 1;
+        } else if active {
+            counts.missed += 1;
+        }
+    }
+    counts
+}
+
+/// Sum of per-namespace counts, with the number of namespaces.
+pub fn total_coverage(namespaces: &[NamespaceStatus]) -> Coverage {
+    namespaces.iter().fold(
+        Coverage { namespaces: u32::try_from(namespaces.len()).unwrap_or(u32::MAX), ..Default::default() },
+        |mut total, ns| {
+            total.selected += ns.counts.selected;
+            total.injected += ns.counts.injected;
+            total.outdated += ns.counts.outdated;
+            total.missed += ns.counts.missed;
+            total.reporting += ns.counts.reporting;
+            total
+        },
+    )
+}
+
+/// What the reconciler observed and did, as input to [`desired_status`].
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Observation {
+    /// Every governed namespace with its state after this reconcile and its pod counts.
+    pub namespaces: Vec<NamespaceStatus>,
+    pub overlaps: Vec<Overlap>,
+    /// Human-readable descriptions of missing source Secrets (`ns/name` and key), never values.
+    pub missing_secrets: Vec<String>,
+    /// Namespaces where writing the agent objects failed, with the error.
+    pub write_failures: Vec<String>,
+}
+
+/// The status of a valid policy after a reconcile.
+pub fn desired_status(
+    policy: &TracingPolicy,
+    observed: &Observation,
+    previous: Option<&TracingPolicyStatus>,
+    now: Timestamp,
+) -> TracingPolicyStatus {
+    let rollout = &policy.spec.rollout;
+    let generation = policy.metadata.generation;
+    let prev_conditions = previous.map(|s| s.conditions.as_slice()).unwrap_or_default();
+    let total = observed.namespaces.len();
+    let active = observed.namespaces.iter().filter(|n| n.state == NamespaceState::Active).count();
+    let pending = total - active;
+    let secrets_missing = !observed.missing_secrets.is_empty();
+
+    let phase = if rollout.paused {
+        PolicyPhase::Paused
+    } else if total == 0 {
+        PolicyPhase::Pending
+    } else if pending == 0 {
+        PolicyPhase::Complete
+    } else if secrets_missing {
+        PolicyPhase::Degraded
+    } else {
+        PolicyPhase::Progressing
+    };
+
+    let secret_message = || format!("source Secret missing: {}", observed.missing_secrets.join("; "));
+    let ready = if secrets_missing {
+        (false, reason::SECRET_NOT_FOUND, secret_message())
+    } else if total == 0 {
+        (false, reason::NO_NAMESPACES, no_namespaces_message(&observed.overlaps))
+    } else if pending == 0 {
+        (true, reason::ALL_ACTIVE, format!("{active} of {total} namespaces active"))
+    } else {
+        let why = if rollout.dry_run {
+            reason::DRY_RUN
+        } else if rollout.paused {
+            reason::PAUSED
+        } else {
+            reason::ACTIVATING
+        };
+        (false, why, format!("{active} of {total} namespaces active"))
+    };
+
+    let progressing = if total == 0 {
+        (false, reason::NO_NAMESPACES, "no governed namespace".to_string())
+    } else if pending == 0 {
+        (false, reason::COMPLETE, format!("all {total} namespaces active"))
+    } else if secrets_missing {
+        (false, reason::SECRET_NOT_FOUND, format!("{pending} namespaces wait for a source Secret"))
+    } else if rollout.dry_run {
+        (false, reason::DRY_RUN, format!("dry run: {pending} namespaces would be activated"))
+    } else if rollout.paused {
+        (false, reason::PAUSED, format!("rollout paused with {pending} namespaces pending"))
+    } else {
+        (true, reason::ACTIVATING, format!("activating {pending} namespaces"))
+    };
+
+    let mut problems: Vec<(&str, String)> = Vec::new();
+    if secrets_missing {
+        problems.push((reason::SECRET_NOT_FOUND, secret_message()));
+    }
+    if !observed.write_failures.is_empty() {
+        problems.push((reason::WRITE_FAILED, observed.write_failures.join("; ")));
+    }
+    if !observed.overlaps.is_empty() {
+        problems.push((reason::OVERLAP, overlap_message(policy, &observed.overlaps)));
+    }
+    let degraded = match problems.first() {
+        Some((why, _)) => (true, *why, problems.iter().map(|(_, m)| m.as_str()).collect::<Vec<_>>().join("; ")),
+        None => (false, reason::AS_EXPECTED, "no problem observed".to_string()),
+    };
+
+    let conditions = [(READY, ready), (PROGRESSING, progressing), (DEGRADED, degraded)]
+        .into_iter()
+        .map(|(type_, (status, why, message))| condition(type_, status, why, message, generation, prev_conditions, now))
+        .collect();
+
+    TracingPolicyStatus {
+        observed_generation: generation,
+        phase: Some(phase),
+        conditions,
+        active_phase: active_rollout_phase(&observed.namespaces),
+        manifest_hash: None,
+        coverage: Some(total_coverage(&observed.namespaces)),
+        namespaces: observed.namespaces.clone(),
+        sampling: Some(SamplingStatus { effective_ratio: policy.spec.sampling.ratio.get(), spans_per_second: None }),
+    }
+}
+
+/// The status of a policy whose spec failed validation: the conditions say why, and what was
+/// already rolled out is reported as it was (nothing is changed while the spec is invalid).
+pub fn invalid_spec_status(
+    policy: &TracingPolicy,
+    message: &str,
+    previous: Option<&TracingPolicyStatus>,
+    now: Timestamp,
+) -> TracingPolicyStatus {
+    let generation = policy.metadata.generation;
+    let prev_conditions = previous.map(|s| s.conditions.as_slice()).unwrap_or_default();
+    let conditions = [(READY, false), (PROGRESSING, false), (DEGRADED, true)]
+        .into_iter()
+        .map(|(type_, status)| {
+            condition(type_, status, reason::INVALID_SPEC, message.to_string(), generation, prev_conditions, now)
+        })
+        .collect();
+    TracingPolicyStatus {
+        observed_generation: generation,
+        phase: Some(PolicyPhase::Degraded),
+        conditions,
+        ..previous.cloned().unwrap_or_default()
+    }
+}
+
+/// The rollout phase of the first pending namespace, if any is pending.
+fn active_rollout_phase(namespaces: &[NamespaceStatus]) -> Option<String> {
+    namespaces.iter().find(|n| n.state == NamespaceState::Pending).and_then(|n| n.rollout_phase.clone())
+}
+
+fn no_namespaces_message(overlaps: &[Overlap]) -> String {
+    if overlaps.is_empty() {
+        "no namespace matches spec.namespaceSelector: label one, e.g. `kubectl label namespace NAME tracelight.io/enabled=true`"
+            .to_string()
+    } else {
+        "every matching namespace is governed by an older policy".to_string()
+    }
+}
+
+fn overlap_message(policy: &TracingPolicy, overlaps: &[Overlap]) -> String {
+    let me = policy.name_any();
+    overlaps
+        .iter()
+        .map(|o| {
+            format!(
+                "namespace {} is selected by policies {} and {}; the older, {}, governs it",
+                o.namespace, o.governed_by, me, o.governed_by
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// A condition, keeping the previous transition time when its status did not change.
+pub fn condition(
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+    previous: &[Condition],
+    now: Timestamp,
+) -> Condition {
+    let status = if status { "True" } else { "False" };
+    let last_transition_time = previous
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .map_or(Time(now), |c| c.last_transition_time.clone());
+    Condition {
+        type_: type_.to_string(),
+        status: status.to_string(),
+        reason: reason.to_string(),
+        message,
+        observed_generation: generation,
+        last_transition_time,
+    }
+}
+
+/// The reason of condition `type_` in `status`, if set.
+pub fn condition_reason<'a>(status: Option<&'a TracingPolicyStatus>, type_: &str) -> Option<&'a str> {
+    status?.conditions.iter().find(|c| c.type_ == type_).map(|c| c.reason.as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{RolloutPhase, TracingPolicySpec};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
+    use std::collections::BTreeMap;
+
+    fn policy(name: &str, created: i64) -> TracingPolicy {
+        let spec: TracingPolicySpec = serde_json::from_value(serde_json::json!({
+            "collector": {"endpoint": "http://collector:4317", "protocol": "grpc"}
+        }))
+        .unwrap();
+        let mut p = TracingPolicy::new(name, spec);
+        p.metadata.generation = Some(3);
+        p.metadata.creation_timestamp = Some(Time(Timestamp::from_second(created).unwrap()));
+        p
+    }
+
+    fn namespace(name: &str, labels: &[(&str, &str)]) -> Namespace {
+        let mut ns = Namespace::default();
+        ns.metadata.name = Some(name.into());
+        ns.metadata.labels = Some(labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect());
+        ns
+    }
+
+    fn enabled(name: &str) -> Namespace {
+        namespace(name, &[("tracelight.io/enabled", "true")])
+    }
+
+    fn phase(name: &str, selector: Option<LabelSelector>) -> RolloutPhase {
+        serde_json::from_value(serde_json::json!({"name": name, "namespaceSelector": selector})).unwrap()
+    }
+
+    fn ns_status(name: &str, state: NamespaceState) -> NamespaceStatus {
+        NamespaceStatus { name: name.into(), rollout_phase: Some("default".into()), state, counts: Coverage::default() }
+    }
+
+    fn now() -> Timestamp {
+        Timestamp::from_second(1_800_000_000).unwrap()
+    }
+
+    #[test]
+    fn governs_labelled_namespaces_only_sorted() {
+        let p = policy("default", 100);
+        let nss = [enabled("b"), namespace("plain", &[]), enabled("a")];
+        let plan = plan_namespaces(&p, [], &nss);
+        let names: Vec<_> = plan.governed.iter().map(|g| g.name.as_str()).collect();
+        assert_eq!(names, ["a", "b"]);
+        assert!(plan.overlaps.is_empty());
+        assert_eq!(plan.governed[0].rollout_phase, DEFAULT_ROLLOUT_PHASE);
+    }
+
+    #[test]
+    fn older_policy_wins_an_overlap_and_the_younger_reports_it() {
+        let old = policy("old", 100);
+        let young = policy("young", 200);
+        let nss = [enabled("shop")];
+        let plan = plan_namespaces(&young, [&old, &young], &nss);
+        assert!(plan.governed.is_empty());
+        assert_eq!(plan.overlaps, vec![Overlap { namespace: "shop".into(), governed_by: "old".into() }]);
+        let plan = plan_namespaces(&old, [&old, &young], &nss);
+        assert_eq!(plan.governed.len(), 1);
+        assert!(plan.overlaps.is_empty());
+    }
+
+    #[test]
+    fn a_policy_being_deleted_does_not_win_overlaps() {
+        let mut old = policy("old", 100);
+        old.metadata.deletion_timestamp = Some(Time(now()));
+        let young = policy("young", 200);
+        let plan = plan_namespaces(&young, [&old], &[enabled("shop")]);
+        assert_eq!(plan.governed.len(), 1);
+    }
+
+    #[test]
+    fn terminating_namespaces_are_not_governed() {
+        let mut ns = enabled("gone");
+        ns.metadata.deletion_timestamp = Some(Time(now()));
+        let plan = plan_namespaces(&policy("p", 1), [], &[ns]);
+        assert!(plan.governed.is_empty());
+    }
+
+    #[test]
+    fn rollout_phase_is_first_match_else_last_phase() {
+        let mut p = policy("p", 1);
+        let pilot = LabelSelector {
+            match_expressions: Some(vec![LabelSelectorRequirement {
+                key: "tier".into(),
+                operator: "In".into(),
+                values: Some(vec!["pilot".into()]),
+            }]),
+            ..Default::default()
+        };
+        let prod = LabelSelector {
+            match_labels: Some(BTreeMap::from([("tier".to_string(), "prod".to_string())])),
+            ..Default::default()
+        };
+        p.spec.rollout.phases = vec![phase("pilot", Some(pilot)), phase("expansion", Some(prod))];
+        assert_eq!(rollout_phase_for(&p, &namespace("a", &[("tier", "pilot")])), "pilot");
+        assert_eq!(rollout_phase_for(&p, &namespace("b", &[("tier", "prod")])), "expansion");
+        assert_eq!(rollout_phase_for(&p, &namespace("c", &[])), "expansion");
+        p.spec.rollout.phases.push(phase("rest", None));
+        assert_eq!(rollout_phase_for(&p, &namespace("c", &[])), "rest");
+    }
+
+    fn owned(kind: OwnedKind, ns: &str) -> OwnedObject {
+        OwnedObject { kind, namespace: ns.into(), name: "tracelight-agent".into(), resource_version: Some("1".into()) }
+    }
+
+    #[test]
+    fn stale_objects_are_those_outside_governed_namespaces_and_unneeded_secrets() {
+        let plan = plan_namespaces(&policy("p", 1), [], &[enabled("a")]);
+        let all = [
+            owned(OwnedKind::ConfigMap, "a"),
+            owned(OwnedKind::Secret, "a"),
+            owned(OwnedKind::ConfigMap, "gone"),
+            owned(OwnedKind::Secret, "gone"),
+        ];
+        let stale = stale_objects(&plan, true, &all);
+        assert_eq!(stale, vec![owned(OwnedKind::ConfigMap, "gone"), owned(OwnedKind::Secret, "gone")]);
+        let stale = stale_objects(&plan, false, &all);
+        assert_eq!(stale.len(), 3);
+        assert!(stale.contains(&owned(OwnedKind::Secret, "a")));
+    }
+
+    #[test]
+    fn steps_respect_pause_dry_run_and_missing_secrets() {
+        let open = Gates { paused: false, dry_run: false, secrets_ready: true };
+        assert_eq!(step_for(None, open), Step::Activate);
+        assert_eq!(step_for(Some(NamespaceState::Pending), open), Step::Activate);
+        assert_eq!(step_for(Some(NamespaceState::Active), open), Step::Refresh);
+        let paused = Gates { paused: true, ..open };
+        assert_eq!(step_for(None, paused), Step::Hold(HoldReason::Paused));
+        assert_eq!(step_for(Some(NamespaceState::Active), paused), Step::Refresh);
+        let dry = Gates { dry_run: true, ..open };
+        assert_eq!(step_for(None, dry), Step::Hold(HoldReason::DryRun));
+        let no_secret = Gates { secrets_ready: false, ..open };
+        assert_eq!(step_for(None, no_secret), Step::Hold(HoldReason::SecretNotFound));
+        assert_eq!(step_for(Some(NamespaceState::Active), no_secret), Step::Keep);
+        assert!(!Step::Keep.writes_config());
+        assert_eq!(Step::Keep.resulting_state(), NamespaceState::Active);
+    }
+
+    fn pod(labels: &[(&str, &str)]) -> ObjectMeta {
+        ObjectMeta {
+            labels: Some(labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn pod_counts_selected_injected_missed() {
+        let mut terminating = pod(&[]);
+        terminating.deletion_timestamp = Some(Time(now()));
+        let pods = [
+            pod(&[("tracelight.io/injected", "true")]),
+            pod(&[]),
+            pod(&[("tracelight.io/inject", "false")]),
+            terminating,
+        ];
+        let counts = pod_counts(&pods, None, true);
+        assert_eq!((counts.selected, counts.injected, counts.missed, counts.outdated), (2, 1, 1, 0));
+        // Nothing is missed where the rollout has not arrived yet.
+        assert_eq!(pod_counts(&pods, None, false).missed, 0);
+    }
+
+    #[test]
+    fn pod_selector_narrows_selection() {
+        let sel = LabelSelector {
+            match_labels: Some(BTreeMap::from([("app".to_string(), "api".to_string())])),
+            ..Default::default()
+        };
+        let pods = [pod(&[("app", "api")]), pod(&[("app", "db")])];
+        assert_eq!(pod_counts(&pods, Some(&sel), true).selected, 1);
+    }
+
+    fn cond<'a>(s: &'a TracingPolicyStatus, t: &str) -> &'a Condition {
+        s.conditions.iter().find(|c| c.type_ == t).unwrap()
+    }
+
+    #[test]
+    fn all_active_is_complete_and_ready() {
+        let p = policy("p", 1);
+        let mut a = ns_status("a", NamespaceState::Active);
+        a.counts = Coverage { selected: 3, injected: 2, missed: 1, ..Default::default() };
+        let obs = Observation { namespaces: vec![a, ns_status("b", NamespaceState::Active)], ..Default::default() };
+        let s = desired_status(&p, &obs, None, now());
+        assert_eq!(s.phase, Some(PolicyPhase::Complete));
+        assert_eq!(s.observed_generation, Some(3));
+        assert_eq!(cond(&s, READY).status, "True");
+        assert_eq!(cond(&s, PROGRESSING).reason, reason::COMPLETE);
+        assert_eq!(cond(&s, DEGRADED).status, "False");
+        let cov = s.coverage.unwrap();
+        assert_eq!((cov.namespaces, cov.selected, cov.injected, cov.missed), (2, 3, 2, 1));
+        assert_eq!(s.active_phase, None);
+    }
+
+    #[test]
+    fn no_namespaces_is_pending() {
+        let s = desired_status(&policy("p", 1), &Observation::default(), None, now());
+        assert_eq!(s.phase, Some(PolicyPhase::Pending));
+        assert_eq!(cond(&s, READY).reason, reason::NO_NAMESPACES);
+        assert_eq!(s.coverage.unwrap().namespaces, 0);
+    }
+
+    #[test]
+    fn paused_policy_is_paused_with_pending_namespaces() {
+        let mut p = policy("p", 1);
+        p.spec.rollout.paused = true;
+        let obs = Observation {
+            namespaces: vec![ns_status("a", NamespaceState::Active), ns_status("b", NamespaceState::Pending)],
+            ..Default::default()
+        };
+        let s = desired_status(&p, &obs, None, now());
+        assert_eq!(s.phase, Some(PolicyPhase::Paused));
+        assert_eq!(cond(&s, READY).reason, reason::PAUSED);
+        assert_eq!(cond(&s, PROGRESSING).status, "False");
+        assert_eq!(s.active_phase.as_deref(), Some("default"));
+    }
+
+    #[test]
+    fn missing_secret_is_not_ready_and_degraded() {
+        let obs = Observation {
+            namespaces: vec![ns_status("a", NamespaceState::Pending)],
+            missing_secrets: vec!["Secret ops/backend has no key api-key".into()],
+            ..Default::default()
+        };
+        let s = desired_status(&policy("p", 1), &obs, None, now());
+        assert_eq!(s.phase, Some(PolicyPhase::Degraded));
+        assert_eq!(cond(&s, READY).reason, reason::SECRET_NOT_FOUND);
+        assert!(cond(&s, READY).message.contains("ops/backend"));
+        assert_eq!(cond(&s, DEGRADED).status, "True");
+    }
+
+    #[test]
+    fn overlap_is_reported_naming_both_policies() {
+        let obs = Observation {
+            namespaces: vec![ns_status("a", NamespaceState::Active)],
+            overlaps: vec![Overlap { namespace: "shop".into(), governed_by: "old".into() }],
+            ..Default::default()
+        };
+        let s = desired_status(&policy("young", 1), &obs, None, now());
+        let degraded = cond(&s, DEGRADED);
+        assert_eq!((degraded.status.as_str(), degraded.reason.as_str()), ("True", reason::OVERLAP));
+        assert!(degraded.message.contains("old") && degraded.message.contains("young"));
+        assert!(degraded.message.contains("shop"));
+        assert_eq!(s.phase, Some(PolicyPhase::Complete));
+    }
+
+    #[test]
+    fn transition_time_is_kept_while_status_is_unchanged() {
+        let p = policy("p", 1);
+        let obs = Observation { namespaces: vec![ns_status("a", NamespaceState::Active)], ..Default::default() };
+        let first = desired_status(&p, &obs, None, now());
+        let later = Timestamp::from_second(1_800_000_600).unwrap();
+        let second = desired_status(&p, &obs, Some(&first), later);
+        assert_eq!(cond(&second, READY).last_transition_time, Time(now()));
+        let third = desired_status(&p, &Observation::default(), Some(&second), later);
+        assert_eq!(cond(&third, READY).last_transition_time, Time(later));
+    }
+
+    #[test]
+    fn invalid_spec_keeps_rolled_out_namespaces() {
+        let p = policy("p", 1);
+        let obs = Observation { namespaces: vec![ns_status("a", NamespaceState::Active)], ..Default::default() };
+        let before = desired_status(&p, &obs, None, now());
+        let s = invalid_spec_status(&p, "invalid TracingPolicy: spec.propagators: bad", Some(&before), now());
+        assert_eq!(s.phase, Some(PolicyPhase::Degraded));
+        assert_eq!(s.namespaces, before.namespaces);
+        assert_eq!(cond(&s, READY).reason, reason::INVALID_SPEC);
+        assert!(cond(&s, READY).message.contains("spec.propagators"));
+        assert_eq!(condition_reason(Some(&s), READY), Some(reason::INVALID_SPEC));
+    }
+}

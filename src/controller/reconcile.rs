@@ -1,0 +1,358 @@
+//! The TracingPolicy reconciler: gathers what the pure [`plan`](super::plan) functions need,
+//! carries out what they decide (agent ConfigMaps and Secrets, status, Events) and nothing more.
+
+use super::metrics::ControllerMetrics;
+use super::plan::{
+    self, condition_reason, desired_status, invalid_spec_status, plan_namespaces, pod_counts, reason, stale_objects,
+    step_for, Gates, Observation, OwnedKind, OwnedObject, Step, READY,
+};
+use super::resources::{self, agent_configmap, agent_secret, owned_selector, SecretValues, SourceKind};
+use crate::api::agent_config::{needs_secret, AGENT_CONFIGMAP, AGENT_SECRET};
+use crate::api::keys::FIELD_MANAGER;
+use crate::api::validate::validate;
+use crate::api::{NamespaceState, NamespaceStatus, TracingPolicy, TracingPolicyStatus};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, ObjectReference, Pod, Secret};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, Preconditions};
+use kube::core::PartialObjectMeta;
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::finalizer::{self, finalizer};
+use kube::runtime::reflector::Store;
+use kube::{Client, Resource, ResourceExt};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Finalizer that keeps a policy until the objects it owns in user namespaces are removed.
+pub const FINALIZER: &str = "tracelight.io/cleanup";
+/// Periodic re-reconcile, to refresh pod counts (pods do not trigger reconciles).
+pub const REQUEUE_AFTER: Duration = Duration::from_secs(60);
+/// Retry delay after a failed reconcile.
+pub const RETRY_AFTER: Duration = Duration::from_secs(15);
+/// How long a reconcile waits for the namespace and pod caches to fill at start-up.
+const CACHE_WAIT: Duration = Duration::from_secs(60);
+
+/// Everything a reconcile needs, shared by all reconciles.
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub metrics: ControllerMetrics,
+    /// All policies (the controller's own cache).
+    pub policies: Store<TracingPolicy>,
+    pub namespaces: Store<Namespace>,
+    /// Pod metadata only: a full Pod costs ~10x more memory in a cache.
+    pub pods: Store<PartialObjectMeta<Pod>>,
+}
+
+/// Why a reconcile failed. `kind` labels the failure metric.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{action} {what}: {source}")]
+    Kube { action: &'static str, what: String, source: kube::Error },
+    #[error("the {0} cache did not fill within {CACHE_WAIT:?}")]
+    CacheNotReady(&'static str),
+    #[error("writing agent objects failed in {0} namespace(s)")]
+    WriteFailed(usize),
+    #[error(transparent)]
+    Finalizer(Box<finalizer::Error<Error>>),
+}
+
+impl Error {
+    /// Short, bounded label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Kube { .. } => "kube",
+            Error::CacheNotReady(_) => "cache_not_ready",
+            Error::WriteFailed(_) => "write_failed",
+            Error::Finalizer(inner) => match inner.as_ref() {
+                finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e.kind(),
+                _ => "finalizer",
+            },
+        }
+    }
+
+    fn kube(action: &'static str, what: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
+        let what = what.into();
+        move |source| Error::Kube { action, what, source }
+    }
+}
+
+/// Reconciles one policy: apply while it lives, clean up once it is deleted.
+#[tracing::instrument(skip_all, fields(policy = %policy.name_any(), generation = policy.metadata.generation))]
+pub async fn reconcile(policy: Arc<TracingPolicy>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let _timer = ctx.metrics.start_reconcile();
+    let api: Api<TracingPolicy> = Api::all(ctx.client.clone());
+    finalizer(&api, FINALIZER, policy, |event| async {
+        match event {
+            finalizer::Event::Apply(p) => apply(&p, &ctx).await,
+            finalizer::Event::Cleanup(p) => cleanup(&p, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)))
+}
+
+/// Counts the failure and retries after a short delay.
+pub fn error_policy(policy: Arc<TracingPolicy>, error: &Error, ctx: Arc<Context>) -> Action {
+    tracing::warn!(policy = %policy.name_any(), error = %error, "reconcile failed");
+    ctx.metrics.count_failure(error.kind());
+    Action::requeue(RETRY_AFTER)
+}
+
+async fn apply(policy: &TracingPolicy, ctx: &Context) -> Result<Action, Error> {
+    ctx.wait_for_caches().await?;
+    let previous = policy.status.as_ref();
+    if let Err(errors) = validate(&policy.spec) {
+        return reject_invalid(policy, &errors.to_string(), ctx).await;
+    }
+
+    let policies = ctx.policies.state();
+    let namespaces = ctx.namespaces.state();
+    let plan = plan_namespaces(policy, policies.iter().map(Arc::as_ref), namespaces.iter().map(Arc::as_ref));
+    let (secret_values, missing_secrets) = read_source_secrets(policy, ctx).await?;
+    let gates = Gates {
+        paused: policy.spec.rollout.paused,
+        dry_run: policy.spec.rollout.dry_run,
+        secrets_ready: missing_secrets.is_empty(),
+    };
+    let mut pods_by_ns = pods_by_namespace(&ctx.pods, &plan);
+
+    let mut observation = Observation { overlaps: plan.overlaps.clone(), missing_secrets, ..Default::default() };
+    let mut activated = Vec::new();
+    for ns in &plan.governed {
+        let before = previous.and_then(|s| s.namespace_state(&ns.name));
+        let mut step = step_for(before, gates);
+        if step.writes_config() {
+            if let Err(e) = write_agent_objects(policy, &ns.name, &secret_values, ctx).await {
+                tracing::warn!(namespace = %ns.name, error = %e, "writing agent objects failed");
+                observation.write_failures.push(format!("{}: {e}", ns.name));
+                // An active namespace keeps its (older) config; a new one waits for the next try.
+                step = if step == Step::Refresh { Step::Keep } else { Step::Hold(plan::HoldReason::WriteFailed) };
+            }
+        }
+        if step == Step::Activate {
+            activated.push(ns.name.clone());
+        }
+        let state = step.resulting_state();
+        let pods = pods_by_ns.remove(ns.name.as_str()).unwrap_or_default();
+        let counts = pod_counts(
+            pods.iter().map(|p| &p.metadata),
+            policy.spec.pod_selector.as_ref(),
+            state == NamespaceState::Active,
+        );
+        observation.namespaces.push(NamespaceStatus {
+            name: ns.name.clone(),
+            rollout_phase: Some(ns.rollout_phase.clone()),
+            state,
+            counts,
+        });
+    }
+
+    let owned = list_owned(policy, ctx).await?;
+    for object in stale_objects(&plan, needs_secret(policy), &owned) {
+        delete_owned(&object, ctx).await?;
+        tracing::info!(namespace = %object.namespace, kind = ?object.kind, "removed agent object the policy no longer needs");
+    }
+
+    let status = desired_status(policy, &observation, previous, Timestamp::now());
+    patch_status(policy, &status, ctx).await?;
+    // Events after the status write: "activated" means the webhook now injects there.
+    for ns in &activated {
+        tracing::info!(namespace = %ns, "namespace activated");
+        let note = format!("agent config written to namespace {ns}; new pods there are injected");
+        ctx.publish(policy, EventType::Normal, "NamespaceActivated", "Activate", note, Some(namespace_ref(ns))).await;
+    }
+    if !observation.missing_secrets.is_empty() && condition_reason(previous, READY) != Some(reason::SECRET_NOT_FOUND) {
+        let note = observation.missing_secrets.join("; ");
+        ctx.publish(policy, EventType::Warning, reason::SECRET_NOT_FOUND, "CopySecret", note, None).await;
+    }
+    if !observation.write_failures.is_empty() {
+        return Err(Error::WriteFailed(observation.write_failures.len()));
+    }
+    Ok(Action::requeue(REQUEUE_AFTER))
+}
+
+/// Reports an invalid spec in the status (once per generation as an Event) and changes nothing else.
+async fn reject_invalid(policy: &TracingPolicy, message: &str, ctx: &Context) -> Result<Action, Error> {
+    let previous = policy.status.as_ref();
+    tracing::warn!(error = %message, "invalid spec");
+    let already_reported = condition_reason(previous, READY) == Some(reason::INVALID_SPEC)
+        && previous.and_then(|s| s.observed_generation) == policy.metadata.generation;
+    patch_status(policy, &invalid_spec_status(policy, message, previous, Timestamp::now()), ctx).await?;
+    if !already_reported {
+        ctx.publish(policy, EventType::Warning, reason::INVALID_SPEC, "Validate", message.to_string(), None).await;
+    }
+    // A spec change triggers the next reconcile.
+    Ok(Action::await_change())
+}
+
+/// Removes every object the policy owns, in every namespace.
+async fn cleanup(policy: &TracingPolicy, ctx: &Context) -> Result<Action, Error> {
+    let owned = list_owned(policy, ctx).await?;
+    for object in &owned {
+        delete_owned(object, ctx).await?;
+    }
+    let namespaces: std::collections::BTreeSet<&str> = owned.iter().map(|o| o.namespace.as_str()).collect();
+    tracing::info!(namespaces = namespaces.len(), "policy deleted: agent objects removed");
+    // TODO(rollout): restart the workloads of the namespaces left, so their pods lose the agent
+    // (today injected pods keep running with the last config they loaded until they restart).
+    let note = format!("removed the agent config from {} namespace(s)", namespaces.len());
+    ctx.publish(policy, EventType::Normal, "CleanedUp", "Cleanup", note, None).await;
+    Ok(Action::await_change())
+}
+
+/// Reads the source Secrets: the values found, and a description of each one missing.
+async fn read_source_secrets(policy: &TracingPolicy, ctx: &Context) -> Result<(SecretValues, Vec<String>), Error> {
+    let mut values = SecretValues::default();
+    let mut missing = Vec::new();
+    for (kind, r) in resources::source_secret_refs(policy) {
+        let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &r.namespace);
+        let secret =
+            api.get_opt(&r.name).await.map_err(Error::kube("reading", format!("Secret {}/{}", r.namespace, r.name)))?;
+        match resources::pick_key(secret.as_ref(), kind, r) {
+            Ok(value) => match kind {
+                SourceKind::ApiKey => values.api_key = Some(value),
+                SourceKind::Ca => values.ca = Some(value),
+            },
+            Err(description) => missing.push(description),
+        }
+    }
+    Ok((values, missing))
+}
+
+/// Server-side applies the agent ConfigMap (and Secret, when the policy needs one) in `namespace`.
+async fn write_agent_objects(
+    policy: &TracingPolicy,
+    namespace: &str,
+    secrets: &SecretValues,
+    ctx: &Context,
+) -> Result<(), Error> {
+    let pp = PatchParams::apply(FIELD_MANAGER).force();
+    let cm = agent_configmap(policy, namespace);
+    Api::<ConfigMap>::namespaced(ctx.client.clone(), namespace)
+        .patch(AGENT_CONFIGMAP, &pp, &Patch::Apply(&cm))
+        .await
+        .map_err(Error::kube("applying", format!("ConfigMap {namespace}/{AGENT_CONFIGMAP}")))?;
+    if needs_secret(policy) {
+        let secret = agent_secret(policy, namespace, secrets);
+        Api::<Secret>::namespaced(ctx.client.clone(), namespace)
+            .patch(AGENT_SECRET, &pp, &Patch::Apply(&secret))
+            .await
+            .map_err(Error::kube("applying", format!("Secret {namespace}/{AGENT_SECRET}")))?;
+    }
+    Ok(())
+}
+
+/// Every ConfigMap and Secret the policy owns, cluster-wide (metadata only: no Secret values).
+async fn list_owned(policy: &TracingPolicy, ctx: &Context) -> Result<Vec<OwnedObject>, Error> {
+    let lp = ListParams::default().labels(&owned_selector(policy));
+    let to_owned = |kind: OwnedKind, meta: &kube::core::ObjectMeta| OwnedObject {
+        kind,
+        namespace: meta.namespace.clone().unwrap_or_default(),
+        name: meta.name.clone().unwrap_or_default(),
+        resource_version: meta.resource_version.clone(),
+    };
+    let cms = Api::<ConfigMap>::all(ctx.client.clone())
+        .list_metadata(&lp)
+        .await
+        .map_err(Error::kube("listing", "owned ConfigMaps"))?;
+    let secrets = Api::<Secret>::all(ctx.client.clone())
+        .list_metadata(&lp)
+        .await
+        .map_err(Error::kube("listing", "owned Secrets"))?;
+    Ok(cms
+        .items
+        .iter()
+        .map(|o| to_owned(OwnedKind::ConfigMap, &o.metadata))
+        .chain(secrets.items.iter().map(|o| to_owned(OwnedKind::Secret, &o.metadata)))
+        .collect())
+}
+
+/// Deletes one owned object, unless it changed since it was listed (e.g. another policy took the
+/// namespace over). Already gone is fine.
+async fn delete_owned(object: &OwnedObject, ctx: &Context) -> Result<(), Error> {
+    let dp = DeleteParams {
+        preconditions: Some(Preconditions { resource_version: object.resource_version.clone(), uid: None }),
+        ..Default::default()
+    };
+    let what = format!("{:?} {}/{}", object.kind, object.namespace, object.name);
+    let result = match object.kind {
+        OwnedKind::ConfigMap => Api::<ConfigMap>::namespaced(ctx.client.clone(), &object.namespace)
+            .delete(&object.name, &dp)
+            .await
+            .map(|_| ()),
+        OwnedKind::Secret => {
+            Api::<Secret>::namespaced(ctx.client.clone(), &object.namespace).delete(&object.name, &dp).await.map(|_| ())
+        }
+    };
+    match result {
+        Err(kube::Error::Api(s)) if s.is_not_found() || s.is_conflict() => Ok(()),
+        other => other.map_err(Error::kube("deleting", what)),
+    }
+}
+
+/// Writes the whole status with server-side apply, as its only owner.
+async fn patch_status(policy: &TracingPolicy, status: &TracingPolicyStatus, ctx: &Context) -> Result<(), Error> {
+    let api: Api<TracingPolicy> = Api::all(ctx.client.clone());
+    let patch = serde_json::json!({
+        "apiVersion": TracingPolicy::api_version(&()),
+        "kind": TracingPolicy::kind(&()),
+        "status": status,
+    });
+    api.patch_status(&policy.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
+        .await
+        .map_err(Error::kube("patching", format!("status of TracingPolicy {}", policy.name_any())))?;
+    Ok(())
+}
+
+/// Pod metadata of the governed namespaces, grouped by namespace.
+fn pods_by_namespace<'a>(
+    pods: &Store<PartialObjectMeta<Pod>>,
+    plan: &'a plan::NamespacePlan,
+) -> BTreeMap<&'a str, Vec<Arc<PartialObjectMeta<Pod>>>> {
+    let mut grouped: BTreeMap<&str, Vec<_>> = BTreeMap::new();
+    for pod in pods.state() {
+        let ns = pod.metadata.namespace.as_deref().unwrap_or_default();
+        if let Some(g) = plan.governed.iter().find(|g| g.name == ns) {
+            grouped.entry(g.name.as_str()).or_default().push(pod);
+        }
+    }
+    grouped
+}
+
+fn namespace_ref(name: &str) -> ObjectReference {
+    ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Namespace".into()),
+        name: Some(name.into()),
+        ..Default::default()
+    }
+}
+
+impl Context {
+    /// Waits until the namespace and pod caches hold a full list: deciding on an empty cache would
+    /// remove the agent config from every namespace.
+    async fn wait_for_caches(&self) -> Result<(), Error> {
+        let namespaces = tokio::time::timeout(CACHE_WAIT, self.namespaces.wait_until_ready()).await;
+        namespaces.ok().and_then(Result::ok).ok_or(Error::CacheNotReady("namespace"))?;
+        let pods = tokio::time::timeout(CACHE_WAIT, self.pods.wait_until_ready()).await;
+        pods.ok().and_then(Result::ok).ok_or(Error::CacheNotReady("pod"))
+    }
+
+    /// Publishes an Event on the policy; a failure is logged, never fails the reconcile.
+    async fn publish(
+        &self,
+        policy: &TracingPolicy,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        note: String,
+        secondary: Option<ObjectReference>,
+    ) {
+        let event = Event { type_, reason: reason.into(), note: Some(note), action: action.into(), secondary };
+        if let Err(e) = self.recorder.publish(&event, &policy.object_ref(&())).await {
+            tracing::warn!(reason, error = %e, "could not publish event");
+        }
+    }
+}

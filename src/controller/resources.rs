@@ -1,0 +1,204 @@
+//! The objects the controller owns in governed namespaces, built as pure values: the agent
+//! ConfigMap and the copied API-key / CA Secret.
+
+use crate::api::agent_config::{
+    AgentConfig, AGENT_CONFIGMAP, AGENT_CONFIG_KEY, AGENT_SECRET, AGENT_SECRET_API_KEY, AGENT_SECRET_CA,
+};
+use crate::api::keys::{MANAGED_BY_LABEL, MANAGED_BY_VALUE};
+use crate::api::{SecretKeyRef, TracingPolicy};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::ByteString;
+use kube::ResourceExt;
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+
+/// Label naming the policy that owns an object in a user namespace.
+pub const POLICY_LABEL: &str = "tracelight.io/policy";
+
+/// Longest label value Kubernetes accepts.
+const MAX_LABEL_VALUE: usize = 63;
+
+/// The `tracelight.io/policy` label value for a policy name. Names longer than a label value
+/// allows are shortened with a hash suffix, so the value stays unique and valid.
+pub fn policy_label_value(name: &str) -> String {
+    if name.len() <= MAX_LABEL_VALUE {
+        return name.to_string();
+    }
+    let digest: String = Sha256::digest(name.as_bytes()).iter().take(4).map(|b| format!("{b:02x}")).collect();
+    let prefix = name[..MAX_LABEL_VALUE - digest.len() - 1].trim_end_matches(['-', '.']);
+    format!("{prefix}-{digest}")
+}
+
+/// Labels on every object the policy owns.
+pub fn owned_labels(policy: &TracingPolicy) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (MANAGED_BY_LABEL.to_string(), MANAGED_BY_VALUE.to_string()),
+        (POLICY_LABEL.to_string(), policy_label_value(&policy.name_any())),
+    ])
+}
+
+/// Label selector finding every object the policy owns, in any namespace.
+pub fn owned_selector(policy: &TracingPolicy) -> String {
+    format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE},{POLICY_LABEL}={}", policy_label_value(&policy.name_any()))
+}
+
+fn owned_meta(policy: &TracingPolicy, name: &str, namespace: &str) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.to_string()),
+        namespace: Some(namespace.to_string()),
+        labels: Some(owned_labels(policy)),
+        ..Default::default()
+    }
+}
+
+/// The agent ConfigMap for `namespace`: the live settings the agent reloads without a restart.
+pub fn agent_configmap(policy: &TracingPolicy, namespace: &str) -> ConfigMap {
+    let config = AgentConfig::for_policy(policy, policy.spec.sampling.ratio);
+    ConfigMap {
+        metadata: owned_meta(policy, AGENT_CONFIGMAP, namespace),
+        data: Some(BTreeMap::from([(AGENT_CONFIG_KEY.to_string(), config.to_yaml())])),
+        ..Default::default()
+    }
+}
+
+/// Secret values read from the policy's source Secrets. Debug never prints them.
+#[derive(Clone, Default, PartialEq)]
+pub struct SecretValues {
+    pub api_key: Option<ByteString>,
+    pub ca: Option<ByteString>,
+}
+
+impl std::fmt::Debug for SecretValues {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretValues")
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("ca", &self.ca.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+/// The per-namespace agent Secret holding copies of the source keys.
+pub fn agent_secret(policy: &TracingPolicy, namespace: &str, values: &SecretValues) -> Secret {
+    let data: BTreeMap<String, ByteString> = [(AGENT_SECRET_API_KEY, &values.api_key), (AGENT_SECRET_CA, &values.ca)]
+        .into_iter()
+        .filter_map(|(key, value)| value.clone().map(|v| (key.to_string(), v)))
+        .collect();
+    Secret {
+        metadata: owned_meta(policy, AGENT_SECRET, namespace),
+        type_: Some("Opaque".to_string()),
+        data: Some(data),
+        ..Default::default()
+    }
+}
+
+/// The source Secret references of a policy: (what for, reference).
+pub fn source_secret_refs(policy: &TracingPolicy) -> Vec<(SourceKind, &SecretKeyRef)> {
+    let collector = &policy.spec.collector;
+    let ca = collector.tls.as_ref().and_then(|t| t.ca_secret_ref.as_ref());
+    [(SourceKind::ApiKey, collector.api_key_secret_ref.as_ref()), (SourceKind::Ca, ca)]
+        .into_iter()
+        .filter_map(|(kind, r)| r.map(|r| (kind, r)))
+        .collect()
+}
+
+/// What a source Secret provides.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SourceKind {
+    ApiKey,
+    Ca,
+}
+
+impl SourceKind {
+    pub fn describe(self) -> &'static str {
+        match self {
+            SourceKind::ApiKey => "API key",
+            SourceKind::Ca => "collector CA bundle",
+        }
+    }
+}
+
+/// Picks the referenced key out of a fetched source Secret (`None`: Secret missing). Returns
+/// the value, or a description of what is missing (names only, never values).
+pub fn pick_key(source: Option<&Secret>, kind: SourceKind, r: &SecretKeyRef) -> Result<ByteString, String> {
+    let Some(secret) = source else {
+        return Err(format!("{} Secret {}/{} not found", kind.describe(), r.namespace, r.name));
+    };
+    let from_data = secret.data.as_ref().and_then(|d| d.get(&r.key)).cloned();
+    let from_string = || secret.string_data.as_ref().and_then(|d| d.get(&r.key)).map(|s| ByteString(s.clone().into()));
+    from_data
+        .or_else(from_string)
+        .ok_or_else(|| format!("{} Secret {}/{} has no key {:?}", kind.describe(), r.namespace, r.name, r.key))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::TracingPolicySpec;
+
+    fn policy(name: &str) -> TracingPolicy {
+        let spec: TracingPolicySpec = serde_json::from_value(serde_json::json!({
+            "collector": {
+                "endpoint": "https://collector:4317", "protocol": "grpc",
+                "apiKeySecretRef": {"namespace": "ops", "name": "backend"},
+                "tls": {"caSecretRef": {"namespace": "ops", "name": "ca", "key": "ca.crt"}}
+            },
+            "sampling": {"ratio": 0.25}
+        }))
+        .unwrap();
+        let mut p = TracingPolicy::new(name, spec);
+        p.metadata.generation = Some(7);
+        p
+    }
+
+    #[test]
+    fn configmap_carries_agent_config_and_ownership_labels() {
+        let cm = agent_configmap(&policy("default"), "shop");
+        assert_eq!(cm.metadata.name.as_deref(), Some(AGENT_CONFIGMAP));
+        assert_eq!(cm.metadata.namespace.as_deref(), Some("shop"));
+        let labels = cm.metadata.labels.as_ref().unwrap();
+        assert_eq!(labels[MANAGED_BY_LABEL], "tracelight");
+        assert_eq!(labels[POLICY_LABEL], "default");
+        let config = AgentConfig::from_yaml(&cm.data.as_ref().unwrap()[AGENT_CONFIG_KEY]).unwrap();
+        assert_eq!(config.generation, 7);
+        assert_eq!(config.sampling.ratio.get(), 0.25);
+        assert_eq!(config.policy, "default");
+    }
+
+    #[test]
+    fn secret_copies_only_present_keys_and_debug_hides_values() {
+        let values = SecretValues { api_key: Some(ByteString(b"s3cr3t".to_vec())), ca: None };
+        let s = agent_secret(&policy("default"), "shop", &values);
+        let data = s.data.unwrap();
+        assert_eq!(data.keys().collect::<Vec<_>>(), vec![AGENT_SECRET_API_KEY]);
+        assert!(!format!("{values:?}").contains("s3cr3t"));
+    }
+
+    #[test]
+    fn source_refs_and_missing_keys_are_described_without_values() {
+        let p = policy("default");
+        let refs = source_secret_refs(&p);
+        assert_eq!(refs.iter().map(|(k, _)| *k).collect::<Vec<_>>(), vec![SourceKind::ApiKey, SourceKind::Ca]);
+        let (kind, r) = refs[0];
+        assert_eq!(pick_key(None, kind, r).unwrap_err(), "API key Secret ops/backend not found");
+        let mut secret = Secret {
+            data: Some(BTreeMap::from([("other".to_string(), ByteString(b"x".to_vec()))])),
+            ..Default::default()
+        };
+        assert!(pick_key(Some(&secret), kind, r).unwrap_err().contains("has no key \"api-key\""));
+        secret.data.as_mut().unwrap().insert("api-key".into(), ByteString(b"k".to_vec()));
+        assert_eq!(pick_key(Some(&secret), kind, r).unwrap(), ByteString(b"k".to_vec()));
+    }
+
+    #[test]
+    fn long_policy_names_give_valid_unique_label_values() {
+        let long_a = format!("{}-a", "x".repeat(80));
+        let long_b = format!("{}-b", "x".repeat(80));
+        let (a, b) = (policy_label_value(&long_a), policy_label_value(&long_b));
+        assert!(a.len() <= 63 && b.len() <= 63);
+        assert_ne!(a, b);
+        assert!(a.chars().last().unwrap().is_ascii_alphanumeric());
+        assert_eq!(policy_label_value("short"), "short");
+        assert_eq!(owned_selector(&policy("p")), "app.kubernetes.io/managed-by=tracelight,tracelight.io/policy=p");
+    }
+}
