@@ -39,7 +39,7 @@ const REPORTER: &str = "tracelight-controller";
 #[derive(clap::Args, Debug)]
 pub struct ControllerArgs {
     #[command(flatten)]
-    pub webhook: webhook_stub::WebhookArgs,
+    pub webhook: crate::webhook::WebhookArgs,
 
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "TRACELIGHT_LOG_FORMAT")]
@@ -61,9 +61,8 @@ pub struct ControllerArgs {
     #[arg(long, default_value = "tracelight-controller")]
     pub lease_name: String,
 
-    /// Namespace of the leader-election Lease. Default: the pod's namespace (`POD_NAMESPACE`),
-    /// else the kubeconfig's current namespace.
-    #[arg(long, env = "POD_NAMESPACE")]
+    /// Namespace of the leader-election Lease. Default: the operator's namespace (`--namespace`).
+    #[arg(long)]
     pub lease_namespace: Option<String>,
 }
 
@@ -81,14 +80,11 @@ async fn run_async(args: ControllerArgs) -> anyhow::Result<()> {
     tokio::spawn(cancel_on_signal(shutdown.clone()));
 
     let ControllerArgs { webhook, leader_election, lease_name, lease_namespace, .. } = args;
-    let lease = leader_election.then(|| {
-        let namespace = lease_namespace.unwrap_or_else(|| client.default_namespace().to_string());
-        (namespace, lease_name)
-    });
+    let lease = leader_election.then(|| (lease_namespace.unwrap_or_else(|| webhook.namespace.clone()), lease_name));
     // Whichever half fails first stops the other: a replica without its webhook or controllers is no use.
     let webhook = cancel_on_error(
         shutdown.clone(),
-        webhook_stub::run(webhook, client.clone(), metrics.clone(), shutdown.clone()),
+        crate::webhook::run(webhook, client.clone(), metrics.clone(), shutdown.clone()),
     );
     let controllers = cancel_on_error(shutdown.clone(), run_controllers(client, metrics, lease, shutdown.clone()));
     let (webhook, controllers) = tokio::join!(webhook, controllers);
@@ -230,23 +226,37 @@ async fn run_policy_controller(client: Client, metrics: ControllerMetrics, shutd
     }
 }
 
-/// Stand-in for `crate::webhook::{WebhookArgs, run}` until the webhook lands.
-// TODO(webhook): replace with the real `crate::webhook::WebhookArgs` and `crate::webhook::run`.
-mod webhook_stub {
-    use crate::telemetry::Metrics;
-    use kube::Client;
-    use tokio_util::sync::CancellationToken;
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
 
-    #[derive(clap::Args, Debug, Default)]
-    pub struct WebhookArgs {}
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        controller: ControllerArgs,
+    }
 
-    pub async fn run(
-        _args: WebhookArgs,
-        _client: Client,
-        _metrics: Metrics,
-        shutdown: CancellationToken,
-    ) -> anyhow::Result<()> {
-        shutdown.cancelled().await;
-        Ok(())
+    fn parse(args: &[&str]) -> ControllerArgs {
+        Cli::try_parse_from(std::iter::once("t").chain(args.iter().copied())).unwrap().controller
+    }
+
+    #[test]
+    fn leader_election_is_on_by_default_and_can_be_turned_off() {
+        let args = parse(&[]);
+        assert!(args.leader_election);
+        assert_eq!(args.lease_name, "tracelight-controller");
+        assert_eq!(args.lease_namespace, None);
+        assert!(parse(&["--leader-election"]).leader_election);
+        assert!(!parse(&["--leader-election=false"]).leader_election);
+        assert!(!parse(&["--leader-election", "false"]).leader_election);
+    }
+
+    #[test]
+    fn webhook_flags_are_flattened_in() {
+        let args = parse(&["--webhook-config", "tl", "--log-format", "json", "--lease-namespace", "ops"]);
+        assert_eq!(args.webhook.webhook_config, "tl");
+        assert!(matches!(args.log_format, LogFormat::Json));
+        assert_eq!(args.lease_namespace.as_deref(), Some("ops"));
     }
 }
