@@ -1,1 +1,237 @@
-//! Admission webhook (I/O).
+//! Admission webhook (I/O): the HTTPS server the API server calls for every new pod, the
+//! certificates it serves, and the admin endpoints. Decisions come from [`crate::inject`].
+
+pub mod certs;
+pub mod handler;
+pub mod index;
+pub mod metrics;
+pub mod rotation;
+pub mod server;
+
+use crate::api::Duration;
+use crate::inject::InjectOptions;
+use crate::telemetry::Metrics;
+use certs::{CertResolver, LeafSpec};
+use handler::AdmissionState;
+use index::Index;
+use metrics::AdmissionMetrics;
+use rotation::{CertSource, SelfSigned};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// How the webhook gets its serving certificate.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CertMode {
+    /// The operator makes its own CA and certificate, shares them through a Secret, publishes
+    /// the CA bundle into the MutatingWebhookConfiguration, and rotates them.
+    SelfSigned,
+    /// `tls.crt`/`tls.key` are read from `--cert-dir` (e.g. mounted by cert-manager) and
+    /// reloaded when they change.
+    Files,
+}
+
+/// Flags of the admission webhook (flattened into `tracelight controller`).
+#[derive(clap::Args, Clone, Debug)]
+pub struct WebhookArgs {
+    /// Address of the HTTPS admission server.
+    #[arg(long, env = "TRACELIGHT_WEBHOOK_ADDR", default_value = "0.0.0.0:8443")]
+    pub webhook_addr: SocketAddr,
+    /// Address of the plain-HTTP admin server (/metrics, /readyz, /livez).
+    #[arg(long, env = "TRACELIGHT_ADMIN_ADDR", default_value = "0.0.0.0:8080")]
+    pub admin_addr: SocketAddr,
+    /// Where the serving certificate comes from.
+    #[arg(long, env = "TRACELIGHT_CERT_MODE", value_enum, default_value_t = CertMode::SelfSigned)]
+    pub cert_mode: CertMode,
+    /// Directory holding tls.crt and tls.key (files mode).
+    #[arg(long, env = "TRACELIGHT_CERT_DIR", default_value = "/etc/tracelight/tls")]
+    pub cert_dir: PathBuf,
+    /// Secret, in the operator namespace, holding the CA and serving certificate (self-signed mode).
+    #[arg(long, env = "TRACELIGHT_CERT_SECRET", default_value = "tracelight-webhook-tls")]
+    pub cert_secret: String,
+    /// MutatingWebhookConfiguration whose webhooks receive the CA bundle (self-signed mode).
+    #[arg(long, env = "TRACELIGHT_WEBHOOK_CONFIG", default_value = "tracelight")]
+    pub webhook_config: String,
+    /// Service in front of the webhook; its DNS names go into the certificate.
+    #[arg(long, env = "TRACELIGHT_SERVICE_NAME", default_value = "tracelight-webhook")]
+    pub service_name: String,
+    /// Extra subject alternative name (DNS name or IP address); repeatable or comma-separated.
+    #[arg(long = "extra-san", env = "TRACELIGHT_EXTRA_SAN", value_delimiter = ',')]
+    pub extra_sans: Vec<String>,
+    /// Lifetime of the serving certificate (the CA lives 4 times longer), e.g. 2160h or 2m.
+    #[arg(long, env = "TRACELIGHT_CERT_VALIDITY", default_value = "2160h", value_parser = Duration::parse)]
+    pub cert_validity: Duration,
+    /// How often certificates are checked for renewal and reloaded.
+    #[arg(long, env = "TRACELIGHT_CERT_CHECK_INTERVAL", default_value = "1m", value_parser = Duration::parse)]
+    pub cert_check_interval: Duration,
+    /// Inject the agent as a native sidecar (Kubernetes >= 1.29); `false` for a plain container.
+    #[arg(long, env = "TRACELIGHT_NATIVE_SIDECAR", default_value_t = true, action = clap::ArgAction::Set)]
+    pub native_sidecar: bool,
+    /// Namespace the operator runs in (where the certificate Secret lives).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "tracelight-system")]
+    pub namespace: String,
+}
+
+impl WebhookArgs {
+    /// The injector settings these flags select.
+    pub fn inject_options(&self) -> InjectOptions {
+        InjectOptions { native_sidecar: self.native_sidecar, ..InjectOptions::default() }
+    }
+
+    fn cert_source(&self, client: kube::Client) -> CertSource {
+        match self.cert_mode {
+            CertMode::Files => CertSource::Files(self.cert_dir.clone()),
+            CertMode::SelfSigned => CertSource::SelfSigned(Box::new(SelfSigned {
+                client,
+                namespace: self.namespace.clone(),
+                secret_name: self.cert_secret.clone(),
+                webhook_config: self.webhook_config.clone(),
+                leaf: LeafSpec::for_service(
+                    &self.service_name,
+                    &self.namespace,
+                    &self.extra_sans,
+                    self.cert_validity.get(),
+                ),
+            })),
+        }
+    }
+
+    fn validate(&self) -> Result<(), WebhookError> {
+        let (validity, interval) = (self.cert_validity.get(), self.cert_check_interval.get());
+        if validity < std::time::Duration::from_secs(60) {
+            return Err(WebhookError::InvalidArgs(format!(
+                "--cert-validity {} is shorter than 1m",
+                self.cert_validity
+            )));
+        }
+        if interval.is_zero() || interval * 3 > validity {
+            return Err(WebhookError::InvalidArgs(format!(
+                "--cert-check-interval {} must be positive and at most a third of --cert-validity {}",
+                self.cert_check_interval, self.cert_validity
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WebhookError {
+    #[error("invalid webhook flags: {0}")]
+    InvalidArgs(String),
+    #[error("binding the {what} server to {addr}: {source}")]
+    Bind { what: &'static str, addr: SocketAddr, source: std::io::Error },
+    #[error("building the webhook TLS configuration: {0}")]
+    Tls(#[from] rustls::Error),
+    #[error("admin server on {addr} failed: {source}")]
+    Admin { addr: SocketAddr, source: std::io::Error },
+}
+
+async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, WebhookError> {
+    TcpListener::bind(addr).await.map_err(|source| WebhookError::Bind { what, addr, source })
+}
+
+/// Runs the webhook until `shutdown` is cancelled: the namespace/policy index, certificate
+/// bootstrap and rotation, the HTTPS admission server and the admin server.
+///
+/// Webhook metrics are registered into `metrics`; the admin server's `/metrics` renders the
+/// whole registry, so register other components' metrics into the same `Metrics`.
+pub async fn run(
+    args: WebhookArgs,
+    client: kube::Client,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+) -> Result<(), WebhookError> {
+    args.validate()?;
+    let (index, index_driver) = Index::watch(client.clone());
+    let resolver = Arc::new(CertResolver::new());
+    let tls = server::tls_config(resolver.clone())?;
+    let admission = AdmissionState {
+        index: index.clone(),
+        options: Arc::new(args.inject_options()),
+        metrics: AdmissionMetrics::register(&metrics),
+    };
+    let admin = server::AdminState { metrics, index, resolver: resolver.clone() };
+    let webhook_listener = bind("webhook", args.webhook_addr).await?;
+    let admin_listener = bind("admin", args.admin_addr).await?;
+    tracing::info!(webhook = %args.webhook_addr, admin = %args.admin_addr, mode = ?args.cert_mode, "webhook starting");
+
+    // Stops everything when asked to, or when one server fails.
+    let stop = shutdown.child_token();
+    let watches = stop.clone();
+    let index_task = tokio::spawn(async move {
+        tokio::select! { _ = index_driver => {}, _ = watches.cancelled() => {} }
+    });
+    let interval = args.cert_check_interval.get();
+    let cert_task = tokio::spawn(args.cert_source(client).run(resolver, interval, stop.clone()));
+    let https = server::serve_https(webhook_listener, tls, handler::router(admission), stop.clone());
+    let admin = async {
+        let result = server::serve_admin(admin_listener, server::admin_router(admin), stop.clone()).await;
+        stop.cancel();
+        result.map_err(|source| WebhookError::Admin { addr: args.admin_addr, source })
+    };
+    let ((), admin_result) = tokio::join!(https, admin);
+    stop.cancel();
+    let _ = tokio::join!(index_task, cert_task);
+    tracing::info!("webhook stopped");
+    admin_result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        webhook: WebhookArgs,
+    }
+
+    #[test]
+    fn defaults_match_the_chart() {
+        let args = Cli::try_parse_from(["t"]).unwrap().webhook;
+        assert_eq!(args.webhook_addr.to_string(), "0.0.0.0:8443");
+        assert_eq!(args.admin_addr.to_string(), "0.0.0.0:8080");
+        assert_eq!(args.cert_mode, CertMode::SelfSigned);
+        assert_eq!(args.cert_secret, "tracelight-webhook-tls");
+        assert_eq!(args.webhook_config, "tracelight");
+        assert_eq!(args.cert_validity.get().as_secs(), 2160 * 3600);
+        assert_eq!(args.cert_check_interval.get().as_secs(), 60);
+        assert!(args.native_sidecar);
+        args.validate().unwrap();
+    }
+
+    #[test]
+    fn flags_parse_for_a_short_lived_e2e_setup() {
+        let args = Cli::try_parse_from([
+            "t",
+            "--cert-validity",
+            "2m",
+            "--cert-check-interval",
+            "10s",
+            "--extra-san",
+            "127.0.0.1",
+            "--extra-san",
+            "localhost,::1",
+            "--native-sidecar",
+            "false",
+            "--cert-mode",
+            "files",
+        ])
+        .unwrap()
+        .webhook;
+        assert_eq!(args.extra_sans, ["127.0.0.1", "localhost", "::1"]);
+        assert_eq!(args.cert_validity.get().as_secs(), 120);
+        assert!(!args.inject_options().native_sidecar);
+        assert_eq!(args.cert_mode, CertMode::Files);
+        args.validate().unwrap();
+    }
+
+    #[test]
+    fn check_interval_longer_than_a_third_of_validity_is_rejected() {
+        let args = Cli::try_parse_from(["t", "--cert-validity", "2m", "--cert-check-interval", "1m"]).unwrap().webhook;
+        assert!(matches!(args.validate(), Err(WebhookError::InvalidArgs(_))));
+    }
+}

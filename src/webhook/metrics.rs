@@ -1,0 +1,90 @@
+//! Admission metrics: how many pods were injected, skipped or failed, and how long it took.
+
+use crate::telemetry::Metrics;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use std::time::Duration;
+
+/// The `result` label of `tracelight_admissions_total`.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)] // the variant names are the label values
+pub enum AdmissionResult {
+    injected,
+    skipped,
+    error,
+    invalid,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AdmissionLabels {
+    result: AdmissionResult,
+    reason: String,
+}
+
+/// The webhook's metrics. Clones share the same counters.
+#[derive(Clone, Debug)]
+pub struct AdmissionMetrics {
+    admissions: Family<AdmissionLabels, Counter>,
+    duration: Histogram,
+}
+
+impl Default for AdmissionMetrics {
+    fn default() -> Self {
+        AdmissionMetrics {
+            admissions: Family::default(),
+            // 50µs .. ~1.6s: admission is in-memory, anything near a second is a bug.
+            duration: Histogram::new(exponential_buckets(0.00005, 2.0, 16)),
+        }
+    }
+}
+
+impl AdmissionMetrics {
+    /// Metrics that are not exported anywhere (tests, benchmarks, the offline CLI).
+    pub fn unregistered() -> Self {
+        Self::default()
+    }
+
+    /// Creates the webhook metrics and registers them in the shared registry.
+    pub fn register(metrics: &Metrics) -> Self {
+        let this = Self::default();
+        metrics.register(
+            "tracelight_admissions",
+            "Pod admissions handled by the webhook, by result and reason",
+            this.admissions.clone(),
+        );
+        metrics.register(
+            "tracelight_admission_duration_seconds",
+            "Time to answer one admission review",
+            this.duration.clone(),
+        );
+        this
+    }
+
+    /// Counts one admission; `reason` is a `SkipReason::as_str`, an error kind or `"none"`.
+    pub fn record(&self, result: AdmissionResult, reason: &str, elapsed: Duration) {
+        self.admissions.get_or_create(&AdmissionLabels { result, reason: reason.to_string() }).inc();
+        self.duration.observe(elapsed.as_secs_f64());
+    }
+
+    /// Current value of one counter (for tests).
+    pub fn count(&self, result: AdmissionResult, reason: &str) -> u64 {
+        self.admissions.get_or_create(&AdmissionLabels { result, reason: reason.to_string() }).get()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn admissions_are_exported_with_result_and_reason_labels() {
+        let registry = Metrics::new();
+        let metrics = AdmissionMetrics::register(&registry);
+        metrics.record(AdmissionResult::skipped, "opted_out", Duration::from_micros(120));
+        let text = registry.encode().unwrap();
+        assert!(text.contains(r#"tracelight_admissions_total{result="skipped",reason="opted_out"} 1"#), "{text}");
+        assert!(text.contains("tracelight_admission_duration_seconds_count 1"), "{text}");
+    }
+}

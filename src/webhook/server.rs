@@ -1,0 +1,143 @@
+//! The two listeners: HTTPS for the API server's admission calls (certificate resolved per
+//! handshake, so rotation needs no restart), and plain HTTP for `/metrics`, `/readyz`, `/livez`.
+
+use super::certs::CertResolver;
+use super::index::Index;
+use crate::telemetry::Metrics;
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use rustls::crypto::ring;
+use rustls::ServerConfig;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+/// A client that opens a connection and never finishes the handshake or its headers is cut off.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long in-flight admissions may take to finish after shutdown was requested.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// TLS settings of the admission server: ring provider, TLS 1.2/1.3, HTTP/1.1, and a certificate
+/// chosen by `resolver` at every handshake.
+pub fn tls_config(resolver: Arc<CertResolver>) -> Result<Arc<ServerConfig>, rustls::Error> {
+    let mut config = ServerConfig::builder_with_provider(Arc::new(ring::default_provider()))
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_cert_resolver(resolver);
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Serves `app` over TLS on `listener` until `shutdown`, then lets open requests finish (up to
+/// [`DRAIN_TIMEOUT`]). Per-connection failures are logged, never fatal.
+pub async fn serve_https(listener: TcpListener, tls: Arc<ServerConfig>, app: Router, shutdown: CancellationToken) {
+    let acceptor = TlsAcceptor::from(tls);
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    connections.spawn(serve_connection(acceptor.clone(), stream, peer, app.clone(), shutdown.clone()));
+                }
+                Err(error) => {
+                    // Typically EMFILE: back off instead of spinning.
+                    tracing::warn!(%error, "accepting a webhook connection failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    drain(connections).await;
+}
+
+async fn drain(mut connections: JoinSet<()>) {
+    let all_done = async { while connections.join_next().await.is_some() {} };
+    if tokio::time::timeout(DRAIN_TIMEOUT, all_done).await.is_err() {
+        tracing::warn!("webhook connections still open after the drain timeout; closing them");
+    }
+}
+
+async fn serve_connection(
+    acceptor: TlsAcceptor,
+    stream: TcpStream,
+    peer: SocketAddr,
+    app: Router,
+    shutdown: CancellationToken,
+) {
+    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(error)) => return tracing::debug!(%peer, %error, "TLS handshake failed"),
+        Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
+    };
+    let service = TowerToHyperService::new(app);
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HANDSHAKE_TIMEOUT)
+        .serve_connection(TokioIo::new(tls), service);
+    tokio::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        _ = shutdown.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(error) = result {
+        tracing::debug!(%peer, %error, "webhook connection ended with an error");
+    }
+}
+
+/// What the admin endpoints report on.
+#[derive(Clone, Debug)]
+pub struct AdminState {
+    pub metrics: Metrics,
+    pub index: Index,
+    pub resolver: Arc<CertResolver>,
+}
+
+/// `/metrics` (OpenMetrics text), `/readyz` (index synced and a certificate loaded), `/livez`.
+pub fn admin_router(state: AdminState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/readyz", get(readyz))
+        .route("/livez", get(|| async { "ok" }))
+        .with_state(state)
+}
+
+async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
+    match state.metrics.encode() {
+        Ok(text) => {
+            let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+            (StatusCode::OK, [(header::CONTENT_TYPE, content_type)], text).into_response()
+        }
+        Err(error) => (StatusCode::INTERNAL_SERVER_ERROR, format!("encoding metrics: {error}")).into_response(),
+    }
+}
+
+async fn readyz(State(state): State<AdminState>) -> (StatusCode, &'static str) {
+    match (state.index.ready(), state.resolver.is_loaded()) {
+        (true, true) => (StatusCode::OK, "ok"),
+        (false, _) => (StatusCode::SERVICE_UNAVAILABLE, "namespace/policy index not synced yet"),
+        (true, false) => (StatusCode::SERVICE_UNAVAILABLE, "no serving certificate loaded yet"),
+    }
+}
+
+/// Serves the admin endpoints over plain HTTP until `shutdown`.
+pub async fn serve_admin(listener: TcpListener, app: Router, shutdown: CancellationToken) -> std::io::Result<()> {
+    axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await
+}
+
+#[cfg(test)]
+#[path = "server_tests.rs"]
+mod tests;
