@@ -30,7 +30,7 @@ SCHED_PORT=${TRACELIGHT_SCHEDULER_PORT:-10259}
 KWOK_PORT=${TRACELIGHT_KWOK_PORT:-10247}
 NODE_COUNT=${TRACELIGHT_NODES:-3}
 
-# Components in start order; down.sh stops them in reverse.
+# Components in start order (down.sh stops them clients first, etcd last).
 COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok)
 
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }

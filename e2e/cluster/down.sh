@@ -2,7 +2,8 @@
 # Usage: e2e/cluster/down.sh [--purge]
 #
 # Stops the e2e cluster started by up.sh: each component by its pid file in
-# $STATE/run, in reverse start order, with SIGTERM and then SIGKILL after
+# $STATE/run (kwok, scheduler and controller-manager, then the apiserver,
+# then etcd), with SIGTERM and then SIGKILL after
 # $TRACELIGHT_STOP_TIMEOUT seconds (default 15). Idempotent: stopping a
 # stopped cluster is fine. Certificates, etcd data and logs are kept, so the
 # next up.sh resumes the same cluster; --purge deletes the whole state dir
@@ -22,34 +23,45 @@ esac
 TIMEOUT=${TRACELIGHT_STOP_TIMEOUT:-15}
 stopped=0
 
-stop() { # NAME
-  local name=$1 pid i
-  if ! pid=$(pid_of "$name"); then
-    rm -f "$STATE_DIR/run/$name.pid"
-    return 0
-  fi
-  log "stopping $name (pid $pid)"
-  kill -TERM "$pid" 2>/dev/null || true
+# stop NAME... : SIGTERM every named component, wait for all of them, then
+# SIGKILL whatever is left after TIMEOUT seconds.
+stop() {
+  local name pid i alive
+  local -a pids=()
+  for name in "$@"; do
+    if pid=$(pid_of "$name"); then
+      log "stopping $name (pid $pid)"
+      kill -TERM "$pid" 2>/dev/null || true
+      pids+=("$pid")
+      stopped=$((stopped + 1))
+    fi
+  done
   for ((i = 0; i < TIMEOUT * 10; i++)); do
-    kill -0 "$pid" 2>/dev/null || break
+    alive=()
+    for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive+=("$pid"); done
+    ((${#alive[@]} > 0)) || break
     sleep 0.1
   done
-  if kill -0 "$pid" 2>/dev/null; then
-    log "$name (pid $pid) still running after ${TIMEOUT}s; sending SIGKILL"
-    kill -KILL "$pid" 2>/dev/null || true
-    for ((i = 0; i < 50; i++)); do
-      kill -0 "$pid" 2>/dev/null || break
-      sleep 0.1
-    done
-    ! kill -0 "$pid" 2>/dev/null || die "could not stop $name (pid $pid)"
-  fi
-  rm -f "$STATE_DIR/run/$name.pid"
-  stopped=$((stopped + 1))
+  for pid in "${pids[@]}"; do
+    if kill -0 "$pid" 2>/dev/null; then
+      log "pid $pid still running after ${TIMEOUT}s; sending SIGKILL"
+      kill -KILL "$pid" 2>/dev/null || true
+    fi
+  done
+  for ((i = 0; i < 50; i++)); do
+    alive=()
+    for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive+=("$pid"); done
+    ((${#alive[@]} > 0)) || break
+    sleep 0.1
+  done
+  ((${#alive[@]} == 0)) || die "could not stop pids ${alive[*]}"
+  for name in "$@"; do rm -f "$STATE_DIR/run/$name.pid"; done
 }
 
-for ((idx = ${#COMPONENTS[@]} - 1; idx >= 0; idx--)); do
-  stop "${COMPONENTS[idx]}"
-done
+# Clients first, then the apiserver, then its storage.
+stop kwok kube-scheduler kube-controller-manager
+stop kube-apiserver
+stop etcd
 
 if ((stopped == 0)); then
   log "cluster is not running"

@@ -64,6 +64,9 @@ spec:
     metadata:
       labels: {app: smoke-app}
     spec:
+      # The namespace controller re-checks a namespace after the remaining
+      # grace period of its pods (30s by default), so keep it short.
+      terminationGracePeriodSeconds: 1
       containers:
       - name: app
         image: registry.example/app:1
@@ -79,6 +82,7 @@ spec:
   template:
     spec:
       restartPolicy: Never
+      terminationGracePeriodSeconds: 1
       containers:
       - name: job
         image: registry.example/job:1

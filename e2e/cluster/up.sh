@@ -82,7 +82,13 @@ fi
 # ------------------------------------------------------------------ binaries
 command -v openssl >/dev/null || die "openssl is required (apt-get install openssl)"
 command -v curl >/dev/null || die "curl is required (apt-get install curl)"
-BIN_DIR=$("$CLUSTER_SRC/build.sh" | tail -n1)
+if command -v go >/dev/null 2>&1; then
+  BIN_DIR=$("$CLUSTER_SRC/build.sh" | tail -n1)
+elif [[ -x $BIN_DIR/kube-apiserver ]]; then
+  log "warning: no 'go' on PATH, using the binaries already in $BIN_DIR without checking them"
+else
+  die "no 'go' on PATH and no binaries in $BIN_DIR: install Go >= 1.26 and run $CLUSTER_SRC/build.sh"
+fi
 for b in etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok; do
   [[ -x $BIN_DIR/$b ]] || die "$BIN_DIR/$b is missing after build.sh"
 done
@@ -187,18 +193,10 @@ for c in kube-controller-manager kube-scheduler kwok; do
   write_kubeconfig "$RUN/$c.kubeconfig" "$c"
 done
 
-# kwok has no built-in Stages; give it its own defaults (from build.sh).
-{
-  cat <<EOF
-apiVersion: config.kwok.x-k8s.io/v1alpha1
-kind: KwokConfiguration
-options:
-  cidr: $POD_CIDR
-  nodeIP: 127.0.0.1
-  nodeLeaseDurationSeconds: 40
-EOF
-  cat "$BIN_DIR/kwok-stages.yaml"
-} >"$RUN/kwok.yaml"
+# kwok has no built-in Stages; give it its own defaults (from build.sh). Its
+# options go on the command line: a KwokConfiguration document in --config
+# replaces kwok's defaults instead of being merged with them.
+cp "$BIN_DIR/kwok-stages.yaml" "$RUN/kwok.yaml"
 
 # ----------------------------------------------------------------- processes
 FAILED_LOG=
@@ -340,6 +338,9 @@ launch kwok "$BIN_DIR/kwok" \
   --config="$RUN/kwok.yaml" \
   --manage-all-nodes=false \
   --manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake \
+  --cidr="$POD_CIDR" \
+  --node-ip=127.0.0.1 \
+  --node-lease-duration-seconds=40 \
   --server-address="127.0.0.1:$KWOK_PORT"
 
 wait_until kube-controller-manager 60 http_ok -k "https://127.0.0.1:$KCM_PORT/healthz"
