@@ -25,7 +25,8 @@ fmt: ## Format the code
 	$(CARGO) fmt --all
 
 crds: ## Regenerate the CRD from the Rust types (crds/ and the chart)
-	$(CARGO) run --quiet --locked -- crd > $(CRD)
+	$(CARGO) run --quiet --locked -- crd > $(CRD).tmp
+	mv $(CRD).tmp $(CRD)
 	cp $(CRD) $(CHART_CRD)
 
 bench: ## Admission benchmark (criterion); last line is RESULT admission_us=...
