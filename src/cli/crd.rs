@@ -53,3 +53,50 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod readme_tests {
+    use super::*;
+
+    /// Dotted paths of every field under `spec` (selectors and resources are Kubernetes types,
+    /// documented upstream).
+    fn spec_fields(node: &serde_yaml::Value, prefix: &str, out: &mut Vec<String>) {
+        let Some(props) = node.get("properties").and_then(|p| p.as_mapping()) else { return };
+        for (key, child) in props {
+            let key = key.as_str().unwrap();
+            let path = format!("{prefix}{key}");
+            out.push(path.clone());
+            if ["namespaceSelector", "podSelector", "resources"].contains(&key) {
+                continue;
+            }
+            match child.get("items") {
+                Some(items) => spec_fields(items, &format!("{path}[]."), out),
+                None => spec_fields(child, &format!("{path}."), out),
+            }
+        }
+    }
+
+    #[test]
+    fn readme_documents_every_spec_field() {
+        let crd: serde_yaml::Value = serde_yaml::from_str(crd_yaml().split_once("---\n").unwrap().1).unwrap();
+        let spec = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"];
+        let mut fields = Vec::new();
+        spec_fields(spec, "", &mut fields);
+        assert!(fields.len() > 40, "schema walk found too few fields: {fields:?}");
+        let readme = include_str!("../../README.md");
+        // A field is documented when its path, or its last segment after a documented parent
+        // (`.name` after `collector.apiKeySecretRef.namespace`), appears in backticks.
+        let missing: Vec<&String> = fields
+            .iter()
+            .filter(|f| {
+                let last = f.rsplit('.').next().unwrap();
+                let generic = f.replace("java", "<language>").replace("nodejs", "<language>").replace("python", "<language>").replace("dotnet", "<language>");
+                !readme.contains(&format!("`{f}`"))
+                    && !readme.contains(&format!("`{generic}`"))
+                    && !readme.contains(&format!("`.{last}`"))
+                    && !readme.contains(&format!(", `.{last}`"))
+            })
+            .collect();
+        assert!(missing.is_empty(), "README configuration reference lacks: {missing:?}");
+    }
+}
