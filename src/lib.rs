@@ -4,6 +4,7 @@
 //! Pure decisions (`api`, `inject`) live apart from I/O (`webhook`, `controller`): the I/O parts
 //! call the pure ones and decide nothing themselves.
 
+pub mod agent;
 pub mod api;
 pub mod cli;
 pub mod controller;

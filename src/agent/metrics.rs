@@ -1,0 +1,134 @@
+//! The agent's Prometheus metrics (`/metrics`), also read back for `/report`.
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum Transport {
+    Grpc,
+    Http,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TransportLabel {
+    pub transport: Transport,
+}
+
+/// Why spans were lost. Every span the agent accepted and did not export is counted under one.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum DropReason {
+    /// The queue was full and the oldest data made room for newer data.
+    QueueFull,
+    /// The collector refused the data for good (400, 413, partial success, permanent gRPC code).
+    ExportRejected,
+    /// Still queued when the shutdown deadline passed.
+    Shutdown,
+    /// Invalid trace or span id (reported back to the sender as a partial success).
+    Invalid,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: DropReason,
+}
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum Outcome {
+    Success,
+    Retryable,
+    Permanent,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    pub outcome: Outcome,
+}
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum ReloadResult {
+    Applied,
+    Rejected,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReloadLabel {
+    pub result: ReloadResult,
+}
+
+/// All counters and gauges; cheap to update from any task.
+#[derive(Debug)]
+pub struct Metrics {
+    pub received: Family<TransportLabel, Counter>,
+    pub sampled_out: Counter,
+    pub exported: Counter,
+    pub dropped: Family<ReasonLabel, Counter>,
+    /// Requests answered with a retryable "overloaded" error (the sender keeps the data).
+    pub refused_requests: Counter,
+    /// Requests answered 400/413/415 (malformed, too large, unsupported).
+    pub malformed_requests: Counter,
+    pub queue_bytes: Gauge,
+    pub queue_spans: Gauge,
+    pub export_duration: Family<OutcomeLabel, Histogram>,
+    pub config_generation: Gauge,
+    pub config_reloads: Family<ReloadLabel, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            received: Family::default(),
+            sampled_out: Counter::default(),
+            exported: Counter::default(),
+            dropped: Family::default(),
+            refused_requests: Counter::default(),
+            malformed_requests: Counter::default(),
+            queue_bytes: Gauge::default(),
+            queue_spans: Gauge::default(),
+            export_duration: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.001, 2.0, 14))),
+            config_generation: Gauge::default(),
+            config_reloads: Family::default(),
+        }
+    }
+}
+
+impl Metrics {
+    pub fn drop_spans(&self, reason: DropReason, spans: usize) {
+        self.dropped.get_or_create(&ReasonLabel { reason }).inc_by(spans as u64);
+    }
+
+    pub fn dropped_count(&self, reason: DropReason) -> u64 {
+        self.dropped.get_or_create(&ReasonLabel { reason }).get()
+    }
+
+    pub fn received_count(&self) -> u64 {
+        [Transport::Grpc, Transport::Http]
+            .iter()
+            .map(|&t| self.received.get_or_create(&TransportLabel { transport: t }).get())
+            .sum()
+    }
+
+    /// A registry with every metric under the `tracelight_agent` prefix.
+    pub fn registry(&self) -> Registry {
+        let mut r = Registry::with_prefix("tracelight_agent");
+        r.register("spans_received", "Spans received from applications", self.received.clone());
+        r.register("spans_sampled_out", "Spans dropped by the sampler", self.sampled_out.clone());
+        r.register("spans_exported", "Spans accepted by the collector", self.exported.clone());
+        r.register("spans_dropped", "Spans lost, by reason", self.dropped.clone());
+        r.register("requests_refused", "Requests refused as overload (sender retries)", self.refused_requests.clone());
+        r.register(
+            "requests_malformed",
+            "Requests rejected as malformed or too large",
+            self.malformed_requests.clone(),
+        );
+        r.register("queue_bytes", "Bytes of spans waiting for export", self.queue_bytes.clone());
+        r.register("queue_spans", "Spans waiting for export", self.queue_spans.clone());
+        r.register("export_duration_seconds", "Duration of export requests", self.export_duration.clone());
+        r.register("config_generation", "Policy generation of the config in effect", self.config_generation.clone());
+        r.register("config_reloads", "Config reloads, by result", self.config_reloads.clone());
+        r
+    }
+}

@@ -1,0 +1,286 @@
+//! `tracelight agent`: the sidecar. OTLP in (gRPC and HTTP on the pod's loopback), consistent
+//! sampling, `k8s.*` enrichment, a byte-bounded queue, export with retries to the policy's
+//! collector, live reload of its config, and a self-report on an admin port.
+//!
+//! ```text
+//! receivers (grpc, http) -> admission -> pipeline (validate, sample, enrich) -> queue
+//!     -> export loop (batch, send, retry/requeue) -> collector
+//! config watcher -> pipeline settings + export client (swapped live)
+//! ```
+
+pub mod admin;
+pub mod admission;
+pub mod config_watch;
+pub mod decode;
+pub mod enrich;
+pub mod exporter;
+pub mod metrics;
+pub mod pipeline;
+pub mod queue;
+pub mod receiver_grpc;
+pub mod receiver_http;
+pub mod report;
+pub mod sampler;
+pub mod settings;
+pub mod tracestate;
+
+use crate::api::agent_config::AgentConfig;
+use crate::telemetry::LogFormat;
+use anyhow::Context as _;
+use exporter::retry::Backoff;
+use exporter::{ExportLoop, LoopOptions};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Flags of `tracelight agent`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct AgentArgs {
+    /// The agent config file (mounted from the namespace's ConfigMap; reloaded live).
+    #[arg(long, default_value = "/etc/tracelight/agent/config.yaml")]
+    pub config: PathBuf,
+    /// Address the OTLP receivers bind (the pod's loopback: apps share it).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub listen_host: IpAddr,
+    #[arg(long, default_value_t = 4317)]
+    pub otlp_grpc_port: u16,
+    #[arg(long, default_value_t = 4318)]
+    pub otlp_http_port: u16,
+    /// Address of the admin server (/healthz, /metrics, /report); reachable by the kubelet.
+    #[arg(long, default_value = "0.0.0.0")]
+    pub admin_host: IpAddr,
+    #[arg(long, default_value_t = 13133)]
+    pub admin_port: u16,
+    /// Bound of the export queue, in bytes; the oldest spans are dropped beyond it.
+    #[arg(long, default_value_t = 16 << 20)]
+    pub queue_bytes: usize,
+    /// Target size of one export request, in bytes.
+    #[arg(long, default_value_t = 512 << 10)]
+    pub batch_bytes: usize,
+    /// Longest wait for a batch to fill, in milliseconds.
+    #[arg(long, default_value_t = 500)]
+    pub batch_linger_ms: u64,
+    /// Largest accepted OTLP request (after decompression), in bytes.
+    #[arg(long, default_value_t = 8 << 20)]
+    pub max_request_bytes: usize,
+    /// Bytes of requests decoded at once before senders are asked to retry later.
+    #[arg(long, default_value_t = 32 << 20)]
+    pub max_inflight_bytes: usize,
+    /// Time allowed on SIGTERM to flush queued spans, in seconds.
+    #[arg(long, default_value_t = 10)]
+    pub shutdown_timeout_secs: u64,
+    /// How often the config file is checked, in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    pub config_poll_ms: u64,
+    /// Timeout of one export request, in seconds.
+    #[arg(long, default_value_t = 10)]
+    pub export_timeout_secs: u64,
+    #[arg(long, value_enum, default_value_t = LogFormat::Json)]
+    pub log_format: LogFormat,
+}
+
+/// State shared by the servers and the watcher.
+pub struct Shared {
+    pub pipeline: Arc<pipeline::Pipeline>,
+    pub metrics: Arc<metrics::Metrics>,
+    /// The config in effect, once one was valid.
+    pub config: RwLock<Option<AgentConfig>>,
+    pub started: Instant,
+}
+
+/// A started agent: its bound addresses and how to stop it.
+pub struct RunningAgent {
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub shared: Arc<Shared>,
+    receivers_stop: CancellationToken,
+    export_stop: CancellationToken,
+    receivers: Vec<JoinHandle<()>>,
+    background: Vec<JoinHandle<()>>,
+    admin: JoinHandle<()>,
+    admin_stop: CancellationToken,
+}
+
+/// Entry point of `tracelight agent`: runs until SIGTERM or SIGINT.
+pub fn run(args: AgentArgs) -> anyhow::Result<()> {
+    crate::telemetry::init_logging(args.log_format);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let agent = start(args).await?;
+        wait_for_signal().await;
+        tracing::info!("stopping: no longer receiving, flushing the queue");
+        agent.shutdown().await;
+        Ok(())
+    })
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+async fn bind(host: IpAddr, port: u16, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind((host, port)).await.with_context(|| format!("binding the {what} port {host}:{port}"))
+}
+
+/// Bind every port, load the config, and spawn the servers, the exporter and the watcher.
+pub async fn start(args: AgentArgs) -> anyhow::Result<RunningAgent> {
+    start_with_identity(args, enrich::PodIdentity::from_env()).await
+}
+
+/// [`start`] with an explicit pod identity instead of the downward-API environment.
+pub async fn start_with_identity(args: AgentArgs, identity: enrich::PodIdentity) -> anyhow::Result<RunningAgent> {
+    let metrics = Arc::new(metrics::Metrics::default());
+    let queue = Arc::new(queue::Queue::new(args.queue_bytes, metrics.clone()));
+    let pipeline = Arc::new(pipeline::Pipeline::new(identity, queue.clone(), metrics.clone()));
+    let shared = Arc::new(Shared {
+        pipeline: pipeline.clone(),
+        metrics: metrics.clone(),
+        config: RwLock::new(None),
+        started: Instant::now(),
+    });
+
+    let grpc_listener = bind(args.listen_host, args.otlp_grpc_port, "OTLP/gRPC").await?;
+    let http_listener = bind(args.listen_host, args.otlp_http_port, "OTLP/HTTP").await?;
+    let admin_listener = bind(args.admin_host, args.admin_port, "admin").await?;
+    let (grpc_addr, http_addr, admin_addr) =
+        (grpc_listener.local_addr()?, http_listener.local_addr()?, admin_listener.local_addr()?);
+
+    let (clients_tx, clients_rx) = watch::channel(None);
+    let mut watcher = config_watch::ConfigWatcher::new(args.config.clone(), shared.clone(), clients_tx);
+    watcher.interval = Duration::from_millis(args.config_poll_ms.max(50));
+    watcher.export_timeout = Duration::from_secs(args.export_timeout_secs.max(1));
+    if !watcher.poll() {
+        tracing::warn!(path = %args.config.display(), "no valid config yet: receiving and queueing until one appears");
+    }
+
+    let receivers_stop = CancellationToken::new();
+    let export_stop = CancellationToken::new();
+    let admin_stop = CancellationToken::new();
+    let admission = admission::Admission::new(args.max_inflight_bytes);
+    let receivers = spawn_receivers(&args, &pipeline, &admission, grpc_listener, http_listener, &receivers_stop);
+
+    let export = ExportLoop {
+        queue,
+        metrics,
+        clients: clients_rx,
+        options: LoopOptions {
+            batch_bytes: args.batch_bytes.max(1),
+            linger: Duration::from_millis(args.batch_linger_ms),
+            backoff: Backoff::default(),
+            shutdown_deadline: Duration::from_secs(args.shutdown_timeout_secs),
+        },
+    };
+    let background =
+        vec![tokio::spawn(export.run(export_stop.clone())), tokio::spawn(watcher.run(receivers_stop.clone()))];
+    let stop = admin_stop.clone();
+    let admin_shared = shared.clone();
+    let admin = tokio::spawn(async move {
+        if let Err(e) = admin::serve(admin_listener, admin_shared, async move { stop.cancelled().await }).await {
+            tracing::error!(error = %e, "admin server failed");
+        }
+    });
+    tracing::info!(%grpc_addr, %http_addr, %admin_addr, "agent started");
+    Ok(RunningAgent {
+        grpc_addr,
+        http_addr,
+        admin_addr,
+        shared,
+        receivers_stop,
+        export_stop,
+        receivers,
+        background,
+        admin,
+        admin_stop,
+    })
+}
+
+fn spawn_receivers(
+    args: &AgentArgs,
+    pipeline: &Arc<pipeline::Pipeline>,
+    admission: &admission::Admission,
+    grpc_listener: TcpListener,
+    http_listener: TcpListener,
+    stop: &CancellationToken,
+) -> Vec<JoinHandle<()>> {
+    let grpc = receiver_grpc::GrpcReceiver { pipeline: pipeline.clone(), admission: admission.clone() };
+    let http = Arc::new(receiver_http::HttpReceiver {
+        pipeline: pipeline.clone(),
+        admission: admission.clone(),
+        max_body: args.max_request_bytes,
+    });
+    let (s1, s2) = (stop.clone(), stop.clone());
+    let max = args.max_request_bytes;
+    vec![
+        tokio::spawn(async move {
+            if let Err(e) = receiver_grpc::serve(grpc_listener, grpc, max, async move { s1.cancelled().await }).await {
+                tracing::error!(error = %e, "OTLP/gRPC receiver failed");
+            }
+        }),
+        tokio::spawn(async move {
+            if let Err(e) = receiver_http::serve(http_listener, http, async move { s2.cancelled().await }).await {
+                tracing::error!(error = %e, "OTLP/HTTP receiver failed");
+            }
+        }),
+    ]
+}
+
+impl RunningAgent {
+    /// Stop receiving, flush the queue within the deadline, then stop the admin server.
+    pub async fn shutdown(self) {
+        self.receivers_stop.cancel();
+        for r in self.receivers {
+            let _ = r.await;
+        }
+        self.export_stop.cancel();
+        for b in self.background {
+            let _ = b.await;
+        }
+        self.admin_stop.cancel();
+        let _ = self.admin.await;
+        tracing::info!("agent stopped");
+    }
+
+    pub fn report(&self) -> report::Report {
+        admin::build_report(&self.shared)
+    }
+}
+
+impl Default for AgentArgs {
+    /// The flag defaults (what `tracelight agent` with no flags runs with).
+    fn default() -> Self {
+        #[derive(clap::Parser)]
+        struct Wrapper {
+            #[command(flatten)]
+            args: AgentArgs,
+        }
+        <Wrapper as clap::Parser>::parse_from(["agent"]).args
+    }
+}
+
+impl Shared {
+    /// Spans waiting in the export queue.
+    pub fn queue_spans(&self) -> u64 {
+        self.pipeline.queue.usage().1 as u64
+    }
+}

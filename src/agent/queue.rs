@@ -1,0 +1,226 @@
+//! A queue of span batches bounded in bytes. When a push does not fit, the oldest batches are
+//! evicted (and counted): in a backlog, fresh data is worth more than old data.
+
+use super::metrics::{DropReason, Metrics};
+use opentelemetry_proto::tonic::trace::v1::ResourceSpans;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+/// Spans of one or more requests, with their encoded size.
+#[derive(Debug, Default, Clone)]
+pub struct Batch {
+    pub resource_spans: Vec<ResourceSpans>,
+    pub spans: usize,
+    pub bytes: usize,
+}
+
+impl Batch {
+    pub fn new(resource_spans: Vec<ResourceSpans>) -> Batch {
+        use prost::Message;
+        let spans = resource_spans.iter().flat_map(|r| &r.scope_spans).map(|s| s.spans.len()).sum();
+        let bytes = resource_spans.iter().map(|r| r.encoded_len() + 4).sum();
+        Batch { resource_spans, spans, bytes }
+    }
+
+    fn append(&mut self, other: Batch) {
+        self.resource_spans.extend(other.resource_spans);
+        self.spans += other.spans;
+        self.bytes += other.bytes;
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    items: VecDeque<Batch>,
+    bytes: usize,
+    spans: usize,
+}
+
+pub struct Queue {
+    inner: Mutex<Inner>,
+    ready: Notify,
+    capacity: usize,
+    metrics: Arc<Metrics>,
+}
+
+impl Queue {
+    pub fn new(capacity: usize, metrics: Arc<Metrics>) -> Queue {
+        Queue { inner: Mutex::new(Inner::default()), ready: Notify::new(), capacity, metrics }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock cannot leave Inner inconsistent (plain field updates).
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// (bytes, spans) queued.
+    pub fn usage(&self) -> (usize, usize) {
+        let g = self.lock();
+        (g.bytes, g.spans)
+    }
+
+    /// Append, evicting the oldest batches while it does not fit. Returns the spans evicted.
+    /// A batch larger than the whole queue is itself dropped.
+    pub fn push(&self, batch: Batch) -> usize {
+        let mut g = self.lock();
+        let mut evicted = 0;
+        if batch.bytes > self.capacity {
+            evicted = batch.spans;
+        } else {
+            while g.bytes + batch.bytes > self.capacity {
+                let Some(old) = g.items.pop_front() else { break };
+                g.bytes -= old.bytes;
+                g.spans -= old.spans;
+                evicted += old.spans;
+            }
+            g.bytes += batch.bytes;
+            g.spans += batch.spans;
+            g.items.push_back(batch);
+        }
+        self.publish(&g);
+        drop(g);
+        self.metrics.drop_spans(DropReason::QueueFull, evicted);
+        self.ready.notify_one();
+        evicted
+    }
+
+    /// Put a batch that failed to export back at the head, if it still fits; otherwise it is the
+    /// oldest data and is dropped (counted). Returns whether it was kept.
+    pub fn requeue(&self, batch: Batch) -> bool {
+        let mut g = self.lock();
+        if g.bytes + batch.bytes > self.capacity {
+            drop(g);
+            self.metrics.drop_spans(DropReason::QueueFull, batch.spans);
+            return false;
+        }
+        g.bytes += batch.bytes;
+        g.spans += batch.spans;
+        g.items.push_front(batch);
+        self.publish(&g);
+        true
+    }
+
+    /// Take batches from the head up to `max_bytes` (at least one batch), merged.
+    pub fn take(&self, max_bytes: usize) -> Option<Batch> {
+        let mut g = self.lock();
+        let mut out = g.items.pop_front()?;
+        while let Some(next) = g.items.front() {
+            if out.bytes + next.bytes > max_bytes {
+                break;
+            }
+            if let Some(next) = g.items.pop_front() {
+                out.append(next);
+            }
+        }
+        g.bytes -= out.bytes;
+        g.spans -= out.spans;
+        self.publish(&g);
+        Some(out)
+    }
+
+    /// Everything left, for shutdown accounting.
+    pub fn drain_all(&self) -> Option<Batch> {
+        self.take(usize::MAX)
+    }
+
+    /// Wait until `min_bytes` are queued, or something is queued and `linger` has passed since
+    /// this call saw it, or `stop` resolves. Single consumer.
+    pub async fn wait_batch(&self, min_bytes: usize, linger: Duration) {
+        while self.usage().0 == 0 {
+            self.ready.notified().await;
+        }
+        let deadline = Instant::now() + linger;
+        while self.usage().0 < min_bytes {
+            if tokio::time::timeout_at(deadline, self.ready.notified()).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    fn publish(&self, g: &Inner) {
+        self.metrics.queue_bytes.set(g.bytes as i64);
+        self.metrics.queue_spans.set(g.spans as i64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry_proto::tonic::trace::v1::{ScopeSpans, Span};
+
+    fn batch(spans: usize) -> Batch {
+        let spans = (0..spans).map(|_| Span { name: "x".repeat(100), ..Default::default() }).collect();
+        Batch::new(vec![ResourceSpans {
+            scope_spans: vec![ScopeSpans { spans, ..Default::default() }],
+            ..Default::default()
+        }])
+    }
+
+    #[test]
+    fn evicts_oldest_when_full_and_counts() {
+        let m = Arc::new(Metrics::default());
+        let one = batch(1).bytes;
+        let q = Queue::new(one * 3, m.clone());
+        for _ in 0..3 {
+            assert_eq!(q.push(batch(1)), 0);
+        }
+        assert_eq!(q.push(batch(1)), 1);
+        assert_eq!(q.usage(), (one * 3, 3));
+        assert_eq!(m.dropped_count(DropReason::QueueFull), 1);
+        assert_eq!(m.queue_spans.get(), 3);
+    }
+
+    #[test]
+    fn oversized_batch_is_dropped_not_queued() {
+        let m = Arc::new(Metrics::default());
+        let q = Queue::new(10, m.clone());
+        assert_eq!(q.push(batch(2)), 2);
+        assert_eq!(q.usage(), (0, 0));
+        assert_eq!(m.dropped_count(DropReason::QueueFull), 2);
+    }
+
+    #[test]
+    fn take_merges_up_to_max_bytes() {
+        let q = Queue::new(1 << 20, Arc::new(Metrics::default()));
+        let one = batch(1).bytes;
+        for _ in 0..5 {
+            q.push(batch(1));
+        }
+        let b = q.take(one * 2).expect("batch");
+        assert_eq!(b.spans, 2);
+        assert_eq!(q.usage().1, 3);
+        assert_eq!(q.take(0).expect("at least one").spans, 1);
+    }
+
+    #[test]
+    fn requeue_goes_to_the_head_and_respects_capacity() {
+        let m = Arc::new(Metrics::default());
+        let one = batch(1).bytes;
+        let q = Queue::new(one * 2, m.clone());
+        q.push(batch(1));
+        let head = q.take(one).expect("batch");
+        q.push(batch(2));
+        assert!(!q.requeue(head.clone()));
+        assert_eq!(m.dropped_count(DropReason::QueueFull), 1);
+        let q = Queue::new(one * 2, Arc::new(Metrics::default()));
+        q.push(batch(1));
+        assert!(q.requeue(head));
+        assert_eq!(q.usage().1, 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn wait_batch_returns_after_linger() {
+        let q = Arc::new(Queue::new(1 << 20, Arc::new(Metrics::default())));
+        q.push(batch(1));
+        let start = Instant::now();
+        q.wait_batch(1 << 19, Duration::from_millis(200)).await;
+        assert!(start.elapsed() >= Duration::from_millis(200));
+    }
+}

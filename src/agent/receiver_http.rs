@@ -1,0 +1,110 @@
+//! OTLP/HTTP receiver: `POST /v1/traces`, protobuf or JSON, optionally gzip.
+
+use super::admission::Admission;
+use super::decode::{self, DecodeError, Encoding};
+use super::metrics::Transport;
+use super::pipeline::Pipeline;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Router;
+use opentelemetry_proto::tonic::collector::trace::v1::{ExportTracePartialSuccess, ExportTraceServiceResponse};
+use prost::Message;
+use std::future::Future;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+
+/// Seconds a refused sender is asked to wait before retrying.
+pub const RETRY_AFTER_SECS: u64 = 1;
+
+pub struct HttpReceiver {
+    pub pipeline: Arc<Pipeline>,
+    pub admission: Admission,
+    /// Limit on the request body, compressed and inflated.
+    pub max_body: usize,
+}
+
+/// google.rpc.Status, the OTLP error body.
+#[derive(Clone, PartialEq, Message, serde::Serialize)]
+struct RpcStatus {
+    #[prost(int32, tag = "1")]
+    code: i32,
+    #[prost(string, tag = "2")]
+    message: String,
+}
+
+pub fn router(receiver: Arc<HttpReceiver>) -> Router {
+    Router::new().route("/v1/traces", post(export_traces)).with_state(receiver)
+}
+
+pub async fn serve(
+    listener: TcpListener,
+    receiver: Arc<HttpReceiver>,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(receiver)).with_graceful_shutdown(stop).await
+}
+
+fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+#[tracing::instrument(level = "debug", skip_all)]
+async fn export_traces(State(rx): State<Arc<HttpReceiver>>, headers: HeaderMap, body: Body) -> Response {
+    let encoding = decode::encoding_of(header_str(&headers, header::CONTENT_TYPE)).unwrap_or(Encoding::Protobuf);
+    let declared = header_str(&headers, header::CONTENT_LENGTH).and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > rx.max_body) {
+        return malformed(&rx, DecodeError::TooLarge { limit: rx.max_body }, encoding);
+    }
+    let bytes = match axum::body::to_bytes(body, rx.max_body).await {
+        Ok(b) => b,
+        Err(_) => return malformed(&rx, DecodeError::TooLarge { limit: rx.max_body }, encoding),
+    };
+    let Some(_permit) = rx.admission.try_admit(bytes.len()) else {
+        rx.pipeline.metrics.refused_requests.inc();
+        return overloaded(encoding);
+    };
+    let content_encoding = header_str(&headers, header::CONTENT_ENCODING);
+    let content_type = header_str(&headers, header::CONTENT_TYPE);
+    let request = match decode::decode_request(content_type, content_encoding, &bytes, rx.max_body) {
+        Ok((request, _)) => request,
+        Err(e) => return malformed(&rx, e, encoding),
+    };
+    let ingested = rx.pipeline.ingest(request, Transport::Http);
+    let partial_success = ingested
+        .rejection_message()
+        .map(|error_message| ExportTracePartialSuccess { rejected_spans: ingested.rejected as i64, error_message });
+    let response = ExportTraceServiceResponse { partial_success };
+    match (encoding, &response.partial_success) {
+        // OTLP/JSON omits unset fields: a full success is `{}`, not `{"partialSuccess":null}`.
+        (Encoding::Json, None) => {
+            (StatusCode::OK, [(header::CONTENT_TYPE, encoding.content_type())], "{}").into_response()
+        }
+        _ => encoded(StatusCode::OK, encoding, &response),
+    }
+}
+
+fn malformed(rx: &HttpReceiver, e: DecodeError, encoding: Encoding) -> Response {
+    rx.pipeline.metrics.malformed_requests.inc();
+    tracing::debug!(error = %e, "rejected OTLP/HTTP request");
+    let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::BAD_REQUEST);
+    // gRPC code INVALID_ARGUMENT (3) in the Status body.
+    encoded(status, encoding, &RpcStatus { code: 3, message: e.to_string() })
+}
+
+fn overloaded(encoding: Encoding) -> Response {
+    let body = RpcStatus { code: 8, message: "agent overloaded, retry later".into() };
+    let mut resp = encoded(StatusCode::SERVICE_UNAVAILABLE, encoding, &body);
+    resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+    resp
+}
+
+fn encoded<M: Message + serde::Serialize>(status: StatusCode, encoding: Encoding, msg: &M) -> Response {
+    let body = match encoding {
+        Encoding::Protobuf => msg.encode_to_vec(),
+        Encoding::Json => serde_json::to_vec(msg).unwrap_or_default(),
+    };
+    (status, [(header::CONTENT_TYPE, encoding.content_type())], body).into_response()
+}

@@ -1,0 +1,8 @@
+//! In-process integration tests of `tracelight agent`: real OpenTelemetry SDK in, the agent's
+//! own receivers (or a scripted fake collector) out, all on 127.0.0.1 random ports.
+
+mod faults;
+mod receiver;
+mod reload;
+mod sdk;
+mod support;

@@ -1,0 +1,109 @@
+//! OTLP/HTTP receiver answers per the spec; admin endpoints.
+
+use crate::support::*;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
+use prost::Message;
+use std::io::Write;
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(data).expect("gzip");
+    e.finish().expect("gzip")
+}
+
+#[tokio::test]
+async fn http_receiver_status_codes() {
+    let sink = sink().await;
+    let url = format!("http://{}/v1/traces", sink.http_addr);
+    let pb = [("content-type", "application/x-protobuf")];
+
+    let (status, _, body) = post(&url, &pb, request(3, "a").encode_to_vec()).await;
+    assert_eq!(status, 200);
+    assert_eq!(ExportTraceServiceResponse::decode(&body[..]).expect("response").partial_success, None);
+
+    let (status, _, _) = post(
+        &url,
+        &[("content-type", "application/x-protobuf"), ("content-encoding", "gzip")],
+        gzip(&request(2, "a").encode_to_vec()),
+    )
+    .await;
+    assert_eq!(status, 200);
+
+    let json = br#"{"resourceSpans":[{"scopeSpans":[{"spans":[{"traceId":"5b8efff798038103d269b633813fc60c","spanId":"eee19b7ec3c1b174","name":"j"}]}]}]}"#;
+    let (status, headers, body) = post(&url, &[("content-type", "application/json")], json.to_vec()).await;
+    assert_eq!(status, 200);
+    assert_eq!(headers.get("content-type").expect("ct"), "application/json");
+    assert_eq!(String::from_utf8_lossy(&body), "{}");
+
+    let (status, _, body) = post(&url, &pb, vec![0xff; 10]).await;
+    assert_eq!(status, 400);
+    assert!(String::from_utf8_lossy(&body).contains("invalid protobuf"), "clear message");
+
+    let (status, _, body) = post(&url, &[("content-type", "application/json")], b"{nope".to_vec()).await;
+    assert_eq!(status, 400);
+    assert!(String::from_utf8_lossy(&body).contains("invalid JSON"));
+
+    let (status, _, _) = post(&url, &[("content-type", "text/plain")], b"x".to_vec()).await;
+    assert_eq!(status, 415);
+
+    let big = vec![0u8; 9 << 20];
+    let (status, _, _) = post(&url, &pb, big).await;
+    assert_eq!(status, 413);
+
+    let bomb = gzip(&vec![0u8; 64 << 20]);
+    let (status, _, _) =
+        post(&url, &[("content-type", "application/x-protobuf"), ("content-encoding", "gzip")], bomb).await;
+    assert_eq!(status, 413);
+
+    // Partial success: one span with a short trace id.
+    let mut req = request(2, "a");
+    req.resource_spans[0].scope_spans[0].spans[0].trace_id = vec![1, 2, 3];
+    let (status, _, body) = post(&url, &pb, req.encode_to_vec()).await;
+    assert_eq!(status, 200);
+    let partial = ExportTraceServiceResponse::decode(&body[..]).expect("response").partial_success.expect("partial");
+    assert_eq!(partial.rejected_spans, 1);
+    assert!(partial.error_message.contains("trace id"));
+
+    assert_eq!(drain(&sink).len(), 3 + 2 + 1 + 1);
+    assert_eq!(sink.shared.metrics.malformed_requests.get(), 5);
+    sink.shutdown().await;
+}
+
+#[tokio::test]
+async fn admin_serves_health_metrics_and_report() {
+    let sink = sink().await;
+    let url = format!("http://{}/v1/traces", sink.http_addr);
+    post(&url, &[("content-type", "application/x-protobuf")], request(4, "cart").encode_to_vec()).await;
+    let admin = format!("http://{}", sink.admin_addr);
+    assert_eq!(get(&format!("{admin}/healthz")).await, (200, "ok\n".to_string()));
+    let (status, metrics) = get(&format!("{admin}/metrics")).await;
+    assert_eq!(status, 200);
+    assert!(metrics.contains("tracelight_agent_spans_received_total{transport=\"Http\"} 4"), "{metrics}");
+    assert!(metrics.contains("tracelight_agent_queue_spans 4"));
+    assert!(metrics.contains("tracelight_agent_config_generation 0"));
+    let (status, report) = get(&format!("{admin}/report")).await;
+    assert_eq!(status, 200);
+    let report: serde_json::Value = serde_json::from_str(&report).expect("json report");
+    assert_eq!(report["services"]["cart"], 4);
+    assert_eq!(report["spans"]["received"], 4);
+    assert_eq!(report["spans"]["queued"], 4);
+    sink.shutdown().await;
+}
+
+#[tokio::test]
+async fn grpc_receiver_accepts_gzip_and_reports_partial_success() {
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+    let sink = sink().await;
+    let mut client = TraceServiceClient::connect(format!("http://{}", sink.grpc_addr))
+        .await
+        .expect("connect")
+        .send_compressed(tonic::codec::CompressionEncoding::Gzip);
+    let resp = client.export(request(5, "g")).await.expect("export").into_inner();
+    assert_eq!(resp.partial_success, None);
+    let mut req = request(2, "g");
+    req.resource_spans[0].scope_spans[0].spans[1].span_id = vec![0; 8];
+    let resp = client.export(req).await.expect("export").into_inner();
+    assert_eq!(resp.partial_success.expect("partial").rejected_spans, 1);
+    assert_eq!(drain(&sink).len(), 6);
+    sink.shutdown().await;
+}
