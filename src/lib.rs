@@ -9,5 +9,6 @@ pub mod api;
 pub mod cli;
 pub mod controller;
 pub mod inject;
+pub mod rollout;
 pub mod telemetry;
 pub mod webhook;

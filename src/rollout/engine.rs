@@ -1,0 +1,295 @@
+//! The rollout engine: `Observation -> Plan`, a pure function.
+//!
+//! Phases run in order. Namespaces of phases up to the current one are active (the webhook
+//! injects there). Within the active phases, workloads whose pods lack the current injection are
+//! restarted in batches of the phase's size; a restart passes its gate when the workload has
+//! rolled out, every pod carries the current hash and is ready, and (when agents report) spans
+//! arrive. A failing restart is rolled back and the rollout stops as Degraded until the user
+//! clears the exclusion. After the current phase's last batch the policy soaks, then the next
+//! phase starts. Namespaces that left the policy have their injected workloads restarted without
+//! injection, through the same batches.
+
+use super::model::*;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+/// Where one workload stands.
+#[derive(Debug, PartialEq)]
+enum Standing {
+    /// Nothing to do (current, scaled to zero, or not ours to inject).
+    Done,
+    /// Needs a restart for this reason.
+    Needs(RestartReason),
+    /// Restart requested; waiting for its gate until the deadline.
+    InFlight { deadline: Timestamp },
+    /// Restart failed: roll back.
+    Failed(String),
+    /// Rolled back earlier; waits for the user.
+    Excluded,
+}
+
+pub fn plan(obs: &Observation) -> Plan {
+    let phases = phases_or_default(&obs.phases);
+    let mut progress = obs.progress.clone();
+    progress.phase = progress.phase.min(phases.len() - 1);
+    if obs.namespaces.is_empty() && obs.workloads.iter().all(|w| !is_leaving(obs, w)) {
+        return idle(RolloutPhase::Pending, progress, "no namespace is governed by this policy");
+    }
+    // Advancing through finished phases happens within one reconcile (bounded by the count).
+    for _ in 0..=phases.len() {
+        let step = plan_at(obs, &phases, &progress);
+        match step {
+            Step::Advance(next) => progress = next,
+            Step::Done(plan) => return plan,
+        }
+    }
+    unreachable!("each advance moves to a later phase")
+}
+
+enum Step {
+    Advance(Progress),
+    Done(Plan),
+}
+
+fn phases_or_default(phases: &[PhaseSettings]) -> Vec<PhaseSettings> {
+    if phases.is_empty() {
+        vec![PhaseSettings {
+            name: "default".into(),
+            batch_size: 1,
+            soak: Duration::ZERO,
+            health_deadline: Duration::from_secs(600),
+        }]
+    } else {
+        phases.to_vec()
+    }
+}
+
+fn idle(state: RolloutPhase, progress: Progress, message: &str) -> Plan {
+    Plan {
+        state,
+        active_namespaces: Vec::new(),
+        restarts: Vec::new(),
+        rollbacks: Vec::new(),
+        in_flight: Vec::new(),
+        progress,
+        message: message.to_string(),
+        requeue_after: None,
+    }
+}
+
+fn phase_of(obs: &Observation, w: &WorkloadObservation) -> Option<usize> {
+    obs.namespaces.iter().find(|n| n.name == w.id.namespace).map(|n| n.phase)
+}
+
+/// Injected pods in a namespace the policy no longer governs.
+fn is_leaving(obs: &Observation, w: &WorkloadObservation) -> bool {
+    phase_of(obs, w).is_none() && w.pods.current + w.pods.outdated > 0
+}
+
+fn plan_at(obs: &Observation, phases: &[PhaseSettings], progress: &Progress) -> Step {
+    let p = progress.phase;
+    let active: BTreeSet<String> = obs.namespaces.iter().filter(|n| n.phase <= p).map(|n| n.name.clone()).collect();
+
+    // Stand every relevant workload: those of active namespaces, and those leaving.
+    let mut standings: Vec<(&WorkloadObservation, Option<usize>, Standing)> = obs
+        .workloads
+        .iter()
+        .filter_map(|w| match phase_of(obs, w) {
+            Some(ph) if ph <= p => Some((w, Some(ph), standing(obs, w, &phases[ph]))),
+            Some(_) => None,
+            None if is_leaving(obs, w) || w.restart.as_ref().is_some_and(|r| r.hash.is_empty()) => {
+                Some((w, None, leaving_standing(obs, w, &phases[p])))
+            }
+            None => None,
+        })
+        .collect();
+    standings.sort_by(|a, b| a.0.id.cmp(&b.0.id));
+
+    let rollbacks: Vec<Rollback> = standings
+        .iter()
+        .filter_map(|(w, _, s)| match s {
+            Standing::Failed(reason) => Some(Rollback { workload: w.id.clone(), reason: reason.clone() }),
+            _ => None,
+        })
+        .collect();
+    let excluded = standings.iter().filter(|(_, _, s)| *s == Standing::Excluded).count();
+    let in_flight: Vec<WorkloadId> = standings
+        .iter()
+        .filter(|(_, _, s)| matches!(s, Standing::InFlight { .. }))
+        .map(|(w, _, _)| w.id.clone())
+        .collect();
+    let requeue_after = earliest_deadline(&standings, obs.now);
+    let base = Plan {
+        state: RolloutPhase::Progressing,
+        active_namespaces: active.iter().cloned().collect(),
+        restarts: Vec::new(),
+        rollbacks,
+        in_flight: in_flight.clone(),
+        progress: progress.clone(),
+        message: String::new(),
+        requeue_after,
+    };
+
+    if !base.rollbacks.is_empty() || excluded > 0 {
+        let message = match base.rollbacks.first() {
+            Some(r) => format!("rolled back {}: {}; waiting for the exclusion to be cleared", r.workload, r.reason),
+            None => format!("{excluded} workload(s) excluded after a failed rollout; clear the exclusion to retry"),
+        };
+        return Step::Done(Plan { state: RolloutPhase::Degraded, message, ..base });
+    }
+    if obs.paused {
+        let message = format!("paused in phase {:?}", phases[p].name);
+        return Step::Done(Plan { state: RolloutPhase::Paused, message, ..base });
+    }
+
+    // The earliest phase with work goes first: a new agent version re-runs the pilot first.
+    let needing: Vec<(&WorkloadObservation, Option<usize>, RestartReason)> = standings
+        .iter()
+        .filter_map(|(w, ph, s)| match s {
+            Standing::Needs(reason) => Some((*w, *ph, *reason)),
+            _ => None,
+        })
+        .collect();
+    let working_phase = needing.iter().filter_map(|(_, ph, _)| *ph).min();
+    let batch = working_phase.map_or(phases[p].batch_size, |ph| phases[ph].batch_size) as usize;
+    let capacity = batch.saturating_sub(in_flight.len());
+    let restarts: Vec<Restart> = needing
+        .iter()
+        // Leaving workloads (no phase) go with any batch; phase work goes earliest phase first.
+        .filter(|(_, ph, _)| ph.is_none() || *ph == working_phase)
+        .take(capacity)
+        .map(|(w, _, reason)| Restart {
+            workload: w.id.clone(),
+            reason: *reason,
+            hash: if *reason == RestartReason::Leave {
+                String::new()
+            } else {
+                w.desired_hash.clone().unwrap_or_default()
+            },
+        })
+        .collect();
+
+    if !needing.is_empty() || !in_flight.is_empty() {
+        let mut in_flight = in_flight;
+        in_flight.extend(restarts.iter().map(|r| r.workload.clone()));
+        let message = format!(
+            "phase {:?}: {} restarting, {} waiting (batch size {batch})",
+            phases[working_phase.unwrap_or(p)].name,
+            in_flight.len(),
+            needing.len() - restarts.len()
+        );
+        return Step::Done(Plan { restarts, in_flight, message, ..base });
+    }
+
+    // Every active workload is done: soak, then advance.
+    let phase = &phases[p];
+    let phase_has_namespaces = obs.namespaces.iter().any(|n| n.phase == p);
+    let soak_started = progress.soak_started.unwrap_or(obs.now);
+    let soak_ends = add(soak_started, phase.soak);
+    let last = p + 1 == phases.len();
+    if phase_has_namespaces && !phase.soak.is_zero() && obs.now < soak_ends {
+        let mut progress = progress.clone();
+        progress.soak_started = Some(soak_started);
+        let remaining = duration_between(obs.now, soak_ends);
+        let message = format!("phase {:?} soaking, {}s left", phase.name, remaining.as_secs());
+        return Step::Done(Plan {
+            state: RolloutPhase::Soaking,
+            progress,
+            message,
+            requeue_after: Some(remaining),
+            ..base
+        });
+    }
+    if last {
+        let mut progress = progress.clone();
+        progress.soak_started = Some(soak_started);
+        let message = format!("all {} phase(s) rolled out", phases.len());
+        return Step::Done(Plan { state: RolloutPhase::Complete, progress, message, ..base });
+    }
+    Step::Advance(Progress { phase: p + 1, soak_started: None })
+}
+
+fn standing(obs: &Observation, w: &WorkloadObservation, phase: &PhaseSettings) -> Standing {
+    if w.excluded.is_some() {
+        return Standing::Excluded;
+    }
+    let Some(desired) = &w.desired_hash else {
+        return Standing::Done;
+    };
+    if w.pods.total == 0 {
+        return Standing::Done;
+    }
+    let needs_injection = w.pods.outdated > 0 || w.pods.missed > 0;
+    match &w.restart {
+        Some(mark) if &mark.hash == desired => {
+            let deadline = add(mark.at, phase.health_deadline);
+            if let Health::Failing(reason) = &w.health {
+                return Standing::Failed(reason.clone());
+            }
+            let settled = w.rolled_out && !needs_injection && w.pods.ready == w.pods.total;
+            match (settled, w.reporting, obs.now >= deadline) {
+                (true, None | Some(true), _) => Standing::Done,
+                // Silent past the deadline: an idle service is not a broken one; coverage reports it.
+                (true, Some(false), true) => Standing::Done,
+                (true, Some(false), false) => Standing::InFlight { deadline },
+                (false, _, false) => Standing::InFlight { deadline },
+                (false, _, true) if w.rolled_out && w.pods.ready == w.pods.total => {
+                    // Rolled out and healthy, yet some pods lack injection: they were created
+                    // while the webhook was down.
+                    if obs.repair_missed {
+                        Standing::Needs(RestartReason::Repair)
+                    } else {
+                        Standing::Done
+                    }
+                }
+                (false, _, true) => {
+                    Standing::Failed(format!("not ready within {}s of its restart", phase.health_deadline.as_secs()))
+                }
+            }
+        }
+        _ if w.pods.outdated > 0 => Standing::Needs(RestartReason::Inject),
+        _ if w.pods.missed > 0 && w.pods.current == 0 => Standing::Needs(RestartReason::Inject),
+        _ if w.pods.missed > 0 && obs.repair_missed => Standing::Needs(RestartReason::Repair),
+        _ => Standing::Done,
+    }
+}
+
+fn leaving_standing(obs: &Observation, w: &WorkloadObservation, phase: &PhaseSettings) -> Standing {
+    let injected = w.pods.current + w.pods.outdated;
+    match &w.restart {
+        Some(mark) if mark.hash.is_empty() => {
+            let deadline = add(mark.at, phase.health_deadline);
+            match (injected == 0 && w.rolled_out, obs.now >= deadline) {
+                (true, _) => Standing::Done,
+                (false, false) => Standing::InFlight { deadline },
+                // Leaving never rolls back (there is nothing to go back to): try again.
+                (false, true) => Standing::Needs(RestartReason::Leave),
+            }
+        }
+        _ if injected > 0 => Standing::Needs(RestartReason::Leave),
+        _ => Standing::Done,
+    }
+}
+
+fn earliest_deadline(
+    standings: &[(&WorkloadObservation, Option<usize>, Standing)],
+    now: Timestamp,
+) -> Option<Duration> {
+    standings
+        .iter()
+        .filter_map(|(_, _, s)| match s {
+            Standing::InFlight { deadline } => Some(duration_between(now, *deadline)),
+            _ => None,
+        })
+        .min()
+}
+
+fn add(t: Timestamp, d: Duration) -> Timestamp {
+    let d = SignedDuration::try_from(d).unwrap_or(SignedDuration::MAX);
+    t.checked_add(d).unwrap_or(Timestamp::MAX)
+}
+
+fn duration_between(from: Timestamp, to: Timestamp) -> Duration {
+    Duration::try_from(to.duration_since(from)).unwrap_or(Duration::ZERO)
+}

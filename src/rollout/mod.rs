@@ -1,0 +1,11 @@
+//! Phased rollout (pure): from what the controller observed to what it should do next.
+//! See [`engine`] for the rules; the controller carries the [`model::Plan`] out.
+
+pub mod engine;
+pub mod model;
+
+pub use engine::plan;
+pub use model::*;
+
+#[cfg(test)]
+mod tests;
