@@ -109,7 +109,11 @@ mod readme_tests {
             .iter()
             .filter(|f| {
                 let last = f.rsplit('.').next().unwrap();
-                let generic = f.replace("java", "<language>").replace("nodejs", "<language>").replace("python", "<language>").replace("dotnet", "<language>");
+                let generic = f
+                    .replace("java", "<language>")
+                    .replace("nodejs", "<language>")
+                    .replace("python", "<language>")
+                    .replace("dotnet", "<language>");
                 !readme.contains(&format!("`{f}`"))
                     && !readme.contains(&format!("`{generic}`"))
                     && !readme.contains(&format!("`.{last}`"))
