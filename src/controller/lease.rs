@@ -77,6 +77,8 @@ fn lease_duration(spec: &LeaseSpec) -> Duration {
 
 /// The spec after `me` acquires or renews `previous` at `now`.
 pub fn held_spec(previous: Option<&LeaseSpec>, me: &str, now: Timestamp) -> LeaseSpec {
+    // Taking over an existing lease (held, released or expired) is a transition; creating one is not.
+    let existed = previous.is_some();
     let previous = previous.cloned().unwrap_or_default();
     let changed_hands = previous.holder_identity.as_deref() != Some(me);
     let transitions = previous.lease_transitions.unwrap_or(0);
@@ -85,11 +87,7 @@ pub fn held_spec(previous: Option<&LeaseSpec>, me: &str, now: Timestamp) -> Leas
         lease_duration_seconds: Some(i32::try_from(LEASE_DURATION.as_secs()).unwrap_or(15)),
         acquire_time: if changed_hands { Some(MicroTime(now)) } else { previous.acquire_time.clone() },
         renew_time: Some(MicroTime(now)),
-        lease_transitions: Some(if changed_hands && previous.holder_identity.is_some() {
-            transitions + 1
-        } else {
-            transitions
-        }),
+        lease_transitions: Some(if changed_hands && existed { transitions + 1 } else { transitions }),
         ..previous
     }
 }
@@ -311,5 +309,8 @@ mod tests {
         assert_eq!(renewed.acquire_time, Some(MicroTime(ts(1000))));
         assert_eq!(renewed.renew_time, Some(MicroTime(ts(1005))));
         assert_eq!(held_spec(None, "me", ts(1)).lease_transitions, Some(0));
+        let after_release = held_spec(Some(&released_spec(&renewed, ts(1010))), "next", ts(1011));
+        assert_eq!(after_release.lease_transitions, Some(2));
+        assert_eq!(after_release.lease_duration_seconds, Some(15));
     }
 }

@@ -196,6 +196,7 @@ async fn run_policy_controller(client: Client, metrics: ControllerMetrics, shutd
                 ready(())
             });
 
+    let (reconcile_all, reconcile_all_requests) = futures::channel::mpsc::unbounded();
     let controller =
         Controller::new(Api::<TracingPolicy>::all(client.clone()), watcher::Config::default().any_semantic());
     let reporter = Reporter { controller: REPORTER.into(), instance: std::env::var("POD_NAME").ok() };
@@ -206,9 +207,11 @@ async fn run_policy_controller(client: Client, metrics: ControllerMetrics, shutd
         policies: controller.store(),
         namespaces,
         pods,
+        reconcile_all,
     });
     let policies = controller
         .reconcile_all_on(namespace_changes)
+        .reconcile_all_on(reconcile_all_requests)
         .graceful_shutdown_on(shutdown.cancelled_owned())
         .run(reconcile, error_policy, ctx)
         .for_each(|result| {
@@ -216,6 +219,8 @@ async fn run_policy_controller(client: Client, metrics: ControllerMetrics, shutd
                 Ok((policy, _)) => tracing::debug!(policy = %policy.name, "reconciled"),
                 // Reconcile failures are logged by `error_policy`.
                 Err(kube::runtime::controller::Error::ReconcilerFailed(..)) => {}
+                // A policy deleted while a reconcile of it was queued.
+                Err(e @ kube::runtime::controller::Error::ObjectNotFound(_)) => tracing::debug!(error = %e, "skipped"),
                 Err(e) => tracing::warn!(error = %e, "policy controller"),
             }
             ready(())

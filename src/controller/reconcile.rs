@@ -11,6 +11,7 @@ use crate::api::agent_config::{needs_secret, AGENT_CONFIGMAP, AGENT_SECRET};
 use crate::api::keys::FIELD_MANAGER;
 use crate::api::validate::validate;
 use crate::api::{NamespaceState, NamespaceStatus, TracingPolicy, TracingPolicyStatus};
+use futures::channel::mpsc::UnboundedSender;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, ObjectReference, Pod, Secret};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, Preconditions};
@@ -43,6 +44,9 @@ pub struct Context {
     pub namespaces: Store<Namespace>,
     /// Pod metadata only: a full Pod costs ~10x more memory in a cache.
     pub pods: Store<PartialObjectMeta<Pod>>,
+    /// Asks for every policy to be reconciled: a policy that changes its selectors or goes away
+    /// can hand namespaces over to (or take them from) another one.
+    pub reconcile_all: UnboundedSender<()>,
 }
 
 /// Why a reconcile failed. `kind` labels the failure metric.
@@ -90,7 +94,11 @@ pub async fn reconcile(policy: Arc<TracingPolicy>, ctx: Arc<Context>) -> Result<
         }
     })
     .await
-    .map_err(|e| Error::Finalizer(Box::new(e)))
+    .or_else(|e| match e {
+        // Removing our finalizer from a policy that is already gone: the cleanup ran twice.
+        finalizer::Error::RemoveFinalizer(kube::Error::Api(s)) if s.is_not_found() => Ok(Action::await_change()),
+        e => Err(Error::Finalizer(Box::new(e))),
+    })
 }
 
 /// Counts the failure and retries after a short delay.
@@ -157,6 +165,9 @@ async fn apply(policy: &TracingPolicy, ctx: &Context) -> Result<Action, Error> {
 
     let status = desired_status(policy, &observation, previous, Timestamp::now());
     patch_status(policy, &status, ctx).await?;
+    if previous.and_then(|s| s.observed_generation) != policy.metadata.generation {
+        ctx.request_reconcile_all();
+    }
     // Events after the status write: "activated" means the webhook now injects there.
     for ns in &activated {
         tracing::info!(namespace = %ns, "namespace activated");
@@ -170,17 +181,21 @@ async fn apply(policy: &TracingPolicy, ctx: &Context) -> Result<Action, Error> {
     if !observation.write_failures.is_empty() {
         return Err(Error::WriteFailed(observation.write_failures.len()));
     }
-    Ok(Action::requeue(REQUEUE_AFTER))
+    // Secrets are not watched: look again soon for the one that is missing.
+    let requeue = if observation.missing_secrets.is_empty() { REQUEUE_AFTER } else { RETRY_AFTER };
+    Ok(Action::requeue(requeue))
 }
 
 /// Reports an invalid spec in the status (once per generation as an Event) and changes nothing else.
 async fn reject_invalid(policy: &TracingPolicy, message: &str, ctx: &Context) -> Result<Action, Error> {
     let previous = policy.status.as_ref();
-    tracing::warn!(error = %message, "invalid spec");
     let already_reported = condition_reason(previous, READY) == Some(reason::INVALID_SPEC)
         && previous.and_then(|s| s.observed_generation) == policy.metadata.generation;
     patch_status(policy, &invalid_spec_status(policy, message, previous, Timestamp::now()), ctx).await?;
-    if !already_reported {
+    if already_reported {
+        tracing::debug!(error = %message, "invalid spec (already reported)");
+    } else {
+        tracing::warn!(error = %message, "invalid spec");
         ctx.publish(policy, EventType::Warning, reason::INVALID_SPEC, "Validate", message.to_string(), None).await;
     }
     // A spec change triggers the next reconcile.
@@ -199,6 +214,8 @@ async fn cleanup(policy: &TracingPolicy, ctx: &Context) -> Result<Action, Error>
     // (today injected pods keep running with the last config they loaded until they restart).
     let note = format!("removed the agent config from {} namespace(s)", namespaces.len());
     ctx.publish(policy, EventType::Normal, "CleanedUp", "Cleanup", note, None).await;
+    // Namespaces this policy shadowed may now belong to another one.
+    ctx.request_reconcile_all();
     Ok(Action::await_change())
 }
 
@@ -338,6 +355,11 @@ impl Context {
         namespaces.ok().and_then(Result::ok).ok_or(Error::CacheNotReady("namespace"))?;
         let pods = tokio::time::timeout(CACHE_WAIT, self.pods.wait_until_ready()).await;
         pods.ok().and_then(Result::ok).ok_or(Error::CacheNotReady("pod"))
+    }
+
+    fn request_reconcile_all(&self) {
+        // Fails only when the controller is stopping; nothing to do then.
+        let _ = self.reconcile_all.unbounded_send(());
     }
 
     /// Publishes an Event on the policy; a failure is logged, never fails the reconcile.
