@@ -287,6 +287,9 @@ pub fn desired_status(
         PolicyPhase::Complete
     } else if secrets_missing {
         PolicyPhase::Degraded
+    } else if rollout.dry_run {
+        // Nothing advances in a dry run.
+        PolicyPhase::Pending
     } else {
         PolicyPhase::Progressing
     };
@@ -655,6 +658,17 @@ mod tests {
         assert_eq!(cond(&s, READY).reason, reason::PAUSED);
         assert_eq!(cond(&s, PROGRESSING).status, "False");
         assert_eq!(s.active_phase.as_deref(), Some("default"));
+    }
+
+    #[test]
+    fn dry_run_stays_pending() {
+        let mut p = policy("p", 1);
+        p.spec.rollout.dry_run = true;
+        let obs = Observation { namespaces: vec![ns_status("a", NamespaceState::Pending)], ..Default::default() };
+        let s = desired_status(&p, &obs, None, now());
+        assert_eq!(s.phase, Some(PolicyPhase::Pending));
+        assert_eq!(cond(&s, PROGRESSING).reason, reason::DRY_RUN);
+        assert_eq!(cond(&s, READY).reason, reason::DRY_RUN);
     }
 
     #[test]
