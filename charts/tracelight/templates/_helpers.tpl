@@ -67,6 +67,19 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- $authority | trimPrefix "[" | trimSuffix "]" }}
 {{- end }}
 
+{{/*
+Port the operator's webhook listens on: the container port, or, for an operator run outside the
+cluster (operator.enabled=false), the port of webhook.url (443 when the URL has none).
+*/}}
+{{- define "tracelight.webhookPort" -}}
+{{- if and .Values.webhook.url (not .Values.operator.enabled) }}
+{{- $port := regexFind ":[0-9]+(/|$)" (regexReplaceAll "^https://(\\[[^\\]]+\\]|[^/:]+)" .Values.webhook.url "") | trimPrefix ":" | trimSuffix "/" }}
+{{- default "443" $port }}
+{{- else }}
+{{- .Values.webhook.port }}
+{{- end }}
+{{- end }}
+
 {{/* Extra certificate names: webhook.extraSANs and the host of webhook.url, as a YAML list. */}}
 {{- define "tracelight.extraSANs" -}}
 {{- $sans := .Values.webhook.extraSANs }}
@@ -84,7 +97,7 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{/* The operator's command line. */}}
 {{- define "tracelight.args" -}}
 - controller
-- --webhook-addr=0.0.0.0:{{ .Values.webhook.port }}
+- --webhook-addr=0.0.0.0:{{ include "tracelight.webhookPort" . }}
 - --admin-addr=0.0.0.0:{{ .Values.admin.port }}
 - --webhook-config={{ include "tracelight.fullname" . }}
 - --service-name={{ include "tracelight.webhookService" . }}
