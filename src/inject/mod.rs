@@ -405,6 +405,9 @@ fn language_volume(lang: Language) -> Volume {
 /// The manifest hash `pod` would carry if injected now (the controller compares it with the
 /// pod's annotation to find outdated pods). `None` when the pod would not be injected.
 pub fn expected_manifest_hash(pod: &Pod, policy: &TracingPolicy, options: &InjectOptions) -> Option<String> {
+    if is_opted_out(pod) || !is_selected(pod, policy) {
+        return None;
+    }
     let spec = pod.spec.as_ref()?;
     let plan = plan(pod, spec, policy, options, &mut Vec::new());
     (!plan.containers.is_empty()).then_some(plan.hash)

@@ -3,6 +3,7 @@
 
 pub mod engine;
 pub mod model;
+pub mod observe;
 
 pub use engine::plan;
 pub use model::*;

@@ -1,0 +1,414 @@
+//! From Kubernetes objects to the engine's [`WorkloadObservation`], and from the engine's
+//! decisions back to the patches that carry them out. Pure: the controller fetches the objects
+//! and applies the patches.
+//!
+//! Restarts work like `kubectl rollout restart`: an annotation on the pod template changes, so
+//! the workload controller replaces its pods, which the webhook injects at creation. The
+//! annotations also record what was requested, so a restarted operator knows what is in flight.
+
+use super::model::{Health, PodCounts, RestartMark, WorkloadId, WorkloadKind, WorkloadObservation};
+use crate::api::keys::{INJECTED_LABEL, INJECT_LABEL, MANIFEST_HASH_ANNOTATION};
+use crate::api::TracingPolicy;
+use crate::inject::{expected_manifest_hash, workload_of, InjectOptions};
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::jiff::Timestamp;
+use serde_json::{json, Value};
+
+/// Pod-template annotation: when the operator last restarted the workload.
+pub const RESTARTED_AT_ANNOTATION: &str = "tracelight.io/restarted-at";
+/// Pod-template annotation: the manifest hash that restart was for ("" when removing injection).
+pub const RESTART_HASH_ANNOTATION: &str = "tracelight.io/restart-hash";
+/// Pod-template annotation: why the operator rolled the workload back. With the label
+/// `tracelight.io/inject: "false"` it excludes the workload; removing the label retries.
+pub const EXCLUDED_ANNOTATION: &str = "tracelight.io/excluded";
+
+/// A workload the rollout restarts, whatever its kind.
+#[derive(Clone, Copy, Debug)]
+pub enum Workload<'a> {
+    Deployment(&'a Deployment),
+    StatefulSet(&'a StatefulSet),
+    DaemonSet(&'a DaemonSet),
+}
+
+impl<'a> Workload<'a> {
+    pub fn metadata(&self) -> &'a ObjectMeta {
+        match self {
+            Workload::Deployment(d) => &d.metadata,
+            Workload::StatefulSet(s) => &s.metadata,
+            Workload::DaemonSet(d) => &d.metadata,
+        }
+    }
+
+    pub fn kind(&self) -> WorkloadKind {
+        match self {
+            Workload::Deployment(_) => WorkloadKind::Deployment,
+            Workload::StatefulSet(_) => WorkloadKind::StatefulSet,
+            Workload::DaemonSet(_) => WorkloadKind::DaemonSet,
+        }
+    }
+
+    pub fn id(&self) -> WorkloadId {
+        let meta = self.metadata();
+        WorkloadId {
+            namespace: meta.namespace.clone().unwrap_or_default(),
+            kind: self.kind(),
+            name: meta.name.clone().unwrap_or_default(),
+        }
+    }
+
+    pub fn template(&self) -> Option<&'a PodTemplateSpec> {
+        match self {
+            Workload::Deployment(d) => Some(&d.spec.template),
+            Workload::StatefulSet(s) => Some(&s.spec.template),
+            Workload::DaemonSet(d) => Some(&d.spec.template),
+        }
+    }
+
+    /// The workload controller has observed the current template and replaced every pod.
+    pub fn rolled_out(&self) -> bool {
+        let generation = self.metadata().generation.unwrap_or_default();
+        match self {
+            Workload::Deployment(d) => {
+                let want = d.spec.replicas.unwrap_or(1);
+                d.status.as_ref().is_some_and(|s| {
+                    s.observed_generation.unwrap_or_default() >= generation
+                        && s.updated_replicas.unwrap_or_default() >= want
+                        && s.replicas.unwrap_or_default() == want
+                        && s.available_replicas.unwrap_or_default() >= want
+                })
+            }
+            Workload::StatefulSet(st) => {
+                let want = st.spec.replicas.unwrap_or(1);
+                st.status.as_ref().is_some_and(|s| {
+                    s.observed_generation.unwrap_or_default() >= generation
+                        && s.update_revision.is_some()
+                        && s.current_revision == s.update_revision
+                        && s.updated_replicas.unwrap_or_default() >= want
+                        && s.ready_replicas.unwrap_or_default() >= want
+                })
+            }
+            Workload::DaemonSet(ds) => ds.status.as_ref().is_some_and(|s| {
+                s.observed_generation.unwrap_or_default() >= generation
+                    && s.updated_number_scheduled.unwrap_or_default() >= s.desired_number_scheduled
+                    && s.number_available.unwrap_or_default() >= s.desired_number_scheduled
+            }),
+        }
+    }
+
+    /// Ready pods according to the workload's status.
+    pub fn ready(&self) -> u32 {
+        let n = match self {
+            Workload::Deployment(d) => d.status.as_ref().and_then(|s| s.ready_replicas).unwrap_or_default(),
+            Workload::StatefulSet(s) => s.status.as_ref().and_then(|s| s.ready_replicas).unwrap_or_default(),
+            Workload::DaemonSet(d) => d.status.as_ref().map(|s| s.number_ready).unwrap_or_default(),
+        };
+        u32::try_from(n).unwrap_or_default()
+    }
+}
+
+fn template_annotation<'a>(template: Option<&'a PodTemplateSpec>, key: &str) -> Option<&'a String> {
+    template?.metadata.as_ref()?.annotations.as_ref()?.get(key)
+}
+
+fn template_label<'a>(template: Option<&'a PodTemplateSpec>, key: &str) -> Option<&'a String> {
+    template?.metadata.as_ref()?.labels.as_ref()?.get(key)
+}
+
+/// The restart the operator last requested, read from the template.
+pub fn restart_mark(template: Option<&PodTemplateSpec>) -> Option<RestartMark> {
+    let at: Timestamp = template_annotation(template, RESTARTED_AT_ANNOTATION)?.parse().ok()?;
+    let hash = template_annotation(template, RESTART_HASH_ANNOTATION).cloned().unwrap_or_default();
+    Some(RestartMark { hash, at })
+}
+
+/// The rollback reason, while the operator's exclusion stands.
+pub fn exclusion(template: Option<&PodTemplateSpec>) -> Option<String> {
+    let opted_out = template_label(template, INJECT_LABEL).is_some_and(|v| v == "false");
+    template_annotation(template, EXCLUDED_ANNOTATION).filter(|_| opted_out).cloned()
+}
+
+/// The pod the webhook will see when the workload creates one (owned by the workload, so the
+/// service name and hash are derived as for real pods).
+pub fn template_pod(workload: Workload) -> Option<Pod> {
+    let template = workload.template()?;
+    let meta = workload.metadata();
+    let mut metadata = template.metadata.clone().unwrap_or_default();
+    metadata.namespace = meta.namespace.clone();
+    metadata.owner_references = Some(vec![OwnerReference {
+        api_version: "apps/v1".into(),
+        kind: workload.kind().as_str().into(),
+        name: meta.name.clone().unwrap_or_default(),
+        uid: meta.uid.clone().unwrap_or_default(),
+        controller: Some(true),
+        ..Default::default()
+    }]);
+    Some(Pod { metadata, spec: template.spec.clone(), status: None })
+}
+
+/// Whether a pod (by its metadata) belongs to `id`, through the same owner walk the injector uses.
+pub fn pod_belongs_to(pod: &ObjectMeta, id: &WorkloadId) -> bool {
+    if pod.namespace.as_deref() != Some(id.namespace.as_str()) {
+        return false;
+    }
+    let probe = Pod { metadata: pod.clone(), ..Default::default() };
+    workload_of(&probe).is_some_and(|w| w.kind == id.kind.as_str() && w.name == id.name)
+}
+
+/// Counts of a workload's live pods against the hash they should carry (`None`: they should not
+/// be injected at all).
+pub fn pod_counts(pods: &[&ObjectMeta], desired_hash: Option<&str>, ready: u32) -> PodCounts {
+    let mut counts = PodCounts { ready, ..Default::default() };
+    for pod in pods.iter().filter(|p| p.deletion_timestamp.is_none()) {
+        counts.total += 1;
+        let injected = pod.labels.as_ref().and_then(|l| l.get(INJECTED_LABEL)).is_some_and(|v| v == "true");
+        let hash = pod.annotations.as_ref().and_then(|a| a.get(MANIFEST_HASH_ANNOTATION)).map(String::as_str);
+        match (injected, desired_hash) {
+            (true, Some(want)) if hash == Some(want) => counts.current += 1,
+            (true, _) => counts.outdated += 1,
+            (false, Some(_)) => counts.missed += 1,
+            (false, None) => {}
+        }
+    }
+    counts.ready = counts.ready.min(counts.total);
+    counts
+}
+
+/// Health of a restarted workload's pods: failing when a container is in CrashLoopBackOff or has
+/// restarted since the restart was requested.
+pub fn health(pods: &[&Pod], since: Timestamp) -> Health {
+    for pod in pods {
+        let created = pod.metadata.creation_timestamp.as_ref().map(|t| t.0);
+        if created.is_some_and(|c| c < since) {
+            continue; // an old pod: its history is not the restart's fault
+        }
+        let statuses = pod.status.iter().flat_map(|s| s.container_statuses.iter().flatten());
+        for c in statuses {
+            let waiting = c.state.as_ref().and_then(|s| s.waiting.as_ref()).and_then(|w| w.reason.as_deref());
+            if waiting == Some("CrashLoopBackOff") || c.restart_count >= 3 {
+                return Health::Failing(format!(
+                    "pod {} container {} restarted {} times ({})",
+                    pod.metadata.name.as_deref().unwrap_or("?"),
+                    c.name,
+                    c.restart_count,
+                    waiting.unwrap_or("restarting")
+                ));
+            }
+        }
+    }
+    Health::Healthy
+}
+
+/// The engine's view of one workload. `governed`: its namespace is governed by `policy`.
+pub fn observe(
+    workload: Workload,
+    pods: &[&ObjectMeta],
+    failing: Health,
+    reporting: Option<bool>,
+    policy: &TracingPolicy,
+    options: &InjectOptions,
+    governed: bool,
+) -> WorkloadObservation {
+    let template = workload.template();
+    let desired_hash = governed
+        .then(|| template_pod(workload).and_then(|pod| expected_manifest_hash(&pod, policy, options)))
+        .flatten();
+    WorkloadObservation {
+        id: workload.id(),
+        pods: pod_counts(pods, desired_hash.as_deref(), workload.ready()),
+        desired_hash,
+        restart: restart_mark(template),
+        rolled_out: workload.rolled_out(),
+        health: failing,
+        reporting,
+        excluded: exclusion(template),
+    }
+}
+
+/// Merge patch requesting a restart for `hash` ("" removes injection) at `now`.
+pub fn restart_patch(hash: &str, now: Timestamp) -> Value {
+    json!({"spec": {"template": {"metadata": {"annotations": {
+        RESTARTED_AT_ANNOTATION: now.to_string(),
+        RESTART_HASH_ANNOTATION: hash,
+    }}}}})
+}
+
+/// Merge patch excluding a workload after a failed rollout (its pods are recreated uninjected).
+pub fn rollback_patch(reason: &str, now: Timestamp) -> Value {
+    json!({"spec": {"template": {"metadata": {
+        "labels": {INJECT_LABEL: "false"},
+        "annotations": {EXCLUDED_ANNOTATION: reason, RESTARTED_AT_ANNOTATION: now.to_string(), RESTART_HASH_ANNOTATION: ""},
+    }}}})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::apps::v1::{DeploymentSpec, DeploymentStatus};
+    use k8s_openapi::api::core::v1::{
+        Container, ContainerState, ContainerStateWaiting, ContainerStatus, PodSpec, PodStatus,
+    };
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use std::collections::BTreeMap;
+
+    fn policy() -> TracingPolicy {
+        serde_yaml::from_str(include_str!("../../config/samples/tracingpolicy.yaml")).unwrap()
+    }
+
+    fn deployment(replicas: i32, annotations: &[(&str, &str)], labels: &[(&str, &str)]) -> Deployment {
+        let map = |pairs: &[(&str, &str)]| {
+            Some(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>())
+        };
+        Deployment {
+            metadata: ObjectMeta {
+                name: Some("web".into()),
+                namespace: Some("shop".into()),
+                generation: Some(2),
+                ..Default::default()
+            },
+            spec: DeploymentSpec {
+                replicas: Some(replicas),
+                template: PodTemplateSpec {
+                    metadata: Some(ObjectMeta {
+                        annotations: map(annotations),
+                        labels: map(labels),
+                        ..Default::default()
+                    }),
+                    spec: Some(PodSpec {
+                        containers: vec![Container { name: "web".into(), ..Default::default() }],
+                        ..Default::default()
+                    }),
+                },
+                ..Default::default()
+            },
+            status: Some(DeploymentStatus {
+                observed_generation: Some(2),
+                replicas: Some(replicas),
+                updated_replicas: Some(replicas),
+                available_replicas: Some(replicas),
+                ready_replicas: Some(replicas),
+                ..Default::default()
+            }),
+        }
+    }
+
+    fn pod_meta(injected: bool, hash: &str) -> ObjectMeta {
+        let mut labels = BTreeMap::from([("pod-template-hash".to_string(), "abc12".to_string())]);
+        let mut annotations = BTreeMap::new();
+        if injected {
+            labels.insert(INJECTED_LABEL.into(), "true".into());
+            annotations.insert(MANIFEST_HASH_ANNOTATION.to_string(), hash.to_string());
+        }
+        ObjectMeta {
+            namespace: Some("shop".into()),
+            labels: Some(labels),
+            annotations: Some(annotations),
+            owner_references: Some(vec![OwnerReference {
+                kind: "ReplicaSet".into(),
+                name: "web-abc12".into(),
+                controller: Some(true),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn restart_patch_round_trips_through_the_template() {
+        let now: Timestamp = "2026-11-24T10:00:00Z".parse().unwrap();
+        let mut d = serde_json::to_value(deployment(1, &[], &[])).unwrap();
+        json_patch::merge(&mut d, &restart_patch("h1", now));
+        let d: Deployment = serde_json::from_value(d).unwrap();
+        assert_eq!(restart_mark(Workload::Deployment(&d).template()), Some(RestartMark { hash: "h1".into(), at: now }));
+    }
+
+    #[test]
+    fn rollback_excludes_until_the_label_is_removed() {
+        let now: Timestamp = "2026-11-24T10:00:00Z".parse().unwrap();
+        let mut v = serde_json::to_value(deployment(1, &[], &[])).unwrap();
+        json_patch::merge(&mut v, &rollback_patch("crash loop", now));
+        let d: Deployment = serde_json::from_value(v.clone()).unwrap();
+        assert_eq!(exclusion(Workload::Deployment(&d).template()).as_deref(), Some("crash loop"));
+        // The injector then skips its pods: no desired hash.
+        let pod = template_pod(Workload::Deployment(&d)).unwrap();
+        assert_eq!(expected_manifest_hash(&pod, &policy(), &InjectOptions::default()), None);
+        v["spec"]["template"]["metadata"]["labels"].as_object_mut().unwrap().remove(INJECT_LABEL);
+        let d: Deployment = serde_json::from_value(v).unwrap();
+        assert_eq!(exclusion(Workload::Deployment(&d).template()), None, "cleared by removing the label");
+    }
+
+    #[test]
+    fn pods_are_counted_against_the_desired_hash() {
+        let a = pod_meta(true, "h1");
+        let b = pod_meta(true, "h0");
+        let c = pod_meta(false, "");
+        let counts = pod_counts(&[&a, &b, &c], Some("h1"), 3);
+        assert_eq!(counts, PodCounts { total: 3, current: 1, outdated: 1, missed: 1, ready: 3 });
+        let counts = pod_counts(&[&a, &c], None, 2);
+        assert_eq!(counts, PodCounts { total: 2, current: 0, outdated: 1, missed: 0, ready: 2 });
+    }
+
+    #[test]
+    fn observe_derives_hash_from_the_template_and_pods_through_owners() {
+        let d = deployment(2, &[], &[]);
+        let id = Workload::Deployment(&d).id();
+        let p = pod_meta(false, "");
+        assert!(pod_belongs_to(&p, &id));
+        let o =
+            observe(Workload::Deployment(&d), &[&p], Health::Healthy, None, &policy(), &InjectOptions::default(), true);
+        assert!(o.desired_hash.is_some());
+        assert_eq!(o.pods.missed, 1);
+        assert!(o.rolled_out);
+        let not_governed = observe(
+            Workload::Deployment(&d),
+            &[&p],
+            Health::Healthy,
+            None,
+            &policy(),
+            &InjectOptions::default(),
+            false,
+        );
+        assert_eq!(not_governed.desired_hash, None);
+        assert_eq!(not_governed.pods.missed, 0);
+    }
+
+    #[test]
+    fn deployment_mid_rollout_is_not_rolled_out() {
+        let mut d = deployment(3, &[], &[]);
+        d.status.as_mut().unwrap().updated_replicas = Some(1);
+        assert!(!Workload::Deployment(&d).rolled_out());
+        let mut d = deployment(3, &[], &[]);
+        d.status.as_mut().unwrap().observed_generation = Some(1);
+        assert!(!Workload::Deployment(&d).rolled_out());
+    }
+
+    #[test]
+    fn crash_looping_new_pods_fail_old_ones_do_not() {
+        let since: Timestamp = "2026-11-24T10:00:00Z".parse().unwrap();
+        let pod = |created: &str| Pod {
+            metadata: ObjectMeta {
+                name: Some("web-1".into()),
+                creation_timestamp: Some(Time(created.parse().unwrap())),
+                ..Default::default()
+            },
+            spec: None,
+            status: Some(PodStatus {
+                container_statuses: Some(vec![ContainerStatus {
+                    name: "web".into(),
+                    restart_count: 4,
+                    state: Some(ContainerState {
+                        waiting: Some(ContainerStateWaiting { reason: Some("CrashLoopBackOff".into()), message: None }),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+        };
+        let old = pod("2026-11-24T09:00:00Z");
+        let new = pod("2026-11-24T10:01:00Z");
+        assert_eq!(health(&[&old], since), Health::Healthy);
+        assert!(matches!(health(&[&old, &new], since), Health::Failing(r) if r.contains("CrashLoopBackOff")));
+    }
+}
