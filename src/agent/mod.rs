@@ -90,6 +90,8 @@ pub struct Shared {
     pub metrics: Arc<metrics::Metrics>,
     /// The config in effect, once one was valid.
     pub config: RwLock<Option<AgentConfig>>,
+    /// Budget of request bytes in flight at the receivers.
+    pub admission: admission::Admission,
     pub started: Instant,
 }
 
@@ -153,10 +155,12 @@ pub async fn start_with_identity(args: AgentArgs, identity: enrich::PodIdentity)
     let metrics = Arc::new(metrics::Metrics::default());
     let queue = Arc::new(queue::Queue::new(args.queue_bytes, metrics.clone()));
     let pipeline = Arc::new(pipeline::Pipeline::new(identity, queue.clone(), metrics.clone()));
+    let admission = admission::Admission::new(args.max_inflight_bytes);
     let shared = Arc::new(Shared {
         pipeline: pipeline.clone(),
         metrics: metrics.clone(),
         config: RwLock::new(None),
+        admission: admission.clone(),
         started: Instant::now(),
     });
 
@@ -177,7 +181,6 @@ pub async fn start_with_identity(args: AgentArgs, identity: enrich::PodIdentity)
     let receivers_stop = CancellationToken::new();
     let export_stop = CancellationToken::new();
     let admin_stop = CancellationToken::new();
-    let admission = admission::Admission::new(args.max_inflight_bytes);
     let receivers = spawn_receivers(&args, &pipeline, &admission, grpc_listener, http_listener, &receivers_stop);
 
     let export = ExportLoop {

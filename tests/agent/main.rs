@@ -2,7 +2,9 @@
 //! own receivers (or a scripted fake collector) out, all on 127.0.0.1 random ports.
 
 mod faults;
+mod grpc_faults;
 mod receiver;
 mod reload;
 mod sdk;
 mod support;
+mod tls;

@@ -107,3 +107,32 @@ async fn grpc_receiver_accepts_gzip_and_reports_partial_success() {
     assert_eq!(drain(&sink).len(), 6);
     sink.shutdown().await;
 }
+
+#[tokio::test]
+async fn overloaded_receivers_ask_senders_to_retry() {
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+    use tonic_types::StatusExt;
+    let mut a = args(&temp_dir("overload").join("absent.yaml"));
+    a.max_inflight_bytes = 64 << 10;
+    let sink = tracelight::agent::start_with_identity(a, identity()).await.expect("start");
+    // Hold the whole in-flight budget, as concurrent large requests would.
+    let held = sink.shared.admission.try_admit(64 << 10).expect("budget");
+
+    let url = format!("http://{}/v1/traces", sink.http_addr);
+    let (status, headers, _) =
+        post(&url, &[("content-type", "application/x-protobuf")], request(1, "a").encode_to_vec()).await;
+    assert_eq!(status, 503);
+    assert_eq!(headers.get("retry-after").expect("Retry-After"), "1");
+
+    let mut client = TraceServiceClient::connect(format!("http://{}", sink.grpc_addr)).await.expect("connect");
+    let err = client.export(request(1, "a")).await.expect_err("refused");
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted);
+    assert!(err.get_details_retry_info().is_some(), "RetryInfo makes it retryable for SDKs");
+    assert_eq!(sink.shared.metrics.refused_requests.get(), 2);
+
+    drop(held);
+    let (status, _, _) =
+        post(&url, &[("content-type", "application/x-protobuf")], request(1, "a").encode_to_vec()).await;
+    assert_eq!(status, 200);
+    sink.shutdown().await;
+}

@@ -220,11 +220,15 @@ async fn fake_export(State(fc): State<Arc<FakeCollector>>, headers: HeaderMap, b
     resp
 }
 
+pub fn fake_router(fc: Arc<FakeCollector>) -> axum::Router {
+    axum::Router::new().route("/v1/traces", axum::routing::post(fake_export)).with_state(fc)
+}
+
 pub async fn fake_collector(addr: SocketAddr) -> (SocketAddr, Arc<FakeCollector>, tokio::task::JoinHandle<()>) {
     let fc = Arc::new(FakeCollector::default());
     let listener = tokio::net::TcpListener::bind(addr).await.expect("bind fake collector");
     let addr = listener.local_addr().expect("addr");
-    let app = axum::Router::new().route("/v1/traces", axum::routing::post(fake_export)).with_state(fc.clone());
+    let app = fake_router(fc.clone());
     let task = tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     });

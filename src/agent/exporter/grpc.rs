@@ -63,3 +63,27 @@ fn classify(status: &tonic::Status) -> ExportError {
         ExportError::Permanent { reason }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic_types::ErrorDetails;
+
+    #[test]
+    fn retry_info_makes_resource_exhausted_retryable() {
+        let with = tonic::Status::with_error_details(
+            tonic::Code::ResourceExhausted,
+            "slow down",
+            ErrorDetails::with_retry_info(Some(Duration::from_secs(2))),
+        );
+        assert_eq!(
+            classify(&with),
+            ExportError::Retryable {
+                reason: "gRPC ResourceExhausted: slow down".into(),
+                retry_after: Some(Duration::from_secs(2))
+            }
+        );
+        assert!(matches!(classify(&tonic::Status::resource_exhausted("x")), ExportError::Permanent { .. }));
+        assert!(matches!(classify(&tonic::Status::unavailable("x")), ExportError::Retryable { retry_after: None, .. }));
+    }
+}
