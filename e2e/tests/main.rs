@@ -1,0 +1,32 @@
+//! End-to-end suite: the real chart, installed with the real `helm` into a real control plane
+//! (etcd, kube-apiserver, controller-manager, scheduler; kwok nodes; see e2e/cluster), and the
+//! real operator binary running as a local process with the chart's ServiceAccount identity.
+//!
+//! `make e2e` runs it (`cargo test --features e2e --test e2e`). It starts the cluster if needed
+//! (`e2e/cluster/up.sh`) and leaves nothing of its own behind.
+//!
+//! Steps that stop or restart the operator cannot interleave with the others, so the cluster
+//! part is one test, [`operator_on_a_real_cluster`], running its steps in order and logging each.
+//! [`invalid_chart_values_are_rejected_by_the_schema`] needs no operator and runs beside it.
+
+mod suite;
+mod support;
+
+use support::cluster::Cluster;
+use support::StepLog;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn operator_on_a_real_cluster() {
+    let log = StepLog::new();
+    let result = suite::run(&log).await;
+    eprintln!("\n[e2e] suite finished in {:.1}s", log.elapsed().as_secs_f64());
+    if let Err(e) = result {
+        panic!("end-to-end suite failed: {e:#}");
+    }
+}
+
+#[tokio::test]
+async fn invalid_chart_values_are_rejected_by_the_schema() {
+    let cluster = Cluster::up().await.expect("cluster");
+    suite::chart_values::rejected_by_schema(&cluster).await.expect("chart values schema");
+}
