@@ -31,3 +31,9 @@ crds: ## Regenerate the CRD from the Rust types (crds/ and the chart)
 
 bench: ## Admission benchmark (criterion); last line is RESULT admission_us=...
 	$(CARGO) bench --locked --bench admission
+
+.PHONY: e2e-agent
+e2e-agent: ## Agent interop: Rust + Python SDKs -> agent -> real OpenTelemetry Collector (builds it once, cached)
+	@OTELCOL="$$(e2e/collector/build.sh | tail -n1)" && PY="$$(e2e/collector/python-env.sh | tail -n1)" && \
+	TRACELIGHT_OTELCOL="$$OTELCOL" TRACELIGHT_PYTHON="$$PY" \
+	$(CARGO) test --locked --test agent collector:: -- --ignored --nocapture

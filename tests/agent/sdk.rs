@@ -8,12 +8,12 @@ use opentelemetry_sdk::trace::SdkTracerProvider;
 use opentelemetry_sdk::Resource;
 use std::time::Duration;
 
-fn provider(exporter: SpanExporter) -> SdkTracerProvider {
+pub fn provider(exporter: SpanExporter, service: &str) -> SdkTracerProvider {
     SdkTracerProvider::builder()
         .with_simple_exporter(exporter)
         .with_resource(
             Resource::builder()
-                .with_service_name("checkout")
+                .with_service_name(service.to_string())
                 .with_attribute(opentelemetry::KeyValue::new("k8s.pod.name", "set-by-app"))
                 .build(),
         )
@@ -22,7 +22,7 @@ fn provider(exporter: SpanExporter) -> SdkTracerProvider {
 
 /// One trace: a parent with two children. Runs on a blocking thread: the simple processor
 /// blocks on each export.
-async fn emit_trace(provider: SdkTracerProvider) {
+pub async fn emit_trace(provider: SdkTracerProvider) {
     tokio::task::spawn_blocking(move || {
         let tracer = provider.tracer("it");
         tracer.in_span("parent", |cx| {
@@ -37,6 +37,19 @@ async fn emit_trace(provider: SdkTracerProvider) {
     .expect("sdk thread");
 }
 
+/// An SDK exporter to an agent's gRPC or HTTP receiver.
+pub fn exporter_to(protocol: &str, agent: &tracelight::agent::RunningAgent) -> SpanExporter {
+    match protocol {
+        "grpc" => SpanExporter::builder().with_tonic().with_endpoint(format!("http://{}", agent.grpc_addr)).build(),
+        _ => SpanExporter::builder()
+            .with_http()
+            .with_protocol(Protocol::HttpBinary)
+            .with_endpoint(format!("http://{}/v1/traces", agent.http_addr))
+            .build(),
+    }
+    .expect("exporter")
+}
+
 async fn sdk_to_agent_to_sink(sdk_protocol: &str, agent_protocol: &str) {
     let sink = sink().await;
     let dir = temp_dir("sdk");
@@ -47,16 +60,8 @@ async fn sdk_to_agent_to_sink(sdk_protocol: &str, agent_protocol: &str) {
     };
     write_atomic(&cfg, &config_yaml(4, &endpoint, agent_protocol, 1.0, ""));
     let agent = agent(&cfg).await;
-    let exporter = match sdk_protocol {
-        "grpc" => SpanExporter::builder().with_tonic().with_endpoint(format!("http://{}", agent.grpc_addr)).build(),
-        _ => SpanExporter::builder()
-            .with_http()
-            .with_protocol(Protocol::HttpBinary)
-            .with_endpoint(format!("http://{}/v1/traces", agent.http_addr))
-            .build(),
-    }
-    .expect("exporter");
-    emit_trace(provider(exporter)).await;
+    let exporter = exporter_to(sdk_protocol, &agent);
+    emit_trace(provider(exporter, "checkout")).await;
 
     let spans = collect(&sink, 3, Duration::from_secs(10)).await;
     assert_eq!(spans.len(), 3, "all spans reach the sink");
