@@ -215,7 +215,7 @@ pub fn plan(
     }
     let mut next = current.clone();
     let mut changed = false;
-    if next.previous_ca.as_deref().is_some_and(|pem| inspect(pem).map_or(true, |info| info.not_after <= now)) {
+    if next.previous_ca.as_deref().is_some_and(|pem| !inspect(pem).is_ok_and(|info| info.not_after > now)) {
         next.previous_ca = None;
         changed = true;
     }

@@ -16,7 +16,8 @@ use axum::routing::post;
 use axum::Router;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
-use kube::core::DynamicObject;
+use kube::core::{DynamicObject, GroupVersionKind};
+use kube::Resource;
 use std::any::Any;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
@@ -89,22 +90,22 @@ pub fn review_with(
     decide: &DecideFn<'_>,
 ) -> (StatusCode, Vec<u8>) {
     let started = Instant::now();
-    let request = match parse_request(body) {
-        Ok(request) => request,
+    let admission = match parse_request(body) {
+        Ok(admission) => admission,
         Err(invalid) => {
             tracing::warn!(reason = invalid.reason, error = %invalid.message, "rejected malformed admission request");
-            metrics.record(AdmissionResult::invalid, invalid.reason, started.elapsed());
+            metrics.record(AdmissionResult::Invalid, invalid.reason, started.elapsed());
             return (StatusCode::BAD_REQUEST, invalid.message.into_bytes());
         }
     };
-    let span = admission_span(&request);
+    let span = admission.span();
     let _entered = span.enter();
-    let verdict = admit(&request, index, options, decide);
-    span.record("decision", verdict.result_str());
+    let verdict = admit(admission, index, options, decide);
+    span.record("decision", verdict.result.as_str());
     span.record("reason", verdict.reason.as_str());
     log_verdict(&verdict);
     metrics.record(verdict.result, &verdict.reason, started.elapsed());
-    match encode_review(verdict.response) {
+    match encode_review(&verdict.response) {
         Ok(bytes) => (StatusCode::OK, bytes),
         Err(error) => {
             // Cannot happen with these types; the API server's failurePolicy (Ignore) still admits the pod.
@@ -114,15 +115,50 @@ pub fn review_with(
     }
 }
 
-/// Serializes the response review. kube-core writes `patch` as an array of numbers; the API
-/// server also accepts that, but its own encoding of `[]byte` is base64, so emit that instead.
-fn encode_review(response: AdmissionResponse) -> Result<Vec<u8>, serde_json::Error> {
+/// The response review on the wire. Written by hand rather than through kube-core's
+/// `AdmissionReview` serializer, which writes `patch` as an array of numbers (one JSON value per
+/// byte): the API server accepts that, but base64 is its own encoding of `[]byte` and is far
+/// cheaper to produce.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ReviewOut<'a> {
+    api_version: &'a str,
+    kind: &'a str,
+    response: ResponseOut<'a>,
+}
+
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ResponseOut<'a> {
+    uid: &'a str,
+    allowed: bool,
+    status: &'a kube::core::Status,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    patch: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    patch_type: Option<&'static str>,
+    #[serde(skip_serializing_if = "std::collections::HashMap::is_empty")]
+    audit_annotations: &'a std::collections::HashMap<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    warnings: Option<&'a Vec<String>>,
+}
+
+fn encode_review(response: &AdmissionResponse) -> Result<Vec<u8>, serde_json::Error> {
     use base64::Engine;
     let patch = response.patch.as_deref().map(|p| base64::engine::general_purpose::STANDARD.encode(p));
-    let mut review = serde_json::to_value(response.into_review())?;
-    if let (Some(patch), Some(slot)) = (patch, review.pointer_mut("/response/patch")) {
-        *slot = serde_json::Value::String(patch);
-    }
+    let review = ReviewOut {
+        api_version: &response.types.api_version,
+        kind: &response.types.kind,
+        response: ResponseOut {
+            uid: &response.uid,
+            allowed: response.allowed,
+            status: &response.result,
+            patch_type: patch.as_ref().map(|_| "JSONPatch"),
+            patch,
+            audit_annotations: &response.audit_annotations,
+            warnings: response.warnings.as_ref(),
+        },
+    };
     serde_json::to_vec(&review)
 }
 
@@ -133,32 +169,86 @@ struct Invalid {
     message: String,
 }
 
-fn parse_request(body: &[u8]) -> Result<AdmissionRequest<DynamicObject>, Invalid> {
+/// What the handler needs from a request, whatever type its object was decoded as.
+struct Admission {
+    /// `allowed: true`, uid and types copied from the request.
+    base: AdmissionResponse,
+    kind: GroupVersionKind,
+    sub_resource: Option<String>,
+    operation: Operation,
+    namespace: Option<String>,
+    name: String,
+    dry_run: bool,
+    /// `None`: no object in the request. `Err`: the object is not a valid Pod.
+    pod: Result<Option<Pod>, String>,
+}
+
+impl Admission {
+    fn new<T: Resource>(request: &AdmissionRequest<T>, pod: Result<Option<Pod>, String>) -> Self {
+        Admission {
+            base: AdmissionResponse::from(request),
+            kind: request.kind.clone(),
+            sub_resource: request.sub_resource.clone(),
+            operation: request.operation.clone(),
+            namespace: request.namespace.clone(),
+            name: request.name.clone(),
+            dry_run: request.dry_run,
+            pod,
+        }
+    }
+
+    fn from_pod_request(mut request: AdmissionRequest<Pod>) -> Self {
+        let pod = request.object.take();
+        Self::new(&request, Ok(pod))
+    }
+
+    /// Only objects that claim to be Pods are converted; others are reported by kind.
+    fn from_dynamic_request(mut request: AdmissionRequest<DynamicObject>) -> Self {
+        let object = if is_core_pod(&request.kind) { request.object.take() } else { None };
+        let pod = object.map(|o| o.try_parse::<Pod>().map_err(|e| e.to_string())).transpose();
+        Self::new(&request, pod)
+    }
+
+    /// The span every admission runs in. `dryRun` requests are answered exactly like real
+    /// ones: admission has no side effects, so there is nothing to suppress; the field shows it.
+    fn span(&self) -> tracing::Span {
+        // Pods created by controllers have no name yet, only a generateName.
+        let generate_name = self.pod.as_ref().ok().and_then(|p| p.as_ref()?.metadata.generate_name.as_deref());
+        tracing::info_span!(
+            "admission",
+            uid = %self.base.uid,
+            namespace = self.namespace.as_deref().unwrap_or(""),
+            pod = %self.name,
+            generate_name = generate_name.unwrap_or(""),
+            operation = ?self.operation,
+            dry_run = self.dry_run,
+            decision = Empty,
+            reason = Empty,
+        )
+    }
+}
+
+fn is_core_pod(gvk: &GroupVersionKind) -> bool {
+    gvk.group.is_empty() && gvk.version == "v1" && gvk.kind == "Pod"
+}
+
+/// Decodes the review. The typed Pod path serves (almost) every request in one pass; anything
+/// else is decoded generically so the response can say what it was.
+fn parse_request(body: &[u8]) -> Result<Admission, Invalid> {
+    if let Ok(review) = serde_json::from_slice::<AdmissionReview<Pod>>(body) {
+        if let Ok(request) = review.try_into() {
+            return Ok(Admission::from_pod_request(request));
+        }
+    }
     let review: AdmissionReview<DynamicObject> = serde_json::from_slice(body).map_err(|e| Invalid {
         reason: "malformed_body",
         message: format!("request body is not a valid admission.k8s.io/v1 AdmissionReview: {e}"),
     })?;
-    review.try_into().map_err(|_| Invalid {
+    let request = review.try_into().map_err(|_| Invalid {
         reason: "missing_request",
         message: "AdmissionReview has no `request` field: nothing to admit".to_string(),
-    })
-}
-
-/// The span every admission runs in. `dryRun` requests are answered exactly like real ones:
-/// admission has no side effects, so there is nothing to suppress; the field shows it in traces.
-fn admission_span(request: &AdmissionRequest<DynamicObject>) -> tracing::Span {
-    let generate_name = request.object.as_ref().and_then(|o| o.metadata.generate_name.as_deref());
-    tracing::info_span!(
-        "admission",
-        uid = %request.uid,
-        namespace = request.namespace.as_deref().unwrap_or(""),
-        pod = %request.name,
-        generate_name = generate_name.unwrap_or(""),
-        operation = ?request.operation,
-        dry_run = request.dry_run,
-        decision = Empty,
-        reason = Empty,
-    )
+    })?;
+    Ok(Admission::from_dynamic_request(request))
 }
 
 /// The outcome of one admission: the response plus what it is counted as.
@@ -172,111 +262,95 @@ struct Verdict {
 
 impl Verdict {
     /// Allowed unchanged, with a warning to the client.
-    fn unchanged(
-        request: &AdmissionRequest<DynamicObject>,
-        result: AdmissionResult,
-        reason: &str,
-        warning: String,
-    ) -> Self {
-        let response = with_warnings(AdmissionResponse::from(request), vec![warning.clone()]);
+    fn unchanged(base: AdmissionResponse, result: AdmissionResult, reason: &str, warning: String) -> Self {
+        let response = with_warnings(base, vec![warning.clone()]);
         Verdict { response, result, reason: reason.to_string(), detail: Some(warning) }
-    }
-
-    fn result_str(&self) -> &'static str {
-        match self.result {
-            AdmissionResult::injected => "injected",
-            AdmissionResult::skipped => "skipped",
-            AdmissionResult::error => "error",
-            AdmissionResult::invalid => "invalid",
-        }
     }
 }
 
 fn log_verdict(verdict: &Verdict) {
     let detail = verdict.detail.as_deref().unwrap_or("");
     match verdict.result {
-        AdmissionResult::injected => tracing::info!("pod injected"),
-        AdmissionResult::skipped => tracing::debug!("pod not injected"),
-        AdmissionResult::invalid => tracing::warn!(detail, "admission request not handled; pod admitted unchanged"),
-        AdmissionResult::error => tracing::error!(detail, "injection failed; pod admitted unchanged (fail open)"),
+        AdmissionResult::Injected => tracing::info!("pod injected"),
+        AdmissionResult::Skipped => tracing::debug!("pod not injected"),
+        AdmissionResult::Invalid => tracing::warn!(detail, "admission request not handled; pod admitted unchanged"),
+        AdmissionResult::Error => tracing::error!(detail, "injection failed; pod admitted unchanged (fail open)"),
     }
 }
 
-fn admit(
-    request: &AdmissionRequest<DynamicObject>,
-    index: &Index,
-    options: &InjectOptions,
-    decide: &DecideFn<'_>,
-) -> Verdict {
-    use AdmissionResult::{error, invalid};
-    let gvk = &request.kind;
-    if !(gvk.group.is_empty() && gvk.version == "v1" && gvk.kind == "Pod") || request.sub_resource.is_some() {
-        let what = format!("{}/{} {}", gvk.group, gvk.version, gvk.kind);
+fn admit(admission: Admission, index: &Index, options: &InjectOptions, decide: &DecideFn<'_>) -> Verdict {
+    use AdmissionResult::{Error, Invalid};
+    let Admission { base, kind, sub_resource, operation, namespace, pod, .. } = admission;
+    if !is_core_pod(&kind) || sub_resource.is_some() {
+        let what = format!("{}/{} {}", kind.group, kind.version, kind.kind);
         let msg = format!("{WARNING_PREFIX} webhook only handles core/v1 Pod, got {what}; admitted unchanged");
-        return Verdict::unchanged(request, invalid, "wrong_kind", msg);
+        return Verdict::unchanged(base, Invalid, "wrong_kind", msg);
     }
-    if request.operation != Operation::Create {
-        let op = format!("{:?}", request.operation).to_uppercase();
+    if operation != Operation::Create {
+        let op = format!("{operation:?}").to_uppercase();
         let msg = format!("{WARNING_PREFIX} webhook only handles CREATE, got {op}; admitted unchanged");
-        return Verdict::unchanged(request, invalid, "unsupported_operation", msg);
+        return Verdict::unchanged(base, Invalid, "unsupported_operation", msg);
     }
-    let Some(object) = request.object.clone() else {
-        let msg = format!("{WARNING_PREFIX} admission request carries no object; admitted unchanged");
-        return Verdict::unchanged(request, invalid, "missing_object", msg);
-    };
-    let pod: Pod = match object.try_parse() {
-        Ok(pod) => pod,
+    let pod = match pod {
+        Ok(Some(pod)) => pod,
+        Ok(None) => {
+            let msg = format!("{WARNING_PREFIX} admission request carries no object; admitted unchanged");
+            return Verdict::unchanged(base, Invalid, "missing_object", msg);
+        }
         Err(e) => {
             let msg = format!("{WARNING_PREFIX} object is not a valid Pod ({e}); admitted unchanged");
-            return Verdict::unchanged(request, invalid, "pod_decode", msg);
+            return Verdict::unchanged(base, Invalid, "pod_decode", msg);
         }
     };
-    let Some(ns_name) = request.namespace.as_deref().or(pod.metadata.namespace.as_deref()) else {
+    let Some(ns_name) = namespace.as_deref().or(pod.metadata.namespace.as_deref()) else {
         let msg = format!("{WARNING_PREFIX} admission request names no namespace; admitted unchanged");
-        return Verdict::unchanged(request, invalid, "missing_namespace", msg);
+        return Verdict::unchanged(base, Invalid, "missing_namespace", msg);
     };
-    let Some(namespace) = index.namespace(ns_name) else {
+    let Some(ns) = index.namespace(ns_name) else {
         // The watch has not seen it yet (just created, or the index is still syncing).
         let msg = format!("{WARNING_PREFIX} namespace {ns_name} is not known yet; pod admitted without tracing");
-        return Verdict::unchanged(request, error, "namespace_unknown", msg);
+        return Verdict::unchanged(base, Error, "namespace_unknown", msg);
     };
     let policies = index.policies();
-    match catch_unwind(AssertUnwindSafe(|| decide(&pod, &namespace, &policies, options))) {
-        Ok(Ok(outcome)) => from_outcome(request, outcome),
+    match catch_unwind(AssertUnwindSafe(|| decide(&pod, &ns, &policies, options))) {
+        Ok(Ok(outcome)) => from_outcome(base, outcome),
         Ok(Err(e)) => {
             let msg = format!("{WARNING_PREFIX} injection failed ({e}); pod admitted without tracing");
-            Verdict::unchanged(request, error, "inject_error", msg)
+            Verdict::unchanged(base, Error, "inject_error", msg)
         }
         Err(panic) => {
             let msg = format!(
                 "{WARNING_PREFIX} internal error in the injector ({}); pod admitted without tracing",
                 panic_message(panic.as_ref())
             );
-            Verdict::unchanged(request, error, "panic", msg)
+            Verdict::unchanged(base, Error, "panic", msg)
         }
     }
 }
 
-fn from_outcome(request: &AdmissionRequest<DynamicObject>, outcome: Outcome) -> Verdict {
-    let response = AdmissionResponse::from(request);
+fn from_outcome(base: AdmissionResponse, outcome: Outcome) -> Verdict {
     match outcome {
-        Outcome::Skipped(reason) => {
-            Verdict { response, result: AdmissionResult::skipped, reason: reason.as_str().to_string(), detail: None }
-        }
+        Outcome::Skipped(reason) => Verdict {
+            response: base,
+            result: AdmissionResult::Skipped,
+            reason: reason.as_str().to_string(),
+            detail: None,
+        },
         Outcome::Injected(mutation) => {
             let warnings = mutation.warnings.iter().map(|w| format!("{WARNING_PREFIX} {w}")).collect();
-            let response = if mutation.patch.0.is_empty() { Ok(response) } else { response.with_patch(mutation.patch) };
+            let response =
+                if mutation.patch.0.is_empty() { Ok(base.clone()) } else { base.clone().with_patch(mutation.patch) };
             match response {
                 Ok(response) => Verdict {
                     response: with_warnings(response, warnings),
-                    result: AdmissionResult::injected,
+                    result: AdmissionResult::Injected,
                     reason: "none".to_string(),
                     detail: None,
                 },
                 Err(e) => {
                     let msg =
                         format!("{WARNING_PREFIX} patch could not be encoded ({e}); pod admitted without tracing");
-                    Verdict::unchanged(request, AdmissionResult::error, "patch_encode", msg)
+                    Verdict::unchanged(base, AdmissionResult::Error, "patch_encode", msg)
                 }
             }
         }

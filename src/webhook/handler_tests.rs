@@ -92,7 +92,7 @@ fn malformed_json_is_rejected_with_400_naming_the_problem() {
     let message = body.as_str().unwrap();
     assert!(message.contains("not a valid admission.k8s.io/v1 AdmissionReview"), "{message}");
     assert!(message.contains("EOF"), "serde's position should be in the message: {message}");
-    assert_eq!(metrics.count(AdmissionResult::invalid, "malformed_body"), 1);
+    assert_eq!(metrics.count(AdmissionResult::Invalid, "malformed_body"), 1);
 }
 
 #[test]
@@ -110,7 +110,7 @@ fn wrong_kind_is_allowed_unchanged_with_warning() {
     assert_eq!(status, StatusCode::OK);
     assert_allowed_unchanged(&response);
     assert!(warnings(&response)[0].contains("only handles core/v1 Pod, got /v1 Deployment"), "{response}");
-    assert_eq!(metrics.count(AdmissionResult::invalid, "wrong_kind"), 1);
+    assert_eq!(metrics.count(AdmissionResult::Invalid, "wrong_kind"), 1);
 }
 
 #[test]
@@ -135,7 +135,7 @@ fn unknown_namespace_is_allowed_unchanged_with_warning() {
     assert_eq!(status, StatusCode::OK);
     assert_allowed_unchanged(&response);
     assert!(warnings(&response)[0].contains("namespace nowhere is not known"), "{response}");
-    assert_eq!(metrics.count(AdmissionResult::error, "namespace_unknown"), 1);
+    assert_eq!(metrics.count(AdmissionResult::Error, "namespace_unknown"), 1);
 }
 
 #[test]
@@ -148,7 +148,7 @@ fn panic_in_decision_is_allowed_unchanged_with_warning() {
     assert_eq!(status, StatusCode::OK);
     assert_allowed_unchanged(&response);
     assert!(warnings(&response)[0].contains("internal error in the injector (boom in the injector)"), "{response}");
-    assert_eq!(metrics.count(AdmissionResult::error, "panic"), 1);
+    assert_eq!(metrics.count(AdmissionResult::Error, "panic"), 1);
 }
 
 #[test]
@@ -161,7 +161,7 @@ fn injector_error_is_allowed_unchanged_with_warning() {
     assert_eq!(status, StatusCode::OK);
     assert_allowed_unchanged(&response);
     assert!(warnings(&response)[0].contains("injection failed"), "{response}");
-    assert_eq!(metrics.count(AdmissionResult::error, "inject_error"), 1);
+    assert_eq!(metrics.count(AdmissionResult::Error, "inject_error"), 1);
 }
 
 #[test]
@@ -176,7 +176,7 @@ fn decision_receives_pod_namespace_and_policies_from_the_index() {
     assert_eq!(status, StatusCode::OK);
     assert_allowed_unchanged(&response);
     assert!(response["response"].get("warnings").is_none(), "{response}");
-    assert_eq!(metrics.count(AdmissionResult::skipped, "opted_out"), 1);
+    assert_eq!(metrics.count(AdmissionResult::Skipped, "opted_out"), 1);
 }
 
 #[test]
@@ -200,7 +200,7 @@ fn injected_outcome_becomes_a_json_patch_with_warnings() {
     let patch = base64_decode(response["response"]["patch"].as_str().unwrap());
     assert_eq!(patch[0]["path"], "/metadata/labels/tracelight.io~1injected");
     assert_eq!(warnings(&response), vec!["tracelight: language annotation names no container".to_string()]);
-    assert_eq!(metrics.count(AdmissionResult::injected, "none"), 1);
+    assert_eq!(metrics.count(AdmissionResult::Injected, "none"), 1);
 }
 
 fn base64_decode(text: &str) -> Value {
@@ -221,7 +221,7 @@ mod with_injector {
         let (status, response, metrics) = real(&review_body("Pod", "CREATE", "plain", Some(pod_object())));
         assert_eq!(status, StatusCode::OK);
         assert_allowed_unchanged(&response);
-        assert_eq!(metrics.count(AdmissionResult::skipped, "namespace_not_governed"), 1);
+        assert_eq!(metrics.count(AdmissionResult::Skipped, "namespace_not_governed"), 1);
     }
 
     #[test]
@@ -229,7 +229,7 @@ mod with_injector {
         let (status, response, metrics) = real(&review_body("Pod", "CREATE", "pending", Some(pod_object())));
         assert_eq!(status, StatusCode::OK);
         assert_allowed_unchanged(&response);
-        assert_eq!(metrics.count(AdmissionResult::skipped, "namespace_not_active"), 1);
+        assert_eq!(metrics.count(AdmissionResult::Skipped, "namespace_not_active"), 1);
     }
 
     #[test]
@@ -240,6 +240,6 @@ mod with_injector {
         assert_eq!(response["response"]["patchType"], "JSONPatch", "{response}");
         let patch = base64_decode(response["response"]["patch"].as_str().unwrap());
         assert!(!patch.as_array().unwrap().is_empty());
-        assert_eq!(metrics.count(AdmissionResult::injected, "none"), 1);
+        assert_eq!(metrics.count(AdmissionResult::Injected, "none"), 1);
     }
 }

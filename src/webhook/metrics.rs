@@ -1,20 +1,41 @@
 //! Admission metrics: how many pods were injected, skipped or failed, and how long it took.
 
 use crate::telemetry::Metrics;
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use std::fmt::Write;
 use std::time::Duration;
 
 /// The `result` label of `tracelight_admissions_total`.
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
-#[allow(non_camel_case_types)] // the variant names are the label values
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub enum AdmissionResult {
-    injected,
-    skipped,
-    error,
-    invalid,
+    /// The pod was patched.
+    Injected,
+    /// The injector decided not to inject (reason: a `SkipReason`).
+    Skipped,
+    /// Something failed; the pod was admitted unchanged (fail open).
+    Error,
+    /// The request was not one the webhook handles (malformed, wrong kind or operation).
+    Invalid,
+}
+
+impl AdmissionResult {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdmissionResult::Injected => "injected",
+            AdmissionResult::Skipped => "skipped",
+            AdmissionResult::Error => "error",
+            AdmissionResult::Invalid => "invalid",
+        }
+    }
+}
+
+impl EncodeLabelValue for AdmissionResult {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        encoder.write_str(self.as_str())
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -82,7 +103,7 @@ mod tests {
     fn admissions_are_exported_with_result_and_reason_labels() {
         let registry = Metrics::new();
         let metrics = AdmissionMetrics::register(&registry);
-        metrics.record(AdmissionResult::skipped, "opted_out", Duration::from_micros(120));
+        metrics.record(AdmissionResult::Skipped, "opted_out", Duration::from_micros(120));
         let text = registry.encode().unwrap();
         assert!(text.contains(r#"tracelight_admissions_total{result="skipped",reason="opted_out"} 1"#), "{text}");
         assert!(text.contains("tracelight_admission_duration_seconds_count 1"), "{text}");

@@ -129,7 +129,7 @@ async fn oversized_admission_body_gets_413() {
 async fn admin_server_reports_readiness_liveness_and_metrics() {
     let registry = Metrics::new();
     let admission = AdmissionMetrics::register(&registry);
-    admission.record(crate::webhook::metrics::AdmissionResult::injected, "none", Duration::from_micros(80));
+    admission.record(crate::webhook::metrics::AdmissionResult::Injected, "none", Duration::from_micros(80));
     let resolver = Arc::new(CertResolver::new());
     let state =
         AdminState { metrics: registry, index: Index::from_objects(vec![], vec![]), resolver: resolver.clone() };
