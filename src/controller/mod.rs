@@ -21,8 +21,8 @@ use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::Api;
 use kube::core::PartialObjectMeta;
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::{predicates, reflector, watcher, Controller, WatchStreamExt};
-use kube::Client;
+use kube::runtime::{reflector, watcher, Controller, WatchStreamExt};
+use kube::{Client, ResourceExt};
 use lease::LeaderElector;
 use metrics::ControllerMetrics;
 use reconcile::{error_policy, reconcile, Context};
@@ -140,10 +140,13 @@ async fn run_controllers(
 ) -> anyhow::Result<()> {
     let controller_metrics = ControllerMetrics::register(&metrics);
     let (leader_tx, leader_rx) = watch::channel(lease.is_none());
+    // The elector stops (and releases the lease) only once the controllers have stopped, so no
+    // other replica starts reconciling while our last reconciles finish.
+    let controllers_stopped = CancellationToken::new();
     let elector = lease.map(|(namespace, name)| {
         let elector = LeaderElector::new(Api::namespaced(client.clone(), &namespace), &name, lease::default_identity());
         tracing::info!(lease = %name, %namespace, identity = %elector.identity(), "leader election enabled");
-        tokio::spawn(elector.run(leader_tx.clone(), shutdown.clone().cancelled_owned()))
+        tokio::spawn(elector.run(leader_tx.clone(), controllers_stopped.clone().cancelled_owned()))
     });
 
     loop {
@@ -156,6 +159,7 @@ async fn run_controllers(
         controller_metrics.leader.set(1);
         let mut lost = leader_rx.clone();
         tokio::select! {
+            // Returns after a graceful shutdown: in-flight reconciles finish first.
             () = run_policy_controller(client.clone(), controller_metrics.clone(), shutdown.clone()) => {}
             _ = lost.wait_for(|leads| !*leads) => tracing::warn!("leadership lost: controllers stopped"),
         }
@@ -164,25 +168,47 @@ async fn run_controllers(
             break;
         }
     }
+    controllers_stopped.cancel();
     drop(leader_tx);
     if let Some(elector) = elector {
-        // Lets the elector release the lease so another replica takes over at once.
         elector.await.context("leader election task")?;
     }
     Ok(())
 }
 
+/// What of a namespace can change the policies' decisions: its labels, and whether it is being
+/// deleted (a terminating namespace is no longer governed).
+fn governance_relevant(ns: &Namespace) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    (ns.labels(), ns.metadata.deletion_timestamp.is_some()).hash(&mut hasher);
+    Some(hasher.finish())
+}
+
 /// The TracingPolicy controller, with its namespace and pod-metadata caches, until `shutdown`
 /// (in-flight reconciles finish first).
 async fn run_policy_controller(client: Client, metrics: ControllerMetrics, shutdown: CancellationToken) {
+    let (reconcile_all, reconcile_all_requests) = futures::channel::mpsc::unbounded();
+
+    // The caches are driven by their own futures, not by the controller: a reconcile waits for
+    // them to fill, and must never wait on a stream that only the controller itself polls.
     let (namespaces, ns_writer) = reflector::store::<Namespace>();
-    // Namespace label changes can change what every policy governs: re-reconcile them all.
-    let namespace_changes = watcher(Api::<Namespace>::all(client.clone()), watcher::Config::default().any_semantic())
+    let namespace_trigger = reconcile_all.clone();
+    let namespace_cache = watcher(Api::<Namespace>::all(client.clone()), watcher::Config::default().any_semantic())
         .default_backoff()
         .reflect(ns_writer)
         .touched_objects()
-        .predicate_filter(predicates::labels, Default::default())
-        .filter_map(|r| ready(r.map(|_| ()).map_err(|e| tracing::warn!(error = %e, "namespace watch failed")).ok()));
+        // Label changes can change what every policy governs: re-reconcile them all.
+        .predicate_filter(governance_relevant, Default::default())
+        .for_each(move |r| {
+            match r {
+                Ok(_) => {
+                    let _ = namespace_trigger.unbounded_send(());
+                }
+                Err(e) => tracing::warn!(error = %e, "namespace watch failed"),
+            }
+            ready(())
+        });
 
     let (pods, pod_writer) = reflector::store::<PartialObjectMeta<Pod>>();
     let pod_cache =
@@ -196,7 +222,6 @@ async fn run_policy_controller(client: Client, metrics: ControllerMetrics, shutd
                 ready(())
             });
 
-    let (reconcile_all, reconcile_all_requests) = futures::channel::mpsc::unbounded();
     let controller =
         Controller::new(Api::<TracingPolicy>::all(client.clone()), watcher::Config::default().any_semantic());
     let reporter = Reporter { controller: REPORTER.into(), instance: std::env::var("POD_NAME").ok() };
@@ -210,7 +235,6 @@ async fn run_policy_controller(client: Client, metrics: ControllerMetrics, shutd
         reconcile_all,
     });
     let policies = controller
-        .reconcile_all_on(namespace_changes)
         .reconcile_all_on(reconcile_all_requests)
         .graceful_shutdown_on(shutdown.cancelled_owned())
         .run(reconcile, error_policy, ctx)
@@ -227,6 +251,7 @@ async fn run_policy_controller(client: Client, metrics: ControllerMetrics, shutd
         });
     tokio::select! {
         () = policies => {}
+        () = namespace_cache => {}
         () = pod_cache => {}
     }
 }

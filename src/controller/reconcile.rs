@@ -195,7 +195,7 @@ async fn reject_invalid(policy: &TracingPolicy, message: &str, ctx: &Context) ->
     if already_reported {
         tracing::debug!(error = %message, "invalid spec (already reported)");
     } else {
-        tracing::warn!(error = %message, "invalid spec");
+        tracing::warn!(error = %message, previous_reason = ?condition_reason(previous, READY), "invalid spec");
         ctx.publish(policy, EventType::Warning, reason::INVALID_SPEC, "Validate", message.to_string(), None).await;
     }
     // A spec change triggers the next reconcile.
