@@ -4,7 +4,7 @@ CARGO ?= cargo
 CRD := crds/tracingpolicy.yaml
 CHART_CRD := charts/tracelight/crds/tracingpolicy.yaml
 
-.PHONY: help build test unit lint fmt crds bench
+.PHONY: help build test unit lint fmt crds bench e2e cluster-up cluster-down demo demo-down
 
 help: ## List targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | sort
@@ -15,11 +15,11 @@ build: ## Build the tracelight binary (release)
 unit: ## Unit and golden tests (no cluster)
 	$(CARGO) test --locked --all-targets
 
-test: lint unit ## Everything CI runs
+test: lint unit e2e ## Everything CI runs: lint, unit and golden tests, end-to-end suite
 
 lint: ## rustfmt and clippy, warnings are errors
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --locked --all-targets -- -D warnings
+	$(CARGO) clippy --locked --all-targets --features e2e -- -D warnings
 
 fmt: ## Format the code
 	$(CARGO) fmt --all
@@ -28,6 +28,25 @@ crds: ## Regenerate the CRD from the Rust types (crds/ and the chart)
 	$(CARGO) run --quiet --locked -- crd > $(CRD).tmp
 	mv $(CRD).tmp $(CRD)
 	cp $(CRD) $(CHART_CRD)
+
+cluster-up: ## Start the local control plane (etcd, kube-apiserver, ..., 3 kwok nodes); builds it once
+	@e2e/cluster/up.sh >/dev/null
+
+cluster-down: ## Stop the local control plane (data kept; e2e/cluster/down.sh --purge wipes it)
+	e2e/cluster/down.sh
+
+e2e: ## End-to-end suite on the local control plane (started if needed; left running)
+	$(CARGO) build --locked --features e2e --bin tracelight
+	@e2e/cluster/up.sh >/dev/null
+	@start=$$(date +%s); rc=0; \
+	$(CARGO) test --locked --features e2e --test e2e -- --nocapture || rc=$$?; \
+	echo "e2e suite: $$(( $$(date +%s) - start ))s (exit $$rc)"; exit $$rc
+
+demo: ## Local demo: cluster, chart, operator, sample policies, an injected pod (see e2e/demo.sh)
+	@e2e/demo.sh up
+
+demo-down: ## Stop the demo's operator and remove what it created (the cluster keeps running)
+	@e2e/demo.sh down
 
 bench: ## Admission benchmark (criterion); last line is RESULT admission_us=...
 	$(CARGO) bench --locked --bench admission
