@@ -56,3 +56,7 @@ e2e-agent: ## Agent interop: Rust + Python SDKs -> agent -> real OpenTelemetry C
 	@OTELCOL="$$(e2e/collector/build.sh | tail -n1)" && PY="$$(e2e/collector/python-env.sh | tail -n1)" && \
 	TRACELIGHT_OTELCOL="$$OTELCOL" TRACELIGHT_PYTHON="$$PY" \
 	$(CARGO) test --locked --test agent collector:: -- --ignored --nocapture
+
+.PHONY: bench-agent
+bench-agent: ## Agent hot path (decode, sample, enrich, queue); last line is RESULT agent_spans_per_sec=...
+	$(CARGO) bench --locked --bench agent
