@@ -124,38 +124,7 @@ async fn apply(policy: &TracingPolicy, ctx: &Context) -> Result<Action, Error> {
         dry_run: policy.spec.rollout.dry_run,
         secrets_ready: missing_secrets.is_empty(),
     };
-    let mut pods_by_ns = pods_by_namespace(&ctx.pods, &plan);
-
-    let mut observation = Observation { overlaps: plan.overlaps.clone(), missing_secrets, ..Default::default() };
-    let mut activated = Vec::new();
-    for ns in &plan.governed {
-        let before = previous.and_then(|s| s.namespace_state(&ns.name));
-        let mut step = step_for(before, gates);
-        if step.writes_config() {
-            if let Err(e) = write_agent_objects(policy, &ns.name, &secret_values, ctx).await {
-                tracing::warn!(namespace = %ns.name, error = %e, "writing agent objects failed");
-                observation.write_failures.push(format!("{}: {e}", ns.name));
-                // An active namespace keeps its (older) config; a new one waits for the next try.
-                step = if step == Step::Refresh { Step::Keep } else { Step::Hold(plan::HoldReason::WriteFailed) };
-            }
-        }
-        if step == Step::Activate {
-            activated.push(ns.name.clone());
-        }
-        let state = step.resulting_state();
-        let pods = pods_by_ns.remove(ns.name.as_str()).unwrap_or_default();
-        let counts = pod_counts(
-            pods.iter().map(|p| &p.metadata),
-            policy.spec.pod_selector.as_ref(),
-            state == NamespaceState::Active,
-        );
-        observation.namespaces.push(NamespaceStatus {
-            name: ns.name.clone(),
-            rollout_phase: Some(ns.rollout_phase.clone()),
-            state,
-            counts,
-        });
-    }
+    let rollout = roll_out(policy, &plan, gates, &secret_values, ctx).await;
 
     let owned = list_owned(policy, ctx).await?;
     for object in stale_objects(&plan, needs_secret(policy), &owned) {
@@ -163,13 +132,18 @@ async fn apply(policy: &TracingPolicy, ctx: &Context) -> Result<Action, Error> {
         tracing::info!(namespace = %object.namespace, kind = ?object.kind, "removed agent object the policy no longer needs");
     }
 
-    let status = desired_status(policy, &observation, previous, Timestamp::now());
-    patch_status(policy, &status, ctx).await?;
+    let observation = Observation {
+        namespaces: rollout.namespaces,
+        overlaps: plan.overlaps,
+        missing_secrets,
+        write_failures: rollout.write_failures,
+    };
+    patch_status(policy, &desired_status(policy, &observation, previous, Timestamp::now()), ctx).await?;
     if previous.and_then(|s| s.observed_generation) != policy.metadata.generation {
         ctx.request_reconcile_all();
     }
     // Events after the status write: "activated" means the webhook now injects there.
-    for ns in &activated {
+    for ns in &rollout.activated {
         tracing::info!(namespace = %ns, "namespace activated");
         let note = format!("agent config written to namespace {ns}; new pods there are injected");
         ctx.publish(policy, EventType::Normal, "NamespaceActivated", "Activate", note, Some(namespace_ref(ns))).await;
@@ -184,6 +158,52 @@ async fn apply(policy: &TracingPolicy, ctx: &Context) -> Result<Action, Error> {
     // Secrets are not watched: look again soon for the one that is missing.
     let requeue = if observation.missing_secrets.is_empty() { REQUEUE_AFTER } else { RETRY_AFTER };
     Ok(Action::requeue(requeue))
+}
+
+/// What happened in the governed namespaces during one reconcile.
+struct Rollout {
+    namespaces: Vec<NamespaceStatus>,
+    write_failures: Vec<String>,
+    activated: Vec<String>,
+}
+
+/// Carries out the step of every governed namespace and counts its pods. A namespace where
+/// writing fails keeps its previous state; the others go on.
+async fn roll_out(
+    policy: &TracingPolicy,
+    plan: &plan::NamespacePlan,
+    gates: Gates,
+    secrets: &SecretValues,
+    ctx: &Context,
+) -> Rollout {
+    let previous = policy.status.as_ref();
+    let mut pods_by_ns = pods_by_namespace(&ctx.pods, plan);
+    let mut rollout = Rollout { namespaces: Vec::new(), write_failures: Vec::new(), activated: Vec::new() };
+    for ns in &plan.governed {
+        let mut step = step_for(previous.and_then(|s| s.namespace_state(&ns.name)), gates);
+        if step.writes_config() {
+            if let Err(e) = write_agent_objects(policy, &ns.name, secrets, ctx).await {
+                tracing::warn!(namespace = %ns.name, error = %e, "writing agent objects failed");
+                rollout.write_failures.push(format!("{}: {e}", ns.name));
+                // An active namespace keeps its (older) config; a new one waits for the next try.
+                step = if step == Step::Refresh { Step::Keep } else { Step::Hold(plan::HoldReason::WriteFailed) };
+            }
+        }
+        if step == Step::Activate {
+            rollout.activated.push(ns.name.clone());
+        }
+        let state = step.resulting_state();
+        let pods = pods_by_ns.remove(ns.name.as_str()).unwrap_or_default();
+        let active = state == NamespaceState::Active;
+        let counts = pod_counts(pods.iter().map(|p| &p.metadata), policy.spec.pod_selector.as_ref(), active);
+        rollout.namespaces.push(NamespaceStatus {
+            name: ns.name.clone(),
+            rollout_phase: Some(ns.rollout_phase.clone()),
+            state,
+            counts,
+        });
+    }
+    rollout
 }
 
 /// Reports an invalid spec in the status (once per generation as an Event) and changes nothing else.
