@@ -283,6 +283,21 @@ mod tests {
     }
 
     #[test]
+    fn namespace_label_and_deletion_changes_are_relevant_other_changes_are_not() {
+        let mut ns = Namespace::default();
+        ns.metadata.name = Some("shop".into());
+        let base = governance_relevant(&ns);
+        ns.metadata.annotations = Some([("note".to_string(), "x".to_string())].into());
+        assert_eq!(governance_relevant(&ns), base);
+        ns.metadata.labels = Some([("tracelight.io/enabled".to_string(), "true".to_string())].into());
+        let labelled = governance_relevant(&ns);
+        assert_ne!(labelled, base);
+        ns.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH));
+        assert_ne!(governance_relevant(&ns), labelled);
+    }
+
+    #[test]
     fn webhook_flags_are_flattened_in() {
         let args = parse(&["--webhook-config", "tl", "--log-format", "json", "--lease-namespace", "ops"]);
         assert_eq!(args.webhook.webhook_config, "tl");
