@@ -235,3 +235,6 @@ mod tests {
         assert!(matches!(args.validate(), Err(WebhookError::InvalidArgs(_))));
     }
 }
+
+#[cfg(test)]
+mod live_tests;

@@ -21,8 +21,12 @@ use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-/// A client that opens a connection and never finishes the handshake or its headers is cut off.
+/// A client that opens a connection and never finishes the TLS handshake is cut off.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// hyper's header-read timeout also bounds how long a kept-alive connection may sit idle. It must
+/// exceed the API server's own idle timeout (Go's 90s): if the server closed first, a review sent
+/// on the closing connection would fail (POST is not retried) and the pod would miss injection.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long in-flight admissions may take to finish after shutdown was requested.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -83,7 +87,7 @@ async fn serve_connection(
     let service = TowerToHyperService::new(app);
     let connection = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(HANDSHAKE_TIMEOUT)
+        .header_read_timeout(IDLE_TIMEOUT)
         .serve_connection(TokioIo::new(tls), service);
     tokio::pin!(connection);
     let result = tokio::select! {
