@@ -176,7 +176,7 @@ EOF
   )
   [[ ! -f $OP_LOG ]] || mv -f "$OP_LOG" "$OP_LOG.prev"
   # Detached in its own session with stdin/stdout/stderr redirected, so make returns.
-  KUBECONFIG=$OP_KUBECONFIG POD_NAMESPACE=$SYSTEM_NS POD_NAME=demo-operator \
+  KUBECONFIG=$OP_KUBECONFIG POD_NAMESPACE=$SYSTEM_NS POD_NAME=demo-operator NO_COLOR=1 \
     setsid -f bash -c 'echo $$ >"$0"; exec "$@"' "$PID_FILE" "$bin" "${args[@]}" </dev/null >"$OP_LOG" 2>&1
   local i
   for ((i = 0; i < 50; i++)); do

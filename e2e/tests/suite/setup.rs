@@ -201,6 +201,10 @@ fn rbac_denials(logs: &[std::path::PathBuf]) -> anyhow::Result<()> {
     for path in logs {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         denied.extend(text.lines().filter(|l| l.contains("forbidden")).map(|l| format!("{}: {l}", path.display())));
+        // Not failures by themselves (e.g. a watch restarting), but worth seeing.
+        for line in text.lines().filter(|l| l.contains(" WARN ") || l.contains(" ERROR ")) {
+            eprintln!("[e2e]    operator {}: {line}", path.file_name().unwrap_or_default().to_string_lossy());
+        }
     }
     ensure!(
         denied.is_empty(),

@@ -77,6 +77,8 @@ impl Operator {
             .env("POD_NAMESPACE", namespace)
             .env("POD_NAME", format!("e2e-operator-{}", super::suffix()))
             .env("RUST_LOG", std::env::var("E2E_OPERATOR_LOG").unwrap_or_else(|_| "info".into()))
+            // Plain text: the log is read by people and scanned by the suite.
+            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err);
