@@ -180,6 +180,31 @@ fn decision_receives_pod_namespace_and_policies_from_the_index() {
 }
 
 #[test]
+fn dry_run_is_answered_like_a_real_request() {
+    let skip = |_: &Pod, _: &Namespace, _: &[Arc<TracingPolicy>], _: &InjectOptions| {
+        Ok(Outcome::Skipped(SkipReason::NotSelected))
+    };
+    let mut review: Value = serde_json::from_slice(&review_body("Pod", "CREATE", "shop", Some(pod_object()))).unwrap();
+    review["request"]["dryRun"] = json!(true);
+    let (status, response, metrics) = run(&serde_json::to_vec(&review).unwrap(), &skip);
+    assert_eq!(status, StatusCode::OK);
+    assert_allowed_unchanged(&response);
+    assert_eq!(metrics.count(AdmissionResult::Skipped, "not_selected"), 1);
+}
+
+#[test]
+fn pod_decoded_generically_when_the_typed_decode_fails() {
+    // A Pod the typed decode rejects: the generic path still answers, and says why.
+    let mut object = pod_object();
+    object["spec"]["containers"] = json!("not a list");
+    let (status, response, metrics) = run(&review_body("Pod", "CREATE", "shop", Some(object)), &never_called);
+    assert_eq!(status, StatusCode::OK);
+    assert_allowed_unchanged(&response);
+    assert!(warnings(&response)[0].contains("object is not a valid Pod"), "{response}");
+    assert_eq!(metrics.count(AdmissionResult::Invalid, "pod_decode"), 1);
+}
+
+#[test]
 fn injected_outcome_becomes_a_json_patch_with_warnings() {
     let injecting = |pod: &Pod, _: &Namespace, _: &[Arc<TracingPolicy>], _: &InjectOptions| {
         let patch: json_patch::Patch = serde_json::from_value(

@@ -320,6 +320,33 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn files_mode_reloads_the_certificate_when_the_files_change() {
+        let dir = std::env::temp_dir().join(format!("tracelight-reload-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let spec = LeafSpec::for_service("svc", "ns", &[], Duration::from_secs(3600));
+        let write = |m: &TlsMaterial| {
+            std::fs::write(dir.join(TLS_CRT), &m.leaf.cert).unwrap();
+            std::fs::write(dir.join(TLS_KEY), &m.leaf.key).unwrap();
+        };
+        let (first, second) = (
+            plan(None, &spec, OffsetDateTime::now_utc()).unwrap().unwrap(),
+            plan(None, &spec, OffsetDateTime::now_utc()).unwrap().unwrap(),
+        );
+        let source = CertSource::Files(dir.clone());
+        let resolver = CertResolver::new();
+        write(&first);
+        source.refresh(&resolver).await.unwrap();
+        assert!(!resolver.set(&first.leaf).unwrap(), "first pair loaded");
+        write(&second);
+        source.refresh(&resolver).await.unwrap();
+        assert!(!resolver.set(&second.leaf).unwrap(), "second pair loaded without a restart");
+        std::fs::write(dir.join(TLS_KEY), "garbage").unwrap();
+        assert!(source.refresh(&resolver).await.is_err(), "a broken pair is reported");
+        assert!(!resolver.set(&second.leaf).unwrap(), "and the last good pair keeps being served");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
     async fn files_mode_reads_the_cert_dir() {
         let dir = std::env::temp_dir().join(format!("tracelight-certs-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
