@@ -86,9 +86,12 @@ impl SelfSigned {
                     None => continue, // `plan` always creates material when there is none
                 },
                 Some(next) => {
-                    // Publish the bundle first: during a CA renewal it carries old and new CA, so
-                    // the API server trusts the new leaf before any replica serves it.
-                    self.publish_ca_bundle(&next.ca_bundle(now)).await?;
+                    // On a CA renewal, publish the bundle (old + new CA) before the Secret, so the
+                    // API server trusts the new leaf before any replica serves it. On bootstrap,
+                    // publish only after winning the create, so racing replicas do not flap it.
+                    if current.as_ref().is_some_and(|c| c.ca != next.ca) {
+                        self.publish_ca_bundle(&next.ca_bundle(now)).await?;
+                    }
                     match self.write(existing, &next).await? {
                         Written::Ok => next,
                         Written::Conflict => continue, // another replica wrote first: use theirs
