@@ -60,3 +60,8 @@ e2e-agent: ## Agent interop: Rust + Python SDKs -> agent -> real OpenTelemetry C
 .PHONY: bench-agent
 bench-agent: ## Agent hot path (decode, sample, enrich, queue); last line is RESULT agent_spans_per_sec=...
 	$(CARGO) bench --locked --bench agent
+
+.PHONY: bench-agent-compare
+bench-agent-compare: ## Agent vs OpenTelemetry Collector, same pipeline and load; last line is RESULT throughput_ratio=...
+	$(CARGO) build --release --locked --example agent --example otlp_loadgen
+	python3 e2e/collector/bench.py target/release/examples/agent "$$(e2e/collector/build.sh | tail -n1)" target/release/examples/otlp_loadgen

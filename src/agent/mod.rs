@@ -20,6 +20,7 @@ pub mod queue;
 pub mod receiver_grpc;
 pub mod receiver_http;
 pub mod report;
+pub mod report_push;
 pub mod sampler;
 pub mod settings;
 pub mod tracestate;
@@ -80,6 +81,18 @@ pub struct AgentArgs {
     /// Timeout of one export request, in seconds.
     #[arg(long, default_value_t = 10)]
     pub export_timeout_secs: u64,
+    /// Operator URL the report is pushed to (authenticated with `--report-token-file`).
+    #[arg(long, requires = "report_token_file")]
+    pub report_url: Option<http::Uri>,
+    /// Projected ServiceAccount token (dedicated audience) sent as the bearer token of reports.
+    #[arg(long)]
+    pub report_token_file: Option<PathBuf>,
+    /// PEM CA bundle to verify the operator's report endpoint with. Default: system roots.
+    #[arg(long)]
+    pub report_ca_file: Option<PathBuf>,
+    /// Seconds between report pushes (a new config generation is reported at once).
+    #[arg(long, default_value_t = 30)]
+    pub report_interval_secs: u64,
     #[arg(long, value_enum, default_value_t = LogFormat::Json)]
     pub log_format: LogFormat,
 }
@@ -194,8 +207,11 @@ pub async fn start_with_identity(args: AgentArgs, identity: enrich::PodIdentity)
             shutdown_deadline: Duration::from_secs(args.shutdown_timeout_secs),
         },
     };
-    let background =
+    let mut background =
         vec![tokio::spawn(export.run(export_stop.clone())), tokio::spawn(watcher.run(receivers_stop.clone()))];
+    if let Some(pusher) = report_pusher(&args, &shared)? {
+        background.push(tokio::spawn(pusher.run(receivers_stop.clone())));
+    }
     let stop = admin_stop.clone();
     let admin_shared = shared.clone();
     let admin = tokio::spawn(async move {
@@ -216,6 +232,18 @@ pub async fn start_with_identity(args: AgentArgs, identity: enrich::PodIdentity)
         admin,
         admin_stop,
     })
+}
+
+fn report_pusher(args: &AgentArgs, shared: &Arc<Shared>) -> anyhow::Result<Option<report_push::ReportPusher>> {
+    let (Some(url), Some(token)) = (&args.report_url, &args.report_token_file) else { return Ok(None) };
+    let ca = match &args.report_ca_file {
+        Some(path) => Some(std::fs::read(path).with_context(|| format!("reading {}", path.display()))?),
+        None => None,
+    };
+    let interval = Duration::from_secs(args.report_interval_secs.max(1));
+    let pusher = report_push::ReportPusher::new(url.clone(), token.clone(), ca.as_deref(), interval, shared.clone())
+        .context("report channel TLS")?;
+    Ok(Some(pusher))
 }
 
 fn spawn_receivers(

@@ -4,6 +4,7 @@ use crate::support::*;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 use prost::Message;
 use std::io::Write;
+use std::time::Duration;
 
 fn gzip(data: &[u8]) -> Vec<u8> {
     let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
@@ -135,4 +136,63 @@ async fn overloaded_receivers_ask_senders_to_retry() {
         post(&url, &[("content-type", "application/x-protobuf")], request(1, "a").encode_to_vec()).await;
     assert_eq!(status, 200);
     sink.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reports_are_pushed_with_the_rotating_bearer_token() {
+    use axum::http::HeaderMap;
+    use std::sync::{Arc, Mutex};
+    type Seen = Arc<Mutex<Vec<(String, serde_json::Value)>>>;
+    let seen: Seen = Arc::default();
+    let s2 = seen.clone();
+    let app = axum::Router::new().route(
+        "/reports",
+        axum::routing::post(move |headers: HeaderMap, body: axum::body::Bytes| {
+            let seen = s2.clone();
+            async move {
+                let auth = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+                seen.lock().expect("lock").push((auth, serde_json::from_slice(&body).unwrap_or_default()));
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let operator = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let dir = temp_dir("report");
+    let token = dir.join("token");
+    std::fs::write(&token, "token-1\n").expect("token");
+    let cfg = dir.join("config.yaml");
+    write_atomic(&cfg, &config_yaml(3, "http://127.0.0.1:9", "grpc", 0.5, ""));
+    let mut a = args(&cfg);
+    a.report_url = Some(format!("http://{operator}/reports").parse().expect("uri"));
+    a.report_token_file = Some(token.clone());
+    a.report_interval_secs = 60;
+    let agent = tracelight::agent::start_with_identity(a, identity()).await.expect("start");
+    let first = || seen.lock().expect("lock").len();
+    assert!(wait_until(Duration::from_secs(5), || first() >= 1).await, "pushed at start");
+    {
+        let s = seen.lock().expect("lock");
+        assert_eq!(s[0].0, "Bearer token-1");
+        assert_eq!(s[0].1["pod"]["podName"], "web-7d9f");
+        assert_eq!(s[0].1["configGeneration"], 3);
+        assert_eq!(s[0].1["samplingRatio"], 0.5);
+    }
+    // A new generation is reported at once (not after the 60 s interval), with the rotated token.
+    std::fs::write(&token, "token-2").expect("token");
+    write_atomic(&cfg, &config_yaml(4, "http://127.0.0.1:9", "grpc", 0.25, ""));
+    assert!(
+        wait_until(Duration::from_secs(5), || seen
+            .lock()
+            .expect("lock")
+            .iter()
+            .any(|(_, r)| r["configGeneration"] == 4))
+        .await
+    );
+    let s = seen.lock().expect("lock").clone();
+    let (auth, _) = s.iter().find(|(_, r)| r["configGeneration"] == 4).expect("gen 4 report");
+    assert_eq!(auth, "Bearer token-2");
+    agent.shutdown().await;
 }

@@ -1,0 +1,178 @@
+#!/usr/bin/env python3
+"""Side-by-side benchmark: the same pipeline in the Tracelight agent and in the OpenTelemetry
+Collector (OTLP/gRPC receiver -> sampling at 50% -> batch -> OTLP/gRPC exporter to a local sink),
+driven by the same load generator on loopback at fixed rates and at maximum.
+
+Measures, for the process under test only (from /proc): CPU seconds, spans/s per CPU-second, RSS
+at idle and peak RSS under load; and the load generator's request latency (p99). Prints a table
+and, as the last line, `RESULT throughput_ratio=... rss_ratio=... idle_rss_mib=...`.
+
+Usage: bench.py AGENT_BIN COLLECTOR_BIN LOADGEN_BIN  (see `make bench-agent-compare`)
+"""
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+RATES = [1000, 10000, 50000, 0]  # spans/s; 0 = maximum
+SECONDS = int(os.environ.get("BENCH_SECONDS", "10"))
+PAGE = os.sysconf("SC_PAGE_SIZE")
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, timeout=30):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit(f"nothing listens on {port}")
+
+
+def cpu_seconds(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def rss_mib(pid):
+    with open(f"/proc/{pid}/statm") as f:
+        return int(f.read().split()[1]) * PAGE / (1 << 20)
+
+
+def agent_config(dir_, sink_port):
+    path = os.path.join(dir_, "agent.yaml")
+    with open(path, "w") as f:
+        f.write(
+            "generation: 1\npolicy: bench\ncollector:\n"
+            f"  endpoint: http://127.0.0.1:{sink_port}\n  protocol: grpc\n  compression: gzip\n"
+            "sampling:\n  ratio: 0.5\n"
+        )
+    return path
+
+
+def collector_config(dir_, port, sink_port):
+    path = os.path.join(dir_, "otelcol.yaml")
+    with open(path, "w") as f:
+        f.write(
+            f"""receivers:
+  otlp:
+    protocols:
+      grpc:
+        endpoint: 127.0.0.1:{port}
+processors:
+  probabilistic_sampler:
+    sampling_percentage: 50
+  batch: {{}}
+exporters:
+  otlp_grpc:
+    endpoint: 127.0.0.1:{sink_port}
+    tls:
+      insecure: true
+    compression: gzip
+service:
+  telemetry:
+    metrics:
+      level: none
+    logs:
+      level: warn
+  pipelines:
+    traces:
+      receivers: [otlp]
+      processors: [probabilistic_sampler, batch]
+      exporters: [otlp_grpc]
+"""
+        )
+    return path
+
+
+def start_agent(agent_bin, config, grpc, http, admin):
+    return subprocess.Popen(
+        [agent_bin, "--config", config, "--otlp-grpc-port", str(grpc), "--otlp-http-port", str(http),
+         "--admin-host", "127.0.0.1", "--admin-port", str(admin)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+
+
+def run_load(loadgen, port, rate, pid):
+    peak = [rss_mib(pid)]
+    done = threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], rss_mib(pid))
+            time.sleep(0.1)
+
+    t = threading.Thread(target=sample)
+    t.start()
+    cpu0 = cpu_seconds(pid)
+    out = subprocess.run(
+        [loadgen, "--target", f"127.0.0.1:{port}", "--rate", str(rate), "--seconds", str(SECONDS)],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    time.sleep(1.0)  # let the pipeline finish exporting what it accepted
+    cpu = cpu_seconds(pid) - cpu0
+    done.set()
+    t.join()
+    res = json.loads(out.strip().splitlines()[-1])
+    res.update(cpu=cpu, peak_rss=peak[0], per_cpu=res["sent"] / cpu if cpu > 0 else 0.0)
+    return res
+
+
+def measure(name, proc, port, loadgen):
+    wait_port(port)
+    time.sleep(2)
+    idle = rss_mib(proc.pid)
+    rows = [run_load(loadgen, port, rate, proc.pid) for rate in RATES]
+    proc.terminate()
+    proc.wait(timeout=30)
+    return {"name": name, "idle": idle, "rows": rows}
+
+
+def main():
+    agent_bin, collector_bin, loadgen = sys.argv[1:4]
+    with tempfile.TemporaryDirectory() as d:
+        sink_grpc = free_port()
+        sink = start_agent(agent_bin, os.path.join(d, "absent.yaml"), sink_grpc, free_port(), free_port())
+        try:
+            wait_port(sink_grpc)
+            port = free_port()
+            agent = start_agent(agent_bin, agent_config(d, sink_grpc), port, free_port(), free_port())
+            a = measure("agent", agent, port, loadgen)
+            port = free_port()
+            col = subprocess.Popen([collector_bin, "--config", collector_config(d, port, sink_grpc)],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            c = measure("collector", col, port, loadgen)
+        finally:
+            sink.terminate()
+            sink.wait(timeout=30)
+
+    print(f"{'rate':>8} | {'agent spans/s':>13} {'cpu s':>6} {'spans/cpu-s':>12} {'rss MiB':>8} {'p99 ms':>7} |"
+          f" {'otelcol spans/s':>15} {'cpu s':>6} {'spans/cpu-s':>12} {'rss MiB':>8} {'p99 ms':>7} | {'cpu ratio':>9}")
+    for rate, ra, rc in zip(RATES, a["rows"], c["rows"]):
+        label = "max" if rate == 0 else str(rate)
+        ratio = ra["per_cpu"] / rc["per_cpu"] if rc["per_cpu"] else 0.0
+        print(f"{label:>8} | {ra['sent'] / ra['seconds']:>13.0f} {ra['cpu']:>6.2f} {ra['per_cpu']:>12.0f} "
+              f"{ra['peak_rss']:>8.1f} {ra['p99_us'] / 1000:>7.2f} | {rc['sent'] / rc['seconds']:>15.0f} {rc['cpu']:>6.2f} "
+              f"{rc['per_cpu']:>12.0f} {rc['peak_rss']:>8.1f} {rc['p99_us'] / 1000:>7.2f} | {ratio:>9.2f}")
+    print(f"idle RSS MiB: agent {a['idle']:.1f}, collector {c['idle']:.1f}")
+    at_max_a, at_max_c = a["rows"][-1], c["rows"][-1]
+    throughput_ratio = at_max_a["per_cpu"] / at_max_c["per_cpu"] if at_max_c["per_cpu"] else 0.0
+    rss_ratio = max(r["peak_rss"] for r in c["rows"]) / max(r["peak_rss"] for r in a["rows"])
+    print(f"RESULT throughput_ratio={throughput_ratio:.2f} rss_ratio={rss_ratio:.2f} idle_rss_mib={a['idle']:.1f}")
+
+
+if __name__ == "__main__":
+    main()

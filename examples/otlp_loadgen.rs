@@ -1,0 +1,131 @@
+//! OTLP/gRPC load generator for `make bench-agent-compare`: sends requests of `--batch` spans
+//! (random trace ids) to `--target` at `--rate` spans/s (0 = as fast as `--concurrency` senders
+//! go) for `--seconds`, then prints one JSON line: spans sent, errors, and request latencies.
+
+use clap::Parser;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{any_value::Value, AnyValue, KeyValue};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+#[derive(Parser)]
+struct Args {
+    #[arg(long)]
+    target: String,
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    #[arg(long, default_value_t = 100)]
+    batch: usize,
+    #[arg(long, default_value_t = 4)]
+    concurrency: usize,
+}
+
+fn kv(key: &str, value: &str) -> KeyValue {
+    KeyValue {
+        key: key.into(),
+        value: Some(AnyValue { value: Some(Value::StringValue(value.into())) }),
+        ..Default::default()
+    }
+}
+
+fn request(rng: &mut fastrand::Rng, batch: usize) -> ExportTraceServiceRequest {
+    let now =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
+    let spans = (0..batch)
+        .map(|i| Span {
+            trace_id: rng.u128(1..).to_be_bytes().to_vec(),
+            span_id: rng.u64(1..).to_be_bytes().to_vec(),
+            name: format!("GET /api/items/{i}"),
+            kind: 2,
+            start_time_unix_nano: now,
+            end_time_unix_nano: now + 1_000_000,
+            attributes: vec![
+                kv("http.request.method", "GET"),
+                kv("http.route", "/api/items/{id}"),
+                kv("url.scheme", "http"),
+            ],
+            ..Default::default()
+        })
+        .collect();
+    ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            resource: Some(Resource { attributes: vec![kv("service.name", "loadgen")], ..Default::default() }),
+            scope_spans: vec![ScopeSpans { spans, ..Default::default() }],
+            ..Default::default()
+        }],
+    }
+}
+
+struct Stats {
+    sent: AtomicU64,
+    errors: AtomicU64,
+    latencies_us: Mutex<Vec<u64>>,
+}
+
+async fn sender(args: Arc<Args>, stats: Arc<Stats>, interval: Option<Duration>, deadline: Instant, seed: u64) {
+    let Ok(mut client) = TraceServiceClient::connect(format!("http://{}", args.target)).await else {
+        stats.errors.fetch_add(1, Ordering::Relaxed);
+        return;
+    };
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut ticker = interval.map(tokio::time::interval);
+    while Instant::now() < deadline {
+        if let Some(t) = ticker.as_mut() {
+            t.tick().await;
+        }
+        let req = request(&mut rng, args.batch);
+        let started = Instant::now();
+        match client.export(req).await {
+            Ok(_) => {
+                stats.sent.fetch_add(args.batch as u64, Ordering::Relaxed);
+                stats.latencies_us.lock().unwrap_or_else(|p| p.into_inner()).push(started.elapsed().as_micros() as u64);
+            }
+            Err(_) => {
+                stats.errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 1)]
+async fn main() {
+    let args = Arc::new(Args::parse());
+    let stats =
+        Arc::new(Stats { sent: AtomicU64::new(0), errors: AtomicU64::new(0), latencies_us: Mutex::new(Vec::new()) });
+    let deadline = Instant::now() + Duration::from_secs(args.seconds);
+    let senders = args.concurrency.max(1);
+    // At a fixed rate each sender sends one request every `interval`.
+    let interval =
+        (args.rate > 0).then(|| Duration::from_secs_f64(args.batch as f64 * senders as f64 / args.rate as f64));
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..senders)
+        .map(|i| tokio::spawn(sender(args.clone(), stats.clone(), interval, deadline, i as u64 + 1)))
+        .collect();
+    for t in tasks {
+        let _ = t.await;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let mut lat = stats.latencies_us.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    lat.sort_unstable();
+    println!(
+        "{{\"sent\":{},\"errors\":{},\"seconds\":{:.3},\"p50_us\":{},\"p99_us\":{}}}",
+        stats.sent.load(Ordering::Relaxed),
+        stats.errors.load(Ordering::Relaxed),
+        elapsed,
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.99)
+    );
+}
