@@ -20,6 +20,8 @@ pub const SERVICE_NAME_ANNOTATION: &str = "tracelight.io/service-name";
 /// Pod annotation written by the webhook when it skipped or degraded an injection.
 pub const STATUS_ANNOTATION: &str = "tracelight.io/injection-status";
 
+/// Label on objects the operator owns in user namespaces, naming the owning policy.
+pub const POLICY_LABEL: &str = "tracelight.io/policy";
 /// Label on objects the operator owns in user namespaces (agent ConfigMaps, API-key Secrets).
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 pub const MANAGED_BY_VALUE: &str = "tracelight";

@@ -176,7 +176,7 @@ pub enum Compression {
 pub struct TlsSpec {
     /// Secret with a PEM CA bundle to trust instead of the system roots. Default: system roots.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ca_secret_ref: Option<SecretKeyRef>,
+    pub ca_secret_ref: Option<CaSecretRef>,
     /// Skip certificate verification. For tests only. Default: `false`.
     #[serde(default)]
     pub insecure_skip_verify: bool,
@@ -192,10 +192,36 @@ pub struct SecretKeyRef {
     /// Name of the Secret.
     #[schemars(length(min = 1, max = 253))]
     pub name: String,
-    /// Key inside the Secret. Default: `api-key` (`ca.crt` for a CA bundle is a common choice).
+    /// Key inside the Secret. Default: `api-key`.
     #[serde(default = "default_secret_key")]
     #[schemars(default = "default_secret_key", length(min = 1, max = 253))]
     pub key: String,
+}
+
+/// A Secret key holding a PEM CA bundle (the policy is cluster-scoped, so it names a namespace).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CaSecretRef {
+    /// Namespace of the Secret, usually the operator's own.
+    #[schemars(length(min = 1, max = 63))]
+    pub namespace: String,
+    /// Name of the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key inside the Secret. Default: `ca.crt`.
+    #[serde(default = "default_ca_key")]
+    #[schemars(default = "default_ca_key", length(min = 1, max = 253))]
+    pub key: String,
+}
+
+impl From<&CaSecretRef> for SecretKeyRef {
+    fn from(r: &CaSecretRef) -> Self {
+        SecretKeyRef { namespace: r.namespace.clone(), name: r.name.clone(), key: r.key.clone() }
+    }
+}
+
+pub fn default_ca_key() -> String {
+    "ca.crt".to_string()
 }
 
 pub fn default_secret_key() -> String {

@@ -104,10 +104,13 @@ fn check_endpoint(endpoint: &str) -> Result<(), String> {
     if authority.is_empty() {
         return Err(format!("{endpoint:?} has no host"));
     }
-    // IPv6 literals are bracketed; the port, if any, follows the closing bracket.
-    let port = match authority.rsplit_once(':') {
-        Some((host, port)) if !port.contains(']') && !(host.starts_with('[') && !host.ends_with(']')) => Some(port),
-        _ => None,
+    // IPv6 literals are bracketed (`[::1]:4318`); the port, if any, follows the closing bracket.
+    let port = match authority.strip_prefix('[') {
+        Some(bracketed) => match bracketed.split_once(']') {
+            Some((_, after)) => after.strip_prefix(':'),
+            None => return Err(format!("{endpoint:?} has an unclosed IPv6 bracket")),
+        },
+        None => authority.rsplit_once(':').map(|(_, port)| port),
     };
     if let Some(port) = port {
         match port.parse::<u16>() {
@@ -181,6 +184,8 @@ mod tests {
         assert!(check_endpoint("http://collector:99999").is_err());
         assert!(check_endpoint("http:///path").is_err());
         assert!(check_endpoint("grpc://collector:4317").is_err());
+        assert!(check_endpoint("http://[::1:4318").is_err());
+        assert!(check_endpoint("http://[::1]:0").is_err());
     }
 
     #[test]

@@ -247,7 +247,7 @@ async fn read_source_secrets(policy: &TracingPolicy, ctx: &Context) -> Result<(S
         let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &r.namespace);
         let secret =
             api.get_opt(&r.name).await.map_err(Error::kube("reading", format!("Secret {}/{}", r.namespace, r.name)))?;
-        match resources::pick_key(secret.as_ref(), kind, r) {
+        match resources::pick_key(secret.as_ref(), kind, &r) {
             Ok(value) => match kind {
                 SourceKind::ApiKey => values.api_key = Some(value),
                 SourceKind::Ca => values.ca = Some(value),

@@ -13,8 +13,7 @@ use kube::ResourceExt;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 
-/// Label naming the policy that owns an object in a user namespace.
-pub const POLICY_LABEL: &str = "tracelight.io/policy";
+pub use crate::api::keys::POLICY_LABEL;
 
 /// Longest label value Kubernetes accepts.
 const MAX_LABEL_VALUE: usize = 63;
@@ -93,10 +92,10 @@ pub fn agent_secret(policy: &TracingPolicy, namespace: &str, values: &SecretValu
 }
 
 /// The source Secret references of a policy: (what for, reference).
-pub fn source_secret_refs(policy: &TracingPolicy) -> Vec<(SourceKind, &SecretKeyRef)> {
+pub fn source_secret_refs(policy: &TracingPolicy) -> Vec<(SourceKind, SecretKeyRef)> {
     let collector = &policy.spec.collector;
-    let ca = collector.tls.as_ref().and_then(|t| t.ca_secret_ref.as_ref());
-    [(SourceKind::ApiKey, collector.api_key_secret_ref.as_ref()), (SourceKind::Ca, ca)]
+    let ca = collector.tls.as_ref().and_then(|t| t.ca_secret_ref.as_ref()).map(SecretKeyRef::from);
+    [(SourceKind::ApiKey, collector.api_key_secret_ref.clone()), (SourceKind::Ca, ca)]
         .into_iter()
         .filter_map(|(kind, r)| r.map(|r| (kind, r)))
         .collect()
@@ -179,15 +178,15 @@ mod tests {
         let p = policy("default");
         let refs = source_secret_refs(&p);
         assert_eq!(refs.iter().map(|(k, _)| *k).collect::<Vec<_>>(), vec![SourceKind::ApiKey, SourceKind::Ca]);
-        let (kind, r) = refs[0];
-        assert_eq!(pick_key(None, kind, r).unwrap_err(), "API key Secret ops/backend not found");
+        let (kind, r) = refs[0].clone();
+        assert_eq!(pick_key(None, kind, &r).unwrap_err(), "API key Secret ops/backend not found");
         let mut secret = Secret {
             data: Some(BTreeMap::from([("other".to_string(), ByteString(b"x".to_vec()))])),
             ..Default::default()
         };
-        assert!(pick_key(Some(&secret), kind, r).unwrap_err().contains("has no key \"api-key\""));
+        assert!(pick_key(Some(&secret), kind, &r).unwrap_err().contains("has no key \"api-key\""));
         secret.data.as_mut().unwrap().insert("api-key".into(), ByteString(b"k".to_vec()));
-        assert_eq!(pick_key(Some(&secret), kind, r).unwrap(), ByteString(b"k".to_vec()));
+        assert_eq!(pick_key(Some(&secret), kind, &r).unwrap(), ByteString(b"k".to_vec()));
     }
 
     #[test]

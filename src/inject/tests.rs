@@ -118,7 +118,7 @@ fn golden_cases() {
             .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         let policy = policy_with(case.policy.as_ref());
         let options =
-            InjectOptions { native_sidecar: case.options.map_or(true, |o| o.native_sidecar), ..Default::default() };
+            InjectOptions { native_sidecar: case.options.is_none_or(|o| o.native_sidecar), ..Default::default() };
         let outcome = inject(&case.pod, "shop", &policy, &options).unwrap();
         if let Outcome::Injected(m) = &outcome {
             check_invariants(&case.pod, m, &policy, &options);
