@@ -22,6 +22,8 @@ enum Command {
     Inject(tracelight::cli::inject::InjectArgs),
     /// Run the operator: admission webhook, certificate management and controllers.
     Controller(Box<tracelight::controller::ControllerArgs>),
+    /// Run the tracing agent sidecar: OTLP in on loopback, consistent sampling, export.
+    Agent(Box<tracelight::agent::AgentArgs>),
 }
 
 fn main() -> ExitCode {
@@ -30,6 +32,7 @@ fn main() -> ExitCode {
         Command::Crd => tracelight::cli::crd::run(&mut std::io::stdout()),
         Command::Inject(args) => tracelight::cli::inject::run(&args),
         Command::Controller(args) => tracelight::controller::run(*args),
+        Command::Agent(args) => tracelight::agent::run(*args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
