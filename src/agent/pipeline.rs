@@ -199,8 +199,8 @@ pub(crate) mod tests {
         assert_eq!((out.queued, out.sampled_out), (1, 1));
         assert_eq!(p.metrics.sampled_out.get(), 1);
         assert_eq!(p.metrics.config_generation.get(), 7);
-        let batch = p.queue.take(usize::MAX).expect("queued");
-        let rs = &batch.resource_spans[0];
+        let batch = p.queue.take(usize::MAX).expect("queued").decode().expect("valid protobuf");
+        let rs = &batch[0];
         assert_eq!(rs.scope_spans[0].spans[0].trace_state, "ot=th:8");
         assert_eq!(enrich::service_name(rs.resource.as_ref()), None);
         assert!(rs.resource.as_ref().is_some_and(|r| r.attributes.iter().any(|kv| kv.key == "k8s.pod.name")));

@@ -1,7 +1,12 @@
 //! A queue of span batches bounded in bytes. When a push does not fit, the oldest batches are
 //! evicted (and counted): in a backlog, fresh data is worth more than old data.
+//!
+//! Batches are held protobuf-encoded, so the byte bound is the memory actually used (decoded
+//! spans take several times their encoded size) and export needs no re-encoding.
 
 use super::metrics::{DropReason, Metrics};
+use bytes::Bytes;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::trace::v1::ResourceSpans;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -9,10 +14,11 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-/// Spans of one or more requests, with their encoded size.
+/// Spans of one or more requests. Each segment is a run of `resource_spans` (field 1) entries of
+/// an `ExportTraceServiceRequest`, so the concatenation of segments is a valid request.
 #[derive(Debug, Default, Clone)]
 pub struct Batch {
-    pub resource_spans: Vec<ResourceSpans>,
+    pub segments: Vec<Bytes>,
     pub spans: usize,
     pub bytes: usize,
 }
@@ -21,12 +27,28 @@ impl Batch {
     pub fn new(resource_spans: Vec<ResourceSpans>) -> Batch {
         use prost::Message;
         let spans = resource_spans.iter().flat_map(|r| &r.scope_spans).map(|s| s.spans.len()).sum();
-        let bytes = resource_spans.iter().map(|r| r.encoded_len() + 4).sum();
-        Batch { resource_spans, spans, bytes }
+        let request = ExportTraceServiceRequest { resource_spans };
+        let encoded = Bytes::from(request.encode_to_vec());
+        let bytes = encoded.len();
+        Batch { segments: vec![encoded], spans, bytes }
+    }
+
+    /// The batch as one encoded `ExportTraceServiceRequest`.
+    pub fn encoded(&self) -> Bytes {
+        match self.segments.as_slice() {
+            [one] => one.clone(),
+            many => many.concat().into(),
+        }
+    }
+
+    /// The spans, decoded (tests and debugging; the export path sends the bytes as they are).
+    pub fn decode(&self) -> Result<Vec<ResourceSpans>, prost::DecodeError> {
+        use prost::Message;
+        Ok(ExportTraceServiceRequest::decode(self.encoded())?.resource_spans)
     }
 
     fn append(&mut self, other: Batch) {
-        self.resource_spans.extend(other.resource_spans);
+        self.segments.extend(other.segments);
         self.spans += other.spans;
         self.bytes += other.bytes;
     }

@@ -79,7 +79,7 @@ pub async fn sink() -> RunningAgent {
 pub fn drain(sink: &RunningAgent) -> Vec<(opentelemetry_proto::tonic::resource::v1::Resource, Span)> {
     let mut out = Vec::new();
     while let Some(batch) = sink.shared.pipeline.queue.take(usize::MAX) {
-        for rs in batch.resource_spans {
+        for rs in batch.decode().expect("sink holds valid protobuf") {
             for ss in rs.scope_spans {
                 for s in ss.spans {
                     out.push((rs.resource.clone().unwrap_or_default(), s));

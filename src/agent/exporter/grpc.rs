@@ -5,16 +5,21 @@ use super::tls;
 use super::{Accepted, BuildError};
 use crate::agent::queue::Batch;
 use crate::agent::settings::{ExportSettings, SecretHeader};
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use bytes::{Buf, BufMut, Bytes};
+use http::uri::PathAndQuery;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
+use prost::Message;
 use std::time::Duration;
-use tonic::codec::CompressionEncoding;
+use tonic::client::Grpc;
+use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue};
 use tonic::transport::{Channel, Endpoint};
 use tonic_types::StatusExt;
 
+const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+
 pub struct GrpcExporter {
-    client: TraceServiceClient<Channel>,
+    client: Grpc<Channel>,
     api_key: Option<(AsciiMetadataKey, AsciiMetadataValue)>,
     timeout: Duration,
 }
@@ -26,7 +31,7 @@ impl GrpcExporter {
             hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http().enable_http2().build();
         let endpoint = Endpoint::from(s.endpoint.clone()).connect_timeout(Duration::from_secs(5)).timeout(timeout);
         let channel = endpoint.connect_with_connector_lazy(connector);
-        let mut client = TraceServiceClient::new(channel).max_decoding_message_size(1 << 20);
+        let mut client = Grpc::new(channel).max_decoding_message_size(1 << 20);
         if s.gzip {
             client = client.send_compressed(CompressionEncoding::Gzip).accept_compressed(CompressionEncoding::Gzip);
         }
@@ -35,15 +40,60 @@ impl GrpcExporter {
     }
 
     pub async fn export(&self, batch: &Batch) -> Result<Accepted, ExportError> {
-        let mut req = tonic::Request::new(ExportTraceServiceRequest { resource_spans: batch.resource_spans.clone() });
+        let mut req = tonic::Request::new(batch.encoded());
         req.set_timeout(self.timeout);
         if let Some((k, v)) = &self.api_key {
             req.metadata_mut().insert(k.clone(), v.clone());
         }
-        match self.client.clone().export(req).await {
+        let mut client = self.client.clone();
+        client
+            .ready()
+            .await
+            .map_err(|e| ExportError::Retryable { reason: format!("gRPC channel: {e}"), retry_after: None })?;
+        match client.unary(req, PathAndQuery::from_static(EXPORT_PATH), PreEncoded).await {
             Ok(resp) => Ok(Accepted::from_response(resp.get_ref())),
             Err(status) => Err(classify(&status)),
         }
+    }
+}
+
+/// Sends the queue's already-encoded request bytes as they are; decodes the response with prost.
+struct PreEncoded;
+
+impl Codec for PreEncoded {
+    type Encode = Bytes;
+    type Decode = ExportTraceServiceResponse;
+    type Encoder = PreEncoded;
+    type Decoder = PreEncoded;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        PreEncoded
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        PreEncoded
+    }
+}
+
+impl Encoder for PreEncoded {
+    type Item = Bytes;
+    type Error = tonic::Status;
+
+    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Self::Error> {
+        dst.put(item);
+        Ok(())
+    }
+}
+
+impl Decoder for PreEncoded {
+    type Item = ExportTraceServiceResponse;
+    type Error = tonic::Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Self::Item>, Self::Error> {
+        let len = src.remaining();
+        ExportTraceServiceResponse::decode(src.copy_to_bytes(len))
+            .map(Some)
+            .map_err(|e| tonic::Status::internal(format!("invalid ExportTraceServiceResponse: {e}")))
     }
 }
 

@@ -93,18 +93,15 @@ fn accepted(body: &[u8]) -> Accepted {
     Accepted::from_response(&resp)
 }
 
-/// The ExportTraceServiceRequest encoding of a batch, without cloning its spans: the request is
-/// just `repeated ResourceSpans resource_spans = 1`.
+/// The request body: the batch's encoded segments, gzipped when asked.
 pub fn encode(batch: &Batch, gzip: bool) -> std::io::Result<Bytes> {
-    let mut raw = Vec::with_capacity(batch.bytes + 16);
-    for rs in &batch.resource_spans {
-        prost::encoding::message::encode(1, rs, &mut raw);
-    }
     if !gzip {
-        return Ok(raw.into());
+        return Ok(batch.encoded());
     }
-    let mut enc = GzEncoder::new(Vec::with_capacity(raw.len() / 4), flate2::Compression::fast());
-    enc.write_all(&raw)?;
+    let mut enc = GzEncoder::new(Vec::with_capacity(batch.bytes / 4), flate2::Compression::fast());
+    for segment in &batch.segments {
+        enc.write_all(segment)?;
+    }
     Ok(enc.finish()?.into())
 }
 
@@ -114,10 +111,20 @@ mod tests {
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 
     #[test]
-    fn manual_encoding_equals_the_request_message() {
-        let req = crate::agent::pipeline::tests::request(vec![crate::agent::pipeline::tests::span([5; 16])]);
-        let batch = Batch::new(req.resource_spans.clone());
-        let bytes = encode(&batch, false).expect("encode");
-        assert_eq!(ExportTraceServiceRequest::decode(bytes).expect("decode"), req);
+    fn merged_segments_are_one_valid_request() {
+        let one = crate::agent::pipeline::tests::request(vec![crate::agent::pipeline::tests::span([5; 16])]);
+        let two = crate::agent::pipeline::tests::request(vec![crate::agent::pipeline::tests::span([6; 16])]);
+        let queue = crate::agent::queue::Queue::new(1 << 20, Default::default());
+        queue.push(Batch::new(one.resource_spans.clone()));
+        queue.push(Batch::new(two.resource_spans.clone()));
+        let batch = queue.take(usize::MAX).expect("batch");
+        assert_eq!(batch.segments.len(), 2);
+        let decoded = ExportTraceServiceRequest::decode(encode(&batch, false).expect("encode")).expect("decode");
+        assert_eq!(decoded.resource_spans, [one.resource_spans, two.resource_spans].concat());
+        let gzipped = encode(&batch, true).expect("gzip");
+        let mut gz = flate2::read::GzDecoder::new(&gzipped[..]);
+        let mut raw = Vec::new();
+        std::io::Read::read_to_end(&mut gz, &mut raw).expect("gunzip");
+        assert_eq!(ExportTraceServiceRequest::decode(&raw[..]).expect("decode"), decoded);
     }
 }
