@@ -3,7 +3,9 @@
 //! real operator binary running as a local process with the chart's ServiceAccount identity.
 //!
 //! `make e2e` runs it (`cargo test --features e2e --test e2e`). It starts the cluster if needed
-//! (`e2e/cluster/up.sh`) and leaves nothing of its own behind.
+//! (`e2e/cluster/up.sh`) and leaves nothing of its own behind. It owns that cluster's Tracelight
+//! objects: it first removes any `tracelight` release, every TracingPolicy and the CRD (helm never
+//! upgrades a CRD), and refuses to run while `make demo`'s operator is running.
 //!
 //! Steps that stop or restart the operator cannot interleave with the others, so the cluster
 //! part is one test, [`operator_on_a_real_cluster`], running its steps in order and logging each.

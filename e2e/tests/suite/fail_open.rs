@@ -45,6 +45,8 @@ pub async fn pods_are_created_while_the_webhook_is_down(suite: &mut Suite) -> an
     let result = create_pod(&client, &active.namespace, "while-hung", &[]).await;
     let took = started.elapsed();
     hung.abort();
+    // Wait for the task to go, so its listener is closed before the operator binds the port again.
+    let _ = hung.await;
     let pod = result?;
     assert_untouched(&pod).context("a pod created while the webhook hung")?;
     let calls = accepted.load(Ordering::SeqCst);

@@ -93,7 +93,15 @@ pub async fn run(log: &StepLog) -> anyhow::Result<()> {
     log.step("clean slate: remove what an earlier run or demo may have left");
     setup::clean_slate(&cluster).await?;
 
-    let mut suite = setup::install(cluster, log).await?;
+    let mut suite = match setup::install(cluster.clone(), log).await {
+        Ok(suite) => suite,
+        Err(e) => {
+            if let Err(cleanup) = setup::clean_slate(&cluster).await {
+                eprintln!("[e2e] cleanup after the failed install: {cleanup:#}");
+            }
+            return Err(e);
+        }
+    };
     let result = steps(&mut suite).await;
     // Cleanup runs whatever happened; a failing step's error comes first.
     let cleanup = setup::teardown(&mut suite).await;
@@ -107,6 +115,8 @@ pub async fn run(log: &StepLog) -> anyhow::Result<()> {
 }
 
 async fn steps(suite: &mut Suite) -> anyhow::Result<()> {
+    suite.log.step(&format!("operator: a local process as ServiceAccount {NAMESPACE}/{SERVICE_ACCOUNT}"));
+    suite.start_operator().await?;
     let started_serial = certificates::bootstrap(suite).await?;
     bad_input::invalid_policies_are_rejected(suite).await?;
     injection::workloads_are_injected(suite).await?;

@@ -89,8 +89,8 @@ async fn remove_policies_and_crd(cluster: &Cluster) -> anyhow::Result<()> {
     .await
 }
 
-/// `helm install`s the chart in URL mode (operator outside the cluster) and starts the operator
-/// with the chart ServiceAccount's token and the chart's own command line.
+/// `helm install`s the chart in URL mode (operator outside the cluster) and prepares the operator's
+/// command line (the chart's own) and identity (a token of the chart's ServiceAccount).
 pub async fn install(cluster: Cluster, log: &StepLog) -> anyhow::Result<Suite> {
     let (webhook_port, admin_port) = (free_port(), free_port());
     ensure!(webhook_port != admin_port, "got the same free port twice");
@@ -144,11 +144,10 @@ pub async fn install(cluster: Cluster, log: &StepLog) -> anyhow::Result<Suite> {
         "--log-format=text".into(),
     ]);
 
-    log.step(&format!("operator: a local process as ServiceAccount {NAMESPACE}/{SERVICE_ACCOUNT}"));
     let sa_kubeconfig = work_dir().join("operator.kubeconfig");
     crate::support::operator::service_account_kubeconfig(&cluster, NAMESPACE, SERVICE_ACCOUNT, &sa_kubeconfig)?;
     let namespaces = Namespaces::new(&cluster);
-    let mut suite = Suite {
+    Ok(Suite {
         cluster,
         log: log.clone(),
         namespaces,
@@ -159,9 +158,7 @@ pub async fn install(cluster: Cluster, log: &StepLog) -> anyhow::Result<Suite> {
         operator: None,
         operator_logs: Vec::new(),
         active: None,
-    };
-    suite.start_operator().await?;
-    Ok(suite)
+    })
 }
 
 /// Deletes what the suite created; then checks the operator never hit an RBAC denial.
