@@ -18,13 +18,13 @@ pub fn diff(old: &Value, new: &Value) -> Patch {
     Patch(ops)
 }
 
+// Objects and named arrays are walked without comparing them whole first: a deep equality test
+// at every level would make the diff quadratic in the pod's depth.
 fn diff_value(path: &mut PointerBuf, old: &Value, new: &Value, ops: &mut Vec<PatchOperation>) {
-    if old == new {
-        return;
-    }
     match (old, new) {
         (Value::Object(o), Value::Object(n)) => diff_object(path, o, n, ops),
         (Value::Array(o), Value::Array(n)) if is_named(o) && is_named(n) => diff_named_array(path, o, n, ops),
+        _ if old == new => {}
         _ => ops.push(PatchOperation::Replace(ReplaceOperation { path: path.clone(), value: new.clone() })),
     }
 }
