@@ -54,6 +54,22 @@ pub fn service(receiver: GrpcReceiver, max_message: usize) -> TraceServiceServer
         .max_decoding_message_size(max_message)
 }
 
+/// Rewrites the codes tonic answers undecodable requests with into the ones OTLP clients treat
+/// as permanent, so a bad request is dropped by its sender instead of resent forever: tonic says
+/// OUT_OF_RANGE for a message over the size limit (retryable in OTLP) -> RESOURCE_EXHAUSTED
+/// without RetryInfo; INTERNAL for bad protobuf, gzip or framing -> INVALID_ARGUMENT. The
+/// handler itself never answers either code, so only tonic's decode errors are rewritten.
+pub fn otlp_error_codes(mut response: http::Response<tonic::body::Body>) -> http::Response<tonic::body::Body> {
+    let headers = response.headers_mut();
+    let code = match headers.get("grpc-status").map(|v| v.as_bytes()) {
+        Some(b"11") => tonic::Code::ResourceExhausted,
+        Some(b"13") => tonic::Code::InvalidArgument,
+        _ => return response,
+    };
+    headers.insert("grpc-status", http::HeaderValue::from(code as i32));
+    response
+}
+
 pub async fn serve(
     listener: TcpListener,
     receiver: GrpcReceiver,
@@ -62,6 +78,7 @@ pub async fn serve(
 ) -> Result<(), tonic::transport::Error> {
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     tonic::transport::Server::builder()
+        .layer(tower::util::MapResponseLayer::new(otlp_error_codes as fn(_) -> _))
         .add_service(service(receiver, max_message))
         .serve_with_incoming_shutdown(incoming, stop)
         .await

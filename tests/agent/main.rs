@@ -4,6 +4,7 @@
 mod collector;
 mod faults;
 mod grpc_faults;
+mod grpc_input;
 mod receiver;
 mod reload;
 mod sdk;

@@ -18,8 +18,8 @@ fn reloads(agent: &tracelight::agent::RunningAgent, result: ReloadResult) -> u64
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ratio_endpoint_and_key_change_live_and_bad_config_is_rejected() {
-    let (addr1, c1, _t1) = fake_collector(free_port().await).await;
-    let (addr2, c2, _t2) = fake_collector(free_port().await).await;
+    let (addr1, c1, _t1) = fake_collector(ANY_PORT).await;
+    let (addr2, c2, _t2) = fake_collector(ANY_PORT).await;
     let dir = temp_dir("reload");
     let key = dir.join("api-key");
     std::fs::write(&key, "key-one\n").expect("key");
@@ -99,4 +99,56 @@ async fn two_agents_at_different_ratios_keep_nested_sets() {
     a.shutdown().await;
     b.shutdown().await;
     sink.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_reloads_keep_the_running_config_and_every_queued_span() {
+    use tracelight::agent::metrics::DropReason;
+    // The collector is down at first, so spans wait in the queue through every bad reload.
+    let down_port = down_port();
+    let down = down_port.addr;
+    let dir = temp_dir("bad-reloads");
+    let cfg = dir.join("config.yaml");
+    write_atomic(&cfg, &config_yaml(1, &format!("http://{down}"), "http/protobuf", 1.0, ""));
+    let agent = agent(&cfg).await;
+    send(&agent, 15).await;
+
+    let missing_key = format!("  apiKeyHeader: x-api-key\n  apiKeyFile: {}\n", dir.join("no-such-key").display());
+    let bad_header = format!("  apiKeyHeader: 'bad header'\n  apiKeyFile: {}\n", cfg.display());
+    let bad: Vec<(&str, Option<String>)> = vec![
+        ("ratio above 1", Some(config_yaml(2, &format!("http://{down}"), "http/protobuf", 1.5, ""))),
+        ("API key file missing", Some(config_yaml(3, &format!("http://{down}"), "http/protobuf", 1.0, &missing_key))),
+        ("invalid header name", Some(config_yaml(4, &format!("http://{down}"), "http/protobuf", 1.0, &bad_header))),
+        ("unknown protocol", Some(config_yaml(5, &format!("http://{down}"), "thrift", 1.0, ""))),
+        ("misspelt field", Some("generation: 6\npolicy: p\ncolector: {}\nsampling: {ratio: 1}\n".into())),
+        ("empty file", Some(String::new())),
+        ("file removed", None),
+    ];
+    for (i, (what, content)) in bad.into_iter().enumerate() {
+        match content {
+            Some(c) => write_atomic(&cfg, &c),
+            None => std::fs::remove_file(&cfg).expect("remove config"),
+        }
+        assert!(
+            wait_until(Duration::from_secs(5), || reloads(&agent, ReloadResult::Rejected) == i as u64 + 1).await,
+            "{what}: rejected"
+        );
+        assert_eq!(agent.report().config_generation, 1, "{what}: generation 1 kept");
+    }
+    assert_eq!(reloads(&agent, ReloadResult::Applied), 1);
+    // Still sampling at 1.0 (not at a rejected ratio), and nothing was dropped.
+    send(&agent, 5).await;
+    assert_eq!(agent.shared.metrics.sampled_out.get(), 0);
+    for reason in [DropReason::QueueFull, DropReason::ExportRejected, DropReason::Shutdown, DropReason::Invalid] {
+        assert_eq!(agent.shared.metrics.dropped_count(reason), 0, "{reason:?}");
+    }
+
+    // A good config pointing at a live collector delivers everything queued meanwhile.
+    let (addr, collector, _task) = fake_collector(ANY_PORT).await;
+    drop(down_port);
+    write_atomic(&cfg, &config_yaml(7, &format!("http://{addr}"), "http/protobuf", 1.0, ""));
+    assert!(wait_until(Duration::from_secs(20), || collector.spans() == 20).await, "got {}", collector.spans());
+    assert_eq!(agent.report().config_generation, 7);
+    assert_eq!(agent.shared.metrics.exported.get(), 20);
+    agent.shutdown().await;
 }

@@ -224,9 +224,17 @@ pub fn fake_router(fc: Arc<FakeCollector>) -> axum::Router {
     axum::Router::new().route("/v1/traces", axum::routing::post(fake_export)).with_state(fc)
 }
 
-pub async fn fake_collector(addr: SocketAddr) -> (SocketAddr, Arc<FakeCollector>, tokio::task::JoinHandle<()>) {
+/// Any free loopback port, chosen at bind time.
+pub const ANY_PORT: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 0));
+
+pub type Served = (SocketAddr, Arc<FakeCollector>, tokio::task::JoinHandle<()>);
+
+pub async fn fake_collector(addr: SocketAddr) -> Served {
+    serve_fake(tokio::net::TcpListener::bind(addr).await.expect("bind fake collector"))
+}
+
+fn serve_fake(listener: tokio::net::TcpListener) -> Served {
     let fc = Arc::new(FakeCollector::default());
-    let listener = tokio::net::TcpListener::bind(addr).await.expect("bind fake collector");
     let addr = listener.local_addr().expect("addr");
     let app = fake_router(fc.clone());
     let task = tokio::spawn(async move {
@@ -239,4 +247,29 @@ pub async fn fake_collector(addr: SocketAddr) -> (SocketAddr, Arc<FakeCollector>
 pub async fn free_port() -> SocketAddr {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     l.local_addr().expect("addr")
+}
+
+/// A loopback port for a collector that is down: bound but not listening, so connections are
+/// refused, and no other test (or agent) can take the port until the collector comes up on it.
+pub struct DownPort {
+    pub addr: SocketAddr,
+    socket: tokio::net::TcpSocket,
+}
+
+pub fn down_port() -> DownPort {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.bind(ANY_PORT).expect("bind");
+    DownPort { addr: socket.local_addr().expect("addr"), socket }
+}
+
+impl DownPort {
+    /// The fake collector comes up on the reserved port.
+    pub fn fake_collector(self) -> Served {
+        serve_fake(self.socket.listen(1024).expect("listen on the reserved port"))
+    }
+
+    /// Give the port up, for a peer that binds it itself (a small window remains).
+    pub fn release(self) -> SocketAddr {
+        self.addr
+    }
 }
