@@ -1,7 +1,7 @@
 //! Status of a `TracingPolicy`: what the controller observed and decided. Written only by the
 //! controller, through server-side apply.
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -32,6 +32,40 @@ pub struct TracingPolicyStatus {
     /// Sampling actually in effect.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sampling: Option<SamplingStatus>,
+    /// Where the phased rollout stands; the operator continues from here after a restart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutStatus>,
+}
+
+/// Progress of the phased rollout, and what it is waiting for.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutStatus {
+    /// Index into `spec.rollout.phases` of the phase being rolled out (0 without phases).
+    #[serde(default)]
+    pub phase_index: u32,
+    /// When the current phase's last batch finished and its soak started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub soak_started_at: Option<Time>,
+    /// Workloads restarted and not yet past their health gate (`namespace/Kind/name`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub in_flight: Vec<String>,
+    /// Workloads rolled back after a failed rollout. Remove the label `tracelight.io/inject: "false"`
+    /// from a workload's pod template to retry it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub excluded: Vec<ExcludedWorkload>,
+}
+
+/// A workload the rollout rolled back and excluded from injection.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExcludedWorkload {
+    pub namespace: String,
+    /// `Deployment`, `StatefulSet` or `DaemonSet`.
+    pub kind: String,
+    pub name: String,
+    /// Why it was rolled back.
+    pub reason: String,
 }
 
 /// Overall phase of a policy.

@@ -22,6 +22,8 @@ pub struct ControllerMetrics {
     pub duration: Histogram,
     /// 1 while this replica holds the leader lease.
     pub leader: Gauge,
+    /// Workload restarts requested by the rollout.
+    pub restarts: Counter,
 }
 
 impl ControllerMetrics {
@@ -33,6 +35,7 @@ impl ControllerMetrics {
             // 1ms .. ~16s
             duration: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
             leader: Gauge::default(),
+            restarts: Counter::default(),
         };
         registry.register("tracelight_controller_reconciles", "TracingPolicy reconciles started", m.reconciles.clone());
         registry.register(
@@ -49,6 +52,11 @@ impl ControllerMetrics {
             "tracelight_controller_leader",
             "1 while this replica runs the controllers (holds the leader lease)",
             m.leader.clone(),
+        );
+        registry.register(
+            "tracelight_controller_workload_restarts",
+            "Workload restarts requested by the rollout",
+            m.restarts.clone(),
         );
         m
     }
@@ -86,9 +94,11 @@ mod tests {
         let m = ControllerMetrics::register(&registry);
         drop(m.start_reconcile());
         m.count_failure("kube");
+        m.restarts.inc();
         let text = registry.encode().unwrap();
         assert!(text.contains("tracelight_controller_reconciles_total 1"), "{text}");
         assert!(text.contains("tracelight_controller_reconcile_errors_total{kind=\"kube\"} 1"), "{text}");
         assert!(text.contains("tracelight_controller_reconcile_duration_seconds_count 1"), "{text}");
+        assert!(text.contains("tracelight_controller_workload_restarts_total 1"), "{text}");
     }
 }

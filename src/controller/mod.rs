@@ -3,6 +3,7 @@
 //!
 //! - [`plan`]: pure decisions (governed namespaces, steps, counts, status);
 //! - [`resources`]: the objects written into governed namespaces, as pure values;
+//! - [`rollout`]: the phased rollout's observation and outcome (pure; the engine is `crate::rollout`);
 //! - [`reconcile`]: the TracingPolicy reconciler (I/O);
 //! - [`lease`]: leader election;
 //! - [`metrics`]: the controller's metrics.
@@ -12,11 +13,14 @@ pub mod metrics;
 pub mod plan;
 pub mod reconcile;
 pub mod resources;
+pub mod rollout;
 
 use crate::api::TracingPolicy;
+use crate::inject::InjectOptions;
 use crate::telemetry::{self, LogFormat, Metrics};
 use anyhow::Context as _;
 use futures::StreamExt;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::Api;
 use kube::core::PartialObjectMeta;
@@ -81,12 +85,14 @@ async fn run_async(args: ControllerArgs) -> anyhow::Result<()> {
 
     let ControllerArgs { webhook, leader_election, lease_name, lease_namespace, .. } = args;
     let lease = leader_election.then(|| (lease_namespace.unwrap_or_else(|| webhook.namespace.clone()), lease_name));
+    let inject_options = webhook.inject_options();
     // Whichever half fails first stops the other: a replica without its webhook or controllers is no use.
     let webhook = cancel_on_error(
         shutdown.clone(),
         crate::webhook::run(webhook, client.clone(), metrics.clone(), shutdown.clone()),
     );
-    let controllers = cancel_on_error(shutdown.clone(), run_controllers(client, metrics, lease, shutdown.clone()));
+    let controllers =
+        cancel_on_error(shutdown.clone(), run_controllers(client, metrics, lease, inject_options, shutdown.clone()));
     let (webhook, controllers) = tokio::join!(webhook, controllers);
     webhook.context("webhook")?;
     controllers.context("controllers")?;
@@ -136,6 +142,7 @@ async fn run_controllers(
     client: Client,
     metrics: Metrics,
     lease: Option<(String, String)>,
+    inject_options: InjectOptions,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let controller_metrics = ControllerMetrics::register(&metrics);
@@ -160,7 +167,7 @@ async fn run_controllers(
         let mut lost = leader_rx.clone();
         tokio::select! {
             // Returns after a graceful shutdown: in-flight reconciles finish first.
-            () = run_policy_controller(client.clone(), controller_metrics.clone(), shutdown.clone()) => {}
+            () = run_policy_controller(client.clone(), controller_metrics.clone(), inject_options.clone(), shutdown.clone()) => {}
             _ = lost.wait_for(|leads| !*leads) => tracing::warn!("leadership lost: controllers stopped"),
         }
         controller_metrics.leader.set(0);
@@ -187,7 +194,12 @@ fn governance_relevant(ns: &Namespace) -> Option<u64> {
 
 /// The TracingPolicy controller, with its namespace and pod-metadata caches, until `shutdown`
 /// (in-flight reconciles finish first).
-async fn run_policy_controller(client: Client, metrics: ControllerMetrics, shutdown: CancellationToken) {
+async fn run_policy_controller(
+    client: Client,
+    metrics: ControllerMetrics,
+    inject_options: InjectOptions,
+    shutdown: CancellationToken,
+) {
     let (reconcile_all, reconcile_all_requests) = futures::channel::mpsc::unbounded();
 
     // The caches are driven by their own futures, not by the controller: a reconcile waits for
@@ -222,6 +234,12 @@ async fn run_policy_controller(client: Client, metrics: ControllerMetrics, shutd
                 ready(())
             });
 
+    // Workload changes (a rollout progressing, a new workload) move the rollouts on.
+    let (deployments, deployment_cache) = workload_cache::<Deployment>(&client, reconcile_all.clone(), "deployment");
+    let (statefulsets, statefulset_cache) =
+        workload_cache::<StatefulSet>(&client, reconcile_all.clone(), "statefulset");
+    let (daemonsets, daemonset_cache) = workload_cache::<DaemonSet>(&client, reconcile_all.clone(), "daemonset");
+
     let controller =
         Controller::new(Api::<TracingPolicy>::all(client.clone()), watcher::Config::default().any_semantic());
     let reporter = Reporter { controller: REPORTER.into(), instance: std::env::var("POD_NAME").ok() };
@@ -232,6 +250,11 @@ async fn run_policy_controller(client: Client, metrics: ControllerMetrics, shutd
         policies: controller.store(),
         namespaces,
         pods,
+        deployments,
+        statefulsets,
+        daemonsets,
+        inject_options,
+        requested: Default::default(),
         reconcile_all,
     });
     let policies = controller
@@ -253,7 +276,37 @@ async fn run_policy_controller(client: Client, metrics: ControllerMetrics, shutd
         () = policies => {}
         () = namespace_cache => {}
         () = pod_cache => {}
+        () = deployment_cache => {}
+        () = statefulset_cache => {}
+        () = daemonset_cache => {}
     }
+}
+
+/// A cluster-wide cache of one workload kind, and the future that drives it: every change asks
+/// for all policies to be reconciled (the policy whose namespace it is moves its rollout on).
+fn workload_cache<K>(
+    client: &Client,
+    trigger: futures::channel::mpsc::UnboundedSender<()>,
+    what: &'static str,
+) -> (reflector::Store<K>, impl Future<Output = ()>)
+where
+    K: kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+{
+    let (store, writer) = reflector::store::<K>();
+    let cache = watcher(Api::<K>::all(client.clone()), watcher::Config::default().any_semantic())
+        .default_backoff()
+        .reflect(writer)
+        .touched_objects()
+        .for_each(move |r| {
+            match r {
+                Ok(_) => {
+                    let _ = trigger.unbounded_send(());
+                }
+                Err(e) => tracing::warn!(error = %e, kind = what, "workload watch failed"),
+            }
+            ready(())
+        });
+    (store, cache)
 }
 
 #[cfg(test)]

@@ -6,9 +6,10 @@
 
 use crate::api::keys::{INJECTED_LABEL, INJECT_LABEL};
 use crate::api::{
-    governing_policy, selector, Coverage, NamespaceState, NamespaceStatus, PolicyPhase, SamplingStatus, TracingPolicy,
-    TracingPolicyStatus,
+    governing_policy, selector, Coverage, NamespaceState, NamespaceStatus, PolicyPhase, RolloutStatus, SamplingStatus,
+    TracingPolicy, TracingPolicyStatus,
 };
+use crate::rollout::RolloutPhase as EngineState;
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
@@ -35,6 +36,9 @@ pub mod reason {
     pub const ALL_ACTIVE: &str = "AllNamespacesActive";
     pub const AS_EXPECTED: &str = "AsExpected";
     pub const WRITE_FAILED: &str = "WriteFailed";
+    pub const RESTARTING: &str = "Restarting";
+    pub const SOAKING: &str = "Soaking";
+    pub const ROLLED_BACK: &str = "RolledBack";
 }
 
 /// A namespace this policy governs (and no older policy claims), with its rollout phase.
@@ -176,6 +180,8 @@ pub enum HoldReason {
     SecretNotFound,
     /// Writing the agent objects failed; retried on the next reconcile.
     WriteFailed,
+    /// The namespace's rollout phase has not started yet.
+    PhaseNotReached,
 }
 
 impl Step {
@@ -193,8 +199,9 @@ impl Step {
     }
 }
 
-/// The step for a namespace previously in state `previous` (None: never recorded).
-pub fn step_for(previous: Option<NamespaceState>, gates: Gates) -> Step {
+/// The step for a namespace previously in state `previous` (None: never recorded). `reached`:
+/// the rollout engine has reached the namespace's phase. An active namespace stays active.
+pub fn step_for(previous: Option<NamespaceState>, gates: Gates, reached: bool) -> Step {
     let active = previous == Some(NamespaceState::Active);
     match (active, gates) {
         (true, Gates { secrets_ready: false, .. }) => Step::Keep,
@@ -202,6 +209,7 @@ pub fn step_for(previous: Option<NamespaceState>, gates: Gates) -> Step {
         (false, Gates { secrets_ready: false, .. }) => Step::Hold(HoldReason::SecretNotFound),
         (false, Gates { dry_run: true, .. }) => Step::Hold(HoldReason::DryRun),
         (false, Gates { paused: true, .. }) => Step::Hold(HoldReason::Paused),
+        (false, _) if !reached => Step::Hold(HoldReason::PhaseNotReached),
         (false, _) => Step::Activate,
     }
 }
@@ -262,6 +270,44 @@ pub struct Observation {
     pub missing_secrets: Vec<String>,
     /// Namespaces where writing the agent objects failed, with the error.
     pub write_failures: Vec<String>,
+    /// The rollout engine's verdict (`None`: not computed, the status follows namespace states).
+    pub rollout: Option<RolloutOutcome>,
+}
+
+/// The rollout engine's verdict, as the status reports it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RolloutOutcome {
+    pub state: EngineState,
+    /// The engine's one-line explanation.
+    pub message: String,
+    pub status: RolloutStatus,
+}
+
+/// The overall phase of a policy from the engine's state; `pending`: governed namespaces not
+/// active yet (a rollout is not complete while one waits).
+pub fn policy_phase(state: EngineState, pending: usize) -> PolicyPhase {
+    match state {
+        EngineState::Pending => PolicyPhase::Pending,
+        EngineState::Progressing | EngineState::Soaking => PolicyPhase::Progressing,
+        EngineState::Paused => PolicyPhase::Paused,
+        EngineState::Degraded => PolicyPhase::Degraded,
+        EngineState::Complete if pending > 0 => PolicyPhase::Progressing,
+        EngineState::Complete => PolicyPhase::Complete,
+    }
+}
+
+/// The `Progressing` condition (status, reason, message) of a rollout the engine drives.
+fn progressing_condition(outcome: &RolloutOutcome, pending: usize) -> (bool, &'static str, String) {
+    let message = outcome.message.clone();
+    match outcome.state {
+        EngineState::Degraded => (false, reason::ROLLED_BACK, message),
+        EngineState::Soaking => (true, reason::SOAKING, message),
+        EngineState::Paused => (false, reason::PAUSED, message),
+        EngineState::Pending => (false, reason::NO_NAMESPACES, message),
+        EngineState::Complete if pending == 0 => (false, reason::COMPLETE, message),
+        EngineState::Complete => (true, reason::ACTIVATING, format!("activating {pending} namespaces")),
+        EngineState::Progressing => (true, reason::RESTARTING, message),
+    }
 }
 
 /// The status of a valid policy after a reconcile.
@@ -276,20 +322,35 @@ pub fn desired_status(
     let prev_conditions = previous.map(|s| s.conditions.as_slice()).unwrap_or_default();
     let total = observed.namespaces.len();
     let active = observed.namespaces.iter().filter(|n| n.state == NamespaceState::Active).count();
-    let pending = total - active;
+    // Leaving namespaces are neither: they are being restarted without injection.
+    let pending = observed.namespaces.iter().filter(|n| n.state == NamespaceState::Pending).count();
     let secrets_missing = !observed.missing_secrets.is_empty();
 
+    let outcome = observed.rollout.as_ref();
+    let rolled_back = outcome.is_some_and(|o| o.state == EngineState::Degraded) && !rollout.dry_run;
     let phase = if rollout.paused {
         PolicyPhase::Paused
     } else if total == 0 {
         PolicyPhase::Pending
+    } else if rolled_back {
+        PolicyPhase::Degraded
+    } else if rollout.dry_run {
+        // Nothing advances in a dry run: complete only if there was nothing to do.
+        let nothing_to_do = pending == 0 && outcome.is_none_or(|o| o.state == EngineState::Complete);
+        if nothing_to_do {
+            PolicyPhase::Complete
+        } else {
+            PolicyPhase::Pending
+        }
+    } else if let Some(o) = outcome {
+        match policy_phase(o.state, pending) {
+            PolicyPhase::Progressing if secrets_missing => PolicyPhase::Degraded,
+            phase => phase,
+        }
     } else if pending == 0 {
         PolicyPhase::Complete
     } else if secrets_missing {
         PolicyPhase::Degraded
-    } else if rollout.dry_run {
-        // Nothing advances in a dry run.
-        PolicyPhase::Pending
     } else {
         PolicyPhase::Progressing
     };
@@ -297,6 +358,8 @@ pub fn desired_status(
     let secret_message = || format!("source Secret missing: {}", observed.missing_secrets.join("; "));
     let ready = if secrets_missing {
         (false, reason::SECRET_NOT_FOUND, secret_message())
+    } else if let Some(o) = outcome.filter(|_| rolled_back) {
+        (false, reason::ROLLED_BACK, o.message.clone())
     } else if total == 0 {
         (false, reason::NO_NAMESPACES, no_namespaces_message(&observed.overlaps))
     } else if pending == 0 {
@@ -314,19 +377,27 @@ pub fn desired_status(
 
     let progressing = if total == 0 {
         (false, reason::NO_NAMESPACES, "no governed namespace".to_string())
+    } else if rollout.dry_run && (pending > 0 || outcome.is_some()) {
+        let plan = outcome.map(|o| format!("; plan: {}", o.message)).unwrap_or_default();
+        (false, reason::DRY_RUN, format!("dry run: {pending} namespaces would be activated{plan}"))
+    } else if secrets_missing && pending > 0 {
+        (false, reason::SECRET_NOT_FOUND, format!("{pending} namespaces wait for a source Secret"))
+    } else if rollout.paused && (pending > 0 || outcome.is_some()) {
+        let why =
+            outcome.map_or_else(|| format!("rollout paused with {pending} namespaces pending"), |o| o.message.clone());
+        (false, reason::PAUSED, why)
+    } else if let Some(o) = outcome {
+        progressing_condition(o, pending)
     } else if pending == 0 {
         (false, reason::COMPLETE, format!("all {total} namespaces active"))
-    } else if secrets_missing {
-        (false, reason::SECRET_NOT_FOUND, format!("{pending} namespaces wait for a source Secret"))
-    } else if rollout.dry_run {
-        (false, reason::DRY_RUN, format!("dry run: {pending} namespaces would be activated"))
-    } else if rollout.paused {
-        (false, reason::PAUSED, format!("rollout paused with {pending} namespaces pending"))
     } else {
         (true, reason::ACTIVATING, format!("activating {pending} namespaces"))
     };
 
     let mut problems: Vec<(&str, String)> = Vec::new();
+    if let Some(o) = outcome.filter(|_| rolled_back) {
+        problems.push((reason::ROLLED_BACK, o.message.clone()));
+    }
     if secrets_missing {
         problems.push((reason::SECRET_NOT_FOUND, secret_message()));
     }
@@ -350,11 +421,15 @@ pub fn desired_status(
         observed_generation: generation,
         phase: Some(phase),
         conditions,
-        active_phase: active_rollout_phase(&observed.namespaces),
+        active_phase: outcome
+            .and_then(|o| policy.spec.rollout.phases.get(o.status.phase_index as usize))
+            .map(|p| p.name.clone())
+            .or_else(|| active_rollout_phase(&observed.namespaces)),
         manifest_hash: None,
         coverage: Some(total_coverage(&observed.namespaces)),
         namespaces: observed.namespaces.clone(),
         sampling: Some(SamplingStatus { effective_ratio: policy.spec.sampling.ratio.get(), spans_per_second: None }),
+        rollout: outcome.map(|o| o.status.clone()).or_else(|| previous.and_then(|s| s.rollout.clone())),
     }
 }
 
@@ -568,17 +643,20 @@ mod tests {
     #[test]
     fn steps_respect_pause_dry_run_and_missing_secrets() {
         let open = Gates { paused: false, dry_run: false, secrets_ready: true };
-        assert_eq!(step_for(None, open), Step::Activate);
-        assert_eq!(step_for(Some(NamespaceState::Pending), open), Step::Activate);
-        assert_eq!(step_for(Some(NamespaceState::Active), open), Step::Refresh);
+        assert_eq!(step_for(None, open, true), Step::Activate);
+        assert_eq!(step_for(Some(NamespaceState::Pending), open, true), Step::Activate);
+        assert_eq!(step_for(Some(NamespaceState::Active), open, true), Step::Refresh);
         let paused = Gates { paused: true, ..open };
-        assert_eq!(step_for(None, paused), Step::Hold(HoldReason::Paused));
-        assert_eq!(step_for(Some(NamespaceState::Active), paused), Step::Refresh);
+        assert_eq!(step_for(None, paused, true), Step::Hold(HoldReason::Paused));
+        assert_eq!(step_for(Some(NamespaceState::Active), paused, true), Step::Refresh);
         let dry = Gates { dry_run: true, ..open };
-        assert_eq!(step_for(None, dry), Step::Hold(HoldReason::DryRun));
+        assert_eq!(step_for(None, dry, true), Step::Hold(HoldReason::DryRun));
         let no_secret = Gates { secrets_ready: false, ..open };
-        assert_eq!(step_for(None, no_secret), Step::Hold(HoldReason::SecretNotFound));
-        assert_eq!(step_for(Some(NamespaceState::Active), no_secret), Step::Keep);
+        assert_eq!(step_for(None, no_secret, true), Step::Hold(HoldReason::SecretNotFound));
+        assert_eq!(step_for(Some(NamespaceState::Active), no_secret, true), Step::Keep);
+        assert_eq!(step_for(None, open, false), Step::Hold(HoldReason::PhaseNotReached));
+        assert_eq!(step_for(Some(NamespaceState::Pending), open, false), Step::Hold(HoldReason::PhaseNotReached));
+        assert_eq!(step_for(Some(NamespaceState::Active), open, false), Step::Refresh);
         assert!(!Step::Keep.writes_config());
         assert_eq!(Step::Keep.resulting_state(), NamespaceState::Active);
     }
@@ -723,5 +801,134 @@ mod tests {
         assert_eq!(cond(&s, READY).reason, reason::INVALID_SPEC);
         assert!(cond(&s, READY).message.contains("spec.propagators"));
         assert_eq!(condition_reason(Some(&s), READY), Some(reason::INVALID_SPEC));
+    }
+
+    fn outcome(state: EngineState, message: &str) -> RolloutOutcome {
+        RolloutOutcome {
+            state,
+            message: message.into(),
+            status: RolloutStatus { phase_index: 1, in_flight: vec!["a/Deployment/web".into()], ..Default::default() },
+        }
+    }
+
+    fn with_phases(mut p: TracingPolicy) -> TracingPolicy {
+        p.spec.rollout.phases = vec![phase("pilot", None), phase("expansion", None)];
+        p
+    }
+
+    #[test]
+    fn engine_state_maps_to_the_policy_phase() {
+        assert_eq!(policy_phase(EngineState::Pending, 0), PolicyPhase::Pending);
+        assert_eq!(policy_phase(EngineState::Progressing, 0), PolicyPhase::Progressing);
+        assert_eq!(policy_phase(EngineState::Soaking, 0), PolicyPhase::Progressing);
+        assert_eq!(policy_phase(EngineState::Paused, 0), PolicyPhase::Paused);
+        assert_eq!(policy_phase(EngineState::Degraded, 0), PolicyPhase::Degraded);
+        assert_eq!(policy_phase(EngineState::Complete, 0), PolicyPhase::Complete);
+        assert_eq!(policy_phase(EngineState::Complete, 1), PolicyPhase::Progressing, "a namespace still waits");
+    }
+
+    #[test]
+    fn restarting_is_progressing_and_the_status_records_the_rollout() {
+        let p = with_phases(policy("p", 1));
+        let obs = Observation {
+            namespaces: vec![ns_status("a", NamespaceState::Active), ns_status("b", NamespaceState::Active)],
+            rollout: Some(outcome(EngineState::Progressing, "phase \"expansion\": 1 restarting")),
+            ..Default::default()
+        };
+        let s = desired_status(&p, &obs, None, now());
+        assert_eq!(s.phase, Some(PolicyPhase::Progressing));
+        let progressing = cond(&s, PROGRESSING);
+        assert_eq!((progressing.status.as_str(), progressing.reason.as_str()), ("True", reason::RESTARTING));
+        assert!(progressing.message.contains("1 restarting"));
+        assert_eq!(s.active_phase.as_deref(), Some("expansion"), "the engine's phase index names the phase");
+        assert_eq!(s.rollout.unwrap().in_flight, vec!["a/Deployment/web"]);
+    }
+
+    #[test]
+    fn soaking_is_progressing_with_its_own_reason() {
+        let obs = Observation {
+            namespaces: vec![ns_status("a", NamespaceState::Active)],
+            rollout: Some(outcome(EngineState::Soaking, "phase \"pilot\" soaking, 4s left")),
+            ..Default::default()
+        };
+        let s = desired_status(&with_phases(policy("p", 1)), &obs, None, now());
+        assert_eq!(s.phase, Some(PolicyPhase::Progressing));
+        assert_eq!(cond(&s, PROGRESSING).reason, reason::SOAKING);
+    }
+
+    #[test]
+    fn a_rollback_is_degraded_and_not_ready() {
+        let obs = Observation {
+            namespaces: vec![ns_status("a", NamespaceState::Active)],
+            rollout: Some(outcome(EngineState::Degraded, "rolled back a/Deployment/web: not ready within 5s")),
+            ..Default::default()
+        };
+        let s = desired_status(&policy("p", 1), &obs, None, now());
+        assert_eq!(s.phase, Some(PolicyPhase::Degraded));
+        for type_ in [READY, PROGRESSING] {
+            let c = cond(&s, type_);
+            assert_eq!((c.status.as_str(), c.reason.as_str()), ("False", reason::ROLLED_BACK), "{type_}");
+        }
+        let degraded = cond(&s, DEGRADED);
+        assert_eq!((degraded.status.as_str(), degraded.reason.as_str()), ("True", reason::ROLLED_BACK));
+        assert!(degraded.message.contains("a/Deployment/web"));
+    }
+
+    #[test]
+    fn a_dry_run_shows_the_plan_and_changes_nothing() {
+        let mut p = policy("p", 1);
+        p.spec.rollout.dry_run = true;
+        let obs = Observation {
+            namespaces: vec![ns_status("a", NamespaceState::Pending)],
+            rollout: Some(outcome(EngineState::Degraded, "phase \"default\": 1 restarting")),
+            ..Default::default()
+        };
+        let s = desired_status(&p, &obs, None, now());
+        assert_eq!(s.phase, Some(PolicyPhase::Pending), "a dry run never rolls back, so it is not degraded");
+        let progressing = cond(&s, PROGRESSING);
+        assert_eq!(progressing.reason, reason::DRY_RUN);
+        assert!(progressing.message.contains("plan: phase"), "{}", progressing.message);
+        assert_eq!(cond(&s, DEGRADED).status, "False");
+    }
+
+    #[test]
+    fn a_paused_rollout_explains_where_it_stopped() {
+        let mut p = policy("p", 1);
+        p.spec.rollout.paused = true;
+        let obs = Observation {
+            namespaces: vec![ns_status("a", NamespaceState::Active)],
+            rollout: Some(outcome(EngineState::Paused, "paused in phase \"default\"")),
+            ..Default::default()
+        };
+        let s = desired_status(&p, &obs, None, now());
+        assert_eq!(s.phase, Some(PolicyPhase::Paused));
+        let progressing = cond(&s, PROGRESSING);
+        assert_eq!(
+            (progressing.reason.as_str(), progressing.message.as_str()),
+            (reason::PAUSED, "paused in phase \"default\"")
+        );
+    }
+
+    #[test]
+    fn leaving_namespaces_are_not_pending() {
+        let obs = Observation {
+            namespaces: vec![ns_status("a", NamespaceState::Active), ns_status("gone", NamespaceState::Leaving)],
+            rollout: Some(outcome(EngineState::Complete, "all 1 phase(s) rolled out")),
+            ..Default::default()
+        };
+        let s = desired_status(&policy("p", 1), &obs, None, now());
+        assert_eq!(s.phase, Some(PolicyPhase::Complete));
+        assert_eq!(cond(&s, READY).status, "True");
+    }
+
+    #[test]
+    fn without_an_engine_verdict_the_previous_rollout_status_is_kept() {
+        let previous = TracingPolicyStatus {
+            rollout: Some(RolloutStatus { phase_index: 1, ..Default::default() }),
+            ..Default::default()
+        };
+        let obs = Observation { namespaces: vec![ns_status("a", NamespaceState::Active)], ..Default::default() };
+        let s = desired_status(&policy("p", 1), &obs, Some(&previous), now());
+        assert_eq!(s.rollout.map(|r| r.phase_index), Some(1));
     }
 }

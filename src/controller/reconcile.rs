@@ -4,14 +4,22 @@
 use super::metrics::ControllerMetrics;
 use super::plan::{
     self, condition_reason, desired_status, invalid_spec_status, plan_namespaces, pod_counts, reason, stale_objects,
-    step_for, Gates, Observation, OwnedKind, OwnedObject, Step, READY,
+    step_for, Gates, Observation, OwnedKind, OwnedObject, RolloutOutcome, Step, READY,
 };
 use super::resources::{self, agent_configmap, agent_secret, owned_selector, SecretValues, SourceKind};
+use super::rollout::{
+    departure, health_check_since, leaving_namespaces, longest_health_deadline, observation as rollout_observation,
+    observe_workloads, outdated_by_namespace, restart_note, restarts_to_request, rollout_status, still_leaving,
+    unclaimed_namespaces, Requested, Snapshot,
+};
 use crate::api::agent_config::{needs_secret, AGENT_CONFIGMAP, AGENT_SECRET};
 use crate::api::keys::FIELD_MANAGER;
 use crate::api::validate::validate;
 use crate::api::{NamespaceState, NamespaceStatus, TracingPolicy, TracingPolicyStatus};
+use crate::inject::InjectOptions;
+use crate::rollout::{self, observe, observe::Workload, RestartMark, WorkloadId, WorkloadKind, WorkloadObservation};
 use futures::channel::mpsc::UnboundedSender;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, ObjectReference, Pod, Secret};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, Preconditions};
@@ -21,7 +29,7 @@ use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::finalizer::{self, finalizer};
 use kube::runtime::reflector::Store;
 use kube::{Client, Resource, ResourceExt};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,6 +37,10 @@ use std::time::Duration;
 pub const FINALIZER: &str = "tracelight.io/cleanup";
 /// Periodic re-reconcile, to refresh pod counts (pods do not trigger reconciles).
 pub const REQUEUE_AFTER: Duration = Duration::from_secs(60);
+/// Shortest requeue the rollout asks for (a deadline just passed).
+const MIN_REQUEUE: Duration = Duration::from_secs(1);
+/// How often a deleted policy looks at the workloads it waits for.
+const LEAVING_POLL: Duration = Duration::from_secs(2);
 /// Retry delay after a failed reconcile.
 pub const RETRY_AFTER: Duration = Duration::from_secs(15);
 /// How long a reconcile waits for the namespace and pod caches to fill at start-up.
@@ -44,6 +56,14 @@ pub struct Context {
     pub namespaces: Store<Namespace>,
     /// Pod metadata only: a full Pod costs ~10x more memory in a cache.
     pub pods: Store<PartialObjectMeta<Pod>>,
+    /// The workloads the rollout restarts.
+    pub deployments: Store<Deployment>,
+    pub statefulsets: Store<StatefulSet>,
+    pub daemonsets: Store<DaemonSet>,
+    /// The webhook's injection options, so expected manifest hashes match what it injects.
+    pub inject_options: InjectOptions,
+    /// Restarts and rollbacks requested and not yet seen in the workload caches.
+    pub requested: std::sync::Mutex<Requested>,
     /// Asks for every policy to be reconciled: a policy that changes its selectors or goes away
     /// can hand namespaces over to (or take them from) another one.
     pub reconcile_all: UnboundedSender<()>,
@@ -58,6 +78,9 @@ pub enum Error {
     CacheNotReady(&'static str),
     #[error("writing agent objects failed in {0} namespace(s)")]
     WriteFailed(usize),
+    /// Not a failure: a deleted policy waits for its workloads to lose injection.
+    #[error("{0} workload(s) still losing injection")]
+    Leaving(usize),
     #[error(transparent)]
     Finalizer(Box<finalizer::Error<Error>>),
 }
@@ -69,6 +92,7 @@ impl Error {
             Error::Kube { .. } => "kube",
             Error::CacheNotReady(_) => "cache_not_ready",
             Error::WriteFailed(_) => "write_failed",
+            Error::Leaving(_) => "leaving",
             Error::Finalizer(inner) => match inner.as_ref() {
                 finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e.kind(),
                 _ => "finalizer",
@@ -101,8 +125,12 @@ pub async fn reconcile(policy: Arc<TracingPolicy>, ctx: Arc<Context>) -> Result<
     })
 }
 
-/// Counts the failure and retries after a short delay.
+/// Counts the failure and retries after a short delay. A deleted policy waiting for its
+/// workloads is no failure: it looks again soon (workload changes also wake it).
 pub fn error_policy(policy: Arc<TracingPolicy>, error: &Error, ctx: Arc<Context>) -> Action {
+    if error.kind() == "leaving" {
+        return Action::requeue(LEAVING_POLL);
+    }
     tracing::warn!(policy = %policy.name_any(), error = %error, "reconcile failed");
     ctx.metrics.count_failure(error.kind());
     Action::requeue(RETRY_AFTER)
@@ -124,21 +152,39 @@ async fn apply(policy: &TracingPolicy, ctx: &Context) -> Result<Action, Error> {
         dry_run: policy.spec.rollout.dry_run,
         secrets_ready: missing_secrets.is_empty(),
     };
-    let rollout = roll_out(policy, &plan, gates, &secret_values, ctx).await;
+    let now = Timestamp::now();
+    let engine = plan_rollout(policy, &plan, &policies, &namespaces, ctx, now).await?;
+    let reached: BTreeSet<String> = engine.plan.active_namespaces.iter().cloned().collect();
+    let mut rollout = roll_out(policy, &plan, gates, &reached, &secret_values, ctx).await;
+    add_rollout_counts(&mut rollout.namespaces, &engine, ctx);
 
     let owned = list_owned(policy, ctx).await?;
-    for object in stale_objects(&plan, needs_secret(policy), &owned) {
-        delete_owned(&object, ctx).await?;
+    // Injected pods of leaving namespaces still mount the agent objects: they go once it has left.
+    let stale = stale_objects(&plan, needs_secret(policy), &owned);
+    for object in stale.iter().filter(|o| !engine.leaving.contains(&o.namespace)) {
+        delete_owned(object, ctx).await?;
         tracing::info!(namespace = %object.namespace, kind = ?object.kind, "removed agent object the policy no longer needs");
     }
 
+    let previously_active: BTreeSet<String> = previous
+        .map(|s| s.namespaces.iter().filter(|n| n.state == NamespaceState::Active).map(|n| n.name.clone()).collect())
+        .unwrap_or_default();
+    let requested = restarts_to_request(&engine.plan, &previously_active, gates.dry_run);
+    let outcome = RolloutOutcome {
+        state: engine.plan.state,
+        message: engine.plan.message.clone(),
+        status: rollout_status(&engine.plan, &engine.workloads, &requested, previous, gates.dry_run),
+    };
     let observation = Observation {
         namespaces: rollout.namespaces,
         overlaps: plan.overlaps,
         missing_secrets,
         write_failures: rollout.write_failures,
+        rollout: Some(outcome),
     };
-    patch_status(policy, &desired_status(policy, &observation, previous, Timestamp::now()), ctx).await?;
+    patch_status(policy, &desired_status(policy, &observation, previous, now), ctx).await?;
+    // Restarts after the status write: the namespaces they inject into are recorded Active.
+    let restart_failures = carry_out(policy, &engine.plan, &requested, gates.dry_run, ctx, now).await;
     if previous.and_then(|s| s.observed_generation) != policy.metadata.generation {
         ctx.request_reconcile_all();
     }
@@ -155,9 +201,179 @@ async fn apply(policy: &TracingPolicy, ctx: &Context) -> Result<Action, Error> {
     if !observation.write_failures.is_empty() {
         return Err(Error::WriteFailed(observation.write_failures.len()));
     }
+    if let Some(e) = restart_failures.into_iter().next() {
+        return Err(e);
+    }
     // Secrets are not watched: look again soon for the one that is missing.
     let requeue = if observation.missing_secrets.is_empty() { REQUEUE_AFTER } else { RETRY_AFTER };
+    // The engine asks to look again at a soak's end or a health deadline.
+    let requeue = engine.plan.requeue_after.map_or(requeue, |d| requeue.min(d.max(MIN_REQUEUE)));
     Ok(Action::requeue(requeue))
+}
+
+/// The rollout engine's plan, with what it was computed from.
+struct EnginePlan {
+    plan: rollout::Plan,
+    workloads: Vec<WorkloadObservation>,
+    /// Namespaces the policy left whose workloads still carry (or are losing) injection.
+    leaving: Vec<String>,
+}
+
+/// Observes the workloads of governed and leaving namespaces and asks the engine what to do.
+async fn plan_rollout(
+    policy: &TracingPolicy,
+    plan: &plan::NamespacePlan,
+    policies: &[Arc<TracingPolicy>],
+    namespaces: &[Arc<Namespace>],
+    ctx: &Context,
+    now: Timestamp,
+) -> Result<EnginePlan, Error> {
+    let previous = policy.status.as_ref();
+    let policy_refs: Vec<&TracingPolicy> = policies.iter().map(Arc::as_ref).collect();
+    let unclaimed = unclaimed_namespaces(&policy.name_any(), &policy_refs, namespaces.iter().map(Arc::as_ref));
+    let leaving = leaving_namespaces(previous, plan, &unclaimed);
+    let (deployments, statefulsets, daemonsets) =
+        (ctx.deployments.state(), ctx.statefulsets.state(), ctx.daemonsets.state());
+    let pods = ctx.pods.state();
+    let snapshot = Snapshot {
+        workloads: deployments
+            .iter()
+            .map(|d| Workload::Deployment(d))
+            .chain(statefulsets.iter().map(|s| Workload::StatefulSet(s)))
+            .chain(daemonsets.iter().map(|d| Workload::DaemonSet(d)))
+            .collect(),
+        pods: pods.iter().map(|p| &p.metadata).collect(),
+    };
+    let mut workloads = observe_workloads(policy, plan, &leaving, &snapshot, &ctx.inject_options);
+    ctx.requested.lock().unwrap_or_else(std::sync::PoisonError::into_inner).overlay(&mut workloads, now);
+    fill_health(&mut workloads, ctx).await?;
+    let observation = rollout_observation(policy, plan, workloads.clone(), previous, now);
+    let engine = rollout::plan(&observation);
+    tracing::debug!(state = ?engine.state, message = %engine.message, restarts = engine.restarts.len(), "rollout plan");
+    let leaving = still_leaving(&leaving, &workloads, &engine);
+    Ok(EnginePlan { plan: engine, workloads, leaving })
+}
+
+/// Health of the restarts in flight, from their full pods (listed once per namespace, only
+/// where a restart is settling).
+async fn fill_health(workloads: &mut [WorkloadObservation], ctx: &Context) -> Result<(), Error> {
+    let mut pods_by_ns: BTreeMap<String, Vec<Pod>> = BTreeMap::new();
+    for w in workloads.iter_mut() {
+        let Some(since) = health_check_since(w) else { continue };
+        let ns = w.id.namespace.clone();
+        if !pods_by_ns.contains_key(&ns) {
+            let list = Api::<Pod>::namespaced(ctx.client.clone(), &ns)
+                .list(&ListParams::default())
+                .await
+                .map_err(Error::kube("listing", format!("pods in {ns}")))?;
+            pods_by_ns.insert(ns.clone(), list.items);
+        }
+        let mine: Vec<&Pod> = pods_by_ns[&ns].iter().filter(|p| observe::pod_belongs_to(&p.metadata, &w.id)).collect();
+        w.health = observe::health(&mine, since);
+    }
+    Ok(())
+}
+
+/// Per-namespace outdated counts from the workloads, and the leaving namespaces' entries.
+fn add_rollout_counts(namespaces: &mut Vec<NamespaceStatus>, engine: &EnginePlan, ctx: &Context) {
+    let outdated = outdated_by_namespace(&engine.workloads);
+    for ns in namespaces.iter_mut() {
+        ns.counts.outdated = outdated.get(&ns.name).copied().unwrap_or_default();
+    }
+    let pods = ctx.pods.state();
+    for name in &engine.leaving {
+        let metas = pods.iter().map(|p| &p.metadata).filter(|m| m.namespace.as_deref() == Some(name.as_str()));
+        let mut counts = pod_counts(metas, None, false);
+        counts.outdated = outdated.get(name).copied().unwrap_or_default();
+        namespaces.push(NamespaceStatus {
+            name: name.clone(),
+            rollout_phase: None,
+            state: NamespaceState::Leaving,
+            counts,
+        });
+    }
+}
+
+/// Requests the restarts and rollbacks of the plan, with their Events. Failures are returned
+/// (the reconcile is retried); the other actions still happen.
+async fn carry_out(
+    policy: &TracingPolicy,
+    plan: &rollout::Plan,
+    requested: &[&rollout::Restart],
+    dry_run: bool,
+    ctx: &Context,
+    now: Timestamp,
+) -> Vec<Error> {
+    let mut failures = Vec::new();
+    if dry_run {
+        return failures;
+    }
+    let mut restarted = Vec::new();
+    for r in requested {
+        match patch_workload(&r.workload, &observe::restart_patch(&r.hash, now), ctx).await {
+            Ok(()) => {
+                ctx.remember(&r.workload, &r.hash, None, now);
+                tracing::info!(workload = %r.workload, reason = ?r.reason, "restart requested");
+                ctx.metrics.restarts.inc();
+                restarted.push(*r);
+            }
+            Err(e) => failures.push(e),
+        }
+    }
+    if !restarted.is_empty() {
+        let note = restart_note(&restarted, plan);
+        ctx.publish(policy, EventType::Normal, reason::RESTARTING, "Restart", note, None).await;
+    }
+    for rb in &plan.rollbacks {
+        if let Err(e) = patch_workload(&rb.workload, &observe::rollback_patch(&rb.reason, now), ctx).await {
+            failures.push(e);
+            continue;
+        }
+        ctx.remember(&rb.workload, "", Some(&rb.reason), now);
+        tracing::warn!(workload = %rb.workload, reason = %rb.reason, "rolled back");
+        let note = format!("rolled back {}: {}", rb.workload, rb.reason);
+        let workload_ref = workload_ref(&rb.workload);
+        ctx.publish(
+            policy,
+            EventType::Warning,
+            reason::ROLLED_BACK,
+            "Rollback",
+            note.clone(),
+            Some(workload_ref.clone()),
+        )
+        .await;
+        ctx.publish_on(&workload_ref, EventType::Warning, reason::ROLLED_BACK, "Rollback", note).await;
+    }
+    failures
+}
+
+/// Merge-patches a workload's pod template (a restart or a rollback).
+async fn patch_workload(id: &WorkloadId, patch: &serde_json::Value, ctx: &Context) -> Result<(), Error> {
+    let pp = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
+    let patch = Patch::Merge(patch);
+    let client = ctx.client.clone();
+    let result = match id.kind {
+        WorkloadKind::Deployment => {
+            Api::<Deployment>::namespaced(client, &id.namespace).patch(&id.name, &pp, &patch).await.map(|_| ())
+        }
+        WorkloadKind::StatefulSet => {
+            Api::<StatefulSet>::namespaced(client, &id.namespace).patch(&id.name, &pp, &patch).await.map(|_| ())
+        }
+        WorkloadKind::DaemonSet => {
+            Api::<DaemonSet>::namespaced(client, &id.namespace).patch(&id.name, &pp, &patch).await.map(|_| ())
+        }
+    };
+    result.map_err(Error::kube("patching", id.to_string()))
+}
+
+fn workload_ref(id: &WorkloadId) -> ObjectReference {
+    ObjectReference {
+        api_version: Some("apps/v1".into()),
+        kind: Some(id.kind.as_str().into()),
+        namespace: Some(id.namespace.clone()),
+        name: Some(id.name.clone()),
+        ..Default::default()
+    }
 }
 
 /// What happened in the governed namespaces during one reconcile.
@@ -167,12 +383,14 @@ struct Rollout {
     activated: Vec<String>,
 }
 
-/// Carries out the step of every governed namespace and counts its pods. A namespace where
+/// Carries out the step of every governed namespace (activating those the rollout reached) and
+/// counts its pods. A namespace where
 /// writing fails keeps its previous state; the others go on.
 async fn roll_out(
     policy: &TracingPolicy,
     plan: &plan::NamespacePlan,
     gates: Gates,
+    reached: &BTreeSet<String>,
     secrets: &SecretValues,
     ctx: &Context,
 ) -> Rollout {
@@ -180,7 +398,7 @@ async fn roll_out(
     let mut pods_by_ns = pods_by_namespace(&ctx.pods, plan);
     let mut rollout = Rollout { namespaces: Vec::new(), write_failures: Vec::new(), activated: Vec::new() };
     for ns in &plan.governed {
-        let mut step = step_for(previous.and_then(|s| s.namespace_state(&ns.name)), gates);
+        let mut step = step_for(previous.and_then(|s| s.namespace_state(&ns.name)), gates, reached.contains(&ns.name));
         if step.writes_config() {
             if let Err(e) = write_agent_objects(policy, &ns.name, secrets, ctx).await {
                 tracing::warn!(namespace = %ns.name, error = %e, "writing agent objects failed");
@@ -222,17 +440,46 @@ async fn reject_invalid(policy: &TracingPolicy, message: &str, ctx: &Context) ->
     Ok(Action::await_change())
 }
 
-/// Removes every object the policy owns, in every namespace.
+/// Leaves every namespace of a deleted policy: restarts their injected workloads without injection
+/// (in the policy's batches; the webhook no longer injects for a policy being deleted), waits for
+/// them, then removes every object the policy owns. Until then the finalizer stays.
 async fn cleanup(policy: &TracingPolicy, ctx: &Context) -> Result<Action, Error> {
+    ctx.wait_for_caches().await?;
+    let now = Timestamp::now();
+    // Leaving is not a new batch of the rollout: a paused policy still leaves when deleted.
+    let mut leaving_policy = policy.clone();
+    leaving_policy.spec.rollout.paused = false;
+    let policies = ctx.policies.state();
+    let namespaces = ctx.namespaces.state();
+    let nothing_governed = plan::NamespacePlan::default();
+    let engine = plan_rollout(&leaving_policy, &nothing_governed, &policies, &namespaces, ctx, now).await?;
+    let departure = departure(&engine.workloads, &engine.plan, longest_health_deadline(policy), now);
+    let failures = carry_out(policy, &engine.plan, &departure.restarts, false, ctx, now).await;
+    if let Some(e) = failures.into_iter().next() {
+        return Err(e);
+    }
+    for id in &departure.given_up {
+        tracing::warn!(workload = %id, "still runs injected pods after its restart without injection; not waiting");
+    }
+    if !departure.waiting.is_empty() {
+        tracing::info!(waiting = departure.waiting.len(), "policy deleted: waiting for workloads to lose injection");
+        return Err(Error::Leaving(departure.waiting.len()));
+    }
+
     let owned = list_owned(policy, ctx).await?;
     for object in &owned {
         delete_owned(object, ctx).await?;
     }
-    let namespaces: std::collections::BTreeSet<&str> = owned.iter().map(|o| o.namespace.as_str()).collect();
-    tracing::info!(namespaces = namespaces.len(), "policy deleted: agent objects removed");
-    // TODO(rollout): restart the workloads of the namespaces left, so their pods lose the agent
-    // (today injected pods keep running with the last config they loaded until they restart).
-    let note = format!("removed the agent config from {} namespace(s)", namespaces.len());
+    let namespaces: BTreeSet<&str> = owned.iter().map(|o| o.namespace.as_str()).collect();
+    tracing::info!(
+        namespaces = namespaces.len(),
+        "policy deleted: workloads restarted without injection, agent objects removed"
+    );
+    let mut note = format!("removed the agent config from {} namespace(s)", namespaces.len());
+    if !departure.given_up.is_empty() {
+        let names: Vec<String> = departure.given_up.iter().map(ToString::to_string).collect();
+        note.push_str(&format!("; still running injected pods (their restart never finished): {}", names.join(", ")));
+    }
     ctx.publish(policy, EventType::Normal, "CleanedUp", "Cleanup", note, None).await;
     // Namespaces this policy shadowed may now belong to another one.
     ctx.request_reconcile_all();
@@ -374,7 +621,20 @@ impl Context {
         let namespaces = tokio::time::timeout(CACHE_WAIT, self.namespaces.wait_until_ready()).await;
         namespaces.ok().and_then(Result::ok).ok_or(Error::CacheNotReady("namespace"))?;
         let pods = tokio::time::timeout(CACHE_WAIT, self.pods.wait_until_ready()).await;
-        pods.ok().and_then(Result::ok).ok_or(Error::CacheNotReady("pod"))
+        pods.ok().and_then(Result::ok).ok_or(Error::CacheNotReady("pod"))?;
+        let deployments = tokio::time::timeout(CACHE_WAIT, self.deployments.wait_until_ready()).await;
+        deployments.ok().and_then(Result::ok).ok_or(Error::CacheNotReady("deployment"))?;
+        let statefulsets = tokio::time::timeout(CACHE_WAIT, self.statefulsets.wait_until_ready()).await;
+        statefulsets.ok().and_then(Result::ok).ok_or(Error::CacheNotReady("statefulset"))?;
+        let daemonsets = tokio::time::timeout(CACHE_WAIT, self.daemonsets.wait_until_ready()).await;
+        daemonsets.ok().and_then(Result::ok).ok_or(Error::CacheNotReady("daemonset"))
+    }
+
+    /// Remembers a patch until the workload cache shows it.
+    fn remember(&self, id: &WorkloadId, hash: &str, excluded: Option<&str>, at: Timestamp) {
+        let mark = RestartMark { hash: hash.to_string(), at };
+        let mut requested = self.requested.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        requested.record(id.clone(), mark, excluded.map(str::to_string));
     }
 
     fn request_reconcile_all(&self) {
@@ -394,6 +654,14 @@ impl Context {
     ) {
         let event = Event { type_, reason: reason.into(), note: Some(note), action: action.into(), secondary };
         if let Err(e) = self.recorder.publish(&event, &policy.object_ref(&())).await {
+            tracing::warn!(reason, error = %e, "could not publish event");
+        }
+    }
+
+    /// Publishes an Event on another object (a workload); a failure is logged only.
+    async fn publish_on(&self, object: &ObjectReference, type_: EventType, reason: &str, action: &str, note: String) {
+        let event = Event { type_, reason: reason.into(), note: Some(note), action: action.into(), secondary: None };
+        if let Err(e) = self.recorder.publish(&event, object).await {
             tracing::warn!(reason, error = %e, "could not publish event");
         }
     }

@@ -33,7 +33,10 @@ pub fn plan(obs: &Observation) -> Plan {
     let phases = phases_or_default(&obs.phases);
     let mut progress = obs.progress.clone();
     progress.phase = progress.phase.min(phases.len() - 1);
-    if obs.namespaces.is_empty() && obs.workloads.iter().all(|w| !is_leaving(obs, w)) {
+    // A workload whose pods already lost injection may still be rolling (a StatefulSet deletes
+    // its old pod before creating the new one): leaving is over only once those restarts settle.
+    let leaving_restart = |w: &WorkloadObservation| w.restart.as_ref().is_some_and(|r| r.hash.is_empty());
+    if obs.namespaces.is_empty() && obs.workloads.iter().all(|w| !is_leaving(obs, w) && !leaving_restart(w)) {
         return idle(RolloutPhase::Pending, progress, "no namespace is governed by this policy");
     }
     // Advancing through finished phases happens within one reconcile (bounded by the count).
@@ -52,13 +55,16 @@ enum Step {
     Done(Plan),
 }
 
+/// Health deadline of the single phase a policy without phases gets.
+pub const DEFAULT_HEALTH_DEADLINE: Duration = Duration::from_secs(600);
+
 fn phases_or_default(phases: &[PhaseSettings]) -> Vec<PhaseSettings> {
     if phases.is_empty() {
         vec![PhaseSettings {
             name: "default".into(),
             batch_size: 1,
             soak: Duration::ZERO,
-            health_deadline: Duration::from_secs(600),
+            health_deadline: DEFAULT_HEALTH_DEADLINE,
         }]
     } else {
         phases.to_vec()

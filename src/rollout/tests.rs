@@ -228,6 +228,22 @@ fn leaving_namespace_restarts_without_injection() {
 }
 
 #[test]
+fn a_policy_governing_nothing_waits_for_its_leaving_restarts_to_settle() {
+    // Between the old pod's deletion and the new one's creation a StatefulSet has no injected pod.
+    let mut w = fresh("old", "ledger");
+    w.desired_hash = None;
+    w.restart = Some(RestartMark { hash: String::new(), at: t(990) });
+    w.rolled_out = false;
+    w.pods = PodCounts::default();
+    let p = plan(&obs(vec![], vec![], vec![w.clone()]));
+    assert_eq!(p.in_flight, vec![id("old", "ledger")]);
+    assert!(p.restarts.is_empty());
+    w.rolled_out = true;
+    let p = plan(&obs(vec![], vec![], vec![w]));
+    assert!(p.in_flight.is_empty() && p.restarts.is_empty(), "rolled out: nothing left to wait for");
+}
+
+#[test]
 fn pods_missed_after_a_rollout_are_repaired_only_when_allowed() {
     let mut w = done(fresh("shop", "web"), 100);
     w.pods = PodCounts { total: 3, current: 2, outdated: 0, missed: 1, ready: 3 };

@@ -1,0 +1,363 @@
+//! The policy controller's side of the phased rollout, as pure functions: the engine's
+//! [`Observation`](rollout::Observation) assembled from cache snapshots, and the engine's
+//! [`Plan`] turned into what the reconciler writes (which restarts, which status).
+//!
+//! Kept apart from [`plan`](super::plan) (namespace governance and the status of a policy) so
+//! each file reads as one story; both are pure and the reconciler decides nothing itself.
+
+use super::plan::NamespacePlan;
+use crate::api::{
+    governing_policy, ExcludedWorkload, NamespaceState, RolloutStatus, TracingPolicy, TracingPolicyStatus,
+};
+use crate::inject::InjectOptions;
+use crate::rollout::observe::{self, Workload};
+use crate::rollout::{
+    self, Health, NamespaceObservation, PhaseSettings, Plan, Progress, Restart, RestartMark, RestartReason, WorkloadId,
+    WorkloadObservation,
+};
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use k8s_openapi::jiff::{self as jiff, Timestamp};
+use kube::ResourceExt;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// The engine's pacing settings from `spec.rollout.phases` (empty: the engine's single default phase).
+pub fn phase_settings(policy: &TracingPolicy) -> Vec<PhaseSettings> {
+    policy
+        .spec
+        .rollout
+        .phases
+        .iter()
+        .map(|p| PhaseSettings {
+            name: p.name.clone(),
+            batch_size: p.batch_size.max(1),
+            soak: p.soak_duration.get(),
+            health_deadline: p.health_deadline.get(),
+        })
+        .collect()
+}
+
+/// Index of the phase named `name` in `spec.rollout.phases` (0 when the policy has no phases).
+pub fn phase_index(policy: &TracingPolicy, name: &str) -> usize {
+    policy.spec.rollout.phases.iter().position(|p| p.name == name).unwrap_or(0)
+}
+
+/// The progress recorded in the status (the start, for a policy never rolled out).
+pub fn progress_from(status: Option<&TracingPolicyStatus>) -> Progress {
+    let Some(r) = status.and_then(|s| s.rollout.as_ref()) else {
+        return Progress::default();
+    };
+    Progress { phase: r.phase_index as usize, soak_started: r.soak_started_at.as_ref().map(|t| t.0) }
+}
+
+/// Namespaces the policy governed (per its previous status) and no longer does, where no other
+/// policy took over: their injected workloads are restarted without injection.
+/// `unclaimed`: existing namespaces no policy governs.
+pub fn leaving_namespaces(
+    previous: Option<&TracingPolicyStatus>,
+    plan: &NamespacePlan,
+    unclaimed: &BTreeSet<String>,
+) -> Vec<String> {
+    let Some(previous) = previous else { return Vec::new() };
+    let mut leaving: Vec<String> = previous
+        .namespaces
+        .iter()
+        .filter(|n| matches!(n.state, NamespaceState::Active | NamespaceState::Leaving))
+        .filter(|n| !plan.governs(&n.name) && unclaimed.contains(&n.name))
+        .map(|n| n.name.clone())
+        .collect();
+    leaving.sort();
+    leaving.dedup();
+    leaving
+}
+
+/// Existing namespaces no policy but (perhaps, through a stale cache) `me` governs.
+pub fn unclaimed_namespaces<'a>(
+    me: &str,
+    policies: &[&'a TracingPolicy],
+    namespaces: impl IntoIterator<Item = &'a Namespace>,
+) -> BTreeSet<String> {
+    namespaces
+        .into_iter()
+        .filter(|ns| governing_policy(policies.iter().copied(), ns).is_none_or(|p| p.name_any() == me))
+        .map(|ns| ns.name_any())
+        .collect()
+}
+
+/// A snapshot of the caches the observation is built from.
+pub struct Snapshot<'a> {
+    pub workloads: Vec<Workload<'a>>,
+    /// Pod metadata (any namespace; only those of relevant namespaces are used).
+    pub pods: Vec<&'a ObjectMeta>,
+}
+
+/// The engine's view of every workload in a governed or leaving namespace. Health is `Healthy`
+/// and reporting unknown: the reconciler fills in health for restarts in flight (see
+/// [`health_check_since`]); agent reports are not wired yet.
+pub fn observe_workloads(
+    policy: &TracingPolicy,
+    plan: &NamespacePlan,
+    leaving: &[String],
+    snapshot: &Snapshot,
+    options: &InjectOptions,
+) -> Vec<WorkloadObservation> {
+    let relevant = |ns: &str| plan.governs(ns) || leaving.iter().any(|l| l == ns);
+    let mut pods_by_ns: BTreeMap<&str, Vec<&ObjectMeta>> = BTreeMap::new();
+    for pod in &snapshot.pods {
+        let ns = pod.namespace.as_deref().unwrap_or_default();
+        if relevant(ns) {
+            pods_by_ns.entry(ns).or_default().push(pod);
+        }
+    }
+    let mut observed: Vec<WorkloadObservation> = snapshot
+        .workloads
+        .iter()
+        .filter(|w| w.metadata().deletion_timestamp.is_none())
+        .filter_map(|w| {
+            let id = w.id();
+            if !relevant(&id.namespace) {
+                return None;
+            }
+            let pods: Vec<&ObjectMeta> = pods_by_ns
+                .get(id.namespace.as_str())
+                .into_iter()
+                .flatten()
+                .copied()
+                .filter(|p| observe::pod_belongs_to(p, &id))
+                .collect();
+            let governed = plan.governs(&id.namespace);
+            Some(observe::observe(*w, &pods, Health::Healthy, None, policy, options, governed))
+        })
+        .collect();
+    observed.sort_by(|a, b| a.id.cmp(&b.id));
+    observed
+}
+
+/// When a workload's restart is still settling, the time since which its pods' health matters
+/// (the reconciler then reads its full pods). `None` for every other workload, so only the few
+/// restarts in flight cost a request.
+pub fn health_check_since(w: &WorkloadObservation) -> Option<Timestamp> {
+    let mark = w.restart.as_ref()?;
+    let desired = w.desired_hash.as_ref()?;
+    let settled = w.rolled_out && w.pods.outdated == 0 && w.pods.missed == 0 && w.pods.ready == w.pods.total;
+    (&mark.hash == desired && w.excluded.is_none() && !settled).then_some(mark.at)
+}
+
+/// The engine's observation.
+pub fn observation(
+    policy: &TracingPolicy,
+    plan: &NamespacePlan,
+    workloads: Vec<WorkloadObservation>,
+    previous: Option<&TracingPolicyStatus>,
+    now: Timestamp,
+) -> rollout::Observation {
+    rollout::Observation {
+        phases: phase_settings(policy),
+        namespaces: plan
+            .governed
+            .iter()
+            .map(|g| NamespaceObservation { name: g.name.clone(), phase: phase_index(policy, &g.rollout_phase) })
+            .collect(),
+        workloads,
+        progress: progress_from(previous),
+        paused: policy.spec.rollout.paused,
+        repair_missed: policy.spec.rollout.repair_missed,
+        now,
+    }
+}
+
+/// The restarts to request now: none in a dry run; removing injection anywhere; injecting only in
+/// namespaces that were already `Active` before this reconcile, so the webhook (which follows the
+/// status through a watch) injects the new pods for sure. The others wait for the next reconcile.
+pub fn restarts_to_request<'a>(
+    plan: &'a Plan,
+    previously_active: &BTreeSet<String>,
+    dry_run: bool,
+) -> Vec<&'a Restart> {
+    if dry_run {
+        return Vec::new();
+    }
+    plan.restarts
+        .iter()
+        .filter(|r| r.reason == RestartReason::Leave || previously_active.contains(&r.workload.namespace))
+        .collect()
+}
+
+/// Namespaces still leaving after this plan: some workload there has injected pods or a restart
+/// removing injection in flight.
+pub fn still_leaving(leaving: &[String], workloads: &[WorkloadObservation], plan: &Plan) -> Vec<String> {
+    leaving
+        .iter()
+        .filter(|ns| {
+            let in_ns = |id: &WorkloadId| &id.namespace == *ns;
+            workloads.iter().any(|w| in_ns(&w.id) && w.pods.current + w.pods.outdated > 0)
+                || plan.in_flight.iter().any(in_ns)
+                || plan.restarts.iter().any(|r| in_ns(&r.workload))
+        })
+        .cloned()
+        .collect()
+}
+
+/// Restarts and rollbacks this operator requested, remembered until the workload cache shows
+/// them: a reconcile that runs before the cache has caught up with a patch must neither request
+/// the same restart again nor count the workload as settled.
+#[derive(Debug, Default)]
+pub struct Requested(BTreeMap<WorkloadId, Expectation>);
+
+/// What a patch set on a workload's template.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Expectation {
+    mark: RestartMark,
+    excluded: Option<String>,
+}
+
+/// How long a request is remembered at most (its workload may have been deleted meanwhile).
+const EXPECTATION_TTL: std::time::Duration = std::time::Duration::from_secs(300);
+
+impl Requested {
+    /// Remembers a patch that set `mark` (and, for a rollback, the exclusion reason).
+    pub fn record(&mut self, id: WorkloadId, mark: RestartMark, excluded: Option<String>) {
+        self.0.insert(id, Expectation { mark, excluded });
+    }
+
+    /// Shows the remembered patches the cache does not reflect yet in `workloads`, and forgets
+    /// those it reflects (or that are too old to matter).
+    pub fn overlay(&mut self, workloads: &mut [WorkloadObservation], now: Timestamp) {
+        let ttl = jiff::SignedDuration::try_from(EXPECTATION_TTL).unwrap_or(jiff::SignedDuration::MAX);
+        self.0.retain(|_, e| e.mark.at.checked_add(ttl).is_ok_and(|end| now < end));
+        for w in workloads.iter_mut() {
+            let Some(e) = self.0.get(&w.id) else { continue };
+            if w.restart.as_ref().is_some_and(|m| m.at >= e.mark.at) {
+                self.0.remove(&w.id);
+                continue;
+            }
+            w.restart = Some(e.mark.clone());
+            // The cached object predates the patch: its rollout has not even started.
+            w.rolled_out = false;
+            if e.excluded.is_some() {
+                w.excluded.clone_from(&e.excluded);
+            }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// What a policy's deletion does in the namespaces it leaves: the restarts still to request and
+/// the workloads it waits for before its finalizer goes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Departure<'a> {
+    pub restarts: Vec<&'a Restart>,
+    /// Workloads whose pods still carry (or are losing) injection.
+    pub waiting: Vec<WorkloadId>,
+    /// Workloads restarted without injection longer than `deadline` ago that still run injected
+    /// pods (their new pods never became ready): not waited for, so deletion cannot hang.
+    pub given_up: Vec<WorkloadId>,
+}
+
+/// The departure of a deleted policy from the namespaces it leaves (`workloads`: those of the
+/// leaving namespaces; `plan`: the engine's plan for them), given the longest health deadline.
+pub fn departure<'a>(
+    workloads: &[WorkloadObservation],
+    plan: &'a Plan,
+    deadline: std::time::Duration,
+    now: Timestamp,
+) -> Departure<'a> {
+    let gave_up = |w: &WorkloadObservation| {
+        let injected = w.pods.current + w.pods.outdated > 0;
+        let overdue = w.restart.as_ref().is_some_and(|m| {
+            let deadline = jiff::SignedDuration::try_from(deadline).unwrap_or(jiff::SignedDuration::MAX);
+            m.hash.is_empty() && m.at.checked_add(deadline).is_ok_and(|end| now >= end)
+        });
+        injected && overdue
+    };
+    let given_up: Vec<WorkloadId> = workloads.iter().filter(|w| gave_up(w)).map(|w| w.id.clone()).collect();
+    let waiting = workloads
+        .iter()
+        .filter(|w| !given_up.contains(&w.id))
+        .filter(|w| {
+            w.pods.current + w.pods.outdated > 0
+                || plan.in_flight.contains(&w.id)
+                || plan.restarts.iter().any(|r| r.workload == w.id)
+        })
+        .map(|w| w.id.clone())
+        .collect();
+    let restarts =
+        plan.restarts.iter().filter(|r| r.reason == RestartReason::Leave && !given_up.contains(&r.workload)).collect();
+    Departure { restarts, waiting, given_up }
+}
+
+/// The longest health deadline of the policy's phases (the engine's default without phases).
+pub fn longest_health_deadline(policy: &TracingPolicy) -> std::time::Duration {
+    let phases = phase_settings(policy);
+    phases.iter().map(|p| p.health_deadline).max().unwrap_or(rollout::engine::DEFAULT_HEALTH_DEADLINE)
+}
+
+/// Outdated pods (injected with another manifest hash) per namespace.
+pub fn outdated_by_namespace(workloads: &[WorkloadObservation]) -> BTreeMap<String, u32> {
+    let mut outdated = BTreeMap::new();
+    for w in workloads {
+        *outdated.entry(w.id.namespace.clone()).or_insert(0) += w.pods.outdated;
+    }
+    outdated
+}
+
+/// What the status records of the rollout. `requested`: the restarts actually requested (in a
+/// dry run, or while a namespace waits for activation, fewer than the plan holds). A dry run
+/// keeps the previous progress: nothing advanced.
+pub fn rollout_status(
+    plan: &Plan,
+    workloads: &[WorkloadObservation],
+    requested: &[&Restart],
+    previous: Option<&TracingPolicyStatus>,
+    dry_run: bool,
+) -> RolloutStatus {
+    let progress = if dry_run { progress_from(previous) } else { plan.progress.clone() };
+    let skipped: BTreeSet<&WorkloadId> =
+        plan.restarts.iter().map(|r| &r.workload).filter(|id| !requested.iter().any(|r| &r.workload == *id)).collect();
+    let mut excluded: Vec<ExcludedWorkload> = workloads
+        .iter()
+        .filter_map(|w| w.excluded.as_ref().map(|reason| excluded_workload(&w.id, reason)))
+        .chain(plan.rollbacks.iter().filter(|_| !dry_run).map(|r| excluded_workload(&r.workload, &r.reason)))
+        .collect();
+    excluded.sort_by(|a, b| (&a.namespace, &a.kind, &a.name).cmp(&(&b.namespace, &b.kind, &b.name)));
+    excluded.dedup_by(|a, b| (&a.namespace, &a.kind, &a.name) == (&b.namespace, &b.kind, &b.name));
+    RolloutStatus {
+        phase_index: u32::try_from(progress.phase).unwrap_or(u32::MAX),
+        soak_started_at: progress.soak_started.map(Time),
+        in_flight: plan.in_flight.iter().filter(|id| !skipped.contains(id)).map(ToString::to_string).collect(),
+        excluded,
+    }
+}
+
+fn excluded_workload(id: &WorkloadId, reason: &str) -> ExcludedWorkload {
+    ExcludedWorkload {
+        namespace: id.namespace.clone(),
+        kind: id.kind.as_str().to_string(),
+        name: id.name.clone(),
+        reason: reason.to_string(),
+    }
+}
+
+/// The Event note for a batch of restarts.
+pub fn restart_note(restarts: &[&Restart], plan: &Plan) -> String {
+    let names: Vec<String> = restarts
+        .iter()
+        .map(|r| match r.reason {
+            RestartReason::Inject => format!("{}", r.workload),
+            RestartReason::Repair => format!("{} (missed injection)", r.workload),
+            RestartReason::Leave => format!("{} (removing injection)", r.workload),
+        })
+        .collect();
+    format!("restarting {}; {}", names.join(", "), plan.message)
+}
+
+#[cfg(test)]
+#[path = "rollout_tests.rs"]
+mod tests;
