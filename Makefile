@@ -38,8 +38,10 @@ cluster-down: ## Stop the local control plane (data kept; e2e/cluster/down.sh --
 e2e: ## End-to-end suite on the local control plane (started if needed; left running)
 	$(CARGO) build --locked --features e2e --bin tracelight
 	@e2e/cluster/up.sh >/dev/null
+	@mkdir -p "$${TRACELIGHT_CACHE:-$$HOME/.cache/tracelight}"
 	@start=$$(date +%s); rc=0; \
-	$(CARGO) test --locked --features e2e --test e2e -- --nocapture || rc=$$?; \
+	flock "$${TRACELIGHT_CACHE:-$$HOME/.cache/tracelight}/e2e-cluster.lock" \
+	  $(CARGO) test --locked --features e2e --test e2e -- --nocapture || rc=$$?; \
 	echo "e2e suite: $$(( $$(date +%s) - start ))s (exit $$rc)"; exit $$rc
 
 demo: ## Local demo: cluster, chart, operator, sample policies, an injected pod (see e2e/demo.sh)
@@ -65,3 +67,12 @@ bench-agent: ## Agent hot path (decode, sample, enrich, queue); last line is RES
 bench-agent-compare: ## Agent vs OpenTelemetry Collector, same pipeline and load; last line is RESULT throughput_ratio=...
 	$(CARGO) build --release --locked --example agent --example otlp_loadgen
 	python3 e2e/collector/bench.py target/release/examples/agent "$$(e2e/collector/build.sh | tail -n1)" target/release/examples/otlp_loadgen
+
+.PHONY: e2e-traces
+e2e-traces: ## Proof that traces flow: the demo shop injected on the local cluster, run on the host, traces checked in a real collector (root)
+	$(CARGO) build --locked --features e2e --bin tracelight --example shop-inventory
+	@e2e/cluster/up.sh >/dev/null
+	@OTELCOL="$$(e2e/collector/build.sh | tail -n1)" && e2e/apps/prepare.sh >/dev/null && \
+	start=$$(date +%s); rc=0; \
+	TRACELIGHT_OTELCOL="$$OTELCOL" $(CARGO) test --locked --features e2e --test traces -- --nocapture || rc=$$?; \
+	echo "e2e-traces: $$(( $$(date +%s) - start ))s (exit $$rc)"; exit $$rc

@@ -1,0 +1,120 @@
+//! Pod networking on the host: one network namespace per pod (each pod has its own loopback, so
+//! every agent can listen on 127.0.0.1:4317/4318 as in a cluster), attached by a veth pair to a
+//! bridge owned by the run. The host side of the bridge is the "node": the collector listens
+//! there. Names resolve through `/etc/netns/<netns>/hosts`, which `ip netns exec` mounts over
+//! `/etc/hosts` for the pod's processes. Needs root (`ip netns`).
+
+use anyhow::{bail, Context as _};
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+/// The bridge of one run and the pod namespaces attached to it; removed on drop.
+pub struct Network {
+    /// Short random id in every name the run creates.
+    pub id: String,
+    bridge: String,
+    subnet: [u8; 3],
+    next_host: u8,
+    namespaces: Vec<String>,
+}
+
+/// One pod's place on the network.
+#[derive(Clone, Debug)]
+pub struct PodNet {
+    pub netns: String,
+    pub ip: Ipv4Addr,
+}
+
+/// Runs `ip ARGS`; an error with its stderr when it fails.
+pub fn ip<I: IntoIterator<Item = S>, S: AsRef<std::ffi::OsStr>>(args: I) -> anyhow::Result<()> {
+    let mut cmd = Command::new("ip");
+    cmd.args(args);
+    let shown = format!("{cmd:?}");
+    let out = cmd.stdin(Stdio::null()).output().with_context(|| format!("running {shown}"))?;
+    if !out.status.success() {
+        bail!("{shown} failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
+impl Network {
+    /// Creates bridge `tlbr-<id>` with a /24 of 10.213.0.0/16 not yet routed on the host.
+    pub fn create() -> anyhow::Result<Network> {
+        let id = format!("{:04x}", fastrand::u16(..));
+        let routes = Command::new("ip").args(["-4", "route"]).output().context("ip route")?;
+        let routes = String::from_utf8_lossy(&routes.stdout).into_owned();
+        let third = (0..50)
+            .map(|_| fastrand::u8(1..=254))
+            .find(|n| !routes.contains(&format!("10.213.{n}.")))
+            .context("no free 10.213.x.0/24 subnet")?;
+        let net = Network {
+            bridge: format!("tlbr-{id}"),
+            id,
+            subnet: [10, 213, third],
+            next_host: 2,
+            namespaces: Vec::new(),
+        };
+        ip(["link", "add", &net.bridge, "type", "bridge"])?;
+        ip(["addr", "add", &format!("{}/24", net.host_ip()), "dev", &net.bridge])?;
+        ip(["link", "set", &net.bridge, "up"])?;
+        Ok(net)
+    }
+
+    /// The host's address on the bridge (the "node" IP).
+    pub fn host_ip(&self) -> Ipv4Addr {
+        Ipv4Addr::new(self.subnet[0], self.subnet[1], self.subnet[2], 1)
+    }
+
+    /// A new network namespace with `eth0` on the bridge and `lo` up.
+    pub fn add_pod(&mut self) -> anyhow::Result<PodNet> {
+        let n = self.next_host;
+        anyhow::ensure!(n < 250, "too many pods on one bridge");
+        self.next_host += 1;
+        let netns = format!("tl-{}-{n}", self.id);
+        let (host_end, pod_end) = (format!("tlh{}{n}", self.id), format!("tlp{}{n}", self.id));
+        let ipaddr = Ipv4Addr::new(self.subnet[0], self.subnet[1], self.subnet[2], n);
+        ip(["netns", "add", &netns])?;
+        self.namespaces.push(netns.clone());
+        ip(["link", "add", &host_end, "type", "veth", "peer", "name", &pod_end])?;
+        ip(["link", "set", &host_end, "master", &self.bridge])?;
+        ip(["link", "set", &host_end, "up"])?;
+        ip(["link", "set", &pod_end, "netns", &netns])?;
+        ip(["-n", &netns, "link", "set", &pod_end, "name", "eth0"])?;
+        ip(["-n", &netns, "addr", "add", &format!("{ipaddr}/24"), "dev", "eth0"])?;
+        ip(["-n", &netns, "link", "set", "eth0", "up"])?;
+        ip(["-n", &netns, "link", "set", "lo", "up"])?;
+        ip(["-n", &netns, "route", "add", "default", "via", &self.host_ip().to_string()])?;
+        Ok(PodNet { netns, ip: ipaddr })
+    }
+
+    /// Writes the pod's `/etc/hosts` (seen by processes started with `ip netns exec`).
+    pub fn write_hosts(&self, pod: &PodNet, entries: &[(Ipv4Addr, Vec<String>)]) -> anyhow::Result<()> {
+        let dir = hosts_dir(&pod.netns);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let mut text = String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+        for (addr, names) in entries {
+            text.push_str(&format!("{addr}\t{}\n", names.join(" ")));
+        }
+        std::fs::write(dir.join("hosts"), text).context("writing the pod's hosts file")
+    }
+}
+
+fn hosts_dir(netns: &str) -> PathBuf {
+    PathBuf::from("/etc/netns").join(netns)
+}
+
+impl Drop for Network {
+    fn drop(&mut self) {
+        for ns in self.namespaces.drain(..) {
+            // Deleting the namespace deletes its end of the veth pair, and so the pair.
+            if let Err(e) = ip(["netns", "delete", &ns]) {
+                eprintln!("[traces] {e:#}");
+            }
+            let _ = std::fs::remove_dir_all(hosts_dir(&ns));
+        }
+        if let Err(e) = ip(["link", "delete", &self.bridge]) {
+            eprintln!("[traces] {e:#}");
+        }
+    }
+}
