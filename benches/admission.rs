@@ -13,6 +13,10 @@ use tracelight::webhook::handler::review;
 use tracelight::webhook::index::Index;
 use tracelight::webhook::metrics::AdmissionMetrics;
 
+// The same allocator as the `tracelight` binary, so the figure is the one production sees.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const NAMESPACE: &str = "shop";
 const TIMED_ITERATIONS: usize = 2000;
 

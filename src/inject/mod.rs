@@ -154,33 +154,8 @@ pub fn inject(
     }
     let mut mutated = pod.clone();
     apply(&mut mutated, namespace, policy, options, &plan);
-    let patch = patch::diff(&touched_fields(pod)?, &touched_fields(&mutated)?);
+    let patch = patch::pod_diff(pod, &mutated)?;
     Ok(Outcome::Injected(Box::new(Mutation { pod: mutated, patch, manifest_hash: plan.hash, warnings })))
-}
-
-/// The only parts of a pod the injector changes. Diffing these instead of the whole pod gives
-/// the same patch (everything else is equal) at a fraction of the serialization cost.
-fn touched_fields(pod: &Pod) -> Result<serde_json::Value, serde_json::Error> {
-    use serde_json::{Map, Value};
-    fn put<T: serde::Serialize>(map: &mut Map<String, Value>, key: &str, value: Option<&T>) -> serde_json::Result<()> {
-        if let Some(v) = value {
-            map.insert(key.to_string(), serde_json::to_value(v)?);
-        }
-        Ok(())
-    }
-    let mut metadata = Map::new();
-    put(&mut metadata, "labels", pod.metadata.labels.as_ref())?;
-    put(&mut metadata, "annotations", pod.metadata.annotations.as_ref())?;
-    let mut spec = Map::new();
-    if let Some(s) = &pod.spec {
-        put(&mut spec, "initContainers", s.init_containers.as_ref())?;
-        put(&mut spec, "containers", Some(&s.containers))?;
-        put(&mut spec, "volumes", s.volumes.as_ref())?;
-    }
-    let mut root = Map::new();
-    root.insert("metadata".into(), Value::Object(metadata));
-    root.insert("spec".into(), Value::Object(spec));
-    Ok(Value::Object(root))
 }
 
 /// The pod carries the opt-out label.
