@@ -249,7 +249,16 @@ async fn plan_rollout(
     fill_health(&mut workloads, ctx).await?;
     let observation = rollout_observation(policy, plan, workloads.clone(), previous, now);
     let engine = rollout::plan(&observation);
-    tracing::debug!(state = ?engine.state, message = %engine.message, restarts = engine.restarts.len(), "rollout plan");
+    tracing::debug!(
+        state = ?engine.state,
+        message = %engine.message,
+        restarts = engine.restarts.len(),
+        in_flight = engine.in_flight.len(),
+        phase = engine.progress.phase,
+        soak_started = ?engine.progress.soak_started,
+        workloads = ?workloads.iter().map(|w| (w.id.to_string(), w.pods, w.rolled_out, w.restart.as_ref().map(|m| m.at))).collect::<Vec<_>>(),
+        "rollout plan"
+    );
     let leaving = still_leaving(&leaving, &workloads, &engine);
     Ok(EnginePlan { plan: engine, workloads, leaving })
 }

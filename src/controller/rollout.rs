@@ -330,10 +330,17 @@ pub fn rollout_status(
     excluded.dedup_by(|a, b| (&a.namespace, &a.kind, &a.name) == (&b.namespace, &b.kind, &b.name));
     RolloutStatus {
         phase_index: u32::try_from(progress.phase).unwrap_or(u32::MAX),
-        soak_started_at: progress.soak_started.map(Time),
+        soak_started_at: progress.soak_started.map(whole_second_after).map(Time),
         in_flight: plan.in_flight.iter().filter(|id| !skipped.contains(id)).map(ToString::to_string).collect(),
         excluded,
     }
+}
+
+/// `t` rounded up to a whole second: the status keeps timestamps in whole seconds, and rounding
+/// down would shorten a soak.
+fn whole_second_after(t: Timestamp) -> Timestamp {
+    let up = i64::from(t.subsec_nanosecond() > 0);
+    Timestamp::from_second(t.as_second().saturating_add(up)).unwrap_or(t)
 }
 
 fn excluded_workload(id: &WorkloadId, reason: &str) -> ExcludedWorkload {

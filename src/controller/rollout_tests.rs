@@ -344,6 +344,19 @@ fn status_records_progress_requested_restarts_and_exclusions() {
 }
 
 #[test]
+fn soak_start_is_recorded_rounded_up_so_the_soak_is_never_shortened() {
+    // The status keeps whole seconds (metav1.Time); 10.5s recorded as 10s would end a soak early.
+    let mut plan = plan_with(Vec::new(), Vec::new());
+    plan.progress.soak_started = Some(t(10).checked_add(jiff::SignedDuration::from_millis(500)).unwrap());
+    let s = rollout_status(&plan, &[], &[], None, false);
+    assert_eq!(s.soak_started_at, Some(Time(t(11))));
+    let back = serde_json::from_value::<Time>(serde_json::to_value(s.soak_started_at.unwrap()).unwrap()).unwrap();
+    assert_eq!(back, Time(t(11)), "survives the round trip through the API");
+    plan.progress.soak_started = Some(t(10));
+    assert_eq!(rollout_status(&plan, &[], &[], None, false).soak_started_at, Some(Time(t(10))));
+}
+
+#[test]
 fn a_dry_run_records_no_progress_and_no_rollback() {
     let mut plan = plan_with(Vec::new(), Vec::new());
     plan.rollbacks = vec![Rollback { workload: id("a", "web"), reason: "crash loop".into() }];

@@ -6,6 +6,7 @@ pub mod certificates;
 pub mod chart_values;
 pub mod fail_open;
 pub mod injection;
+pub mod rollout;
 pub mod selection;
 pub mod setup;
 
@@ -118,11 +119,27 @@ async fn steps(suite: &mut Suite) -> anyhow::Result<()> {
     suite.log.step(&format!("operator: a local process as ServiceAccount {NAMESPACE}/{SERVICE_ACCOUNT}"));
     suite.start_operator().await?;
     let started_serial = certificates::bootstrap(suite).await?;
+    // E2E_ONLY=rollout runs the rollout steps alone (they need nothing from the others).
+    if std::env::var("E2E_ONLY").is_ok_and(|v| v == "rollout") {
+        return rollout_steps(suite).await;
+    }
     bad_input::invalid_policies_are_rejected(suite).await?;
     injection::workloads_are_injected(suite).await?;
     certificates::rotated_certificate_is_served_without_restart(suite, &started_serial).await?;
     selection::policy_namespace_selection_is_honoured(suite).await?;
     fail_open::pods_are_created_while_the_webhook_is_down(suite).await?;
     fail_open::injection_resumes_after_restart(suite).await?;
+    rollout_steps(suite).await
+}
+
+/// The phased rollout, on workloads that exist before their policy does.
+async fn rollout_steps(suite: &mut Suite) -> anyhow::Result<()> {
+    let phased = rollout::pilot_first_then_expansion_after_soak(suite).await?;
+    rollout::sampling_change_restarts_nothing(suite, &phased).await?;
+    rollout::label_removal_restores_uninjected_pods(suite, &phased).await?;
+    let paused = rollout::pause_holds_and_resume_continues(suite).await?;
+    let killed = rollout::killed_operator_rollout_continues(suite).await?;
+    rollout::failing_workload_is_rolled_back(suite).await?;
+    rollout::deleting_the_policy_restores_uninjected_pods(suite, &[phased.pilot, paused, killed]).await?;
     Ok(())
 }

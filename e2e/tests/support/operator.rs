@@ -153,6 +153,14 @@ impl Operator {
         bail!("the operator (pid {}) ignored SIGTERM for 20s and was killed ({status})", self.pid)
     }
 
+    /// Kills the process without warning (SIGKILL): no graceful shutdown, its Lease is not
+    /// released, in-flight work is cut off.
+    pub fn kill(&mut self) -> anyhow::Result<ExitStatus> {
+        let Some(mut child) = self.child.take() else { bail!("operator already stopped") };
+        child.kill().with_context(|| format!("killing the operator (pid {})", self.pid))?;
+        Ok(child.wait()?)
+    }
+
     /// The whole log (to look for patterns).
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
