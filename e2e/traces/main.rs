@@ -36,7 +36,7 @@ use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
-use support::objects::{assert_injected, from_json, wait_injecting, ENABLED};
+use support::objects::{assert_injected, assert_untouched, from_json, wait_injecting, ENABLED};
 use support::{wait, StepLog};
 use tracelight::api::TracingPolicy;
 
@@ -152,15 +152,22 @@ async fn traces(suite: &mut harness::Suite, otelcol: &std::path::Path) -> anyhow
         Api::<Deployment>::namespaced(client.clone(), &ns)
             .create(&PostParams::default(), &from_json(w.deployment.clone())?)
             .await?;
-        Api::<Service>::namespaced(client.clone(), &ns)
-            .create(&PostParams::default(), &from_json(w.service.clone())?)
-            .await?;
+        if let Some(service) = &w.service {
+            Api::<Service>::namespaced(client.clone(), &ns)
+                .create(&PostParams::default(), &from_json(service.clone())?)
+                .await?;
+        }
     }
     let mut pods = Vec::new();
     for w in &workloads {
         let pod = scheduled_pod(&client, &ns, w.name).await?;
-        assert_injected(&pod, w.name, &policy)?;
-        log.note(&format!("{}: pod {} injected, on node {}", w.name, pod.name_any(), node_of(&pod)));
+        if w.traced {
+            assert_injected(&pod, w.name, &policy)?;
+            log.note(&format!("{}: pod {} injected, on node {}", w.name, pod.name_any(), node_of(&pod)));
+        } else {
+            assert_untouched(&pod)?;
+            log.note(&format!("{}: pod {} opted out, untouched", w.name, pod.name_any()));
+        }
         pods.push(pod);
     }
 
@@ -184,17 +191,11 @@ async fn traces(suite: &mut harness::Suite, otelcol: &std::path::Path) -> anyhow
         log.note(&format!("{}: running, ready (logs in {})", pod.name_any(), pod_dir.join("logs").display()));
     }
 
-    let topology = Topology {
-        root: "frontend".into(),
-        services: ["frontend", "inventory"].map(String::from).into(),
-        http_calls: vec![("frontend".into(), "inventory".into())],
-        messages: vec![],
-        db_calls: vec![("inventory".into(), "sqlite".into())],
-        resource_attributes: policy.spec.resource_attributes.clone(),
-    };
+    let topology = shop::topology(&policy);
     let identities: Vec<PodIdentity> = pods
         .iter()
         .zip(&workloads)
+        .filter(|(_, w)| w.traced)
         .map(|(p, w)| PodIdentity {
             service: w.name.into(),
             namespace: p.namespace().unwrap_or_default(),
@@ -241,7 +242,8 @@ async fn exercise(
     topology: &Topology,
     identities: &[PodIdentity],
 ) -> anyhow::Result<()> {
-    let (frontend, port) = (&running[0], workloads[0].port);
+    let at = workloads.iter().position(|w| w.name == "frontend").context("no frontend")?;
+    let (frontend, port) = (&running[at], workloads[at].port.context("the frontend has no port")?);
     log.step(&format!("{REQUESTS} requests to the frontend at {}:{port}", frontend.net.ip));
     for i in 0..REQUESTS {
         let sku = ["book", "lamp", "mug"][i % 3];

@@ -1,9 +1,16 @@
-//! The demo shop (`e2e/apps/`) as Kubernetes objects, and the images the runner maps them to.
+//! The demo shop (`e2e/apps/`) as Kubernetes objects, the shape its traces must have, and the
+//! images the runner maps its containers to.
 //!
 //! ```text
 //! client -> frontend (Python/Flask) --HTTP--> inventory (Rust) --> SQLite
+//!                                   --HTTP--> pricing (Node.js) --HTTP--> tax (Java)
+//!                                   --queue (Celery over Redis)--> worker (Python/Celery)
 //! ```
+//!
+//! The queue (Redis) opts out of injection (`tracelight.io/inject: "false"`), like infrastructure
+//! pods do; every other pod is injected, and only Python, Node.js and Java ask for a language.
 
+use crate::check::Topology;
 use crate::runner::images::{base_env, Image, Images};
 use anyhow::{ensure, Context as _};
 use serde_json::{json, Value};
@@ -11,93 +18,171 @@ use std::path::{Path, PathBuf};
 use tracelight::api::TracingPolicy;
 use tracelight::inject::Language;
 
-pub const FRONTEND_IMAGE: &str = "tracelight-e2e/shop-frontend:1";
-pub const INVENTORY_IMAGE: &str = "tracelight-e2e/shop-inventory:1";
-
-/// A shop service: its Deployment and Service.
+/// A shop service: its Deployment and, when it listens, its Service.
 pub struct Workload {
     pub name: &'static str,
     pub container: &'static str,
-    pub port: u16,
+    /// Injected (and so expected in every trace).
+    pub traced: bool,
+    pub port: Option<u16>,
     pub deployment: Value,
-    pub service: Value,
+    pub service: Option<Value>,
 }
 
-fn deployment(name: &str, annotations: Value, container: Value, volumes: Value) -> Value {
-    json!({
+struct Spec {
+    name: &'static str,
+    container: &'static str,
+    image: &'static str,
+    language: Option<&'static str>,
+    port: Option<u16>,
+    env: Vec<(&'static str, &'static str)>,
+    args: Option<Vec<&'static str>>,
+    extra: Value,
+    traced: bool,
+}
+
+fn workload(s: Spec) -> Workload {
+    let mut env: Vec<Value> = s.env.iter().map(|(k, v)| json!({"name": k, "value": v})).collect();
+    let mut container = json!({"name": s.container, "image": s.image});
+    if let Some(port) = s.port {
+        env.insert(0, json!({"name": "PORT", "value": port.to_string()}));
+        container["ports"] = json!([{"name": "http", "containerPort": port}]);
+        container["readinessProbe"] = json!({"tcpSocket": {"port": "http"}, "periodSeconds": 1});
+    }
+    container["env"] = json!(env);
+    if let Some(args) = &s.args {
+        container["args"] = json!(args);
+    }
+    if let Some(mounts) = s.extra.get("volumeMounts") {
+        container["volumeMounts"] = mounts.clone();
+    }
+    let mut labels = json!({"app": s.name});
+    if !s.traced {
+        labels["tracelight.io/inject"] = json!("false");
+    }
+    let annotations = match s.language {
+        Some(l) => json!({"tracelight.io/language": l}),
+        None => json!({}),
+    };
+    let deployment = json!({
         "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": {"name": name},
+        "metadata": {"name": s.name},
         "spec": {
             "replicas": 1,
-            "selector": {"matchLabels": {"app": name}},
+            "selector": {"matchLabels": {"app": s.name}},
             "template": {
-                "metadata": {"labels": {"app": name}, "annotations": annotations},
+                "metadata": {"labels": labels, "annotations": annotations},
                 "spec": {
                     // The runner does not emulate projected service-account volumes.
                     "automountServiceAccountToken": false,
-                    "terminationGracePeriodSeconds": 5,
+                    "terminationGracePeriodSeconds": 10,
                     "containers": [container],
-                    "volumes": volumes
+                    "volumes": s.extra.get("volumes").cloned().unwrap_or(json!([]))
                 }
             }
         }
-    })
+    });
+    let service = s.port.map(|port| {
+        json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": s.name},
+            "spec": {"selector": {"app": s.name}, "ports": [{"name": "http", "port": port, "targetPort": port}]}
+        })
+    });
+    Workload { name: s.name, container: s.container, traced: s.traced, port: s.port, deployment, service }
 }
 
-fn service(name: &str, port: u16) -> Value {
-    json!({
-        "apiVersion": "v1", "kind": "Service",
-        "metadata": {"name": name},
-        "spec": {"selector": {"app": name}, "ports": [{"name": "http", "port": port, "targetPort": port}]}
-    })
-}
-
-/// The shop's workloads. Only the frontend asks for auto-instrumentation (the annotation); the
-/// Rust service uses the SDK and only needs the injected env.
+/// The shop's workloads, in start order (servers before their clients; the frontend last).
 pub fn workloads() -> Vec<Workload> {
+    let none = json!({});
     vec![
-        Workload {
-            name: "frontend",
-            container: "web",
-            port: 8000,
-            deployment: deployment(
-                "frontend",
-                json!({"tracelight.io/language": "python"}),
-                json!({
-                    "name": "web", "image": FRONTEND_IMAGE,
-                    "ports": [{"name": "http", "containerPort": 8000}],
-                    "env": [
-                        {"name": "PORT", "value": "8000"},
-                        {"name": "INVENTORY_URL", "value": "http://inventory:8080"}
-                    ],
-                    "readinessProbe": {"tcpSocket": {"port": "http"}, "periodSeconds": 1}
-                }),
-                json!([]),
-            ),
-            service: service("frontend", 8000),
-        },
-        Workload {
+        workload(Spec {
+            name: "queue",
+            container: "redis",
+            image: "tracelight-e2e/shop-queue:1",
+            language: None,
+            port: Some(6379),
+            env: vec![],
+            args: Some(vec!["--port", "6379", "--save", "", "--appendonly", "no", "--protected-mode", "no"]),
+            extra: none.clone(),
+            traced: false,
+        }),
+        workload(Spec {
+            name: "tax",
+            container: "api",
+            image: "tracelight-e2e/shop-tax:1",
+            language: Some("java"),
+            port: Some(8090),
+            env: vec![],
+            args: None,
+            extra: none.clone(),
+            traced: true,
+        }),
+        workload(Spec {
+            name: "pricing",
+            container: "api",
+            image: "tracelight-e2e/shop-pricing:1",
+            language: Some("nodejs"),
+            port: Some(8070),
+            env: vec![("TAX_URL", "http://tax:8090")],
+            args: None,
+            extra: none.clone(),
+            traced: true,
+        }),
+        workload(Spec {
             name: "inventory",
             container: "api",
-            port: 8080,
-            deployment: deployment(
-                "inventory",
-                json!({}),
-                json!({
-                    "name": "api", "image": INVENTORY_IMAGE,
-                    "ports": [{"name": "http", "containerPort": 8080}],
-                    "env": [
-                        {"name": "PORT", "value": "8080"},
-                        {"name": "INVENTORY_DB", "value": "/data/inventory.db"}
-                    ],
-                    "volumeMounts": [{"name": "data", "mountPath": "/data"}],
-                    "readinessProbe": {"tcpSocket": {"port": "http"}, "periodSeconds": 1}
-                }),
-                json!([{"name": "data", "emptyDir": {}}]),
-            ),
-            service: service("inventory", 8080),
-        },
+            image: "tracelight-e2e/shop-inventory:1",
+            language: None,
+            port: Some(8080),
+            env: vec![("INVENTORY_DB", "/data/inventory.db")],
+            args: None,
+            extra: json!({
+                "volumeMounts": [{"name": "data", "mountPath": "/data"}],
+                "volumes": [{"name": "data", "emptyDir": {}}]
+            }),
+            traced: true,
+        }),
+        workload(Spec {
+            name: "worker",
+            container: "worker",
+            image: "tracelight-e2e/shop-worker:1",
+            language: Some("python"),
+            port: None,
+            env: vec![("BROKER_URL", "redis://queue:6379/0")],
+            args: None,
+            extra: none.clone(),
+            traced: true,
+        }),
+        workload(Spec {
+            name: "frontend",
+            container: "web",
+            image: "tracelight-e2e/shop-frontend:1",
+            language: Some("python"),
+            port: Some(8000),
+            env: vec![
+                ("INVENTORY_URL", "http://inventory:8080"),
+                ("PRICING_URL", "http://pricing:8070"),
+                ("BROKER_URL", "redis://queue:6379/0"),
+            ],
+            args: None,
+            extra: none,
+            traced: true,
+        }),
     ]
+}
+
+/// The shape of every request's trace.
+pub fn topology(policy: &TracingPolicy) -> Topology {
+    let pair = |a: &str, b: &str| (a.to_string(), b.to_string());
+    Topology {
+        root: "frontend".into(),
+        services: ["frontend", "inventory", "pricing", "tax", "worker"].map(String::from).into(),
+        http_calls: vec![pair("frontend", "inventory"), pair("frontend", "pricing"), pair("pricing", "tax")],
+        messages: vec![pair("frontend", "worker")],
+        db_calls: vec![pair("inventory", "sqlite")],
+        resource_attributes: policy.spec.resource_attributes.clone(),
+    }
 }
 
 /// The prepared content (`e2e/apps/prepare.sh`): `TRACELIGHT_SHOP_CACHE` or its default.
@@ -106,12 +191,9 @@ pub fn cache_dir() -> anyhow::Result<PathBuf> {
         Some(d) => PathBuf::from(d),
         None => PathBuf::from(std::env::var_os("HOME").context("HOME is not set")?).join(".cache/tracelight/shop"),
     };
-    for part in ["python-app.stamp", "auto-python.stamp"] {
-        ensure!(
-            dir.join(part).is_file(),
-            "{} is missing: run e2e/apps/prepare.sh (`make e2e-traces` does)",
-            dir.join(part).display()
-        );
+    for part in ["python-app", "auto-python", "auto-nodejs", "auto-java"] {
+        let stamp = dir.join(format!("{part}.stamp"));
+        ensure!(stamp.is_file(), "{} is missing: run e2e/apps/prepare.sh (`make e2e-traces` does)", stamp.display());
     }
     Ok(dir)
 }
@@ -121,44 +203,108 @@ fn target_dir() -> PathBuf {
     Path::new(env!("CARGO_TARGET_TMPDIR")).parent().expect("CARGO_TARGET_TMPDIR has a parent").to_path_buf()
 }
 
+/// A host program on the runner's PATH, as an absolute path.
+fn host_program(name: &str) -> anyhow::Result<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .with_context(|| format!("{name} is not installed (needed by the shop's images)"))
+}
+
+fn with_path(mut env: Vec<(String, String)>, dir: &Path) -> Vec<(String, String)> {
+    env[0].1 = format!("{}:{}", dir.display(), env[0].1);
+    env
+}
+
 /// Every image the shop's injected pods use, for the policy as the API server stored it.
 pub fn images(policy: &TracingPolicy, tracelight_bin: &Path) -> anyhow::Result<Images> {
     let cache = cache_dir()?;
     let apps = crate::support::repo_root().join("e2e/apps");
     let inventory = target_dir().join("debug/examples/shop-inventory");
     ensure!(inventory.is_file(), "{} is missing: `cargo build --example shop-inventory`", inventory.display());
+    let java = std::fs::canonicalize(host_program("java")?)?;
+    let java_bin = java.parent().context("java has no directory")?.to_path_buf();
+    let node = host_program("node")?;
+    let redis = host_program("redis-server")?;
     let mut images = Images::default();
     images.insert(
         policy.spec.agent.image.clone(),
         Image { entrypoint: vec![tracelight_bin.display().to_string()], env: base_env(), ..Default::default() },
     );
-    // The Python auto-instrumentation image: the OpenTelemetry distro at /autoinstrumentation.
+
+    // Auto-instrumentation images: the content the upstream images carry, at the same paths.
+    let instrumentation = &policy.spec.instrumentation;
+    let content = |files: Vec<(&str, PathBuf)>| Image {
+        env: base_env(),
+        files: files.into_iter().map(|(inside, host)| (inside.to_string(), host)).collect(),
+        ..Default::default()
+    };
     images.insert(
-        Language::Python.image(&policy.spec.instrumentation),
+        Language::Python.image(instrumentation),
+        content(vec![("/autoinstrumentation", cache.join("auto-python"))]),
+    );
+    images.insert(
+        Language::Nodejs.image(instrumentation),
+        content(vec![("/autoinstrumentation", cache.join("auto-nodejs"))]),
+    );
+    images.insert(
+        Language::Java.image(instrumentation),
+        content(vec![("/javaagent.jar", cache.join("auto-java/javaagent.jar"))]),
+    );
+
+    // The shop's own images.
+    let venv = cache.join("python-app");
+    let mut python_env = with_path(base_env(), &venv.join("bin"));
+    python_env.push(("PYTHONUNBUFFERED".into(), "1".into()));
+    python_env.push(("PYTHONDONTWRITEBYTECODE".into(), "1".into()));
+    let python = |entrypoint: Vec<String>, dir: &str| Image {
+        entrypoint,
+        env: python_env.clone(),
+        files: vec![("/app".into(), apps.join(dir))],
+        working_dir: Some("/app".into()),
+        ..Default::default()
+    };
+    images.insert(
+        "tracelight-e2e/shop-frontend:1",
+        python(vec![venv.join("bin/python").display().to_string(), "/app/app.py".into()], "frontend"),
+    );
+    let celery = venv.join("bin/celery").display().to_string();
+    let worker_cmd =
+        ["-A", "tasks", "worker", "--pool=solo", "--loglevel=INFO", "--without-gossip", "--without-mingle"];
+    images.insert(
+        "tracelight-e2e/shop-worker:1",
+        python(std::iter::once(celery).chain(worker_cmd.iter().map(|s| s.to_string())).collect(), "worker"),
+    );
+    images.insert(
+        "tracelight-e2e/shop-inventory:1",
+        Image { entrypoint: vec![inventory.display().to_string()], env: base_env(), ..Default::default() },
+    );
+    images.insert(
+        "tracelight-e2e/shop-pricing:1",
         Image {
+            entrypoint: vec![node.display().to_string(), "/app/server.js".into()],
             env: base_env(),
-            files: vec![("/autoinstrumentation".into(), cache.join("auto-python"))],
+            files: vec![("/app".into(), apps.join("pricing"))],
+            working_dir: Some("/app".into()),
             ..Default::default()
         },
     );
-    let venv = cache.join("python-app");
-    let mut python_env = base_env();
-    python_env[0].1 = format!("{}:{}", venv.join("bin").display(), python_env[0].1);
-    python_env.push(("PYTHONUNBUFFERED".into(), "1".into()));
-    python_env.push(("PYTHONDONTWRITEBYTECODE".into(), "1".into()));
+    let mut java_env = with_path(base_env(), &java_bin);
+    java_env.push(("JAVA_HOME".into(), java_bin.parent().unwrap_or(&java_bin).display().to_string()));
     images.insert(
-        FRONTEND_IMAGE,
+        "tracelight-e2e/shop-tax:1",
         Image {
-            entrypoint: vec![venv.join("bin/python").display().to_string(), "/app/app.py".into()],
-            env: python_env,
-            files: vec![("/app".into(), apps.join("frontend"))],
+            entrypoint: vec![java.display().to_string(), "/app/Tax.java".into()],
+            env: java_env,
+            files: vec![("/app".into(), apps.join("tax"))],
             working_dir: Some("/app".into()),
             ..Default::default()
         },
     );
     images.insert(
-        INVENTORY_IMAGE,
-        Image { entrypoint: vec![inventory.display().to_string()], env: base_env(), ..Default::default() },
+        "tracelight-e2e/shop-queue:1",
+        Image { entrypoint: vec![redis.display().to_string()], env: base_env(), ..Default::default() },
     );
     Ok(images)
 }
