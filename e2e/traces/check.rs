@@ -57,13 +57,27 @@ pub fn check(spans: &[Span], requests: usize, topology: &Topology, pods: &[PodId
         traces.len(),
         traces.values().map(Vec::len).collect::<Vec<_>>()
     );
+    check_complete(spans, topology, pods).map(|_| ())
+}
+
+/// Checks that every trace in `spans` is complete and well linked; returns how many there are.
+pub fn check_complete(spans: &[Span], topology: &Topology, pods: &[PodIdentity]) -> anyhow::Result<usize> {
+    let traces = by_trace(spans);
     for (id, trace) in &traces {
         check_trace(trace, topology).with_context(|| format!("trace {id}:\n{}", dump(trace)))?;
     }
     for s in spans {
         check_resource(s, topology, pods).with_context(|| format!("span {}", s.describe()))?;
     }
-    Ok(())
+    Ok(traces.len())
+}
+
+/// The accepted number of kept traces when `n` traces are sampled at `ratio`: the binomial mean
+/// plus or minus 5 standard deviations (an unbiased sampler falls outside with probability < 1e-6).
+pub fn sampling_bound(n: usize, ratio: f64) -> (usize, usize) {
+    let mean = n as f64 * ratio;
+    let sd = (n as f64 * ratio * (1.0 - ratio)).sqrt();
+    ((mean - 5.0 * sd).max(0.0).ceil() as usize, (mean + 5.0 * sd).floor() as usize)
 }
 
 fn check_trace(trace: &[&Span], t: &Topology) -> anyhow::Result<()> {
@@ -219,6 +233,12 @@ mod tests {
             span("inventory", "c", "b", KIND_SERVER, &[]),
             span("inventory", "d", "c", KIND_CLIENT, &[("db.system.name", "sqlite")]),
         ]
+    }
+
+    #[test]
+    fn sampling_bound_is_five_sigma() {
+        assert_eq!(sampling_bound(200, 0.25), (20, 80));
+        assert_eq!(sampling_bound(100, 1.0), (100, 100));
     }
 
     #[test]

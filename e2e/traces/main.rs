@@ -25,19 +25,22 @@ mod support;
 use anyhow::{ensure, Context as _};
 use check::{PodIdentity, Topology};
 use collector::Collector;
+use collector::Span;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
 use kube::api::{Api, ListParams, PostParams};
+use kube::api::{Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use runner::env::PodInputs;
 use runner::net::Network;
 use runner::pod::RunningPod;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use support::objects::{assert_injected, assert_untouched, from_json, wait_injecting, ENABLED};
 use support::{wait, StepLog};
+use tracelight::api::agent_config::{AgentConfig, AGENT_CONFIGMAP, AGENT_CONFIG_KEY};
 use tracelight::api::TracingPolicy;
 
 /// Requests sent to the frontend; the collector must hold exactly this many traces.
@@ -45,6 +48,10 @@ const REQUESTS: usize = 5;
 const POLICY: &str = "e2e-traces";
 /// Label selecting the shop namespace for the test's policy (besides the webhook's opt-in label).
 const SHOP_LABEL: (&str, &str) = ("e2e.tracelight.io/traces", "true");
+/// The second phase: the policy's ratio lowered to this, then this many requests; the number of
+/// complete traces kept must be within [`check::sampling_bound`], and none may be partial.
+const SAMPLED_RATIO: f64 = 0.25;
+const SAMPLED_REQUESTS: usize = 200;
 /// How long spans may take to reach the collector (SDK batch delays are 5s).
 const SPANS_DEADLINE: Duration = Duration::from_secs(90);
 
@@ -209,21 +216,40 @@ async fn traces(suite: &mut harness::Suite, otelcol: &std::path::Path) -> anyhow
     let mut collector = collector;
     let result = async {
         exercise(&log, &collector, &mut running, &workloads, &topology, &identities).await?;
+        let first: BTreeSet<String> = collector.spans().into_iter().map(|s| s.trace_id).collect();
+        resample(&log, &client, &ns, &mut running, &workloads, &policy).await?;
         // Then everything is flushed and stopped (apps, agents, collector, in that order) and the
-        // final output checked again: nothing arrived late, twice, or split.
+        // final output checked: nothing arrived late, twice, or split.
         log.step("stop the pods (SIGTERM: SDKs and agents flush) and the collector; check the final output");
         for pod in &mut running {
             pod.stop();
         }
         collector.stop()?;
-        let spans = collector.spans();
-        check::check(&spans, REQUESTS, &topology, &identities)
-            .with_context(|| format!("after shutdown, in {}", collector.output.display()))?;
-        let traces = check::by_trace(&spans);
-        log.note(&format!("{} spans in {} traces, each complete; the first one:", spans.len(), traces.len()));
+        let (all_at_once, sampled): (Vec<Span>, Vec<Span>) =
+            collector.spans().into_iter().partition(|s| first.contains(&s.trace_id));
+        check::check(&all_at_once, REQUESTS, &topology, &identities)
+            .with_context(|| format!("ratio 1, after shutdown, in {}", collector.output.display()))?;
+        let traces = check::by_trace(&all_at_once);
+        log.note(&format!(
+            "ratio 1: {} spans in {} traces, each complete; the first one:",
+            all_at_once.len(),
+            traces.len()
+        ));
         if let Some(first) = traces.values().next() {
             eprint!("{}", check::dump(first));
         }
+        let kept = check::check_complete(&sampled, &topology, &identities)
+            .with_context(|| format!("ratio {SAMPLED_RATIO}: a kept trace is incomplete (split by sampling?)"))?;
+        let (lo, hi) = check::sampling_bound(SAMPLED_REQUESTS, SAMPLED_RATIO);
+        ensure!(
+            (lo..=hi).contains(&kept),
+            "ratio {SAMPLED_RATIO}: {kept} of {SAMPLED_REQUESTS} traces kept, outside [{lo}, {hi}] (mean ± 5 sd)"
+        );
+        log.note(&format!(
+            "ratio {SAMPLED_RATIO}: {kept} of {SAMPLED_REQUESTS} traces kept (bound [{lo}, {hi}]), every one complete \
+             ({} spans)",
+            sampled.len()
+        ));
         anyhow::Ok(())
     }
     .await;
@@ -270,6 +296,78 @@ async fn exercise(
     for pod in running.iter_mut() {
         let exited = pod.exited();
         ensure!(exited.is_empty(), "pod {}: containers exited: {exited:?}", pod.name);
+    }
+    Ok(())
+}
+
+/// Lowers the policy's sampling ratio, waits until every agent runs the new config (the
+/// controller rewrites the namespace's ConfigMap, the runner syncs it into the pods' volumes like
+/// the kubelet, the agents reload it live), then sends [`SAMPLED_REQUESTS`] requests.
+async fn resample(
+    log: &StepLog,
+    client: &Client,
+    ns: &str,
+    running: &mut [RunningPod],
+    workloads: &[shop::Workload],
+    policy: &TracingPolicy,
+) -> anyhow::Result<()> {
+    log.step(&format!("sampling: the policy's ratio set to {SAMPLED_RATIO}; agents reload it live"));
+    let patch = serde_json::json!({"spec": {"sampling": {"ratio": SAMPLED_RATIO}}});
+    Api::<TracingPolicy>::all(client.clone()).patch(POLICY, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    let configmaps = Api::<ConfigMap>::namespaced(client.clone(), ns);
+    wait::until(
+        &format!("the agent ConfigMap in {ns} to carry ratio {SAMPLED_RATIO}"),
+        Duration::from_secs(60),
+        || async {
+            let cm = configmaps.get(AGENT_CONFIGMAP).await?;
+            let text = cm.data.as_ref().and_then(|d| d.get(AGENT_CONFIG_KEY)).context("no config.yaml")?;
+            let config = AgentConfig::from_yaml(text)?;
+            ensure!(config.sampling.ratio.get() == SAMPLED_RATIO, "ratio {}", config.sampling.ratio.get());
+            Ok(())
+        },
+    )
+    .await?;
+    let inputs = PodInputs::from_objects(
+        &configmaps.list(&ListParams::default()).await?.items,
+        &Api::<Secret>::namespaced(client.clone(), ns).list(&ListParams::default()).await?.items,
+    );
+    let admin = policy.spec.agent.ports.admin;
+    for (pod, w) in running.iter_mut().zip(workloads) {
+        pod.sync_volumes(&inputs)?;
+        if !w.traced {
+            continue;
+        }
+        let ip = pod.net.ip;
+        wait::until(
+            &format!("the agent of {} to apply ratio {SAMPLED_RATIO}", pod.name),
+            Duration::from_secs(30),
+            || async {
+                let (status, body) = http_get(ip, admin, "/report").await?;
+                ensure!(status == 200, "GET /report: HTTP {status}");
+                let report: serde_json::Value = serde_json::from_str(&body)?;
+                ensure!(report["samplingRatio"].as_f64() == Some(SAMPLED_RATIO), "report {report}");
+                Ok(())
+            },
+        )
+        .await?;
+    }
+    let now: BTreeSet<String> = Api::<Pod>::namespaced(client.clone(), ns)
+        .list(&ListParams::default())
+        .await?
+        .items
+        .iter()
+        .map(ResourceExt::name_any)
+        .collect();
+    let ran: BTreeSet<String> = running.iter().map(|p| p.name.clone()).collect();
+    ensure!(now == ran, "the sampling change replaced pods: they are {now:?}, were {ran:?}");
+    log.note(&format!("every agent reports ratio {SAMPLED_RATIO}; no pod was replaced"));
+    let at = workloads.iter().position(|w| w.name == "frontend").context("no frontend")?;
+    let (ip, port) = (running[at].net.ip, workloads[at].port.context("the frontend has no port")?);
+    log.step(&format!("{SAMPLED_REQUESTS} requests to the frontend"));
+    for i in 0..SAMPLED_REQUESTS {
+        let sku = ["book", "lamp", "mug"][i % 3];
+        let (status, body) = http_get(ip, port, &format!("/checkout?sku={sku}")).await?;
+        ensure!(status == 200, "GET /checkout?sku={sku}: HTTP {status}: {body}");
     }
     Ok(())
 }

@@ -48,5 +48,6 @@ const server = http.createServer(async (req, res) => {
 });
 
 server.listen(PORT, '0.0.0.0', () => console.log(`pricing: listening on :${PORT}`));
-// Exit cleanly on the kubelet's SIGTERM: the SDK registered with process exit flushes its spans.
-process.on('SIGTERM', () => server.close(() => process.exit(0)));
+// On the kubelet's SIGTERM stop listening; the process ends once the SDK (which also listens for
+// SIGTERM) has flushed its spans and nothing else is pending.
+process.on('SIGTERM', () => server.close());

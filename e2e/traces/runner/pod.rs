@@ -49,6 +49,8 @@ pub struct RunningPod {
     pub net: PodNet,
     pub dir: PathBuf,
     procs: Vec<Proc>,
+    volumes: Vec<Volume>,
+    inputs: PodInputs,
 }
 
 /// Starts `pod` (as stored by the API server) in `net`, with files under `dir`.
@@ -71,6 +73,8 @@ pub async fn start(
         net,
         dir: dir.to_path_buf(),
         procs: Vec::new(),
+        volumes: spec.volumes.clone().unwrap_or_default(),
+        inputs: inputs.clone(),
     };
     let result = async {
         for init in spec.init_containers.iter().flatten() {
@@ -143,7 +147,10 @@ fn write_volumes(volumes: &[Volume], inputs: &PodInputs, root: &Path) -> anyhow:
             if let Some(parent) = file.parent() {
                 std::fs::create_dir_all(parent)?;
             }
-            std::fs::write(&file, content).with_context(|| format!("writing {}", file.display()))?;
+            // Replaced atomically, as the kubelet does, so a reader never sees half a file.
+            let tmp = file.with_extension("runner-tmp");
+            std::fs::write(&tmp, content).with_context(|| format!("writing {}", tmp.display()))?;
+            std::fs::rename(&tmp, &file).with_context(|| format!("replacing {}", file.display()))?;
         }
         out.insert(v.name.clone(), dir);
     }
@@ -228,6 +235,15 @@ fn spawn(
 }
 
 impl RunningPod {
+    /// Rewrites the configMap and secret volumes from `inputs` (the namespace's objects as they
+    /// are now), as the kubelet's periodic volume sync does: running processes see the change.
+    pub fn sync_volumes(&mut self, inputs: &PodInputs) -> anyhow::Result<()> {
+        let inputs = PodInputs { pod_ip: self.inputs.pod_ip, host_ip: self.inputs.host_ip, ..inputs.clone() };
+        write_volumes(&self.volumes, &inputs, &self.dir.join("volumes"))?;
+        self.inputs = inputs;
+        Ok(())
+    }
+
     fn proc_mut(&mut self, container: &str) -> Option<&mut Proc> {
         self.procs.iter_mut().find(|p| p.container == container)
     }
