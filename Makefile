@@ -76,3 +76,12 @@ e2e-traces: ## Proof that traces flow: the demo shop injected on the local clust
 	start=$$(date +%s); rc=0; \
 	TRACELIGHT_OTELCOL="$$OTELCOL" $(CARGO) test --locked --features e2e --test traces -- --nocapture || rc=$$?; \
 	echo "e2e-traces: $$(( $$(date +%s) - start ))s (exit $$rc)"; exit $$rc
+
+.PHONY: bench-scale
+bench-scale: ## Rollout at scale on the local control plane (SCALE_NAMESPACES x SCALE_DEPLOYMENTS x SCALE_REPLICAS, SCALE_BATCH); last line is RESULT workloads=...
+	$(CARGO) build --locked --features e2e --bin tracelight
+	@e2e/cluster/up.sh >/dev/null
+	@mkdir -p target && set -o pipefail && \
+	flock "$${TRACELIGHT_CACHE:-$$HOME/.cache/tracelight}/e2e-cluster.lock" \
+	  $(CARGO) test --locked --features e2e --test e2e bench_scale -- --ignored --nocapture 2>&1 | tee target/bench-scale.log
+	@grep '^RESULT ' target/bench-scale.log | tail -n1

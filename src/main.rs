@@ -25,6 +25,8 @@ enum Command {
     Crd,
     /// Print manifests with their pod templates injected exactly as the webhook would.
     Inject(tracelight::cli::inject::InjectArgs),
+    /// Print the rollout a policy would run on the cluster now (phases, batches), changing nothing.
+    Preview(tracelight::cli::preview::PreviewArgs),
     /// Run the operator: admission webhook, certificate management and controllers.
     Controller(Box<tracelight::controller::ControllerArgs>),
     /// Run the tracing agent sidecar: OTLP in on loopback, consistent sampling, export.
@@ -36,6 +38,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Crd => tracelight::cli::crd::run(&mut std::io::stdout()),
         Command::Inject(args) => tracelight::cli::inject::run(&args),
+        Command::Preview(args) => tracelight::cli::preview::run(&args),
         Command::Controller(args) => tracelight::controller::run(*args),
         Command::Agent(args) => tracelight::agent::run(*args),
     };

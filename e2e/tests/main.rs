@@ -7,10 +7,14 @@
 //! objects: it first removes any `tracelight` release, every TracingPolicy and the CRD (helm never
 //! upgrades a CRD), and refuses to run while `make demo`'s operator is running.
 //!
+//! `E2E_ONLY=rollout make e2e` runs only the phased-rollout steps (after the certificate
+//! bootstrap), for a quicker loop while working on the rollout.
+//!
 //! Steps that stop or restart the operator cannot interleave with the others, so the cluster
 //! part is one test, [`operator_on_a_real_cluster`], running its steps in order and logging each.
 //! [`invalid_chart_values_are_rejected_by_the_schema`] needs no operator and runs beside it.
 
+mod scale;
 mod suite;
 mod support;
 

@@ -41,7 +41,7 @@ pub fn run(args: &InjectArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn load_policy(path: &PathBuf) -> anyhow::Result<TracingPolicy> {
+pub(crate) fn load_policy(path: &PathBuf) -> anyhow::Result<TracingPolicy> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading policy {}", path.display()))?;
     let value: Value = serde_yaml::from_str(&text).with_context(|| format!("{}: not valid YAML", path.display()))?;
     if value.get("kind").and_then(Value::as_str) != Some("TracingPolicy") {

@@ -70,6 +70,24 @@ pub struct ControllerArgs {
     pub lease_namespace: Option<String>,
 }
 
+/// A client for the cluster (KUBECONFIG or in-cluster config) that counts its requests in the
+/// metric `tracelight_kube_requests_total` (a watch counts once per (re)connection), so API load
+/// per restarted workload can be measured.
+async fn counted_client(metrics: &Metrics) -> anyhow::Result<Client> {
+    let config = kube::Config::infer().await.context("loading the Kubernetes config (KUBECONFIG or in-cluster)")?;
+    let requests = prometheus_client::metrics::counter::Counter::<u64>::default();
+    metrics.register("tracelight_kube_requests", "Requests sent to the Kubernetes API server", requests.clone());
+    let count = tower::util::MapRequestLayer::new(move |request: http::Request<kube::client::Body>| {
+        requests.inc();
+        request
+    });
+    let client = kube::client::ClientBuilder::try_from(config)
+        .context("building the Kubernetes client")?
+        .with_layer(&count)
+        .build();
+    Ok(client)
+}
+
 /// Runs the operator until SIGTERM or SIGINT, then shuts down gracefully.
 pub fn run(args: ControllerArgs) -> anyhow::Result<()> {
     telemetry::init_logging(args.log_format);
@@ -78,8 +96,8 @@ pub fn run(args: ControllerArgs) -> anyhow::Result<()> {
 }
 
 async fn run_async(args: ControllerArgs) -> anyhow::Result<()> {
-    let client = Client::try_default().await.context("connecting to Kubernetes (KUBECONFIG or in-cluster config)")?;
     let metrics = Metrics::new();
+    let client = counted_client(&metrics).await?;
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
 

@@ -58,7 +58,7 @@ enum Step {
 /// Health deadline of the single phase a policy without phases gets.
 pub const DEFAULT_HEALTH_DEADLINE: Duration = Duration::from_secs(600);
 
-fn phases_or_default(phases: &[PhaseSettings]) -> Vec<PhaseSettings> {
+pub(crate) fn phases_or_default(phases: &[PhaseSettings]) -> Vec<PhaseSettings> {
     if phases.is_empty() {
         vec![PhaseSettings {
             name: "default".into(),
@@ -119,7 +119,14 @@ fn plan_at(obs: &Observation, phases: &[PhaseSettings], progress: &Progress) -> 
             _ => None,
         })
         .collect();
-    let excluded = standings.iter().filter(|(_, _, s)| *s == Standing::Excluded).count();
+    let excluded: Vec<String> = standings
+        .iter()
+        .filter(|(_, _, s)| *s == Standing::Excluded)
+        .map(|(w, _, _)| match &w.excluded {
+            Some(reason) => format!("{} ({reason})", w.id),
+            None => w.id.to_string(),
+        })
+        .collect();
     let in_flight: Vec<WorkloadId> = standings
         .iter()
         .filter(|(_, _, s)| matches!(s, Standing::InFlight { .. }))
@@ -137,10 +144,15 @@ fn plan_at(obs: &Observation, phases: &[PhaseSettings], progress: &Progress) -> 
         requeue_after,
     };
 
-    if !base.rollbacks.is_empty() || excluded > 0 {
+    if !base.rollbacks.is_empty() || !excluded.is_empty() {
+        // The condition must say which workloads wait for the user, and how to retry them.
         let message = match base.rollbacks.first() {
             Some(r) => format!("rolled back {}: {}; waiting for the exclusion to be cleared", r.workload, r.reason),
-            None => format!("{excluded} workload(s) excluded after a failed rollout; clear the exclusion to retry"),
+            None => format!(
+                "excluded after a failed rollout: {}; remove the label tracelight.io/inject=false from a pod \
+                 template to retry",
+                excluded.join(", ")
+            ),
         };
         return Step::Done(Plan { state: RolloutPhase::Degraded, message, ..base });
     }

@@ -4,6 +4,7 @@
 pub mod engine;
 pub mod model;
 pub mod observe;
+pub mod preview;
 
 pub use engine::plan;
 pub use model::*;

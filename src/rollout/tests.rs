@@ -379,3 +379,14 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_degraded_rollout_names_the_excluded_workloads_and_how_to_retry() {
+    let mut w = done(fresh("shop", "web"), 100);
+    w.excluded = Some("not ready within 300s of its restart".into());
+    let p = plan(&obs(vec![], vec![ns("shop", 0)], vec![w, fresh("shop", "api")]));
+    assert_eq!(p.state, RolloutPhase::Degraded);
+    assert!(p.restarts.is_empty(), "nothing else restarts while a workload waits for the user");
+    assert!(p.message.contains("shop/Deployment/web (not ready within 300s"), "{}", p.message);
+    assert!(p.message.contains("tracelight.io/inject=false"), "{}", p.message);
+}

@@ -9,8 +9,10 @@
 
 use super::injection::wait_active;
 use super::Suite;
+use crate::support::cluster::checked;
 use crate::support::objects::{assert_injected, assert_untouched, from_json, template, ENABLED};
-use crate::support::wait;
+use crate::support::operator::binary;
+use crate::support::{wait, work_dir};
 use anyhow::{ensure, Context as _};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -254,6 +256,7 @@ pub async fn pilot_first_then_expansion_after_soak(suite: &mut Suite) -> anyhow:
         ]}),
         None,
     )?;
+    preview_shows_the_plan(suite, &policy, &pilot, &expansion)?;
     let applied = Timestamp::now();
     Api::<TracingPolicy>::all(client.clone()).create(&PostParams::default(), &policy).await?;
     let result = async {
@@ -308,7 +311,42 @@ pub async fn pilot_first_then_expansion_after_soak(suite: &mut Suite) -> anyhow:
     let coverage = status.coverage.unwrap_or_default();
     ensure!(coverage.injected == 6 && coverage.outdated == 0, "coverage {coverage:?}");
     suite.log.note("every Deployment restarted exactly once; all 6 pods injected; coverage counts them");
+    let events = Api::<Event>::namespaced(client.clone(), &pilot);
+    wait::until("a Restarting Event on Deployment p1", Duration::from_secs(30), || async {
+        let list = events.list(&ListParams::default()).await?;
+        let found = list.items.iter().any(|e| {
+            e.reason.as_deref() == Some("Restarting")
+                && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("p1")
+                && e.note.as_deref().is_some_and(|n| n.contains(PHASED))
+        });
+        ensure!(found, "events: {:?}", list.items.iter().map(|e| (&e.reason, &e.note)).collect::<Vec<_>>());
+        Ok(())
+    })
+    .await?;
+    suite.log.note("Deployment p1 carries a Normal Event Restarting naming the policy");
     Ok(Phased { pilot, expansion })
+}
+
+/// `tracelight preview --policy FILE` lays out the rollout of a policy not applied yet.
+fn preview_shows_the_plan(suite: &Suite, policy: &TracingPolicy, pilot: &str, expansion: &str) -> anyhow::Result<()> {
+    let file = work_dir().join("preview-policy.yaml");
+    std::fs::write(&file, serde_json::to_string(policy)?)?;
+    let mut cmd = std::process::Command::new(binary());
+    cmd.arg("preview").arg("--policy").arg(&file).env("KUBECONFIG", &suite.cluster.kubeconfig);
+    let text = checked(cmd)?;
+    let expected = [
+        format!("TracingPolicy {PHASED}: 6 restart(s) in 2 phase(s)"),
+        format!("phase 1/2 \"pilot\": namespaces {pilot} (batch 1, soak 5s, health deadline 60s)"),
+        format!("  batch 1: {pilot}/Deployment/p1\n  batch 2: {pilot}/Deployment/p2\n  then soak 5s"),
+        format!("phase 2/2 \"expansion\": namespaces {expansion} (batch 2, soak 0s, health deadline 20s)"),
+        format!("  batch 1: {expansion}/Deployment/e1, {expansion}/Deployment/e2"),
+        format!("  batch 2: {expansion}/Deployment/e3, {expansion}/Deployment/e4"),
+    ];
+    for line in &expected {
+        ensure!(text.contains(line.as_str()), "tracelight preview printed:\n{text}\nexpected it to contain:\n{line}");
+    }
+    suite.log.note("tracelight preview (before the policy exists): pilot p1 | p2, soak, expansion e1 e2 | e3 e4");
+    Ok(())
 }
 
 /// A sampling change reaches the agent ConfigMaps and restarts nothing.
