@@ -15,7 +15,7 @@ build: ## Build the tracelight binary (release)
 unit: ## Unit and golden tests (no cluster)
 	$(CARGO) test --locked --all-targets
 
-test: lint unit e2e ## Everything CI runs: lint, unit and golden tests, end-to-end suite
+test: lint unit e2e e2e-agent fuzz ## Everything CI runs: lint, unit and golden tests, end-to-end suite, agent interop, brief fuzzing
 
 lint: ## rustfmt and clippy, warnings are errors
 	$(CARGO) fmt --all -- --check
@@ -65,8 +65,16 @@ bench-agent: ## Agent hot path (decode, sample, enrich, queue); last line is RES
 
 .PHONY: bench-agent-compare
 bench-agent-compare: ## Agent vs OpenTelemetry Collector, same pipeline and load; last line is RESULT throughput_ratio=...
-	$(CARGO) build --release --locked --example agent --example otlp_loadgen
-	python3 e2e/collector/bench.py target/release/examples/agent "$$(e2e/collector/build.sh | tail -n1)" target/release/examples/otlp_loadgen
+	$(CARGO) build --release --locked --bin tracelight --example otlp_loadgen
+	@REL="$${CARGO_TARGET_DIR:-target}/release" && \
+	python3 e2e/collector/bench.py "$$REL/tracelight" "$$(e2e/collector/build.sh | tail -n1)" "$$REL/examples/otlp_loadgen"
+
+.PHONY: fuzz
+FUZZ_SECONDS ?= 60
+fuzz: ## Fuzz the OTLP/HTTP decode path for FUZZ_SECONDS (cargo-fuzz, nightly); a crash input lands in fuzz/artifacts/
+	@mkdir -p fuzz/corpus/otlp_http_decode
+	cd fuzz && cargo +nightly fuzz run --sanitizer none --debug-assertions otlp_http_decode \
+	  corpus/otlp_http_decode seeds/otlp_http_decode -- -max_total_time=$(FUZZ_SECONDS) -max_len=16384 -print_final_stats=1
 
 .PHONY: e2e-traces
 e2e-traces: ## Proof that traces flow: the demo shop injected on the local cluster, run on the host, traces checked in a real collector (root)

@@ -7,7 +7,10 @@ Measures, for the process under test only (from /proc): CPU seconds, spans/s per
 at idle and peak RSS under load; and the load generator's request latency (p99). Prints a table
 and, as the last line, `RESULT throughput_ratio=... rss_ratio=... idle_rss_mib=...`.
 
-Usage: bench.py AGENT_BIN COLLECTOR_BIN LOADGEN_BIN  (see `make bench-agent-compare`)
+The agent is the shipped binary (`TRACELIGHT_BIN agent`), so its allocator and build profile
+are what runs in pods.
+
+Usage: bench.py TRACELIGHT_BIN COLLECTOR_BIN LOADGEN_BIN  (see `make bench-agent-compare`)
 """
 import json
 import os
@@ -98,9 +101,9 @@ service:
     return path
 
 
-def start_agent(agent_bin, config, grpc, http, admin):
+def start_agent(tracelight_bin, config, grpc, http, admin):
     return subprocess.Popen(
-        [agent_bin, "--config", config, "--otlp-grpc-port", str(grpc), "--otlp-http-port", str(http),
+        [tracelight_bin, "agent", "--config", config, "--otlp-grpc-port", str(grpc), "--otlp-http-port", str(http),
          "--admin-host", "127.0.0.1", "--admin-port", str(admin)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )

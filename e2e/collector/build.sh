@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Builds a real OpenTelemetry Collector with the official builder (ocb) from Go modules:
 # OTLP receiver, batch + probabilistic sampler processors, file + OTLP exporters.
-# The binary is cached in $HOME/.cache/tracelight/bin/; prints its path on the last line.
+# The binary is cached in $TRACELIGHT_CACHE/bin/ (default $HOME/.cache/tracelight/bin/); prints its path on the last line.
 set -euo pipefail
 
 VERSION="${OTELCOL_VERSION:-0.165.0}"
-BIN_DIR="${TRACELIGHT_BIN_DIR:-$HOME/.cache/tracelight/bin}"
+BIN_DIR="${TRACELIGHT_BIN_DIR:-${TRACELIGHT_CACHE:-$HOME/.cache/tracelight}/bin}"
 OUT="$BIN_DIR/otelcol-tracelight-$VERSION"
 
 if [[ -x "$OUT" ]]; then
