@@ -194,6 +194,7 @@ async fn traces(suite: &mut harness::Suite, otelcol: &std::path::Path) -> anyhow
     let mut running: Vec<RunningPod> = Vec::new();
     for (pod, net) in pods.iter().zip(nets) {
         let pod_dir = dir.join(pod.name_any());
+        let inputs = PodInputs { tokens: runner::token::projected_tokens(&client, pod).await?, ..inputs.clone() };
         running.push(runner::pod::start(pod, &images, net, &inputs, &pod_dir).await?);
         log.note(&format!("{}: running, ready (logs in {})", pod.name_any(), pod_dir.join("logs").display()));
     }
@@ -257,7 +258,8 @@ async fn traces(suite: &mut harness::Suite, otelcol: &std::path::Path) -> anyhow
     drop(running);
     drop(collector);
     drop(network);
-    result.map_err(|e| e.context(logs))
+    // The failure first, then what the containers printed.
+    result.map_err(|e| anyhow::anyhow!("{e:#}\n\ncontainer logs (last lines):\n{logs}"))
 }
 
 async fn exercise(
@@ -368,6 +370,17 @@ async fn resample(
         let sku = ["book", "lamp", "mug"][i % 3];
         let (status, body) = http_get(ip, port, &format!("/checkout?sku={sku}")).await?;
         ensure!(status == 200, "GET /checkout?sku={sku}: HTTP {status}: {body}");
+    }
+    // The agents did the sampling (the SDKs sample parent-based always-on) and lost nothing.
+    for (pod, _) in running.iter().zip(workloads).filter(|(_, w)| w.traced) {
+        let (status, body) = http_get(pod.net.ip, admin, "/report").await?;
+        ensure!(status == 200, "{}: GET /report: HTTP {status}", pod.name);
+        let report: serde_json::Value = serde_json::from_str(&body)?;
+        let spans = &report["spans"];
+        let dropped: u64 = spans["dropped"].as_object().into_iter().flatten().filter_map(|(_, n)| n.as_u64()).sum();
+        ensure!(dropped == 0, "{}: the agent dropped spans: {spans}", pod.name);
+        ensure!(spans["sampledOut"].as_u64() > Some(0), "{}: the agent sampled nothing out: {spans}", pod.name);
+        log.note(&format!("{}: agent report {spans}", pod.name));
     }
     Ok(())
 }

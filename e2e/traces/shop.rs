@@ -73,8 +73,6 @@ fn workload(s: Spec) -> Workload {
             "template": {
                 "metadata": {"labels": labels, "annotations": annotations},
                 "spec": {
-                    // The runner does not emulate projected service-account volumes.
-                    "automountServiceAccountToken": false,
                     "terminationGracePeriodSeconds": 10,
                     "containers": [container],
                     "volumes": s.extra.get("volumes").cloned().unwrap_or(json!([]))

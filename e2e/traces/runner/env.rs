@@ -22,6 +22,8 @@ pub struct PodInputs {
     pub secrets: BTreeMap<String, BTreeMap<String, Vec<u8>>>,
     pub pod_ip: Option<Ipv4Addr>,
     pub host_ip: Option<Ipv4Addr>,
+    /// Service-account tokens of projected volumes, by `volume/path` (see [`super::token`]).
+    pub tokens: BTreeMap<String, Vec<u8>>,
 }
 
 impl PodInputs {
@@ -52,7 +54,7 @@ impl PodInputs {
                 (s.name_any(), data)
             })
             .collect();
-        PodInputs { configmaps: cms, secrets, pod_ip: None, host_ip: None }
+        PodInputs { configmaps: cms, secrets, ..Default::default() }
     }
 
     fn configmap_key(&self, name: &str, key: &str) -> Option<String> {
@@ -134,7 +136,7 @@ fn env_value(
 }
 
 /// A downward-API field of the pod.
-fn field_value(pod: &Pod, field: &ObjectFieldSelector, inputs: &PodInputs) -> anyhow::Result<String> {
+pub fn field_value(pod: &Pod, field: &ObjectFieldSelector, inputs: &PodInputs) -> anyhow::Result<String> {
     let path = field.field_path.as_str();
     let spec = pod.spec.as_ref();
     let indexed = |prefix: &str, map: &BTreeMap<String, String>| -> Option<String> {

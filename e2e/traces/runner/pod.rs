@@ -4,13 +4,13 @@
 //! Every container is a process in the pod's network namespace, with the env, command and paths
 //! the pod spec says (see [`super::env`] and [`super::paths`]).
 
-use super::env::{container_env, expand_all, process_env, PodInputs};
+use super::env::{container_env, expand_all, field_value, process_env, PodInputs};
 use super::images::Images;
 use super::net::PodNet;
 use super::paths::PathMap;
 use super::probe;
 use anyhow::{bail, ensure, Context as _};
-use k8s_openapi::api::core::v1::{Container, Pod, Probe, Volume};
+use k8s_openapi::api::core::v1::{Container, KeyToPath, Pod, Probe, Volume};
 use kube::ResourceExt;
 use std::collections::BTreeMap;
 use std::os::unix::process::CommandExt;
@@ -49,7 +49,7 @@ pub struct RunningPod {
     pub net: PodNet,
     pub dir: PathBuf,
     procs: Vec<Proc>,
-    volumes: Vec<Volume>,
+    pod: Pod,
     inputs: PodInputs,
 }
 
@@ -66,14 +66,14 @@ pub async fn start(
     let mut inputs = inputs.clone();
     inputs.pod_ip = Some(net.ip);
     std::fs::create_dir_all(dir.join("logs"))?;
-    let volumes = write_volumes(spec.volumes.as_deref().unwrap_or_default(), &inputs, &dir.join("volumes"))?;
+    let volumes = write_volumes(pod, spec.volumes.as_deref().unwrap_or_default(), &inputs, &dir.join("volumes"))?;
     let mut running = RunningPod {
         namespace: pod.namespace().unwrap_or_default(),
         name: pod.name_any(),
         net,
         dir: dir.to_path_buf(),
         procs: Vec::new(),
-        volumes: spec.volumes.clone().unwrap_or_default(),
+        pod: pod.clone(),
         inputs: inputs.clone(),
     };
     let result = async {
@@ -115,46 +115,100 @@ pub async fn start(
 }
 
 /// Writes each volume's content: emptyDir (a directory), configMap and secret (one file per key
-/// or per item). Other volume types are an error.
-fn write_volumes(volumes: &[Volume], inputs: &PodInputs, root: &Path) -> anyhow::Result<BTreeMap<String, PathBuf>> {
+/// or per item), projected (service-account token, configMap, secret and downward-API sources,
+/// as the ServiceAccount admission plugin's `kube-api-access-*` volume has them). Other volume
+/// types are an error.
+fn write_volumes(
+    pod: &Pod,
+    volumes: &[Volume],
+    inputs: &PodInputs,
+    root: &Path,
+) -> anyhow::Result<BTreeMap<String, PathBuf>> {
     let mut out = BTreeMap::new();
     for v in volumes {
         let dir = root.join(&v.name);
         std::fs::create_dir_all(&dir)?;
-        let (data, items, optional, what) = if v.empty_dir.is_some() {
-            out.insert(v.name.clone(), dir);
-            continue;
+        let what = |kind: &str, name: &str| format!("volume {}: {kind} {name}", v.name);
+        if v.empty_dir.is_some() {
         } else if let Some(cm) = &v.config_map {
-            (inputs.configmaps.get(&cm.name), &cm.items, cm.optional == Some(true), format!("ConfigMap {}", cm.name))
-        } else if let Some(s) = &v.secret {
-            let name = s.secret_name.clone().unwrap_or_default();
-            (inputs.secrets.get(&name), &s.items, s.optional == Some(true), format!("Secret {name}"))
-        } else {
-            bail!("volume {}: only emptyDir, configMap and secret volumes are emulated: {v:?}", v.name);
-        };
-        let Some(data) = data else {
-            ensure!(optional, "volume {}: {what} does not exist (the kubelet would not start the pod)", v.name);
-            out.insert(v.name.clone(), dir);
-            continue;
-        };
-        let files: Vec<(String, String)> = match items {
-            Some(items) => items.iter().map(|i| (i.key.clone(), i.path.clone())).collect(),
-            None => data.keys().map(|k| (k.clone(), k.clone())).collect(),
-        };
-        for (key, path) in files {
-            let content = data.get(&key).with_context(|| format!("volume {}: {what} has no key {key}", v.name))?;
-            let file = dir.join(&path);
-            if let Some(parent) = file.parent() {
-                std::fs::create_dir_all(parent)?;
+            let data = inputs.configmaps.get(&cm.name);
+            write_items(&dir, data, cm.items.as_deref(), cm.optional == Some(true), &what("ConfigMap", &cm.name))?;
+        } else if let Some(sv) = &v.secret {
+            let name = sv.secret_name.clone().unwrap_or_default();
+            let data = inputs.secrets.get(&name);
+            write_items(&dir, data, sv.items.as_deref(), sv.optional == Some(true), &what("Secret", &name))?;
+        } else if let Some(projected) = &v.projected {
+            for source in projected.sources.iter().flatten() {
+                if let Some(t) = &source.service_account_token {
+                    let key = format!("{}/{}", v.name, t.path);
+                    let token = inputs.tokens.get(&key).with_context(|| format!("no token requested for {key}"))?;
+                    write_file(&dir, &t.path, token)?;
+                } else if let Some(cm) = &source.config_map {
+                    let data = inputs.configmaps.get(&cm.name);
+                    write_items(
+                        &dir,
+                        data,
+                        cm.items.as_deref(),
+                        cm.optional == Some(true),
+                        &what("ConfigMap", &cm.name),
+                    )?;
+                } else if let Some(sv) = &source.secret {
+                    let data = inputs.secrets.get(&sv.name);
+                    write_items(&dir, data, sv.items.as_deref(), sv.optional == Some(true), &what("Secret", &sv.name))?;
+                } else if let Some(d) = &source.downward_api {
+                    for item in d.items.iter().flatten() {
+                        let field = item.field_ref.as_ref().with_context(|| {
+                            format!(
+                                "volume {}: downward-API item {} is not a fieldRef (not emulated)",
+                                v.name, item.path
+                            )
+                        })?;
+                        write_file(&dir, &item.path, field_value(pod, field, inputs)?.as_bytes())?;
+                    }
+                } else {
+                    bail!("volume {}: projected source not emulated: {source:?}", v.name);
+                }
             }
-            // Replaced atomically, as the kubelet does, so a reader never sees half a file.
-            let tmp = file.with_extension("runner-tmp");
-            std::fs::write(&tmp, content).with_context(|| format!("writing {}", tmp.display()))?;
-            std::fs::rename(&tmp, &file).with_context(|| format!("replacing {}", file.display()))?;
+        } else {
+            bail!("volume {}: only emptyDir, configMap, secret and projected volumes are emulated: {v:?}", v.name);
         }
         out.insert(v.name.clone(), dir);
     }
     Ok(out)
+}
+
+/// The files of a ConfigMap or Secret: every key, or the listed items.
+fn write_items(
+    dir: &Path,
+    data: Option<&BTreeMap<String, Vec<u8>>>,
+    items: Option<&[KeyToPath]>,
+    optional: bool,
+    what: &str,
+) -> anyhow::Result<()> {
+    let Some(data) = data else {
+        ensure!(optional, "{what} does not exist (the kubelet would not start the pod)");
+        return Ok(());
+    };
+    let files: Vec<(String, String)> = match items {
+        Some(items) => items.iter().map(|i| (i.key.clone(), i.path.clone())).collect(),
+        None => data.keys().map(|k| (k.clone(), k.clone())).collect(),
+    };
+    for (key, path) in files {
+        let content = data.get(&key).with_context(|| format!("{what} has no key {key}"))?;
+        write_file(dir, &path, content)?;
+    }
+    Ok(())
+}
+
+/// Writes `dir/path`, replaced atomically as the kubelet does, so a reader never sees half a file.
+fn write_file(dir: &Path, path: &str, content: &[u8]) -> anyhow::Result<()> {
+    let file = dir.join(path);
+    if let Some(parent) = file.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let tmp = file.with_extension("runner-tmp");
+    std::fs::write(&tmp, content).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &file).with_context(|| format!("replacing {}", file.display()))
 }
 
 /// The absolute path of `ip` (the container's PATH may not have it).
@@ -238,8 +292,14 @@ impl RunningPod {
     /// Rewrites the configMap and secret volumes from `inputs` (the namespace's objects as they
     /// are now), as the kubelet's periodic volume sync does: running processes see the change.
     pub fn sync_volumes(&mut self, inputs: &PodInputs) -> anyhow::Result<()> {
-        let inputs = PodInputs { pod_ip: self.inputs.pod_ip, host_ip: self.inputs.host_ip, ..inputs.clone() };
-        write_volumes(&self.volumes, &inputs, &self.dir.join("volumes"))?;
+        let inputs = PodInputs {
+            pod_ip: self.inputs.pod_ip,
+            host_ip: self.inputs.host_ip,
+            tokens: self.inputs.tokens.clone(),
+            ..inputs.clone()
+        };
+        let volumes = self.pod.spec.as_ref().and_then(|s| s.volumes.clone()).unwrap_or_default();
+        write_volumes(&self.pod, &volumes, &inputs, &self.dir.join("volumes"))?;
         self.inputs = inputs;
         Ok(())
     }
