@@ -125,6 +125,8 @@ async fn run(log: &StepLog) -> anyhow::Result<()> {
 async fn traces(suite: &mut harness::Suite, otelcol: &std::path::Path) -> anyhow::Result<()> {
     let log = suite.log.clone();
     let client = suite.cluster.client.clone();
+    // Under the cluster lock no other run is going on: anything of ours on the host is stale.
+    Network::remove_leftovers()?;
     let mut network = Network::create()?;
     let dir = support::work_dir().join(format!("traces-{}", network.id));
     log.step(&format!(

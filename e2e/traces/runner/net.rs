@@ -39,6 +39,33 @@ pub fn ip<I: IntoIterator<Item = S>, S: AsRef<std::ffi::OsStr>>(args: I) -> anyh
 }
 
 impl Network {
+    /// Removes what an interrupted run left: its pods' processes (found by network namespace),
+    /// namespaces, hosts files and bridges. Only call it while no other run can be going on (the
+    /// e2e cluster lock is held).
+    pub fn remove_leftovers() -> anyhow::Result<()> {
+        let listed = Command::new("ip").args(["netns", "list"]).output().context("ip netns list")?;
+        let names = String::from_utf8_lossy(&listed.stdout).into_owned();
+        for ns in names.lines().filter_map(|l| l.split_whitespace().next()).filter(|n| is_ours(n, "tl-")) {
+            let pids = Command::new("ip").args(["netns", "pids", ns]).output().context("ip netns pids")?;
+            for pid in String::from_utf8_lossy(&pids.stdout).split_whitespace() {
+                eprintln!("[traces] killing pid {pid}, left running in network namespace {ns} by an earlier run");
+                let _ = Command::new("kill").args(["-KILL", pid]).status();
+            }
+            eprintln!("[traces] deleting network namespace {ns} left by an earlier run");
+            ip(["netns", "delete", ns])?;
+            let _ = std::fs::remove_dir_all(hosts_dir(ns));
+        }
+        let links = Command::new("ip").args(["-o", "link", "show", "type", "bridge"]).output().context("ip link")?;
+        for line in String::from_utf8_lossy(&links.stdout).lines() {
+            let Some(name) = line.split(':').nth(1).map(str::trim) else { continue };
+            if is_ours(name, "tlbr-") {
+                eprintln!("[traces] deleting bridge {name} left by an earlier run");
+                ip(["link", "delete", name])?;
+            }
+        }
+        Ok(())
+    }
+
     /// Creates bridge `tlbr-<id>` with a /24 of 10.213.0.0/16 not yet routed on the host.
     pub fn create() -> anyhow::Result<Network> {
         let id = format!("{:04x}", fastrand::u16(..));
@@ -100,6 +127,16 @@ impl Network {
     }
 }
 
+/// A name this module makes: `prefix` + 4 hex digits (+ `-<n>` for namespaces).
+fn is_ours(name: &str, prefix: &str) -> bool {
+    let Some(rest) = name.strip_prefix(prefix) else { return false };
+    let (id, n) = rest.split_once('-').unwrap_or((rest, ""));
+    id.len() == 4
+        && id.chars().all(|c| c.is_ascii_hexdigit())
+        && (prefix == "tlbr-" && n.is_empty()
+            || prefix == "tl-" && !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()))
+}
+
 fn hosts_dir(netns: &str) -> PathBuf {
     PathBuf::from("/etc/netns").join(netns)
 }
@@ -116,5 +153,20 @@ impl Drop for Network {
         if let Err(e) = ip(["link", "delete", &self.bridge]) {
             eprintln!("[traces] {e:#}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_ours;
+
+    #[test]
+    fn only_names_of_this_module_are_leftovers() {
+        assert!(is_ours("tl-0a9f-3", "tl-"));
+        assert!(is_ours("tlbr-0a9f", "tlbr-"));
+        assert!(!is_ours("tl-0a9f", "tl-"));
+        assert!(!is_ours("tl-prod-3", "tl-"));
+        assert!(!is_ours("tlbr-0a9f-1", "tlbr-"));
+        assert!(!is_ours("docker0", "tlbr-"));
     }
 }
