@@ -15,7 +15,7 @@ build: ## Build the tracelight binary (release)
 unit: ## Unit and golden tests (no cluster)
 	$(CARGO) test --locked --all-targets
 
-test: lint unit e2e e2e-agent fuzz ## Everything CI runs: lint, unit and golden tests, end-to-end suite, agent interop, brief fuzzing
+test: lint unit e2e e2e-agent e2e-traces fuzz ## Everything CI runs: lint, unit and golden tests, end-to-end suite, agent interop, traces through the demo shop, brief fuzzing
 
 lint: ## rustfmt and clippy, warnings are errors
 	$(CARGO) fmt --all -- --check
