@@ -11,7 +11,41 @@ use jsonptr::PointerBuf;
 use k8s_openapi::api::core::v1::{Container, EnvVar, Pod, Volume, VolumeMount};
 use serde::Serialize;
 use serde_json::{Map, Value};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// The pointer being walked, as unescaped tokens in one buffer: a push is an append and a pop a
+/// truncate (jsonptr's own `pop_back` re-scans the whole pointer, which showed in profiles). A
+/// [`PointerBuf`] is built only for an emitted operation.
+#[derive(Default)]
+struct Path {
+    buf: String,
+    starts: Vec<usize>,
+}
+
+impl Path {
+    fn push_key(&mut self, key: &str) {
+        self.starts.push(self.buf.len());
+        self.buf.push_str(key);
+    }
+
+    fn push_index(&mut self, index: usize) {
+        use std::fmt::Write;
+        self.starts.push(self.buf.len());
+        // Writing into a String cannot fail.
+        let _ = write!(self.buf, "{index}");
+    }
+
+    fn pop(&mut self) {
+        if let Some(start) = self.starts.pop() {
+            self.buf.truncate(start);
+        }
+    }
+
+    fn pointer(&self) -> PointerBuf {
+        let ends = self.starts.iter().skip(1).copied().chain([self.buf.len()]);
+        PointerBuf::from_tokens(self.starts.iter().zip(ends).map(|(&start, end)| &self.buf[start..end]))
+    }
+}
 
 /// Operations turning `old` into `new`, two versions of a pod that differ at most in the fields
 /// the injector touches: labels, annotations, init containers, containers and volumes.
@@ -21,8 +55,8 @@ use std::collections::{BTreeMap, HashSet};
 /// its time turning whole pods into JSON values to compare them).
 pub fn pod_diff(old: &Pod, new: &Pod) -> Result<Patch, serde_json::Error> {
     let mut ops = Vec::new();
-    let mut path = PointerBuf::root();
-    path.push_back("metadata");
+    let mut path = Path::default();
+    path.push_key("metadata");
     // In key order, as a diff of the JSON documents orders them.
     diff_optional_map(
         &mut path,
@@ -32,9 +66,9 @@ pub fn pod_diff(old: &Pod, new: &Pod) -> Result<Patch, serde_json::Error> {
         &mut ops,
     );
     diff_optional_map(&mut path, "labels", old.metadata.labels.as_ref(), new.metadata.labels.as_ref(), &mut ops);
-    path.pop_back();
+    path.pop();
     if let (Some(o), Some(n)) = (&old.spec, &new.spec) {
-        path.push_back("spec");
+        path.push_key("spec");
         diff_optional_list(&mut path, "containers", Some(&o.containers), Some(&n.containers), CONTAINERS, &mut ops)?;
         diff_optional_list(
             &mut path,
@@ -45,7 +79,7 @@ pub fn pod_diff(old: &Pod, new: &Pod) -> Result<Patch, serde_json::Error> {
             &mut ops,
         )?;
         diff_optional_list(&mut path, "volumes", o.volumes.as_deref(), n.volumes.as_deref(), VOLUMES, &mut ops)?;
-        path.pop_back();
+        path.pop();
     }
     Ok(Patch(ops))
 }
@@ -53,7 +87,7 @@ pub fn pod_diff(old: &Pod, new: &Pod) -> Result<Patch, serde_json::Error> {
 /// How the items of a named list are told apart and diffed when they differ.
 struct ItemDiff<T> {
     name: fn(&T) -> &str,
-    diff: fn(&mut PointerBuf, &T, &T, &mut Vec<PatchOperation>) -> Result<(), serde_json::Error>,
+    diff: fn(&mut Path, &T, &T, &mut Vec<PatchOperation>) -> Result<(), serde_json::Error>,
 }
 
 const CONTAINERS: ItemDiff<Container> = ItemDiff { name: |c| &c.name, diff: diff_container };
@@ -62,7 +96,7 @@ const ENV: ItemDiff<EnvVar> = ItemDiff { name: |e| &e.name, diff: diff_as_json }
 const MOUNTS: ItemDiff<VolumeMount> = ItemDiff { name: |m| &m.name, diff: diff_as_json };
 
 fn diff_as_json<T: Serialize>(
-    path: &mut PointerBuf,
+    path: &mut Path,
     old: &T,
     new: &T,
     ops: &mut Vec<PatchOperation>,
@@ -74,7 +108,7 @@ fn diff_as_json<T: Serialize>(
 /// The injector changes an application container's `env` and `volumeMounts` only: those are
 /// diffed as typed lists, and anything else that differs falls back to a JSON diff.
 fn diff_container(
-    path: &mut PointerBuf,
+    path: &mut Path,
     old: &Container,
     new: &Container,
     ops: &mut Vec<PatchOperation>,
@@ -144,41 +178,41 @@ fn same_except_env_and_mounts(old: &Container, new: &Container) -> bool {
 
 /// A string map (labels, annotations) that may be absent on either side.
 fn diff_optional_map(
-    path: &mut PointerBuf,
+    path: &mut Path,
     key: &str,
     old: Option<&BTreeMap<String, String>>,
     new: Option<&BTreeMap<String, String>>,
     ops: &mut Vec<PatchOperation>,
 ) {
-    path.push_back(key);
+    path.push_key(key);
     match (old, new) {
         (None, None) => {}
-        (Some(_), None) => ops.push(PatchOperation::Remove(RemoveOperation { path: path.clone() })),
-        (None, Some(n)) => ops.push(PatchOperation::Add(AddOperation { path: path.clone(), value: string_map(n) })),
+        (Some(_), None) => ops.push(PatchOperation::Remove(RemoveOperation { path: path.pointer() })),
+        (None, Some(n)) => ops.push(PatchOperation::Add(AddOperation { path: path.pointer(), value: string_map(n) })),
         (Some(o), Some(n)) => {
             for key in o.keys().filter(|k| !n.contains_key(*k)) {
-                path.push_back(key.as_str());
-                ops.push(PatchOperation::Remove(RemoveOperation { path: path.clone() }));
-                path.pop_back();
+                path.push_key(key.as_str());
+                ops.push(PatchOperation::Remove(RemoveOperation { path: path.pointer() }));
+                path.pop();
             }
             for (key, value) in n {
-                path.push_back(key.as_str());
+                path.push_key(key.as_str());
                 match o.get(key) {
                     Some(old_value) if old_value == value => {}
                     Some(_) => ops.push(PatchOperation::Replace(ReplaceOperation {
-                        path: path.clone(),
+                        path: path.pointer(),
                         value: Value::String(value.clone()),
                     })),
                     None => ops.push(PatchOperation::Add(AddOperation {
-                        path: path.clone(),
+                        path: path.pointer(),
                         value: Value::String(value.clone()),
                     })),
                 }
-                path.pop_back();
+                path.pop();
             }
         }
     }
-    path.pop_back();
+    path.pop();
 }
 
 fn string_map(map: &BTreeMap<String, String>) -> Value {
@@ -187,54 +221,54 @@ fn string_map(map: &BTreeMap<String, String>) -> Value {
 
 /// A list of named items (containers, volumes) that may be absent on either side.
 fn diff_optional_list<T: Serialize + PartialEq>(
-    path: &mut PointerBuf,
+    path: &mut Path,
     key: &str,
     old: Option<&[T]>,
     new: Option<&[T]>,
     item: ItemDiff<T>,
     ops: &mut Vec<PatchOperation>,
 ) -> Result<(), serde_json::Error> {
-    path.push_back(key);
+    path.push_key(key);
     match (old, new) {
         (None, None) => {}
-        (Some(_), None) => ops.push(PatchOperation::Remove(RemoveOperation { path: path.clone() })),
+        (Some(_), None) => ops.push(PatchOperation::Remove(RemoveOperation { path: path.pointer() })),
         (None, Some(n)) => {
-            ops.push(PatchOperation::Add(AddOperation { path: path.clone(), value: serde_json::to_value(n)? }))
+            ops.push(PatchOperation::Add(AddOperation { path: path.pointer(), value: serde_json::to_value(n)? }))
         }
         (Some(o), Some(n)) => diff_typed_named_list(path, o, n, item, ops)?,
     }
-    path.pop_back();
+    path.pop();
     Ok(())
 }
 
 /// [`diff_named_array`] over typed items: equal items cost a comparison, changed ones are
 /// serialized and diffed field by field, new ones are serialized once.
 fn diff_typed_named_list<T: Serialize + PartialEq>(
-    path: &mut PointerBuf,
+    path: &mut Path,
     old: &[T],
     new: &[T],
     item_diff: ItemDiff<T>,
     ops: &mut Vec<PatchOperation>,
 ) -> Result<(), serde_json::Error> {
     let name = item_diff.name;
-    let old_names: HashSet<&str> = old.iter().map(name).collect();
-    let new_names: HashSet<&str> = new.iter().map(name).collect();
+    let old_names: BTreeSet<&str> = old.iter().map(name).collect();
+    let new_names: BTreeSet<&str> = new.iter().map(name).collect();
     let kept_old = old.iter().map(name).filter(|n| new_names.contains(n));
     let kept_new = new.iter().map(name).filter(|n| old_names.contains(n));
     if !kept_old.eq(kept_new) {
-        ops.push(PatchOperation::Replace(ReplaceOperation { path: path.clone(), value: serde_json::to_value(new)? }));
+        ops.push(PatchOperation::Replace(ReplaceOperation { path: path.pointer(), value: serde_json::to_value(new)? }));
         return Ok(());
     }
     for (i, item) in old.iter().enumerate().rev() {
         if !new_names.contains(name(item)) {
-            path.push_back(i);
-            ops.push(PatchOperation::Remove(RemoveOperation { path: path.clone() }));
-            path.pop_back();
+            path.push_index(i);
+            ops.push(PatchOperation::Remove(RemoveOperation { path: path.pointer() }));
+            path.pop();
         }
     }
     let mut kept = old.iter().filter(|item| new_names.contains(name(item))).peekable();
     for (k, item) in new.iter().enumerate() {
-        path.push_back(k);
+        path.push_index(k);
         match kept.peek() {
             Some(current) if name(current) == name(item) => {
                 if *current != item {
@@ -242,9 +276,11 @@ fn diff_typed_named_list<T: Serialize + PartialEq>(
                 }
                 kept.next();
             }
-            _ => ops.push(PatchOperation::Add(AddOperation { path: path.clone(), value: serde_json::to_value(item)? })),
+            _ => {
+                ops.push(PatchOperation::Add(AddOperation { path: path.pointer(), value: serde_json::to_value(item)? }))
+            }
         }
-        path.pop_back();
+        path.pop();
     }
     Ok(())
 }
@@ -254,41 +290,36 @@ fn diff_typed_named_list<T: Serialize + PartialEq>(
 #[cfg(test)]
 pub fn diff(old: &Value, new: &Value) -> Patch {
     let mut ops = Vec::new();
-    diff_value(&mut PointerBuf::root(), old, new, &mut ops);
+    diff_value(&mut Path::default(), old, new, &mut ops);
     Patch(ops)
 }
 
 // Objects and named arrays are walked without comparing them whole first: a deep equality test
 // at every level would make the diff quadratic in the pod's depth.
-fn diff_value(path: &mut PointerBuf, old: &Value, new: &Value, ops: &mut Vec<PatchOperation>) {
+fn diff_value(path: &mut Path, old: &Value, new: &Value, ops: &mut Vec<PatchOperation>) {
     match (old, new) {
         (Value::Object(o), Value::Object(n)) => diff_object(path, o, n, ops),
         (Value::Array(o), Value::Array(n)) if is_named(o) && is_named(n) => diff_named_array(path, o, n, ops),
         _ if old == new => {}
-        _ => ops.push(PatchOperation::Replace(ReplaceOperation { path: path.clone(), value: new.clone() })),
+        _ => ops.push(PatchOperation::Replace(ReplaceOperation { path: path.pointer(), value: new.clone() })),
     }
 }
 
-fn diff_object(
-    path: &mut PointerBuf,
-    old: &Map<String, Value>,
-    new: &Map<String, Value>,
-    ops: &mut Vec<PatchOperation>,
-) {
+fn diff_object(path: &mut Path, old: &Map<String, Value>, new: &Map<String, Value>, ops: &mut Vec<PatchOperation>) {
     for key in old.keys() {
         if !new.contains_key(key) {
-            path.push_back(key.as_str());
-            ops.push(PatchOperation::Remove(RemoveOperation { path: path.clone() }));
-            path.pop_back();
+            path.push_key(key.as_str());
+            ops.push(PatchOperation::Remove(RemoveOperation { path: path.pointer() }));
+            path.pop();
         }
     }
     for (key, new_value) in new {
-        path.push_back(key.as_str());
+        path.push_key(key.as_str());
         match old.get(key) {
             Some(old_value) => diff_value(path, old_value, new_value, ops),
-            None => ops.push(PatchOperation::Add(AddOperation { path: path.clone(), value: new_value.clone() })),
+            None => ops.push(PatchOperation::Add(AddOperation { path: path.pointer(), value: new_value.clone() })),
         }
-        path.pop_back();
+        path.pop();
     }
 }
 
@@ -306,34 +337,34 @@ fn name_of(v: &Value) -> &str {
 /// those of the document as each operation applies, since RFC 6902 applies them in sequence.
 /// When the elements common to both are not in the same order (never the injector's doing), the
 /// array is replaced whole.
-fn diff_named_array(path: &mut PointerBuf, old: &[Value], new: &[Value], ops: &mut Vec<PatchOperation>) {
-    let old_names: HashSet<&str> = old.iter().map(name_of).collect();
-    let new_names: HashSet<&str> = new.iter().map(name_of).collect();
+fn diff_named_array(path: &mut Path, old: &[Value], new: &[Value], ops: &mut Vec<PatchOperation>) {
+    let old_names: BTreeSet<&str> = old.iter().map(name_of).collect();
+    let new_names: BTreeSet<&str> = new.iter().map(name_of).collect();
     let kept_old: Vec<&str> = old.iter().map(name_of).filter(|n| new_names.contains(n)).collect();
     let kept_new: Vec<&str> = new.iter().map(name_of).filter(|n| old_names.contains(n)).collect();
     if kept_old != kept_new {
-        ops.push(PatchOperation::Replace(ReplaceOperation { path: path.clone(), value: Value::Array(new.to_vec()) }));
+        ops.push(PatchOperation::Replace(ReplaceOperation { path: path.pointer(), value: Value::Array(new.to_vec()) }));
         return;
     }
     // Removals from the end, so earlier indices stay valid.
     for (i, item) in old.iter().enumerate().rev() {
         if !new_names.contains(name_of(item)) {
-            path.push_back(i);
-            ops.push(PatchOperation::Remove(RemoveOperation { path: path.clone() }));
-            path.pop_back();
+            path.push_index(i);
+            ops.push(PatchOperation::Remove(RemoveOperation { path: path.pointer() }));
+            path.pop();
         }
     }
     let mut kept = old.iter().filter(|item| new_names.contains(name_of(item))).peekable();
     for (k, item) in new.iter().enumerate() {
-        path.push_back(k);
+        path.push_index(k);
         match kept.peek() {
             Some(current) if name_of(current) == name_of(item) => {
                 diff_value(path, current, item, ops);
                 kept.next();
             }
-            _ => ops.push(PatchOperation::Add(AddOperation { path: path.clone(), value: item.clone() })),
+            _ => ops.push(PatchOperation::Add(AddOperation { path: path.pointer(), value: item.clone() })),
         }
-        path.pop_back();
+        path.pop();
     }
 }
 

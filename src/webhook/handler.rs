@@ -134,7 +134,7 @@ struct ResponseOut<'a> {
     allowed: bool,
     status: &'a kube::core::Status,
     #[serde(skip_serializing_if = "Option::is_none")]
-    patch: Option<String>,
+    patch: Option<Box<serde_json::value::RawValue>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     patch_type: Option<&'static str>,
     #[serde(skip_serializing_if = "std::collections::HashMap::is_empty")]
@@ -144,8 +144,7 @@ struct ResponseOut<'a> {
 }
 
 fn encode_review(response: &AdmissionResponse) -> Result<Vec<u8>, serde_json::Error> {
-    use base64::Engine;
-    let patch = response.patch.as_deref().map(|p| base64::engine::general_purpose::STANDARD.encode(p));
+    let patch = response.patch.as_deref().map(base64_json_string).transpose()?;
     let review = ReviewOut {
         api_version: &response.types.api_version,
         kind: &response.types.kind,
@@ -160,6 +159,17 @@ fn encode_review(response: &AdmissionResponse) -> Result<Vec<u8>, serde_json::Er
         },
     };
     serde_json::to_vec(&review)
+}
+
+/// `bytes` in base64 as a JSON string. Base64 needs no escaping, so the (large) patch is written
+/// as it is instead of through the serializer's per-byte escaping.
+fn base64_json_string(bytes: &[u8]) -> Result<Box<serde_json::value::RawValue>, serde_json::Error> {
+    use base64::Engine;
+    let mut quoted = String::with_capacity(bytes.len().div_ceil(3) * 4 + 2);
+    quoted.push('"');
+    base64::engine::general_purpose::STANDARD.encode_string(bytes, &mut quoted);
+    quoted.push('"');
+    serde_json::value::RawValue::from_string(quoted)
 }
 
 /// Why a body was rejected with 400.
