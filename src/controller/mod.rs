@@ -273,6 +273,7 @@ async fn run_policy_controller(
         daemonsets,
         inject_options,
         requested: Default::default(),
+        written: Default::default(),
         reconcile_all,
     });
     let policies = controller

@@ -6,11 +6,13 @@ use super::plan::{
     self, condition_reason, desired_status, invalid_spec_status, plan_namespaces, pod_counts, reason, stale_objects,
     step_for, Gates, Observation, OwnedKind, OwnedObject, RolloutOutcome, Step, READY,
 };
-use super::resources::{self, agent_configmap, agent_secret, owned_selector, SecretValues, SourceKind};
+use super::resources::{
+    self, agent_configmap, agent_secret, objects_digest, owned_selector, SecretValues, SourceKind, WriteMemo,
+};
 use super::rollout::{
     departure, health_check_since, leaving_namespaces, longest_health_deadline, observation as rollout_observation,
     observe_workloads, outdated_by_namespace, restart_note, restarts_to_request, rollout_status, still_leaving,
-    unclaimed_namespaces, Requested, Snapshot,
+    unclaimed_namespaces, workload_restart_note, Requested, Snapshot,
 };
 use crate::api::agent_config::{needs_secret, AGENT_CONFIGMAP, AGENT_SECRET};
 use crate::api::keys::FIELD_MANAGER;
@@ -27,7 +29,7 @@ use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::finalizer::{self, finalizer};
-use kube::runtime::reflector::Store;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource, ResourceExt};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -64,6 +66,8 @@ pub struct Context {
     pub inject_options: InjectOptions,
     /// Restarts and rollbacks requested and not yet seen in the workload caches.
     pub requested: std::sync::Mutex<Requested>,
+    /// Agent objects applied recently, not applied again while unchanged.
+    pub written: std::sync::Mutex<WriteMemo>,
     /// Asks for every policy to be reconciled: a policy that changes its selectors or goes away
     /// can hand namespaces over to (or take them from) another one.
     pub reconcile_all: UnboundedSender<()>,
@@ -324,6 +328,9 @@ async fn carry_out(
                 ctx.remember(&r.workload, &r.hash, None, now);
                 tracing::info!(workload = %r.workload, reason = ?r.reason, "restart requested");
                 ctx.metrics.restarts.inc();
+                let note = workload_restart_note(&policy.name_any(), r.reason);
+                ctx.publish_on(&workload_ref(&r.workload), EventType::Normal, reason::RESTARTING, "Restart", note)
+                    .await;
                 restarted.push(*r);
             }
             Err(e) => failures.push(e),
@@ -523,17 +530,25 @@ async fn write_agent_objects(
 ) -> Result<(), Error> {
     let pp = PatchParams::apply(FIELD_MANAGER).force();
     let cm = agent_configmap(policy, namespace);
+    let secret = needs_secret(policy).then(|| agent_secret(policy, namespace, secrets));
+    let uid = ctx.namespaces.get(&ObjectRef::new(namespace)).and_then(|ns| ns.metadata.uid.clone());
+    let key = (policy.name_any(), namespace.to_string(), uid.unwrap_or_default());
+    let digest = objects_digest(&cm, secret.as_ref());
+    let now = std::time::Instant::now();
+    if ctx.written().is_fresh(&key, &digest, now) {
+        return Ok(());
+    }
     Api::<ConfigMap>::namespaced(ctx.client.clone(), namespace)
         .patch(AGENT_CONFIGMAP, &pp, &Patch::Apply(&cm))
         .await
         .map_err(Error::kube("applying", format!("ConfigMap {namespace}/{AGENT_CONFIGMAP}")))?;
-    if needs_secret(policy) {
-        let secret = agent_secret(policy, namespace, secrets);
+    if let Some(secret) = secret {
         Api::<Secret>::namespaced(ctx.client.clone(), namespace)
             .patch(AGENT_SECRET, &pp, &Patch::Apply(&secret))
             .await
             .map_err(Error::kube("applying", format!("Secret {namespace}/{AGENT_SECRET}")))?;
     }
+    ctx.written().record(key, digest, now);
     Ok(())
 }
 
@@ -565,6 +580,8 @@ async fn list_owned(policy: &TracingPolicy, ctx: &Context) -> Result<Vec<OwnedOb
 /// Deletes one owned object, unless it changed since it was listed (e.g. another policy took the
 /// namespace over). Already gone is fine.
 async fn delete_owned(object: &OwnedObject, ctx: &Context) -> Result<(), Error> {
+    // Whichever policy wrote there, its objects must be applied again before they are trusted.
+    ctx.written().forget(&object.namespace);
     let dp = DeleteParams {
         preconditions: Some(Preconditions { resource_version: object.resource_version.clone(), uid: None }),
         ..Default::default()
@@ -637,6 +654,10 @@ impl Context {
         statefulsets.ok().and_then(Result::ok).ok_or(Error::CacheNotReady("statefulset"))?;
         let daemonsets = tokio::time::timeout(CACHE_WAIT, self.daemonsets.wait_until_ready()).await;
         daemonsets.ok().and_then(Result::ok).ok_or(Error::CacheNotReady("daemonset"))
+    }
+
+    fn written(&self) -> std::sync::MutexGuard<'_, WriteMemo> {
+        self.written.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Remembers a patch until the workload cache shows it.

@@ -130,6 +130,46 @@ pub fn pick_key(source: Option<&Secret>, kind: SourceKind, r: &SecretKeyRef) -> 
         .ok_or_else(|| format!("{} Secret {}/{} has no key {:?}", kind.describe(), r.namespace, r.name, r.key))
 }
 
+/// How long an unchanged agent object is trusted before it is applied again (which also repairs
+/// one edited or deleted by hand).
+pub const REWRITE_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The agent objects last applied per (policy, namespace): a rollout reconciles on every workload
+/// change, and re-applying unchanged objects in every active namespace each time made most of the
+/// operator's API requests. Keyed by the namespace's uid too, so a recreated namespace is
+/// written at once.
+#[derive(Debug, Default)]
+pub struct WriteMemo(std::collections::HashMap<WriteKey, (String, std::time::Instant)>);
+
+/// (policy, namespace, namespace uid).
+type WriteKey = (String, String, String);
+
+impl WriteMemo {
+    /// Whether `digest` was applied to this namespace less than [`REWRITE_AFTER`] ago.
+    pub fn is_fresh(&self, key: &(String, String, String), digest: &str, now: std::time::Instant) -> bool {
+        self.0.get(key).is_some_and(|(d, at)| d == digest && now.saturating_duration_since(*at) < REWRITE_AFTER)
+    }
+
+    pub fn record(&mut self, key: (String, String, String), digest: String, now: std::time::Instant) {
+        self.0.insert(key, (digest, now));
+    }
+
+    /// Forgets a namespace whose objects were deleted.
+    pub fn forget(&mut self, namespace: &str) {
+        self.0.retain(|(_, ns, _), _| ns != namespace);
+    }
+}
+
+/// A digest of the objects to apply (the Secret's values included: in memory only).
+pub fn objects_digest(cm: &ConfigMap, secret: Option<&Secret>) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(serde_json::to_vec(cm).unwrap_or_default());
+    if let Some(secret) = secret {
+        hasher.update(serde_json::to_vec(secret).unwrap_or_default());
+    }
+    hasher.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -199,5 +239,32 @@ mod tests {
         assert!(a.chars().last().unwrap().is_ascii_alphanumeric());
         assert_eq!(policy_label_value("short"), "short");
         assert_eq!(owned_selector(&policy("p")), "app.kubernetes.io/managed-by=tracelight,tracelight.io/policy=p");
+    }
+
+    #[test]
+    fn unchanged_objects_are_not_reapplied_until_the_memo_expires() {
+        use std::time::{Duration, Instant};
+        let mut memo = WriteMemo::default();
+        let key = ("p".to_string(), "shop".to_string(), "uid-1".to_string());
+        let t0 = Instant::now();
+        assert!(!memo.is_fresh(&key, "d1", t0), "never written");
+        memo.record(key.clone(), "d1".into(), t0);
+        assert!(memo.is_fresh(&key, "d1", t0 + Duration::from_secs(59)));
+        assert!(!memo.is_fresh(&key, "d2", t0 + Duration::from_secs(1)), "a changed object is applied at once");
+        assert!(!memo.is_fresh(&key, "d1", t0 + REWRITE_AFTER), "applied again now and then");
+        let recreated = ("p".to_string(), "shop".to_string(), "uid-2".to_string());
+        assert!(!memo.is_fresh(&recreated, "d1", t0), "a recreated namespace gets its objects at once");
+        memo.forget("shop");
+        assert!(!memo.is_fresh(&key, "d1", t0), "forgotten once deleted");
+    }
+
+    #[test]
+    fn the_digest_changes_with_the_objects() {
+        let mut policy: TracingPolicy =
+            serde_yaml::from_str(include_str!("../../config/samples/tracingpolicy.yaml")).unwrap();
+        let a = objects_digest(&agent_configmap(&policy, "shop"), None);
+        assert_eq!(a, objects_digest(&agent_configmap(&policy, "shop"), None));
+        policy.spec.sampling.ratio = crate::api::Ratio::new(0.5).unwrap();
+        assert_ne!(a, objects_digest(&agent_configmap(&policy, "shop"), None));
     }
 }
