@@ -352,6 +352,17 @@ fn excluded_workload(id: &WorkloadId, reason: &str) -> ExcludedWorkload {
     }
 }
 
+/// The Event note on a restarted workload.
+pub fn workload_restart_note(policy: &str, reason: RestartReason) -> String {
+    match reason {
+        RestartReason::Inject => format!("restarted by TracingPolicy {policy} so its new pods get the tracing agent"),
+        RestartReason::Repair => format!("restarted by TracingPolicy {policy}: some pods missed injection"),
+        RestartReason::Leave => {
+            format!("restarted by TracingPolicy {policy} so its new pods run without the tracing agent")
+        }
+    }
+}
+
 /// The Event note for a batch of restarts.
 pub fn restart_note(restarts: &[&Restart], plan: &Plan) -> String {
     let names: Vec<String> = restarts

@@ -456,3 +456,11 @@ fn requested_patches_show_until_the_cache_catches_up() {
     requested.overlay(&mut [], t(100 + 301));
     assert!(requested.is_empty());
 }
+
+#[test]
+fn workload_events_say_which_policy_restarted_it_and_why() {
+    let note = workload_restart_note("default", RestartReason::Inject);
+    assert!(note.contains("TracingPolicy default") && note.contains("get the tracing agent"), "{note}");
+    assert!(workload_restart_note("default", RestartReason::Leave).contains("without the tracing agent"));
+    assert!(workload_restart_note("default", RestartReason::Repair).contains("missed injection"));
+}
