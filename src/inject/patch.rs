@@ -13,9 +13,9 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use std::collections::{BTreeMap, BTreeSet};
 
-/// The pointer being walked, as unescaped tokens in one buffer: a push is an append and a pop a
-/// truncate (jsonptr's own `pop_back` re-scans the whole pointer, which showed in profiles). A
-/// [`PointerBuf`] is built only for an emitted operation.
+/// The JSON pointer being walked, kept escaped in one buffer: a push is an append and a pop a
+/// truncate (jsonptr's `push_back`/`pop_back` and `from_tokens` re-scan or re-encode the whole
+/// pointer, which showed in profiles). A [`PointerBuf`] is made only for an emitted operation.
 #[derive(Default)]
 struct Path {
     buf: String,
@@ -25,14 +25,21 @@ struct Path {
 impl Path {
     fn push_key(&mut self, key: &str) {
         self.starts.push(self.buf.len());
-        self.buf.push_str(key);
+        self.buf.push('/');
+        for c in key.chars() {
+            match c {
+                '~' => self.buf.push_str("~0"),
+                '/' => self.buf.push_str("~1"),
+                c => self.buf.push(c),
+            }
+        }
     }
 
     fn push_index(&mut self, index: usize) {
         use std::fmt::Write;
         self.starts.push(self.buf.len());
         // Writing into a String cannot fail.
-        let _ = write!(self.buf, "{index}");
+        let _ = write!(self.buf, "/{index}");
     }
 
     fn pop(&mut self) {
@@ -42,8 +49,8 @@ impl Path {
     }
 
     fn pointer(&self) -> PointerBuf {
-        let ends = self.starts.iter().skip(1).copied().chain([self.buf.len()]);
-        PointerBuf::from_tokens(self.starts.iter().zip(ends).map(|(&start, end)| &self.buf[start..end]))
+        // Every token was escaped on the way in, so the buffer is always a valid pointer.
+        PointerBuf::parse(self.buf.clone()).expect("escaped tokens form a valid JSON pointer")
     }
 }
 
@@ -474,5 +481,19 @@ mod tests {
         reordered["spec"]["volumes"] = json!([{"name": "w", "emptyDir": {}}]);
         reordered["spec"]["containers"] = json!([{"name": "b", "image": "b"}, {"name": "app", "image": "i"}]);
         same_as_json_diff(base, reordered);
+    }
+
+    #[test]
+    fn path_escapes_tokens_and_pops_back() {
+        let mut path = Path::default();
+        path.push_key("metadata");
+        path.push_key("a~b/c");
+        assert_eq!(path.pointer().to_string(), "/metadata/a~0b~1c");
+        path.pop();
+        path.push_index(7);
+        assert_eq!(path.pointer().to_string(), "/metadata/7");
+        path.pop();
+        path.pop();
+        assert_eq!(path.pointer().to_string(), "");
     }
 }
