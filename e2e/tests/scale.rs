@@ -5,6 +5,9 @@
 //! peak RSS (VmHWM), its API requests per restarted workload and reconcile latency. The last
 //! line it prints is
 //! `RESULT workloads=<n> complete_s=<s> peak_rss_mib=<m> api_calls_per_restart=<k>`.
+//!
+//! The e2e cluster's 3 nodes hold 330 pods, so the run registers its own kwok nodes (tainted:
+//! only its pods land there) and deletes them afterwards.
 
 use crate::suite::{setup, Suite};
 use crate::support::cluster::Cluster;
@@ -14,8 +17,8 @@ use crate::support::{wait, StepLog};
 use anyhow::{ensure, Context as _};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use k8s_openapi::api::core::v1::{Namespace, Node};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 use std::time::{Duration, Instant};
 use tracelight::api::{PolicyPhase, TracingPolicy};
@@ -23,6 +26,7 @@ use tracelight::api::{PolicyPhase, TracingPolicy};
 const POLICY: &str = "e2e-scale";
 const SCALE_LABEL: &str = "e2e.tracelight.io/scale";
 const PARALLEL: usize = 16;
+const SCALE_NODE_TYPE: &str = "kwok-scale";
 
 fn env_or(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
@@ -36,7 +40,11 @@ async fn bench_scale() {
     setup::refuse_if_demo_running().expect("demo check");
     setup::clean_slate(&cluster).await.expect("clean slate");
     let mut suite = setup::install(cluster, &log).await.expect("install");
-    let result = run(&mut suite).await;
+    let nodes = add_scale_nodes(&suite).await;
+    let result = match &nodes {
+        Ok(_) => run(&mut suite).await,
+        Err(e) => Err(anyhow::anyhow!("adding the scale nodes: {e:#}")),
+    };
     // Without the operator the finalizers are dropped: deleting at scale would roll everything back.
     if suite.operator.is_some() {
         if let Err(e) = suite.stop_operator() {
@@ -44,6 +52,13 @@ async fn bench_scale() {
         }
     }
     let cleanup = setup::teardown(&mut suite).await;
+    // After the namespaces: their pods are gone, nothing is left on these nodes.
+    let nodes_api = Api::<Node>::all(suite.cluster.client.clone());
+    for node in nodes.iter().flatten() {
+        if let Err(e) = nodes_api.delete(node, &DeleteParams::default()).await {
+            eprintln!("[scale] deleting node {node}: {e:#}");
+        }
+    }
     let line = result.unwrap_or_else(|e| panic!("scale run failed: {e:#}\n{}", suite.operator_log_excerpt()));
     cleanup.expect("cleanup");
     println!("{line}");
@@ -72,11 +87,14 @@ async fn run(suite: &mut Suite) -> anyhow::Result<String> {
         .map(|(ns, name)| {
             let client = client.clone();
             async move {
+                let mut pod = template(&name, &[]);
+                pod["spec"]["nodeSelector"] = json!({"type": SCALE_NODE_TYPE});
+                pod["spec"]["tolerations"] =
+                    json!([{"key": SCALE_LABEL, "operator": "Exists", "effect": "NoSchedule"}]);
                 let d: Deployment = from_json(json!({
                     "apiVersion": "apps/v1", "kind": "Deployment",
                     "metadata": {"name": name, "labels": {SCALE_LABEL: "true"}},
-                    "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}},
-                             "template": template(&name, &[])}
+                    "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}}, "template": pod}
                 }))?;
                 Api::<Deployment>::namespaced(client, &ns).create(&PostParams::default(), &d).await?;
                 anyhow::Ok(())
@@ -141,6 +159,51 @@ async fn run(suite: &mut Suite) -> anyhow::Result<String> {
         "RESULT workloads={workloads} complete_s={complete_s:.1} peak_rss_mib={peak_rss_mib:.1} api_calls_per_restart={:.2}",
         calls as f64 / restarts as f64
     ))
+}
+
+/// Pods per scale node (the 3 nodes of the e2e cluster allow 110 each, 330 in all).
+const PODS_PER_NODE: usize = 1000;
+
+/// Registers extra kwok nodes for the run's pods (old and new ones during restarts), tainted so
+/// that only the run's pods land there; returns their names.
+async fn add_scale_nodes(suite: &Suite) -> anyhow::Result<Vec<String>> {
+    let pods = env_or("SCALE_NAMESPACES", 200) * env_or("SCALE_DEPLOYMENTS", 10) * env_or("SCALE_REPLICAS", 3);
+    let count = (pods * 3 / 2).div_ceil(PODS_PER_NODE).max(1);
+    let api = Api::<Node>::all(suite.cluster.client.clone());
+    let mut names = Vec::new();
+    for i in 0..count {
+        let name = format!("kwok-scale-{i}");
+        let node: Node = from_json(json!({
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": {
+                "name": name,
+                "annotations": {"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"},
+                "labels": {"type": SCALE_NODE_TYPE, "kubernetes.io/hostname": name, "kubernetes.io/os": "linux"}
+            },
+            "spec": {"taints": [{"key": SCALE_LABEL, "value": "true", "effect": "NoSchedule"}]},
+            "status": {
+                "allocatable": {"cpu": "1000", "memory": "4Ti", "pods": PODS_PER_NODE.to_string()},
+                "capacity": {"cpu": "1000", "memory": "4Ti", "pods": PODS_PER_NODE.to_string()}
+            }
+        }))?;
+        match api.create(&PostParams::default(), &node).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 409 => {}
+            Err(e) => return Err(e).with_context(|| format!("creating node {name}")),
+        }
+        names.push(name);
+    }
+    wait::until(&format!("{count} scale nodes to be Ready"), Duration::from_secs(60), || async {
+        for name in &names {
+            let node = api.get(name).await?;
+            let ready = node.status.and_then(|s| s.conditions).unwrap_or_default();
+            ensure!(ready.iter().any(|c| c.type_ == "Ready" && c.status == "True"), "{name} not Ready");
+        }
+        Ok(())
+    })
+    .await?;
+    suite.log.note(&format!("{count} kwok nodes for {pods} pods (tainted, {PODS_PER_NODE} pods each)"));
+    Ok(names)
 }
 
 fn available(d: &Deployment) -> bool {
