@@ -1,15 +1,23 @@
 //! Proof that traces flow (`make e2e-traces`): the demo shop (`e2e/apps/`) deployed to the real
-//! control plane in an opted-in namespace, its pods injected by the real webhook, then run on
-//! this host by the pod runner ([`runner`]) exactly as the API server stored them; requests sent
-//! to the frontend; what a real OpenTelemetry Collector received checked trace by trace
-//! ([`check`]).
+//! control plane in opted-in namespaces, its pods injected by the real webhook, then run on this
+//! host by the pod runner ([`runner`]) exactly as the API server stored them; requests sent to
+//! the frontend; what a real OpenTelemetry Collector received checked trace by trace ([`check`]).
 //!
-//! It reuses the cluster suite's setup (`e2e/tests/suite/setup.rs`, see [`harness`]: chart in URL mode, operator
-//! as a local process with the chart's ServiceAccount) and so owns the cluster's Tracelight
-//! objects while it runs, like `make e2e`: both hold the lock file [`cluster_lock`] for their whole
-//! run, so they never interleave on the shared cluster. Needs root (network namespaces), the
-//! collector (`TRACELIGHT_OTELCOL`, from e2e/collector/build.sh) and the shop's prepared content
-//! (e2e/apps/prepare.sh); without them it fails, never skips.
+//! Two shops, one per sampling mode:
+//! - policy `e2e-traces` (agent sampling): 5 requests at ratio 1 must give exactly 5 complete
+//!   traces; then the ratio is lowered to 0.25 live (ConfigMap rewritten, volumes synced, agents
+//!   reload, no pod replaced) and 200 requests must keep a number of whole traces within the
+//!   binomial bound ([`check::sampling_bound`]);
+//! - policy `e2e-traces-sdk` (`sampling.mode: sdk`, ratio 0.25): the SDKs of all four languages
+//!   sample from the injected `OTEL_TRACES_SAMPLER` (parent-based), the agents sample nothing out,
+//!   and 200 requests must keep whole traces within the same bound.
+//!
+//! It reuses the cluster suite's setup (`e2e/tests/suite/setup.rs`, see [`harness`]: chart in URL
+//! mode, operator as a local process with the chart's ServiceAccount) and so owns the cluster's
+//! Tracelight objects while it runs, like `make e2e`: both hold the lock file [`cluster_lock`] for
+//! their whole run, so they never interleave on the shared cluster. Needs root (network
+//! namespaces), the collector (`TRACELIGHT_OTELCOL`, from e2e/collector/build.sh) and the shop's
+//! prepared content (e2e/apps/prepare.sh); without them it fails, never skips.
 
 mod check;
 mod collector;
@@ -46,8 +54,11 @@ use tracelight::api::TracingPolicy;
 /// Requests sent to the frontend; the collector must hold exactly this many traces.
 const REQUESTS: usize = 5;
 const POLICY: &str = "e2e-traces";
-/// Label selecting the shop namespace for the test's policy (besides the webhook's opt-in label).
-const SHOP_LABEL: (&str, &str) = ("e2e.tracelight.io/traces", "true");
+/// The policy of the second shop, whose SDKs sample.
+const POLICY_SDK: &str = "e2e-traces-sdk";
+/// Label selecting a shop namespace for one of the test's policies (`agent` or `sdk`), besides the
+/// webhook's opt-in label.
+const SHOP_LABEL: &str = "e2e.tracelight.io/traces";
 /// The second phase: the policy's ratio lowered to this, then this many requests; the number of
 /// complete traces kept must be within [`check::sampling_bound`], and none may be partial.
 const SAMPLED_RATIO: f64 = 0.25;
@@ -122,40 +133,66 @@ async fn run(log: &StepLog) -> anyhow::Result<()> {
     }
 }
 
-async fn traces(suite: &mut harness::Suite, otelcol: &std::path::Path) -> anyhow::Result<()> {
-    let log = suite.log.clone();
-    let client = suite.cluster.client.clone();
-    // Under the cluster lock no other run is going on: anything of ours on the host is stale.
-    Network::remove_leftovers()?;
-    let mut network = Network::create()?;
-    let dir = support::work_dir().join(format!("traces-{}", network.id));
-    log.step(&format!(
-        "collector: {} on the pods' bridge {} (files in {})",
-        otelcol.display(),
-        network.host_ip(),
-        dir.display()
-    ));
-    let grpc = SocketAddr::from((network.host_ip(), support::free_port()));
-    let collector = Collector::start(otelcol, &dir.join("collector"), grpc).await?;
+/// One instance of the shop: its namespace, policy, pods as stored, and the running pods.
+struct Shop {
+    ns: String,
+    policy: TracingPolicy,
+    pods: Vec<Pod>,
+    running: Vec<RunningPod>,
+}
 
-    log.step("policy and opted-in namespace");
-    let ns = suite.namespaces.create("shop", &[ENABLED, SHOP_LABEL]).await?;
+impl Shop {
+    /// Where each traced service's spans must say they come from.
+    fn identities(&self, workloads: &[shop::Workload]) -> Vec<PodIdentity> {
+        self.pods
+            .iter()
+            .zip(workloads)
+            .filter(|(_, w)| w.traced)
+            .map(|(p, w)| PodIdentity {
+                service: w.name.into(),
+                namespace: p.namespace().unwrap_or_default(),
+                pod: p.name_any(),
+                uid: p.uid().unwrap_or_default(),
+                node: node_of(p),
+                container: w.container.into(),
+                deployment: w.name.into(),
+            })
+            .collect()
+    }
+
+    /// The spans that came from this shop's namespace.
+    fn spans_of(&self, spans: &[Span]) -> Vec<Span> {
+        spans.iter().filter(|s| s.resource.get("k8s.namespace.name") == Some(&self.ns)).cloned().collect()
+    }
+}
+
+/// Creates a namespace labelled `e2e.tracelight.io/traces=<mode>`, a policy selecting it, and the
+/// shop's workloads in it; checks how the webhook injected the pods.
+async fn deploy_shop(
+    suite: &mut harness::Suite,
+    name: &str,
+    mode: &str,
+    sampling: serde_json::Value,
+    endpoint: &str,
+) -> anyhow::Result<Shop> {
+    let (log, client) = (suite.log.clone(), suite.cluster.client.clone());
+    log.step(&format!("policy {name} (sampling {sampling}) and its opted-in namespace"));
+    let ns = suite.namespaces.create("shop", &[ENABLED, (SHOP_LABEL, mode)]).await?;
     let policy: TracingPolicy = from_json(serde_json::json!({
         "apiVersion": "tracelight.io/v1alpha1", "kind": "TracingPolicy",
-        "metadata": {"name": POLICY},
+        "metadata": {"name": name},
         "spec": {
-            "namespaceSelector": {"matchLabels": {SHOP_LABEL.0: SHOP_LABEL.1}},
-            "collector": {"endpoint": format!("http://{grpc}"), "protocol": "grpc"},
-            "sampling": {"ratio": 1},
+            "namespaceSelector": {"matchLabels": {SHOP_LABEL: mode}},
+            "collector": {"endpoint": endpoint, "protocol": "grpc"},
+            "sampling": sampling,
             "resourceAttributes": {"deployment.environment": "e2e"}
         }
     }))?;
     Api::<TracingPolicy>::all(client.clone()).create(&PostParams::default(), &policy).await?;
-    let policy = harness::wait_active(&client, POLICY, &ns).await?;
+    let policy = harness::wait_active(&client, name, &ns).await?;
     wait_injecting(&client, &ns, Duration::from_secs(30)).await?;
-    log.note(&format!("policy {POLICY}: namespace {ns} Active; collector endpoint http://{grpc}"));
+    log.note(&format!("policy {name}: namespace {ns} Active"));
 
-    log.step("the shop's workloads");
     let workloads = shop::workloads();
     for w in &workloads {
         Api::<Deployment>::namespaced(client.clone(), &ns)
@@ -172,65 +209,119 @@ async fn traces(suite: &mut harness::Suite, otelcol: &std::path::Path) -> anyhow
         let pod = scheduled_pod(&client, &ns, w.name).await?;
         if w.traced {
             assert_injected(&pod, w.name, &policy)?;
-            log.note(&format!("{}: pod {} injected, on node {}", w.name, pod.name_any(), node_of(&pod)));
+            log.note(&format!("{ns}/{}: pod {} injected, on node {}", w.name, pod.name_any(), node_of(&pod)));
         } else {
             assert_untouched(&pod)?;
-            log.note(&format!("{}: pod {} opted out, untouched", w.name, pod.name_any()));
+            log.note(&format!("{ns}/{}: pod {} opted out, untouched", w.name, pod.name_any()));
         }
         pods.push(pod);
     }
+    Ok(Shop { ns, policy, pods, running: Vec::new() })
+}
 
-    log.step("run the injected pods on this host");
-    let images = shop::images(&policy, &support::operator::binary())?;
+/// Runs the shop's pods on this host: one network namespace each, Service names of the shop's
+/// namespace in their hosts files.
+async fn run_shop(
+    shop: &mut Shop,
+    client: &Client,
+    network: &mut Network,
+    images: &runner::images::Images,
+    dir: &std::path::Path,
+    log: &StepLog,
+) -> anyhow::Result<()> {
+    let ns = shop.ns.clone();
+    log.step(&format!("run the injected pods of {ns} on this host"));
     let inputs = PodInputs::from_objects(
         &Api::<ConfigMap>::namespaced(client.clone(), &ns).list(&ListParams::default()).await?.items,
         &Api::<Secret>::namespaced(client.clone(), &ns).list(&ListParams::default()).await?.items,
     );
     let inputs = PodInputs { host_ip: Some(network.host_ip()), ..inputs };
-    let nets: Vec<_> = pods.iter().map(|_| network.add_pod()).collect::<anyhow::Result<_>>()?;
+    let nets: Vec<_> = shop.pods.iter().map(|_| network.add_pod()).collect::<anyhow::Result<_>>()?;
     let services = Api::<Service>::namespaced(client.clone(), &ns).list(&ListParams::default()).await?.items;
-    let hosts = hosts_entries(&ns, &pods, &nets.iter().map(|n| n.ip).collect::<Vec<_>>(), &services)?;
+    let hosts = hosts_entries(&ns, &shop.pods, &nets.iter().map(|n| n.ip).collect::<Vec<_>>(), &services)?;
     for net in &nets {
         network.write_hosts(net, &hosts)?;
     }
-    let mut running: Vec<RunningPod> = Vec::new();
-    for (pod, net) in pods.iter().zip(nets) {
-        let pod_dir = dir.join(pod.name_any());
-        let inputs = PodInputs { tokens: runner::token::projected_tokens(&client, pod).await?, ..inputs.clone() };
-        running.push(runner::pod::start(pod, &images, net, &inputs, &pod_dir).await?);
-        log.note(&format!("{}: running, ready (logs in {})", pod.name_any(), pod_dir.join("logs").display()));
+    for (pod, net) in shop.pods.iter().zip(nets) {
+        let pod_dir = dir.join(&ns).join(pod.name_any());
+        let inputs = PodInputs { tokens: runner::token::projected_tokens(client, pod).await?, ..inputs.clone() };
+        shop.running.push(runner::pod::start(pod, images, net, &inputs, &pod_dir).await?);
+        log.note(&format!("{ns}/{}: running, ready (logs in {})", pod.name_any(), pod_dir.join("logs").display()));
     }
+    Ok(())
+}
 
-    let topology = shop::topology(&policy);
-    let identities: Vec<PodIdentity> = pods
-        .iter()
-        .zip(&workloads)
-        .filter(|(_, w)| w.traced)
-        .map(|(p, w)| PodIdentity {
-            service: w.name.into(),
-            namespace: p.namespace().unwrap_or_default(),
-            pod: p.name_any(),
-            uid: p.uid().unwrap_or_default(),
-            node: node_of(p),
-            container: w.container.into(),
-            deployment: w.name.into(),
-        })
-        .collect();
-    let mut collector = collector;
+async fn traces(suite: &mut harness::Suite, otelcol: &std::path::Path) -> anyhow::Result<()> {
+    let log = suite.log.clone();
+    let client = suite.cluster.client.clone();
+    // Under the cluster lock no other run is going on: anything of ours on the host is stale.
+    Network::remove_leftovers()?;
+    let mut network = Network::create()?;
+    let dir = support::work_dir().join(format!("traces-{}", network.id));
+    log.step(&format!(
+        "collector: {} on the pods' bridge {} (files in {})",
+        otelcol.display(),
+        network.host_ip(),
+        dir.display()
+    ));
+    let grpc = SocketAddr::from((network.host_ip(), support::free_port()));
+    let mut collector = Collector::start(otelcol, &dir.join("collector"), grpc).await?;
+    let endpoint = format!("http://{grpc}");
+
+    // The agent samples (ratio 1, then lowered live) in one namespace; the SDKs sample at
+    // SAMPLED_RATIO (the injected OTEL_TRACES_SAMPLER, parent-based) in another.
+    let mut shops = vec![
+        deploy_shop(suite, POLICY, "agent", serde_json::json!({"ratio": 1}), &endpoint).await?,
+        deploy_shop(suite, POLICY_SDK, "sdk", serde_json::json!({"ratio": SAMPLED_RATIO, "mode": "sdk"}), &endpoint)
+            .await?,
+    ];
+    let workloads = shop::workloads();
+    for (pod, w) in shops[1].pods.iter().zip(&workloads).filter(|(_, w)| w.traced) {
+        let env = support::objects::app_env(pod);
+        let sampler = (env.get("OTEL_TRACES_SAMPLER").map(String::as_str), env.get("OTEL_TRACES_SAMPLER_ARG"));
+        ensure!(
+            sampler == (Some("parentbased_traceidratio"), Some(&SAMPLED_RATIO.to_string())),
+            "{}: SDK sampling env is {sampler:?}",
+            w.name
+        );
+    }
+    let images = shop::images(&shops[0].policy, &support::operator::binary())?;
     let result = async {
-        exercise(&log, &collector, &mut running, &workloads, &topology, &identities).await?;
+        for shop in shops.iter_mut() {
+            run_shop(shop, &client, &mut network, &images, &dir, &log).await?;
+        }
+        let (agent, sdk) = shops.split_at_mut(1);
+        let (agent, sdk) = (&mut agent[0], &mut sdk[0]);
+        let topology = shop::topology(&agent.policy);
+        let (agent_ids, sdk_ids) = (agent.identities(&workloads), sdk.identities(&workloads));
+
+        exercise(&log, &collector, agent, &workloads, &topology, &agent_ids).await?;
         let first: BTreeSet<String> = collector.spans().into_iter().map(|s| s.trace_id).collect();
-        resample(&log, &client, &ns, &mut running, &workloads, &policy).await?;
+        resample(&log, &client, agent, &workloads).await?;
+        log.step(&format!("{SAMPLED_REQUESTS} requests to the shop in {} (SDKs sample at {SAMPLED_RATIO})", sdk.ns));
+        send_requests(sdk, &workloads, SAMPLED_REQUESTS).await?;
+        check_reports(&log, sdk, &workloads, &sdk.policy.clone(), false).await?;
+
         // Then everything is flushed and stopped (apps, agents, collector, in that order) and the
-        // final output checked: nothing arrived late, twice, or split.
+        // final output checked: nothing arrived late, twice, split, or from elsewhere.
         log.step("stop the pods (SIGTERM: SDKs and agents flush) and the collector; check the final output");
-        for pod in &mut running {
+        for pod in agent.running.iter_mut().chain(sdk.running.iter_mut()) {
             pod.stop();
         }
         collector.stop()?;
+        let spans = collector.spans();
+        let stray: Vec<&Span> = spans
+            .iter()
+            .filter(|s| ![&agent.ns, &sdk.ns].map(Some).contains(&s.resource.get("k8s.namespace.name")))
+            .collect();
+        ensure!(
+            stray.is_empty(),
+            "spans from neither shop namespace: {:?}",
+            stray.iter().map(|s| s.describe()).collect::<Vec<_>>()
+        );
         let (all_at_once, sampled): (Vec<Span>, Vec<Span>) =
-            collector.spans().into_iter().partition(|s| first.contains(&s.trace_id));
-        check::check(&all_at_once, REQUESTS, &topology, &identities)
+            agent.spans_of(&spans).into_iter().partition(|s| first.contains(&s.trace_id));
+        check::check(&all_at_once, REQUESTS, &topology, &agent_ids)
             .with_context(|| format!("ratio 1, after shutdown, in {}", collector.output.display()))?;
         let traces = check::by_trace(&all_at_once);
         log.note(&format!(
@@ -241,50 +332,88 @@ async fn traces(suite: &mut harness::Suite, otelcol: &std::path::Path) -> anyhow
         if let Some(first) = traces.values().next() {
             eprint!("{}", check::dump(first));
         }
-        let kept = check::check_complete(&sampled, &topology, &identities)
-            .with_context(|| format!("ratio {SAMPLED_RATIO}: a kept trace is incomplete (split by sampling?)"))?;
         let (lo, hi) = check::sampling_bound(SAMPLED_REQUESTS, SAMPLED_RATIO);
-        ensure!(
-            (lo..=hi).contains(&kept),
-            "ratio {SAMPLED_RATIO}: {kept} of {SAMPLED_REQUESTS} traces kept, outside [{lo}, {hi}] (mean ± 5 sd)"
-        );
-        log.note(&format!(
-            "ratio {SAMPLED_RATIO}: {kept} of {SAMPLED_REQUESTS} traces kept (bound [{lo}, {hi}]), every one complete \
-             ({} spans)",
-            sampled.len()
-        ));
+        for (what, spans, ids) in [("agent", sampled, &agent_ids), ("sdk", sdk.spans_of(&spans), &sdk_ids)] {
+            let kept = check::check_complete(&spans, &topology, ids).with_context(|| {
+                format!("{what} sampling at {SAMPLED_RATIO}: a kept trace is incomplete (split by sampling?)")
+            })?;
+            ensure!(
+                (lo..=hi).contains(&kept),
+                "{what} sampling at {SAMPLED_RATIO}: {kept} of {SAMPLED_REQUESTS} traces kept, outside [{lo}, {hi}] \
+                 (mean ± 5 sd)"
+            );
+            log.note(&format!(
+                "{what} sampling at {SAMPLED_RATIO}: {kept} of {SAMPLED_REQUESTS} traces kept (bound [{lo}, {hi}]), \
+                 every one complete ({} spans)",
+                spans.len()
+            ));
+        }
         anyhow::Ok(())
     }
     .await;
-    let logs: String = running.iter().map(|p| p.log_tails(30)).collect();
-    drop(running);
+    let logs: String = shops.iter().flat_map(|s| s.running.iter()).map(|p| p.log_tails(30)).collect();
+    drop(shops);
     drop(collector);
     drop(network);
     // The failure first, then what the containers printed.
     result.map_err(|e| anyhow::anyhow!("{e:#}\n\ncontainer logs (last lines):\n{logs}"))
 }
 
+/// Sends `n` checkout requests to the shop's frontend; each must succeed.
+async fn send_requests(shop: &Shop, workloads: &[shop::Workload], n: usize) -> anyhow::Result<()> {
+    let at = workloads.iter().position(|w| w.name == "frontend").context("no frontend")?;
+    let (ip, port) = (shop.running[at].net.ip, workloads[at].port.context("the frontend has no port")?);
+    for i in 0..n {
+        let sku = ["book", "lamp", "mug"][i % 3];
+        let (status, body) = http_get(ip, port, &format!("/checkout?sku={sku}")).await?;
+        ensure!(status == 200, "GET /checkout?sku={sku}: HTTP {status}: {body}");
+        ensure!(body.contains("\"quantity\""), "GET /checkout?sku={sku}: no quantity in {body}");
+    }
+    Ok(())
+}
+
+/// Every agent of the shop lost nothing; it sampled spans out when `agent_samples`, and none
+/// when the SDKs sample.
+async fn check_reports(
+    log: &StepLog,
+    shop: &Shop,
+    workloads: &[shop::Workload],
+    policy: &TracingPolicy,
+    agent_samples: bool,
+) -> anyhow::Result<()> {
+    let admin = policy.spec.agent.ports.admin;
+    for (pod, _) in shop.running.iter().zip(workloads).filter(|(_, w)| w.traced) {
+        let (status, body) = http_get(pod.net.ip, admin, "/report").await?;
+        ensure!(status == 200, "{}: GET /report: HTTP {status}", pod.name);
+        let report: serde_json::Value = serde_json::from_str(&body)?;
+        let spans = &report["spans"];
+        let dropped: u64 = spans["dropped"].as_object().into_iter().flatten().filter_map(|(_, n)| n.as_u64()).sum();
+        ensure!(dropped == 0, "{}: the agent dropped spans: {spans}", pod.name);
+        let sampled_out = spans["sampledOut"].as_u64().unwrap_or(0);
+        ensure!(
+            (sampled_out > 0) == agent_samples,
+            "{}: the agent sampled out {sampled_out} spans (agent sampling: {agent_samples}): {spans}",
+            pod.name
+        );
+        log.note(&format!("{}/{}: agent report {spans}", shop.ns, pod.name));
+    }
+    Ok(())
+}
+
 async fn exercise(
     log: &StepLog,
     collector: &Collector,
-    running: &mut [RunningPod],
+    shop: &mut Shop,
     workloads: &[shop::Workload],
     topology: &Topology,
     identities: &[PodIdentity],
 ) -> anyhow::Result<()> {
-    let at = workloads.iter().position(|w| w.name == "frontend").context("no frontend")?;
-    let (frontend, port) = (&running[at], workloads[at].port.context("the frontend has no port")?);
-    log.step(&format!("{REQUESTS} requests to the frontend at {}:{port}", frontend.net.ip));
-    for i in 0..REQUESTS {
-        let sku = ["book", "lamp", "mug"][i % 3];
-        let (status, body) = http_get(frontend.net.ip, port, &format!("/checkout?sku={sku}")).await?;
-        ensure!(status == 200, "GET /checkout?sku={sku}: HTTP {status}: {body}");
-        ensure!(body.contains("\"quantity\""), "GET /checkout?sku={sku}: no quantity in {body}");
-    }
+    log.step(&format!("{REQUESTS} requests to the shop in {} (ratio 1)", shop.ns));
+    send_requests(shop, workloads, REQUESTS).await?;
     log.step("the collector's output: one complete trace per request");
     let deadline = Instant::now() + SPANS_DEADLINE;
     loop {
-        let spans = collector.spans();
+        let spans = shop.spans_of(&collector.spans());
         match check::check(&spans, REQUESTS, topology, identities) {
             Ok(()) => break,
             Err(e) if Instant::now() >= deadline => {
@@ -297,7 +426,7 @@ async fn exercise(
             Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
         }
     }
-    for pod in running.iter_mut() {
+    for pod in shop.running.iter_mut() {
         let exited = pod.exited();
         ensure!(exited.is_empty(), "pod {}: containers exited: {exited:?}", pod.name);
     }
@@ -307,17 +436,12 @@ async fn exercise(
 /// Lowers the policy's sampling ratio, waits until every agent runs the new config (the
 /// controller rewrites the namespace's ConfigMap, the runner syncs it into the pods' volumes like
 /// the kubelet, the agents reload it live), then sends [`SAMPLED_REQUESTS`] requests.
-async fn resample(
-    log: &StepLog,
-    client: &Client,
-    ns: &str,
-    running: &mut [RunningPod],
-    workloads: &[shop::Workload],
-    policy: &TracingPolicy,
-) -> anyhow::Result<()> {
+async fn resample(log: &StepLog, client: &Client, shop: &mut Shop, workloads: &[shop::Workload]) -> anyhow::Result<()> {
+    let (ns, policy, name) = (shop.ns.clone(), shop.policy.clone(), shop.policy.name_any());
+    let ns = ns.as_str();
     log.step(&format!("sampling: the policy's ratio set to {SAMPLED_RATIO}; agents reload it live"));
     let patch = serde_json::json!({"spec": {"sampling": {"ratio": SAMPLED_RATIO}}});
-    Api::<TracingPolicy>::all(client.clone()).patch(POLICY, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    Api::<TracingPolicy>::all(client.clone()).patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
     let configmaps = Api::<ConfigMap>::namespaced(client.clone(), ns);
     wait::until(
         &format!("the agent ConfigMap in {ns} to carry ratio {SAMPLED_RATIO}"),
@@ -336,7 +460,7 @@ async fn resample(
         &Api::<Secret>::namespaced(client.clone(), ns).list(&ListParams::default()).await?.items,
     );
     let admin = policy.spec.agent.ports.admin;
-    for (pod, w) in running.iter_mut().zip(workloads) {
+    for (pod, w) in shop.running.iter_mut().zip(workloads) {
         pod.sync_volumes(&inputs)?;
         if !w.traced {
             continue;
@@ -362,29 +486,13 @@ async fn resample(
         .iter()
         .map(ResourceExt::name_any)
         .collect();
-    let ran: BTreeSet<String> = running.iter().map(|p| p.name.clone()).collect();
+    let ran: BTreeSet<String> = shop.running.iter().map(|p| p.name.clone()).collect();
     ensure!(now == ran, "the sampling change replaced pods: they are {now:?}, were {ran:?}");
     log.note(&format!("every agent reports ratio {SAMPLED_RATIO}; no pod was replaced"));
-    let at = workloads.iter().position(|w| w.name == "frontend").context("no frontend")?;
-    let (ip, port) = (running[at].net.ip, workloads[at].port.context("the frontend has no port")?);
-    log.step(&format!("{SAMPLED_REQUESTS} requests to the frontend"));
-    for i in 0..SAMPLED_REQUESTS {
-        let sku = ["book", "lamp", "mug"][i % 3];
-        let (status, body) = http_get(ip, port, &format!("/checkout?sku={sku}")).await?;
-        ensure!(status == 200, "GET /checkout?sku={sku}: HTTP {status}: {body}");
-    }
+    log.step(&format!("{SAMPLED_REQUESTS} requests to the shop in {ns}"));
+    send_requests(shop, workloads, SAMPLED_REQUESTS).await?;
     // The agents did the sampling (the SDKs sample parent-based always-on) and lost nothing.
-    for (pod, _) in running.iter().zip(workloads).filter(|(_, w)| w.traced) {
-        let (status, body) = http_get(pod.net.ip, admin, "/report").await?;
-        ensure!(status == 200, "{}: GET /report: HTTP {status}", pod.name);
-        let report: serde_json::Value = serde_json::from_str(&body)?;
-        let spans = &report["spans"];
-        let dropped: u64 = spans["dropped"].as_object().into_iter().flatten().filter_map(|(_, n)| n.as_u64()).sum();
-        ensure!(dropped == 0, "{}: the agent dropped spans: {spans}", pod.name);
-        ensure!(spans["sampledOut"].as_u64() > Some(0), "{}: the agent sampled nothing out: {spans}", pod.name);
-        log.note(&format!("{}: agent report {spans}", pod.name));
-    }
-    Ok(())
+    check_reports(log, shop, workloads, &policy, true).await
 }
 
 /// Waits for the one pod of Deployment `app` to be scheduled; returns it as stored.
