@@ -244,6 +244,8 @@ async fn run_policy_controller(
     let pod_cache =
         watcher(Api::<PartialObjectMeta<Pod>>::all(client.clone()), watcher::Config::default().any_semantic())
             .default_backoff()
+            // Managed fields are most of a pod's metadata and never read: keep the cache small.
+            .modify(|pod| pod.metadata.managed_fields = None)
             .reflect(pod_writer)
             .for_each(|r| {
                 if let Err(e) = r {
@@ -314,6 +316,7 @@ where
     let (store, writer) = reflector::store::<K>();
     let cache = watcher(Api::<K>::all(client.clone()), watcher::Config::default().any_semantic())
         .default_backoff()
+        .modify(slim_workload::<K>)
         .reflect(writer)
         .touched_objects()
         .for_each(move |r| {
@@ -326,6 +329,16 @@ where
             ready(())
         });
     (store, cache)
+}
+
+/// Drops what the rollout never reads from a cached workload (managed fields, the last-applied
+/// copy of the whole object), so the cache costs little more than the templates it needs.
+fn slim_workload<K: kube::Resource>(workload: &mut K) {
+    let meta = workload.meta_mut();
+    meta.managed_fields = None;
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
 }
 
 #[cfg(test)]
@@ -375,5 +388,27 @@ mod tests {
         assert_eq!(args.webhook.webhook_config, "tl");
         assert!(matches!(args.log_format, LogFormat::Json));
         assert_eq!(args.lease_namespace.as_deref(), Some("ops"));
+    }
+
+    #[test]
+    fn cached_workloads_keep_their_template_but_not_managed_fields() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
+        let mut d = Deployment::default();
+        d.metadata.managed_fields = Some(vec![ManagedFieldsEntry::default()]);
+        d.metadata.annotations = Some(
+            [("kubectl.kubernetes.io/last-applied-configuration", "{...}"), ("team", "shop")]
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .into(),
+        );
+        d.spec.template.metadata = Some(kube::api::ObjectMeta {
+            annotations: Some([("tracelight.io/restart-hash".to_string(), "h1".to_string())].into()),
+            ..Default::default()
+        });
+        slim_workload(&mut d);
+        assert_eq!(d.metadata.managed_fields, None);
+        let annotations = d.metadata.annotations.clone().unwrap_or_default();
+        assert_eq!(annotations.keys().collect::<Vec<_>>(), vec!["team"]);
+        let template = d.spec.template.metadata.and_then(|m| m.annotations).unwrap_or_default();
+        assert_eq!(template.get("tracelight.io/restart-hash").map(String::as_str), Some("h1"), "restart marks stay");
     }
 }
