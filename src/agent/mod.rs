@@ -78,6 +78,9 @@ pub struct AgentArgs {
     /// How often the config file is checked, in milliseconds.
     #[arg(long, default_value_t = 1000)]
     pub config_poll_ms: u64,
+    /// Export requests in flight at once.
+    #[arg(long, default_value_t = 4)]
+    pub export_concurrency: usize,
     /// Timeout of one export request, in seconds.
     #[arg(long, default_value_t = 10)]
     pub export_timeout_secs: u64,
@@ -231,6 +234,7 @@ pub async fn start_with_identity(args: AgentArgs, identity: enrich::PodIdentity)
             linger: Duration::from_millis(args.batch_linger_ms),
             backoff: Backoff::default(),
             shutdown_deadline: Duration::from_secs(args.shutdown_timeout_secs),
+            max_in_flight: args.export_concurrency.max(1),
         },
     };
     let mut background =

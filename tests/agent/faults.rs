@@ -169,3 +169,31 @@ async fn grpc_unavailable_is_retried_until_the_collector_is_back() {
     agent.shutdown().await;
     sink.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_counts_batches_stuck_in_flight_at_the_deadline() {
+    // A collector that accepts connections and never answers: the export requests hang.
+    let listener = tokio::net::TcpListener::bind(ANY_PORT).await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let h = held.clone();
+    tokio::spawn(async move {
+        while let Ok((conn, _)) = listener.accept().await {
+            h.lock().expect("lock").push(conn);
+        }
+    });
+    let dir = temp_dir("stuck");
+    let cfg = dir.join("config.yaml");
+    write_atomic(&cfg, &config_yaml(1, &format!("http://{addr}"), "http/protobuf", 1.0, ""));
+    let mut a = args(&cfg);
+    a.shutdown_timeout_secs = 1;
+    a.export_timeout_secs = 600;
+    let agent = tracelight::agent::start_with_identity(a, identity()).await.expect("start");
+    send_http(&agent, 6).await;
+    assert!(wait_until(Duration::from_secs(10), || agent.shared.queue_spans() == 0).await, "taken for export");
+    let metrics = agent.shared.metrics.clone();
+    tokio::time::timeout(Duration::from_secs(60), agent.shutdown()).await.expect("shutdown ends at its deadline");
+    assert_eq!(metrics.exported.get(), 0);
+    assert_eq!(metrics.dropped_count(DropReason::Shutdown), 6, "abandoned in flight, counted");
+    assert!(!held.lock().expect("lock").is_empty(), "the export did reach the collector");
+}

@@ -1,7 +1,7 @@
-//! Export: take batches from the queue, send them to the collector, retry what is retryable,
-//! count everything. The client is swapped live when the config changes; a batch that failed
-//! with a retryable error goes back to the head of the queue, so nothing is lost while the
-//! queue has room.
+//! Export: take batches from the queue, send them to the collector (a few requests in flight),
+//! retry what is retryable, count everything. The client is swapped live when the config
+//! changes; a batch that failed with a retryable error goes back to the head of the queue, so
+//! nothing is lost while the queue has room.
 
 pub mod grpc;
 pub mod http;
@@ -14,9 +14,11 @@ use super::settings::ExportSettings;
 use crate::api::policy::CollectorProtocol;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 use retry::{Backoff, ExportError};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -73,6 +75,8 @@ pub struct LoopOptions {
     pub linger: Duration,
     pub backoff: Backoff,
     pub shutdown_deadline: Duration,
+    /// Export requests in flight at once: a collector's round trip does not cap throughput.
+    pub max_in_flight: usize,
 }
 
 pub struct ExportLoop {
@@ -88,40 +92,13 @@ enum Sent {
     Retry(Option<Duration>),
 }
 
-impl ExportLoop {
-    /// Run until `stop`, then flush what is queued within the shutdown deadline.
-    pub async fn run(mut self, stop: CancellationToken) {
-        let mut attempt = 0u32;
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => break,
-                _ = self.queue.wait_batch(self.options.batch_bytes, self.options.linger) => {}
-            }
-            let Some(client) = self.clients.borrow_and_update().clone() else {
-                tokio::select! {
-                    _ = stop.cancelled() => break,
-                    _ = self.clients.changed() => continue,
-                }
-            };
-            let Some(batch) = self.queue.take(self.options.batch_bytes) else { continue };
-            match self.send(&client, batch).await {
-                Sent::Done => attempt = 0,
-                Sent::Retry(hint) => {
-                    let delay = self.options.backoff.delay(attempt, hint, fastrand::f64());
-                    attempt = attempt.saturating_add(1);
-                    tracing::debug!(?delay, attempt, "export backoff");
-                    tokio::select! {
-                        _ = stop.cancelled() => break,
-                        _ = tokio::time::sleep(delay) => {}
-                        // A new endpoint or key may fix it: try at once.
-                        _ = self.clients.changed() => attempt = 0,
-                    }
-                }
-            }
-        }
-        self.flush().await;
-    }
+/// What one export task needs: the queue to requeue into and the counters.
+struct Sender {
+    queue: Arc<Queue>,
+    metrics: Arc<Metrics>,
+}
 
+impl Sender {
     /// Send one batch and account for it; a retryable failure requeues it.
     #[tracing::instrument(level = "debug", skip_all, fields(spans = batch.spans, bytes = batch.bytes))]
     async fn send(&self, client: &Client, batch: Batch) -> Sent {
@@ -155,10 +132,71 @@ impl ExportLoop {
             }
         }
     }
+}
+
+impl ExportLoop {
+    /// Run until `stop`, then flush what is queued within the shutdown deadline.
+    pub async fn run(mut self, stop: CancellationToken) {
+        let mut attempt = 0u32;
+        let mut in_flight: JoinSet<Sent> = JoinSet::new();
+        // Spans in batches being sent: counted as dropped if shutdown has to abandon them.
+        let flying = Arc::new(AtomicUsize::new(0));
+        let max_in_flight = self.options.max_in_flight.max(1);
+        loop {
+            tokio::select! {
+                biased;
+                _ = stop.cancelled() => break,
+                Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
+                    let Ok(Sent::Retry(hint)) = done else {
+                        attempt = 0;
+                        continue;
+                    };
+                    // The batch is back at the head of the queue; pause new sends.
+                    let delay = self.options.backoff.delay(attempt, hint, fastrand::f64());
+                    attempt = attempt.saturating_add(1);
+                    tracing::debug!(?delay, attempt, "export backoff");
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = tokio::time::sleep(delay) => {}
+                        // A new endpoint or key may fix it: try at once.
+                        _ = self.clients.changed() => attempt = 0,
+                    }
+                    continue;
+                }
+                _ = self.queue.wait_batch(self.options.batch_bytes, self.options.linger),
+                    if in_flight.len() < max_in_flight => {}
+            }
+            let Some(client) = self.clients.borrow_and_update().clone() else {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = self.clients.changed() => continue,
+                }
+            };
+            let Some(batch) = self.queue.take(self.options.batch_bytes) else { continue };
+            let sender = Sender { queue: self.queue.clone(), metrics: self.metrics.clone() };
+            let flying = flying.clone();
+            flying.fetch_add(batch.spans, Ordering::Relaxed);
+            in_flight.spawn(async move {
+                let spans = batch.spans;
+                let sent = sender.send(&client, batch).await;
+                flying.fetch_sub(spans, Ordering::Relaxed);
+                sent
+            });
+        }
+        // Sends in flight finish (each bounded by the export timeout) or are abandoned at the deadline.
+        let deadline = Instant::now() + self.options.shutdown_deadline;
+        while let Ok(Some(_)) = tokio::time::timeout_at(deadline, in_flight.join_next()).await {}
+        in_flight.shutdown().await;
+        self.metrics.drop_spans(DropReason::Shutdown, flying.load(Ordering::Relaxed));
+        self.flush(deadline).await;
+    }
+
+    async fn send(&self, client: &Client, batch: Batch) -> Sent {
+        Sender { queue: self.queue.clone(), metrics: self.metrics.clone() }.send(client, batch).await
+    }
 
     /// Export what is left until the deadline; count the rest as dropped at shutdown.
-    async fn flush(&mut self) {
-        let deadline = Instant::now() + self.options.shutdown_deadline;
+    async fn flush(&mut self, deadline: Instant) {
         let Some(client) = self.clients.borrow().clone() else {
             self.drop_rest();
             return;
