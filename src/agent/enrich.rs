@@ -73,14 +73,29 @@ pub fn attributes_to_add(identity: &PodIdentity, custom: &BTreeMap<String, Strin
     out
 }
 
-/// Add each attribute the resource does not already have; what the application set wins.
+/// Add each attribute the resource does not already have; what the application set wins,
+/// except a value that is an unexpanded Kubernetes `$(VAR)` reference: the kubelet leaves those
+/// as they are when `VAR` is not defined before them, and `k8s.pod.name=$(TRACELIGHT_POD_NAME)`
+/// would otherwise reach the backend as it is.
 pub fn enrich(resource: &mut Option<Resource>, attributes: &[(String, String)]) {
     let resource = resource.get_or_insert_with(Resource::default);
     for (key, value) in attributes {
-        if !resource.attributes.iter().any(|kv| &kv.key == key) {
-            resource.attributes.push(string_kv(key, value));
+        match resource.attributes.iter_mut().find(|kv| &kv.key == key) {
+            None => resource.attributes.push(string_kv(key, value)),
+            Some(kv) if is_unexpanded_reference(kv) => *kv = string_kv(key, value),
+            Some(_) => {}
         }
     }
+}
+
+/// The value is exactly `$(NAME)`, as the kubelet leaves a reference it cannot resolve.
+fn is_unexpanded_reference(kv: &KeyValue) -> bool {
+    let Some(any_value::Value::StringValue(s)) = kv.value.as_ref().and_then(|v| v.value.as_ref()) else {
+        return false;
+    };
+    s.strip_prefix("$(")
+        .and_then(|rest| rest.strip_suffix(')'))
+        .is_some_and(|name| !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c)))
 }
 
 fn string_kv(key: &str, value: &str) -> KeyValue {
@@ -140,6 +155,24 @@ mod tests {
         enrich(&mut r, &identity().attributes());
         let r = r.expect("resource");
         assert_eq!(value_of(&r, "k8s.pod.name"), Some("from-sdk"));
+        assert_eq!(r.attributes.iter().filter(|kv| kv.key == "k8s.pod.name").count(), 1);
+    }
+
+    #[test]
+    fn unexpanded_references_are_replaced_but_other_application_values_win() {
+        let mut r = Some(Resource {
+            attributes: vec![
+                string_kv("k8s.pod.name", "$(TRACELIGHT_POD_NAME)"),
+                string_kv("k8s.node.name", "node-$(X)"),
+            ],
+            ..Default::default()
+        });
+        let id = identity();
+        enrich(&mut r, &id.attributes());
+        let r = r.expect("resource");
+        let expected = id.attributes().into_iter().find(|(k, _)| k == "k8s.pod.name").expect("pod name").1;
+        assert_eq!(value_of(&r, "k8s.pod.name"), Some(expected.as_str()));
+        assert_eq!(value_of(&r, "k8s.node.name"), Some("node-$(X)"), "not a whole reference: the application's");
         assert_eq!(r.attributes.iter().filter(|kv| kv.key == "k8s.pod.name").count(), 1);
     }
 
