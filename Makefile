@@ -40,8 +40,7 @@ e2e: ## End-to-end suite on the local control plane (started if needed; left run
 	@e2e/cluster/up.sh >/dev/null
 	@mkdir -p "$${TRACELIGHT_CACHE:-$$HOME/.cache/tracelight}"
 	@start=$$(date +%s); rc=0; \
-	flock "$${TRACELIGHT_CACHE:-$$HOME/.cache/tracelight}/e2e-cluster.lock" \
-	  $(CARGO) test --locked --features e2e --test e2e -- --nocapture || rc=$$?; \
+	$(CARGO) test --locked --features e2e --test e2e -- --nocapture || rc=$$?; \
 	echo "e2e suite: $$(( $$(date +%s) - start ))s (exit $$rc)"; exit $$rc
 
 demo: ## Local demo: cluster, chart, operator, sample policies, an injected pod (see e2e/demo.sh)
@@ -90,6 +89,5 @@ bench-scale: ## Rollout at scale on the local control plane (SCALE_NAMESPACES x 
 	$(CARGO) build --locked --features e2e --bin tracelight
 	@e2e/cluster/up.sh >/dev/null
 	@mkdir -p target && set -o pipefail && \
-	flock "$${TRACELIGHT_CACHE:-$$HOME/.cache/tracelight}/e2e-cluster.lock" \
-	  $(CARGO) test --locked --features e2e --test e2e bench_scale -- --ignored --nocapture 2>&1 | tee target/bench-scale.log
+	$(CARGO) test --locked --features e2e --test e2e bench_scale -- --ignored --nocapture 2>&1 | tee target/bench-scale.log
 	@grep '^RESULT ' target/bench-scale.log | tail -n1

@@ -23,6 +23,7 @@ use support::StepLog;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn operator_on_a_real_cluster() {
+    let _lock = support::cluster_lock().expect("the e2e cluster lock");
     let log = StepLog::new();
     let result = suite::run(&log).await;
     eprintln!("\n[e2e] suite finished in {:.1}s", log.elapsed().as_secs_f64());

@@ -35,6 +35,7 @@ fn env_or(name: &str, default: usize) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "a scale benchmark (minutes, thousands of pods): make bench-scale"]
 async fn bench_scale() {
+    let _lock = crate::support::cluster_lock().expect("the e2e cluster lock");
     let log = StepLog::new();
     let cluster = Cluster::up().await.expect("cluster");
     setup::refuse_if_demo_running().expect("demo check");

@@ -14,7 +14,7 @@
 //!
 //! It reuses the cluster suite's setup (`e2e/tests/suite/setup.rs`, see [`harness`]: chart in URL
 //! mode, operator as a local process with the chart's ServiceAccount) and so owns the cluster's
-//! Tracelight objects while it runs, like `make e2e`: both hold the lock file [`cluster_lock`] for
+//! Tracelight objects while it runs, like `make e2e`: both hold the lock file [`support::cluster_lock`] for
 //! their whole run, so they never interleave on the shared cluster. Needs root (network
 //! namespaces), the collector (`TRACELIGHT_OTELCOL`, from e2e/collector/build.sh) and the shop's
 //! prepared content (e2e/apps/prepare.sh); without them it fails, never skips.
@@ -66,26 +66,9 @@ const SAMPLED_REQUESTS: usize = 200;
 /// How long spans may take to reach the collector (SDK batch delays are 5s).
 const SPANS_DEADLINE: Duration = Duration::from_secs(90);
 
-/// The lock that serializes the suites sharing the local cluster (`make e2e` takes it with
-/// `flock`). Held until dropped.
-fn cluster_lock() -> anyhow::Result<std::fs::File> {
-    let dir = match std::env::var_os("TRACELIGHT_CACHE") {
-        Some(d) => PathBuf::from(d),
-        None => PathBuf::from(std::env::var_os("HOME").context("HOME is not set")?).join(".cache/tracelight"),
-    };
-    std::fs::create_dir_all(&dir)?;
-    let path = dir.join("e2e-cluster.lock");
-    let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path)?;
-    if file.try_lock().is_err() {
-        eprintln!("[traces] waiting for {} (another e2e run holds the cluster)", path.display());
-        file.lock()?;
-    }
-    Ok(file)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn traces_flow_through_injected_pods() {
-    let _lock = cluster_lock().expect("the e2e cluster lock");
+    let _lock = support::cluster_lock().expect("the e2e cluster lock");
     let log = StepLog::new();
     let result = run(&log).await;
     eprintln!("\n[traces] finished in {:.1}s", log.elapsed().as_secs_f64());

@@ -22,6 +22,24 @@ pub fn work_dir() -> PathBuf {
     dir
 }
 
+/// The lock that serializes the suites sharing the local cluster (`e2e`, `traces`, the scale
+/// bench), whoever starts them (`make` or `cargo test` directly). Held until dropped.
+pub fn cluster_lock() -> std::io::Result<std::fs::File> {
+    let dir = match std::env::var_os("TRACELIGHT_CACHE") {
+        Some(d) => PathBuf::from(d),
+        None => PathBuf::from(std::env::var_os("HOME").ok_or_else(|| std::io::Error::other("HOME is not set"))?)
+            .join(".cache/tracelight"),
+    };
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join("e2e-cluster.lock");
+    let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path)?;
+    if file.try_lock().is_err() {
+        eprintln!("[e2e] waiting for {} (another e2e run holds the cluster)", path.display());
+        file.lock()?;
+    }
+    Ok(file)
+}
+
 /// Prints step progress with the time since the suite started, so a slow step is visible.
 #[derive(Clone)]
 pub struct StepLog {
