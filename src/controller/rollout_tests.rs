@@ -4,13 +4,13 @@
 use super::*;
 use crate::api::{NamespaceStatus, TracingPolicySpec};
 use crate::controller::plan::GovernedNamespace;
-use crate::rollout::{PodCounts, RestartMark, Rollback, RolloutPhase, WorkloadKind};
+// The engine tests' fixtures: a Deployment whose 2 pods are not injected yet.
+use crate::rollout::tests::{fresh as workload, id, HASH};
+use crate::rollout::{PodCounts, RestartMark, Rollback, RolloutPhase};
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStatus};
 use k8s_openapi::api::core::v1::{Container, PodSpec, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use std::time::Duration;
-
-const HASH: &str = "h1";
 
 fn t(secs: i64) -> Timestamp {
     Timestamp::from_second(1_800_000_000 + secs).unwrap()
@@ -56,23 +56,6 @@ fn status_with(namespaces: &[(&str, NamespaceState)]) -> TracingPolicyStatus {
             .map(|(name, state)| NamespaceStatus { name: name.to_string(), state: *state, ..Default::default() })
             .collect(),
         ..Default::default()
-    }
-}
-
-fn id(namespace: &str, name: &str) -> WorkloadId {
-    WorkloadId { namespace: namespace.into(), kind: WorkloadKind::Deployment, name: name.into() }
-}
-
-fn workload(namespace: &str, name: &str) -> WorkloadObservation {
-    WorkloadObservation {
-        id: id(namespace, name),
-        desired_hash: Some(HASH.into()),
-        pods: PodCounts { total: 2, current: 0, outdated: 0, missed: 2, ready: 2 },
-        restart: None,
-        rolled_out: true,
-        health: Health::Healthy,
-        reporting: None,
-        excluded: None,
     }
 }
 

@@ -10,4 +10,4 @@ pub use engine::plan;
 pub use model::*;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -5,7 +5,7 @@ use k8s_openapi::jiff::Timestamp;
 use proptest::prelude::*;
 use std::time::Duration;
 
-const HASH: &str = "h1";
+pub(crate) const HASH: &str = "h1";
 
 fn t(secs: i64) -> Timestamp {
     Timestamp::from_second(1_800_000_000 + secs).unwrap()
@@ -24,12 +24,12 @@ fn ns(name: &str, phase: usize) -> NamespaceObservation {
     NamespaceObservation { name: name.into(), phase }
 }
 
-fn id(namespace: &str, name: &str) -> WorkloadId {
+pub(crate) fn id(namespace: &str, name: &str) -> WorkloadId {
     WorkloadId { namespace: namespace.into(), kind: WorkloadKind::Deployment, name: name.into() }
 }
 
 /// A workload whose 2 pods are not injected yet.
-fn fresh(namespace: &str, name: &str) -> WorkloadObservation {
+pub(crate) fn fresh(namespace: &str, name: &str) -> WorkloadObservation {
     WorkloadObservation {
         id: id(namespace, name),
         desired_hash: Some(HASH.into()),
