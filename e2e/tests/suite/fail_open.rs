@@ -2,7 +2,7 @@
 //! (connection accepted, never answered), pods are created uninjected within the webhook
 //! timeout (`failurePolicy: Ignore`). Once the operator is back, injection resumes.
 
-use super::injection::wait_active;
+use super::wait_active;
 use super::{Suite, WEBHOOK_TIMEOUT_SECONDS};
 use crate::support::objects::{assert_injected, assert_untouched, create_pod, wait_injecting, ENABLED};
 use anyhow::{ensure, Context as _};

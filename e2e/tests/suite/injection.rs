@@ -2,7 +2,7 @@
 //! active namespace carry the agent sidecar, the OpenTelemetry env and the record label and
 //! annotations; pods elsewhere, or opted out, are untouched.
 
-use super::{Active, Suite};
+use super::{wait_active, Active, Suite};
 use crate::support::objects::{
     self, assert_injected, assert_untouched, create_pod, first_pod_of, from_json, wait_injecting, ENABLED,
 };
@@ -17,7 +17,6 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 use std::time::{Duration, Instant};
 use tracelight::api::agent_config::AGENT_CONFIGMAP;
-use tracelight::api::{NamespaceState, TracingPolicy};
 
 const POD_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -36,19 +35,6 @@ where
         .create(&PostParams::default(), &object)
         .await
         .with_context(|| format!("creating {} {ns}/{name}", K::kind(&())))
-}
-
-/// Waits until `policy`'s status marks `namespace` Active; returns the policy as it is then.
-pub async fn wait_active(client: &Client, policy: &str, namespace: &str) -> anyhow::Result<TracingPolicy> {
-    let api = Api::<TracingPolicy>::all(client.clone());
-    wait::until(&format!("policy {policy} to mark namespace {namespace} Active"), Duration::from_secs(60), || async {
-        let p = api.get(policy).await?;
-        let status = p.status.as_ref().context("no status yet")?;
-        let state = status.namespace_state(namespace);
-        ensure!(state == Some(NamespaceState::Active), "state {state:?}; status {status:?}");
-        Ok(p)
-    })
-    .await
 }
 
 pub async fn workloads_are_injected(suite: &mut Suite) -> anyhow::Result<()> {

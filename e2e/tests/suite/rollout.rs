@@ -7,7 +7,7 @@
 //! Deployments here run one replica with `terminationGracePeriodSeconds: 1`; kwok makes their
 //! pods Ready within a second, so each step is bounded by short soaks and deadlines.
 
-use super::injection::wait_active;
+use super::wait_active;
 use super::Suite;
 use crate::support::cluster::checked;
 use crate::support::objects::{assert_injected, assert_untouched, from_json, template, ENABLED};

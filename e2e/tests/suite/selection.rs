@@ -2,7 +2,7 @@
 //! opt-in label (so the API server calls the webhook) but outside every policy's selector is
 //! left alone. Deleting a policy removes its agent objects (finalizer).
 
-use super::injection::wait_active;
+use super::wait_active;
 use super::{Active, Suite};
 use crate::support::objects::{assert_injected, assert_untouched, create_pod, from_json, wait_injecting, ENABLED};
 use crate::support::wait;
