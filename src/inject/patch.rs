@@ -108,8 +108,7 @@ fn diff_as_json<T: Serialize>(
     new: &T,
     ops: &mut Vec<PatchOperation>,
 ) -> Result<(), serde_json::Error> {
-    diff_value(path, &serde_json::to_value(old)?, &serde_json::to_value(new)?, ops);
-    Ok(())
+    diff_value(path, &serde_json::to_value(old)?, &serde_json::to_value(new)?, ops)
 }
 
 /// The injector changes an application container's `env` and `volumeMounts` only: those are
@@ -242,15 +241,18 @@ fn diff_optional_list<T: Serialize + PartialEq>(
         (None, Some(n)) => {
             ops.push(PatchOperation::Add(AddOperation { path: path.pointer(), value: serde_json::to_value(n)? }))
         }
-        (Some(o), Some(n)) => diff_typed_named_list(path, o, n, item, ops)?,
+        (Some(o), Some(n)) => diff_named_list(path, o, n, item, ops)?,
     }
     path.pop();
     Ok(())
 }
 
-/// [`diff_named_array`] over typed items: equal items cost a comparison, changed ones are
-/// serialized and diffed field by field, new ones are serialized once.
-fn diff_typed_named_list<T: Serialize + PartialEq>(
+/// Walks `new` in order; elements absent from `old` are added at their index, elements present
+/// in both are diffed in place, elements of `old` absent from `new` are removed. Indices are
+/// those of the document as each operation applies, since RFC 6902 applies them in sequence.
+/// When the elements common to both are not in the same order (never the injector's doing), the
+/// list is replaced whole. Equal elements cost a comparison; new ones are serialized once.
+fn diff_named_list<T: Serialize + PartialEq>(
     path: &mut Path,
     old: &[T],
     new: &[T],
@@ -297,22 +299,38 @@ fn diff_typed_named_list<T: Serialize + PartialEq>(
 #[cfg(test)]
 pub fn diff(old: &Value, new: &Value) -> Patch {
     let mut ops = Vec::new();
-    diff_value(&mut Path::default(), old, new, &mut ops);
+    diff_value(&mut Path::default(), old, new, &mut ops).expect("JSON values always serialize");
     Patch(ops)
 }
 
 // Objects and named arrays are walked without comparing them whole first: a deep equality test
 // at every level would make the diff quadratic in the pod's depth.
-fn diff_value(path: &mut Path, old: &Value, new: &Value, ops: &mut Vec<PatchOperation>) {
+fn diff_value(
+    path: &mut Path,
+    old: &Value,
+    new: &Value,
+    ops: &mut Vec<PatchOperation>,
+) -> Result<(), serde_json::Error> {
     match (old, new) {
-        (Value::Object(o), Value::Object(n)) => diff_object(path, o, n, ops),
-        (Value::Array(o), Value::Array(n)) if is_named(o) && is_named(n) => diff_named_array(path, o, n, ops),
+        (Value::Object(o), Value::Object(n)) => diff_object(path, o, n, ops)?,
+        (Value::Array(o), Value::Array(n)) if is_named(o) && is_named(n) => {
+            diff_named_list(path, o, n, JSON_ITEMS, ops)?
+        }
         _ if old == new => {}
         _ => ops.push(PatchOperation::Replace(ReplaceOperation { path: path.pointer(), value: new.clone() })),
     }
+    Ok(())
 }
 
-fn diff_object(path: &mut Path, old: &Map<String, Value>, new: &Map<String, Value>, ops: &mut Vec<PatchOperation>) {
+/// Elements of a JSON array of named objects (containers, volumes, env, mounts...).
+const JSON_ITEMS: ItemDiff<Value> = ItemDiff { name: name_of, diff: diff_value };
+
+fn diff_object(
+    path: &mut Path,
+    old: &Map<String, Value>,
+    new: &Map<String, Value>,
+    ops: &mut Vec<PatchOperation>,
+) -> Result<(), serde_json::Error> {
     for key in old.keys() {
         if !new.contains_key(key) {
             path.push_key(key.as_str());
@@ -323,11 +341,12 @@ fn diff_object(path: &mut Path, old: &Map<String, Value>, new: &Map<String, Valu
     for (key, new_value) in new {
         path.push_key(key.as_str());
         match old.get(key) {
-            Some(old_value) => diff_value(path, old_value, new_value, ops),
+            Some(old_value) => diff_value(path, old_value, new_value, ops)?,
             None => ops.push(PatchOperation::Add(AddOperation { path: path.pointer(), value: new_value.clone() })),
         }
         path.pop();
     }
+    Ok(())
 }
 
 /// Every element is an object with a string `name` (containers, volumes, env, mounts...).
@@ -337,42 +356,6 @@ fn is_named(items: &[Value]) -> bool {
 
 fn name_of(v: &Value) -> &str {
     v.get("name").and_then(Value::as_str).unwrap_or_default()
-}
-
-/// Walks `new` in order; elements absent from `old` are added at their index, elements present
-/// in both are diffed in place, elements of `old` absent from `new` are removed. Indices are
-/// those of the document as each operation applies, since RFC 6902 applies them in sequence.
-/// When the elements common to both are not in the same order (never the injector's doing), the
-/// array is replaced whole.
-fn diff_named_array(path: &mut Path, old: &[Value], new: &[Value], ops: &mut Vec<PatchOperation>) {
-    let old_names: BTreeSet<&str> = old.iter().map(name_of).collect();
-    let new_names: BTreeSet<&str> = new.iter().map(name_of).collect();
-    let kept_old: Vec<&str> = old.iter().map(name_of).filter(|n| new_names.contains(n)).collect();
-    let kept_new: Vec<&str> = new.iter().map(name_of).filter(|n| old_names.contains(n)).collect();
-    if kept_old != kept_new {
-        ops.push(PatchOperation::Replace(ReplaceOperation { path: path.pointer(), value: Value::Array(new.to_vec()) }));
-        return;
-    }
-    // Removals from the end, so earlier indices stay valid.
-    for (i, item) in old.iter().enumerate().rev() {
-        if !new_names.contains(name_of(item)) {
-            path.push_index(i);
-            ops.push(PatchOperation::Remove(RemoveOperation { path: path.pointer() }));
-            path.pop();
-        }
-    }
-    let mut kept = old.iter().filter(|item| new_names.contains(name_of(item))).peekable();
-    for (k, item) in new.iter().enumerate() {
-        path.push_index(k);
-        match kept.peek() {
-            Some(current) if name_of(current) == name_of(item) => {
-                diff_value(path, current, item, ops);
-                kept.next();
-            }
-            _ => ops.push(PatchOperation::Add(AddOperation { path: path.pointer(), value: item.clone() })),
-        }
-        path.pop();
-    }
 }
 
 #[cfg(test)]
