@@ -54,12 +54,13 @@ async fn report(State(s): State<Arc<AdminState>>) -> Json<Report> {
 pub fn build_report(shared: &Shared) -> Report {
     let config = shared.config.read().unwrap_or_else(|p| p.into_inner()).clone();
     Report {
-        pod: shared.pipeline.identity.clone(),
+        pod: (&shared.pipeline.identity).into(),
         policy: config.as_ref().map(|c| c.policy.clone()),
         config_generation: config.as_ref().map_or(0, |c| c.generation),
         sampling_ratio: config.as_ref().map(|c| c.sampling.ratio.get()),
         services: shared.pipeline.services.snapshot(),
         spans: report::span_counts(&shared.metrics),
         uptime_seconds: shared.started.elapsed().as_secs(),
+        last_span_age_seconds: shared.pipeline.services.last_span_age().map(|age| age.as_secs()),
     }
 }

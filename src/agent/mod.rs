@@ -239,7 +239,7 @@ pub async fn start_with_identity(args: AgentArgs, identity: enrich::PodIdentity)
     };
     let mut background =
         vec![tokio::spawn(export.run(export_stop.clone())), tokio::spawn(watcher.run(receivers_stop.clone()))];
-    if let Some(pusher) = report_pusher(&args, &shared)? {
+    if let Some(pusher) = report_pusher(&args, &shared) {
         background.push(tokio::spawn(pusher.run(receivers_stop.clone())));
     }
     let stop = admin_stop.clone();
@@ -264,16 +264,18 @@ pub async fn start_with_identity(args: AgentArgs, identity: enrich::PodIdentity)
     })
 }
 
-fn report_pusher(args: &AgentArgs, shared: &Arc<Shared>) -> anyhow::Result<Option<report_push::ReportPusher>> {
-    let (Some(url), Some(token)) = (&args.report_url, &args.report_token_file) else { return Ok(None) };
-    let ca = match &args.report_ca_file {
-        Some(path) => Some(std::fs::read(path).with_context(|| format!("reading {}", path.display()))?),
-        None => None,
-    };
+fn report_pusher(args: &AgentArgs, shared: &Arc<Shared>) -> Option<report_push::ReportPusher> {
+    let (Some(url), Some(token)) = (&args.report_url, &args.report_token_file) else { return None };
     let interval = Duration::from_secs(args.report_interval_secs.max(1));
-    let pusher = report_push::ReportPusher::new(url.clone(), token.clone(), ca.as_deref(), interval, shared.clone())
-        .context("report channel TLS")?;
-    Ok(Some(pusher))
+    // The token and CA files are read at every push: a missing file is a failed push (logged and
+    // retried), never a failed agent.
+    Some(report_push::ReportPusher::new(
+        url.clone(),
+        token.clone(),
+        args.report_ca_file.clone(),
+        interval,
+        shared.clone(),
+    ))
 }
 
 fn spawn_receivers(

@@ -24,49 +24,56 @@
 
 use super::enrich::PodIdentity;
 use super::metrics::{DropReason, Metrics};
-use serde::Serialize;
+pub use crate::api::agent_report::{AgentReport as Report, ReportedPod, SpanCounts};
 use std::collections::BTreeMap;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
-/// Services seen so far, with span counts. Bounded: a misbehaving app cannot grow it forever.
+/// Services seen so far, with span counts, and when the last span arrived. Bounded: a
+/// misbehaving app cannot grow it forever.
 #[derive(Default)]
-pub struct ServicesSeen(Mutex<BTreeMap<String, u64>>);
+pub struct ServicesSeen(Mutex<Seen>);
+
+#[derive(Default)]
+struct Seen {
+    spans: BTreeMap<String, u64>,
+    last: Option<Instant>,
+}
 
 const MAX_SERVICES: usize = 64;
 const OTHER: &str = "_other";
 
 impl ServicesSeen {
     pub fn record(&self, service: &str, spans: u64) {
-        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let key = if map.contains_key(service) || map.len() < MAX_SERVICES { service } else { OTHER };
-        *map.entry(key.to_string()).or_default() += spans;
+        let mut seen = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let key = if seen.spans.contains_key(service) || seen.spans.len() < MAX_SERVICES { service } else { OTHER };
+        *seen.spans.entry(key.to_string()).or_default() += spans;
+        if spans > 0 {
+            seen.last = Some(Instant::now());
+        }
     }
 
     pub fn snapshot(&self) -> BTreeMap<String, u64> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).spans.clone()
+    }
+
+    /// Time since the last span was recorded; none when none ever was.
+    pub fn last_span_age(&self) -> Option<Duration> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).last.map(|t| t.elapsed())
     }
 }
 
-#[derive(Debug, Serialize, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct SpanCounts {
-    pub received: u64,
-    pub sampled_out: u64,
-    pub exported: u64,
-    pub dropped: BTreeMap<String, u64>,
-    pub queued: u64,
-}
-
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Report {
-    pub pod: PodIdentity,
-    pub policy: Option<String>,
-    pub config_generation: i64,
-    pub sampling_ratio: Option<f64>,
-    pub services: BTreeMap<String, u64>,
-    pub spans: SpanCounts,
-    pub uptime_seconds: u64,
+impl From<&PodIdentity> for ReportedPod {
+    fn from(p: &PodIdentity) -> Self {
+        ReportedPod {
+            pod_name: p.pod_name.clone(),
+            namespace: p.namespace.clone(),
+            node_name: p.node_name.clone(),
+            pod_uid: p.pod_uid.clone(),
+            workload_kind: p.workload_kind.clone(),
+            workload_name: p.workload_name.clone(),
+        }
+    }
 }
 
 pub fn span_counts(metrics: &Metrics) -> SpanCounts {
@@ -100,5 +107,15 @@ mod tests {
         assert_eq!(snap.len(), MAX_SERVICES + 1);
         assert_eq!(snap.get("svc-0"), Some(&6));
         assert_eq!(snap.get(OTHER), Some(&36));
+    }
+
+    #[test]
+    fn last_span_age_counts_only_spans() {
+        let s = ServicesSeen::default();
+        assert_eq!(s.last_span_age(), None);
+        s.record("idle", 0);
+        assert_eq!(s.last_span_age(), None, "a resource with no spans is not a span");
+        s.record("busy", 3);
+        assert!(s.last_span_age().is_some_and(|age| age < Duration::from_secs(5)));
     }
 }

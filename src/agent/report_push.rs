@@ -26,36 +26,43 @@ pub enum PushError {
     Token { path: PathBuf, source: std::io::Error },
     #[error("the report token is not a valid header value")]
     TokenValue,
+    #[error("cannot read the report CA bundle {path}: {source}")]
+    Ca { path: PathBuf, source: std::io::Error },
+    #[error("report channel TLS: {0}")]
+    Tls(#[from] tls::TlsError),
     #[error("report request failed: {0}")]
     Request(String),
     #[error("operator answered HTTP {0}")]
     Status(u16),
 }
 
+type HttpsClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
 pub struct ReportPusher {
     pub url: Uri,
     pub token_file: PathBuf,
+    /// PEM bundle to verify the operator with (system roots without one). Read at every push:
+    /// it comes from the agent ConfigMap, which may appear after the agent starts and changes
+    /// when the operator's CA rotates.
+    pub ca_file: Option<PathBuf>,
     pub interval: Duration,
     pub shared: Arc<Shared>,
-    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    /// The client, and the CA bundle it was built with.
+    client: Option<(Option<Vec<u8>>, HttpsClient)>,
 }
 
 impl ReportPusher {
     pub fn new(
         url: Uri,
         token_file: PathBuf,
-        ca_pem: Option<&[u8]>,
+        ca_file: Option<PathBuf>,
         interval: Duration,
         shared: Arc<Shared>,
-    ) -> Result<ReportPusher, tls::TlsError> {
-        let tls = tls::client_config(ca_pem, false)?;
-        let connector =
-            hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http().enable_http1().build();
-        let client = Client::builder(TokioExecutor::new()).build(connector);
-        Ok(ReportPusher { url, token_file, interval, shared, client })
+    ) -> ReportPusher {
+        ReportPusher { url, token_file, ca_file, interval, shared, client: None }
     }
 
-    pub async fn run(self, stop: CancellationToken) {
+    pub async fn run(mut self, stop: CancellationToken) {
         let mut pushed_generation = None;
         let mut last_push: Option<Instant> = None;
         loop {
@@ -75,8 +82,28 @@ impl ReportPusher {
         }
     }
 
+    /// The client for the current CA bundle, rebuilt when the bundle changed.
+    fn client(&mut self) -> Result<HttpsClient, PushError> {
+        let ca = match &self.ca_file {
+            Some(path) => Some(std::fs::read(path).map_err(|source| PushError::Ca { path: path.clone(), source })?),
+            None => None,
+        };
+        if let Some((built_with, client)) = &self.client {
+            if *built_with == ca {
+                return Ok(client.clone());
+            }
+        }
+        let tls = tls::client_config(ca.as_deref(), false)?;
+        let connector =
+            hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http().enable_http1().build();
+        let client = Client::builder(TokioExecutor::new()).build(connector);
+        self.client = Some((ca, client.clone()));
+        Ok(client)
+    }
+
     #[tracing::instrument(level = "debug", skip_all)]
-    pub async fn push_once(&self) -> Result<(), PushError> {
+    pub async fn push_once(&mut self) -> Result<(), PushError> {
+        let client = self.client()?;
         let token = std::fs::read(&self.token_file)
             .map_err(|source| PushError::Token { path: self.token_file.clone(), source })?;
         let mut auth =
@@ -88,7 +115,7 @@ impl ReportPusher {
             .header(header::AUTHORIZATION, auth)
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| PushError::Request(e.to_string()))?;
-        let resp = tokio::time::timeout(Duration::from_secs(10), self.client.request(req))
+        let resp = tokio::time::timeout(Duration::from_secs(10), client.request(req))
             .await
             .map_err(|_| PushError::Request("timed out".into()))?
             .map_err(|e| PushError::Request(e.to_string()))?;

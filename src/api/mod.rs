@@ -2,6 +2,7 @@
 //! components ask about a policy (which namespaces it governs, whether a namespace is active).
 
 pub mod agent_config;
+pub mod agent_report;
 pub mod keys;
 pub mod policy;
 pub mod quantity;

@@ -41,6 +41,18 @@ use std::collections::BTreeMap;
         description = "Injected pods"
     ),
     printcolumn(
+        name = "Reporting",
+        type_ = "integer",
+        json_path = ".status.coverage.reporting",
+        description = "Injected pods whose agent receives spans"
+    ),
+    printcolumn(
+        name = "Silent",
+        type_ = "integer",
+        json_path = ".status.coverage.silent",
+        description = "Injected pods whose agent receives no spans"
+    ),
+    printcolumn(
         name = "Sampling",
         type_ = "number",
         json_path = ".spec.sampling.ratio",

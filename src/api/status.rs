@@ -91,6 +91,56 @@ pub struct NamespaceStatus {
     pub state: NamespaceState,
     #[serde(default)]
     pub counts: Coverage,
+    /// Per-workload coverage from the agents' reports (at most [`MAX_WORKLOADS_PER_NAMESPACE`],
+    /// the least covered first).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub workloads: Vec<WorkloadCoverage>,
+}
+
+/// Most workloads listed per namespace in the status, to keep the object small; the counts
+/// cover all of them.
+pub const MAX_WORKLOADS_PER_NAMESPACE: usize = 100;
+
+/// Whether a workload's spans arrive, from its agents' reports.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadCoverage {
+    /// `Deployment`, `StatefulSet` or `DaemonSet`.
+    pub kind: String,
+    pub name: String,
+    pub state: CoverageState,
+    /// Pods of the workload.
+    #[serde(default)]
+    pub pods: u32,
+    /// Pods carrying the agent.
+    #[serde(default)]
+    pub injected: u32,
+    /// Injected pods whose agent received spans recently.
+    #[serde(default)]
+    pub reporting: u32,
+    /// Injected pods whose agent runs the policy's current config (sampling, endpoint).
+    #[serde(default)]
+    pub current_config: u32,
+    /// `service.name`s the agents saw (at most 8).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<String>,
+    /// When one of its agents last received a span (minute precision).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_span_time: Option<Time>,
+}
+
+/// Coverage state of one workload.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Default, JsonSchema)]
+pub enum CoverageState {
+    /// No pod carries the agent (not rolled out yet, excluded, or opted out).
+    #[default]
+    NotInjected,
+    /// Injected, but no agent report arrived (the agent cannot reach the operator, or just started).
+    Unreported,
+    /// Agents report, but none received a span recently: the application sends no traces.
+    Silent,
+    /// Spans are arriving.
+    Reporting,
 }
 
 /// Rollout state of a namespace. The webhook injects only into `Active` namespaces.
@@ -121,9 +171,12 @@ pub struct Coverage {
     /// Selected pods in active namespaces that are not injected.
     #[serde(default)]
     pub missed: u32,
-    /// Injected pods whose agent reports spans.
+    /// Injected pods whose agent received spans recently.
     #[serde(default)]
     pub reporting: u32,
+    /// Injected pods whose agent reports but received no span recently.
+    #[serde(default)]
+    pub silent: u32,
 }
 
 /// Sampling in effect.

@@ -18,6 +18,7 @@ pub mod rollout;
 use crate::api::TracingPolicy;
 use crate::inject::InjectOptions;
 use crate::telemetry::{self, LogFormat, Metrics};
+use crate::webhook::reports::ReportStore;
 use anyhow::Context as _;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
@@ -104,13 +105,26 @@ async fn run_async(args: ControllerArgs) -> anyhow::Result<()> {
     let ControllerArgs { webhook, leader_election, lease_name, lease_namespace, .. } = args;
     let lease = leader_election.then(|| (lease_namespace.unwrap_or_else(|| webhook.namespace.clone()), lease_name));
     let inject_options = webhook.inject_options();
+    // The webhook's report endpoint fills it; the leader's reconciles read it.
+    let reports = crate::webhook::reports::ReportStore::default();
+    // The webhook loads the serving certificate; the controller hands its CA to the agents.
+    let resolver = Arc::new(crate::webhook::certs::CertResolver::new());
     // Whichever half fails first stops the other: a replica without its webhook or controllers is no use.
     let webhook = cancel_on_error(
         shutdown.clone(),
-        crate::webhook::run(webhook, client.clone(), metrics.clone(), shutdown.clone()),
+        crate::webhook::run(
+            webhook,
+            client.clone(),
+            metrics.clone(),
+            reports.clone(),
+            resolver.clone(),
+            shutdown.clone(),
+        ),
     );
-    let controllers =
-        cancel_on_error(shutdown.clone(), run_controllers(client, metrics, lease, inject_options, shutdown.clone()));
+    let controllers = cancel_on_error(
+        shutdown.clone(),
+        run_controllers(client, metrics, lease, inject_options, reports, resolver, shutdown.clone()),
+    );
     let (webhook, controllers) = tokio::join!(webhook, controllers);
     webhook.context("webhook")?;
     controllers.context("controllers")?;
@@ -161,6 +175,8 @@ async fn run_controllers(
     metrics: Metrics,
     lease: Option<(String, String)>,
     inject_options: InjectOptions,
+    reports: ReportStore,
+    serving_ca: Arc<crate::webhook::certs::CertResolver>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let controller_metrics = ControllerMetrics::register(&metrics);
@@ -185,7 +201,7 @@ async fn run_controllers(
         let mut lost = leader_rx.clone();
         tokio::select! {
             // Returns after a graceful shutdown: in-flight reconciles finish first.
-            () = run_policy_controller(client.clone(), controller_metrics.clone(), inject_options.clone(), shutdown.clone()) => {}
+            () = run_policy_controller(client.clone(), controller_metrics.clone(), inject_options.clone(), reports.clone(), serving_ca.clone(), shutdown.clone()) => {}
             _ = lost.wait_for(|leads| !*leads) => tracing::warn!("leadership lost: controllers stopped"),
         }
         controller_metrics.leader.set(0);
@@ -200,6 +216,23 @@ async fn run_controllers(
     }
     Ok(())
 }
+
+/// Reconciles the policies when a report changes something coverage depends on (a pod's first
+/// report or span, a new config generation), at most every [`REPORT_WAKE_INTERVAL`]: reports of a
+/// whole batch of new pods arrive within seconds and one reconcile sees them all.
+async fn wake_on_reports(reports: ReportStore, reconcile_all: futures::channel::mpsc::UnboundedSender<()>) {
+    let mut changes = reports.subscribe();
+    while changes.changed().await.is_ok() {
+        tokio::time::sleep(REPORT_WAKE_INTERVAL).await;
+        changes.mark_unchanged();
+        if reconcile_all.unbounded_send(()).is_err() {
+            return;
+        }
+    }
+}
+
+/// Shortest interval between report-triggered reconciles.
+const REPORT_WAKE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// What of a namespace can change the policies' decisions: its labels, and whether it is being
 /// deleted (a terminating namespace is no longer governed).
@@ -216,9 +249,12 @@ async fn run_policy_controller(
     client: Client,
     metrics: ControllerMetrics,
     inject_options: InjectOptions,
+    reports: ReportStore,
+    serving_ca: Arc<crate::webhook::certs::CertResolver>,
     shutdown: CancellationToken,
 ) {
     let (reconcile_all, reconcile_all_requests) = futures::channel::mpsc::unbounded();
+    let report_trigger = wake_on_reports(reports.clone(), reconcile_all.clone());
 
     // The caches are driven by their own futures, not by the controller: a reconcile waits for
     // them to fill, and must never wait on a stream that only the controller itself polls.
@@ -276,6 +312,8 @@ async fn run_policy_controller(
         inject_options,
         requested: Default::default(),
         written: Default::default(),
+        reports,
+        serving_ca,
         reconcile_all,
     });
     let policies = controller
@@ -297,6 +335,7 @@ async fn run_policy_controller(
         () = policies => {}
         () = namespace_cache => {}
         () = pod_cache => {}
+        () = report_trigger => {}
         () = deployment_cache => {}
         () = statefulset_cache => {}
         () = daemonset_cache => {}

@@ -255,6 +255,7 @@ pub fn total_coverage(namespaces: &[NamespaceStatus]) -> Coverage {
             total.outdated += ns.counts.outdated;
             total.missed += ns.counts.missed;
             total.reporting += ns.counts.reporting;
+            total.silent += ns.counts.silent;
             total
         },
     )
@@ -549,7 +550,13 @@ mod tests {
     }
 
     fn ns_status(name: &str, state: NamespaceState) -> NamespaceStatus {
-        NamespaceStatus { name: name.into(), rollout_phase: Some("default".into()), state, counts: Coverage::default() }
+        NamespaceStatus {
+            name: name.into(),
+            rollout_phase: Some("default".into()),
+            state,
+            counts: Coverage::default(),
+            workloads: Vec::new(),
+        }
     }
 
     fn now() -> Timestamp {

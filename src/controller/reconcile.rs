@@ -10,16 +10,18 @@ use super::resources::{
     self, agent_configmap, agent_secret, objects_digest, owned_selector, SecretValues, SourceKind, WriteMemo,
 };
 use super::rollout::{
-    departure, health_check_since, leaving_namespaces, longest_health_deadline, observation as rollout_observation,
-    observe_workloads, outdated_by_namespace, restart_note, restarts_to_request, rollout_status, still_leaving,
-    unclaimed_namespaces, workload_restart_note, Requested, Snapshot,
+    add_coverage, apply_reporting, coverage as rollout_coverage, departure, health_check_since, leaving_namespaces,
+    longest_health_deadline, observation as rollout_observation, observe_workloads, outdated_by_namespace,
+    restart_note, restarts_to_request, rollout_status, still_leaving, unclaimed_namespaces, workload_restart_note,
+    Requested, Snapshot,
 };
 use crate::api::agent_config::{needs_secret, AGENT_CONFIGMAP, AGENT_SECRET};
 use crate::api::keys::FIELD_MANAGER;
 use crate::api::validate::validate;
-use crate::api::{NamespaceState, NamespaceStatus, TracingPolicy, TracingPolicyStatus};
+use crate::api::{NamespaceState, NamespaceStatus, TracingPolicy, TracingPolicyStatus, WorkloadCoverage};
 use crate::inject::InjectOptions;
 use crate::rollout::{self, observe, observe::Workload, RestartMark, WorkloadId, WorkloadKind, WorkloadObservation};
+use crate::webhook::reports::ReportStore;
 use futures::channel::mpsc::UnboundedSender;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, ObjectReference, Pod, Secret};
@@ -68,6 +70,11 @@ pub struct Context {
     pub requested: std::sync::Mutex<Requested>,
     /// Agent objects applied recently, not applied again while unchanged.
     pub written: std::sync::Mutex<WriteMemo>,
+    /// The agents' reports (filled by the webhook's report endpoint), for coverage.
+    pub reports: ReportStore,
+    /// Holds the CA that signs the webhook's certificate, copied into the agent ConfigMaps so
+    /// agents can verify the report endpoint.
+    pub serving_ca: Arc<crate::webhook::certs::CertResolver>,
     /// Asks for every policy to be reconciled: a policy that changes its selectors or goes away
     /// can hand namespaces over to (or take them from) another one.
     pub reconcile_all: UnboundedSender<()>,
@@ -221,6 +228,8 @@ struct EnginePlan {
     workloads: Vec<WorkloadObservation>,
     /// Namespaces the policy left whose workloads still carry (or are losing) injection.
     leaving: Vec<String>,
+    /// Coverage of the governed namespaces' workloads, from the agents' reports.
+    coverage: BTreeMap<String, Vec<(WorkloadId, WorkloadCoverage)>>,
 }
 
 /// Observes the workloads of governed and leaving namespaces and asks the engine what to do.
@@ -249,6 +258,11 @@ async fn plan_rollout(
         pods: pods.iter().map(|p| &p.metadata).collect(),
     };
     let mut workloads = observe_workloads(policy, plan, &leaving, &snapshot, &ctx.inject_options);
+    ctx.reports.prune(now);
+    let generation = policy.metadata.generation.unwrap_or_default();
+    let coverage = rollout_coverage(plan, &snapshot, &|uid| ctx.reports.get(uid), generation, now);
+    apply_reporting(&mut workloads, &coverage);
+    drop(snapshot);
     ctx.requested.lock().unwrap_or_else(std::sync::PoisonError::into_inner).overlay(&mut workloads, now);
     fill_health(&mut workloads, ctx).await?;
     let observation = rollout_observation(policy, plan, workloads.clone(), previous, now);
@@ -264,7 +278,7 @@ async fn plan_rollout(
         "rollout plan"
     );
     let leaving = still_leaving(&leaving, &workloads, &engine);
-    Ok(EnginePlan { plan: engine, workloads, leaving })
+    Ok(EnginePlan { plan: engine, workloads, leaving, coverage })
 }
 
 /// Health of the restarts in flight, from their full pods (listed once per namespace, only
@@ -292,6 +306,7 @@ fn add_rollout_counts(namespaces: &mut Vec<NamespaceStatus>, engine: &EnginePlan
     let outdated = outdated_by_namespace(&engine.workloads);
     for ns in namespaces.iter_mut() {
         ns.counts.outdated = outdated.get(&ns.name).copied().unwrap_or_default();
+        add_coverage(ns, engine.coverage.get(&ns.name).map(Vec::as_slice).unwrap_or_default());
     }
     let pods = ctx.pods.state();
     for name in &engine.leaving {
@@ -303,6 +318,7 @@ fn add_rollout_counts(namespaces: &mut Vec<NamespaceStatus>, engine: &EnginePlan
             rollout_phase: None,
             state: NamespaceState::Leaving,
             counts,
+            workloads: Vec::new(),
         });
     }
 }
@@ -435,6 +451,7 @@ async fn roll_out(
             rollout_phase: Some(ns.rollout_phase.clone()),
             state,
             counts,
+            workloads: Vec::new(),
         });
     }
     rollout
@@ -529,7 +546,7 @@ async fn write_agent_objects(
     ctx: &Context,
 ) -> Result<(), Error> {
     let pp = PatchParams::apply(FIELD_MANAGER).force();
-    let cm = agent_configmap(policy, namespace);
+    let cm = agent_configmap(policy, namespace, ctx.serving_ca.ca_bundle().as_deref());
     let secret = needs_secret(policy).then(|| agent_secret(policy, namespace, secrets));
     let uid = ctx.namespaces.get(&ObjectRef::new(namespace)).and_then(|ns| ns.metadata.uid.clone());
     let key = (policy.name_any(), namespace.to_string(), uid.unwrap_or_default());

@@ -4,6 +4,7 @@
 use crate::api::agent_config::{
     AgentConfig, AGENT_CONFIGMAP, AGENT_CONFIG_KEY, AGENT_SECRET, AGENT_SECRET_API_KEY, AGENT_SECRET_CA,
 };
+use crate::api::agent_report::REPORT_CA_KEY;
 use crate::api::keys::{MANAGED_BY_LABEL, MANAGED_BY_VALUE};
 use crate::api::{SecretKeyRef, TracingPolicy};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
@@ -52,13 +53,14 @@ fn owned_meta(policy: &TracingPolicy, name: &str, namespace: &str) -> ObjectMeta
 }
 
 /// The agent ConfigMap for `namespace`: the live settings the agent reloads without a restart.
-pub fn agent_configmap(policy: &TracingPolicy, namespace: &str) -> ConfigMap {
+/// `report_ca`: the CA bundle agents verify the operator's report endpoint with, when known.
+pub fn agent_configmap(policy: &TracingPolicy, namespace: &str, report_ca: Option<&str>) -> ConfigMap {
     let config = AgentConfig::for_policy(policy, policy.spec.sampling.ratio);
-    ConfigMap {
-        metadata: owned_meta(policy, AGENT_CONFIGMAP, namespace),
-        data: Some(BTreeMap::from([(AGENT_CONFIG_KEY.to_string(), config.to_yaml())])),
-        ..Default::default()
+    let mut data = BTreeMap::from([(AGENT_CONFIG_KEY.to_string(), config.to_yaml())]);
+    if let Some(ca) = report_ca {
+        data.insert(REPORT_CA_KEY.to_string(), ca.to_string());
     }
+    ConfigMap { metadata: owned_meta(policy, AGENT_CONFIGMAP, namespace), data: Some(data), ..Default::default() }
 }
 
 /// Secret values read from the policy's source Secrets. Debug never prints them.
@@ -192,7 +194,8 @@ mod tests {
 
     #[test]
     fn configmap_carries_agent_config_and_ownership_labels() {
-        let cm = agent_configmap(&policy("default"), "shop");
+        let cm = agent_configmap(&policy("default"), "shop", Some("PEM"));
+        assert_eq!(cm.data.as_ref().unwrap()[REPORT_CA_KEY], "PEM");
         assert_eq!(cm.metadata.name.as_deref(), Some(AGENT_CONFIGMAP));
         assert_eq!(cm.metadata.namespace.as_deref(), Some("shop"));
         let labels = cm.metadata.labels.as_ref().unwrap();
@@ -262,9 +265,9 @@ mod tests {
     fn the_digest_changes_with_the_objects() {
         let mut policy: TracingPolicy =
             serde_yaml::from_str(include_str!("../../config/samples/tracingpolicy.yaml")).unwrap();
-        let a = objects_digest(&agent_configmap(&policy, "shop"), None);
-        assert_eq!(a, objects_digest(&agent_configmap(&policy, "shop"), None));
+        let a = objects_digest(&agent_configmap(&policy, "shop", None), None);
+        assert_eq!(a, objects_digest(&agent_configmap(&policy, "shop", None), None));
         policy.spec.sampling.ratio = crate::api::Ratio::new(0.5).unwrap();
-        assert_ne!(a, objects_digest(&agent_configmap(&policy, "shop"), None));
+        assert_ne!(a, objects_digest(&agent_configmap(&policy, "shop", None), None));
     }
 }

@@ -7,9 +7,11 @@
 
 use super::plan::NamespacePlan;
 use crate::api::{
-    governing_policy, ExcludedWorkload, NamespaceState, RolloutStatus, TracingPolicy, TracingPolicyStatus,
+    governing_policy, ExcludedWorkload, NamespaceState, NamespaceStatus, RolloutStatus, TracingPolicy,
+    TracingPolicyStatus, WorkloadCoverage,
 };
 use crate::inject::InjectOptions;
+use crate::rollout::coverage::{self, PodReport};
 use crate::rollout::observe::{self, Workload};
 use crate::rollout::{
     self, Health, NamespaceObservation, PhaseSettings, Plan, Progress, Restart, RestartMark, RestartReason, WorkloadId,
@@ -93,7 +95,7 @@ pub struct Snapshot<'a> {
 
 /// The engine's view of every workload in a governed or leaving namespace. Health is `Healthy`
 /// and reporting unknown: the reconciler fills in health for restarts in flight (see
-/// [`health_check_since`]); agent reports are not wired yet.
+/// [`health_check_since`]) and reporting from the agents' reports (see [`coverage`]).
 pub fn observe_workloads(
     policy: &TracingPolicy,
     plan: &NamespacePlan,
@@ -131,6 +133,63 @@ pub fn observe_workloads(
         .collect();
     observed.sort_by(|a, b| a.id.cmp(&b.id));
     observed
+}
+
+/// Coverage of every workload in the governed namespaces, by namespace, from the agents' reports
+/// (looked up by pod uid). `generation`: the policy generation of the current agent config.
+pub fn coverage(
+    plan: &NamespacePlan,
+    snapshot: &Snapshot,
+    report_of: &dyn Fn(&str) -> Option<PodReport>,
+    generation: i64,
+    now: Timestamp,
+) -> BTreeMap<String, Vec<(WorkloadId, WorkloadCoverage)>> {
+    let mut pods_by_ns: BTreeMap<&str, Vec<&ObjectMeta>> = BTreeMap::new();
+    for pod in &snapshot.pods {
+        let ns = pod.namespace.as_deref().unwrap_or_default();
+        if plan.governs(ns) {
+            pods_by_ns.entry(ns).or_default().push(pod);
+        }
+    }
+    let mut by_ns: BTreeMap<String, Vec<(WorkloadId, WorkloadCoverage)>> = BTreeMap::new();
+    for w in snapshot.workloads.iter().filter(|w| w.metadata().deletion_timestamp.is_none()) {
+        let id = w.id();
+        if !plan.governs(&id.namespace) {
+            continue;
+        }
+        let pods: Vec<&ObjectMeta> = pods_by_ns
+            .get(id.namespace.as_str())
+            .into_iter()
+            .flatten()
+            .copied()
+            .filter(|p| observe::pod_belongs_to(p, &id))
+            .collect();
+        let reports: BTreeMap<&str, PodReport> =
+            pods.iter().filter_map(|p| p.uid.as_deref()).filter_map(|uid| Some((uid, report_of(uid)?))).collect();
+        let c = coverage::workload_coverage(id.kind.as_str(), &id.name, &pods, |uid| reports.get(uid), generation, now);
+        by_ns.entry(id.namespace.clone()).or_default().push((id, c));
+    }
+    by_ns
+}
+
+/// Sets each workload's span gate input from its coverage.
+pub fn apply_reporting(
+    workloads: &mut [WorkloadObservation],
+    coverage_by_ns: &BTreeMap<String, Vec<(WorkloadId, WorkloadCoverage)>>,
+) {
+    for w in workloads.iter_mut() {
+        let found = coverage_by_ns.get(&w.id.namespace).and_then(|all| all.iter().find(|(id, _)| id == &w.id));
+        w.reporting = found.and_then(|(_, c)| coverage::reporting(c));
+    }
+}
+
+/// A namespace's status entry filled with its workloads' coverage: the `reporting` and `silent`
+/// pod counts and the listed workloads.
+pub fn add_coverage(ns: &mut NamespaceStatus, coverage: &[(WorkloadId, WorkloadCoverage)]) {
+    ns.counts.reporting = coverage.iter().map(|(_, c)| c.reporting).sum();
+    ns.counts.silent = coverage.iter().map(|(_, c)| coverage::silent_pods(c)).sum();
+    ns.workloads =
+        coverage::listed(coverage.iter().map(|(_, c)| c.clone()).collect(), crate::api::MAX_WORKLOADS_PER_NAMESPACE);
 }
 
 /// When a workload's restart is still settling, the time since which its pods' health matters

@@ -3,10 +3,12 @@
 use super::env::{downward_env, literal, POD_NAMESPACE_VAR, WORKLOAD_KIND_VAR, WORKLOAD_NAME_VAR};
 use super::workload::WorkloadRef;
 use crate::api::agent_config::{AGENT_CONFIGMAP, AGENT_CONFIG_DIR, AGENT_CONFIG_KEY, AGENT_SECRET, AGENT_SECRET_DIR};
+use crate::api::agent_report::{REPORT_AUDIENCE, REPORT_CA_KEY, REPORT_TOKEN_DIR, REPORT_TOKEN_FILE};
 use crate::api::{AgentPorts, AgentSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, HTTPGetAction, Probe,
-    SeccompProfile, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
+    ProjectedVolumeSource, SeccompProfile, SecretVolumeSource, SecurityContext, ServiceAccountTokenProjection, Volume,
+    VolumeMount, VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -15,6 +17,9 @@ pub const AGENT_CONTAINER: &str = "tracelight-agent";
 pub const CONFIG_VOLUME: &str = "tracelight-agent-config";
 pub const SECRET_VOLUME: &str = "tracelight-agent-secret";
 pub const TMP_VOLUME: &str = "tracelight-agent-tmp";
+pub const REPORT_TOKEN_VOLUME: &str = "tracelight-agent-report-token";
+/// Lifetime of the report token; the kubelet renews it at 80% (600 s is the API's minimum).
+const REPORT_TOKEN_SECONDS: i64 = 600;
 /// UID the agent runs as (the distroless "nonroot" user).
 const AGENT_UID: i64 = 65532;
 
@@ -26,6 +31,8 @@ pub struct AgentParams<'a> {
     pub workload: Option<&'a WorkloadRef>,
     pub native_sidecar: bool,
     pub with_secret: bool,
+    /// The operator's report endpoint (`None`: the agent does not report).
+    pub report_url: Option<&'a str>,
 }
 
 /// The agent container: a native sidecar (`restartPolicy: Always` in `initContainers`) or, for
@@ -56,6 +63,14 @@ pub fn agent_container(p: &AgentParams) -> Container {
             ..Default::default()
         });
     }
+    if p.report_url.is_some() {
+        mounts.push(VolumeMount {
+            name: REPORT_TOKEN_VOLUME.into(),
+            mount_path: REPORT_TOKEN_DIR.into(),
+            read_only: Some(true),
+            ..Default::default()
+        });
+    }
     let health = Probe {
         http_get: Some(HTTPGetAction {
             path: Some("/healthz".into()),
@@ -70,13 +85,7 @@ pub fn agent_container(p: &AgentParams) -> Container {
         name: AGENT_CONTAINER.into(),
         image: Some(p.spec.image.clone()),
         image_pull_policy: Some(p.spec.image_pull_policy.as_str().into()),
-        args: Some(vec![
-            "agent".into(),
-            format!("--config={AGENT_CONFIG_DIR}/{AGENT_CONFIG_KEY}"),
-            format!("--otlp-grpc-port={}", p.ports.otlp_grpc),
-            format!("--otlp-http-port={}", p.ports.otlp_http),
-            format!("--admin-port={}", p.ports.admin),
-        ]),
+        args: Some(agent_args(p)),
         env: Some(env),
         ports: Some(vec![
             port("otlp-grpc", p.ports.otlp_grpc),
@@ -98,6 +107,25 @@ pub fn agent_container(p: &AgentParams) -> Container {
         restart_policy: p.native_sidecar.then(|| "Always".to_string()),
         ..Default::default()
     }
+}
+
+fn agent_args(p: &AgentParams) -> Vec<String> {
+    let mut args = vec![
+        "agent".into(),
+        format!("--config={AGENT_CONFIG_DIR}/{AGENT_CONFIG_KEY}"),
+        format!("--otlp-grpc-port={}", p.ports.otlp_grpc),
+        format!("--otlp-http-port={}", p.ports.otlp_http),
+        format!("--admin-port={}", p.ports.admin),
+    ];
+    if let Some(url) = p.report_url {
+        args.extend([
+            format!("--report-url={url}"),
+            format!("--report-token-file={REPORT_TOKEN_DIR}/{REPORT_TOKEN_FILE}"),
+            // The operator writes its CA into the agent ConfigMap, next to the config.
+            format!("--report-ca-file={AGENT_CONFIG_DIR}/{REPORT_CA_KEY}"),
+        ]);
+    }
+    args
 }
 
 fn port(name: &str, number: u16) -> ContainerPort {
@@ -124,9 +152,9 @@ pub fn restricted_security_context() -> SecurityContext {
     }
 }
 
-/// The agent's volumes: its config (the namespace's ConfigMap), scratch space, and the API key
-/// Secret when the policy has one.
-pub fn agent_volumes(with_secret: bool) -> Vec<Volume> {
+/// The agent's volumes: its config (the namespace's ConfigMap), scratch space, the API key
+/// Secret when the policy has one, and the report token when the agent reports.
+pub fn agent_volumes(with_secret: bool, with_report: bool) -> Vec<Volume> {
     let mut volumes = vec![
         Volume {
             name: CONFIG_VOLUME.into(),
@@ -152,5 +180,31 @@ pub fn agent_volumes(with_secret: bool) -> Vec<Volume> {
             ..Default::default()
         });
     }
+    if with_report {
+        volumes.push(report_token_volume());
+    }
     volumes
+}
+
+/// A projected ServiceAccount token for the report audience only: the API server and every other
+/// service refuse it, and it is bound to the pod, so the operator knows who reports.
+fn report_token_volume() -> Volume {
+    Volume {
+        name: REPORT_TOKEN_VOLUME.into(),
+        projected: Some(ProjectedVolumeSource {
+            sources: Some(vec![VolumeProjection {
+                service_account_token: Some(ServiceAccountTokenProjection {
+                    audience: Some(REPORT_AUDIENCE.into()),
+                    expiration_seconds: Some(REPORT_TOKEN_SECONDS),
+                    path: REPORT_TOKEN_FILE.into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }]),
+            // Readable by the agent's non-root user; only the agent container mounts it.
+            default_mode: Some(0o444),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
 }

@@ -22,6 +22,10 @@ struct ManifestInputs<'a> {
     sdk_ratio: Option<f64>,
     /// Per instrumented container: language, image and extra env (None: no language).
     containers: BTreeMap<&'a str, Option<LanguageInputs<'a>>>,
+    /// Where the agent pushes its reports (the token volume and flags come with it). Left out
+    /// when off, so hashes from before the report channel existed stay the same.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    report_url: Option<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -39,6 +43,7 @@ pub fn manifest_hash(
     native_sidecar: bool,
     with_secret: bool,
     containers: &BTreeMap<String, Option<Language>>,
+    report_url: Option<&str>,
 ) -> String {
     let spec = &policy.spec;
     let inputs = ManifestInputs {
@@ -61,6 +66,7 @@ pub fn manifest_hash(
                 (name.as_str(), lang)
             })
             .collect(),
+        report_url,
     };
     let bytes = serde_json::to_vec(&inputs).expect("manifest inputs always serialize");
     let digest = Sha256::digest(&bytes);

@@ -9,7 +9,7 @@ mod language;
 mod patch;
 mod workload;
 
-pub use agent::{AGENT_CONTAINER, CONFIG_VOLUME, SECRET_VOLUME, TMP_VOLUME};
+pub use agent::{AGENT_CONTAINER, CONFIG_VOLUME, REPORT_TOKEN_VOLUME, SECRET_VOLUME, TMP_VOLUME};
 pub use hash::manifest_hash;
 pub use language::Language;
 pub use workload::{service_name_for, workload_of, WorkloadRef};
@@ -34,6 +34,9 @@ pub struct InjectOptions {
     pub native_sidecar: bool,
     /// Agent ports for `hostNetwork` pods, which share the node's ports.
     pub host_network_ports: AgentPorts,
+    /// The operator's report endpoint: agents push their reports there, authenticated with a
+    /// projected token the injector mounts. `None`: no report channel.
+    pub report_url: Option<String>,
 }
 
 impl Default for InjectOptions {
@@ -41,6 +44,7 @@ impl Default for InjectOptions {
         InjectOptions {
             native_sidecar: true,
             host_network_ports: AgentPorts { otlp_grpc: 14317, otlp_http: 14318, admin: 14133 },
+            report_url: None,
         }
     }
 }
@@ -231,7 +235,8 @@ fn plan(
     let service_name = service_name_for(pod, workload.as_ref());
     let by_name: BTreeMap<String, Option<Language>> =
         containers.iter().map(|(i, l)| (spec.containers[*i].name.clone(), *l)).collect();
-    let hash = manifest_hash(policy, ports, options.native_sidecar, with_secret, &by_name);
+    let hash =
+        manifest_hash(policy, ports, options.native_sidecar, with_secret, &by_name, options.report_url.as_deref());
     Plan { containers, ports, with_secret, workload, service_name, hash }
 }
 
@@ -261,7 +266,8 @@ fn eligible_containers(pod: &Pod, spec: &PodSpec, warnings: &mut Vec<String>) ->
 /// A user container or volume already named like one the injector adds (only checked on pods
 /// that were not injected before, where such a name cannot be ours).
 fn name_conflict(spec: &PodSpec, plan: &Plan) -> Option<String> {
-    let mut volumes: Vec<String> = vec![CONFIG_VOLUME.into(), TMP_VOLUME.into(), SECRET_VOLUME.into()];
+    let mut volumes: Vec<String> =
+        vec![CONFIG_VOLUME.into(), TMP_VOLUME.into(), SECRET_VOLUME.into(), REPORT_TOKEN_VOLUME.into()];
     volumes.extend(plan.languages().iter().map(|l| l.volume_name()));
     let containers: Vec<String> =
         std::iter::once(AGENT_CONTAINER.to_string()).chain(plan.languages().iter().map(|l| l.volume_name())).collect();
@@ -292,6 +298,7 @@ fn apply(pod: &mut Pod, namespace: &str, policy: &TracingPolicy, options: &Injec
         workload: plan.workload.as_ref(),
         native_sidecar: options.native_sidecar,
         with_secret: plan.with_secret,
+        report_url: options.report_url.as_deref(),
     });
     let init = spec.init_containers.get_or_insert_with(Vec::new);
     // Language copiers go first among the init containers, the agent before them (a native
@@ -311,7 +318,7 @@ fn apply(pod: &mut Pod, namespace: &str, policy: &TracingPolicy, options: &Injec
     }
 
     let volumes = spec.volumes.get_or_insert_with(Vec::new);
-    let mut wanted = agent::agent_volumes(plan.with_secret);
+    let mut wanted = agent::agent_volumes(plan.with_secret, options.report_url.is_some());
     wanted.extend(plan.languages().into_iter().map(language_volume));
     for v in wanted {
         if !volumes.iter().any(|existing| existing.name == v.name) {

@@ -254,6 +254,9 @@ pub fn certified_key(pair: &KeyPairPem) -> Result<CertifiedKey, CertError> {
 #[derive(Debug, Default)]
 pub struct CertResolver {
     current: RwLock<Option<(KeyPairPem, Arc<CertifiedKey>)>>,
+    /// PEM bundle of the CA(s) that sign the served certificate, when known: agents verify the
+    /// report endpoint with it (the controller copies it into their ConfigMaps).
+    ca_bundle: RwLock<Option<String>>,
 }
 
 impl CertResolver {
@@ -269,6 +272,16 @@ impl CertResolver {
         let key = Arc::new(certified_key(pair)?);
         *self.current.write().unwrap_or_else(PoisonError::into_inner) = Some((pair.clone(), key));
         Ok(true)
+    }
+
+    /// Records the CA bundle clients should trust (`None`: unknown).
+    pub fn set_ca_bundle(&self, bundle: Option<String>) {
+        *self.ca_bundle.write().unwrap_or_else(PoisonError::into_inner) = bundle;
+    }
+
+    /// The CA bundle clients should trust, when known.
+    pub fn ca_bundle(&self) -> Option<String> {
+        self.ca_bundle.read().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     /// A certificate is loaded (for `/readyz`).

@@ -123,11 +123,22 @@ async fn live_certificates_bootstrap_publish_and_rotate_without_restart() {
         cert_check_interval: Duration::from_secs(2),
         native_sidecar: true,
         namespace: id.clone(),
+        agent_reports: true,
+        agent_report_url: None,
     };
     let shutdown = CancellationToken::new();
-    let server = tokio::spawn(run(args, client.clone(), Metrics::new(), shutdown.clone()));
+    let resolver = Arc::new(CertResolver::new());
+    let server = tokio::spawn(run(
+        args,
+        client.clone(),
+        Metrics::new(),
+        reports::ReportStore::default(),
+        resolver.clone(),
+        shutdown.clone(),
+    ));
 
     let bundle = until("the CA bundle", 30, || published_bundle(&client, &id)).await;
+    assert_eq!(resolver.ca_bundle().as_deref(), Some(bundle.as_str()), "the agents get the published CA");
     let first = until("the served certificate", 30, || served(port, &bundle)).await;
     create_pod(&client, &id, "before-rotation").await;
 

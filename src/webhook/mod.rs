@@ -5,6 +5,7 @@ pub mod certs;
 pub mod handler;
 pub mod index;
 pub mod metrics;
+pub mod reports;
 pub mod rotation;
 pub mod server;
 
@@ -72,12 +73,30 @@ pub struct WebhookArgs {
     /// Namespace the operator runs in (where the certificate Secret lives).
     #[arg(long, env = "POD_NAMESPACE", default_value = "tracelight-system")]
     pub namespace: String,
+    /// Let injected agents push their reports (coverage) to the operator.
+    #[arg(long, env = "TRACELIGHT_AGENT_REPORTS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub agent_reports: bool,
+    /// URL agents push their reports to. Default: the webhook Service,
+    /// `https://<service-name>.<namespace>.svc:443/v1/agent-reports`.
+    #[arg(long, env = "TRACELIGHT_AGENT_REPORT_URL")]
+    pub agent_report_url: Option<String>,
 }
 
 impl WebhookArgs {
     /// The injector settings these flags select.
     pub fn inject_options(&self) -> InjectOptions {
-        InjectOptions { native_sidecar: self.native_sidecar, ..InjectOptions::default() }
+        InjectOptions {
+            native_sidecar: self.native_sidecar,
+            report_url: self.agent_reports.then(|| self.report_url()),
+            ..InjectOptions::default()
+        }
+    }
+
+    /// Where agents push their reports.
+    pub fn report_url(&self) -> String {
+        self.agent_report_url.clone().unwrap_or_else(|| {
+            format!("https://{}.{}.svc:443{}", self.service_name, self.namespace, crate::api::agent_report::REPORT_PATH)
+        })
     }
 
     fn cert_source(&self, client: kube::Client) -> CertSource {
@@ -141,16 +160,22 @@ pub async fn run(
     args: WebhookArgs,
     client: kube::Client,
     metrics: Metrics,
+    reports: reports::ReportStore,
+    resolver: Arc<CertResolver>,
     shutdown: CancellationToken,
 ) -> Result<(), WebhookError> {
     args.validate()?;
     let (index, index_driver) = Index::watch(client.clone());
-    let resolver = Arc::new(CertResolver::new());
     let tls = server::tls_config(resolver.clone())?;
     let admission = AdmissionState {
         index: index.clone(),
         options: Arc::new(args.inject_options()),
         metrics: AdmissionMetrics::register(&metrics),
+    };
+    let reports = reports::ReportsState {
+        reviewer: Arc::new(reports::review::TokenReviewer::new(client.clone())),
+        store: reports,
+        metrics: reports::ReportMetrics::register(&metrics),
     };
     let admin = server::AdminState { metrics, index, resolver: resolver.clone() };
     let webhook_listener = bind("webhook", args.webhook_addr).await?;
@@ -165,7 +190,12 @@ pub async fn run(
     });
     let interval = args.cert_check_interval.get();
     let cert_task = tokio::spawn(args.cert_source(client).run(resolver, interval, stop.clone()));
-    let https = server::serve_https(webhook_listener, tls, handler::router(admission), stop.clone());
+    let https = server::serve_https(
+        webhook_listener,
+        tls,
+        handler::router(admission).merge(reports::router(reports)),
+        stop.clone(),
+    );
     let admin = async {
         let result = server::serve_admin(admin_listener, server::admin_router(admin), stop.clone()).await;
         stop.cancel();
@@ -200,6 +230,10 @@ mod tests {
         assert_eq!(args.cert_validity.get().as_secs(), 2160 * 3600);
         assert_eq!(args.cert_check_interval.get().as_secs(), 60);
         assert!(args.native_sidecar);
+        assert_eq!(
+            args.inject_options().report_url.as_deref(),
+            Some("https://tracelight-webhook.tracelight-system.svc:443/v1/agent-reports")
+        );
         args.validate().unwrap();
     }
 
@@ -219,12 +253,15 @@ mod tests {
             "false",
             "--cert-mode",
             "files",
+            "--agent-reports",
+            "false",
         ])
         .unwrap()
         .webhook;
         assert_eq!(args.extra_sans, ["127.0.0.1", "localhost", "::1"]);
         assert_eq!(args.cert_validity.get().as_secs(), 120);
         assert!(!args.inject_options().native_sidecar);
+        assert_eq!(args.inject_options().report_url, None);
         assert_eq!(args.cert_mode, CertMode::Files);
         args.validate().unwrap();
     }

@@ -101,7 +101,9 @@ impl SelfSigned {
             if resolver.set(&material.leaf)? {
                 tracing::info!(secret = %self.secret_name, "serving certificate loaded");
             }
-            return self.publish_ca_bundle(&material.ca_bundle(now)).await;
+            let bundle = material.ca_bundle(now);
+            resolver.set_ca_bundle(Some(bundle.clone()));
+            return self.publish_ca_bundle(&bundle).await;
         }
         Err(RotationError::Contended(self.secret_name.clone()))
     }
@@ -247,6 +249,9 @@ impl CertSource {
                 if resolver.set(&pair)? {
                     tracing::info!(dir = %dir.display(), "serving certificate loaded from files");
                 }
+                // cert-manager puts the issuing CA next to the pair; without it agents fall back
+                // to the system roots.
+                resolver.set_ca_bundle(tokio::fs::read_to_string(dir.join("ca.crt")).await.ok());
                 Ok(())
             }
         }

@@ -1,0 +1,208 @@
+//! Coverage (pure): from the pods of a workload and what their agents reported, whether its
+//! spans arrive. The controller keeps the accepted reports (see `webhook::reports`) and asks this
+//! module for the verdict; the rollout's span gate and the policy status both use it.
+
+use crate::api::keys::INJECTED_LABEL;
+use crate::api::{CoverageState, WorkloadCoverage};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use k8s_openapi::jiff::{Timestamp, TimestampRound, Unit};
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+/// A workload is `Reporting` while one of its agents received a span this recently.
+pub const SILENT_AFTER: Duration = Duration::from_secs(10 * 60);
+/// A report older than this no longer counts (the agent pushes every 30 s by default).
+pub const REPORT_STALE_AFTER: Duration = Duration::from_secs(3 * 60);
+/// Most services listed per workload.
+pub const MAX_SERVICES: usize = 8;
+
+/// What the operator keeps of one pod's last accepted report.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PodReport {
+    /// When the operator accepted it.
+    pub received_at: Timestamp,
+    /// When the agent last received a span (its reported age subtracted from `received_at`).
+    pub last_span_at: Option<Timestamp>,
+    pub services: Vec<String>,
+    /// Generation of the agent config in effect.
+    pub config_generation: i64,
+}
+
+/// Coverage of the workload `kind/name` from its pods' metadata and their reports (looked up by
+/// pod uid). `generation`: the policy generation the current agent config was rendered from.
+pub fn workload_coverage<'r>(
+    kind: &str,
+    name: &str,
+    pods: &[&ObjectMeta],
+    report_of: impl Fn(&str) -> Option<&'r PodReport>,
+    generation: i64,
+    now: Timestamp,
+) -> WorkloadCoverage {
+    let mut c = WorkloadCoverage { kind: kind.into(), name: name.into(), ..Default::default() };
+    let mut services = BTreeSet::new();
+    let mut last_span: Option<Timestamp> = None;
+    let mut fresh_reports = 0u32;
+    for pod in pods.iter().filter(|p| p.deletion_timestamp.is_none()) {
+        c.pods += 1;
+        if !is_injected(pod) {
+            continue;
+        }
+        c.injected += 1;
+        let Some(report) =
+            pod.uid.as_deref().and_then(&report_of).filter(|r| age(now, r.received_at) <= REPORT_STALE_AFTER)
+        else {
+            continue;
+        };
+        fresh_reports += 1;
+        if report.config_generation == generation {
+            c.current_config += 1;
+        }
+        services.extend(report.services.iter().cloned());
+        if let Some(at) = report.last_span_at {
+            last_span = last_span.max(Some(at));
+            if age(now, at) <= SILENT_AFTER {
+                c.reporting += 1;
+            }
+        }
+    }
+    c.state = match (c.injected, c.reporting, fresh_reports) {
+        (0, _, _) => CoverageState::NotInjected,
+        (_, 1.., _) => CoverageState::Reporting,
+        (_, 0, 1..) => CoverageState::Silent,
+        (_, 0, 0) => CoverageState::Unreported,
+    };
+    c.services = services.into_iter().take(MAX_SERVICES).collect();
+    // Minute precision: the status is not rewritten for every span.
+    c.last_span_time = last_span.and_then(|t| t.round(TimestampRound::new().smallest(Unit::Minute)).ok()).map(Time);
+    c
+}
+
+/// The engine's span gate input: `Some(true)` when spans arrive, `Some(false)` when agents report
+/// none, `None` when there is nothing to judge by (no reports, not injected).
+pub fn reporting(c: &WorkloadCoverage) -> Option<bool> {
+    match c.state {
+        CoverageState::Reporting => Some(true),
+        CoverageState::Silent => Some(false),
+        CoverageState::Unreported | CoverageState::NotInjected => None,
+    }
+}
+
+/// Injected pods whose agents report but see no spans (the `silent` count of the status).
+pub fn silent_pods(c: &WorkloadCoverage) -> u32 {
+    if c.state == CoverageState::Silent {
+        c.injected
+    } else {
+        0
+    }
+}
+
+fn is_injected(pod: &ObjectMeta) -> bool {
+    pod.labels.as_ref().and_then(|l| l.get(INJECTED_LABEL)).is_some_and(|v| v == "true")
+}
+
+fn age(now: Timestamp, then: Timestamp) -> Duration {
+    Duration::try_from(now.duration_since(then)).unwrap_or_default()
+}
+
+/// The workloads to list in a namespace's status: the least covered first, then by name, at most `max`.
+pub fn listed(mut all: Vec<WorkloadCoverage>, max: usize) -> Vec<WorkloadCoverage> {
+    all.sort_by(|a, b| a.state.cmp(&b.state).then_with(|| (&a.kind, &a.name).cmp(&(&b.kind, &b.name))));
+    all.truncate(max);
+    all
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn pod(uid: &str, injected: bool) -> ObjectMeta {
+        let labels = injected.then(|| BTreeMap::from([(INJECTED_LABEL.to_string(), "true".to_string())]));
+        ObjectMeta { uid: Some(uid.into()), labels, ..Default::default() }
+    }
+
+    fn at(s: i64) -> Timestamp {
+        Timestamp::from_second(1_800_000_000 + s).unwrap()
+    }
+
+    fn report(received: i64, last_span: Option<i64>, generation: i64) -> PodReport {
+        PodReport {
+            received_at: at(received),
+            last_span_at: last_span.map(at),
+            services: vec!["frontend".into()],
+            config_generation: generation,
+        }
+    }
+
+    fn coverage(pods: &[ObjectMeta], reports: &BTreeMap<&str, PodReport>, now: i64) -> WorkloadCoverage {
+        let pods: Vec<&ObjectMeta> = pods.iter().collect();
+        workload_coverage("Deployment", "web", &pods, |uid| reports.get(uid), 2, at(now))
+    }
+
+    #[test]
+    fn states_follow_pods_and_reports() {
+        let none = BTreeMap::new();
+        // (pods, reports, expected state)
+        let cases: Vec<(Vec<ObjectMeta>, BTreeMap<&str, PodReport>, CoverageState)> = vec![
+            (vec![pod("a", false)], none.clone(), CoverageState::NotInjected),
+            (vec![], none.clone(), CoverageState::NotInjected),
+            (vec![pod("a", true)], none.clone(), CoverageState::Unreported),
+            (vec![pod("a", true)], BTreeMap::from([("a", report(100, None, 2))]), CoverageState::Silent),
+            (vec![pod("a", true)], BTreeMap::from([("a", report(100, Some(90), 2))]), CoverageState::Reporting),
+            // A span long ago: silent again.
+            (vec![pod("a", true)], BTreeMap::from([("a", report(100, Some(-1000), 2))]), CoverageState::Silent),
+            // A stale report (agent gone quiet): nothing to judge by.
+            (vec![pod("a", true)], BTreeMap::from([("a", report(-500, Some(-500), 2))]), CoverageState::Unreported),
+            // One reporting pod of two is enough.
+            (
+                vec![pod("a", true), pod("b", true)],
+                BTreeMap::from([("a", report(100, None, 2)), ("b", report(100, Some(95), 1))]),
+                CoverageState::Reporting,
+            ),
+        ];
+        for (i, (pods, reports, want)) in cases.into_iter().enumerate() {
+            assert_eq!(coverage(&pods, &reports, 120).state, want, "case {i}");
+        }
+    }
+
+    #[test]
+    fn counts_services_config_and_last_span() {
+        let pods = [pod("a", true), pod("b", true), pod("c", false)];
+        let mut b = report(110, Some(100), 1);
+        b.services = vec!["worker".into(), "frontend".into()];
+        let reports = BTreeMap::from([("a", report(110, Some(61), 2)), ("b", b)]);
+        let c = coverage(&pods, &reports, 120);
+        assert_eq!((c.pods, c.injected, c.reporting, c.current_config), (3, 2, 2, 1));
+        assert_eq!(c.services, ["frontend", "worker"]);
+        assert_eq!(c.last_span_time, Some(Time(at(100).round(Unit::Minute).unwrap())));
+        assert_eq!(reporting(&c), Some(true));
+        assert_eq!(silent_pods(&c), 0);
+    }
+
+    #[test]
+    fn silent_workloads_count_their_injected_pods_and_gate_false() {
+        let pods = [pod("a", true), pod("b", true)];
+        let reports = BTreeMap::from([("a", report(110, None, 2))]);
+        let c = coverage(&pods, &reports, 120);
+        assert_eq!(c.state, CoverageState::Silent);
+        assert_eq!((silent_pods(&c), reporting(&c)), (2, Some(false)));
+    }
+
+    #[test]
+    fn listing_puts_the_least_covered_first_and_caps() {
+        let w = |name: &str, state| WorkloadCoverage {
+            kind: "Deployment".into(),
+            name: name.into(),
+            state,
+            ..Default::default()
+        };
+        let all = vec![
+            w("a", CoverageState::Reporting),
+            w("b", CoverageState::Silent),
+            w("c", CoverageState::Unreported),
+            w("d", CoverageState::Silent),
+        ];
+        let names: Vec<String> = listed(all, 3).into_iter().map(|c| c.name).collect();
+        assert_eq!(names, ["c", "b", "d"]);
+    }
+}

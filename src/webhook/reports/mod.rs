@@ -1,0 +1,154 @@
+//! The agents' report channel, operator side: `POST /v1/agent-reports` on the webhook's HTTPS
+//! server. A report is accepted only from the pod it describes: the bearer token is a projected
+//! ServiceAccount token of audience `tracelight.io/agent-report` bound to a pod, reviewed by the
+//! API server ([`review`]); the body's pod name, namespace and uid must match the token's. So a
+//! pod cannot report for another one, and the token is useless anywhere else.
+//!
+//! Answers: 204 accepted; 400 malformed body; 401 missing or rejected token; 403 the body names
+//! another pod; 413 too large; 503 (with `Retry-After`) when the review could not be done. The
+//! agent retries at its next push either way.
+
+pub mod review;
+pub mod store;
+
+use crate::api::agent_report::{AgentReport, MAX_REPORT_BYTES, REPORT_PATH};
+use crate::telemetry::Metrics;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Router;
+use k8s_openapi::jiff::Timestamp;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use review::{ReviewError, ReviewedPod, Reviewer};
+use std::sync::Arc;
+pub use store::ReportStore;
+
+/// What the report endpoint needs.
+#[derive(Clone)]
+pub struct ReportsState {
+    pub reviewer: Arc<dyn Reviewer>,
+    pub store: ReportStore,
+    pub metrics: ReportMetrics,
+}
+
+/// `tracelight_agent_reports_total{result}`: accepted, and refused by reason.
+#[derive(Clone, Debug, Default)]
+pub struct ReportMetrics {
+    reports: Family<Vec<(String, String)>, Counter>,
+}
+
+impl ReportMetrics {
+    pub fn register(metrics: &Metrics) -> ReportMetrics {
+        let m = ReportMetrics::default();
+        metrics.register("tracelight_agent_reports", "Agent reports received, by result", m.reports.clone());
+        m
+    }
+
+    fn count(&self, result: &str) {
+        self.reports.get_or_create(&vec![("result".to_string(), result.to_string())]).inc();
+    }
+}
+
+pub fn router(state: ReportsState) -> Router {
+    Router::new().route(REPORT_PATH, post(receive)).layer(DefaultBodyLimit::max(MAX_REPORT_BYTES)).with_state(state)
+}
+
+/// Why a report was refused; the answer and the metric label.
+#[derive(Debug, thiserror::Error)]
+enum Refused {
+    #[error("missing bearer token")]
+    NoToken,
+    #[error(transparent)]
+    Review(#[from] ReviewError),
+    #[error("malformed report: {0}")]
+    Malformed(serde_json::Error),
+    #[error("the report describes {claimed}, but the token was issued to pod {actual}")]
+    WrongPod { claimed: String, actual: String },
+}
+
+impl Refused {
+    fn status(&self) -> StatusCode {
+        match self {
+            Refused::NoToken | Refused::Review(ReviewError::Rejected(_) | ReviewError::NotAPodToken(_)) => {
+                StatusCode::UNAUTHORIZED
+            }
+            Refused::Review(ReviewError::Api(_)) => StatusCode::SERVICE_UNAVAILABLE,
+            Refused::Malformed(_) => StatusCode::BAD_REQUEST,
+            Refused::WrongPod { .. } => StatusCode::FORBIDDEN,
+        }
+    }
+
+    fn label(&self) -> &'static str {
+        match self {
+            Refused::NoToken => "no_token",
+            Refused::Review(ReviewError::Api(_)) => "review_failed",
+            Refused::Review(_) => "unauthenticated",
+            Refused::Malformed(_) => "malformed",
+            Refused::WrongPod { .. } => "wrong_pod",
+        }
+    }
+}
+
+#[tracing::instrument(level = "debug", skip_all)]
+async fn receive(State(state): State<ReportsState>, headers: HeaderMap, body: Bytes) -> Response {
+    match accept(&state, &headers, &body).await {
+        Ok(pod) => {
+            state.metrics.count("accepted");
+            tracing::debug!(namespace = %pod.namespace, pod = %pod.pod_name, "agent report accepted");
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(refused) => {
+            state.metrics.count(refused.label());
+            let status = refused.status();
+            tracing::debug!(%status, error = %refused, "agent report refused");
+            let mut response = (status, refused.to_string()).into_response();
+            if status == StatusCode::SERVICE_UNAVAILABLE {
+                response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("10"));
+            }
+            response
+        }
+    }
+}
+
+async fn accept(state: &ReportsState, headers: &HeaderMap, body: &[u8]) -> Result<ReviewedPod, Refused> {
+    let token = bearer(headers).ok_or(Refused::NoToken)?;
+    // The body is parsed first (cheap, local); the review may cost an API request.
+    let report: AgentReport = serde_json::from_slice(body).map_err(Refused::Malformed)?;
+    let pod = state.reviewer.review(token).await?;
+    check_identity(&report, &pod)?;
+    state.store.accept(&pod, &report, Timestamp::now());
+    Ok(pod)
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    (scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty()).then(|| token.trim())
+}
+
+/// The body must describe the pod the token was issued to (fields it leaves out are not checked,
+/// the token's identity is what gets recorded).
+fn check_identity(report: &AgentReport, pod: &ReviewedPod) -> Result<(), Refused> {
+    let claimed = &report.pod;
+    let matches = |claim: &Option<String>, actual: &str| claim.as_deref().is_none_or(|c| c == actual);
+    if matches(&claimed.namespace, &pod.namespace)
+        && matches(&claimed.pod_name, &pod.pod_name)
+        && matches(&claimed.pod_uid, &pod.pod_uid)
+    {
+        return Ok(());
+    }
+    Err(Refused::WrongPod {
+        claimed: format!(
+            "{}/{}",
+            claimed.namespace.as_deref().unwrap_or("?"),
+            claimed.pod_name.as_deref().unwrap_or("?")
+        ),
+        actual: format!("{}/{}", pod.namespace, pod.pod_name),
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,147 @@
+//! The accepted reports, one per pod (by the uid its token was bound to), kept in memory. The
+//! controller reads them at every reconcile; a change that can flip a workload's coverage (a new
+//! pod, a first span, a new config generation) wakes it through [`ReportStore::subscribe`].
+
+use super::review::ReviewedPod;
+use crate::api::agent_report::AgentReport;
+use crate::rollout::coverage::{PodReport, MAX_SERVICES, REPORT_STALE_AFTER};
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use tokio::sync::watch;
+
+#[derive(Clone)]
+pub struct ReportStore {
+    reports: Arc<RwLock<HashMap<String, Stored>>>,
+    changed: Arc<watch::Sender<u64>>,
+}
+
+#[derive(Clone, Debug)]
+struct Stored {
+    namespace: String,
+    report: PodReport,
+}
+
+impl Default for ReportStore {
+    fn default() -> Self {
+        ReportStore { reports: Arc::default(), changed: Arc::new(watch::channel(0).0) }
+    }
+}
+
+impl ReportStore {
+    /// Records `report` for the reviewed `pod`, received `now`. Returns whether it changed
+    /// something coverage depends on (and then notifies subscribers).
+    pub fn accept(&self, pod: &ReviewedPod, report: &AgentReport, now: Timestamp) -> bool {
+        let last_span_at = report
+            .last_span_age_seconds
+            .and_then(|age| now.checked_sub(SignedDuration::from_secs(i64::try_from(age).unwrap_or(i64::MAX))).ok());
+        let mut services: Vec<String> = report.services.keys().take(MAX_SERVICES).cloned().collect();
+        services.sort();
+        let new = PodReport { received_at: now, last_span_at, services, config_generation: report.config_generation };
+        let mut reports = self.reports.write().unwrap_or_else(|p| p.into_inner());
+        let material = match reports.get(&pod.pod_uid) {
+            None => true,
+            Some(old) => {
+                old.report.last_span_at.is_none() != new.last_span_at.is_none()
+                    || old.report.config_generation != new.config_generation
+                    || old.report.services != new.services
+            }
+        };
+        reports.insert(pod.pod_uid.clone(), Stored { namespace: pod.namespace.clone(), report: new });
+        drop(reports);
+        if material {
+            self.changed.send_modify(|n| *n += 1);
+        }
+        material
+    }
+
+    /// The last report of the pod with `uid`.
+    pub fn get(&self, uid: &str) -> Option<PodReport> {
+        self.reports.read().unwrap_or_else(|p| p.into_inner()).get(uid).map(|s| s.report.clone())
+    }
+
+    /// Forgets reports of pods that stopped reporting long ago (deleted pods, mostly).
+    pub fn prune(&self, now: Timestamp) {
+        let keep_for = SignedDuration::try_from(REPORT_STALE_AFTER * 4).unwrap_or(SignedDuration::MAX);
+        let mut reports = self.reports.write().unwrap_or_else(|p| p.into_inner());
+        reports.retain(|_, s| now.duration_since(s.report.received_at) < keep_for);
+    }
+
+    /// Pods with a report, per namespace count (for logs and metrics).
+    pub fn len(&self) -> usize {
+        self.reports.read().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Pods of `namespace` with a report.
+    pub fn count_in(&self, namespace: &str) -> usize {
+        self.reports.read().unwrap_or_else(|p| p.into_inner()).values().filter(|s| s.namespace == namespace).count()
+    }
+
+    /// Changes whenever [`accept`](Self::accept) records a material change.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::agent_report::{ReportedPod, SpanCounts};
+    use std::collections::BTreeMap;
+
+    fn pod(uid: &str) -> ReviewedPod {
+        ReviewedPod {
+            namespace: "shop".into(),
+            service_account: "default".into(),
+            pod_name: "w".into(),
+            pod_uid: uid.into(),
+        }
+    }
+
+    fn report(last_span_age: Option<u64>, generation: i64) -> AgentReport {
+        AgentReport {
+            pod: ReportedPod::default(),
+            policy: Some("p".into()),
+            config_generation: generation,
+            sampling_ratio: Some(1.0),
+            services: BTreeMap::from([("frontend".to_string(), 3)]),
+            spans: SpanCounts::default(),
+            uptime_seconds: 5,
+            last_span_age_seconds: last_span_age,
+        }
+    }
+
+    fn at(s: i64) -> Timestamp {
+        Timestamp::from_second(1_800_000_000 + s).unwrap()
+    }
+
+    #[test]
+    fn material_changes_notify_and_span_times_are_absolute() {
+        let store = ReportStore::default();
+        let mut changes = store.subscribe();
+        assert!(store.accept(&pod("a"), &report(None, 1), at(0)), "a new pod");
+        assert!(changes.has_changed().unwrap());
+        changes.mark_unchanged();
+        assert!(!store.accept(&pod("a"), &report(None, 1), at(30)), "same facts, later");
+        assert!(!changes.has_changed().unwrap());
+        assert!(store.accept(&pod("a"), &report(Some(10), 1), at(60)), "first span");
+        assert_eq!(store.get("a").unwrap().last_span_at, Some(at(50)));
+        assert!(!store.accept(&pod("a"), &report(Some(0), 1), at(90)), "spans go on");
+        assert!(store.accept(&pod("a"), &report(Some(0), 2), at(120)), "new config generation");
+        assert_eq!(store.get("b"), None);
+        assert_eq!((store.len(), store.count_in("shop"), store.count_in("other")), (1, 1, 0));
+    }
+
+    #[test]
+    fn prune_forgets_pods_that_went_quiet() {
+        let store = ReportStore::default();
+        store.accept(&pod("old"), &report(None, 1), at(0));
+        store.accept(&pod("new"), &report(None, 1), at(1000));
+        store.prune(at(1000));
+        assert_eq!((store.get("old"), store.get("new").is_some()), (None, true));
+    }
+}

@@ -1,0 +1,90 @@
+use super::*;
+use axum::body::Body;
+use axum::http::Request;
+use futures::future::BoxFuture;
+use tower::ServiceExt;
+
+/// Accepts the token "good-a" for pod shop/web-a (uid ua), "api-down" fails like an unreachable
+/// API server, and rejects everything else.
+struct FakeReviewer;
+
+impl Reviewer for FakeReviewer {
+    fn review<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<ReviewedPod, ReviewError>> {
+        Box::pin(async move {
+            match token {
+                "good-a" => Ok(ReviewedPod {
+                    namespace: "shop".into(),
+                    service_account: "default".into(),
+                    pod_name: "web-a".into(),
+                    pod_uid: "ua".into(),
+                }),
+                "api-down" => Err(ReviewError::Api(kube::Error::Service("connection refused".into()))),
+                _ => Err(ReviewError::Rejected("invalid bearer token".into())),
+            }
+        })
+    }
+}
+
+fn state() -> ReportsState {
+    ReportsState { reviewer: Arc::new(FakeReviewer), store: ReportStore::default(), metrics: ReportMetrics::default() }
+}
+
+fn body(namespace: &str, pod: &str, uid: &str) -> String {
+    format!(
+        r#"{{"pod":{{"podName":"{pod}","namespace":"{namespace}","podUid":"{uid}"}},"configGeneration":2,
+        "services":{{"frontend":4}},"spans":{{"received":4}},"lastSpanAgeSeconds":3}}"#
+    )
+}
+
+async fn post(state: &ReportsState, token: Option<&str>, body: impl Into<Body>) -> (StatusCode, String) {
+    let mut request = Request::post(REPORT_PATH).header(header::CONTENT_TYPE, "application/json");
+    if let Some(token) = token {
+        request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    let response = router(state.clone()).oneshot(request.body(body.into()).unwrap()).await.unwrap();
+    let status = response.status();
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
+    (status, String::from_utf8_lossy(&bytes).into_owned())
+}
+
+#[tokio::test]
+async fn a_pod_reports_for_itself() {
+    let s = state();
+    let (status, _) = post(&s, Some("good-a"), body("shop", "web-a", "ua")).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let stored = s.store.get("ua").expect("stored under the token's pod uid");
+    assert_eq!((stored.config_generation, stored.services.clone()), (2, vec!["frontend".to_string()]));
+    assert!(stored.last_span_at.is_some());
+}
+
+#[tokio::test]
+async fn a_pod_cannot_report_for_another() {
+    let s = state();
+    for other in [body("shop", "web-b", "ua"), body("shop", "web-a", "ub"), body("bank", "web-a", "ua")] {
+        let (status, message) = post(&s, Some("good-a"), other).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{message}");
+        assert!(message.contains("issued to pod shop/web-a"), "{message}");
+    }
+    assert!(s.store.is_empty(), "nothing recorded");
+}
+
+#[tokio::test]
+async fn bad_tokens_bodies_and_an_unreachable_api_server_get_clear_answers() {
+    let s = state();
+    let good = body("shop", "web-a", "ua");
+    let cases: Vec<(Option<&str>, String, StatusCode, &str)> = vec![
+        (None, good.clone(), StatusCode::UNAUTHORIZED, "missing bearer token"),
+        (Some("forged"), good.clone(), StatusCode::UNAUTHORIZED, "invalid bearer token"),
+        (Some("good-a"), "{not json".into(), StatusCode::BAD_REQUEST, "malformed report"),
+        (Some("good-a"), r#"{"pod":{}}"#.into(), StatusCode::BAD_REQUEST, "missing field `spans`"),
+        (Some("api-down"), good.clone(), StatusCode::SERVICE_UNAVAILABLE, "TokenReview failed"),
+    ];
+    for (token, body, want, message) in cases {
+        let (status, text) = post(&s, token, body).await;
+        assert_eq!(status, want, "{text}");
+        assert!(text.contains(message), "{text:?} should contain {message:?}");
+    }
+    let (status, _) = post(&s, Some("good-a"), vec![b' '; MAX_REPORT_BYTES + 1]).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(s.store.is_empty());
+}
