@@ -27,6 +27,8 @@ enum Command {
     Inject(tracelight::cli::inject::InjectArgs),
     /// Print the rollout a policy would run on the cluster now (phases, batches), changing nothing.
     Preview(tracelight::cli::preview::PreviewArgs),
+    /// Check that every instrumented workload sends spans (exits 1 when one is silent).
+    Verify(tracelight::cli::verify::VerifyArgs),
     /// Run the operator: admission webhook, certificate management and controllers.
     Controller(Box<tracelight::controller::ControllerArgs>),
     /// Run the tracing agent sidecar: OTLP in on loopback, consistent sampling, export.
@@ -39,6 +41,15 @@ fn main() -> ExitCode {
         Command::Crd => tracelight::cli::crd::run(&mut std::io::stdout()),
         Command::Inject(args) => tracelight::cli::inject::run(&args),
         Command::Preview(args) => tracelight::cli::preview::run(&args),
+        Command::Verify(args) => match tracelight::cli::verify::run(&args) {
+            Ok(true) => Ok(()),
+            // The table says which workloads failed.
+            Ok(false) => return ExitCode::from(1),
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                return ExitCode::from(2);
+            }
+        },
         Command::Controller(args) => tracelight::controller::run(*args),
         Command::Agent(args) => tracelight::agent::run(*args),
     };

@@ -21,6 +21,7 @@
 
 mod check;
 mod collector;
+mod coverage;
 mod harness;
 mod runner;
 mod shop;
@@ -210,6 +211,7 @@ async fn run_shop(
     network: &mut Network,
     images: &runner::images::Images,
     dir: &std::path::Path,
+    extra_hosts: &[(Ipv4Addr, Vec<String>)],
     log: &StepLog,
 ) -> anyhow::Result<()> {
     let ns = shop.ns.clone();
@@ -221,7 +223,8 @@ async fn run_shop(
     let inputs = PodInputs { host_ip: Some(network.host_ip()), ..inputs };
     let nets: Vec<_> = shop.pods.iter().map(|_| network.add_pod()).collect::<anyhow::Result<_>>()?;
     let services = Api::<Service>::namespaced(client.clone(), &ns).list(&ListParams::default()).await?.items;
-    let hosts = hosts_entries(&ns, &shop.pods, &nets.iter().map(|n| n.ip).collect::<Vec<_>>(), &services)?;
+    let mut hosts = hosts_entries(&ns, &shop.pods, &nets.iter().map(|n| n.ip).collect::<Vec<_>>(), &services)?;
+    hosts.extend_from_slice(extra_hosts);
     for net in &nets {
         network.write_hosts(net, &hosts)?;
     }
@@ -269,9 +272,17 @@ async fn traces(suite: &mut harness::Suite, otelcol: &std::path::Path) -> anyhow
         );
     }
     let images = shop::images(&shops[0].policy, &support::operator::binary())?;
+    // The agents report to the operator's Service; here, a forwarder on the bridge to the operator.
+    let report_service = runner::forward::Forwarder::start(
+        SocketAddr::from((network.host_ip(), 443)),
+        SocketAddr::from(([127, 0, 0, 1], suite.webhook_port)),
+    )
+    .await?;
+    let extra_hosts = [coverage::operator_hosts_entry(network.host_ip(), harness::NAMESPACE, "tracelight-webhook")];
+    let mut broken = None;
     let result = async {
         for shop in shops.iter_mut() {
-            run_shop(shop, &client, &mut network, &images, &dir, &log).await?;
+            run_shop(shop, &client, &mut network, &images, &dir, &extra_hosts, &log).await?;
         }
         let (agent, sdk) = shops.split_at_mut(1);
         let (agent, sdk) = (&mut agent[0], &mut sdk[0]);
@@ -285,10 +296,32 @@ async fn traces(suite: &mut harness::Suite, otelcol: &std::path::Path) -> anyhow
         send_requests(sdk, &workloads, SAMPLED_REQUESTS).await?;
         check_reports(&log, sdk, &workloads, &sdk.policy.clone(), false).await?;
 
+        // Coverage: a workload with its tracing broken on purpose is silent, and verify says so.
+        let broken =
+            broken.insert(coverage::run_broken(&log, &client, agent, &mut network, &images, &dir, &extra_hosts).await?);
+        let mut want = coverage::shop_states(&workloads);
+        want.insert(broken.pods[0].labels()["app"].as_str(), tracelight::api::CoverageState::Silent);
+        log.step(&format!("coverage in the status of {POLICY}: shop services Reporting, tax-legacy Silent"));
+        coverage::wait_coverage(&client, POLICY, &agent.ns, &want).await?;
+        coverage::wait_coverage(&client, POLICY_SDK, &sdk.ns, &coverage::shop_states(&workloads)).await?;
+        let binary = support::operator::binary();
+        let (code, table) = coverage::verify(&binary, &suite.cluster.kubeconfig, POLICY, &agent.ns)?;
+        eprint!("{table}");
+        ensure!(code == 1, "tracelight verify exited {code} with a silent workload:\n{table}");
+        ensure!(table.contains(&format!("FAIL {}/Deployment/tax-legacy ({POLICY}): silent", agent.ns)), "{table}");
+        ensure!(table.contains("1 of 7 workloads send no spans"), "{table}");
+        let (code, table) = coverage::verify(&binary, &suite.cluster.kubeconfig, POLICY_SDK, &sdk.ns)?;
+        eprint!("{table}");
+        ensure!(code == 0 && table.contains("OK: every instrumented workload sends spans"), "exit {code}:\n{table}");
+        log.note("tracelight verify: exit 1 naming tax-legacy as silent; exit 0 for the fully covered shop");
+
         // Then everything is flushed and stopped (apps, agents, collector, in that order) and the
         // final output checked: nothing arrived late, twice, split, or from elsewhere.
         log.step("stop the pods (SIGTERM: SDKs and agents flush) and the collector; check the final output");
         for pod in agent.running.iter_mut().chain(sdk.running.iter_mut()) {
+            pod.stop();
+        }
+        for pod in broken.running.iter_mut() {
             pod.stop();
         }
         collector.stop()?;
@@ -336,6 +369,8 @@ async fn traces(suite: &mut harness::Suite, otelcol: &std::path::Path) -> anyhow
     .await;
     let logs: String = shops.iter().flat_map(|s| s.running.iter()).map(|p| p.log_tails(30)).collect();
     drop(shops);
+    drop(broken);
+    drop(report_service);
     drop(collector);
     drop(network);
     // The failure first, then what the containers printed.

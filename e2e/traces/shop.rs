@@ -170,6 +170,23 @@ pub fn workloads() -> Vec<Workload> {
     ]
 }
 
+/// A tax service whose tracing is broken on purpose: its own env turns the SDK's exporter off
+/// (`OTEL_TRACES_EXPORTER=none`; the injector never overrides what the application sets). It is
+/// injected and serves requests, but its agent receives nothing: coverage must call it silent.
+pub fn broken_tax() -> Workload {
+    workload(Spec {
+        name: "tax-legacy",
+        container: "api",
+        image: "tracelight-e2e/shop-tax:1",
+        language: Some("java"),
+        port: Some(8090),
+        env: vec![("OTEL_TRACES_EXPORTER", "none")],
+        args: None,
+        extra: json!({}),
+        traced: true,
+    })
+}
+
 /// The shape of every request's trace.
 pub fn topology(policy: &TracingPolicy) -> Topology {
     let pair = |a: &str, b: &str| (a.to_string(), b.to_string());

@@ -141,6 +141,8 @@ pub enum CoverageState {
     Silent,
     /// Spans are arriving.
     Reporting,
+    /// Its pod template opts out of injection (`tracelight.io/inject: "false"`), on purpose.
+    OptedOut,
 }
 
 /// Rollout state of a namespace. The webhook injects only into `Active` namespaces.

@@ -7,7 +7,7 @@
 
 use super::plan::NamespacePlan;
 use crate::api::{
-    governing_policy, ExcludedWorkload, NamespaceState, NamespaceStatus, RolloutStatus, TracingPolicy,
+    governing_policy, CoverageState, ExcludedWorkload, NamespaceState, NamespaceStatus, RolloutStatus, TracingPolicy,
     TracingPolicyStatus, WorkloadCoverage,
 };
 use crate::inject::InjectOptions;
@@ -166,7 +166,11 @@ pub fn coverage(
             .collect();
         let reports: BTreeMap<&str, PodReport> =
             pods.iter().filter_map(|p| p.uid.as_deref()).filter_map(|uid| Some((uid, report_of(uid)?))).collect();
-        let c = coverage::workload_coverage(id.kind.as_str(), &id.name, &pods, |uid| reports.get(uid), generation, now);
+        let mut c =
+            coverage::workload_coverage(id.kind.as_str(), &id.name, &pods, |uid| reports.get(uid), generation, now);
+        if c.state == CoverageState::NotInjected && observe::opted_out(w.template()) {
+            c.state = CoverageState::OptedOut;
+        }
         by_ns.entry(id.namespace.clone()).or_default().push((id, c));
     }
     by_ns

@@ -83,7 +83,7 @@ pub fn reporting(c: &WorkloadCoverage) -> Option<bool> {
     match c.state {
         CoverageState::Reporting => Some(true),
         CoverageState::Silent => Some(false),
-        CoverageState::Unreported | CoverageState::NotInjected => None,
+        CoverageState::Unreported | CoverageState::NotInjected | CoverageState::OptedOut => None,
     }
 }
 

@@ -129,6 +129,11 @@ pub fn exclusion(template: Option<&PodTemplateSpec>) -> Option<String> {
     template_annotation(template, EXCLUDED_ANNOTATION).filter(|_| opted_out).cloned()
 }
 
+/// The workload opts out of injection on purpose (the label without a rollback's annotation).
+pub fn opted_out(template: Option<&PodTemplateSpec>) -> bool {
+    template_label(template, INJECT_LABEL).is_some_and(|v| v == "false") && exclusion(template).is_none()
+}
+
 /// The pod the webhook will see when the workload creates one (owned by the workload, so the
 /// service name and hash are derived as for real pods).
 pub fn template_pod(workload: Workload) -> Option<Pod> {

@@ -20,6 +20,7 @@
 
 pub mod env;
 pub mod expand;
+pub mod forward;
 pub mod images;
 pub mod net;
 pub mod paths;

@@ -1,0 +1,212 @@
+//! `tracelight verify`: the "confirm traces appear for every service" step of a rollout. Reads
+//! the policies' coverage (which the operator fills from the agents' reports), prints one row per
+//! workload — instrumented, reporting, last span seen, services — and fails when an opted-in
+//! workload sends no spans. With `--wait`, looks again until every workload reports or time is up.
+
+use crate::api::{CoverageState, Duration, TracingPolicy, WorkloadCoverage};
+use anyhow::Context as _;
+use kube::api::{Api, ListParams};
+use kube::{Client, ResourceExt};
+use std::fmt::Write as _;
+
+#[derive(clap::Args, Debug)]
+pub struct VerifyArgs {
+    /// Name of a TracingPolicy (default: every policy).
+    pub name: Option<String>,
+    /// Only this namespace.
+    #[arg(long, short = 'n')]
+    pub namespace: Option<String>,
+    /// Keep looking until every workload reports, for at most this long (e.g. 2m).
+    #[arg(long, value_parser = Duration::parse)]
+    pub wait: Option<Duration>,
+}
+
+/// One row of the table.
+#[derive(Clone, Debug, PartialEq)]
+struct Row {
+    policy: String,
+    namespace: String,
+    workload: WorkloadCoverage,
+}
+
+impl Row {
+    /// Whether this workload fails verification, and why.
+    fn problem(&self) -> Option<&'static str> {
+        match self.workload.state {
+            CoverageState::Reporting | CoverageState::OptedOut => None,
+            CoverageState::Silent => Some("silent: its agents receive no spans"),
+            CoverageState::Unreported => Some("no agent report (agent down or cannot reach the operator)"),
+            CoverageState::NotInjected => Some("not instrumented (not rolled out yet, or rolled back)"),
+        }
+    }
+}
+
+/// The verdict over `policies`: the rendered table and whether every workload passed.
+fn verdict(policies: &[TracingPolicy], args: &VerifyArgs) -> (String, bool) {
+    let rows = rows(policies, args);
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<20} {:<32} {:<11} {:>8} {:>9} {:>6}  {:<17} SERVICES",
+        "NAMESPACE", "WORKLOAD", "STATE", "INJECTED", "REPORTING", "CONFIG", "LAST SPAN"
+    );
+    for r in &rows {
+        let w = &r.workload;
+        let last = w.last_span_time.as_ref().map_or("-".to_string(), |t| t.0.strftime("%Y-%m-%d %H:%MZ").to_string());
+        let services = if w.services.is_empty() { "-".to_string() } else { w.services.join(",") };
+        let _ = writeln!(
+            out,
+            "{:<20} {:<32} {:<11} {:>8} {:>9} {:>6}  {:<17} {}",
+            r.namespace,
+            format!("{}/{}", w.kind, w.name),
+            format!("{:?}", w.state),
+            format!("{}/{}", w.injected, w.pods),
+            w.reporting,
+            format!("{}/{}", w.current_config, w.injected),
+            last,
+            services
+        );
+    }
+    let failing: Vec<&Row> = rows.iter().filter(|r| r.problem().is_some()).collect();
+    let _ = writeln!(out);
+    for r in &failing {
+        let problem = r.problem().unwrap_or_default();
+        let _ = writeln!(out, "FAIL {}/{}/{} ({}): {problem}", r.namespace, r.workload.kind, r.workload.name, r.policy);
+    }
+    let ok = failing.is_empty() && !rows.is_empty();
+    let _ = match (rows.is_empty(), ok) {
+        (true, _) => writeln!(out, "no workloads found: is the policy applied and a namespace opted in?"),
+        (false, true) => writeln!(out, "OK: every instrumented workload sends spans ({} workloads)", rows.len()),
+        (false, false) => writeln!(out, "{} of {} workloads send no spans", failing.len(), rows.len()),
+    };
+    (out, ok)
+}
+
+fn rows(policies: &[TracingPolicy], args: &VerifyArgs) -> Vec<Row> {
+    let mut rows = Vec::new();
+    for p in policies.iter().filter(|p| args.name.as_ref().is_none_or(|n| *n == p.name_any())) {
+        for ns in p.status.iter().flat_map(|s| &s.namespaces) {
+            if args.namespace.as_ref().is_some_and(|n| *n != ns.name) {
+                continue;
+            }
+            rows.extend(ns.workloads.iter().map(|w| Row {
+                policy: p.name_any(),
+                namespace: ns.name.clone(),
+                workload: w.clone(),
+            }));
+        }
+    }
+    rows.sort_by(|a, b| {
+        (&a.namespace, &a.workload.kind, &a.workload.name).cmp(&(&b.namespace, &b.workload.kind, &b.workload.name))
+    });
+    rows
+}
+
+/// Prints the table; `Ok(false)` when a workload fails verification.
+pub fn run(args: &VerifyArgs) -> anyhow::Result<bool> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let client = Client::try_default().await.context("connecting to the cluster (KUBECONFIG)")?;
+        let deadline = args.wait.map(|w| tokio::time::Instant::now() + w.get());
+        loop {
+            let policies = Api::<TracingPolicy>::all(client.clone())
+                .list(&ListParams::default())
+                .await
+                .context("listing TracingPolicies")?
+                .items;
+            if let Some(name) = &args.name {
+                anyhow::ensure!(policies.iter().any(|p| p.name_any() == *name), "TracingPolicy {name} not found");
+            }
+            let (table, ok) = verdict(&policies, args);
+            if ok || deadline.is_none_or(|d| tokio::time::Instant::now() >= d) {
+                print!("{table}");
+                return Ok(ok);
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{NamespaceStatus, TracingPolicyStatus};
+
+    fn workload(name: &str, state: CoverageState) -> WorkloadCoverage {
+        let reporting = u32::from(state == CoverageState::Reporting);
+        WorkloadCoverage {
+            kind: "Deployment".into(),
+            name: name.into(),
+            state,
+            pods: 1,
+            injected: u32::from(state != CoverageState::OptedOut && state != CoverageState::NotInjected),
+            reporting,
+            current_config: 1,
+            services: if reporting > 0 { vec![name.to_string()] } else { Vec::new() },
+            last_span_time: None,
+        }
+    }
+
+    fn policy(name: &str, namespaces: &[(&str, Vec<WorkloadCoverage>)]) -> TracingPolicy {
+        let mut p = TracingPolicy::new(name, serde_json::from_value(serde_json::json!({})).unwrap());
+        p.status = Some(TracingPolicyStatus {
+            namespaces: namespaces
+                .iter()
+                .map(|(ns, workloads)| NamespaceStatus {
+                    name: ns.to_string(),
+                    workloads: workloads.clone(),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        });
+        p
+    }
+
+    fn args(name: Option<&str>, namespace: Option<&str>) -> VerifyArgs {
+        VerifyArgs { name: name.map(Into::into), namespace: namespace.map(Into::into), wait: None }
+    }
+
+    #[test]
+    fn a_silent_workload_fails_and_is_named() {
+        let p = policy(
+            "tracing",
+            &[(
+                "shop",
+                vec![workload("frontend", CoverageState::Reporting), workload("legacy", CoverageState::Silent)],
+            )],
+        );
+        let (table, ok) = verdict(&[p], &args(None, None));
+        assert!(!ok);
+        assert!(table.contains("FAIL shop/Deployment/legacy (tracing): silent"), "{table}");
+        assert!(!table.contains("FAIL shop/Deployment/frontend"), "{table}");
+        assert!(table.contains("1 of 2 workloads send no spans"), "{table}");
+    }
+
+    #[test]
+    fn reporting_and_opted_out_workloads_pass() {
+        let p = policy(
+            "tracing",
+            &[(
+                "shop",
+                vec![workload("frontend", CoverageState::Reporting), workload("redis", CoverageState::OptedOut)],
+            )],
+        );
+        let (table, ok) = verdict(&[p], &args(Some("tracing"), None));
+        assert!(ok, "{table}");
+        assert!(table.contains("OK: every instrumented workload sends spans (2 workloads)"), "{table}");
+    }
+
+    #[test]
+    fn filters_select_policy_and_namespace_and_nothing_found_fails() {
+        let a = policy("a", &[("shop", vec![workload("web", CoverageState::Unreported)])]);
+        let b = policy("b", &[("bank", vec![workload("api", CoverageState::Reporting)])]);
+        let policies = [a, b];
+        assert!(verdict(&policies, &args(Some("b"), None)).1);
+        assert!(verdict(&policies, &args(None, Some("bank"))).1);
+        let (table, ok) = verdict(&policies, &args(None, Some("shop")));
+        assert!(!ok && table.contains("no agent report"), "{table}");
+        let (table, ok) = verdict(&policies, &args(None, Some("nowhere")));
+        assert!(!ok && table.contains("no workloads found"), "{table}");
+    }
+}
