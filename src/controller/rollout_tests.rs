@@ -447,3 +447,66 @@ fn workload_events_say_which_policy_restarted_it_and_why() {
     assert!(workload_restart_note("default", RestartReason::Leave).contains("without the tracing agent"));
     assert!(workload_restart_note("default", RestartReason::Repair).contains("missed injection"));
 }
+
+#[test]
+fn coverage_joins_pods_with_their_reports_and_feeds_the_gate_and_the_status() {
+    use crate::api::CoverageState;
+    let plan = governed(&[("shop", "pilot")]);
+    let (web, worker, cache, elsewhere) = (
+        deployment("shop", "web"),
+        deployment("shop", "worker"),
+        deployment("shop", "cache"),
+        deployment("other", "x"),
+    );
+    let mut cache = cache;
+    let template = cache.spec.template.metadata.get_or_insert_with(Default::default);
+    template.labels = Some(BTreeMap::from([("tracelight.io/inject".to_string(), "false".to_string())]));
+    let mut pods = [
+        pod_of("shop", "web", Some(HASH)),
+        pod_of("shop", "worker", Some(HASH)),
+        pod_of("shop", "cache", None),
+        pod_of("other", "x", Some(HASH)),
+    ];
+    for (i, p) in pods.iter_mut().enumerate() {
+        p.uid = Some(format!("pod-{i}"));
+    }
+    let snapshot = Snapshot {
+        workloads: [&web, &worker, &cache, &elsewhere].into_iter().map(Workload::Deployment).collect(),
+        pods: pods.iter().collect(),
+    };
+    let report = |last_span: Option<i64>| PodReport {
+        received_at: t(100),
+        last_span_at: last_span.map(t),
+        services: vec!["web".into()],
+        config_generation: 3,
+    };
+    // web's agent saw spans; worker's agent reports none; the other namespace is not governed.
+    let report_of = |uid: &str| match uid {
+        "pod-0" => Some(report(Some(90))),
+        "pod-1" => Some(report(None)),
+        _ => None,
+    };
+    let by_ns = coverage(&plan, &snapshot, &report_of, 3, t(120));
+    assert_eq!(by_ns.keys().collect::<Vec<_>>(), ["shop"], "governed namespaces only");
+    let states: BTreeMap<String, CoverageState> =
+        by_ns["shop"].iter().map(|(id, c)| (id.name.clone(), c.state)).collect();
+    assert_eq!(
+        states,
+        BTreeMap::from([
+            ("cache".to_string(), CoverageState::OptedOut),
+            ("web".to_string(), CoverageState::Reporting),
+            ("worker".to_string(), CoverageState::Silent),
+        ])
+    );
+
+    let mut observed = vec![workload("shop", "web"), workload("shop", "worker"), workload("shop", "cache")];
+    apply_reporting(&mut observed, &by_ns);
+    let gate: Vec<Option<bool>> = observed.iter().map(|w| w.reporting).collect();
+    assert_eq!(gate, [Some(true), Some(false), None], "the span gate: reporting, silent, nothing to judge by");
+
+    let mut ns = NamespaceStatus { name: "shop".into(), ..Default::default() };
+    add_coverage(&mut ns, &by_ns["shop"]);
+    assert_eq!((ns.counts.reporting, ns.counts.silent), (1, 1));
+    let listed: Vec<&str> = ns.workloads.iter().map(|w| w.name.as_str()).collect();
+    assert_eq!(listed, ["worker", "web", "cache"], "least covered first");
+}

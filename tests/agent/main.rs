@@ -7,6 +7,7 @@ mod grpc_faults;
 mod grpc_input;
 mod receiver;
 mod reload;
+mod report;
 mod sdk;
 mod support;
 mod tls;

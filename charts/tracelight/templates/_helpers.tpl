@@ -105,6 +105,7 @@ cluster (operator.enabled=false), the port of webhook.url (443 when the URL has 
 - --leader-election={{ .Values.operator.leaderElection.enabled }}
 - --lease-name={{ .Values.operator.leaderElection.leaseName }}
 - --native-sidecar={{ .Values.operator.nativeSidecar }}
+- --agent-reports={{ .Values.operator.agentReports }}
 {{- if eq .Values.certificates.mode "cert-manager" }}
 - --cert-mode=files
 - --cert-dir={{ include "tracelight.certDir" . }}

@@ -190,6 +190,14 @@ fn init_container_names(pod: &Pod) -> Vec<String> {
     init.map(|cs| cs.iter().map(|c| c.name.clone()).collect()).unwrap_or_default()
 }
 
+/// The injector settings of the operator the suites run (the chart's flags): agents report to
+/// the chart's webhook Service.
+pub fn operator_inject_options() -> InjectOptions {
+    let url =
+        format!("https://tracelight-webhook.tracelight-system.svc:443{}", tracelight::api::agent_report::REPORT_PATH);
+    InjectOptions { report_url: Some(url), ..InjectOptions::default() }
+}
+
 /// Asserts that `pod` was injected by `policy` (as it is in the cluster), for service `service`.
 /// The manifest hash must be the policy status' one or, while the controller does not publish
 /// it, the one the injector computes for this pod and policy.
@@ -198,7 +206,7 @@ pub fn assert_injected(pod: &Pod, service: &str, policy: &TracingPolicy) -> anyh
         .status
         .as_ref()
         .and_then(|s| s.manifest_hash.clone())
-        .or_else(|| expected_manifest_hash(pod, policy, &InjectOptions::default()))
+        .or_else(|| expected_manifest_hash(pod, policy, &operator_inject_options()))
         .context("the injector would not inject this pod at all")?;
     let policy = policy.name_any();
     let policy = policy.as_str();
