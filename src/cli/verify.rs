@@ -148,7 +148,8 @@ mod tests {
     }
 
     fn policy(name: &str, namespaces: &[(&str, Vec<WorkloadCoverage>)]) -> TracingPolicy {
-        let mut p = TracingPolicy::new(name, serde_json::from_value(serde_json::json!({})).unwrap());
+        let spec = serde_json::json!({"collector": {"endpoint": "http://collector:4317", "protocol": "grpc"}});
+        let mut p = TracingPolicy::new(name, serde_json::from_value(spec).unwrap());
         p.status = Some(TracingPolicyStatus {
             namespaces: namespaces
                 .iter()

@@ -16,8 +16,10 @@ use std::time::{Duration, Instant};
 const POD_NAME_EXTRA: &str = "authentication.kubernetes.io/pod-name";
 const POD_UID_EXTRA: &str = "authentication.kubernetes.io/pod-uid";
 const SERVICE_ACCOUNT_PREFIX: &str = "system:serviceaccount:";
-/// How long an accepted token is trusted without a new review (tokens live at least 10 min).
-const CACHE_FOR: Duration = Duration::from_secs(120);
+/// How long an accepted token is trusted without a new review, at most (and never past its `exp`).
+/// A bound token stops being valid when its pod is deleted; trusting it a little longer is
+/// harmless, as reports of pods that no longer exist are ignored.
+const CACHE_FOR: Duration = Duration::from_secs(600);
 /// Most cached reviews; beyond it the cache is cleared (a flood of distinct tokens).
 const CACHE_MAX: usize = 20_000;
 
@@ -72,7 +74,23 @@ pub fn reviewed_pod(status: &TokenReviewStatus, audience: &str) -> Result<Review
 /// Reviews tokens with the API server's TokenReview, caching accepted ones.
 pub struct TokenReviewer {
     api: Api<TokenReview>,
+    /// Accepted tokens (by hash): the pod, and until when the review holds.
     cache: Mutex<HashMap<[u8; 32], (ReviewedPod, Instant)>>,
+}
+
+/// The `exp` claim of a JWT (seconds since the epoch), read without verifying the signature:
+/// only used to bound how long a review that succeeded is reused.
+pub fn token_expiry(token: &str) -> Option<i64> {
+    use base64::Engine;
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?;
+    serde_json::from_slice::<serde_json::Value>(&bytes).ok()?.get("exp")?.as_i64()
+}
+
+/// Until when a review of `token` may be reused, from `now` (an instant) and the wall clock.
+fn cache_deadline(token: &str, now: Instant, unix_now: i64) -> Instant {
+    let left = token_expiry(token).map(|exp| Duration::from_secs(u64::try_from(exp - unix_now).unwrap_or(0)));
+    now + left.map_or(CACHE_FOR, |left| left.min(CACHE_FOR))
 }
 
 impl TokenReviewer {
@@ -82,18 +100,19 @@ impl TokenReviewer {
 
     fn cached(&self, key: &[u8; 32]) -> Option<ReviewedPod> {
         let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        cache.get(key).filter(|(_, at)| at.elapsed() < CACHE_FOR).map(|(pod, _)| pod.clone())
+        cache.get(key).filter(|(_, until)| Instant::now() < *until).map(|(pod, _)| pod.clone())
     }
 
-    fn remember(&self, key: [u8; 32], pod: &ReviewedPod) {
+    fn remember(&self, key: [u8; 32], pod: &ReviewedPod, until: Instant) {
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         if cache.len() >= CACHE_MAX {
-            cache.retain(|_, (_, at)| at.elapsed() < CACHE_FOR);
+            let now = Instant::now();
+            cache.retain(|_, (_, until)| now < *until);
             if cache.len() >= CACHE_MAX {
                 cache.clear();
             }
         }
-        cache.insert(key, (pod.clone(), Instant::now()));
+        cache.insert(key, (pod.clone(), until));
     }
 
     async fn review_uncached(&self, token: &str) -> Result<ReviewedPod, ReviewError> {
@@ -114,7 +133,10 @@ impl Reviewer for TokenReviewer {
                 return Ok(pod);
             }
             let pod = self.review_uncached(token).await?;
-            self.remember(key, &pod);
+            let unix_now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+            self.remember(key, &pod, cache_deadline(token, Instant::now(), unix_now));
             Ok(pod)
         })
     }
@@ -139,6 +161,24 @@ mod tests {
             user: Some(UserInfo { username: Some(username.into()), extra, ..Default::default() }),
             error: None,
         }
+    }
+
+    #[test]
+    fn reviews_are_reused_until_the_token_expires_or_ten_minutes() {
+        use base64::Engine;
+        let jwt = |claims: &str| {
+            let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+            format!("{}.{}.sig", b64(r#"{"alg":"RS256"}"#), b64(claims))
+        };
+        assert_eq!(token_expiry(&jwt(r#"{"exp":1800000600,"aud":["x"]}"#)), Some(1_800_000_600));
+        assert_eq!(token_expiry("not-a-jwt"), None);
+        assert_eq!(token_expiry(&jwt("not json")), None);
+        let now = Instant::now();
+        let unix = 1_800_000_000;
+        assert_eq!(cache_deadline(&jwt(r#"{"exp":1800000060}"#), now, unix), now + Duration::from_secs(60));
+        assert_eq!(cache_deadline(&jwt(r#"{"exp":1800086400}"#), now, unix), now + CACHE_FOR);
+        assert_eq!(cache_deadline(&jwt(r#"{"exp":1700000000}"#), now, unix), now, "expired: not reused");
+        assert_eq!(cache_deadline("opaque", now, unix), now + CACHE_FOR);
     }
 
     #[test]
