@@ -29,6 +29,7 @@ use kube::runtime::{reflector, watcher, Controller, WatchStreamExt};
 use kube::{Client, ResourceExt};
 use lease::LeaderElector;
 use metrics::ControllerMetrics;
+use prometheus_client::metrics::{counter::Counter, family::Family};
 use reconcile::{error_policy, reconcile, Context};
 use std::future::{ready, Future};
 use std::sync::Arc;
@@ -71,14 +72,15 @@ pub struct ControllerArgs {
 }
 
 /// A client for the cluster (KUBECONFIG or in-cluster config) that counts its requests in the
-/// metric `tracelight_kube_requests_total` (a watch counts once per (re)connection), so API load
-/// per restarted workload can be measured.
+/// metric `tracelight_kube_requests_total{verb, resource}` (a watch counts once per
+/// (re)connection; the webhook's and the lease's requests count too), so the API load per
+/// restarted workload can be measured and broken down.
 async fn counted_client(metrics: &Metrics) -> anyhow::Result<Client> {
     let config = kube::Config::infer().await.context("loading the Kubernetes config (KUBECONFIG or in-cluster)")?;
-    let requests = prometheus_client::metrics::counter::Counter::<u64>::default();
+    let requests = Family::<metrics::RequestLabels, Counter>::default();
     metrics.register("tracelight_kube_requests", "Requests sent to the Kubernetes API server", requests.clone());
     let count = tower::util::MapRequestLayer::new(move |request: http::Request<kube::client::Body>| {
-        requests.inc();
+        requests.get_or_create(&metrics::request_labels(request.method(), request.uri())).inc();
         request
     });
     let client = kube::client::ClientBuilder::try_from(config)
