@@ -253,7 +253,7 @@ async fn run_policy_controller(
     // Pods are decoded into what the controller reads of them (metadata, restart state): the
     // health of restarts in flight comes from this cache, not from listing pods.
     let (pods, pod_writer) = reflector::store::<CachedPod>();
-    let pod_cache = watcher(Api::<CachedPod>::all(client.clone()), watcher::Config::default().any_semantic())
+    let pod_cache = watcher(Api::<CachedPod>::all(client.clone()), paged_lists())
         .default_backoff()
         .modify(CachedPod::slim)
         .reflect(pod_writer)
@@ -325,6 +325,13 @@ async fn run_policy_controller(
     }
 }
 
+/// Watch settings for the large caches (pods, workloads): their initial lists come in pages of
+/// 500. A list from the API server's cache ("any" semantic) is not paged: thousands of pods in
+/// one response were the operator's peak memory.
+fn paged_lists() -> watcher::Config {
+    watcher::Config::default().page_size(500)
+}
+
 /// Passes the first nudge on at once, then at most one per `every` while nudges keep coming (the
 /// last one is never lost: a nudge during a pause is answered after it). Ends with `nudges`.
 async fn throttle(
@@ -382,7 +389,7 @@ where
     K: kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
 {
     let (store, writer) = reflector::store::<K>();
-    let cache = watcher(Api::<K>::all(client.clone()), watcher::Config::default().any_semantic())
+    let cache = watcher(Api::<K>::all(client.clone()), paged_lists())
         .default_backoff()
         .modify(slim_workload::<K>)
         .reflect(writer)
