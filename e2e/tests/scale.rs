@@ -17,7 +17,7 @@
 
 use crate::suite::{setup, Suite};
 use crate::support::cluster::Cluster;
-use crate::support::objects::{from_json, template, ENABLED};
+use crate::support::objects::{from_json, template, ENABLED, SUITE_LABEL};
 use crate::support::operator::http_get;
 use crate::support::{wait, StepLog};
 use anyhow::{ensure, Context as _};
@@ -61,8 +61,11 @@ async fn bench_scale() {
             eprintln!("[scale] stopping the operator: {e:#}");
         }
     }
+    // Thousands of pods take minutes to go: longer than the suite's teardown waits per namespace.
+    let deleted = delete_scale_namespaces(&suite).await;
     let cleanup = setup::teardown(&mut suite).await;
-    // After the namespaces: their pods are gone, nothing is left on these nodes.
+    // After the namespaces: their pods are gone, nothing is left on these nodes (kwok must still
+    // run them to confirm their deletion).
     let nodes_api = Api::<Node>::all(suite.cluster.client.clone());
     for node in nodes.iter().flatten() {
         if let Err(e) = nodes_api.delete(node, &DeleteParams::default()).await {
@@ -70,8 +73,42 @@ async fn bench_scale() {
         }
     }
     let line = result.unwrap_or_else(|e| panic!("scale run failed: {e:#}\n{}", suite.operator_log_excerpt()));
-    cleanup.expect("cleanup");
     println!("{line}");
+    deleted.expect("deleting the scale namespaces");
+    cleanup.expect("cleanup");
+}
+
+/// Deletes the run's namespaces (the suite's, named `e2e-scale*`) and waits until they are gone.
+async fn delete_scale_namespaces(suite: &Suite) -> anyhow::Result<()> {
+    suite.log.step("cleanup: the scale namespaces");
+    let api = Api::<Namespace>::all(suite.cluster.client.clone());
+    let lp = ListParams::default().labels(&format!("{SUITE_LABEL}=true"));
+    let scale_namespaces = || async {
+        let list = api.list_metadata(&lp).await?;
+        anyhow::Ok(
+            list.items
+                .into_iter()
+                .filter_map(|n| n.metadata.name)
+                .filter(|n| n.starts_with("e2e-scale"))
+                .collect::<Vec<_>>(),
+        )
+    };
+    for name in scale_namespaces().await? {
+        match api.delete(&name, &DeleteParams::background()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(e).with_context(|| format!("deleting namespace {name}")),
+        }
+    }
+    let started = Instant::now();
+    wait::until_every("the scale namespaces to be deleted", Duration::from_secs(1200), POLL, || async {
+        let left = scale_namespaces().await?.len();
+        ensure!(left == 0, "{left} namespaces left");
+        Ok(())
+    })
+    .await?;
+    suite.log.note(&format!("scale namespaces deleted in {:.0}s", started.elapsed().as_secs_f64()));
+    Ok(())
 }
 
 async fn run(suite: &mut Suite) -> anyhow::Result<String> {
