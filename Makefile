@@ -85,9 +85,10 @@ e2e-traces: ## Proof that traces flow: the demo shop injected on the local clust
 	echo "e2e-traces: $$(( $$(date +%s) - start ))s (exit $$rc)"; exit $$rc
 
 .PHONY: bench-scale
-bench-scale: ## Rollout at scale on the local control plane (SCALE_NAMESPACES x SCALE_DEPLOYMENTS x SCALE_REPLICAS, SCALE_BATCH); last line is RESULT workloads=...
-	$(CARGO) build --locked --features e2e --bin tracelight
+bench-scale: ## Rollout at scale on the local control plane (SCALE_NAMESPACES x SCALE_DEPLOYMENTS x SCALE_REPLICAS, SCALE_BATCH; default 200 x 10 x 3, batch 50), operator built in release mode; last line is RESULT workloads=...
+	$(CARGO) build --locked --release --bin tracelight
 	@e2e/cluster/up.sh >/dev/null
 	@mkdir -p target && set -o pipefail && \
+	TRACELIGHT_BIN=$(CURDIR)/target/release/tracelight \
 	$(CARGO) test --locked --features e2e --test e2e bench_scale -- --ignored --nocapture 2>&1 | tee target/bench-scale.log
 	@grep '^RESULT ' target/bench-scale.log | tail -n1

@@ -29,6 +29,8 @@ KCM_PORT=${TRACELIGHT_KCM_PORT:-10257}
 SCHED_PORT=${TRACELIGHT_SCHEDULER_PORT:-10259}
 KWOK_PORT=${TRACELIGHT_KWOK_PORT:-10247}
 NODE_COUNT=${TRACELIGHT_NODES:-3}
+# Client rate limit (requests/s) of kube-controller-manager and kube-scheduler.
+CONTROLLER_QPS=${TRACELIGHT_CONTROLLER_QPS:-200}
 
 # Components in start order (down.sh stops them clients first, etcd last).
 COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok)

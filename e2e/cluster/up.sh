@@ -324,9 +324,17 @@ for c in kube-controller-manager kube-scheduler; do
       --service-cluster-ip-range="$SERVICE_CIDR"
       --cluster-name=tracelight-e2e
       --cert-dir="$RUN/$c-certs"
+      # The default client rate (20/s per controller) makes kwok pods slow to
+      # come and go by the thousand (make bench-scale); kwok itself is unlimited.
+      --kube-api-qps="$CONTROLLER_QPS"
+      --kube-api-burst=$((CONTROLLER_QPS * 2))
     )
   else
-    args+=(--cert-dir="$RUN/$c-certs")
+    args+=(
+      --cert-dir="$RUN/$c-certs"
+      --kube-api-qps="$CONTROLLER_QPS"
+      --kube-api-burst=$((CONTROLLER_QPS * 2))
+    )
   fi
   log "starting $c (https://127.0.0.1:$port/healthz)"
   launch "$c" "$BIN_DIR/$c" "${args[@]}"

@@ -8,6 +8,48 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use std::time::Instant;
 
+/// A request to the API server, by what it does: `verb` as in RBAC (`list`, `watch`, `patch`, ...)
+/// and `resource` with its subresource (`pods`, `tracingpolicies/status`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub verb: &'static str,
+    pub resource: String,
+}
+
+/// What a request to the API server does, from its method and URL (a watch is a GET with
+/// `watch=true`; paths outside `/api` and `/apis` count as resource `other`).
+pub fn request_labels(method: &http::Method, uri: &http::Uri) -> RequestLabels {
+    let segments: Vec<&str> = uri.path().split('/').filter(|s| !s.is_empty()).collect();
+    // /api/v1/... or /apis/<group>/<version>/...
+    let rest = match segments.first() {
+        Some(&"api") => segments.get(2..),
+        Some(&"apis") => segments.get(3..),
+        _ => None,
+    }
+    .unwrap_or_default();
+    // namespaces/<ns>/<resource>...; a bare namespaces[/<name>] is the Namespace resource itself.
+    let rest = if rest.first() == Some(&"namespaces") && rest.len() >= 3 { &rest[2..] } else { rest };
+    let resource = match rest {
+        [] => "other".to_string(),
+        [resource] | [resource, _] => resource.to_string(),
+        [resource, _, sub, ..] => format!("{resource}/{sub}"),
+    };
+    let named = rest.len() >= 2;
+    let watch = uri.query().is_some_and(|q| q.split('&').any(|kv| kv == "watch=true" || kv == "watch=1"));
+    let verb = match *method {
+        http::Method::GET if watch => "watch",
+        http::Method::GET if named => "get",
+        http::Method::GET => "list",
+        http::Method::POST => "create",
+        http::Method::PUT => "update",
+        http::Method::PATCH => "patch",
+        http::Method::DELETE if named => "delete",
+        http::Method::DELETE => "deletecollection",
+        _ => "other",
+    };
+    RequestLabels { verb, resource }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabels {
     /// [`super::Error::kind`] of the failure.
@@ -100,5 +142,30 @@ mod tests {
         assert!(text.contains("tracelight_controller_reconcile_errors_total{kind=\"kube\"} 1"), "{text}");
         assert!(text.contains("tracelight_controller_reconcile_duration_seconds_count 1"), "{text}");
         assert!(text.contains("tracelight_controller_workload_restarts_total 1"), "{text}");
+    }
+
+    #[test]
+    fn requests_are_labelled_by_verb_and_resource() {
+        let labels = |method: &str, uri: &str| {
+            let l = request_labels(&method.parse().unwrap(), &uri.parse().unwrap());
+            (l.verb, l.resource)
+        };
+        let own = |verb: &'static str, resource: &str| (verb, resource.to_string());
+        assert_eq!(labels("GET", "/api/v1/pods?&watch=true&resourceVersion=1"), own("watch", "pods"));
+        assert_eq!(labels("GET", "/api/v1/pods?limit=500"), own("list", "pods"));
+        assert_eq!(labels("GET", "/api/v1/namespaces"), own("list", "namespaces"));
+        assert_eq!(labels("GET", "/api/v1/namespaces/shop"), own("get", "namespaces"));
+        assert_eq!(labels("GET", "/api/v1/namespaces/shop/pods"), own("list", "pods"));
+        assert_eq!(labels("GET", "/api/v1/namespaces/ops/secrets/key"), own("get", "secrets"));
+        assert_eq!(labels("PATCH", "/apis/apps/v1/namespaces/shop/deployments/web"), own("patch", "deployments"));
+        assert_eq!(
+            labels("PATCH", "/apis/tracelight.io/v1alpha1/tracingpolicies/p/status?fieldManager=x&force=true"),
+            own("patch", "tracingpolicies/status")
+        );
+        assert_eq!(labels("POST", "/apis/events.k8s.io/v1/namespaces/shop/events"), own("create", "events"));
+        assert_eq!(labels("PUT", "/apis/coordination.k8s.io/v1/namespaces/ops/leases/l"), own("update", "leases"));
+        assert_eq!(labels("DELETE", "/api/v1/namespaces/shop/configmaps/c"), own("delete", "configmaps"));
+        assert_eq!(labels("DELETE", "/api/v1/namespaces/shop/configmaps"), own("deletecollection", "configmaps"));
+        assert_eq!(labels("GET", "/version"), own("list", "other"));
     }
 }

@@ -1,6 +1,7 @@
 //! `tracelight controller`: the operator process. Every replica serves the admission webhook;
 //! the replica holding the leader Lease also runs the controllers.
 //!
+//! - [`cache`]: what the controller keeps of the pods it watches;
 //! - [`plan`]: pure decisions (governed namespaces, steps, counts, status);
 //! - [`resources`]: the objects written into governed namespaces, as pure values;
 //! - [`rollout`]: the phased rollout's observation and outcome (pure; the engine is `crate::rollout`);
@@ -8,6 +9,7 @@
 //! - [`lease`]: leader election;
 //! - [`metrics`]: the controller's metrics.
 
+pub mod cache;
 pub mod lease;
 pub mod metrics;
 pub mod plan;
@@ -20,9 +22,10 @@ use crate::inject::InjectOptions;
 use crate::telemetry::{self, LogFormat, Metrics};
 use crate::webhook::reports::ReportStore;
 use anyhow::Context as _;
+use cache::CachedPod;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use kube::api::Api;
 use kube::core::PartialObjectMeta;
 use kube::runtime::events::{Recorder, Reporter};
@@ -30,14 +33,20 @@ use kube::runtime::{reflector, watcher, Controller, WatchStreamExt};
 use kube::{Client, ResourceExt};
 use lease::LeaderElector;
 use metrics::ControllerMetrics;
+use prometheus_client::metrics::{counter::Counter, family::Family};
 use reconcile::{error_policy, reconcile, Context};
 use std::future::{ready, Future};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 /// Name under which the controller reports Events.
 const REPORTER: &str = "tracelight-controller";
+/// Workload changes ask for all policies to be reconciled at most this often: a rollout of
+/// thousands of workloads changes some workload every few milliseconds, and reconciling on each
+/// change made most of the operator's CPU time and status writes.
+const WORKLOAD_TRIGGER_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Flags of `tracelight controller`. The Kubernetes connection comes from `KUBECONFIG` (or
 /// `~/.kube/config`, or the in-cluster service account).
@@ -72,14 +81,15 @@ pub struct ControllerArgs {
 }
 
 /// A client for the cluster (KUBECONFIG or in-cluster config) that counts its requests in the
-/// metric `tracelight_kube_requests_total` (a watch counts once per (re)connection), so API load
-/// per restarted workload can be measured.
+/// metric `tracelight_kube_requests_total{verb, resource}` (a watch counts once per
+/// (re)connection; the webhook's and the lease's requests count too), so the API load per
+/// restarted workload can be measured and broken down.
 async fn counted_client(metrics: &Metrics) -> anyhow::Result<Client> {
     let config = kube::Config::infer().await.context("loading the Kubernetes config (KUBECONFIG or in-cluster)")?;
-    let requests = prometheus_client::metrics::counter::Counter::<u64>::default();
+    let requests = Family::<metrics::RequestLabels, Counter>::default();
     metrics.register("tracelight_kube_requests", "Requests sent to the Kubernetes API server", requests.clone());
     let count = tower::util::MapRequestLayer::new(move |request: http::Request<kube::client::Body>| {
-        requests.inc();
+        requests.get_or_create(&metrics::request_labels(request.method(), request.uri())).inc();
         request
     });
     let client = kube::client::ClientBuilder::try_from(config)
@@ -276,25 +286,32 @@ async fn run_policy_controller(
             ready(())
         });
 
-    let (pods, pod_writer) = reflector::store::<PartialObjectMeta<Pod>>();
-    let pod_cache =
-        watcher(Api::<PartialObjectMeta<Pod>>::all(client.clone()), watcher::Config::default().any_semantic())
-            .default_backoff()
-            // Managed fields are most of a pod's metadata and never read: keep the cache small.
-            .modify(|pod| pod.metadata.managed_fields = None)
-            .reflect(pod_writer)
-            .for_each(|r| {
-                if let Err(e) = r {
-                    tracing::warn!(error = %e, "pod metadata watch failed");
-                }
-                ready(())
-            });
+    // Pods are decoded into what the controller reads of them (metadata, restart state): the
+    // health of restarts in flight comes from this cache, not from listing pods.
+    let (pods, pod_writer) = reflector::store::<CachedPod>();
+    let pod_cache = watcher(Api::<CachedPod>::all(client.clone()), paged_lists())
+        .default_backoff()
+        .modify(CachedPod::slim)
+        .reflect(pod_writer)
+        .for_each(|r| {
+            if let Err(e) = r {
+                tracing::warn!(error = %e, "pod watch failed");
+            }
+            ready(())
+        });
 
-    // Workload changes (a rollout progressing, a new workload) move the rollouts on.
-    let (deployments, deployment_cache) = workload_cache::<Deployment>(&client, reconcile_all.clone(), "deployment");
-    let (statefulsets, statefulset_cache) =
-        workload_cache::<StatefulSet>(&client, reconcile_all.clone(), "statefulset");
-    let (daemonsets, daemonset_cache) = workload_cache::<DaemonSet>(&client, reconcile_all.clone(), "daemonset");
+    // The agent objects the policies own (metadata only): which ones to remove, and whether one
+    // was deleted by hand, without listing them on every reconcile.
+    let (owned_configmaps, owned_configmap_cache) = owned_cache::<ConfigMap>(&client, "configmap");
+    let (owned_secrets, owned_secret_cache) = owned_cache::<Secret>(&client, "secret");
+
+    // Workload changes (a rollout progressing, a new workload) move the rollouts on, at a
+    // bounded rate.
+    let (nudge, nudges) = futures::channel::mpsc::unbounded();
+    let workload_trigger = throttle(nudges, reconcile_all.clone(), WORKLOAD_TRIGGER_INTERVAL);
+    let (deployments, deployment_cache) = workload_cache::<Deployment>(&client, nudge.clone(), "deployment");
+    let (statefulsets, statefulset_cache) = workload_cache::<StatefulSet>(&client, nudge.clone(), "statefulset");
+    let (daemonsets, daemonset_cache) = workload_cache::<DaemonSet>(&client, nudge, "daemonset");
 
     let controller =
         Controller::new(Api::<TracingPolicy>::all(client.clone()), watcher::Config::default().any_semantic());
@@ -306,6 +323,8 @@ async fn run_policy_controller(
         policies: controller.store(),
         namespaces,
         pods,
+        owned_configmaps,
+        owned_secrets,
         deployments,
         statefulsets,
         daemonsets,
@@ -336,10 +355,66 @@ async fn run_policy_controller(
         () = namespace_cache => {}
         () = pod_cache => {}
         () = report_trigger => {}
+        () = owned_configmap_cache => {}
+        () = owned_secret_cache => {}
+        () = workload_trigger => {}
         () = deployment_cache => {}
         () = statefulset_cache => {}
         () = daemonset_cache => {}
     }
+}
+
+/// Watch settings for the large caches (pods, workloads): their initial lists come in pages of
+/// 500. A list from the API server's cache ("any" semantic) is not paged: thousands of pods in
+/// one response were the operator's peak memory.
+fn paged_lists() -> watcher::Config {
+    watcher::Config::default().page_size(500)
+}
+
+/// Passes the first nudge on at once, then at most one per `every` while nudges keep coming (the
+/// last one is never lost: a nudge during a pause is answered after it). Ends with `nudges`.
+async fn throttle(
+    mut nudges: futures::channel::mpsc::UnboundedReceiver<()>,
+    out: futures::channel::mpsc::UnboundedSender<()>,
+    every: Duration,
+) {
+    while nudges.next().await.is_some() {
+        loop {
+            let _ = out.unbounded_send(());
+            tokio::time::sleep(every).await;
+            let mut more = false;
+            while nudges.try_recv().is_ok() {
+                more = true;
+            }
+            if !more {
+                break;
+            }
+        }
+    }
+}
+
+/// A cluster-wide metadata cache of the objects of kind `K` that policies own, and the future
+/// that drives it.
+fn owned_cache<K>(
+    client: &Client,
+    what: &'static str,
+) -> (reflector::Store<PartialObjectMeta<K>>, impl Future<Output = ()>)
+where
+    K: kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+{
+    let (store, writer) = reflector::store::<PartialObjectMeta<K>>();
+    let config = watcher::Config::default().any_semantic().labels(&resources::managed_selector());
+    let cache = watcher(Api::<PartialObjectMeta<K>>::all(client.clone()), config)
+        .default_backoff()
+        .modify(|o| o.metadata.managed_fields = None)
+        .reflect(writer)
+        .for_each(move |r| {
+            if let Err(e) = r {
+                tracing::warn!(error = %e, kind = what, "owned object watch failed");
+            }
+            ready(())
+        });
+    (store, cache)
 }
 
 /// A cluster-wide cache of one workload kind, and the future that drives it: every change asks
@@ -353,7 +428,7 @@ where
     K: kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
 {
     let (store, writer) = reflector::store::<K>();
-    let cache = watcher(Api::<K>::all(client.clone()), watcher::Config::default().any_semantic())
+    let cache = watcher(Api::<K>::all(client.clone()), paged_lists())
         .default_backoff()
         .modify(slim_workload::<K>)
         .reflect(writer)
@@ -427,6 +502,33 @@ mod tests {
         assert_eq!(args.webhook.webhook_config, "tl");
         assert!(matches!(args.log_format, LogFormat::Json));
         assert_eq!(args.lease_namespace.as_deref(), Some("ops"));
+    }
+
+    fn drain(rx: &mut futures::channel::mpsc::UnboundedReceiver<()>) -> usize {
+        std::iter::from_fn(|| rx.try_recv().ok()).count()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn workload_nudges_pass_at_most_once_per_interval_and_the_last_is_not_lost() {
+        let (tx, rx) = futures::channel::mpsc::unbounded();
+        let (out_tx, mut out) = futures::channel::mpsc::unbounded();
+        let task = tokio::spawn(throttle(rx, out_tx, Duration::from_secs(1)));
+        for _ in 0..100 {
+            tx.unbounded_send(()).unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(drain(&mut out), 1, "the first at once");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(drain(&mut out), 0, "nothing during the pause");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(drain(&mut out), 1, "the 99 others once, after the pause");
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert_eq!(drain(&mut out), 0, "nothing more without nudges");
+        tx.unbounded_send(()).unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(drain(&mut out), 1, "a nudge after a quiet spell passes at once");
+        drop(tx);
+        task.await.unwrap();
     }
 
     #[test]

@@ -1,13 +1,15 @@
 //! The TracingPolicy reconciler: gathers what the pure [`plan`](super::plan) functions need,
 //! carries out what they decide (agent ConfigMaps and Secrets, status, Events) and nothing more.
 
+use super::cache::CachedPod;
 use super::metrics::ControllerMetrics;
 use super::plan::{
     self, condition_reason, desired_status, invalid_spec_status, plan_namespaces, pod_counts, reason, stale_objects,
     step_for, Gates, Observation, OwnedKind, OwnedObject, RolloutOutcome, Step, READY,
 };
 use super::resources::{
-    self, agent_configmap, agent_secret, objects_digest, owned_selector, SecretValues, SourceKind, WriteMemo,
+    self, agent_configmap, agent_secret, is_owned_by, objects_digest, owned_selector, SecretValues, SourceKind,
+    WriteMemo,
 };
 use super::rollout::{
     add_coverage, apply_reporting, coverage as rollout_coverage, departure, health_check_since, leaving_namespaces,
@@ -39,7 +41,8 @@ use std::time::Duration;
 
 /// Finalizer that keeps a policy until the objects it owns in user namespaces are removed.
 pub const FINALIZER: &str = "tracelight.io/cleanup";
-/// Periodic re-reconcile, to refresh pod counts (pods do not trigger reconciles).
+/// Periodic re-reconcile, to refresh pod counts (pods do not trigger reconciles) and repair agent
+/// objects deleted by hand.
 pub const REQUEUE_AFTER: Duration = Duration::from_secs(60);
 /// Shortest requeue the rollout asks for (a deadline just passed).
 const MIN_REQUEUE: Duration = Duration::from_secs(1);
@@ -47,6 +50,8 @@ const MIN_REQUEUE: Duration = Duration::from_secs(1);
 const LEAVING_POLL: Duration = Duration::from_secs(2);
 /// Retry delay after a failed reconcile.
 pub const RETRY_AFTER: Duration = Duration::from_secs(15);
+/// Restart requests (a patch and an Event each) in flight at once within a reconcile.
+const CONCURRENT_RESTARTS: usize = 8;
 /// How long a reconcile waits for the namespace and pod caches to fill at start-up.
 const CACHE_WAIT: Duration = Duration::from_secs(60);
 
@@ -58,8 +63,11 @@ pub struct Context {
     /// All policies (the controller's own cache).
     pub policies: Store<TracingPolicy>,
     pub namespaces: Store<Namespace>,
-    /// Pod metadata only: a full Pod costs ~10x more memory in a cache.
-    pub pods: Store<PartialObjectMeta<Pod>>,
+    /// Pods, as much of them as the decisions read.
+    pub pods: Store<CachedPod>,
+    /// The agent objects the policies own (metadata only).
+    pub owned_configmaps: Store<PartialObjectMeta<ConfigMap>>,
+    pub owned_secrets: Store<PartialObjectMeta<Secret>>,
     /// The workloads the rollout restarts.
     pub deployments: Store<Deployment>,
     pub statefulsets: Store<StatefulSet>,
@@ -164,12 +172,12 @@ async fn apply(policy: &TracingPolicy, ctx: &Context) -> Result<Action, Error> {
         secrets_ready: missing_secrets.is_empty(),
     };
     let now = Timestamp::now();
-    let engine = plan_rollout(policy, &plan, &policies, &namespaces, ctx, now).await?;
+    let engine = plan_rollout(policy, &plan, &policies, &namespaces, ctx, now);
     let reached: BTreeSet<String> = engine.plan.active_namespaces.iter().cloned().collect();
     let mut rollout = roll_out(policy, &plan, gates, &reached, &secret_values, ctx).await;
     add_rollout_counts(&mut rollout.namespaces, &engine, ctx);
 
-    let owned = list_owned(policy, ctx).await?;
+    let owned = cached_owned(policy, ctx);
     // Injected pods of leaving namespaces still mount the agent objects: they go once it has left.
     let stale = stale_objects(&plan, needs_secret(policy), &owned);
     for object in stale.iter().filter(|o| !engine.leaving.contains(&o.namespace)) {
@@ -193,7 +201,11 @@ async fn apply(policy: &TracingPolicy, ctx: &Context) -> Result<Action, Error> {
         write_failures: rollout.write_failures,
         rollout: Some(outcome),
     };
-    patch_status(policy, &desired_status(policy, &observation, previous, now), ctx).await?;
+    let status = desired_status(policy, &observation, previous, now);
+    // Most reconciles of a rollout in progress change nothing the status shows.
+    if previous != Some(&status) {
+        patch_status(policy, &status, ctx).await?;
+    }
     // Restarts after the status write: the namespaces they inject into are recorded Active.
     let restart_failures = carry_out(policy, &engine.plan, &requested, gates.dry_run, ctx, now).await;
     if previous.and_then(|s| s.observed_generation) != policy.metadata.generation {
@@ -233,14 +245,14 @@ struct EnginePlan {
 }
 
 /// Observes the workloads of governed and leaving namespaces and asks the engine what to do.
-async fn plan_rollout(
+fn plan_rollout(
     policy: &TracingPolicy,
     plan: &plan::NamespacePlan,
     policies: &[Arc<TracingPolicy>],
     namespaces: &[Arc<Namespace>],
     ctx: &Context,
     now: Timestamp,
-) -> Result<EnginePlan, Error> {
+) -> EnginePlan {
     let previous = policy.status.as_ref();
     let policy_refs: Vec<&TracingPolicy> = policies.iter().map(Arc::as_ref).collect();
     let unclaimed = unclaimed_namespaces(&policy.name_any(), &policy_refs, namespaces.iter().map(Arc::as_ref));
@@ -264,7 +276,7 @@ async fn plan_rollout(
     apply_reporting(&mut workloads, &coverage);
     drop(snapshot);
     ctx.requested.lock().unwrap_or_else(std::sync::PoisonError::into_inner).overlay(&mut workloads, now);
-    fill_health(&mut workloads, ctx).await?;
+    fill_health(&mut workloads, &pods);
     let observation = rollout_observation(policy, plan, workloads.clone(), previous, now);
     let engine = rollout::plan(&observation);
     tracing::debug!(
@@ -278,27 +290,17 @@ async fn plan_rollout(
         "rollout plan"
     );
     let leaving = still_leaving(&leaving, &workloads, &engine);
-    Ok(EnginePlan { plan: engine, workloads, leaving, coverage })
+    EnginePlan { plan: engine, workloads, leaving, coverage }
 }
 
-/// Health of the restarts in flight, from their full pods (listed once per namespace, only
-/// where a restart is settling).
-async fn fill_health(workloads: &mut [WorkloadObservation], ctx: &Context) -> Result<(), Error> {
-    let mut pods_by_ns: BTreeMap<String, Vec<Pod>> = BTreeMap::new();
+/// Health of the restarts in flight (only where a restart is settling), from the pod cache.
+fn fill_health(workloads: &mut [WorkloadObservation], pods: &[Arc<CachedPod>]) {
     for w in workloads.iter_mut() {
         let Some(since) = health_check_since(w) else { continue };
-        let ns = w.id.namespace.clone();
-        if !pods_by_ns.contains_key(&ns) {
-            let list = Api::<Pod>::namespaced(ctx.client.clone(), &ns)
-                .list(&ListParams::default())
-                .await
-                .map_err(Error::kube("listing", format!("pods in {ns}")))?;
-            pods_by_ns.insert(ns.clone(), list.items);
-        }
-        let mine: Vec<&Pod> = pods_by_ns[&ns].iter().filter(|p| observe::pod_belongs_to(&p.metadata, &w.id)).collect();
-        w.health = observe::health(&mine, since);
+        let mine: Vec<Pod> =
+            pods.iter().filter(|p| observe::pod_belongs_to(&p.metadata, &w.id)).map(|p| p.to_pod()).collect();
+        w.health = observe::health(&mine.iter().collect::<Vec<_>>(), since);
     }
-    Ok(())
 }
 
 /// Per-namespace outdated counts from the workloads, and the leaving namespaces' entries.
@@ -337,19 +339,16 @@ async fn carry_out(
     if dry_run {
         return failures;
     }
+    let policy_name = &policy.name_any();
+    // A batch of restarts is sent a few at a time: one by one, a batch of 50 took seconds.
     let mut restarted = Vec::new();
-    for r in requested {
-        match patch_workload(&r.workload, &observe::restart_patch(&r.hash, now), ctx).await {
-            Ok(()) => {
-                ctx.remember(&r.workload, &r.hash, None, now);
-                tracing::info!(workload = %r.workload, reason = ?r.reason, "restart requested");
-                ctx.metrics.restarts.inc();
-                let note = workload_restart_note(&policy.name_any(), r.reason);
-                ctx.publish_on(&workload_ref(&r.workload), EventType::Normal, reason::RESTARTING, "Restart", note)
-                    .await;
-                restarted.push(*r);
+    for chunk in requested.chunks(CONCURRENT_RESTARTS) {
+        let requests: Vec<_> = chunk.iter().map(|r| request_restart(r, policy_name, ctx, now)).collect();
+        for (r, result) in futures::future::join_all(requests).await {
+            match result {
+                Ok(()) => restarted.push(r),
+                Err(e) => failures.push(e),
             }
-            Err(e) => failures.push(e),
         }
     }
     if !restarted.is_empty() {
@@ -377,6 +376,24 @@ async fn carry_out(
         ctx.publish_on(&workload_ref, EventType::Warning, reason::ROLLED_BACK, "Rollback", note).await;
     }
     failures
+}
+
+/// Restarts one workload, with its Event.
+async fn request_restart<'a>(
+    r: &'a rollout::Restart,
+    policy_name: &str,
+    ctx: &Context,
+    now: Timestamp,
+) -> (&'a rollout::Restart, Result<(), Error>) {
+    let result = patch_workload(&r.workload, &observe::restart_patch(&r.hash, now), ctx).await;
+    if result.is_ok() {
+        ctx.remember(&r.workload, &r.hash, None, now);
+        tracing::info!(workload = %r.workload, reason = ?r.reason, "restart requested");
+        ctx.metrics.restarts.inc();
+        let note = workload_restart_note(policy_name, r.reason);
+        ctx.publish_on(&workload_ref(&r.workload), EventType::Normal, reason::RESTARTING, "Restart", note).await;
+    }
+    (r, result)
 }
 
 /// Merge-patches a workload's pod template (a restart or a rollback).
@@ -485,7 +502,7 @@ async fn cleanup(policy: &TracingPolicy, ctx: &Context) -> Result<Action, Error>
     let policies = ctx.policies.state();
     let namespaces = ctx.namespaces.state();
     let nothing_governed = plan::NamespacePlan::default();
-    let engine = plan_rollout(&leaving_policy, &nothing_governed, &policies, &namespaces, ctx, now).await?;
+    let engine = plan_rollout(&leaving_policy, &nothing_governed, &policies, &namespaces, ctx, now);
     let departure = departure(&engine.workloads, &engine.plan, longest_health_deadline(policy), now);
     let failures = carry_out(policy, &engine.plan, &departure.restarts, false, ctx, now).await;
     if let Some(e) = failures.into_iter().next() {
@@ -552,7 +569,10 @@ async fn write_agent_objects(
     let key = (policy.name_any(), namespace.to_string(), uid.unwrap_or_default());
     let digest = objects_digest(&cm, secret.as_ref());
     let now = std::time::Instant::now();
-    if ctx.written().is_fresh(&key, &digest, now) {
+    // One deleted by hand is missing from the cache: written again at once.
+    let present = ctx.owned_configmaps.get(&ObjectRef::new(AGENT_CONFIGMAP).within(namespace)).is_some()
+        && (secret.is_none() || ctx.owned_secrets.get(&ObjectRef::new(AGENT_SECRET).within(namespace)).is_some());
+    if present && ctx.written().is_fresh(&key, &digest, now) {
         return Ok(());
     }
     Api::<ConfigMap>::namespaced(ctx.client.clone(), namespace)
@@ -569,15 +589,34 @@ async fn write_agent_objects(
     Ok(())
 }
 
-/// Every ConfigMap and Secret the policy owns, cluster-wide (metadata only: no Secret values).
-async fn list_owned(policy: &TracingPolicy, ctx: &Context) -> Result<Vec<OwnedObject>, Error> {
-    let lp = ListParams::default().labels(&owned_selector(policy));
-    let to_owned = |kind: OwnedKind, meta: &kube::core::ObjectMeta| OwnedObject {
+/// Every ConfigMap and Secret the policy owns, as the owned-object caches show them (they may lag a
+/// write by a moment: an object missed now is removed on a later reconcile).
+fn cached_owned(policy: &TracingPolicy, ctx: &Context) -> Vec<OwnedObject> {
+    let configmaps = ctx.owned_configmaps.state();
+    let secrets = ctx.owned_secrets.state();
+    let mine = |meta: &&kube::core::ObjectMeta| meta.labels.as_ref().is_some_and(|l| is_owned_by(policy, l));
+    configmaps
+        .iter()
+        .map(|o| &o.metadata)
+        .filter(mine)
+        .map(|m| owned_object(OwnedKind::ConfigMap, m))
+        .chain(secrets.iter().map(|o| &o.metadata).filter(mine).map(|m| owned_object(OwnedKind::Secret, m)))
+        .collect()
+}
+
+fn owned_object(kind: OwnedKind, meta: &kube::core::ObjectMeta) -> OwnedObject {
+    OwnedObject {
         kind,
         namespace: meta.namespace.clone().unwrap_or_default(),
         name: meta.name.clone().unwrap_or_default(),
         resource_version: meta.resource_version.clone(),
-    };
+    }
+}
+
+/// Every ConfigMap and Secret the policy owns, cluster-wide, listed (metadata only: no Secret
+/// values): the final cleanup must not miss one the cache has not seen yet.
+async fn list_owned(policy: &TracingPolicy, ctx: &Context) -> Result<Vec<OwnedObject>, Error> {
+    let lp = ListParams::default().labels(&owned_selector(policy));
     let cms = Api::<ConfigMap>::all(ctx.client.clone())
         .list_metadata(&lp)
         .await
@@ -589,8 +628,8 @@ async fn list_owned(policy: &TracingPolicy, ctx: &Context) -> Result<Vec<OwnedOb
     Ok(cms
         .items
         .iter()
-        .map(|o| to_owned(OwnedKind::ConfigMap, &o.metadata))
-        .chain(secrets.items.iter().map(|o| to_owned(OwnedKind::Secret, &o.metadata)))
+        .map(|o| owned_object(OwnedKind::ConfigMap, &o.metadata))
+        .chain(secrets.items.iter().map(|o| owned_object(OwnedKind::Secret, &o.metadata)))
         .collect())
 }
 
@@ -635,9 +674,9 @@ async fn patch_status(policy: &TracingPolicy, status: &TracingPolicyStatus, ctx:
 
 /// Pod metadata of the governed namespaces, grouped by namespace.
 fn pods_by_namespace<'a>(
-    pods: &Store<PartialObjectMeta<Pod>>,
+    pods: &Store<CachedPod>,
     plan: &'a plan::NamespacePlan,
-) -> BTreeMap<&'a str, Vec<Arc<PartialObjectMeta<Pod>>>> {
+) -> BTreeMap<&'a str, Vec<Arc<CachedPod>>> {
     let mut grouped: BTreeMap<&str, Vec<_>> = BTreeMap::new();
     for pod in pods.state() {
         let ns = pod.metadata.namespace.as_deref().unwrap_or_default();
@@ -665,6 +704,10 @@ impl Context {
         namespaces.ok().and_then(Result::ok).ok_or(Error::CacheNotReady("namespace"))?;
         let pods = tokio::time::timeout(CACHE_WAIT, self.pods.wait_until_ready()).await;
         pods.ok().and_then(Result::ok).ok_or(Error::CacheNotReady("pod"))?;
+        let configmaps = tokio::time::timeout(CACHE_WAIT, self.owned_configmaps.wait_until_ready()).await;
+        configmaps.ok().and_then(Result::ok).ok_or(Error::CacheNotReady("owned configmap"))?;
+        let secrets = tokio::time::timeout(CACHE_WAIT, self.owned_secrets.wait_until_ready()).await;
+        secrets.ok().and_then(Result::ok).ok_or(Error::CacheNotReady("owned secret"))?;
         let deployments = tokio::time::timeout(CACHE_WAIT, self.deployments.wait_until_ready()).await;
         deployments.ok().and_then(Result::ok).ok_or(Error::CacheNotReady("deployment"))?;
         let statefulsets = tokio::time::timeout(CACHE_WAIT, self.statefulsets.wait_until_ready()).await;

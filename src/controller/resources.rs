@@ -38,6 +38,17 @@ pub fn owned_labels(policy: &TracingPolicy) -> BTreeMap<String, String> {
     ])
 }
 
+/// Label selector finding every object any policy owns, in any namespace (the owned-object caches).
+pub fn managed_selector() -> String {
+    format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}")
+}
+
+/// Whether an object with these labels belongs to `policy` (see [`owned_labels`]).
+pub fn is_owned_by(policy: &TracingPolicy, labels: &BTreeMap<String, String>) -> bool {
+    labels.get(MANAGED_BY_LABEL).is_some_and(|v| v == MANAGED_BY_VALUE)
+        && labels.get(POLICY_LABEL).is_some_and(|v| *v == policy_label_value(&policy.name_any()))
+}
+
 /// Label selector finding every object the policy owns, in any namespace.
 pub fn owned_selector(policy: &TracingPolicy) -> String {
     format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE},{POLICY_LABEL}={}", policy_label_value(&policy.name_any()))
@@ -132,9 +143,11 @@ pub fn pick_key(source: Option<&Secret>, kind: SourceKind, r: &SecretKeyRef) -> 
         .ok_or_else(|| format!("{} Secret {}/{} has no key {:?}", kind.describe(), r.namespace, r.name, r.key))
 }
 
-/// How long an unchanged agent object is trusted before it is applied again (which also repairs
-/// one edited or deleted by hand).
-pub const REWRITE_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
+/// How long an unchanged agent object is trusted before it is applied again, which repairs one
+/// edited by hand (one deleted is written again as soon as the owned-object cache misses it).
+/// Every active namespace is applied again this often: at a few hundred namespaces, a minute
+/// made it a large part of the operator's API requests.
+pub const REWRITE_AFTER: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// The agent objects last applied per (policy, namespace): a rollout reconciles on every workload
 /// change, and re-applying unchanged objects in every active namespace each time made most of the
@@ -176,6 +189,17 @@ pub fn objects_digest(cm: &ConfigMap, secret: Option<&Secret>) -> String {
 mod tests {
     use super::*;
     use crate::api::TracingPolicySpec;
+
+    #[test]
+    fn owned_objects_are_told_apart_by_policy() {
+        let mine = owned_labels(&policy("shop"));
+        assert!(is_owned_by(&policy("shop"), &mine));
+        assert!(!is_owned_by(&policy("other"), &mine));
+        let mut by_someone_else = mine.clone();
+        by_someone_else.remove(MANAGED_BY_LABEL);
+        assert!(!is_owned_by(&policy("shop"), &by_someone_else));
+        assert!(managed_selector().starts_with(&format!("{MANAGED_BY_LABEL}=")));
+    }
 
     fn policy(name: &str) -> TracingPolicy {
         let spec: TracingPolicySpec = serde_json::from_value(serde_json::json!({

@@ -426,7 +426,11 @@ pub fn workload_restart_note(policy: &str, reason: RestartReason) -> String {
     }
 }
 
-/// The Event note for a batch of restarts.
+/// Longest Event note the API server accepts (a longer one is rejected, the Event lost).
+pub const MAX_EVENT_NOTE: usize = 1024;
+
+/// The Event note for a batch of restarts: the workloads by name while they fit in an Event
+/// note, then how many more.
 pub fn restart_note(restarts: &[&Restart], plan: &Plan) -> String {
     let names: Vec<String> = restarts
         .iter()
@@ -436,7 +440,34 @@ pub fn restart_note(restarts: &[&Restart], plan: &Plan) -> String {
             RestartReason::Leave => format!("{} (removing injection)", r.workload),
         })
         .collect();
-    format!("restarting {}; {}", names.join(", "), plan.message)
+    let tail = format!("; {}", plan.message);
+    // Room for ", and 9999 more" after the last name that fits.
+    let budget = MAX_EVENT_NOTE.saturating_sub(tail.len() + 32);
+    let mut listed = String::from("restarting ");
+    let mut shown = 0;
+    for name in &names {
+        let sep = if shown == 0 { "" } else { ", " };
+        if listed.len() + sep.len() + name.len() > budget {
+            break;
+        }
+        listed.push_str(sep);
+        listed.push_str(name);
+        shown += 1;
+    }
+    if shown < names.len() {
+        listed.push_str(&format!("{}and {} more", if shown == 0 { "" } else { ", " }, names.len() - shown));
+    }
+    let mut note = listed + &tail;
+    truncate_at_char(&mut note, MAX_EVENT_NOTE);
+    note
+}
+
+/// Cuts `s` to at most `max` bytes, on a character boundary.
+fn truncate_at_char(s: &mut String, max: usize) {
+    if s.len() > max {
+        let end = (0..=max).rev().find(|&i| s.is_char_boundary(i)).unwrap_or(0);
+        s.truncate(end);
+    }
 }
 
 #[cfg(test)]

@@ -369,6 +369,21 @@ fn restart_note_names_each_workload_and_why() {
     );
 }
 
+#[test]
+fn restart_note_of_a_large_batch_fits_in_an_event() {
+    let plan = plan_with(Vec::new(), Vec::new());
+    let restarts: Vec<Restart> =
+        (0..200).map(|i| restart(&format!("namespace-{i}"), &format!("workload-{i}"), RestartReason::Inject)).collect();
+    let refs: Vec<&Restart> = restarts.iter().collect();
+    let note = restart_note(&refs, &plan);
+    assert!(note.len() <= MAX_EVENT_NOTE, "{} bytes", note.len());
+    assert!(note.starts_with("restarting namespace-0/Deployment/workload-0, "), "{note}");
+    let more: usize = note.split(", and ").nth(1).and_then(|t| t.split(' ').next()).unwrap().parse().unwrap();
+    let shown = note.matches("/Deployment/").count();
+    assert_eq!(shown + more, 200, "{note}");
+    assert!(note.ends_with("; phase \"pilot\": 1 restarting"), "{note}");
+}
+
 /// A workload of a namespace being left, with `injected` injected pods.
 fn leaving(namespace: &str, name: &str, injected: u32) -> WorkloadObservation {
     let mut w = workload(namespace, name);

@@ -79,6 +79,8 @@ impl Operator {
             .env("RUST_LOG", std::env::var("E2E_OPERATOR_LOG").unwrap_or_else(|_| "info".into()))
             // Plain text: the log is read by people and scanned by the suite.
             .env("NO_COLOR", "1")
+            // The allocator's options (e.g. MIMALLOC_SHOW_STATS=1), for memory measurements.
+            .envs(std::env::vars_os().filter(|(k, _)| k.to_string_lossy().starts_with("MIMALLOC_")))
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err);
