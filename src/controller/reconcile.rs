@@ -168,6 +168,7 @@ async fn apply(policy: &TracingPolicy, ctx: &Context) -> Result<Action, Error> {
     ctx.wait_for_caches().await?;
     let previous = policy.status.as_ref();
     if let Err(errors) = validate(&policy.spec) {
+        Span::current().record("waiting", "invalid_spec");
         return reject_invalid(policy, &errors.to_string(), ctx).await;
     }
 

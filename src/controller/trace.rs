@@ -10,6 +10,8 @@ use kube::runtime::controller::Action;
 use tracing::Span;
 
 /// Why the rollout is not restarting anything now (`none` when it is, or has nothing left to do).
+/// Besides these, the reconcile records `invalid_spec` (nothing is planned) and
+/// `workloads_leaving` (a deleted policy waits for its workloads to lose injection).
 pub fn wait_reason(plan: &Plan, gates: Gates) -> &'static str {
     match plan.state {
         RolloutPhase::Degraded => "degraded",

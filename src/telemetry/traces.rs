@@ -469,6 +469,71 @@ mod tests {
         assert!(e.reason.contains("percent"), "{e}");
     }
 
+    /// Accepts one HTTP request on `listener`, answers 200; returns the request line and body.
+    async fn one_request(listener: tokio::net::TcpListener) -> (String, Vec<u8>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 8192];
+        let (head_len, body_len) = loop {
+            let n = stream.read(&mut buf).await.unwrap();
+            assert!(n > 0, "connection closed mid-request");
+            got.extend_from_slice(&buf[..n]);
+            let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") else { continue };
+            let head = String::from_utf8_lossy(&got[..end]).to_lowercase();
+            let length: Option<usize> =
+                head.lines().find_map(|l| l.strip_prefix("content-length:")).map(|v| v.trim().parse().unwrap());
+            break (end + 4, length.expect("a content-length"));
+        };
+        while got.len() < head_len + body_len {
+            let n = stream.read(&mut buf).await.unwrap();
+            assert!(n > 0, "connection closed mid-body");
+            got.extend_from_slice(&buf[..n]);
+        }
+        stream
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n")
+            .await
+            .unwrap();
+        let request_line = String::from_utf8_lossy(&got[..head_len]).lines().next().unwrap_or("").to_string();
+        (request_line, got[head_len..head_len + body_len].to_vec())
+    }
+
+    #[test]
+    fn http_export_posts_the_span_to_the_traces_path_and_shutdown_flushes_it() {
+        use opentelemetry::trace::{Tracer, TracerProvider as _};
+        use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+        use prost::Message;
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        let server = runtime.spawn(one_request(listener));
+        let settings = on(&[("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()), ("POD_NAME", "op-0")]);
+        let pipeline = {
+            let _entered = runtime.enter();
+            TracePipeline::start(&settings).unwrap()
+        };
+        let stats = pipeline.stats.clone();
+        pipeline.provider.tracer("test").in_span("reconcile", |_| {});
+        // Well before the 5s batch delay: only the flush at shutdown sends it.
+        pipeline.shutdown();
+        let (request_line, body) = runtime.block_on(server).unwrap();
+        assert_eq!(request_line, "POST /v1/traces HTTP/1.1");
+        let request = ExportTraceServiceRequest::decode(body.as_slice()).unwrap();
+        let resource = request.resource_spans[0].resource.as_ref().unwrap();
+        let attr = |key: &str| {
+            let kv = resource.attributes.iter().find(|kv| kv.key == key)?;
+            match kv.value.as_ref()?.value.as_ref()? {
+                opentelemetry_proto::tonic::common::v1::any_value::Value::StringValue(s) => Some(s.clone()),
+                _ => None,
+            }
+        };
+        assert_eq!(attr("service.name").as_deref(), Some(DEFAULT_SERVICE_NAME));
+        assert_eq!(attr("k8s.pod.name").as_deref(), Some("op-0"));
+        let spans = &request.resource_spans[0].scope_spans[0].spans;
+        assert_eq!(spans.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), ["reconcile"]);
+        assert_eq!(stats.get("exported"), 1);
+    }
+
     /// An exporter that always fails, as one whose collector is down.
     #[derive(Debug)]
     struct Failing;

@@ -64,6 +64,18 @@ impl Operator {
         admin_port: u16,
         log: PathBuf,
     ) -> anyhow::Result<Operator> {
+        Self::start_with_env(kubeconfig, namespace, args, admin_port, log, &[])
+    }
+
+    /// [`Operator::start`] with extra environment variables (set last: they win).
+    pub fn start_with_env(
+        kubeconfig: &Path,
+        namespace: &str,
+        args: &[String],
+        admin_port: u16,
+        log: PathBuf,
+        env: &[(String, String)],
+    ) -> anyhow::Result<Operator> {
         let out = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         let err = out.try_clone()?;
         let bin = binary();
@@ -79,6 +91,7 @@ impl Operator {
             .env("RUST_LOG", std::env::var("E2E_OPERATOR_LOG").unwrap_or_else(|_| "info".into()))
             // Plain text: the log is read by people and scanned by the suite.
             .env("NO_COLOR", "1")
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err);
