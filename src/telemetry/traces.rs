@@ -534,6 +534,36 @@ mod tests {
         assert_eq!(stats.get("exported"), 1);
     }
 
+    #[test]
+    fn with_the_collector_down_spans_are_dropped_and_counted_as_failed() {
+        use opentelemetry::trace::{Tracer, TracerProvider as _};
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        // A port nobody listens on: bound, then released.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let endpoint = format!("http://{closed}");
+        let settings =
+            on(&[("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()), ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")]);
+        let pipeline = {
+            let _entered = runtime.enter();
+            TracePipeline::start(&settings).unwrap()
+        };
+        let stats = pipeline.stats.clone();
+        let tracer = pipeline.provider.tracer("test");
+        // More than the queue holds (2048): ending a span never waits for the exporter.
+        for _ in 0..3000 {
+            tracer.in_span("admission", |_| {});
+        }
+        // The full batches go out (and fail) in the background.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while stats.get("failed") == 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        pipeline.shutdown();
+        assert_eq!(stats.get("exported"), 0);
+        let failed = stats.get("failed");
+        assert!((1..=3000).contains(&failed), "{failed} spans counted as failed");
+    }
+
     /// An exporter that always fails, as one whose collector is down.
     #[derive(Debug)]
     struct Failing;
