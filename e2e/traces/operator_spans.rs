@@ -10,7 +10,7 @@
 use crate::collector::{Collector, Span};
 use crate::harness::{self, NAMESPACE, RELEASE};
 use crate::support::objects::{create_pod, deployment, from_json, wait_injecting, ENABLED};
-use crate::support::operator::Operator;
+use crate::support::operator::{http_get, Operator};
 use crate::support::{self, free_port, repo_root, wait, StepLog};
 use anyhow::{ensure, Context as _};
 use k8s_openapi::api::apps::v1::Deployment;
@@ -180,6 +180,19 @@ async fn traced(suite: &mut harness::Suite, collector: &Collector, endpoint: &st
         .find(|s| s.attr("workload").is_some_and(|w| w.starts_with("ReplicaSet/web-")))
         .with_context(|| format!("no admission span for the restarted web pods: {}", describe(&spans, "admission")))?;
     log.note(&format!("restarted web pod admitted: {}", web.describe()));
+    let (status, metrics) = http_get(suite.admin_port, "/metrics").await?;
+    ensure!(status == 200, "GET /metrics: HTTP {status}");
+    let exported = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("tracelight_trace_spans_total{outcome=\"exported\"} "))
+        .and_then(|n| n.trim().parse::<u64>().ok())
+        .with_context(|| format!("no exported span count in /metrics:\n{metrics}"))?;
+    ensure!(
+        exported as usize >= spans.len(),
+        "/metrics counts {exported} exported spans, the collector has {}",
+        spans.len()
+    );
+    log.note(&format!("/metrics: {exported} spans exported"));
 
     log.step("pods created just before SIGTERM: injected, and skipped (namespace not governed)");
     create_pod(&client, &ns, "self-traced", &[]).await?;
