@@ -1,9 +1,15 @@
-//! The operator's own logs and metrics.
+//! The operator's own logs, metrics and traces ([`traces`]).
+
+pub mod traces;
 
 use prometheus_client::encoding::text;
 use prometheus_client::registry::{Metric, Registry};
 use std::sync::{Arc, Mutex, PoisonError};
-use tracing_subscriber::{fmt, EnvFilter};
+use traces::{TracePipeline, TraceSettings};
+use tracing_subscriber::filter::{LevelFilter, Targets};
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::{fmt, EnvFilter, Layer as _};
 
 /// Log format chosen with `--log-format`.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, Default)]
@@ -13,15 +19,63 @@ pub enum LogFormat {
     Json,
 }
 
-/// Installs the global subscriber; `RUST_LOG` overrides the default `info` level.
+/// `RUST_LOG`, or the default `info` level with the client libraries at `warn`.
+fn log_filter() -> EnvFilter {
+    EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,kube=warn,hyper=warn,rustls=warn"))
+}
+
+/// Installs the global subscriber for logs only (the agent sidecar).
 pub fn init_logging(format: LogFormat) {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,kube=warn,hyper=warn,rustls=warn"));
-    let builder = fmt().with_env_filter(filter).with_target(true);
+    let builder = fmt().with_env_filter(log_filter()).with_target(true);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
+}
+
+/// Installs the operator's subscriber: logs as [`init_logging`], plus its own spans exported
+/// over OTLP when the `OTEL_*` environment names an endpoint (see [`traces`]). Must be called
+/// inside the tokio runtime, which must outlive the returned pipeline; shut that down last.
+///
+/// A bad tracing setting is logged and leaves tracing off: the webhook and the controllers
+/// must run whatever happens to their own telemetry.
+pub fn init_operator(format: LogFormat) -> Option<TracePipeline> {
+    let settings = TraceSettings::from_env(|name| std::env::var(name).ok());
+    let pipeline = match &settings {
+        Ok(Some(settings)) => Some(TracePipeline::start(settings)),
+        _ => None,
+    };
+    let tracer = pipeline.as_ref().and_then(|p| p.as_ref().ok()).map(TracePipeline::tracer);
+    let logs = match format {
+        LogFormat::Text => fmt::layer().with_target(true).boxed(),
+        LogFormat::Json => fmt::layer().with_target(true).json().flatten_event(true).boxed(),
+    };
+    // Only the operator's own spans: the HTTP and gRPC clients' spans (the exporter's included)
+    // would be noise, or a loop.
+    let traces = tracer.map(|tracer| {
+        tracing_opentelemetry::layer()
+            .with_tracer(tracer)
+            .with_filter(Targets::new().with_target("tracelight", LevelFilter::INFO))
+    });
+    let _ = tracing_subscriber::registry().with(logs.with_filter(log_filter())).with(traces).try_init();
+    match (settings, pipeline) {
+        (Ok(Some(s)), Some(Ok(pipeline))) => {
+            tracing::info!(endpoint = %s.endpoint, protocol = s.protocol.as_str(), sampler = ?s.sampler, resource = ?s.resource, "exporting the operator's traces");
+            Some(pipeline)
+        }
+        (Ok(Some(_)), Some(Err(error))) => {
+            tracing::error!(%error, "the operator's traces are off");
+            None
+        }
+        (Err(error), _) => {
+            tracing::error!(%error, "the operator's traces are off: invalid OTEL_* setting");
+            None
+        }
+        _ => {
+            tracing::debug!("the operator's traces are off (no OTEL_EXPORTER_OTLP_ENDPOINT)");
+            None
+        }
+    }
 }
 
 /// The process-wide Prometheus registry, shared by every component (webhook, controllers, agent).

@@ -23,6 +23,8 @@ mod check;
 mod collector;
 mod coverage;
 mod harness;
+// The operator's own traces (a separate test, sharing the harness and the collector).
+mod operator_spans;
 mod runner;
 mod shop;
 

@@ -7,6 +7,7 @@
 //! - [`rollout`]: the phased rollout's observation and outcome (pure; the engine is `crate::rollout`);
 //! - [`reconcile`]: the TracingPolicy reconciler (I/O);
 //! - [`lease`]: leader election;
+//! - `trace`: what the reconcile spans (the operator's own traces) say;
 //! - [`metrics`]: the controller's metrics.
 
 pub mod cache;
@@ -16,6 +17,7 @@ pub mod plan;
 pub mod reconcile;
 pub mod resources;
 pub mod rollout;
+mod trace;
 
 use crate::api::TracingPolicy;
 use crate::inject::InjectOptions;
@@ -101,13 +103,24 @@ async fn counted_client(metrics: &Metrics) -> anyhow::Result<Client> {
 
 /// Runs the operator until SIGTERM or SIGINT, then shuts down gracefully.
 pub fn run(args: ControllerArgs) -> anyhow::Result<()> {
-    telemetry::init_logging(args.log_format);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
-    runtime.block_on(run_async(args))
+    // The span exporter runs on the runtime: built inside it, flushed before it stops.
+    let traces = {
+        let _entered = runtime.enter();
+        telemetry::init_operator(args.log_format)
+    };
+    let result = runtime.block_on(run_async(args, traces.as_ref().map(|t| t.stats.clone())));
+    if let Some(traces) = traces {
+        traces.shutdown();
+    }
+    result
 }
 
-async fn run_async(args: ControllerArgs) -> anyhow::Result<()> {
+async fn run_async(args: ControllerArgs, trace_stats: Option<telemetry::traces::ExportStats>) -> anyhow::Result<()> {
     let metrics = Metrics::new();
+    if let Some(stats) = trace_stats {
+        stats.register(&metrics);
+    }
     let client = counted_client(&metrics).await?;
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));

@@ -17,6 +17,7 @@ use super::rollout::{
     restart_note, restarts_to_request, rollout_status, still_leaving, unclaimed_namespaces, workload_restart_note,
     Requested, Snapshot,
 };
+use super::trace;
 use crate::api::agent_config::{needs_secret, AGENT_CONFIGMAP, AGENT_SECRET};
 use crate::api::keys::FIELD_MANAGER;
 use crate::api::validate::validate;
@@ -38,6 +39,8 @@ use kube::{Client, Resource, ResourceExt};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::field::Empty;
+use tracing::Span;
 
 /// Finalizer that keeps a policy until the objects it owns in user namespaces are removed.
 pub const FINALIZER: &str = "tracelight.io/cleanup";
@@ -126,11 +129,30 @@ impl Error {
 }
 
 /// Reconciles one policy: apply while it lives, clean up once it is deleted.
-#[tracing::instrument(skip_all, fields(policy = %policy.name_any(), generation = policy.metadata.generation))]
+///
+/// Its span (one of the operator's own traces) says what the rollout decided and why it waits:
+/// the empty fields are filled by [`trace::record_plan`] and [`trace::record_result`].
+#[tracing::instrument(skip_all, fields(
+    policy = %policy.name_any(),
+    generation = policy.metadata.generation,
+    deleting = policy.metadata.deletion_timestamp.is_some(),
+    phase_before = %trace::phase_name(policy.status.as_ref().and_then(|s| s.phase.as_ref())),
+    phase_after = Empty,
+    decision = Empty,
+    waiting = Empty,
+    soak_remaining_s = Empty,
+    restarts = Empty,
+    rollbacks = Empty,
+    in_flight = Empty,
+    active_namespaces = Empty,
+    result = Empty,
+    error = Empty,
+    otel.status_code = Empty,
+))]
 pub async fn reconcile(policy: Arc<TracingPolicy>, ctx: Arc<Context>) -> Result<Action, Error> {
     let _timer = ctx.metrics.start_reconcile();
     let api: Api<TracingPolicy> = Api::all(ctx.client.clone());
-    finalizer(&api, FINALIZER, policy, |event| async {
+    let result = finalizer(&api, FINALIZER, policy, |event| async {
         match event {
             finalizer::Event::Apply(p) => apply(&p, &ctx).await,
             finalizer::Event::Cleanup(p) => cleanup(&p, &ctx).await,
@@ -141,7 +163,9 @@ pub async fn reconcile(policy: Arc<TracingPolicy>, ctx: Arc<Context>) -> Result<
         // Removing our finalizer from a policy that is already gone: the cleanup ran twice.
         finalizer::Error::RemoveFinalizer(kube::Error::Api(s)) if s.is_not_found() => Ok(Action::await_change()),
         e => Err(Error::Finalizer(Box::new(e))),
-    })
+    });
+    trace::record_result(&Span::current(), &result);
+    result
 }
 
 /// Counts the failure and retries after a short delay. A deleted policy waiting for its
@@ -159,6 +183,7 @@ async fn apply(policy: &TracingPolicy, ctx: &Context) -> Result<Action, Error> {
     ctx.wait_for_caches().await?;
     let previous = policy.status.as_ref();
     if let Err(errors) = validate(&policy.spec) {
+        Span::current().record("waiting", "invalid_spec");
         return reject_invalid(policy, &errors.to_string(), ctx).await;
     }
 
@@ -173,6 +198,7 @@ async fn apply(policy: &TracingPolicy, ctx: &Context) -> Result<Action, Error> {
     };
     let now = Timestamp::now();
     let engine = plan_rollout(policy, &plan, &policies, &namespaces, ctx, now);
+    trace::record_plan(&Span::current(), &engine.plan, gates);
     let reached: BTreeSet<String> = engine.plan.active_namespaces.iter().cloned().collect();
     let mut rollout = roll_out(policy, &plan, gates, &reached, &secret_values, ctx).await;
     add_rollout_counts(&mut rollout.namespaces, &engine, ctx);
@@ -356,7 +382,7 @@ async fn carry_out(
         ctx.publish(policy, EventType::Normal, reason::RESTARTING, "Restart", note, None).await;
     }
     for rb in &plan.rollbacks {
-        if let Err(e) = patch_workload(&rb.workload, &observe::rollback_patch(&rb.reason, now), ctx).await {
+        if let Err(e) = patch_workload(&rb.workload, "rollback", &observe::rollback_patch(&rb.reason, now), ctx).await {
             failures.push(e);
             continue;
         }
@@ -385,7 +411,7 @@ async fn request_restart<'a>(
     ctx: &Context,
     now: Timestamp,
 ) -> (&'a rollout::Restart, Result<(), Error>) {
-    let result = patch_workload(&r.workload, &observe::restart_patch(&r.hash, now), ctx).await;
+    let result = patch_workload(&r.workload, "restart", &observe::restart_patch(&r.hash, now), ctx).await;
     if result.is_ok() {
         ctx.remember(&r.workload, &r.hash, None, now);
         tracing::info!(workload = %r.workload, reason = ?r.reason, "restart requested");
@@ -397,7 +423,13 @@ async fn request_restart<'a>(
 }
 
 /// Merge-patches a workload's pod template (a restart or a rollback).
-async fn patch_workload(id: &WorkloadId, patch: &serde_json::Value, ctx: &Context) -> Result<(), Error> {
+#[tracing::instrument(skip_all, fields(%action, workload = %id, error = Empty, otel.status_code = Empty))]
+async fn patch_workload(
+    id: &WorkloadId,
+    action: &'static str,
+    patch: &serde_json::Value,
+    ctx: &Context,
+) -> Result<(), Error> {
     let pp = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
     let patch = Patch::Merge(patch);
     let client = ctx.client.clone();
@@ -412,7 +444,7 @@ async fn patch_workload(id: &WorkloadId, patch: &serde_json::Value, ctx: &Contex
             Api::<DaemonSet>::namespaced(client, &id.namespace).patch(&id.name, &pp, &patch).await.map(|_| ())
         }
     };
-    result.map_err(Error::kube("patching", id.to_string()))
+    traced(result.map_err(Error::kube("patching", id.to_string())))
 }
 
 fn workload_ref(id: &WorkloadId) -> ObjectReference {
@@ -503,6 +535,8 @@ async fn cleanup(policy: &TracingPolicy, ctx: &Context) -> Result<Action, Error>
     let namespaces = ctx.namespaces.state();
     let nothing_governed = plan::NamespacePlan::default();
     let engine = plan_rollout(&leaving_policy, &nothing_governed, &policies, &namespaces, ctx, now);
+    let open = Gates { paused: false, dry_run: false, secrets_ready: true };
+    trace::record_plan(&Span::current(), &engine.plan, open);
     let departure = departure(&engine.workloads, &engine.plan, longest_health_deadline(policy), now);
     let failures = carry_out(policy, &engine.plan, &departure.restarts, false, ctx, now).await;
     if let Some(e) = failures.into_iter().next() {
@@ -556,13 +590,13 @@ async fn read_source_secrets(policy: &TracingPolicy, ctx: &Context) -> Result<(S
 }
 
 /// Server-side applies the agent ConfigMap (and Secret, when the policy needs one) in `namespace`.
+#[tracing::instrument(skip_all, fields(%namespace, skipped = Empty, error = Empty, otel.status_code = Empty))]
 async fn write_agent_objects(
     policy: &TracingPolicy,
     namespace: &str,
     secrets: &SecretValues,
     ctx: &Context,
 ) -> Result<(), Error> {
-    let pp = PatchParams::apply(FIELD_MANAGER).force();
     let cm = agent_configmap(policy, namespace, ctx.serving_ca.ca_bundle().as_deref());
     let secret = needs_secret(policy).then(|| agent_secret(policy, namespace, secrets));
     let uid = ctx.namespaces.get(&ObjectRef::new(namespace)).and_then(|ns| ns.metadata.uid.clone());
@@ -573,19 +607,32 @@ async fn write_agent_objects(
     let present = ctx.owned_configmaps.get(&ObjectRef::new(AGENT_CONFIGMAP).within(namespace)).is_some()
         && (secret.is_none() || ctx.owned_secrets.get(&ObjectRef::new(AGENT_SECRET).within(namespace)).is_some());
     if present && ctx.written().is_fresh(&key, &digest, now) {
+        // Unchanged since the last apply: no API call.
+        Span::current().record("skipped", true);
         return Ok(());
     }
+    traced(apply_agent_objects(namespace, &cm, secret.as_ref(), ctx).await)?;
+    ctx.written().record(key, digest, now);
+    Ok(())
+}
+
+async fn apply_agent_objects(
+    namespace: &str,
+    cm: &ConfigMap,
+    secret: Option<&Secret>,
+    ctx: &Context,
+) -> Result<(), Error> {
+    let pp = PatchParams::apply(FIELD_MANAGER).force();
     Api::<ConfigMap>::namespaced(ctx.client.clone(), namespace)
-        .patch(AGENT_CONFIGMAP, &pp, &Patch::Apply(&cm))
+        .patch(AGENT_CONFIGMAP, &pp, &Patch::Apply(cm))
         .await
         .map_err(Error::kube("applying", format!("ConfigMap {namespace}/{AGENT_CONFIGMAP}")))?;
     if let Some(secret) = secret {
         Api::<Secret>::namespaced(ctx.client.clone(), namespace)
-            .patch(AGENT_SECRET, &pp, &Patch::Apply(&secret))
+            .patch(AGENT_SECRET, &pp, &Patch::Apply(secret))
             .await
             .map_err(Error::kube("applying", format!("Secret {namespace}/{AGENT_SECRET}")))?;
     }
-    ctx.written().record(key, digest, now);
     Ok(())
 }
 
@@ -635,6 +682,7 @@ async fn list_owned(policy: &TracingPolicy, ctx: &Context) -> Result<Vec<OwnedOb
 
 /// Deletes one owned object, unless it changed since it was listed (e.g. another policy took the
 /// namespace over). Already gone is fine.
+#[tracing::instrument(skip_all, fields(namespace = %object.namespace, kind = ?object.kind, error = Empty, otel.status_code = Empty))]
 async fn delete_owned(object: &OwnedObject, ctx: &Context) -> Result<(), Error> {
     // Whichever policy wrote there, its objects must be applied again before they are trusted.
     ctx.written().forget(&object.namespace);
@@ -652,13 +700,14 @@ async fn delete_owned(object: &OwnedObject, ctx: &Context) -> Result<(), Error> 
             Api::<Secret>::namespaced(ctx.client.clone(), &object.namespace).delete(&object.name, &dp).await.map(|_| ())
         }
     };
-    match result {
+    traced(match result {
         Err(kube::Error::Api(s)) if s.is_not_found() || s.is_conflict() => Ok(()),
         other => other.map_err(Error::kube("deleting", what)),
-    }
+    })
 }
 
 /// Writes the whole status with server-side apply, as its only owner.
+#[tracing::instrument(skip_all, fields(phase = %trace::phase_name(status.phase.as_ref()), error = Empty, otel.status_code = Empty))]
 async fn patch_status(policy: &TracingPolicy, status: &TracingPolicyStatus, ctx: &Context) -> Result<(), Error> {
     let api: Api<TracingPolicy> = Api::all(ctx.client.clone());
     let patch = serde_json::json!({
@@ -666,10 +715,22 @@ async fn patch_status(policy: &TracingPolicy, status: &TracingPolicyStatus, ctx:
         "kind": TracingPolicy::kind(&()),
         "status": status,
     });
-    api.patch_status(&policy.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
+    let result = api
+        .patch_status(&policy.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
         .await
-        .map_err(Error::kube("patching", format!("status of TracingPolicy {}", policy.name_any())))?;
-    Ok(())
+        .map(|_| ())
+        .map_err(Error::kube("patching", format!("status of TracingPolicy {}", policy.name_any())));
+    traced(result)
+}
+
+/// Marks the current (API write) span as failed when `result` is an error.
+fn traced<T>(result: Result<T, Error>) -> Result<T, Error> {
+    if let Err(e) = &result {
+        let span = Span::current();
+        span.record("error", e.to_string());
+        span.record("otel.status_code", "error");
+    }
+    result
 }
 
 /// Pod metadata of the governed namespaces, grouped by namespace.

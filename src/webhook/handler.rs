@@ -101,8 +101,7 @@ pub fn review_with(
     let span = admission.span();
     let _entered = span.enter();
     let verdict = admit(admission, index, options, decide);
-    span.record("decision", verdict.result.as_str());
-    span.record("reason", verdict.reason.as_str());
+    record_verdict(&span, &verdict);
     log_verdict(&verdict);
     metrics.record(verdict.result, &verdict.reason, started.elapsed());
     match encode_review(&verdict.response) {
@@ -222,20 +221,32 @@ impl Admission {
     /// The span every admission runs in. `dryRun` requests are answered exactly like real
     /// ones: admission has no side effects, so there is nothing to suppress; the field shows it.
     fn span(&self) -> tracing::Span {
+        let pod = self.pod.as_ref().ok().and_then(Option::as_ref);
         // Pods created by controllers have no name yet, only a generateName.
-        let generate_name = self.pod.as_ref().ok().and_then(|p| p.as_ref()?.metadata.generate_name.as_deref());
+        let generate_name = pod.and_then(|p| p.metadata.generate_name.as_deref());
         tracing::info_span!(
             "admission",
             uid = %self.base.uid,
             namespace = self.namespace.as_deref().unwrap_or(""),
             pod = %self.name,
             generate_name = generate_name.unwrap_or(""),
+            workload = pod.and_then(owner).unwrap_or_default(),
             operation = ?self.operation,
             dry_run = self.dry_run,
             decision = Empty,
             reason = Empty,
+            patch_bytes = Empty,
+            error = Empty,
+            otel.status_code = Empty,
         )
     }
+}
+
+/// The pod's controlling owner as `Kind/name` (e.g. `ReplicaSet/shop-7d9f`), for the span.
+fn owner(pod: &Pod) -> Option<String> {
+    let owners = pod.metadata.owner_references.as_ref()?;
+    let owner = owners.iter().find(|o| o.controller == Some(true))?;
+    Some(format!("{}/{}", owner.kind, owner.name))
 }
 
 fn is_core_pod(gvk: &GroupVersionKind) -> bool {
@@ -275,6 +286,17 @@ impl Verdict {
     fn unchanged(base: AdmissionResponse, result: AdmissionResult, reason: &str, warning: String) -> Self {
         let response = with_warnings(base, vec![warning.clone()]);
         Verdict { response, result, reason: reason.to_string(), detail: Some(warning) }
+    }
+}
+
+/// The decision on the admission span (exported with the operator's traces).
+fn record_verdict(span: &tracing::Span, verdict: &Verdict) {
+    span.record("decision", verdict.result.as_str());
+    span.record("reason", verdict.reason.as_str());
+    span.record("patch_bytes", verdict.response.patch.as_ref().map_or(0, Vec::len));
+    if verdict.result == AdmissionResult::Error {
+        span.record("error", verdict.detail.as_deref().unwrap_or(""));
+        span.record("otel.status_code", "error");
     }
 }
 

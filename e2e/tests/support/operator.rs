@@ -64,6 +64,18 @@ impl Operator {
         admin_port: u16,
         log: PathBuf,
     ) -> anyhow::Result<Operator> {
+        Self::start_with_env(kubeconfig, namespace, args, admin_port, log, &[])
+    }
+
+    /// [`Operator::start`] with extra environment variables (set last: they win).
+    pub fn start_with_env(
+        kubeconfig: &Path,
+        namespace: &str,
+        args: &[String],
+        admin_port: u16,
+        log: PathBuf,
+        env: &[(String, String)],
+    ) -> anyhow::Result<Operator> {
         let out = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         let err = out.try_clone()?;
         let bin = binary();
@@ -81,6 +93,7 @@ impl Operator {
             .env("NO_COLOR", "1")
             // The allocator's options (e.g. MIMALLOC_SHOW_STATS=1), for memory measurements.
             .envs(std::env::vars_os().filter(|(k, _)| k.to_string_lossy().starts_with("MIMALLOC_")))
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err);
