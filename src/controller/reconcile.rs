@@ -85,6 +85,9 @@ pub enum Error {
     /// Not a failure: a deleted policy waits for its workloads to lose injection.
     #[error("{0} workload(s) still losing injection")]
     Leaving(usize),
+    /// Not a failure: a deleted policy is paused, so its workloads are not restarted.
+    #[error("deletion paused with {0} workload(s) still injected")]
+    DeletionPaused(usize),
     #[error(transparent)]
     Finalizer(Box<finalizer::Error<Error>>),
 }
@@ -97,6 +100,7 @@ impl Error {
             Error::CacheNotReady(_) => "cache_not_ready",
             Error::WriteFailed(_) => "write_failed",
             Error::Leaving(_) => "leaving",
+            Error::DeletionPaused(_) => "deletion_paused",
             Error::Finalizer(inner) => match inner.as_ref() {
                 finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e.kind(),
                 _ => "finalizer",
@@ -132,8 +136,11 @@ pub async fn reconcile(policy: Arc<TracingPolicy>, ctx: Arc<Context>) -> Result<
 /// Counts the failure and retries after a short delay. A deleted policy waiting for its
 /// workloads is no failure: it looks again soon (workload changes also wake it).
 pub fn error_policy(policy: Arc<TracingPolicy>, error: &Error, ctx: Arc<Context>) -> Action {
-    if error.kind() == "leaving" {
-        return Action::requeue(LEAVING_POLL);
+    match error.kind() {
+        "leaving" => return Action::requeue(LEAVING_POLL),
+        // Resuming is a spec change, which reconciles at once.
+        "deletion_paused" => return Action::requeue(REQUEUE_AFTER),
+        _ => {}
     }
     tracing::warn!(policy = %policy.name_any(), error = %error, "reconcile failed");
     ctx.metrics.count_failure(error.kind());
@@ -462,13 +469,11 @@ async fn reject_invalid(policy: &TracingPolicy, message: &str, ctx: &Context) ->
 async fn cleanup(policy: &TracingPolicy, ctx: &Context) -> Result<Action, Error> {
     ctx.wait_for_caches().await?;
     let now = Timestamp::now();
-    // Leaving is not a new batch of the rollout: a paused policy still leaves when deleted.
-    let mut leaving_policy = policy.clone();
-    leaving_policy.spec.rollout.paused = false;
+    // A paused policy restarts nothing, leaving included: its deletion waits for the resume.
     let policies = ctx.policies.state();
     let namespaces = ctx.namespaces.state();
     let nothing_governed = plan::NamespacePlan::default();
-    let engine = plan_rollout(&leaving_policy, &nothing_governed, &policies, &namespaces, ctx, now).await?;
+    let engine = plan_rollout(policy, &nothing_governed, &policies, &namespaces, ctx, now).await?;
     let departure = departure(&engine.workloads, &engine.plan, longest_health_deadline(policy), now);
     let failures = carry_out(policy, &engine.plan, &departure.restarts, false, ctx, now).await;
     if let Some(e) = failures.into_iter().next() {
@@ -476,6 +481,17 @@ async fn cleanup(policy: &TracingPolicy, ctx: &Context) -> Result<Action, Error>
     }
     for id in &departure.given_up {
         tracing::warn!(workload = %id, "still runs injected pods after its restart without injection; not waiting");
+    }
+    // Workloads that need a restart the pause withholds (those in flight finish by themselves).
+    let withheld = departure.waiting.iter().filter(|id| !engine.plan.in_flight.contains(id)).count();
+    if policy.spec.rollout.paused && withheld > 0 {
+        let note = format!(
+            "deletion waits: the rollout is paused, so {withheld} workload(s) running injected pods are not \
+             restarted; set spec.rollout.paused=false to let them restart without injection"
+        );
+        tracing::warn!(withheld, "policy deleted while paused: deletion waits for the resume");
+        ctx.publish(policy, EventType::Warning, reason::PAUSED, "Cleanup", note, None).await;
+        return Err(Error::DeletionPaused(withheld));
     }
     if !departure.waiting.is_empty() {
         tracing::info!(waiting = departure.waiting.len(), "policy deleted: waiting for workloads to lose injection");
