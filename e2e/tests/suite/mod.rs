@@ -7,6 +7,7 @@ pub mod chart_values;
 pub mod fail_open;
 pub mod injection;
 pub mod rollout;
+pub mod rollout_resilience;
 pub mod selection;
 pub mod setup;
 mod shared;
@@ -70,6 +71,9 @@ async fn rollout_steps(suite: &mut Suite) -> anyhow::Result<()> {
     let paused = rollout::pause_holds_and_resume_continues(suite).await?;
     let killed = rollout::killed_operator_rollout_continues(suite).await?;
     rollout::failing_workload_is_rolled_back(suite).await?;
+    rollout_resilience::crash_looping_workload_is_rolled_back(suite).await?;
+    rollout_resilience::missed_pods_are_counted_then_repaired(suite).await?;
+    rollout_resilience::two_replicas_one_leader(suite).await?;
     rollout::deleting_the_policy_restores_uninjected_pods(suite, &[phased.pilot, paused, killed]).await?;
     Ok(())
 }
