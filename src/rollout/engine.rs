@@ -78,6 +78,9 @@ enum Step {
     Done(Plan),
 }
 
+/// How often restarts in flight are looked at when nothing else wakes the controller.
+pub const HEALTH_POLL: Duration = Duration::from_secs(5);
+
 /// Health deadline of the single phase a policy without phases gets.
 pub const DEFAULT_HEALTH_DEADLINE: Duration = Duration::from_secs(600);
 
@@ -155,7 +158,9 @@ fn plan_at(obs: &Observation, phases: &[PhaseSettings], progress: &Progress) -> 
         .filter(|(_, _, s)| matches!(s, Standing::InFlight { .. }))
         .map(|(w, _, _)| w.id.clone())
         .collect();
-    let requeue_after = earliest_deadline(&standings, obs.now);
+    // Pods do not wake the controller: a restart in flight is looked at again at least every
+    // HEALTH_POLL, so a crash loop is caught soon, not at the health deadline.
+    let requeue_after = earliest_deadline(&standings, obs.now).map(|d| d.min(HEALTH_POLL));
     let mut base = Plan {
         state: RolloutPhase::Progressing,
         active_namespaces: active.iter().cloned().collect(),

@@ -1,5 +1,6 @@
 //! Table and property tests of the rollout engine.
 
+use super::engine::HEALTH_POLL;
 use super::*;
 use k8s_openapi::jiff::Timestamp;
 use proptest::prelude::*;
@@ -103,7 +104,7 @@ fn batch_size_counts_restarts_in_flight() {
     let plan = plan(&obs(vec![phase("all", 3, 0)], vec![ns("shop", 0)], workloads));
     assert_eq!(restarted(&plan), vec!["shop/Deployment/b", "shop/Deployment/c"]);
     assert_eq!(plan.in_flight.len(), 3);
-    assert_eq!(plan.requeue_after, Some(Duration::from_secs(290)), "looks again at the health deadline");
+    assert_eq!(plan.requeue_after, Some(HEALTH_POLL), "looks at its pods' health again soon");
 }
 
 #[test]

@@ -160,7 +160,10 @@ pub async fn missed_pods_are_counted_then_repaired(suite: &mut Suite) -> anyhow:
         Ok(p)
     })
     .await?;
-    ensure!(counted.status.and_then(|s| s.phase) == Some(PolicyPhase::Complete), "repair is off: nothing to do");
+    let status = counted.status.unwrap_or_default();
+    ensure!(status.phase == Some(PolicyPhase::Complete), "repair is off: nothing to do, yet {:?}", status.phase);
+    let ready = status.conditions.iter().find(|c| c.type_ == "Ready").context("no Ready condition")?;
+    ensure!(ready.status == "True" && ready.reason == "Complete", "Ready condition {ready:?}");
     let before = generations(&client, &ns).await?;
     tokio::time::sleep(SOAK).await;
     ensure!(generations(&client, &ns).await? == before, "restarted although repairMissed is false: {before:?}");
@@ -272,6 +275,10 @@ pub async fn two_replicas_one_leader(suite: &mut Suite) -> anyhow::Result<()> {
             Ok(())
         })
         .await?;
+        // Restarts are still running: not Ready, and the condition says why.
+        let status = Api::<TracingPolicy>::all(client.clone()).get(HA).await?.status.unwrap_or_default();
+        let ready = status.conditions.iter().find(|c| c.type_ == "Ready").context("no Ready condition")?;
+        ensure!(ready.status == "False" && ready.reason == "Progressing", "mid-rollout Ready condition {ready:?}");
         const RESTARTS: &str = "tracelight_controller_workload_restarts_total";
         let (by_leader, by_follower) = (leader.metric(RESTARTS).await?, follower.metric(RESTARTS).await?);
         ensure!(by_leader >= 1.0 && by_follower == 0.0, "restarts: leader {by_leader}, follower {by_follower}");
