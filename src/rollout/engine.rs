@@ -310,6 +310,8 @@ fn standing(obs: &Observation, w: &WorkloadObservation, phase: &PhaseSettings) -
             let settled = rolled && !needs_injection;
             // Rolled out, the webhook injected some of the new pods and missed others created
             // since the restart (it was unreachable then): no need to wait for the deadline.
+            // Creation times have whole seconds; one in the restart's own second is not taken
+            // as later (it could be an old pod), so that rare case waits for the deadline.
             let missed_since_restart = rolled
                 && w.pods.outdated == 0
                 && w.pods.current > 0

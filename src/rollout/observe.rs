@@ -188,6 +188,8 @@ pub fn newest_uninjected(pods: &[&ObjectMeta]) -> Option<Timestamp> {
 /// Health of a restarted workload's pods: failing when a container is in CrashLoopBackOff or has
 /// restarted since the restart was requested.
 pub fn health(pods: &[&Pod], since: Timestamp) -> Health {
+    // Creation timestamps have whole seconds: a pod created in the restart's second is new.
+    let since = Timestamp::from_second(since.as_second()).unwrap_or(since);
     for pod in pods {
         let created = pod.metadata.creation_timestamp.as_ref().map(|t| t.0);
         if created.is_some_and(|c| c < since) {
@@ -459,5 +461,9 @@ mod tests {
         let new = pod("2026-11-24T10:01:00Z");
         assert_eq!(health(&[&old], since), Health::Healthy);
         assert!(matches!(health(&[&old, &new], since), Health::Failing(r) if r.contains("CrashLoopBackOff")));
+        // The API server keeps whole seconds: created in the restart's second is after it.
+        let same_second = pod("2026-11-24T10:00:00Z");
+        let restarted_mid_second: Timestamp = "2026-11-24T10:00:00.4Z".parse().unwrap();
+        assert!(matches!(health(&[&same_second], restarted_mid_second), Health::Failing(_)));
     }
 }
