@@ -68,10 +68,117 @@ EOF
   echo "$KUBECONFIG_ADMIN"
 }
 
+FAILED_LOG=
+# launch NAME ARGS... : run ARGS detached in a new session with stdin from
+# /dev/null, stdout/stderr to $LOGS/NAME.log and every other inherited fd
+# closed, recording its pid (the wrapper shell execs, so the pid is the
+# process's own) in $RUN/NAME.pid.
+launch() {
+  local name=$1 pidf="$RUN/$1.pid" logf="$LOGS/$1.log"
+  shift
+  [[ ! -f $logf ]] || mv -f "$logf" "$logf.prev"
+  printf '==== %s starting: %s\n' "$(date -u +%FT%TZ)" "$*" >"$logf"
+  rm -f "$pidf"
+  # shellcheck disable=SC2016 # expanded by the inner shell
+  setsid -f bash -c 'for fd in /proc/$$/fd/*; do n=${fd##*/}; if ((n > 2)); then eval "exec $n>&-"; fi; done
+    echo $$ >"$0"; exec "$@"' "$pidf" "$@" </dev/null >>"$logf" 2>&1
+  local i
+  for ((i = 0; i < 50; i++)); do
+    [[ -s $pidf ]] && return 0
+    sleep 0.1
+  done
+  FAILED_LOG=$logf
+  log "$name did not start"
+  return 1
+}
+
+# wait_until NAME SECONDS CMD... : poll CMD until it succeeds; fail early if
+# NAME's process exits.
+wait_until() {
+  local name=$1 secs=$2 deadline
+  shift 2
+  deadline=$(($(date +%s) + secs))
+  until "$@"; do
+    if ! pid_of "$name" >/dev/null; then
+      FAILED_LOG=$LOGS/$name.log
+      log "$name exited during startup"
+      return 1
+    fi
+    if (($(date +%s) >= deadline)); then
+      FAILED_LOG=$LOGS/$name.log
+      log "timed out after ${secs}s waiting for $name"
+      return 1
+    fi
+    sleep 0.5
+  done
+}
+
+http_ok() { curl -fsS --max-time 3 "$@" >/dev/null 2>&1; }
+
+# kwok's Stages: its own defaults (from build.sh) and the suite's extra ones
+# (kwok-stages-e2e.yaml: e.g. injected pods labelled to crash-loop). Its
+# options go on the command line: a KwokConfiguration document in --config
+# replaces kwok's defaults instead of being merged with them.
+kwok_config() { cat "$BIN_DIR/kwok-stages.yaml" "$CLUSTER_SRC/kwok-stages-e2e.yaml"; }
+
+start_kwok() {
+  log "starting kwok (http://127.0.0.1:$KWOK_PORT/healthz)"
+  launch kwok "$BIN_DIR/kwok" \
+    --kubeconfig="$RUN/kwok.kubeconfig" \
+    --config="$RUN/kwok.yaml" \
+    --manage-all-nodes=false \
+    --manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake \
+    --cidr="$POD_CIDR" \
+    --node-ip=127.0.0.1 \
+    --node-lease-duration-seconds=40 \
+    --server-address="127.0.0.1:$KWOK_PORT"
+}
+
+# Nodes kwok plays the kubelet for (up.sh's and any a test added).
+kwok_nodes() {
+  kubectl get nodes --no-headers -o custom-columns='N:.metadata.name,A:.metadata.annotations.kwok\.x-k8s\.io/node' |
+    awk '$2 == "fake" { print $1 }'
+}
+
+# Every kwok node has its heartbeat Lease (kwok manages a node's pods only
+# while it holds that Lease).
+kwok_leases() {
+  local n
+  for n in $(kwok_nodes); do kubectl -n kube-node-lease get lease "$n" -o name >/dev/null 2>&1 || return 1; done
+}
+
+# A running cluster whose kwok has other Stages than this checkout wants (the
+# file changed): restart kwok alone with the new ones. Nodes stay Ready and
+# pods keep their state. The old kwok's node Leases are deleted, or the new
+# one would leave every pod alone until they expire (40s); pods created in the
+# second or two without kwok are played once it is back.
+restart_kwok() {
+  local pid i
+  log "kwok's stage config changed; restarting kwok alone"
+  if pid=$(pid_of kwok); then
+    kill -TERM "$pid" 2>/dev/null || true
+    for ((i = 0; i < 150; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+  fi
+  # shellcheck disable=SC2046 # one node name per word
+  kubectl -n kube-node-lease delete lease --ignore-not-found $(kwok_nodes) >/dev/null
+  kwok_config >"$RUN/kwok.yaml"
+  if ! { start_kwok && wait_until kwok 60 http_ok "http://127.0.0.1:$KWOK_PORT/healthz" &&
+    wait_until kwok 60 kwok_leases && wait_until kwok "$WAIT_SECONDS" nodes_ready; }; then
+    tail -n 40 "$LOGS/kwok.log" >&2 || true
+    die "kwok did not come back with the new stages (log: $LOGS/kwok.log)"
+  fi
+}
+
 # ---------------------------------------------------------------- idempotence
 if all_running && [[ -s $KUBECONFIG_ADMIN ]] && api_ready && nodes_ready; then
-  log "cluster already up and healthy"
-  print_result "already running"
+  if kwok_config | cmp -s - "$RUN/kwok.yaml"; then
+    log "cluster already up and healthy"
+    print_result "already running"
+  else
+    restart_kwok
+    print_result "already running; kwok restarted with new stages"
+  fi
   exit 0
 fi
 if [[ -d $RUN ]] && compgen -G "$RUN/*.pid" >/dev/null; then
@@ -193,13 +300,10 @@ for c in kube-controller-manager kube-scheduler kwok; do
   write_kubeconfig "$RUN/$c.kubeconfig" "$c"
 done
 
-# kwok has no built-in Stages; give it its own defaults (from build.sh). Its
-# options go on the command line: a KwokConfiguration document in --config
-# replaces kwok's defaults instead of being merged with them.
-cp "$BIN_DIR/kwok-stages.yaml" "$RUN/kwok.yaml"
+# kwok has no built-in Stages: see kwok_config.
+kwok_config >"$RUN/kwok.yaml"
 
 # ----------------------------------------------------------------- processes
-FAILED_LOG=
 on_error() {
   local rc=$?
   if [[ -n $FAILED_LOG && -f $FAILED_LOG ]]; then
@@ -213,51 +317,6 @@ on_error() {
 }
 trap on_error ERR
 
-# launch NAME ARGS... : run ARGS detached in a new session with stdin from
-# /dev/null, stdout/stderr to $LOGS/NAME.log and every other inherited fd
-# closed, recording its pid (the wrapper shell execs, so the pid is the
-# process's own) in $RUN/NAME.pid.
-launch() {
-  local name=$1 pidf="$RUN/$1.pid" logf="$LOGS/$1.log"
-  shift
-  [[ ! -f $logf ]] || mv -f "$logf" "$logf.prev"
-  printf '==== %s starting: %s\n' "$(date -u +%FT%TZ)" "$*" >"$logf"
-  rm -f "$pidf"
-  # shellcheck disable=SC2016 # expanded by the inner shell
-  setsid -f bash -c 'for fd in /proc/$$/fd/*; do n=${fd##*/}; if ((n > 2)); then eval "exec $n>&-"; fi; done
-    echo $$ >"$0"; exec "$@"' "$pidf" "$@" </dev/null >>"$logf" 2>&1
-  local i
-  for ((i = 0; i < 50; i++)); do
-    [[ -s $pidf ]] && return 0
-    sleep 0.1
-  done
-  FAILED_LOG=$logf
-  log "$name did not start"
-  return 1
-}
-
-# wait_until NAME SECONDS CMD... : poll CMD until it succeeds; fail early if
-# NAME's process exits.
-wait_until() {
-  local name=$1 secs=$2 deadline
-  shift 2
-  deadline=$(($(date +%s) + secs))
-  until "$@"; do
-    if ! pid_of "$name" >/dev/null; then
-      FAILED_LOG=$LOGS/$name.log
-      log "$name exited during startup"
-      return 1
-    fi
-    if (($(date +%s) >= deadline)); then
-      FAILED_LOG=$LOGS/$name.log
-      log "timed out after ${secs}s waiting for $name"
-      return 1
-    fi
-    sleep 0.5
-  done
-}
-
-http_ok() { curl -fsS --max-time 3 "$@" >/dev/null 2>&1; }
 
 log "starting etcd on 127.0.0.1:$ETCD_PORT"
 launch etcd "$BIN_DIR/etcd" \
@@ -340,16 +399,7 @@ for c in kube-controller-manager kube-scheduler; do
   launch "$c" "$BIN_DIR/$c" "${args[@]}"
 done
 
-log "starting kwok (http://127.0.0.1:$KWOK_PORT/healthz)"
-launch kwok "$BIN_DIR/kwok" \
-  --kubeconfig="$RUN/kwok.kubeconfig" \
-  --config="$RUN/kwok.yaml" \
-  --manage-all-nodes=false \
-  --manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake \
-  --cidr="$POD_CIDR" \
-  --node-ip=127.0.0.1 \
-  --node-lease-duration-seconds=40 \
-  --server-address="127.0.0.1:$KWOK_PORT"
+start_kwok
 
 wait_until kube-controller-manager 60 http_ok -k "https://127.0.0.1:$KCM_PORT/healthz"
 wait_until kube-scheduler 60 http_ok -k "https://127.0.0.1:$SCHED_PORT/healthz"

@@ -8,7 +8,8 @@
 //! upgrades a CRD), and refuses to run while `make demo`'s operator is running.
 //!
 //! `E2E_ONLY=rollout make e2e` runs only the phased-rollout steps (after the certificate
-//! bootstrap), for a quicker loop while working on the rollout.
+//! bootstrap), for a quicker loop while working on the rollout; `E2E_ONLY=resilience` only its
+//! crash-loop, missed-pod and two-replica steps.
 //!
 //! Steps that stop or restart the operator cannot interleave with the others, so the cluster
 //! part is one test, [`operator_on_a_real_cluster`], running its steps in order and logging each.

@@ -33,7 +33,7 @@ pub mod reason {
     pub const DRY_RUN: &str = "DryRun";
     pub const ACTIVATING: &str = "Activating";
     pub const COMPLETE: &str = "Complete";
-    pub const ALL_ACTIVE: &str = "AllNamespacesActive";
+    pub const PROGRESSING: &str = "Progressing";
     pub const AS_EXPECTED: &str = "AsExpected";
     pub const WRITE_FAILED: &str = "WriteFailed";
     pub const RESTARTING: &str = "Restarting";
@@ -363,17 +363,23 @@ pub fn desired_status(
         (false, reason::ROLLED_BACK, o.message.clone())
     } else if total == 0 {
         (false, reason::NO_NAMESPACES, no_namespaces_message(&observed.overlaps))
-    } else if pending == 0 {
-        (true, reason::ALL_ACTIVE, format!("{active} of {total} namespaces active"))
+    } else if phase == PolicyPhase::Complete {
+        (true, reason::COMPLETE, format!("{active} of {total} namespaces active, rollout complete"))
     } else {
+        // Ready only once nothing is left to do: restarts running, a soak, a pause all say why not.
         let why = if rollout.dry_run {
             reason::DRY_RUN
         } else if rollout.paused {
             reason::PAUSED
         } else {
-            reason::ACTIVATING
+            match outcome.map(|o| o.state) {
+                Some(EngineState::Progressing) => reason::PROGRESSING,
+                Some(EngineState::Soaking) => reason::SOAKING,
+                _ => reason::ACTIVATING,
+            }
         };
-        (false, why, format!("{active} of {total} namespaces active"))
+        let engine = outcome.filter(|_| !rollout.dry_run).map(|o| format!("; {}", o.message)).unwrap_or_default();
+        (false, why, format!("{active} of {total} namespaces active{engine}"))
     };
 
     let progressing = if total == 0 {
@@ -714,7 +720,7 @@ mod tests {
         let s = desired_status(&p, &obs, None, now());
         assert_eq!(s.phase, Some(PolicyPhase::Complete));
         assert_eq!(s.observed_generation, Some(3));
-        assert_eq!(cond(&s, READY).status, "True");
+        assert_eq!((cond(&s, READY).status.as_str(), cond(&s, READY).reason.as_str()), ("True", reason::COMPLETE));
         assert_eq!(cond(&s, PROGRESSING).reason, reason::COMPLETE);
         assert_eq!(cond(&s, DEGRADED).status, "False");
         let cov = s.coverage.unwrap();
@@ -847,6 +853,17 @@ mod tests {
         let progressing = cond(&s, PROGRESSING);
         assert_eq!((progressing.status.as_str(), progressing.reason.as_str()), ("True", reason::RESTARTING));
         assert!(progressing.message.contains("1 restarting"));
+        let ready = cond(&s, READY);
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", reason::PROGRESSING),
+            "every namespace is active, but restarts still run"
+        );
+        assert!(
+            ready.message.contains("2 of 2 namespaces active; phase \"expansion\": 1 restarting"),
+            "{}",
+            ready.message
+        );
         assert_eq!(s.active_phase.as_deref(), Some("expansion"), "the engine's phase index names the phase");
         assert_eq!(s.rollout.unwrap().in_flight, vec!["a/Deployment/web"]);
     }
@@ -861,6 +878,7 @@ mod tests {
         let s = desired_status(&with_phases(policy("p", 1)), &obs, None, now());
         assert_eq!(s.phase, Some(PolicyPhase::Progressing));
         assert_eq!(cond(&s, PROGRESSING).reason, reason::SOAKING);
+        assert_eq!((cond(&s, READY).status.as_str(), cond(&s, READY).reason.as_str()), ("False", reason::SOAKING));
     }
 
     #[test]
@@ -909,6 +927,7 @@ mod tests {
         };
         let s = desired_status(&p, &obs, None, now());
         assert_eq!(s.phase, Some(PolicyPhase::Paused));
+        assert_eq!((cond(&s, READY).status.as_str(), cond(&s, READY).reason.as_str()), ("False", reason::PAUSED));
         let progressing = cond(&s, PROGRESSING);
         assert_eq!(
             (progressing.reason.as_str(), progressing.message.as_str()),

@@ -528,7 +528,8 @@ async fn reject_invalid(policy: &TracingPolicy, message: &str, ctx: &Context) ->
 async fn cleanup(policy: &TracingPolicy, ctx: &Context) -> Result<Action, Error> {
     ctx.wait_for_caches().await?;
     let now = Timestamp::now();
-    // Leaving is not a new batch of the rollout: a paused policy still leaves when deleted.
+    // Deleting a policy ends its rollout, pause included: the user asked for everything to go,
+    // so its workloads leave in its batches even when it was paused.
     let mut leaving_policy = policy.clone();
     leaving_policy.spec.rollout.paused = false;
     let policies = ctx.policies.state();
@@ -733,6 +734,28 @@ fn traced<T>(result: Result<T, Error>) -> Result<T, Error> {
     result
 }
 
+/// How often a reconcile looks again whether a cache has filled.
+const CACHE_POLL: Duration = Duration::from_millis(100);
+
+/// Waits (at most [`CACHE_WAIT`]) until `store` holds its first full list. kube-runtime's
+/// readiness future keeps a single waker, so of several reconciles waiting at start-up only the
+/// last would be woken and the others would sleep until their timeout: it is polled instead.
+async fn cache_ready<K>(store: &Store<K>, what: &'static str) -> Result<(), Error>
+where
+    K: kube::runtime::reflector::Lookup + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    let deadline = tokio::time::Instant::now() + CACHE_WAIT;
+    loop {
+        if let Ok(ready) = tokio::time::timeout(CACHE_POLL, store.wait_until_ready()).await {
+            return ready.map_err(|_| Error::CacheNotReady(what));
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(Error::CacheNotReady(what));
+        }
+    }
+}
+
 /// Pod metadata of the governed namespaces, grouped by namespace.
 fn pods_by_namespace<'a>(
     pods: &Store<CachedPod>,
@@ -758,23 +781,16 @@ fn namespace_ref(name: &str) -> ObjectReference {
 }
 
 impl Context {
-    /// Waits until the namespace and pod caches hold a full list: deciding on an empty cache would
-    /// remove the agent config from every namespace.
+    /// Waits until the namespace, pod and workload caches hold a full list: deciding on an empty
+    /// cache would remove the agent config from every namespace.
     async fn wait_for_caches(&self) -> Result<(), Error> {
-        let namespaces = tokio::time::timeout(CACHE_WAIT, self.namespaces.wait_until_ready()).await;
-        namespaces.ok().and_then(Result::ok).ok_or(Error::CacheNotReady("namespace"))?;
-        let pods = tokio::time::timeout(CACHE_WAIT, self.pods.wait_until_ready()).await;
-        pods.ok().and_then(Result::ok).ok_or(Error::CacheNotReady("pod"))?;
-        let configmaps = tokio::time::timeout(CACHE_WAIT, self.owned_configmaps.wait_until_ready()).await;
-        configmaps.ok().and_then(Result::ok).ok_or(Error::CacheNotReady("owned configmap"))?;
-        let secrets = tokio::time::timeout(CACHE_WAIT, self.owned_secrets.wait_until_ready()).await;
-        secrets.ok().and_then(Result::ok).ok_or(Error::CacheNotReady("owned secret"))?;
-        let deployments = tokio::time::timeout(CACHE_WAIT, self.deployments.wait_until_ready()).await;
-        deployments.ok().and_then(Result::ok).ok_or(Error::CacheNotReady("deployment"))?;
-        let statefulsets = tokio::time::timeout(CACHE_WAIT, self.statefulsets.wait_until_ready()).await;
-        statefulsets.ok().and_then(Result::ok).ok_or(Error::CacheNotReady("statefulset"))?;
-        let daemonsets = tokio::time::timeout(CACHE_WAIT, self.daemonsets.wait_until_ready()).await;
-        daemonsets.ok().and_then(Result::ok).ok_or(Error::CacheNotReady("daemonset"))
+        cache_ready(&self.namespaces, "namespace").await?;
+        cache_ready(&self.pods, "pod").await?;
+        cache_ready(&self.owned_configmaps, "owned configmap").await?;
+        cache_ready(&self.owned_secrets, "owned secret").await?;
+        cache_ready(&self.deployments, "deployment").await?;
+        cache_ready(&self.statefulsets, "statefulset").await?;
+        cache_ready(&self.daemonsets, "daemonset").await
     }
 
     fn written(&self) -> std::sync::MutexGuard<'_, WriteMemo> {
@@ -815,5 +831,28 @@ impl Context {
         if let Err(e) = self.recorder.publish(&event, object).await {
             tracing::warn!(reason, error = %e, "could not publish event");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::runtime::watcher;
+
+    #[tokio::test]
+    async fn every_reconcile_waiting_for_a_cache_wakes_when_it_fills() {
+        let (store, mut writer) = kube::runtime::reflector::store::<Namespace>();
+        let waiters: Vec<_> = (0..3)
+            .map(|_| {
+                let store = store.clone();
+                tokio::spawn(async move { cache_ready(&store, "namespace").await })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        writer.apply_watcher_event(&watcher::Event::Init);
+        writer.apply_watcher_event(&watcher::Event::InitDone);
+        let all = tokio::time::timeout(Duration::from_secs(2), futures::future::join_all(waiters)).await;
+        let results = all.expect("a waiter was not woken when the cache filled");
+        assert!(results.into_iter().all(|r| r.is_ok_and(|r| r.is_ok())));
     }
 }

@@ -8,6 +8,30 @@
 //! clears the exclusion. After the current phase's last batch the policy soaks, then the next
 //! phase starts. Namespaces that left the policy have their injected workloads restarted without
 //! injection, through the same batches.
+//!
+//! Decisions that are easy to get wrong, and why:
+//!
+//! - **Degraded stops forward progress only.** While a workload waits for the user, no
+//!   workload is restarted *for injection*, but workloads leaving the policy (namespace label
+//!   removed, selector narrowed, policy deleted) are still restarted without injection, in
+//!   batches: leaving removes what the policy did, and a broken rollout is no reason to keep it.
+//! - **Pause freezes restarts.** A paused policy requests no restart at all, leaving included:
+//!   pausing is how a user says "touch nothing now". Rollbacks still happen (they undo a restart
+//!   that failed; pausing must not keep a crash-looping workload broken), and time passes (a
+//!   soak that ends while paused is over when the policy resumes). Deleting a policy ends its
+//!   rollout, pause included: the controller plans its departure as unpaused.
+//! - **Missed pods are repaired as soon as they are seen.** A restart whose workload has rolled
+//!   out with every pod ready, where some pods carry the current injection and pods created
+//!   since the restart lack it, is repaired at once: those pods were created while the webhook
+//!   was unreachable. Old pods not yet replaced are older than the restart and are not taken
+//!   for missed ones. When no pod of the restart got injected at all, the webhook may not be
+//!   injecting in that namespace, and restarting again would change nothing: the health deadline
+//!   paces that retry (as it does for pods missed after an earlier restart).
+//! - **New work restarts the soak.** A soak measures how long the phase has run unchanged: when
+//!   a restart of an active phase is needed or in flight (a new agent version, a workload
+//!   cleared for retry), the soak starts again once that work has passed its gates.
+//! - **Ready means Complete.** The status layer reports condition `Ready` only for
+//!   [`RolloutPhase::Complete`]; every other state carries its reason.
 
 use super::model::*;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
@@ -54,6 +78,9 @@ enum Step {
     Advance(Progress),
     Done(Plan),
 }
+
+/// How often restarts in flight are looked at when nothing else wakes the controller.
+pub const HEALTH_POLL: Duration = Duration::from_secs(5);
 
 /// Health deadline of the single phase a policy without phases gets.
 pub const DEFAULT_HEALTH_DEADLINE: Duration = Duration::from_secs(600);
@@ -132,8 +159,10 @@ fn plan_at(obs: &Observation, phases: &[PhaseSettings], progress: &Progress) -> 
         .filter(|(_, _, s)| matches!(s, Standing::InFlight { .. }))
         .map(|(w, _, _)| w.id.clone())
         .collect();
-    let requeue_after = earliest_deadline(&standings, obs.now);
-    let base = Plan {
+    // Pods do not wake the controller: a restart in flight is looked at again at least every
+    // HEALTH_POLL, so a crash loop is caught soon, not at the health deadline.
+    let requeue_after = earliest_deadline(&standings, obs.now).map(|d| d.min(HEALTH_POLL));
+    let mut base = Plan {
         state: RolloutPhase::Progressing,
         active_namespaces: active.iter().cloned().collect(),
         restarts: Vec::new(),
@@ -144,24 +173,7 @@ fn plan_at(obs: &Observation, phases: &[PhaseSettings], progress: &Progress) -> 
         requeue_after,
     };
 
-    if !base.rollbacks.is_empty() || !excluded.is_empty() {
-        // The condition must say which workloads wait for the user, and how to retry them.
-        let message = match base.rollbacks.first() {
-            Some(r) => format!("rolled back {}: {}; waiting for the exclusion to be cleared", r.workload, r.reason),
-            None => format!(
-                "excluded after a failed rollout: {}; remove the label tracelight.io/inject=false from a pod \
-                 template to retry",
-                excluded.join(", ")
-            ),
-        };
-        return Step::Done(Plan { state: RolloutPhase::Degraded, message, ..base });
-    }
-    if obs.paused {
-        let message = format!("paused in phase {:?}", phases[p].name);
-        return Step::Done(Plan { state: RolloutPhase::Paused, message, ..base });
-    }
-
-    // The earliest phase with work goes first: a new agent version re-runs the pilot first.
+    // Workloads that need a restart, earliest phase first; leaving ones have no phase.
     let needing: Vec<(&WorkloadObservation, Option<usize>, RestartReason)> = standings
         .iter()
         .filter_map(|(w, ph, s)| match s {
@@ -169,6 +181,19 @@ fn plan_at(obs: &Observation, phases: &[PhaseSettings], progress: &Progress) -> 
             _ => None,
         })
         .collect();
+    // Work of an active phase (not leaving) restarts the soak once it has passed its gates.
+    let phase_work = standings.iter().any(|(_, ph, s)| {
+        ph.is_some() && matches!(s, Standing::Needs(_) | Standing::InFlight { .. } | Standing::Failed(_))
+    });
+    if phase_work {
+        base.progress.soak_started = None;
+    }
+
+    if obs.paused || !base.rollbacks.is_empty() || !excluded.is_empty() {
+        return Step::Done(held(obs, &phases[p], base, &excluded, &needing));
+    }
+
+    // The earliest phase with work goes first: a new agent version re-runs the pilot first.
     let working_phase = needing.iter().filter_map(|(_, ph, _)| *ph).min();
     let batch = working_phase.map_or(phases[p].batch_size, |ph| phases[ph].batch_size) as usize;
     let capacity = batch.saturating_sub(in_flight.len());
@@ -177,15 +202,7 @@ fn plan_at(obs: &Observation, phases: &[PhaseSettings], progress: &Progress) -> 
         // Leaving workloads (no phase) go with any batch; phase work goes earliest phase first.
         .filter(|(_, ph, _)| ph.is_none() || *ph == working_phase)
         .take(capacity)
-        .map(|(w, _, reason)| Restart {
-            workload: w.id.clone(),
-            reason: *reason,
-            hash: if *reason == RestartReason::Leave {
-                String::new()
-            } else {
-                w.desired_hash.clone().unwrap_or_default()
-            },
-        })
+        .map(|(w, _, reason)| restart(w, *reason))
         .collect();
 
     if !needing.is_empty() || !in_flight.is_empty() {
@@ -228,6 +245,51 @@ fn plan_at(obs: &Observation, phases: &[PhaseSettings], progress: &Progress) -> 
     Step::Advance(Progress { phase: p + 1, soak_started: None })
 }
 
+/// The plan of a rollout that does not move forward: paused (no restart at all) or waiting for
+/// the user after a rollback (only workloads leaving the policy are restarted, in batches).
+fn held(
+    obs: &Observation,
+    phase: &PhaseSettings,
+    base: Plan,
+    excluded: &[String],
+    needing: &[(&WorkloadObservation, Option<usize>, RestartReason)],
+) -> Plan {
+    let restarts: Vec<Restart> = if obs.paused {
+        Vec::new()
+    } else {
+        let capacity = (phase.batch_size as usize).saturating_sub(base.in_flight.len());
+        needing.iter().filter(|(_, ph, _)| ph.is_none()).take(capacity).map(|(w, _, r)| restart(w, *r)).collect()
+    };
+    let mut in_flight = base.in_flight.clone();
+    in_flight.extend(restarts.iter().map(|r| r.workload.clone()));
+    let leaving = needing.iter().filter(|(_, ph, _)| ph.is_none()).count();
+    let mut message = if let Some(r) = base.rollbacks.first() {
+        format!("rolled back {}: {}; waiting for the exclusion to be cleared", r.workload, r.reason)
+    } else if !excluded.is_empty() {
+        // The condition must say which workloads wait for the user, and how to retry them.
+        format!(
+            "excluded after a failed rollout: {}; remove the label tracelight.io/inject=false from a pod \
+             template to retry",
+            excluded.join(", ")
+        )
+    } else {
+        format!("paused in phase {:?}", phase.name)
+    };
+    if obs.paused && leaving > 0 {
+        message.push_str(&format!("; {leaving} workload(s) wait to restart without injection"));
+    } else if !restarts.is_empty() {
+        message.push_str(&format!("; {} workload(s) restarting without injection", restarts.len()));
+    }
+    let state =
+        if base.rollbacks.is_empty() && excluded.is_empty() { RolloutPhase::Paused } else { RolloutPhase::Degraded };
+    Plan { state, restarts, in_flight, message, ..base }
+}
+
+fn restart(w: &WorkloadObservation, reason: RestartReason) -> Restart {
+    let hash = if reason == RestartReason::Leave { String::new() } else { w.desired_hash.clone().unwrap_or_default() };
+    Restart { workload: w.id.clone(), reason, hash }
+}
+
 fn standing(obs: &Observation, w: &WorkloadObservation, phase: &PhaseSettings) -> Standing {
     if w.excluded.is_some() {
         return Standing::Excluded;
@@ -245,22 +307,27 @@ fn standing(obs: &Observation, w: &WorkloadObservation, phase: &PhaseSettings) -
             if let Health::Failing(reason) = &w.health {
                 return Standing::Failed(reason.clone());
             }
-            let settled = w.rolled_out && !needs_injection && w.pods.ready == w.pods.total;
+            let rolled = w.rolled_out && w.pods.ready == w.pods.total;
+            let settled = rolled && !needs_injection;
+            // Rolled out, the webhook injected some of the new pods and missed others created
+            // since the restart (it was unreachable then): no need to wait for the deadline.
+            // Creation times have whole seconds; one in the restart's own second is not taken
+            // as later (it could be an old pod), so that rare case waits for the deadline.
+            let missed_since_restart = rolled
+                && w.pods.outdated == 0
+                && w.pods.current > 0
+                && w.newest_missed.is_some_and(|created| created >= mark.at);
+            let repair_or_done =
+                || if obs.repair_missed { Standing::Needs(RestartReason::Repair) } else { Standing::Done };
             match (settled, w.reporting, obs.now >= deadline) {
                 (true, None | Some(true), _) => Standing::Done,
                 // Silent past the deadline: an idle service is not a broken one; coverage reports it.
                 (true, Some(false), true) => Standing::Done,
                 (true, Some(false), false) => Standing::InFlight { deadline },
+                (false, _, false) if missed_since_restart => repair_or_done(),
                 (false, _, false) => Standing::InFlight { deadline },
-                (false, _, true) if w.rolled_out && w.pods.ready == w.pods.total => {
-                    // Rolled out and healthy, yet some pods lack injection: they were created
-                    // while the webhook was down.
-                    if obs.repair_missed {
-                        Standing::Needs(RestartReason::Repair)
-                    } else {
-                        Standing::Done
-                    }
-                }
+                // Rolled out and healthy past the deadline, yet some pods lack injection.
+                (false, _, true) if rolled => repair_or_done(),
                 (false, _, true) => {
                     Standing::Failed(format!("not ready within {}s of its restart", phase.health_deadline.as_secs()))
                 }

@@ -75,6 +75,9 @@ pub struct WorkloadObservation {
     /// (opted out, no eligible container): such workloads are left alone.
     pub desired_hash: Option<String>,
     pub pods: PodCounts,
+    /// Creation time of the newest pod that missed injection (`None` when none did): compared
+    /// with the last restart, it tells pods the webhook missed from old pods not replaced yet.
+    pub newest_missed: Option<Timestamp>,
     /// The last restart the operator requested, if any.
     pub restart: Option<RestartMark>,
     /// The workload controller has finished rolling out its current template.

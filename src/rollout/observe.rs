@@ -180,9 +180,21 @@ pub fn pod_counts(pods: &[&ObjectMeta], desired_hash: Option<&str>, ready: u32) 
     counts
 }
 
+/// Creation time of the newest live pod without injection (for a workload whose pods should
+/// all be injected: the newest missed pod).
+pub fn newest_uninjected(pods: &[&ObjectMeta]) -> Option<Timestamp> {
+    pods.iter()
+        .filter(|p| p.deletion_timestamp.is_none())
+        .filter(|p| p.labels.as_ref().and_then(|l| l.get(INJECTED_LABEL)).is_none_or(|v| v != "true"))
+        .filter_map(|p| p.creation_timestamp.as_ref().map(|t| t.0))
+        .max()
+}
+
 /// Health of a restarted workload's pods: failing when a container is in CrashLoopBackOff or has
 /// restarted since the restart was requested.
 pub fn health(pods: &[&Pod], since: Timestamp) -> Health {
+    // Creation timestamps have whole seconds: a pod created in the restart's second is new.
+    let since = Timestamp::from_second(since.as_second()).unwrap_or(since);
     for pod in pods {
         let created = pod.metadata.creation_timestamp.as_ref().map(|t| t.0);
         if created.is_some_and(|c| c < since) {
@@ -222,6 +234,7 @@ pub fn observe(
     WorkloadObservation {
         id: workload.id(),
         pods: pod_counts(pods, desired_hash.as_deref(), workload.ready()),
+        newest_missed: desired_hash.as_ref().and_then(|_| newest_uninjected(pods)),
         desired_hash,
         restart: restart_mark(template),
         rolled_out: workload.rolled_out(),
@@ -355,6 +368,44 @@ mod tests {
     }
 
     #[test]
+    fn the_newest_missed_pod_is_found_and_terminating_or_injected_pods_are_not() {
+        let at = |s: &str| Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(s.parse().unwrap()));
+        let mut old = pod_meta(false, "");
+        old.creation_timestamp = at("2026-11-24T09:00:00Z");
+        let mut new = pod_meta(false, "");
+        new.creation_timestamp = at("2026-11-24T10:00:00Z");
+        let mut injected = pod_meta(true, "h1");
+        injected.creation_timestamp = at("2026-11-24T11:00:00Z");
+        let mut leaving = pod_meta(false, "");
+        leaving.creation_timestamp = at("2026-11-24T12:00:00Z");
+        leaving.deletion_timestamp = at("2026-11-24T12:00:01Z");
+        let want: Timestamp = "2026-11-24T10:00:00Z".parse().unwrap();
+        assert_eq!(newest_uninjected(&[&old, &new, &injected, &leaving]), Some(want));
+        assert_eq!(newest_uninjected(&[&injected]), None);
+        let d = deployment(2, &[], &[]);
+        let o = observe(
+            Workload::Deployment(&d),
+            &[&old, &new],
+            Health::Healthy,
+            None,
+            &policy(),
+            &InjectOptions::default(),
+            true,
+        );
+        assert_eq!(o.newest_missed, Some(want));
+        let o = observe(
+            Workload::Deployment(&d),
+            &[&old, &new],
+            Health::Healthy,
+            None,
+            &policy(),
+            &InjectOptions::default(),
+            false,
+        );
+        assert_eq!(o.newest_missed, None, "pods of a workload that should not be injected are not missed");
+    }
+
+    #[test]
     fn observe_derives_hash_from_the_template_and_pods_through_owners() {
         let d = deployment(2, &[], &[]);
         let id = Workload::Deployment(&d).id();
@@ -415,5 +466,9 @@ mod tests {
         let new = pod("2026-11-24T10:01:00Z");
         assert_eq!(health(&[&old], since), Health::Healthy);
         assert!(matches!(health(&[&old, &new], since), Health::Failing(r) if r.contains("CrashLoopBackOff")));
+        // The API server keeps whole seconds: created in the restart's second is after it.
+        let same_second = pod("2026-11-24T10:00:00Z");
+        let restarted_mid_second: Timestamp = "2026-11-24T10:00:00.4Z".parse().unwrap();
+        assert!(matches!(health(&[&same_second], restarted_mid_second), Health::Failing(_)));
     }
 }

@@ -104,6 +104,7 @@ mod tests {
             id: WorkloadId { namespace: namespace.into(), kind: WorkloadKind::Deployment, name: name.into() },
             desired_hash: Some("h".into()),
             pods,
+            newest_missed: None,
             restart: None,
             rolled_out: true,
             health: Default::default(),

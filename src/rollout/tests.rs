@@ -1,5 +1,6 @@
 //! Table and property tests of the rollout engine.
 
+use super::engine::HEALTH_POLL;
 use super::*;
 use k8s_openapi::jiff::Timestamp;
 use proptest::prelude::*;
@@ -34,6 +35,7 @@ pub(crate) fn fresh(namespace: &str, name: &str) -> WorkloadObservation {
         id: id(namespace, name),
         desired_hash: Some(HASH.into()),
         pods: PodCounts { total: 2, current: 0, outdated: 0, missed: 2, ready: 2 },
+        newest_missed: None,
         restart: None,
         rolled_out: true,
         health: Health::Healthy,
@@ -102,7 +104,7 @@ fn batch_size_counts_restarts_in_flight() {
     let plan = plan(&obs(vec![phase("all", 3, 0)], vec![ns("shop", 0)], workloads));
     assert_eq!(restarted(&plan), vec!["shop/Deployment/b", "shop/Deployment/c"]);
     assert_eq!(plan.in_flight.len(), 3);
-    assert_eq!(plan.requeue_after, Some(Duration::from_secs(290)), "looks again at the health deadline");
+    assert_eq!(plan.requeue_after, Some(HEALTH_POLL), "looks at its pods' health again soon");
 }
 
 #[test]
@@ -289,18 +291,21 @@ fn arb_workload() -> impl Strategy<Value = WorkloadObservation> {
     });
     let health = prop_oneof![4 => Just(Health::Healthy), 1 => Just(Health::Failing("crash".into()))];
     let reporting = prop_oneof![Just(None), Just(Some(true)), Just(Some(false))];
-    (ns, name, any::<bool>(), pods, mark, any::<bool>(), health, reporting, prop::bool::weighted(0.1)).prop_map(
-        |(ns, name, has_hash, pods, restart, rolled_out, health, reporting, excluded)| WorkloadObservation {
-            id: id(ns, &name),
-            desired_hash: has_hash.then(|| HASH.into()),
-            pods,
-            restart,
-            rolled_out,
-            health,
-            reporting,
-            excluded: excluded.then(|| "failed before".into()),
-        },
-    )
+    let newest_missed = prop::option::of((0i64..1200).prop_map(t));
+    (ns, name, any::<bool>(), pods, newest_missed, mark, any::<bool>(), health, reporting, prop::bool::weighted(0.1))
+        .prop_map(|(ns, name, has_hash, pods, newest_missed, restart, rolled_out, health, reporting, excluded)| {
+            WorkloadObservation {
+                id: id(ns, &name),
+                desired_hash: has_hash.then(|| HASH.into()),
+                newest_missed: newest_missed.filter(|_| pods.missed > 0 && has_hash),
+                pods,
+                restart,
+                rolled_out,
+                health,
+                reporting,
+                excluded: excluded.then(|| "failed before".into()),
+            }
+        })
 }
 
 fn arb_observation() -> impl Strategy<Value = Observation> {
@@ -347,7 +352,7 @@ proptest! {
         let p = plan(&o);
         if p.state == RolloutPhase::Degraded {
             prop_assert_eq!(p.progress.phase, o.progress.phase);
-            prop_assert!(p.restarts.is_empty());
+            prop_assert!(p.restarts.iter().all(|r| r.reason == RestartReason::Leave), "{:?}", p.restarts);
         }
         if !p.rollbacks.is_empty() {
             prop_assert_eq!(p.state, RolloutPhase::Degraded);
@@ -389,4 +394,108 @@ fn a_degraded_rollout_names_the_excluded_workloads_and_how_to_retry() {
     assert!(p.restarts.is_empty(), "nothing else restarts while a workload waits for the user");
     assert!(p.message.contains("shop/Deployment/web (not ready within 300s"), "{}", p.message);
     assert!(p.message.contains("tracelight.io/inject=false"), "{}", p.message);
+}
+
+/// A workload of a namespace the policy left, still running injected pods.
+fn leaving(namespace: &str, name: &str) -> WorkloadObservation {
+    let mut w = done(fresh(namespace, name), 100);
+    w.desired_hash = None;
+    w
+}
+
+#[test]
+fn a_degraded_rollout_still_restarts_leaving_workloads_in_batches() {
+    let mut excluded = fresh("shop", "web");
+    excluded.excluded = Some("crash loop".into());
+    let workloads = vec![excluded, fresh("shop", "api"), leaving("old", "a"), leaving("old", "b")];
+    let p = plan(&obs(vec![phase("all", 1, 0)], vec![ns("shop", 0)], workloads));
+    assert_eq!(p.state, RolloutPhase::Degraded);
+    assert_eq!(restarted(&p), vec!["old/Deployment/a"], "leaving goes on, one batch at a time; shop/api waits");
+    assert_eq!(p.restarts[0].reason, RestartReason::Leave);
+    assert!(p.message.contains("restarting without injection"), "{}", p.message);
+}
+
+#[test]
+fn a_paused_policy_restarts_nothing_not_even_leaving_workloads_but_still_rolls_back() {
+    let mut failing = rolling(fresh("shop", "web"), 990);
+    failing.health = Health::Failing("crash loop".into());
+    let mut o = obs(vec![], vec![ns("shop", 0)], vec![leaving("old", "a"), fresh("shop", "api")]);
+    o.paused = true;
+    let p = plan(&o);
+    assert_eq!(p.state, RolloutPhase::Paused);
+    assert!(p.restarts.is_empty(), "pause freezes leaving too: {:?}", p.restarts);
+    assert!(p.message.contains("1 workload(s) wait to restart without injection"), "{}", p.message);
+    o.workloads.push(failing);
+    let p = plan(&o);
+    assert_eq!(p.state, RolloutPhase::Degraded);
+    assert_eq!(p.rollbacks.len(), 1, "a failed restart is undone even while paused");
+    assert!(p.restarts.is_empty());
+}
+
+/// A restart (requested at 990) that rolled out: one pod injected, one created at `created`
+/// without injection.
+fn rolled_out_with_a_missed_pod(created: i64) -> WorkloadObservation {
+    let mut w = done(fresh("shop", "web"), 990);
+    w.pods = PodCounts { total: 2, current: 1, outdated: 0, missed: 1, ready: 2 };
+    w.newest_missed = Some(t(created));
+    w
+}
+
+#[test]
+fn pods_missed_since_a_restart_are_repaired_at_once_not_after_the_deadline() {
+    let mut o = obs(vec![phase("all", 1, 0)], vec![ns("shop", 0)], vec![rolled_out_with_a_missed_pod(995)]);
+    let p = plan(&o);
+    assert_eq!(restarted(&p), vec!["shop/Deployment/web"]);
+    assert_eq!(p.restarts[0].reason, RestartReason::Repair);
+    o.repair_missed = false;
+    let p = plan(&o);
+    assert!(p.restarts.is_empty() && p.in_flight.is_empty(), "counted, not repaired: {p:?}");
+    assert_eq!(p.state, RolloutPhase::Complete);
+}
+
+#[test]
+fn old_pods_not_replaced_yet_are_not_taken_for_missed_ones() {
+    // The uninjected pod predates the restart: a stale view of the rollout, not a missed pod.
+    let p = plan(&obs(vec![phase("all", 1, 0)], vec![ns("shop", 0)], vec![rolled_out_with_a_missed_pod(900)]));
+    assert!(p.restarts.is_empty());
+    assert_eq!(p.in_flight, vec![id("shop", "web")]);
+    // No pod of the restart injected: the webhook may not inject there; the deadline paces it.
+    let mut w = rolled_out_with_a_missed_pod(995);
+    w.pods = PodCounts { total: 2, current: 0, outdated: 0, missed: 2, ready: 2 };
+    let mut o = obs(vec![phase("all", 1, 0)], vec![ns("shop", 0)], vec![w]);
+    assert!(plan(&o).restarts.is_empty());
+    o.now = t(990 + 300);
+    assert_eq!(plan(&o).restarts[0].reason, RestartReason::Repair, "past the deadline it is repaired");
+}
+
+#[test]
+fn new_work_during_a_soak_restarts_the_soak() {
+    let phases = vec![phase("pilot", 1, 600), phase("expansion", 2, 0)];
+    let namespaces = vec![ns("canary", 0), ns("shop", 1)];
+    let mut o = obs(phases, namespaces, vec![done(fresh("canary", "web"), 900), fresh("canary", "new")]);
+    o.progress = Progress { phase: 0, soak_started: Some(t(500)) };
+    let p = plan(&o);
+    assert_eq!(restarted(&p), vec!["canary/Deployment/new"]);
+    assert_eq!(p.progress, Progress { phase: 0, soak_started: None }, "the soak is reset");
+    // The new work has passed its gates at 1100: the soak starts there, in full.
+    o.workloads[1] = done(fresh("canary", "new"), 1000);
+    o.progress = p.progress;
+    o.now = t(1100);
+    let p = plan(&o);
+    assert_eq!(p.state, RolloutPhase::Soaking);
+    assert_eq!(p.progress, Progress { phase: 0, soak_started: Some(t(1100)) });
+    assert_eq!(p.requeue_after, Some(Duration::from_secs(600)));
+}
+
+#[test]
+fn leaving_work_does_not_restart_a_soak() {
+    let mut o = obs(
+        vec![phase("pilot", 1, 600), phase("expansion", 2, 0)],
+        vec![ns("canary", 0)],
+        vec![done(fresh("canary", "web"), 100), leaving("old", "a")],
+    );
+    o.progress = Progress { phase: 0, soak_started: Some(t(500)) };
+    let p = plan(&o);
+    assert_eq!(restarted(&p), vec!["old/Deployment/a"]);
+    assert_eq!(p.progress.soak_started, Some(t(500)));
 }

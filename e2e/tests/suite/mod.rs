@@ -7,6 +7,7 @@ pub mod chart_values;
 pub mod fail_open;
 pub mod injection;
 pub mod rollout;
+pub mod rollout_resilience;
 pub mod selection;
 pub mod setup;
 mod shared;
@@ -49,9 +50,12 @@ async fn steps(suite: &mut Suite) -> anyhow::Result<()> {
     suite.log.step(&format!("operator: a local process as ServiceAccount {NAMESPACE}/{SERVICE_ACCOUNT}"));
     suite.start_operator().await?;
     let started_serial = certificates::bootstrap(suite).await?;
-    // E2E_ONLY=rollout runs the rollout steps alone (they need nothing from the others).
-    if std::env::var("E2E_ONLY").is_ok_and(|v| v == "rollout") {
-        return rollout_steps(suite).await;
+    // E2E_ONLY=rollout runs the rollout steps alone (they need nothing from the others);
+    // E2E_ONLY=resilience only the crash-loop, missed-pods and two-replica ones.
+    match std::env::var("E2E_ONLY").as_deref() {
+        Ok("rollout") => return rollout_steps(suite).await,
+        Ok("resilience") => return resilience_steps(suite).await,
+        _ => {}
     }
     bad_input::invalid_policies_are_rejected(suite).await?;
     injection::workloads_are_injected(suite).await?;
@@ -70,6 +74,14 @@ async fn rollout_steps(suite: &mut Suite) -> anyhow::Result<()> {
     let paused = rollout::pause_holds_and_resume_continues(suite).await?;
     let killed = rollout::killed_operator_rollout_continues(suite).await?;
     rollout::failing_workload_is_rolled_back(suite).await?;
+    resilience_steps(suite).await?;
     rollout::deleting_the_policy_restores_uninjected_pods(suite, &[phased.pilot, paused, killed]).await?;
     Ok(())
+}
+
+/// The rollout when workloads crash, the webhook misses pods, or the leading replica dies.
+async fn resilience_steps(suite: &mut Suite) -> anyhow::Result<()> {
+    rollout_resilience::crash_looping_workload_is_rolled_back(suite).await?;
+    rollout_resilience::missed_pods_are_counted_then_repaired(suite).await?;
+    rollout_resilience::two_replicas_one_leader(suite).await
 }

@@ -31,15 +31,15 @@ use tracelight::api::agent_config::{AgentConfig, AGENT_CONFIGMAP, AGENT_CONFIG_K
 use tracelight::api::{NamespaceState, PolicyPhase, TracingPolicy};
 
 /// Namespace label the rollout policies select on (with the opt-in label).
-const GROUP: &str = "e2e.tracelight.io/rollout";
+pub(super) const GROUP: &str = "e2e.tracelight.io/rollout";
 /// Namespace label that puts a namespace into the pilot phase.
 const PILOT: (&str, &str) = ("e2e.tracelight.io/phase", "pilot");
 const PHASED: &str = "e2e-phased";
 const FAILING: &str = "e2e-rollback";
 const RESTARTED_AT: &str = "tracelight.io/restarted-at";
-const SOAK: Duration = Duration::from_secs(5);
+pub(super) const SOAK: Duration = Duration::from_secs(5);
 const EXPANSION_BATCH: usize = 2;
-const ROLLOUT_TIMEOUT: Duration = Duration::from_secs(120);
+pub(super) const ROLLOUT_TIMEOUT: Duration = Duration::from_secs(120);
 const POLL: Duration = Duration::from_millis(100);
 /// Label on the suite's rollout Deployments, so one watch follows them all.
 const SAMPLED: &str = "e2e.tracelight.io/sampled";
@@ -52,7 +52,7 @@ pub struct Phased {
 }
 
 /// A one-replica Deployment whose pods are deleted fast.
-fn deployment(name: &str) -> anyhow::Result<Deployment> {
+pub(super) fn deployment(name: &str) -> anyhow::Result<Deployment> {
     from_json(json!({
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": {"name": name, "labels": {SAMPLED: "true"}},
@@ -61,7 +61,7 @@ fn deployment(name: &str) -> anyhow::Result<Deployment> {
 }
 
 /// Creates Deployments `names` in `ns` and waits until they run (uninjected: no policy yet).
-async fn running_deployments(client: &Client, ns: &str, names: &[&str]) -> anyhow::Result<()> {
+pub(super) async fn running_deployments(client: &Client, ns: &str, names: &[&str]) -> anyhow::Result<()> {
     let api = Api::<Deployment>::namespaced(client.clone(), ns);
     for name in names {
         api.create(&PostParams::default(), &deployment(name)?)
@@ -82,7 +82,7 @@ async fn running_deployments(client: &Client, ns: &str, names: &[&str]) -> anyho
 }
 
 /// The Deployment controller has rolled the current template out.
-fn rolled_out(d: &Deployment) -> bool {
+pub(super) fn rolled_out(d: &Deployment) -> bool {
     let want = d.spec.replicas.unwrap_or(1);
     d.status.as_ref().is_some_and(|s| {
         s.observed_generation.unwrap_or_default() >= d.metadata.generation.unwrap_or_default()
@@ -93,12 +93,17 @@ fn rolled_out(d: &Deployment) -> bool {
 }
 
 /// When the operator last restarted `d`, from its pod template.
-fn restarted_at(d: &Deployment) -> Option<Timestamp> {
+pub(super) fn restarted_at(d: &Deployment) -> Option<Timestamp> {
     let annotations = d.spec.template.metadata.as_ref()?.annotations.as_ref()?;
     annotations.get(RESTARTED_AT)?.parse().ok()
 }
 
-fn policy_json(name: &str, group: &str, spec_rollout: Value, agent: Option<Value>) -> anyhow::Result<TracingPolicy> {
+pub(super) fn policy_json(
+    name: &str,
+    group: &str,
+    spec_rollout: Value,
+    agent: Option<Value>,
+) -> anyhow::Result<TracingPolicy> {
     let mut spec = json!({
         "namespaceSelector": {"matchLabels": {ENABLED.0: ENABLED.1, GROUP: group}},
         "collector": {"endpoint": "http://collector.e2e:4317", "protocol": "grpc"},
@@ -115,9 +120,9 @@ fn policy_json(name: &str, group: &str, spec_rollout: Value, agent: Option<Value
 
 /// What a sampler saw of a set of Deployments while a rollout ran.
 #[derive(Debug, Default)]
-struct Sampled {
+pub(super) struct Sampled {
     /// Most Deployments restarted and not yet rolled out at one time, per namespace group.
-    max_in_flight: BTreeMap<String, usize>,
+    pub(super) max_in_flight: BTreeMap<String, usize>,
     /// When every Deployment of the `first` group was first seen restarted and rolled out.
     first_done_at: Option<Timestamp>,
     /// Restarts of the other groups seen before `first_done_at`.
@@ -127,7 +132,12 @@ struct Sampled {
 
 /// Follows the Deployments of `groups` (group name -> namespace) through a watch until `stop`:
 /// every change the API server records is seen, so no short-lived overlap of restarts escapes.
-async fn sample(client: Client, groups: Vec<(String, String)>, first: String, stop: Arc<AtomicBool>) -> Sampled {
+pub(super) async fn sample(
+    client: Client,
+    groups: Vec<(String, String)>,
+    first: String,
+    stop: Arc<AtomicBool>,
+) -> Sampled {
     let api = Api::<Deployment>::all(client);
     let mut stream =
         watcher(api, watcher::Config::default().labels(&format!("{SAMPLED}=true"))).applied_objects().boxed();
@@ -159,7 +169,7 @@ async fn sample(client: Client, groups: Vec<(String, String)>, first: String, st
 
 /// Waits until every Deployment of `ns` was restarted by the operator, rolled out, and runs only
 /// pods injected by `policy`.
-async fn wait_all_injected(client: &Client, ns: &str, policy: &str) -> anyhow::Result<()> {
+pub(super) async fn wait_all_injected(client: &Client, ns: &str, policy: &str) -> anyhow::Result<()> {
     let deployments = Api::<Deployment>::namespaced(client.clone(), ns);
     let pods = Api::<Pod>::namespaced(client.clone(), ns);
     let policies = Api::<TracingPolicy>::all(client.clone());
@@ -199,12 +209,12 @@ async fn wait_all_untouched(client: &Client, ns: &str, min_generation: i64) -> a
 }
 
 /// Generation of every Deployment in `ns`, by name (each operator restart adds one).
-async fn generations(client: &Client, ns: &str) -> anyhow::Result<BTreeMap<String, i64>> {
+pub(super) async fn generations(client: &Client, ns: &str) -> anyhow::Result<BTreeMap<String, i64>> {
     let list = Api::<Deployment>::namespaced(client.clone(), ns).list(&ListParams::default()).await?;
     Ok(list.items.iter().map(|d| (d.name_any(), d.metadata.generation.unwrap_or_default())).collect())
 }
 
-async fn wait_phase(client: &Client, policy: &str, phase: PolicyPhase) -> anyhow::Result<TracingPolicy> {
+pub(super) async fn wait_phase(client: &Client, policy: &str, phase: PolicyPhase) -> anyhow::Result<TracingPolicy> {
     let api = Api::<TracingPolicy>::all(client.clone());
     wait::until(&format!("policy {policy} to be {phase:?}"), ROLLOUT_TIMEOUT, || async {
         let p = api.get(policy).await?;
@@ -216,7 +226,7 @@ async fn wait_phase(client: &Client, policy: &str, phase: PolicyPhase) -> anyhow
     .await
 }
 
-async fn patch_policy(client: &Client, policy: &str, patch: Value) -> anyhow::Result<()> {
+pub(super) async fn patch_policy(client: &Client, policy: &str, patch: Value) -> anyhow::Result<()> {
     let api = Api::<TracingPolicy>::all(client.clone());
     api.patch(policy, &PatchParams::default(), &Patch::Merge(&patch))
         .await

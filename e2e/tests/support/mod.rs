@@ -2,6 +2,7 @@
 //! helm), the operator as a local process, waits with timeouts, and throwaway namespaces.
 
 pub mod cluster;
+pub mod forward;
 pub mod objects;
 pub mod operator;
 pub mod tls;

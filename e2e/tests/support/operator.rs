@@ -49,6 +49,8 @@ current-context: e2e
 /// A running operator process. Dropping it stops the process (SIGTERM, then SIGKILL).
 pub struct Operator {
     child: Option<Child>,
+    /// Its `POD_NAME`: the Events' reporting instance and the start of its Lease identity.
+    pub name: String,
     pub admin_port: u16,
     pub log: PathBuf,
     pid: u32,
@@ -79,6 +81,7 @@ impl Operator {
         let out = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         let err = out.try_clone()?;
         let bin = binary();
+        let name = format!("e2e-operator-{}", super::suffix());
         let mut cmd = Command::new(&bin);
         cmd.arg("controller")
             .args(args)
@@ -87,7 +90,7 @@ impl Operator {
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("KUBECONFIG", kubeconfig)
             .env("POD_NAMESPACE", namespace)
-            .env("POD_NAME", format!("e2e-operator-{}", super::suffix()))
+            .env("POD_NAME", &name)
             .env("RUST_LOG", std::env::var("E2E_OPERATOR_LOG").unwrap_or_else(|_| "info".into()))
             // Plain text: the log is read by people and scanned by the suite.
             .env("NO_COLOR", "1")
@@ -105,7 +108,7 @@ impl Operator {
             args.join(" "),
             log.display()
         );
-        Ok(Operator { child: Some(child), admin_port, log, pid })
+        Ok(Operator { child: Some(child), name, admin_port, log, pid })
     }
 
     pub fn pid(&self) -> u32 {
@@ -174,6 +177,18 @@ impl Operator {
         let Some(mut child) = self.child.take() else { bail!("operator already stopped") };
         child.kill().with_context(|| format!("killing the operator (pid {})", self.pid))?;
         Ok(child.wait()?)
+    }
+
+    /// The value of an unlabelled metric on its `/metrics` (0 when absent).
+    pub async fn metric(&self, name: &str) -> anyhow::Result<f64> {
+        let (status, body) = http_get(self.admin_port, "/metrics").await?;
+        anyhow::ensure!(status == 200, "/metrics on 127.0.0.1:{} answered {status}", self.admin_port);
+        let value = body
+            .lines()
+            .filter_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .find_map(|v| v.trim().parse().ok())
+            .unwrap_or(0.0);
+        Ok(value)
     }
 
     /// The whole log (to look for patterns).
