@@ -89,20 +89,7 @@ fn required_path(var: &str, hint: &str) -> anyhow::Result<PathBuf> {
 async fn run(log: &StepLog) -> anyhow::Result<()> {
     let otelcol = required_path("TRACELIGHT_OTELCOL", "run `make e2e-traces` (it builds the collector)")?;
     shop::cache_dir()?;
-    log.step("cluster: e2e/cluster/up.sh");
-    let cluster = support::cluster::Cluster::up().await?;
-    harness::setup::refuse_if_demo_running()?;
-    log.step("clean slate: remove what an earlier run or demo may have left");
-    harness::setup::clean_slate(&cluster).await?;
-    let mut suite = match harness::setup::install(cluster.clone(), log).await {
-        Ok(suite) => suite,
-        Err(e) => {
-            if let Err(cleanup) = harness::setup::clean_slate(&cluster).await {
-                eprintln!("[traces] cleanup after the failed install: {cleanup:#}");
-            }
-            return Err(e);
-        }
-    };
+    let mut suite = harness::setup::fresh_suite(log).await?;
     let result = async {
         log.step("operator: a local process as the chart's ServiceAccount");
         suite.start_operator().await?;

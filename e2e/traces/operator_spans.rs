@@ -40,19 +40,7 @@ async fn operator_traces_its_reconciles_and_admissions() {
 
 async fn run(log: &StepLog) -> anyhow::Result<()> {
     let otelcol = crate::required_path("TRACELIGHT_OTELCOL", "run `make e2e-traces` (it builds the collector)")?;
-    log.step("cluster: e2e/cluster/up.sh");
-    let cluster = support::cluster::Cluster::up().await?;
-    harness::setup::refuse_if_demo_running()?;
-    harness::setup::clean_slate(&cluster).await?;
-    let mut suite = match harness::setup::install(cluster.clone(), log).await {
-        Ok(suite) => suite,
-        Err(e) => {
-            if let Err(cleanup) = harness::setup::clean_slate(&cluster).await {
-                eprintln!("[traces] cleanup after the failed install: {cleanup:#}");
-            }
-            return Err(e);
-        }
-    };
+    let mut suite = harness::setup::fresh_suite(log).await?;
     let dir = support::work_dir().join(format!("operator-spans-{}", support::suffix()));
     let grpc = SocketAddr::from(([127, 0, 0, 1], free_port()));
     log.step(&format!("collector: {} on {grpc} (files in {})", otelcol.display(), dir.display()));

@@ -93,6 +93,40 @@ pub struct Snapshot<'a> {
     pub pods: Vec<&'a ObjectMeta>,
 }
 
+impl<'a> Snapshot<'a> {
+    /// The live workloads of the namespaces `relevant` accepts, with their ids and pods.
+    fn workloads_with_pods(
+        &self,
+        relevant: impl Fn(&str) -> bool,
+    ) -> Vec<(&Workload<'a>, WorkloadId, Vec<&'a ObjectMeta>)> {
+        let mut pods_by_ns: BTreeMap<&str, Vec<&'a ObjectMeta>> = BTreeMap::new();
+        for pod in &self.pods {
+            let ns = pod.namespace.as_deref().unwrap_or_default();
+            if relevant(ns) {
+                pods_by_ns.entry(ns).or_default().push(pod);
+            }
+        }
+        self.workloads
+            .iter()
+            .filter(|w| w.metadata().deletion_timestamp.is_none())
+            .filter_map(|w| {
+                let id = w.id();
+                if !relevant(&id.namespace) {
+                    return None;
+                }
+                let pods: Vec<&ObjectMeta> = pods_by_ns
+                    .get(id.namespace.as_str())
+                    .into_iter()
+                    .flatten()
+                    .copied()
+                    .filter(|p| observe::pod_belongs_to(p, &id))
+                    .collect();
+                Some((w, id, pods))
+            })
+            .collect()
+    }
+}
+
 /// The engine's view of every workload in a governed or leaving namespace. Health is `Healthy`
 /// and reporting unknown: the reconciler fills in health for restarts in flight (see
 /// [`health_check_since`]) and reporting from the agents' reports (see [`coverage`]).
@@ -104,31 +138,12 @@ pub fn observe_workloads(
     options: &InjectOptions,
 ) -> Vec<WorkloadObservation> {
     let relevant = |ns: &str| plan.governs(ns) || leaving.iter().any(|l| l == ns);
-    let mut pods_by_ns: BTreeMap<&str, Vec<&ObjectMeta>> = BTreeMap::new();
-    for pod in &snapshot.pods {
-        let ns = pod.namespace.as_deref().unwrap_or_default();
-        if relevant(ns) {
-            pods_by_ns.entry(ns).or_default().push(pod);
-        }
-    }
     let mut observed: Vec<WorkloadObservation> = snapshot
-        .workloads
-        .iter()
-        .filter(|w| w.metadata().deletion_timestamp.is_none())
-        .filter_map(|w| {
-            let id = w.id();
-            if !relevant(&id.namespace) {
-                return None;
-            }
-            let pods: Vec<&ObjectMeta> = pods_by_ns
-                .get(id.namespace.as_str())
-                .into_iter()
-                .flatten()
-                .copied()
-                .filter(|p| observe::pod_belongs_to(p, &id))
-                .collect();
+        .workloads_with_pods(relevant)
+        .into_iter()
+        .map(|(w, id, pods)| {
             let governed = plan.governs(&id.namespace);
-            Some(observe::observe(*w, &pods, Health::Healthy, None, policy, options, governed))
+            observe::observe(*w, &pods, Health::Healthy, None, policy, options, governed)
         })
         .collect();
     observed.sort_by(|a, b| a.id.cmp(&b.id));
@@ -144,26 +159,8 @@ pub fn coverage(
     generation: i64,
     now: Timestamp,
 ) -> BTreeMap<String, Vec<(WorkloadId, WorkloadCoverage)>> {
-    let mut pods_by_ns: BTreeMap<&str, Vec<&ObjectMeta>> = BTreeMap::new();
-    for pod in &snapshot.pods {
-        let ns = pod.namespace.as_deref().unwrap_or_default();
-        if plan.governs(ns) {
-            pods_by_ns.entry(ns).or_default().push(pod);
-        }
-    }
     let mut by_ns: BTreeMap<String, Vec<(WorkloadId, WorkloadCoverage)>> = BTreeMap::new();
-    for w in snapshot.workloads.iter().filter(|w| w.metadata().deletion_timestamp.is_none()) {
-        let id = w.id();
-        if !plan.governs(&id.namespace) {
-            continue;
-        }
-        let pods: Vec<&ObjectMeta> = pods_by_ns
-            .get(id.namespace.as_str())
-            .into_iter()
-            .flatten()
-            .copied()
-            .filter(|p| observe::pod_belongs_to(p, &id))
-            .collect();
+    for (w, id, pods) in snapshot.workloads_with_pods(|ns| plan.governs(ns)) {
         let reports: BTreeMap<&str, PodReport> =
             pods.iter().filter_map(|p| p.uid.as_deref()).filter_map(|uid| Some((uid, report_of(uid)?))).collect();
         let mut c =

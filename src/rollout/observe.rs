@@ -383,26 +383,16 @@ mod tests {
         assert_eq!(newest_uninjected(&[&old, &new, &injected, &leaving]), Some(want));
         assert_eq!(newest_uninjected(&[&injected]), None);
         let d = deployment(2, &[], &[]);
-        let o = observe(
-            Workload::Deployment(&d),
-            &[&old, &new],
-            Health::Healthy,
+        let observed = |governed| {
+            let (p, options) = (policy(), InjectOptions::default());
+            observe(Workload::Deployment(&d), &[&old, &new], Health::Healthy, None, &p, &options, governed)
+        };
+        assert_eq!(observed(true).newest_missed, Some(want));
+        assert_eq!(
+            observed(false).newest_missed,
             None,
-            &policy(),
-            &InjectOptions::default(),
-            true,
+            "pods of a workload that should not be injected are not missed"
         );
-        assert_eq!(o.newest_missed, Some(want));
-        let o = observe(
-            Workload::Deployment(&d),
-            &[&old, &new],
-            Health::Healthy,
-            None,
-            &policy(),
-            &InjectOptions::default(),
-            false,
-        );
-        assert_eq!(o.newest_missed, None, "pods of a workload that should not be injected are not missed");
     }
 
     #[test]

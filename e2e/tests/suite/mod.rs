@@ -14,26 +14,11 @@ mod shared;
 
 pub use shared::*;
 
-use crate::support::cluster::Cluster;
 use crate::support::StepLog;
 
 /// Runs the whole cluster suite.
 pub async fn run(log: &StepLog) -> anyhow::Result<()> {
-    log.step("cluster: e2e/cluster/up.sh");
-    let cluster = Cluster::up().await?;
-    setup::refuse_if_demo_running()?;
-    log.step("clean slate: remove what an earlier run or demo may have left");
-    setup::clean_slate(&cluster).await?;
-
-    let mut suite = match setup::install(cluster.clone(), log).await {
-        Ok(suite) => suite,
-        Err(e) => {
-            if let Err(cleanup) = setup::clean_slate(&cluster).await {
-                eprintln!("[e2e] cleanup after the failed install: {cleanup:#}");
-            }
-            return Err(e);
-        }
-    };
+    let mut suite = setup::fresh_suite(log).await?;
     let result = steps(&mut suite).await;
     // Cleanup runs whatever happened; a failing step's error comes first.
     let cleanup = setup::teardown(&mut suite).await;

@@ -82,6 +82,24 @@ pub(super) async fn running_deployments(client: &Client, ns: &str, names: &[&str
 }
 
 /// The Deployment controller has rolled the current template out.
+/// Waits until Deployment `name` (pods labelled `app=<name>`) has rolled out uninjected pods only:
+/// a rollback done.
+pub(super) async fn wait_rolled_back(client: &Client, ns: &str, name: &str) -> anyhow::Result<()> {
+    let deployments = Api::<Deployment>::namespaced(client.clone(), ns);
+    let pods = Api::<Pod>::namespaced(client.clone(), ns);
+    wait::until(&format!("{name} to run uninjected, Ready pods again"), ROLLOUT_TIMEOUT, || async {
+        let d = deployments.get(name).await?;
+        ensure!(rolled_out(&d), "not rolled out: {:?}", d.status);
+        for pod in pods.list(&ListParams::default().labels(&format!("app={name}"))).await? {
+            if pod.metadata.deletion_timestamp.is_none() {
+                assert_untouched(&pod)?;
+            }
+        }
+        Ok(())
+    })
+    .await
+}
+
 pub(super) fn rolled_out(d: &Deployment) -> bool {
     let want = d.spec.replicas.unwrap_or(1);
     d.status.as_ref().is_some_and(|s| {
@@ -563,18 +581,7 @@ pub async fn failing_workload_is_rolled_back(suite: &mut Suite) -> anyhow::Resul
     suite.log.note("Deployment f1: template labelled tracelight.io/inject=false, Warning Event RolledBack on it");
 
     // f1 runs uninjected again; f2 was never touched, and stays so while the policy is Degraded.
-    let pods = Api::<Pod>::namespaced(client.clone(), &ns);
-    wait::until("f1 to run uninjected again", ROLLOUT_TIMEOUT, || async {
-        let d = deployments.get("f1").await?;
-        ensure!(rolled_out(&d), "not rolled out: {:?}", d.status);
-        for pod in pods.list(&ListParams::default().labels("app=f1")).await? {
-            if pod.metadata.deletion_timestamp.is_none() {
-                assert_untouched(&pod)?;
-            }
-        }
-        Ok(())
-    })
-    .await?;
+    wait_rolled_back(&client, &ns, "f1").await?;
     tokio::time::sleep(SOAK).await;
     let generations = generations(&client, &ns).await?;
     ensure!(generations.get("f2") == Some(&1), "f2 was restarted after the rollback: {generations:?}");

@@ -10,13 +10,12 @@ use super::rollout::{
 };
 use super::{Suite, NAMESPACE};
 use crate::support::forward::Forwarder;
-use crate::support::objects::{assert_untouched, from_json, template, ENABLED};
+use crate::support::objects::{from_json, template, ENABLED};
 use crate::support::operator::Operator;
 use crate::support::{free_port, wait, work_dir};
 use anyhow::{ensure, Context as _};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
@@ -98,19 +97,7 @@ pub async fn crash_looping_workload_is_rolled_back(suite: &mut Suite) -> anyhow:
         Ok(())
     })
     .await?;
-    let deployments = Api::<Deployment>::namespaced(client.clone(), &ns);
-    let pods = Api::<Pod>::namespaced(client.clone(), &ns);
-    wait::until("c1 to run uninjected, Ready pods again", ROLLOUT_TIMEOUT, || async {
-        let d = deployments.get("c1").await?;
-        ensure!(rolled_out(&d), "not rolled out: {:?}", d.status);
-        for pod in pods.list(&ListParams::default().labels("app=c1")).await? {
-            if pod.metadata.deletion_timestamp.is_none() {
-                assert_untouched(&pod)?;
-            }
-        }
-        Ok(())
-    })
-    .await?;
+    super::rollout::wait_rolled_back(&client, &ns, "c1").await?;
     tokio::time::sleep(SOAK).await;
     let generations = generations(&client, &ns).await?;
     ensure!(generations.get("c2") == Some(&1), "c2 was restarted after the rollback: {generations:?}");

@@ -91,6 +91,25 @@ async fn remove_policies_and_crd(cluster: &Cluster) -> anyhow::Result<()> {
 
 /// `helm install`s the chart in URL mode (operator outside the cluster) and prepares the operator's
 /// command line (the chart's own) and identity (a token of the chart's ServiceAccount).
+/// The cluster up, what an earlier run or demo left removed, and the chart installed (the slate
+/// cleaned again when installing fails). Every suite starts here.
+pub async fn fresh_suite(log: &StepLog) -> anyhow::Result<Suite> {
+    log.step("cluster: e2e/cluster/up.sh");
+    let cluster = Cluster::up().await?;
+    refuse_if_demo_running()?;
+    log.step("clean slate: remove what an earlier run or demo may have left");
+    clean_slate(&cluster).await?;
+    match install(cluster.clone(), log).await {
+        Ok(suite) => Ok(suite),
+        Err(e) => {
+            if let Err(cleanup) = clean_slate(&cluster).await {
+                eprintln!("[e2e] cleanup after the failed install: {cleanup:#}");
+            }
+            Err(e)
+        }
+    }
+}
+
 pub async fn install(cluster: Cluster, log: &StepLog) -> anyhow::Result<Suite> {
     let (webhook_port, admin_port) = (free_port(), free_port());
     ensure!(webhook_port != admin_port, "got the same free port twice");
