@@ -115,12 +115,17 @@ fn protocol(value: Option<String>) -> Result<CollectorProtocol, SettingsError> {
     }
 }
 
+/// Only `http://`: the exporter's crates are built without TLS, because enabling tonic's TLS
+/// features for them changes how the agent's own gRPC exporter connects (features are unified
+/// across the crate) and broke its custom-CA export. Send to a local collector over http.
 fn checked_url(var: &'static str, url: String) -> Result<String, SettingsError> {
-    let ok = ["http://", "https://"].iter().any(|s| url.len() > s.len() && url.starts_with(s));
-    if ok {
+    if url.starts_with("https://") {
+        return Err(invalid(var, &url, "https:// is not supported yet: send to a collector over http://"));
+    }
+    if url.len() > "http://".len() && url.starts_with("http://") {
         Ok(url)
     } else {
-        Err(invalid(var, &url, "must be an http:// or https:// URL"))
+        Err(invalid(var, &url, "must be an http:// URL"))
     }
 }
 
@@ -385,10 +390,10 @@ mod tests {
         let s = on(&[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://base:4317"),
             ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
-            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "https://traces.example/custom/path"),
+            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://traces.example/custom/path"),
             ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/protobuf"),
         ]);
-        assert_eq!(s.endpoint, "https://traces.example/custom/path");
+        assert_eq!(s.endpoint, "http://traces.example/custom/path");
         assert_eq!(s.protocol, CollectorProtocol::HttpProtobuf);
     }
 
@@ -396,6 +401,8 @@ mod tests {
     fn bad_endpoint_or_protocol_is_an_error_naming_the_variable() {
         let e = settings(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4317")]).unwrap_err();
         assert_eq!((e.var, e.value.as_str()), ("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4317"));
+        let e = settings(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "https://collector:4317")]).unwrap_err();
+        assert!(e.to_string().contains("https:// is not supported yet"), "{e}");
         let e = settings(&[("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://")]).unwrap_err();
         assert_eq!(e.var, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT");
         let e =
