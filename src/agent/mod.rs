@@ -131,7 +131,7 @@ pub struct RunningAgent {
 
 /// Entry point of `tracelight agent`: runs until SIGTERM or SIGINT.
 pub fn run(args: AgentArgs) -> anyhow::Result<()> {
-    reexec_with_lazy_allocator_commit();
+    reexec_with_allocator_options();
     crate::telemetry::init_logging(args.log_format);
     let mut runtime = match args.worker_threads {
         0 | 1 => tokio::runtime::Builder::new_current_thread(),
@@ -151,20 +151,32 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     })
 }
 
-/// The binary's allocator (mimalloc) commits its arenas eagerly by default, which keeps
-/// ~11 MiB resident in an idle agent (13 MiB anonymous memory instead of 2, measured). Its options
-/// are read from the environment once, before `main`, so the agent re-executes itself once with
-/// lazy commit set. An operator-set value is left alone; if the exec fails, the agent runs as is.
-fn reexec_with_lazy_allocator_commit() {
-    const OPTION: &str = "MIMALLOC_ARENA_EAGER_COMMIT";
-    if std::env::var_os(OPTION).is_some() {
+/// Options of the binary's allocator (mimalloc) that the agent runs with, unless the environment
+/// already sets them. mimalloc reads its options from the environment once, before `main`, so
+/// the agent re-executes itself once with the missing ones set; if the exec fails, it runs as is.
+const ALLOCATOR_OPTIONS: [(&str, &str); 2] = [
+    // Arenas are committed eagerly by default, which keeps ~11 MiB resident in an idle agent
+    // (13 MiB of anonymous memory instead of 2, measured).
+    ("MIMALLOC_ARENA_EAGER_COMMIT", "0"),
+    // Freed memory goes back to the OS after 100 ms instead of 1 s: under load, memory freed
+    // by requests already answered no longer lingers (0.2-0.3 MiB less at 50k spans/s, more
+    // in bursts, measured); no CPU cost measurable at that rate.
+    ("MIMALLOC_PURGE_DELAY", "100"),
+];
+
+fn reexec_with_allocator_options() {
+    let missing: Vec<_> = ALLOCATOR_OPTIONS.iter().filter(|(name, _)| std::env::var_os(name).is_none()).collect();
+    if missing.is_empty() {
         return;
     }
     #[cfg(unix)]
     if let Ok(exe) = std::env::current_exe() {
         use std::os::unix::process::CommandExt;
-        let err = std::process::Command::new(exe).args(std::env::args_os().skip(1)).env(OPTION, "0").exec();
-        eprintln!("tracelight agent: re-executing with {OPTION}=0 failed ({err}); continuing");
+        let err = std::process::Command::new(exe)
+            .args(std::env::args_os().skip(1))
+            .envs(missing.iter().map(|(name, value)| (name, value)))
+            .exec();
+        eprintln!("tracelight agent: re-executing with the allocator's options failed ({err}); continuing");
     }
 }
 
