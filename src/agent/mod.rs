@@ -10,11 +10,11 @@
 //!
 //! # Where the memory goes
 //!
-//! `make bench-agent-compare`: about 11.5 MiB resident at idle, 14-16 MiB under load up to
+//! `make bench-agent-compare`: 11.5-12 MiB resident at idle, 14-18 MiB under load up to
 //! ~350k spans/s (the OpenTelemetry Collector: 33 MiB and 40-75 MiB). Resident memory has two
 //! parts that behave differently (`/proc/<pid>/smaps`):
 //!
-//! - **Anonymous, the agent's own: 1.25 MiB idle, 2.5-4.5 MiB under load.** At idle: 0.6 MiB of
+//! - **Anonymous, the agent's own: 1.25 MiB idle, 2.5-6 MiB under load.** At idle: 0.6 MiB of
 //!   relocated pointers (`.data.rel.ro`, written at start because the binary is position
 //!   independent), 0.45 MiB of heap (runtime, servers, config, metrics), stacks. Under load, on
 //!   top: up to `--export-concurrency` (4) requests in flight, each holding its batch (up to
