@@ -55,6 +55,16 @@ def rss_mib(pid):
         return int(f.read().split()[1]) * PAGE / (1 << 20)
 
 
+def rss_parts(pid):
+    """(anonymous, file-backed) resident MiB: heap and stacks vs mapped code and data."""
+    parts = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(("RssAnon:", "RssFile:")):
+                parts[line.split(":")[0]] = int(line.split()[1]) / 1024
+    return parts.get("RssAnon", 0.0), parts.get("RssFile", 0.0)
+
+
 def agent_config(dir_, sink_port):
     path = os.path.join(dir_, "agent.yaml")
     with open(path, "w") as f:
@@ -120,12 +130,14 @@ def agent_drops(admin):
 
 
 def run_load(loadgen, port, rate, pid, admin=None):
-    peak = [rss_mib(pid)]
+    peak = [rss_mib(pid), rss_parts(pid)]
     done = threading.Event()
 
     def sample():
         while not done.is_set():
-            peak[0] = max(peak[0], rss_mib(pid))
+            rss = rss_mib(pid)
+            if rss > peak[0]:
+                peak[:] = [rss, rss_parts(pid)]
             time.sleep(0.1)
 
     t = threading.Thread(target=sample)
@@ -141,7 +153,7 @@ def run_load(loadgen, port, rate, pid, admin=None):
     done.set()
     t.join()
     res = json.loads(out.strip().splitlines()[-1])
-    res.update(cpu=cpu, peak_rss=peak[0], per_cpu=res["sent"] / cpu if cpu > 0 else 0.0)
+    res.update(cpu=cpu, peak_rss=peak[0], peak_parts=peak[1], per_cpu=res["sent"] / cpu if cpu > 0 else 0.0)
     # Accepted but not exported (queue full while the sink lags): shown so that a high accepted
     # rate cannot hide losses. The collector's own drops are not visible with its telemetry off.
     res["dropped"] = None if admin is None else agent_drops(admin) - drops0
@@ -151,11 +163,11 @@ def run_load(loadgen, port, rate, pid, admin=None):
 def measure(name, proc, port, loadgen, admin=None):
     wait_port(port)
     time.sleep(2)
-    idle = rss_mib(proc.pid)
+    idle, idle_parts = rss_mib(proc.pid), rss_parts(proc.pid)
     rows = [run_load(loadgen, port, rate, proc.pid, admin) for rate in RATES]
     proc.terminate()
     proc.wait(timeout=30)
-    return {"name": name, "idle": idle, "rows": rows}
+    return {"name": name, "idle": idle, "idle_parts": idle_parts, "rows": rows}
 
 
 def main():
@@ -185,6 +197,12 @@ def main():
               f"{ra['peak_rss']:>8.1f} {ra['p99_us'] / 1000:>7.2f} | {rc['sent'] / rc['seconds']:>15.0f} {rc['cpu']:>6.2f} "
               f"{rc['per_cpu']:>12.0f} {rc['peak_rss']:>8.1f} {rc['p99_us'] / 1000:>7.2f} | {ratio:>9.2f}")
     print(f"idle RSS MiB: agent {a['idle']:.1f}, collector {c['idle']:.1f}")
+    # Anonymous memory is the process's own (heap, stacks); file-backed is the mapped part of its
+    # binary and libraries, shared page cache that depends on how code is laid out and cached.
+    for p in (a, c):
+        peak = max(p["rows"], key=lambda r: r["peak_rss"])
+        print(f"{p['name']} RSS MiB anon+file: idle {p['idle_parts'][0]:.1f}+{p['idle_parts'][1]:.1f}, "
+              f"peak {peak['peak_parts'][0]:.1f}+{peak['peak_parts'][1]:.1f}")
     for rate, ra in zip(RATES, a["rows"]):
         label = "max" if rate == 0 else str(rate)
         print(f"agent at {label}: {ra['dropped']:.0f} of {ra['sent']} accepted spans dropped (queue full, sampled-out not counted)")

@@ -54,6 +54,9 @@ impl Batch {
     }
 }
 
+/// Entries the ring keeps room for once empty (a few dozen are queued at a steady rate).
+const SHRINK_ABOVE: usize = 1024;
+
 #[derive(Default)]
 struct Inner {
     items: VecDeque<Batch>,
@@ -143,6 +146,10 @@ impl Queue {
         }
         g.bytes -= out.bytes;
         g.spans -= out.spans;
+        // A backlog grows the ring to thousands of entries; give that back once it is drained.
+        if g.items.is_empty() && g.items.capacity() > SHRINK_ABOVE {
+            g.items.shrink_to(SHRINK_ABOVE / 16);
+        }
         self.publish(&g);
         Some(out)
     }
@@ -235,6 +242,16 @@ mod tests {
         q.push(batch(1));
         assert!(q.requeue(head));
         assert_eq!(q.usage().1, 2);
+    }
+
+    #[test]
+    fn a_drained_backlog_gives_its_room_back() {
+        let q = Queue::new(1 << 30, Arc::new(Metrics::default()));
+        for _ in 0..4 * SHRINK_ABOVE {
+            q.push(batch(1));
+        }
+        while q.take(1 << 20).is_some() {}
+        assert!(q.lock().items.capacity() <= SHRINK_ABOVE);
     }
 
     #[tokio::test(start_paused = true)]

@@ -86,3 +86,30 @@ async fn grpc_retry_info_is_honoured_and_permanent_codes_are_not_retried() {
     assert!(keys.iter().all(|k| k == "grpc-key"), "API key sent as metadata");
     agent.shutdown().await;
 }
+
+/// Without compression the gRPC exporter sends the queued segments as they are, not a merged
+/// copy: requests queued apart arrive whole, in one export request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_export_without_compression_sends_the_segments_as_one_message() {
+    let sink = sink().await;
+    let dir = temp_dir("grpc-plain");
+    let cfg = dir.join("config.yaml");
+    // No config yet: the agent queues, so the three requests end up in one batch of three segments.
+    let agent = agent(&cfg).await;
+    let url = format!("http://{}/v1/traces", agent.http_addr);
+    for n in [5, 6, 7] {
+        post(&url, &[("content-type", "application/x-protobuf")], request(n, "plain").encode_to_vec()).await;
+    }
+    let config = config_yaml(1, &format!("http://{}", sink.grpc_addr), "grpc", 1.0, "");
+    write_atomic(&cfg, &config.replace("compression: gzip", "compression: none"));
+    let got = collect(&sink, 18, Duration::from_secs(10)).await;
+    assert_eq!(got.len(), 18);
+    assert!(got.iter().all(|(r, _)| attr(r, "service.name") == Some("plain")));
+    let (_, metrics) = get(&format!("http://{}/metrics", agent.admin_addr)).await;
+    assert!(
+        metrics.contains("tracelight_agent_export_duration_seconds_count{outcome=\"Success\"} 1\n"),
+        "one request: {metrics}"
+    );
+    agent.shutdown().await;
+    sink.shutdown().await;
+}

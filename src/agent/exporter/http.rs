@@ -1,52 +1,46 @@
 //! OTLP/HTTP protobuf exporter (hyper + rustls).
 
+use super::gzip::Gzip;
 use super::retry::{http_status_retryable, parse_retry_after, ExportError};
 use super::tls;
 use super::{Accepted, BuildError};
 use crate::agent::queue::Batch;
 use crate::agent::settings::{ExportSettings, SecretHeader};
 use bytes::Bytes;
-use flate2::write::GzEncoder;
 use http::{header, Request, Uri};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 use prost::Message;
-use std::io::Write;
 use std::time::Duration;
 
 const MAX_RESPONSE: usize = 1 << 20;
 
 pub struct HttpExporter {
-    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    client: Client<tls::Connector, Full<Bytes>>,
     uri: Uri,
-    gzip: bool,
+    /// Set when the collector gets gzip.
+    gzip: Option<Gzip>,
     api_key: Option<SecretHeader>,
     timeout: Duration,
 }
 
 impl HttpExporter {
     pub fn new(s: &ExportSettings, timeout: Duration) -> Result<HttpExporter, BuildError> {
-        let tls = tls::client_config(s.ca_pem.as_deref(), s.insecure_skip_verify)?;
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .enable_http2()
-            .build();
+        let connector = tls::Connector::new(&s.endpoint, s.ca_pem.as_deref(), s.insecure_skip_verify, true)?;
         let client = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(60)).build(connector);
-        Ok(HttpExporter { client, uri: s.endpoint.clone(), gzip: s.gzip, api_key: s.api_key.clone(), timeout })
+        let gzip = s.gzip.then(|| Gzip::new(flate2::Compression::fast()));
+        Ok(HttpExporter { client, uri: s.endpoint.clone(), gzip, api_key: s.api_key.clone(), timeout })
     }
 
     pub async fn export(&self, batch: &Batch) -> Result<Accepted, ExportError> {
-        let body = encode(batch, self.gzip).map_err(|e| ExportError::Permanent { reason: format!("encode: {e}") })?;
+        let body =
+            encode(batch, self.gzip.as_ref()).map_err(|e| ExportError::Permanent { reason: format!("encode: {e}") })?;
         let mut req = Request::post(self.uri.clone())
             .header(header::CONTENT_TYPE, "application/x-protobuf")
             .header(header::USER_AGENT, concat!("tracelight-agent/", env!("CARGO_PKG_VERSION")));
-        if self.gzip {
+        if self.gzip.is_some() {
             req = req.header(header::CONTENT_ENCODING, "gzip");
         }
         if let Some(key) = &self.api_key {
@@ -94,15 +88,11 @@ fn accepted(body: &[u8]) -> Accepted {
 }
 
 /// The request body: the batch's encoded segments, gzipped when asked.
-pub fn encode(batch: &Batch, gzip: bool) -> std::io::Result<Bytes> {
-    if !gzip {
-        return Ok(batch.encoded());
+pub fn encode(batch: &Batch, gzip: Option<&Gzip>) -> std::io::Result<Bytes> {
+    match gzip {
+        Some(gzip) => super::gzip::body(gzip, &batch.segments),
+        None => Ok(batch.encoded()),
     }
-    let mut enc = GzEncoder::new(Vec::with_capacity(batch.bytes / 4), flate2::Compression::fast());
-    for segment in &batch.segments {
-        enc.write_all(segment)?;
-    }
-    Ok(enc.finish()?.into())
 }
 
 #[cfg(test)]
@@ -119,9 +109,9 @@ mod tests {
         queue.push(Batch::new(two.resource_spans.clone()));
         let batch = queue.take(usize::MAX).expect("batch");
         assert_eq!(batch.segments.len(), 2);
-        let decoded = ExportTraceServiceRequest::decode(encode(&batch, false).expect("encode")).expect("decode");
+        let decoded = ExportTraceServiceRequest::decode(encode(&batch, None).expect("encode")).expect("decode");
         assert_eq!(decoded.resource_spans, [one.resource_spans, two.resource_spans].concat());
-        let gzipped = encode(&batch, true).expect("gzip");
+        let gzipped = encode(&batch, Some(&Gzip::new(flate2::Compression::fast()))).expect("gzip");
         let mut gz = flate2::read::GzDecoder::new(&gzipped[..]);
         let mut raw = Vec::new();
         std::io::Read::read_to_end(&mut gz, &mut raw).expect("gunzip");

@@ -4,6 +4,7 @@
 //! nothing is lost while the queue has room.
 
 pub mod grpc;
+pub mod gzip;
 pub mod http;
 pub mod retry;
 pub mod tls;
