@@ -12,14 +12,9 @@ use tokio::sync::watch;
 
 #[derive(Clone)]
 pub struct ReportStore {
-    reports: Arc<RwLock<HashMap<String, Stored>>>,
+    /// By pod uid (from the reviewed token).
+    reports: Arc<RwLock<HashMap<String, PodReport>>>,
     changed: Arc<watch::Sender<u64>>,
-}
-
-#[derive(Clone, Debug)]
-struct Stored {
-    namespace: String,
-    report: PodReport,
 }
 
 impl Default for ReportStore {
@@ -42,12 +37,12 @@ impl ReportStore {
         let material = match reports.get(&pod.pod_uid) {
             None => true,
             Some(old) => {
-                old.report.last_span_at.is_none() != new.last_span_at.is_none()
-                    || old.report.config_generation != new.config_generation
-                    || old.report.services != new.services
+                old.last_span_at.is_none() != new.last_span_at.is_none()
+                    || old.config_generation != new.config_generation
+                    || old.services != new.services
             }
         };
-        reports.insert(pod.pod_uid.clone(), Stored { namespace: pod.namespace.clone(), report: new });
+        reports.insert(pod.pod_uid.clone(), new);
         drop(reports);
         if material {
             self.changed.send_modify(|n| *n += 1);
@@ -57,28 +52,23 @@ impl ReportStore {
 
     /// The last report of the pod with `uid`.
     pub fn get(&self, uid: &str) -> Option<PodReport> {
-        self.reports.read().unwrap_or_else(|p| p.into_inner()).get(uid).map(|s| s.report.clone())
+        self.reports.read().unwrap_or_else(|p| p.into_inner()).get(uid).cloned()
     }
 
     /// Forgets reports of pods that stopped reporting long ago (deleted pods, mostly).
     pub fn prune(&self, now: Timestamp) {
         let keep_for = SignedDuration::try_from(REPORT_STALE_AFTER * 4).unwrap_or(SignedDuration::MAX);
         let mut reports = self.reports.write().unwrap_or_else(|p| p.into_inner());
-        reports.retain(|_, s| now.duration_since(s.report.received_at) < keep_for);
+        reports.retain(|_, r| now.duration_since(r.received_at) < keep_for);
     }
 
-    /// Pods with a report, per namespace count (for logs and metrics).
+    /// Pods with a report.
     pub fn len(&self) -> usize {
         self.reports.read().unwrap_or_else(|p| p.into_inner()).len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-
-    /// Pods of `namespace` with a report.
-    pub fn count_in(&self, namespace: &str) -> usize {
-        self.reports.read().unwrap_or_else(|p| p.into_inner()).values().filter(|s| s.namespace == namespace).count()
     }
 
     /// Changes whenever [`accept`](Self::accept) records a material change.
@@ -133,7 +123,7 @@ mod tests {
         assert!(!store.accept(&pod("a"), &report(Some(0), 1), at(90)), "spans go on");
         assert!(store.accept(&pod("a"), &report(Some(0), 2), at(120)), "new config generation");
         assert_eq!(store.get("b"), None);
-        assert_eq!((store.len(), store.count_in("shop"), store.count_in("other")), (1, 1, 0));
+        assert_eq!(store.len(), 1);
     }
 
     #[test]
