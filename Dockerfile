@@ -15,6 +15,7 @@ COPY benches ./benches
 COPY crds ./crds
 COPY charts/tracelight/crds ./charts/tracelight/crds
 COPY config ./config
+COPY build.rs ./
 RUN touch src/main.rs src/lib.rs && cargo build --release --locked --bin tracelight \
     && strip target/release/tracelight
 

@@ -64,9 +64,18 @@ bench-agent: ## Agent hot path (decode, sample, enrich, queue); last line is RES
 
 .PHONY: bench-agent-compare
 bench-agent-compare: ## Agent vs OpenTelemetry Collector, same pipeline and load; last line is RESULT throughput_ratio=...
-	$(CARGO) build --release --locked --bin tracelight --example otlp_loadgen
+	$(CARGO) build --release --locked --bin tracelight
+	$(CARGO) build --release --locked --example otlp_loadgen
 	@REL="$${CARGO_TARGET_DIR:-target}/release" && \
 	python3 e2e/collector/bench.py "$$REL/tracelight" "$$(e2e/collector/build.sh | tail -n1)" "$$REL/examples/otlp_loadgen"
+
+.PHONY: agent-order
+agent-order: ## Regenerate config/agent-layout.ld (the agent's code layout) from a profile of the release binary, then relink
+	$(CARGO) build --release --locked --bin tracelight
+	$(CARGO) build --release --locked --example otlp_loadgen
+	@REL="$${CARGO_TARGET_DIR:-target}/release" && \
+	python3 e2e/collector/agent_order.py "$$REL/tracelight" "$$REL/examples/otlp_loadgen" config/agent-layout.ld
+	$(CARGO) build --release --locked --bin tracelight
 
 .PHONY: fuzz
 FUZZ_SECONDS ?= 60

@@ -1,8 +1,16 @@
 //! OTLP/gRPC load generator for `make bench-agent-compare`: sends requests of `--batch` spans
 //! (random trace ids) to `--target` at `--rate` spans/s (0 = as fast as `--concurrency` senders
 //! go) for `--seconds`, then prints one JSON line: spans sent, errors, and request latencies.
+//!
+//! With `--sink PORT` it is instead the pipelines' destination: an OTLP/gRPC endpoint on
+//! loopback that reads each request's bytes and accepts it without decoding, so that on a
+//! small machine the sink takes as little CPU as possible from the process being measured.
 
+use bytes::Bytes;
 use clap::Parser;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value::Value, AnyValue, KeyValue};
@@ -14,8 +22,11 @@ use std::time::{Duration, Instant};
 
 #[derive(Parser)]
 struct Args {
-    #[arg(long)]
-    target: String,
+    #[arg(long, required_unless_present = "sink")]
+    target: Option<String>,
+    /// Serve as the sink on this loopback port (until killed) instead of sending.
+    #[arg(long, conflicts_with = "target")]
+    sink: Option<u16>,
     #[arg(long, default_value_t = 0)]
     rate: u64,
     #[arg(long, default_value_t = 10)]
@@ -68,8 +79,15 @@ struct Stats {
     latencies_us: Mutex<Vec<u64>>,
 }
 
-async fn sender(args: Arc<Args>, stats: Arc<Stats>, interval: Option<Duration>, deadline: Instant, seed: u64) {
-    let Ok(mut client) = TraceServiceClient::connect(format!("http://{}", args.target)).await else {
+async fn sender(
+    target: String,
+    args: Arc<Args>,
+    stats: Arc<Stats>,
+    interval: Option<Duration>,
+    deadline: Instant,
+    seed: u64,
+) {
+    let Ok(mut client) = TraceServiceClient::connect(format!("http://{target}")).await else {
         stats.errors.fetch_add(1, Ordering::Relaxed);
         return;
     };
@@ -100,9 +118,47 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
+/// The sink's answer to every export: an empty `ExportTraceServiceResponse` (a gRPC message
+/// frame of length 0) and `grpc-status: 0`.
+async fn accept(req: http::Request<hyper::body::Incoming>) -> Result<http::Response<SinkBody>, hyper::Error> {
+    // Read the whole request (the exporter waits for its flow-control window), decode nothing.
+    req.into_body().collect().await?;
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+    let frames = [Frame::data(Bytes::from_static(&[0, 0, 0, 0, 0])), Frame::trailers(trailers)];
+    let body = StreamBody::new(futures::stream::iter(frames.map(Ok::<_, std::convert::Infallible>)));
+    Ok(http::Response::builder().header("content-type", "application/grpc").body(body).expect("static response"))
+}
+
+type SinkBody =
+    StreamBody<futures::stream::Iter<std::array::IntoIter<Result<Frame<Bytes>, std::convert::Infallible>, 2>>>;
+
+async fn sink(port: u16) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+    loop {
+        let (stream, _) = listener.accept().await?;
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(accept);
+            let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service);
+            if let Err(e) = conn.await {
+                eprintln!("sink connection: {e}");
+            }
+        });
+    }
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 1)]
 async fn main() {
     let args = Arc::new(Args::parse());
+    if let Some(port) = args.sink {
+        if let Err(e) = sink(port).await {
+            eprintln!("sink on 127.0.0.1:{port}: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
+    let target = args.target.clone().expect("clap requires --target without --sink");
     let stats =
         Arc::new(Stats { sent: AtomicU64::new(0), errors: AtomicU64::new(0), latencies_us: Mutex::new(Vec::new()) });
     let deadline = Instant::now() + Duration::from_secs(args.seconds);
@@ -112,7 +168,7 @@ async fn main() {
         (args.rate > 0).then(|| Duration::from_secs_f64(args.batch as f64 * senders as f64 / args.rate as f64));
     let started = Instant::now();
     let tasks: Vec<_> = (0..senders)
-        .map(|i| tokio::spawn(sender(args.clone(), stats.clone(), interval, deadline, i as u64 + 1)))
+        .map(|i| tokio::spawn(sender(target.clone(), args.clone(), stats.clone(), interval, deadline, i as u64 + 1)))
         .collect();
     for t in tasks {
         let _ = t.await;

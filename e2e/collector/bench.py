@@ -1,14 +1,16 @@
 #!/usr/bin/env python3
 """Side-by-side benchmark: the same pipeline in the Tracelight agent and in the OpenTelemetry
 Collector (OTLP/gRPC receiver -> sampling at 50% -> batch -> OTLP/gRPC exporter to a local sink),
-driven by the same load generator on loopback at fixed rates and at maximum.
+driven by the same load generator on loopback at fixed rates and at maximum. The sink is the
+load generator in `--sink` mode, which accepts requests without decoding them.
 
 Measures, for the process under test only (from /proc): CPU seconds, spans/s per CPU-second, RSS
 at idle and peak RSS under load; and the load generator's request latency (p99). Prints a table
 and, as the last line, `RESULT throughput_ratio=... rss_ratio=... idle_rss_mib=...`.
 
-The agent is the shipped binary (`TRACELIGHT_BIN agent`), so its allocator and build profile
-are what runs in pods.
+The agent is the shipped binary (`TRACELIGHT_BIN agent`), so its allocator, build profile and
+code layout (`config/agent-layout.ld`) are what runs in pods. rss_ratio is the collector's
+highest RSS over all rates over the agent's.
 
 Usage: bench.py TRACELIGHT_BIN COLLECTOR_BIN LOADGEN_BIN  (see `make bench-agent-compare`)
 """
@@ -173,8 +175,10 @@ def measure(name, proc, port, loadgen, admin=None):
 def main():
     agent_bin, collector_bin, loadgen = sys.argv[1:4]
     with tempfile.TemporaryDirectory() as d:
+        # The destination of both pipelines: accepts without decoding (see otlp_loadgen), so that
+        # on a 2-core machine it takes as little CPU as possible from the process measured.
         sink_grpc = free_port()
-        sink = start_agent(agent_bin, os.path.join(d, "absent.yaml"), sink_grpc, free_port(), free_port())
+        sink = subprocess.Popen([loadgen, "--sink", str(sink_grpc)], stdout=subprocess.DEVNULL)
         try:
             wait_port(sink_grpc)
             port, admin = free_port(), free_port()

@@ -10,11 +10,11 @@
 //!
 //! # Where the memory goes
 //!
-//! `make bench-agent-compare`: 11.5-12 MiB resident at idle, 14-18 MiB under load up to
-//! ~350k spans/s (the OpenTelemetry Collector: 33 MiB and 40-75 MiB). Resident memory has two
-//! parts that behave differently (`/proc/<pid>/smaps`):
+//! `make bench-agent-compare` (release build, 2 cores): 5.9 MiB resident at idle, 7.5-10.5 MiB
+//! under load up to ~460k spans/s (the OpenTelemetry Collector: 33 MiB and 40-71 MiB).
+//! Resident memory has two parts that behave differently (`/proc/<pid>/smaps`):
 //!
-//! - **Anonymous, the agent's own: 1.25 MiB idle, 2.5-6 MiB under load.** At idle: 0.6 MiB of
+//! - **Anonymous, the agent's own: 1.3 MiB idle, 2.5-5 MiB under load.** At idle: 0.6 MiB of
 //!   relocated pointers (`.data.rel.ro`, written at start because the binary is position
 //!   independent), 0.45 MiB of heap (runtime, servers, config, metrics), stacks. Under load, on
 //!   top: up to `--export-concurrency` (4) requests in flight, each holding its batch (up to
@@ -22,18 +22,16 @@
 //!   (~300 KiB), and requests being decoded. The queue normally holds less than 1 MiB; it fills
 //!   towards `--queue-bytes` (16 MiB) only when the collector takes spans slower than they
 //!   arrive. Freed memory goes back to the OS after 100 ms (`ALLOCATOR_OPTIONS` below).
-//! - **File-backed, mapped from the binary and libc: 10-12 MiB idle, 12-14 MiB under load.**
-//!   Shared page cache, not the agent's heap, and the bulk of the figure: 7-9 MiB of the
-//!   binary's 16.5 MiB of code, 1.6-1.8 MiB of its read-only data (mostly the 0.8 MiB of
-//!   relocation records read at start), 1.9 MiB of libc, libm and the loader. The agent runs
-//!   only ~0.7 MiB of functions at idle and ~1.8 MiB under load, but they lie scattered through
-//!   the code the operator shares the binary with, and the kernel maps 64 KiB around each
-//!   executed page (a whole large folio where the page cache has one), so the figure follows the
-//!   layout of the binary rather than the size of the agent's code; it also moves by 1-3 MiB
-//!   with how the binary came into the page cache (just linked, copied, read from disk). Measured with the agent's functions placed together
-//!   (a linker symbol-ordering file) and packed relocations (`-z pack-relative-relocs`):
-//!   3.5-4.6 MiB idle, 5-5.4 MiB under load, so 5-6 MiB idle and 8-10 MiB under load in all;
-//!   both are link options, which `Cargo.toml` cannot set.
+//! - **File-backed, mapped from the binary and libc: 4.6 MiB idle, ~6 MiB under load.** Shared
+//!   page cache, not the agent's heap: ~1.5 MiB of the binary's 18 MiB of code, 1.2 MiB of its
+//!   read-only data, 1.9 MiB of libc, libm and the loader. The kernel maps code 64 KiB (or a
+//!   whole large folio of the page cache) around each page executed, so this figure follows the
+//!   layout of the binary more than the size of the agent's code: scattered through the code it
+//!   shares with the operator, the same ~1.8 MiB of functions cost 5-8 MiB. Release builds
+//!   therefore link with `config/agent-layout.ld` (see `build.rs`), which places the agent's
+//!   functions together in the order they run (`make agent-order` regenerates it from a
+//!   profile), and with packed relative relocations (0.8 MiB of relocation records read at
+//!   start become 10 KiB).
 
 pub mod admin;
 pub mod admission;
