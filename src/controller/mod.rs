@@ -103,6 +103,7 @@ async fn counted_client(metrics: &Metrics) -> anyhow::Result<Client> {
 
 /// Runs the operator until SIGTERM or SIGINT, then shuts down gracefully.
 pub fn run(args: ControllerArgs) -> anyhow::Result<()> {
+    crate::allocator::reexec_with_options("controller");
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
     // The span exporter runs on the runtime: built inside it, flushed before it stops.
     let traces = {
