@@ -2,6 +2,7 @@
 //! the replica holding the leader Lease also runs the controllers.
 //!
 //! - [`cache`]: what the controller keeps of the pods it watches;
+//! - [`events`]: the Events it publishes;
 //! - [`plan`]: pure decisions (governed namespaces, steps, counts, status);
 //! - [`resources`]: the objects written into governed namespaces, as pure values;
 //! - [`rollout`]: the phased rollout's observation and outcome (pure; the engine is `crate::rollout`);
@@ -11,6 +12,7 @@
 //! - [`metrics`]: the controller's metrics.
 
 pub mod cache;
+pub mod events;
 pub mod lease;
 pub mod metrics;
 pub mod plan;
@@ -30,7 +32,6 @@ use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use kube::api::Api;
 use kube::core::PartialObjectMeta;
-use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::{reflector, watcher, Controller, WatchStreamExt};
 use kube::{Client, ResourceExt};
 use lease::LeaderElector;
@@ -329,9 +330,8 @@ async fn run_policy_controller(
 
     let controller =
         Controller::new(Api::<TracingPolicy>::all(client.clone()), watcher::Config::default().any_semantic());
-    let reporter = Reporter { controller: REPORTER.into(), instance: std::env::var("POD_NAME").ok() };
     let ctx = Arc::new(Context {
-        recorder: Recorder::new(client.clone(), reporter),
+        events: events::Publisher::new(client.clone(), REPORTER, std::env::var("POD_NAME").ok()),
         client,
         metrics,
         policies: controller.store(),
