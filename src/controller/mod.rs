@@ -328,8 +328,14 @@ async fn run_policy_controller(
     let (statefulsets, statefulset_cache) = workload_cache::<StatefulSet>(&client, nudge.clone(), "statefulset");
     let (daemonsets, daemonset_cache) = workload_cache::<DaemonSet>(&client, nudge, "daemonset");
 
-    let controller =
-        Controller::new(Api::<TracingPolicy>::all(client.clone()), watcher::Config::default().any_semantic());
+    // As `Controller::new` watches them, without managed fields: they repeat the shape of the
+    // status (a workload list per namespace) and no reconcile reads them.
+    let (policies, policy_writer) = reflector::store::<TracingPolicy>();
+    let policy_changes = watcher(Api::<TracingPolicy>::all(client.clone()), watcher::Config::default().any_semantic())
+        .modify(|p| p.metadata.managed_fields = None)
+        .reflect(policy_writer)
+        .applied_objects();
+    let controller = Controller::for_stream(policy_changes, policies);
     let ctx = Arc::new(Context {
         events: events::Publisher::new(client.clone(), REPORTER, std::env::var("POD_NAME").ok()),
         client,
@@ -439,7 +445,14 @@ fn workload_cache<K>(
     what: &'static str,
 ) -> (reflector::Store<K>, impl Future<Output = ()>)
 where
-    K: kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+    K: kube::Resource<DynamicType = ()>
+        + WorkloadConditions
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
 {
     let (store, writer) = reflector::store::<K>();
     let cache = watcher(Api::<K>::all(client.clone()), paged_lists())
@@ -460,12 +473,44 @@ where
 }
 
 /// Drops what the rollout never reads from a cached workload (managed fields, the last-applied
-/// copy of the whole object), so the cache costs little more than the templates it needs.
-fn slim_workload<K: kube::Resource>(workload: &mut K) {
+/// copy of the whole object, the status conditions), so the cache costs little more than the
+/// templates it needs.
+fn slim_workload<K: kube::Resource + WorkloadConditions>(workload: &mut K) {
     let meta = workload.meta_mut();
     meta.managed_fields = None;
     if let Some(annotations) = meta.annotations.as_mut() {
         annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
+    workload.clear_conditions();
+}
+
+/// A workload kind whose status conditions (messages and timestamps the rollout never reads:
+/// it reads the replica counts) can be dropped.
+trait WorkloadConditions {
+    fn clear_conditions(&mut self);
+}
+
+impl WorkloadConditions for Deployment {
+    fn clear_conditions(&mut self) {
+        if let Some(status) = self.status.as_mut() {
+            status.conditions = None;
+        }
+    }
+}
+
+impl WorkloadConditions for StatefulSet {
+    fn clear_conditions(&mut self) {
+        if let Some(status) = self.status.as_mut() {
+            status.conditions = None;
+        }
+    }
+}
+
+impl WorkloadConditions for DaemonSet {
+    fn clear_conditions(&mut self) {
+        if let Some(status) = self.status.as_mut() {
+            status.conditions = None;
+        }
     }
 }
 
@@ -546,7 +591,7 @@ mod tests {
     }
 
     #[test]
-    fn cached_workloads_keep_their_template_but_not_managed_fields() {
+    fn cached_workloads_keep_their_template_and_counts_but_not_managed_fields_or_conditions() {
         use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
         let mut d = Deployment::default();
         d.metadata.managed_fields = Some(vec![ManagedFieldsEntry::default()]);
@@ -559,8 +604,15 @@ mod tests {
             annotations: Some([("tracelight.io/restart-hash".to_string(), "h1".to_string())].into()),
             ..Default::default()
         });
+        d.status = Some(k8s_openapi::api::apps::v1::DeploymentStatus {
+            ready_replicas: Some(3),
+            conditions: Some(vec![Default::default()]),
+            ..Default::default()
+        });
         slim_workload(&mut d);
         assert_eq!(d.metadata.managed_fields, None);
+        let status = d.status.clone().unwrap_or_default();
+        assert_eq!((status.ready_replicas, status.conditions), (Some(3), None), "counts stay, conditions go");
         let annotations = d.metadata.annotations.clone().unwrap_or_default();
         assert_eq!(annotations.keys().collect::<Vec<_>>(), vec!["team"]);
         let template = d.spec.template.metadata.and_then(|m| m.annotations).unwrap_or_default();
