@@ -156,7 +156,7 @@ mod tests {
         let annotations = meta.annotations.clone().unwrap_or_default();
         assert_eq!(annotations.into_iter().collect::<Vec<_>>(), vec![(MANIFEST_HASH_ANNOTATION.into(), "h1".into())]);
         assert_eq!(meta.uid.as_deref(), Some("u1"), "reports are looked up by uid");
-        let workload = crate::inject::workload_of(&Pod { metadata: meta.clone(), ..Default::default() });
+        let workload = crate::inject::workload_of(meta);
         assert_eq!(
             workload.map(|w| (w.kind, w.name)),
             Some(("Deployment".into(), "web-1".into())),
