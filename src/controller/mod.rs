@@ -10,6 +10,21 @@
 //! - [`lease`]: leader election;
 //! - `trace`: what the reconcile spans (the operator's own traces) say;
 //! - [`metrics`]: the controller's metrics.
+//!
+//! # Where the memory goes
+//!
+//! `make bench-scale` (2000 Deployments, 6000 pods): 50.7 MiB resident with the caches filled,
+//! 78.7 MiB at the peak, near the rollout's end. About 19 MiB of it is file-backed (the binary's
+//! code and read-only data, paged in); the rest is the heap and what the allocator keeps around
+//! it. By heaptrack (a `system-allocator` build, 500 Deployments): the heap is 7.5 MiB with the
+//! caches filled and 12 MiB at the peak. The caches are most of it: a cached Deployment costs
+//! ~6 KiB (its pod template: k8s-openapi's `Container` alone is ~2 KiB), a cached pod ~1.5 KiB
+//! (its metadata, each label and annotation map at least one B-tree node of ~0.5 KiB); the
+//! watches' read buffers ~1.3 MiB. The resident set jumps by ~15 MiB within seconds of the
+//! policy's creation and stays there (not yet attributed: the first reconcile activates every
+//! namespace at once and the webhook's first admissions arrive), then grows by ~1 MiB a minute
+//! with the restarts: an injected pod and a restarted template carry more labels and annotations
+//! than the objects they replace.
 
 pub mod cache;
 pub mod events;
