@@ -5,6 +5,7 @@
 //! call the pure ones and decide nothing themselves.
 
 pub mod agent;
+pub mod allocator;
 pub mod api;
 pub mod cli;
 pub mod controller;

@@ -5,6 +5,8 @@ use std::process::ExitCode;
 
 // mimalloc: admission and the agent's hot path allocate many small objects; glibc malloc spent
 // about 40% of an admission's instructions (measured with callgrind on `benches/admission.rs`).
+// The `system-allocator` feature leaves it out, for heap profilers that see only malloc (heaptrack).
+#[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -98,7 +98,7 @@ def main():
              "--compress-strings=no", "--compress-pos=no", "--demangle=no",
              binary, "agent", "--config", cfg, "--otlp-grpc-port", str(grpc), "--otlp-http-port", str(http),
              "--admin-host", "127.0.0.1", "--admin-port", str(admin), "--config-poll-ms", "500"],
-            # Set (as `ALLOCATOR_OPTIONS` in src/agent/mod.rs), so that the agent does not
+            # Set (as `OPTIONS` in src/allocator.rs), so that the agent does not
             # re-execute itself out of valgrind's sight.
             env={**os.environ, "MIMALLOC_ARENA_EAGER_COMMIT": "0", "MIMALLOC_PURGE_DELAY": "100"},
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -21,7 +21,7 @@
 //!   `--batch-bytes`, 512 KiB of encoded spans) and its gzipped body, one reused deflate state
 //!   (~300 KiB), and requests being decoded. The queue normally holds less than 1 MiB; it fills
 //!   towards `--queue-bytes` (16 MiB) only when the collector takes spans slower than they
-//!   arrive. Freed memory goes back to the OS after 100 ms (`ALLOCATOR_OPTIONS` below).
+//!   arrive. Freed memory goes back to the OS after 100 ms (`crate::allocator`).
 //! - **File-backed, mapped from the binary and libc: 4.6 MiB idle, ~6 MiB under load.** Shared
 //!   page cache, not the agent's heap: ~1.5 MiB of the binary's 18 MiB of code, 1.2 MiB of its
 //!   read-only data, 1.9 MiB of libc, libm and the loader. The kernel maps code 64 KiB (or a
@@ -156,7 +156,7 @@ pub struct RunningAgent {
 
 /// Entry point of `tracelight agent`: runs until SIGTERM or SIGINT.
 pub fn run(args: AgentArgs) -> anyhow::Result<()> {
-    reexec_with_allocator_options();
+    crate::allocator::reexec_with_options("agent");
     crate::telemetry::init_logging(args.log_format);
     let mut runtime = match args.worker_threads {
         0 | 1 => tokio::runtime::Builder::new_current_thread(),
@@ -174,35 +174,6 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         agent.shutdown().await;
         Ok(())
     })
-}
-
-/// Options of the binary's allocator (mimalloc) that the agent runs with, unless the environment
-/// already sets them. mimalloc reads its options from the environment once, before `main`, so
-/// the agent re-executes itself once with the missing ones set; if the exec fails, it runs as is.
-const ALLOCATOR_OPTIONS: [(&str, &str); 2] = [
-    // Arenas are committed eagerly by default, which keeps ~11 MiB resident in an idle agent
-    // (13 MiB of anonymous memory instead of 2, measured).
-    ("MIMALLOC_ARENA_EAGER_COMMIT", "0"),
-    // Freed memory goes back to the OS after 100 ms instead of 1 s: under load, memory freed
-    // by requests already answered no longer lingers (0.2-0.3 MiB less at 50k spans/s, more
-    // in bursts, measured); no CPU cost measurable at that rate.
-    ("MIMALLOC_PURGE_DELAY", "100"),
-];
-
-fn reexec_with_allocator_options() {
-    let missing: Vec<_> = ALLOCATOR_OPTIONS.iter().filter(|(name, _)| std::env::var_os(name).is_none()).collect();
-    if missing.is_empty() {
-        return;
-    }
-    #[cfg(unix)]
-    if let Ok(exe) = std::env::current_exe() {
-        use std::os::unix::process::CommandExt;
-        let err = std::process::Command::new(exe)
-            .args(std::env::args_os().skip(1))
-            .envs(missing.iter().map(|(name, value)| (name, value)))
-            .exec();
-        eprintln!("tracelight agent: re-executing with the allocator's options failed ({err}); continuing");
-    }
 }
 
 async fn wait_for_signal() {

@@ -3,6 +3,7 @@
 //! their spec and most of their status while the watch's JSON is read (nothing else of them is
 //! ever allocated).
 
+use crate::api::keys::MANIFEST_HASH_ANNOTATION;
 use k8s_openapi::api::core::v1::{ContainerState, ContainerStateWaiting, ContainerStatus, Pod, PodStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Deserialize;
@@ -67,10 +68,24 @@ impl k8s_openapi::Metadata for CachedPod {
 }
 
 impl CachedPod {
-    /// Drops what no decision reads from the metadata (managed fields are most of a pod's
-    /// metadata), before the pod enters the cache.
+    /// Drops what no decision reads from the metadata, before the pod enters the cache: managed
+    /// fields (most of a pod's metadata), the generated-name prefix and resource version, every
+    /// annotation but the manifest hash (the webhook's and a restart's own marks), and of the
+    /// owner references all but the kind, name and controller flag the owner walk reads. Labels
+    /// all stay: a policy's pod selector may match any of them.
     pub fn slim(&mut self) {
-        self.metadata.managed_fields = None;
+        let meta = &mut self.metadata;
+        meta.managed_fields = None;
+        meta.generate_name = None;
+        meta.resource_version = None;
+        if let Some(annotations) = meta.annotations.as_mut() {
+            annotations.retain(|key, _| key == MANIFEST_HASH_ANNOTATION);
+        }
+        for owner in meta.owner_references.iter_mut().flatten() {
+            owner.api_version = String::new();
+            owner.uid = String::new();
+            owner.block_owner_deletion = None;
+        }
     }
 
     /// The pod with what the cache kept of it (no spec), for the pure health check.
@@ -108,8 +123,14 @@ mod tests {
         serde_json::from_value(serde_json::json!({
             "apiVersion": "v1", "kind": "Pod",
             "metadata": {
-                "name": "web-1", "namespace": "shop", "creationTimestamp": "2026-01-01T00:00:00Z",
-                "labels": {"app": "web"},
+                "name": "web-1-7d9c5-x2k4p", "generateName": "web-1-7d9c5-", "namespace": "shop",
+                "uid": "u1", "resourceVersion": "42", "creationTimestamp": "2026-01-01T00:00:00Z",
+                "labels": {"app": "web", "pod-template-hash": "7d9c5"},
+                "annotations": {"tracelight.io/manifest-hash": "h1", "tracelight.io/policy": "default"},
+                "ownerReferences": [{
+                    "apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-1-7d9c5", "uid": "rs1",
+                    "controller": true, "blockOwnerDeletion": true
+                }],
                 "managedFields": [{"manager": "kcm", "operation": "Update"}]
             },
             "spec": {"containers": [{"name": "app", "image": "shop/web:1"}]},
@@ -129,8 +150,18 @@ mod tests {
     fn a_cached_pod_keeps_metadata_and_restart_state_only() {
         let mut pod = decoded(1, "ContainerCreating");
         pod.slim();
-        assert_eq!(pod.metadata.managed_fields, None);
-        assert_eq!(pod.metadata.labels.as_ref().unwrap()["app"], "web");
+        let meta = &pod.metadata;
+        assert_eq!((&meta.managed_fields, &meta.generate_name, &meta.resource_version), (&None, &None, &None));
+        assert_eq!(meta.labels.as_ref().unwrap()["app"], "web");
+        let annotations = meta.annotations.clone().unwrap_or_default();
+        assert_eq!(annotations.into_iter().collect::<Vec<_>>(), vec![(MANIFEST_HASH_ANNOTATION.into(), "h1".into())]);
+        assert_eq!(meta.uid.as_deref(), Some("u1"), "reports are looked up by uid");
+        let workload = crate::inject::workload_of(meta);
+        assert_eq!(
+            workload.map(|w| (w.kind, w.name)),
+            Some(("Deployment".into(), "web-1".into())),
+            "the owner walk still works"
+        );
         let statuses = &pod.status.as_ref().unwrap().container_statuses;
         assert_eq!((statuses[0].name.as_str(), statuses[0].restart_count), ("app", 1));
     }

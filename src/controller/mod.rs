@@ -2,6 +2,7 @@
 //! the replica holding the leader Lease also runs the controllers.
 //!
 //! - [`cache`]: what the controller keeps of the pods it watches;
+//! - [`events`]: the Events it publishes;
 //! - [`plan`]: pure decisions (governed namespaces, steps, counts, status);
 //! - [`resources`]: the objects written into governed namespaces, as pure values;
 //! - [`rollout`]: the phased rollout's observation and outcome (pure; the engine is `crate::rollout`);
@@ -9,8 +10,24 @@
 //! - [`lease`]: leader election;
 //! - `trace`: what the reconcile spans (the operator's own traces) say;
 //! - [`metrics`]: the controller's metrics.
+//!
+//! # Where the memory goes
+//!
+//! `make bench-scale` (2000 Deployments, 6000 pods): 50.7 MiB resident with the caches filled,
+//! 78.7 MiB at the peak, near the rollout's end. About 19 MiB of it is file-backed (the binary's
+//! code and read-only data, paged in); the rest is the heap and what the allocator keeps around
+//! it. By heaptrack (a `system-allocator` build, 500 Deployments): the heap is 7.5 MiB with the
+//! caches filled and 12 MiB at the peak. The caches are most of it: a cached Deployment costs
+//! ~6 KiB (its pod template: k8s-openapi's `Container` alone is ~2 KiB), a cached pod ~1.5 KiB
+//! (its metadata, each label and annotation map at least one B-tree node of ~0.5 KiB); the
+//! watches' read buffers ~1.3 MiB. The resident set jumps by ~15 MiB within seconds of the
+//! policy's creation and stays there (not yet attributed: the first reconcile activates every
+//! namespace at once and the webhook's first admissions arrive), then grows by ~1 MiB a minute
+//! with the restarts: an injected pod and a restarted template carry more labels and annotations
+//! than the objects they replace.
 
 pub mod cache;
+pub mod events;
 pub mod lease;
 pub mod metrics;
 pub mod plan;
@@ -30,7 +47,6 @@ use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use kube::api::Api;
 use kube::core::PartialObjectMeta;
-use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::{reflector, watcher, Controller, WatchStreamExt};
 use kube::{Client, ResourceExt};
 use lease::LeaderElector;
@@ -103,6 +119,7 @@ async fn counted_client(metrics: &Metrics) -> anyhow::Result<Client> {
 
 /// Runs the operator until SIGTERM or SIGINT, then shuts down gracefully.
 pub fn run(args: ControllerArgs) -> anyhow::Result<()> {
+    crate::allocator::reexec_with_options("controller");
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
     // The span exporter runs on the runtime: built inside it, flushed before it stops.
     let traces = {
@@ -326,11 +343,16 @@ async fn run_policy_controller(
     let (statefulsets, statefulset_cache) = workload_cache::<StatefulSet>(&client, nudge.clone(), "statefulset");
     let (daemonsets, daemonset_cache) = workload_cache::<DaemonSet>(&client, nudge, "daemonset");
 
-    let controller =
-        Controller::new(Api::<TracingPolicy>::all(client.clone()), watcher::Config::default().any_semantic());
-    let reporter = Reporter { controller: REPORTER.into(), instance: std::env::var("POD_NAME").ok() };
+    // As `Controller::new` watches them, without managed fields: they repeat the shape of the
+    // status (a workload list per namespace) and no reconcile reads them.
+    let (policies, policy_writer) = reflector::store::<TracingPolicy>();
+    let policy_changes = watcher(Api::<TracingPolicy>::all(client.clone()), watcher::Config::default().any_semantic())
+        .modify(|p| p.metadata.managed_fields = None)
+        .reflect(policy_writer)
+        .applied_objects();
+    let controller = Controller::for_stream(policy_changes, policies);
     let ctx = Arc::new(Context {
-        recorder: Recorder::new(client.clone(), reporter),
+        events: events::Publisher::new(client.clone(), REPORTER, std::env::var("POD_NAME").ok()),
         client,
         metrics,
         policies: controller.store(),
@@ -438,7 +460,14 @@ fn workload_cache<K>(
     what: &'static str,
 ) -> (reflector::Store<K>, impl Future<Output = ()>)
 where
-    K: kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+    K: kube::Resource<DynamicType = ()>
+        + WorkloadConditions
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
 {
     let (store, writer) = reflector::store::<K>();
     let cache = watcher(Api::<K>::all(client.clone()), paged_lists())
@@ -459,12 +488,44 @@ where
 }
 
 /// Drops what the rollout never reads from a cached workload (managed fields, the last-applied
-/// copy of the whole object), so the cache costs little more than the templates it needs.
-fn slim_workload<K: kube::Resource>(workload: &mut K) {
+/// copy of the whole object, the status conditions), so the cache costs little more than the
+/// templates it needs.
+fn slim_workload<K: kube::Resource + WorkloadConditions>(workload: &mut K) {
     let meta = workload.meta_mut();
     meta.managed_fields = None;
     if let Some(annotations) = meta.annotations.as_mut() {
         annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
+    workload.clear_conditions();
+}
+
+/// A workload kind whose status conditions (messages and timestamps the rollout never reads:
+/// it reads the replica counts) can be dropped.
+trait WorkloadConditions {
+    fn clear_conditions(&mut self);
+}
+
+impl WorkloadConditions for Deployment {
+    fn clear_conditions(&mut self) {
+        if let Some(status) = self.status.as_mut() {
+            status.conditions = None;
+        }
+    }
+}
+
+impl WorkloadConditions for StatefulSet {
+    fn clear_conditions(&mut self) {
+        if let Some(status) = self.status.as_mut() {
+            status.conditions = None;
+        }
+    }
+}
+
+impl WorkloadConditions for DaemonSet {
+    fn clear_conditions(&mut self) {
+        if let Some(status) = self.status.as_mut() {
+            status.conditions = None;
+        }
     }
 }
 
@@ -545,7 +606,7 @@ mod tests {
     }
 
     #[test]
-    fn cached_workloads_keep_their_template_but_not_managed_fields() {
+    fn cached_workloads_keep_their_template_and_counts_but_not_managed_fields_or_conditions() {
         use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
         let mut d = Deployment::default();
         d.metadata.managed_fields = Some(vec![ManagedFieldsEntry::default()]);
@@ -558,8 +619,15 @@ mod tests {
             annotations: Some([("tracelight.io/restart-hash".to_string(), "h1".to_string())].into()),
             ..Default::default()
         });
+        d.status = Some(k8s_openapi::api::apps::v1::DeploymentStatus {
+            ready_replicas: Some(3),
+            conditions: Some(vec![Default::default()]),
+            ..Default::default()
+        });
         slim_workload(&mut d);
         assert_eq!(d.metadata.managed_fields, None);
+        let status = d.status.clone().unwrap_or_default();
+        assert_eq!((status.ready_replicas, status.conditions), (Some(3), None), "counts stay, conditions go");
         let annotations = d.metadata.annotations.clone().unwrap_or_default();
         assert_eq!(annotations.keys().collect::<Vec<_>>(), vec!["team"]);
         let template = d.spec.template.metadata.and_then(|m| m.annotations).unwrap_or_default();

@@ -32,7 +32,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, Preconditions};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::{Event, EventType};
 use kube::runtime::finalizer::{self, finalizer};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource, ResourceExt};
@@ -61,7 +61,7 @@ const CACHE_WAIT: Duration = Duration::from_secs(60);
 /// Everything a reconcile needs, shared by all reconciles.
 pub struct Context {
     pub client: Client,
-    pub recorder: Recorder,
+    pub events: super::events::Publisher,
     pub metrics: ControllerMetrics,
     /// All policies (the controller's own cache).
     pub policies: Store<TracingPolicy>,
@@ -820,7 +820,7 @@ impl Context {
         secondary: Option<ObjectReference>,
     ) {
         let event = Event { type_, reason: reason.into(), note: Some(note), action: action.into(), secondary };
-        if let Err(e) = self.recorder.publish(&event, &policy.object_ref(&())).await {
+        if let Err(e) = self.events.publish(&event, &policy.object_ref(&())).await {
             tracing::warn!(reason, error = %e, "could not publish event");
         }
     }
@@ -828,7 +828,7 @@ impl Context {
     /// Publishes an Event on another object (a workload); a failure is logged only.
     async fn publish_on(&self, object: &ObjectReference, type_: EventType, reason: &str, action: &str, note: String) {
         let event = Event { type_, reason: reason.into(), note: Some(note), action: action.into(), secondary: None };
-        if let Err(e) = self.recorder.publish(&event, object).await {
+        if let Err(e) = self.events.publish(&event, object).await {
             tracing::warn!(reason, error = %e, "could not publish event");
         }
     }

@@ -231,7 +231,7 @@ fn plan(
         .collect();
     let ports = if spec.host_network == Some(true) { options.host_network_ports } else { policy.spec.agent.ports };
     let with_secret = agent_config::needs_secret(policy);
-    let workload = workload_of(pod);
+    let workload = workload_of(&pod.metadata);
     let service_name = service_name_for(pod, workload.as_ref());
     let by_name: BTreeMap<String, Option<Language>> =
         containers.iter().map(|(i, l)| (spec.containers[*i].name.clone(), *l)).collect();

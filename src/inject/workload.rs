@@ -5,6 +5,7 @@
 
 use crate::api::keys::{APP_NAME_LABEL, POD_TEMPLATE_HASH_LABEL, SERVICE_NAME_ANNOTATION};
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 /// The top-level workload that owns a pod.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -33,15 +34,15 @@ impl WorkloadRef {
     }
 }
 
-/// The workload owning `pod`, walking ReplicaSet -> Deployment and Job -> CronJob by name.
-pub fn workload_of(pod: &Pod) -> Option<WorkloadRef> {
+/// The workload owning a pod (by its metadata), walking ReplicaSet -> Deployment and
+/// Job -> CronJob by name.
+pub fn workload_of(pod: &ObjectMeta) -> Option<WorkloadRef> {
     let owner = pod
-        .metadata
         .owner_references
         .iter()
         .flatten()
         .find(|o| o.controller == Some(true))
-        .or_else(|| pod.metadata.owner_references.as_ref()?.first())?;
+        .or_else(|| pod.owner_references.as_ref()?.first())?;
     let workload = match owner.kind.as_str() {
         "ReplicaSet" => deployment_of_replicaset(pod, &owner.name)
             .map(|d| WorkloadRef::new("Deployment", d))
@@ -56,8 +57,8 @@ pub fn workload_of(pod: &Pod) -> Option<WorkloadRef> {
 
 /// A Deployment names its ReplicaSets `<deployment>-<pod-template-hash>` and labels their pods
 /// with that hash; trust the suffix only when the label confirms it.
-fn deployment_of_replicaset<'a>(pod: &Pod, replicaset: &'a str) -> Option<&'a str> {
-    let hash = pod.metadata.labels.as_ref()?.get(POD_TEMPLATE_HASH_LABEL)?;
+fn deployment_of_replicaset<'a>(pod: &ObjectMeta, replicaset: &'a str) -> Option<&'a str> {
+    let hash = pod.labels.as_ref()?.get(POD_TEMPLATE_HASH_LABEL)?;
     replicaset.strip_suffix(hash.as_str())?.strip_suffix('-').filter(|d| !d.is_empty())
 }
 
@@ -119,31 +120,31 @@ mod tests {
     #[test]
     fn replicaset_with_template_hash_belongs_to_deployment() {
         let p = pod(Some(("ReplicaSet", "shop-web-7d9f8")), &[("pod-template-hash", "7d9f8")], &[]);
-        assert_eq!(workload_of(&p), Some(WorkloadRef::new("Deployment", "shop-web")));
+        assert_eq!(workload_of(&p.metadata), Some(WorkloadRef::new("Deployment", "shop-web")));
     }
 
     #[test]
     fn replicaset_without_template_hash_stays_a_replicaset() {
         let p = pod(Some(("ReplicaSet", "shop-web-7d9f8")), &[], &[]);
-        assert_eq!(workload_of(&p), Some(WorkloadRef::new("ReplicaSet", "shop-web-7d9f8")));
+        assert_eq!(workload_of(&p.metadata), Some(WorkloadRef::new("ReplicaSet", "shop-web-7d9f8")));
     }
 
     #[test]
     fn cronjob_spawned_job_belongs_to_cronjob() {
         let p = pod(Some(("Job", "nightly-report-29012345")), &[], &[]);
-        assert_eq!(workload_of(&p), Some(WorkloadRef::new("CronJob", "nightly-report")));
+        assert_eq!(workload_of(&p.metadata), Some(WorkloadRef::new("CronJob", "nightly-report")));
         let p = pod(Some(("Job", "migrate-42")), &[], &[]);
-        assert_eq!(workload_of(&p), Some(WorkloadRef::new("Job", "migrate-42")));
+        assert_eq!(workload_of(&p.metadata), Some(WorkloadRef::new("Job", "migrate-42")));
     }
 
     #[test]
     fn statefulset_and_daemonset_are_taken_as_is() {
         assert_eq!(
-            workload_of(&pod(Some(("StatefulSet", "db")), &[], &[])),
+            workload_of(&pod(Some(("StatefulSet", "db")), &[], &[]).metadata),
             Some(WorkloadRef::new("StatefulSet", "db"))
         );
         assert_eq!(
-            workload_of(&pod(Some(("DaemonSet", "agent")), &[], &[])),
+            workload_of(&pod(Some(("DaemonSet", "agent")), &[], &[]).metadata),
             Some(WorkloadRef::new("DaemonSet", "agent"))
         );
     }
@@ -152,11 +153,11 @@ mod tests {
     fn service_name_precedence() {
         let owner = Some(("StatefulSet", "db"));
         let p = pod(owner, &[("app.kubernetes.io/name", "orders")], &[("tracelight.io/service-name", "orders-api")]);
-        assert_eq!(service_name_for(&p, workload_of(&p).as_ref()), "orders-api");
+        assert_eq!(service_name_for(&p, workload_of(&p.metadata).as_ref()), "orders-api");
         let p = pod(owner, &[("app.kubernetes.io/name", "orders")], &[]);
-        assert_eq!(service_name_for(&p, workload_of(&p).as_ref()), "orders");
+        assert_eq!(service_name_for(&p, workload_of(&p.metadata).as_ref()), "orders");
         let p = pod(owner, &[], &[]);
-        assert_eq!(service_name_for(&p, workload_of(&p).as_ref()), "db");
+        assert_eq!(service_name_for(&p, workload_of(&p.metadata).as_ref()), "db");
         let p = pod(None, &[], &[]);
         assert_eq!(service_name_for(&p, None), "web-7d9f8");
     }

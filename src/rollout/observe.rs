@@ -157,8 +157,7 @@ pub fn pod_belongs_to(pod: &ObjectMeta, id: &WorkloadId) -> bool {
     if pod.namespace.as_deref() != Some(id.namespace.as_str()) {
         return false;
     }
-    let probe = Pod { metadata: pod.clone(), ..Default::default() };
-    workload_of(&probe).is_some_and(|w| w.kind == id.kind.as_str() && w.name == id.name)
+    workload_of(pod).is_some_and(|w| w.kind == id.kind.as_str() && w.name == id.name)
 }
 
 /// Counts of a workload's live pods against the hash they should carry (`None`: they should not
