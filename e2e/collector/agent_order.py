@@ -18,29 +18,13 @@ Usage: agent_order.py TRACELIGHT_BIN LOADGEN_BIN OUT_FILE (a linker script, conf
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
 
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port, timeout=120):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.2)
-    raise SystemExit(f"nothing listens on {port}")
+from bench import free_port, wait_port  # same directory
 
 
 def config(path, generation, sink, protocol, ratio):
@@ -103,7 +87,7 @@ def main():
             env={**os.environ, "MIMALLOC_ARENA_EAGER_COMMIT": "0", "MIMALLOC_PURGE_DELAY": "100"},
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            wait_port(admin)
+            wait_port(admin, timeout=120)  # start-up under valgrind is slow
             time.sleep(5)
             dump = lambda: subprocess.run(["callgrind_control", "--dump", str(agent.pid)],
                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
