@@ -70,11 +70,13 @@ bench-agent-compare: ## Agent vs OpenTelemetry Collector, same pipeline and load
 	python3 e2e/collector/bench.py "$$REL/tracelight" "$$(e2e/collector/build.sh | tail -n1)" "$$REL/examples/otlp_loadgen"
 
 .PHONY: agent-order
-agent-order: ## Regenerate config/agent-layout.ld (the agent's code layout) from a profile of the release binary, then relink
+agent-order: ## Regenerate config/agent-layout.ld (the code layout: the agent's functions, then the operator's) from profiles of the release binary (valgrind; the operator's on the local control plane), then relink
 	$(CARGO) build --release --locked --bin tracelight
 	$(CARGO) build --release --locked --example otlp_loadgen
 	@REL="$${CARGO_TARGET_DIR:-target}/release" && \
-	python3 e2e/collector/agent_order.py "$$REL/tracelight" "$$REL/examples/otlp_loadgen" config/agent-layout.ld
+	e2e/collector/operator_profile.sh "$$REL/tracelight" "$${CARGO_TARGET_DIR:-target}/operator-profile" && \
+	python3 e2e/collector/agent_order.py "$$REL/tracelight" "$$REL/examples/otlp_loadgen" config/agent-layout.ld \
+	  "$${CARGO_TARGET_DIR:-target}"/operator-profile/cg.*
 	$(CARGO) build --release --locked --bin tracelight
 
 .PHONY: fuzz

@@ -13,10 +13,12 @@ fn main() {
     // Relative relocations packed (DT_RELR; glibc >= 2.36, as in distroless cc-debian12): the
     // 0.8 MiB of relocation records read at every start become 10 KiB.
     println!("cargo:rustc-link-arg-bins=-Wl,-z,pack-relative-relocs");
-    // The agent's functions together, in the order it runs them (`make agent-order` writes the
-    // script from a profile): the kernel maps code around each executed page (64 KiB of
-    // fault-around, or the whole large folio the page cache holds), so the agent's ~1.8 MiB of
-    // functions scattered through 18 MiB of code cost ~5-6 MiB resident; grouped, ~2 MiB.
+    // The functions that run placed together, the agent's first, then the operator's, in the
+    // order they run (`make agent-order` writes the script from profiles of both): the kernel
+    // maps code around each executed page (64 KiB of fault-around, or the whole large folio the
+    // page cache holds), so code scattered through 18 MiB costs several times its size resident.
+    // Measured: the agent's code resident at idle 5.3 -> ~1.5 MiB; the operator's peak RSS at
+    // 2000 workloads 78.7 -> 73.4 MiB.
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/agent-layout.ld");
     if script.exists() {
         println!("cargo:rustc-link-arg-bins=-Wl,-T,{}", script.display());

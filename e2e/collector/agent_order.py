@@ -13,7 +13,11 @@ executed first) as a linker script. Names are written as patterns without the pe
 (see `pattern`), so the script survives edits and dependency updates; a function added or
 renamed since the profile only loses its placement. Regenerate after large changes to the agent.
 
-Usage: agent_order.py TRACELIGHT_BIN LOADGEN_BIN OUT_FILE (a linker script, config/agent-layout.ld)
+The operator shares the binary: callgrind dumps of `tracelight controller` through a small
+rollout (`operator_profile.sh`), given after OUT_FILE, add its functions after the agent's.
+
+Usage: agent_order.py TRACELIGHT_BIN LOADGEN_BIN OUT_FILE [OPERATOR_DUMP...]
+(OUT_FILE: a linker script, config/agent-layout.ld)
 """
 import os
 import re
@@ -67,6 +71,8 @@ def functions(dump, binary):
 
 def main():
     binary, loadgen, out = (os.path.abspath(p) for p in sys.argv[1:4])
+    seen, order, defined = set(), [], defined_symbols(binary)
+    operator_dumps = sys.argv[4:]
     with tempfile.TemporaryDirectory() as d:
         sink_grpc, sink_http = free_port(), free_port()
         sink = subprocess.Popen([binary, "agent", "--config", os.path.join(d, "absent.yaml"),
@@ -116,7 +122,6 @@ def main():
             sink.wait(timeout=30)
         dumps = sorted((p for p in os.listdir(d) if p.startswith("cg.out")),
                        key=lambda p: int(p.rsplit(".", 1)[1]) if p[len("cg.out"):] else 1 << 30)
-        seen, order, defined = set(), [], defined_symbols(binary)
         for name in dumps:
             costs = functions(os.path.join(d, name), binary)
             for fn, _ in sorted(costs.items(), key=lambda kv: -kv[1]):
@@ -125,8 +130,15 @@ def main():
                     continue
                 seen.add(fn)
                 order.append(fn)
+    agent = len(order)
+    for dump in operator_dumps:
+        for fn, _ in sorted(functions(dump, binary).items(), key=lambda kv: -kv[1]):
+            fn = re.sub(r"'\d+$", "", fn)
+            if fn in defined and fn not in seen:
+                seen.add(fn)
+                order.append(fn)
     write_script(order, out)
-    print(f"{len(order)} functions -> {out}")
+    print(f"{agent} functions of the agent, {len(order) - agent} more of the operator -> {out}")
 
 
 # A legacy-mangled Rust symbol ends in a hash of its instance (`17h<16 hex>E`), and ThinLTO

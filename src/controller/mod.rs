@@ -13,10 +13,11 @@
 //!
 //! # Where the memory goes
 //!
-//! `make bench-scale` (2000 Deployments, 6000 pods): 50.7 MiB resident with the caches filled,
-//! 78.7 MiB at the peak, near the rollout's end. About 19 MiB of it is file-backed (the binary's
-//! code and read-only data, paged in); the rest is the heap and what the allocator keeps around
-//! it. By heaptrack (a `system-allocator` build, 500 Deployments): the heap is 7.5 MiB with the
+//! `make bench-scale` (2000 Deployments, 6000 pods): 44.4 MiB resident with the caches filled,
+//! 73.4 MiB at the peak, near the rollout's end. Before the operator's functions were placed
+//! together in the binary (`config/agent-layout.ld`, see `build.rs`): 50.7 and 78.7 MiB, about
+//! 19 MiB of it file-backed (the binary's code and read-only data, paged in). The rest is the
+//! heap and what the allocator keeps around it. By heaptrack (a `system-allocator` build, 500 Deployments): the heap is 7.5 MiB with the
 //! caches filled and 12 MiB at the peak. The caches are most of it: a cached Deployment costs
 //! ~6 KiB (its pod template: k8s-openapi's `Container` alone is ~2 KiB), a cached pod ~1.5 KiB
 //! (its metadata, each label and annotation map at least one B-tree node of ~0.5 KiB); the
