@@ -506,29 +506,19 @@ trait WorkloadConditions {
     fn clear_conditions(&mut self);
 }
 
-impl WorkloadConditions for Deployment {
-    fn clear_conditions(&mut self) {
-        if let Some(status) = self.status.as_mut() {
-            status.conditions = None;
+/// The same for each workload kind: their status types differ but all hold `conditions`.
+macro_rules! clear_status_conditions {
+    ($($kind:ty),*) => {$(
+        impl WorkloadConditions for $kind {
+            fn clear_conditions(&mut self) {
+                if let Some(status) = self.status.as_mut() {
+                    status.conditions = None;
+                }
+            }
         }
-    }
+    )*};
 }
-
-impl WorkloadConditions for StatefulSet {
-    fn clear_conditions(&mut self) {
-        if let Some(status) = self.status.as_mut() {
-            status.conditions = None;
-        }
-    }
-}
-
-impl WorkloadConditions for DaemonSet {
-    fn clear_conditions(&mut self) {
-        if let Some(status) = self.status.as_mut() {
-            status.conditions = None;
-        }
-    }
-}
+clear_status_conditions!(Deployment, StatefulSet, DaemonSet);
 
 #[cfg(test)]
 mod tests {
