@@ -105,7 +105,8 @@ async fn grpc_export_without_compression_sends_the_segments_as_one_message() {
     let got = collect(&sink, 18, Duration::from_secs(10)).await;
     assert_eq!(got.len(), 18);
     assert!(got.iter().all(|(r, _)| attr(r, "service.name") == Some("plain")));
-    let (_, metrics) = get(&format!("http://{}/metrics", agent.admin_addr)).await;
+    let metrics =
+        metrics_once(agent.admin_addr, "tracelight_agent_spans_exported_total 18\n", Duration::from_secs(5)).await;
     assert!(
         metrics.contains("tracelight_agent_export_duration_seconds_count{outcome=\"Success\"} 1\n"),
         "one request: {metrics}"

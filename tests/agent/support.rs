@@ -116,6 +116,19 @@ pub async fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool 
     f()
 }
 
+/// The agent's `/metrics` text once it contains `needle`, or the last text read when `timeout` ends
+/// first. The sink sees a batch before the agent has read the answer and counted the export.
+pub async fn metrics_once(admin: SocketAddr, needle: &str, timeout: Duration) -> String {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let (_, text) = get(&format!("http://{admin}/metrics")).await;
+        if text.contains(needle) || tokio::time::Instant::now() >= deadline {
+            return text;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 pub fn attr<'a>(r: &'a opentelemetry_proto::tonic::resource::v1::Resource, key: &str) -> Option<&'a str> {
     use opentelemetry_proto::tonic::common::v1::any_value::Value;
     r.attributes.iter().find(|kv| kv.key == key).and_then(|kv| match kv.value.as_ref()?.value.as_ref()? {
