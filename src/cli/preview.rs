@@ -6,8 +6,8 @@ use crate::api::TracingPolicy;
 use crate::controller::plan::plan_namespaces;
 use crate::controller::rollout::{leaving_namespaces, observation, observe_workloads, unclaimed_namespaces, Snapshot};
 use crate::inject::InjectOptions;
-use crate::rollout::observe::Workload;
 use crate::rollout::preview::{preview, Preview};
+use crate::rollout::workload::Workload;
 use crate::rollout::RestartReason;
 use anyhow::Context as _;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
@@ -74,15 +74,14 @@ async fn preview_cluster(args: &PreviewArgs) -> anyhow::Result<String> {
     all.push(&policy);
     let unclaimed = unclaimed_namespaces(&policy.name_any(), &all, namespaces.iter());
     let leaving = leaving_namespaces(policy.status.as_ref(), &plan, &unclaimed);
-    let snapshot = Snapshot {
-        workloads: deployments
-            .iter()
-            .map(Workload::Deployment)
-            .chain(statefulsets.iter().map(Workload::StatefulSet))
-            .chain(daemonsets.iter().map(Workload::DaemonSet))
-            .collect(),
-        pods: pods.items.iter().map(|p| &p.metadata).collect(),
-    };
+    let workloads: Vec<Workload> = deployments
+        .iter()
+        .map(Workload::from)
+        .chain(statefulsets.iter().map(Workload::from))
+        .chain(daemonsets.iter().map(Workload::from))
+        .collect();
+    let snapshot =
+        Snapshot { workloads: workloads.iter().collect(), pods: pods.items.iter().map(|p| &p.metadata).collect() };
     let options = InjectOptions { native_sidecar: args.native_sidecar, ..Default::default() };
     let workloads = observe_workloads(&policy, &plan, &leaving, &snapshot, &options);
     let obs = observation(&policy, &plan, workloads, policy.status.as_ref(), Timestamp::now());

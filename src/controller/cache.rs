@@ -1,12 +1,15 @@
-//! What the controller keeps of the pods it watches: only the fields its decisions read, so a
-//! cache of thousands of pods stays small. Pods are decoded into [`CachedPod`], which skips
-//! their spec and most of their status while the watch's JSON is read (nothing else of them is
-//! ever allocated).
+//! What the controller keeps of the pods and workloads it watches: only the fields its decisions
+//! read, so caches of thousands of them stay small. Pods are decoded into [`CachedPod`], which
+//! skips their spec and most of their status while the watch's JSON is read (nothing else of
+//! them is ever allocated). Workloads are decoded whole, one at a time, and kept as the rollout's
+//! [`Workload`] summary ([`CachedWorkload`]).
 
 use crate::api::keys::MANIFEST_HASH_ANNOTATION;
+use crate::rollout::workload::Workload;
 use k8s_openapi::api::core::v1::{ContainerState, ContainerStateWaiting, ContainerStatus, Pod, PodStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
+use std::marker::PhantomData;
 
 /// A pod as the controller caches it: its metadata (owner, labels, injection annotations: what
 /// coverage counts read) and its containers' restart state (the health of a restart in flight).
@@ -113,6 +116,52 @@ impl CachedPod {
     }
 }
 
+/// A workload of kind `K` (Deployment, StatefulSet, DaemonSet) as the controller caches it: the
+/// rollout's [`Workload`] summary, decoded from the full object, which is then dropped.
+#[derive(Debug)]
+pub struct CachedWorkload<K> {
+    pub workload: Workload,
+    kind: PhantomData<fn() -> K>,
+}
+
+impl<K> Clone for CachedWorkload<K> {
+    fn clone(&self) -> Self {
+        CachedWorkload { workload: self.workload.clone(), kind: PhantomData }
+    }
+}
+
+impl<'de, K> Deserialize<'de> for CachedWorkload<K>
+where
+    K: Deserialize<'de>,
+    for<'k> &'k K: Into<Workload>,
+{
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let full = K::deserialize(deserializer)?;
+        Ok(CachedWorkload { workload: (&full).into(), kind: PhantomData })
+    }
+}
+
+impl<K: k8s_openapi::Resource> k8s_openapi::Resource for CachedWorkload<K> {
+    const API_VERSION: &'static str = K::API_VERSION;
+    const GROUP: &'static str = K::GROUP;
+    const KIND: &'static str = K::KIND;
+    const VERSION: &'static str = K::VERSION;
+    const URL_PATH_SEGMENT: &'static str = K::URL_PATH_SEGMENT;
+    type Scope = K::Scope;
+}
+
+impl<K: k8s_openapi::Resource> k8s_openapi::Metadata for CachedWorkload<K> {
+    type Ty = ObjectMeta;
+
+    fn metadata(&self) -> &ObjectMeta {
+        &self.workload.metadata
+    }
+
+    fn metadata_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.workload.metadata
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -175,5 +224,33 @@ mod tests {
         assert!(matches!(observe::health(&[&restarted], since), Health::Failing(_)));
         let fine = decoded(0, "ContainerCreating").to_pod();
         assert_eq!(observe::health(&[&fine], since), Health::Healthy);
+    }
+
+    #[test]
+    fn a_cached_workload_is_decoded_into_the_rollout_summary() {
+        use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+        let object = serde_json::json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "web", "namespace": "shop", "uid": "d1", "generation": 2, "resourceVersion": "9",
+                         "managedFields": [{"manager": "kubectl", "operation": "Apply"}]},
+            "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "web"}}, "template": {
+                "metadata": {"labels": {"app": "web"}, "annotations": {"tracelight.io/restart-hash": "h1"}},
+                "spec": {"containers": [{"name": "web", "image": "shop/web:1"}]}
+            }},
+            "status": {"observedGeneration": 2, "replicas": 1, "updatedReplicas": 1, "availableReplicas": 1, "readyReplicas": 1}
+        });
+        let cached: CachedWorkload<Deployment> = serde_json::from_value(object.clone()).unwrap();
+        let w = &cached.workload;
+        assert_eq!(kube::Resource::meta(&cached).name.as_deref(), Some("web"), "the store keys it by name");
+        assert_eq!((w.metadata.resource_version.as_ref(), w.metadata.managed_fields.as_ref()), (None, None));
+        assert_eq!(w.template.annotations.get("tracelight.io/restart-hash"), Some("h1"));
+        assert_eq!((w.rolled_out, w.ready, w.template.containers.len()), (true, 1, 1));
+        // List items come without apiVersion and kind.
+        let mut item = object.clone();
+        item.as_object_mut().unwrap().retain(|k, _| k != "apiVersion" && k != "kind");
+        let listed: CachedWorkload<Deployment> = serde_json::from_value(item).unwrap();
+        assert_eq!(listed.workload, cached.workload);
+        // An object of another kind is refused, not cached under the wrong one.
+        assert!(serde_json::from_value::<CachedWorkload<DaemonSet>>(object).is_err());
     }
 }

@@ -18,8 +18,9 @@
 //! together in the binary (`config/agent-layout.ld`, see `build.rs`): 50.7 and 78.7 MiB, about
 //! 19 MiB of it file-backed (the binary's code and read-only data, paged in). The rest is the
 //! heap and what the allocator keeps around it. By heaptrack (a `system-allocator` build, 500 Deployments): the heap is 7.5 MiB with the
-//! caches filled and 12 MiB at the peak. The caches are most of it: a cached Deployment costs
-//! ~6 KiB (its pod template: k8s-openapi's `Container` alone is ~2 KiB), a cached pod ~1.5 KiB
+//! caches filled and 12 MiB at the peak. The caches are most of it: a cached Deployment cost
+//! ~6 KiB (its pod template: k8s-openapi's `Container` alone is ~2.3 KiB inline) until workloads
+//! were cached as the rollout's summary (`rollout::workload`, under 1 KiB); a cached pod ~1.5 KiB
 //! (its metadata, each label and annotation map at least one B-tree node of ~0.5 KiB); the
 //! watches' read buffers ~1.3 MiB. The resident set jumps by ~15 MiB within seconds of the
 //! policy's creation and stays there (not yet attributed: the first reconcile activates every
@@ -42,7 +43,7 @@ use crate::inject::InjectOptions;
 use crate::telemetry::{self, LogFormat, Metrics};
 use crate::webhook::reports::ReportStore;
 use anyhow::Context as _;
-use cache::CachedPod;
+use cache::{CachedPod, CachedWorkload};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
@@ -453,27 +454,26 @@ where
     (store, cache)
 }
 
-/// A cluster-wide cache of one workload kind, and the future that drives it: every change asks
-/// for all policies to be reconciled (the policy whose namespace it is moves its rollout on).
+/// A cluster-wide cache of one workload kind, kept as the rollout's summaries, and the future
+/// that drives it: every change asks for all policies to be reconciled (the policy whose
+/// namespace it is moves its rollout on).
 fn workload_cache<K>(
     client: &Client,
     trigger: futures::channel::mpsc::UnboundedSender<()>,
     what: &'static str,
-) -> (reflector::Store<K>, impl Future<Output = ()>)
+) -> (reflector::Store<CachedWorkload<K>>, impl Future<Output = ()>)
 where
-    K: kube::Resource<DynamicType = ()>
-        + WorkloadConditions
-        + Clone
-        + std::fmt::Debug
+    K: k8s_openapi::Resource<Scope = k8s_openapi::NamespaceResourceScope>
         + serde::de::DeserializeOwned
+        + std::fmt::Debug
         + Send
         + Sync
         + 'static,
+    for<'k> &'k K: Into<crate::rollout::workload::Workload>,
 {
-    let (store, writer) = reflector::store::<K>();
-    let cache = watcher(Api::<K>::all(client.clone()), paged_lists())
+    let (store, writer) = reflector::store::<CachedWorkload<K>>();
+    let cache = watcher(Api::<CachedWorkload<K>>::all(client.clone()), paged_lists())
         .default_backoff()
-        .modify(slim_workload::<K>)
         .reflect(writer)
         .touched_objects()
         .for_each(move |r| {
@@ -487,38 +487,6 @@ where
         });
     (store, cache)
 }
-
-/// Drops what the rollout never reads from a cached workload (managed fields, the last-applied
-/// copy of the whole object, the status conditions), so the cache costs little more than the
-/// templates it needs.
-fn slim_workload<K: kube::Resource + WorkloadConditions>(workload: &mut K) {
-    let meta = workload.meta_mut();
-    meta.managed_fields = None;
-    if let Some(annotations) = meta.annotations.as_mut() {
-        annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
-    }
-    workload.clear_conditions();
-}
-
-/// A workload kind whose status conditions (messages and timestamps the rollout never reads:
-/// it reads the replica counts) can be dropped.
-trait WorkloadConditions {
-    fn clear_conditions(&mut self);
-}
-
-/// The same for each workload kind: their status types differ but all hold `conditions`.
-macro_rules! clear_status_conditions {
-    ($($kind:ty),*) => {$(
-        impl WorkloadConditions for $kind {
-            fn clear_conditions(&mut self) {
-                if let Some(status) = self.status.as_mut() {
-                    status.conditions = None;
-                }
-            }
-        }
-    )*};
-}
-clear_status_conditions!(Deployment, StatefulSet, DaemonSet);
 
 #[cfg(test)]
 mod tests {
@@ -594,34 +562,5 @@ mod tests {
         assert_eq!(drain(&mut out), 1, "a nudge after a quiet spell passes at once");
         drop(tx);
         task.await.unwrap();
-    }
-
-    #[test]
-    fn cached_workloads_keep_their_template_and_counts_but_not_managed_fields_or_conditions() {
-        use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
-        let mut d = Deployment::default();
-        d.metadata.managed_fields = Some(vec![ManagedFieldsEntry::default()]);
-        d.metadata.annotations = Some(
-            [("kubectl.kubernetes.io/last-applied-configuration", "{...}"), ("team", "shop")]
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .into(),
-        );
-        d.spec.template.metadata = Some(kube::api::ObjectMeta {
-            annotations: Some([("tracelight.io/restart-hash".to_string(), "h1".to_string())].into()),
-            ..Default::default()
-        });
-        d.status = Some(k8s_openapi::api::apps::v1::DeploymentStatus {
-            ready_replicas: Some(3),
-            conditions: Some(vec![Default::default()]),
-            ..Default::default()
-        });
-        slim_workload(&mut d);
-        assert_eq!(d.metadata.managed_fields, None);
-        let status = d.status.clone().unwrap_or_default();
-        assert_eq!((status.ready_replicas, status.conditions), (Some(3), None), "counts stay, conditions go");
-        let annotations = d.metadata.annotations.clone().unwrap_or_default();
-        assert_eq!(annotations.keys().collect::<Vec<_>>(), vec!["team"]);
-        let template = d.spec.template.metadata.and_then(|m| m.annotations).unwrap_or_default();
-        assert_eq!(template.get("tracelight.io/restart-hash").map(String::as_str), Some("h1"), "restart marks stay");
     }
 }

@@ -1,7 +1,7 @@
 //! The TracingPolicy reconciler: gathers what the pure [`plan`](super::plan) functions need,
 //! carries out what they decide (agent ConfigMaps and Secrets, status, Events) and nothing more.
 
-use super::cache::CachedPod;
+use super::cache::{CachedPod, CachedWorkload};
 use super::metrics::ControllerMetrics;
 use super::plan::{
     self, condition_reason, desired_status, invalid_spec_status, plan_namespaces, pod_counts, reason, stale_objects,
@@ -23,7 +23,7 @@ use crate::api::keys::FIELD_MANAGER;
 use crate::api::validate::validate;
 use crate::api::{NamespaceState, NamespaceStatus, TracingPolicy, TracingPolicyStatus, WorkloadCoverage};
 use crate::inject::InjectOptions;
-use crate::rollout::{self, observe, observe::Workload, RestartMark, WorkloadId, WorkloadKind, WorkloadObservation};
+use crate::rollout::{self, observe, RestartMark, WorkloadId, WorkloadKind, WorkloadObservation};
 use crate::webhook::reports::ReportStore;
 use futures::channel::mpsc::UnboundedSender;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
@@ -72,9 +72,9 @@ pub struct Context {
     pub owned_configmaps: Store<PartialObjectMeta<ConfigMap>>,
     pub owned_secrets: Store<PartialObjectMeta<Secret>>,
     /// The workloads the rollout restarts.
-    pub deployments: Store<Deployment>,
-    pub statefulsets: Store<StatefulSet>,
-    pub daemonsets: Store<DaemonSet>,
+    pub deployments: Store<CachedWorkload<Deployment>>,
+    pub statefulsets: Store<CachedWorkload<StatefulSet>>,
+    pub daemonsets: Store<CachedWorkload<DaemonSet>>,
     /// The webhook's injection options, so expected manifest hashes match what it injects.
     pub inject_options: InjectOptions,
     /// Restarts and rollbacks requested and not yet seen in the workload caches.
@@ -289,9 +289,9 @@ fn plan_rollout(
     let snapshot = Snapshot {
         workloads: deployments
             .iter()
-            .map(|d| Workload::Deployment(d))
-            .chain(statefulsets.iter().map(|s| Workload::StatefulSet(s)))
-            .chain(daemonsets.iter().map(|d| Workload::DaemonSet(d)))
+            .map(|d| &d.workload)
+            .chain(statefulsets.iter().map(|s| &s.workload))
+            .chain(daemonsets.iter().map(|d| &d.workload))
             .collect(),
         pods: pods.iter().map(|p| &p.metadata).collect(),
     };

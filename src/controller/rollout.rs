@@ -12,7 +12,8 @@ use crate::api::{
 };
 use crate::inject::InjectOptions;
 use crate::rollout::coverage::{self, PodReport};
-use crate::rollout::observe::{self, Workload};
+use crate::rollout::observe;
+use crate::rollout::workload::Workload;
 use crate::rollout::{
     self, Health, NamespaceObservation, PhaseSettings, Plan, Progress, Restart, RestartMark, RestartReason, WorkloadId,
     WorkloadObservation,
@@ -88,7 +89,7 @@ pub fn unclaimed_namespaces<'a>(
 
 /// A snapshot of the caches the observation is built from.
 pub struct Snapshot<'a> {
-    pub workloads: Vec<Workload<'a>>,
+    pub workloads: Vec<&'a Workload>,
     /// Pod metadata (any namespace; only those of relevant namespaces are used).
     pub pods: Vec<&'a ObjectMeta>,
 }
@@ -98,7 +99,7 @@ impl<'a> Snapshot<'a> {
     fn workloads_with_pods(
         &self,
         relevant: impl Fn(&str) -> bool,
-    ) -> Vec<(&Workload<'a>, WorkloadId, Vec<&'a ObjectMeta>)> {
+    ) -> Vec<(&'a Workload, WorkloadId, Vec<&'a ObjectMeta>)> {
         let mut pods_by_ns: BTreeMap<&str, Vec<&'a ObjectMeta>> = BTreeMap::new();
         for pod in &self.pods {
             let ns = pod.namespace.as_deref().unwrap_or_default();
@@ -108,7 +109,8 @@ impl<'a> Snapshot<'a> {
         }
         self.workloads
             .iter()
-            .filter(|w| w.metadata().deletion_timestamp.is_none())
+            .copied()
+            .filter(|w| w.metadata.deletion_timestamp.is_none())
             .filter_map(|w| {
                 let id = w.id();
                 if !relevant(&id.namespace) {
@@ -143,7 +145,7 @@ pub fn observe_workloads(
         .into_iter()
         .map(|(w, id, pods)| {
             let governed = plan.governs(&id.namespace);
-            observe::observe(*w, &pods, Health::Healthy, None, policy, options, governed)
+            observe::observe(w, &pods, Health::Healthy, None, policy, options, governed)
         })
         .collect();
     observed.sort_by(|a, b| a.id.cmp(&b.id));
@@ -165,7 +167,7 @@ pub fn coverage(
             pods.iter().filter_map(|p| p.uid.as_deref()).filter_map(|uid| Some((uid, report_of(uid)?))).collect();
         let mut c =
             coverage::workload_coverage(id.kind.as_str(), &id.name, &pods, |uid| reports.get(uid), generation, now);
-        if c.state == CoverageState::NotInjected && observe::opted_out(w.template()) {
+        if c.state == CoverageState::NotInjected && observe::opted_out(&w.template) {
             c.state = CoverageState::OptedOut;
         }
         by_ns.entry(id.namespace.clone()).or_default().push((id, c));

@@ -199,10 +199,8 @@ fn workloads_are_observed_in_governed_and_leaving_namespaces_only() {
     let mut deleting = deployment("shop", "deleting");
     deleting.metadata.deletion_timestamp = Some(Time(t(0)));
     let pods = [pod_of("shop", "a", None), pod_of("gone", "web", Some("old")), pod_of("other", "web", None)];
-    let snapshot = Snapshot {
-        workloads: [&shop_b, &shop_a, &gone, &other, &deleting].into_iter().map(Workload::Deployment).collect(),
-        pods: pods.iter().collect(),
-    };
+    let workloads: Vec<Workload> = [&shop_b, &shop_a, &gone, &other, &deleting].map(Workload::from).into();
+    let snapshot = Snapshot { workloads: workloads.iter().collect(), pods: pods.iter().collect() };
     let observed = observe_workloads(&p, &plan, &["gone".to_string()], &snapshot, &InjectOptions::default());
     let ids: Vec<String> = observed.iter().map(|w| w.id.to_string()).collect();
     assert_eq!(ids, vec!["gone/Deployment/web", "shop/Deployment/a", "shop/Deployment/b"], "sorted, relevant only");
@@ -485,10 +483,8 @@ fn coverage_joins_pods_with_their_reports_and_feeds_the_gate_and_the_status() {
     for (i, p) in pods.iter_mut().enumerate() {
         p.uid = Some(format!("pod-{i}"));
     }
-    let snapshot = Snapshot {
-        workloads: [&web, &worker, &cache, &elsewhere].into_iter().map(Workload::Deployment).collect(),
-        pods: pods.iter().collect(),
-    };
+    let workloads: Vec<Workload> = [&web, &worker, &cache, &elsewhere].map(Workload::from).into();
+    let snapshot = Snapshot { workloads: workloads.iter().collect(), pods: pods.iter().collect() };
     let report = |last_span: Option<i64>| PodReport {
         received_at: t(100),
         last_span_at: last_span.map(t),

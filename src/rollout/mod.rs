@@ -6,6 +6,7 @@ pub mod engine;
 pub mod model;
 pub mod observe;
 pub mod preview;
+pub mod workload;
 
 pub use engine::plan;
 pub use model::*;

@@ -6,13 +6,13 @@
 //! the workload controller replaces its pods, which the webhook injects at creation. The
 //! annotations also record what was requested, so a restarted operator knows what is in flight.
 
-use super::model::{Health, PodCounts, RestartMark, WorkloadId, WorkloadKind, WorkloadObservation};
+use super::model::{Health, PodCounts, RestartMark, WorkloadId, WorkloadObservation};
+use super::workload::{Template, Workload};
 use crate::api::keys::{INJECTED_LABEL, INJECT_LABEL, MANIFEST_HASH_ANNOTATION};
 use crate::api::TracingPolicy;
 use crate::inject::{expected_manifest_hash, workload_of, InjectOptions};
-use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
 use serde_json::{json, Value};
 
@@ -24,132 +24,30 @@ pub const RESTART_HASH_ANNOTATION: &str = "tracelight.io/restart-hash";
 /// `tracelight.io/inject: "false"` it excludes the workload; removing the label retries.
 pub const EXCLUDED_ANNOTATION: &str = "tracelight.io/excluded";
 
-/// A workload the rollout restarts, whatever its kind.
-#[derive(Clone, Copy, Debug)]
-pub enum Workload<'a> {
-    Deployment(&'a Deployment),
-    StatefulSet(&'a StatefulSet),
-    DaemonSet(&'a DaemonSet),
+fn template_annotation<'a>(template: &'a Template, key: &str) -> Option<&'a str> {
+    template.annotations.get(key)
 }
 
-impl<'a> Workload<'a> {
-    pub fn metadata(&self) -> &'a ObjectMeta {
-        match self {
-            Workload::Deployment(d) => &d.metadata,
-            Workload::StatefulSet(s) => &s.metadata,
-            Workload::DaemonSet(d) => &d.metadata,
-        }
-    }
-
-    pub fn kind(&self) -> WorkloadKind {
-        match self {
-            Workload::Deployment(_) => WorkloadKind::Deployment,
-            Workload::StatefulSet(_) => WorkloadKind::StatefulSet,
-            Workload::DaemonSet(_) => WorkloadKind::DaemonSet,
-        }
-    }
-
-    pub fn id(&self) -> WorkloadId {
-        let meta = self.metadata();
-        WorkloadId {
-            namespace: meta.namespace.clone().unwrap_or_default(),
-            kind: self.kind(),
-            name: meta.name.clone().unwrap_or_default(),
-        }
-    }
-
-    pub fn template(&self) -> Option<&'a PodTemplateSpec> {
-        match self {
-            Workload::Deployment(d) => Some(&d.spec.template),
-            Workload::StatefulSet(s) => Some(&s.spec.template),
-            Workload::DaemonSet(d) => Some(&d.spec.template),
-        }
-    }
-
-    /// The workload controller has observed the current template and replaced every pod.
-    pub fn rolled_out(&self) -> bool {
-        let generation = self.metadata().generation.unwrap_or_default();
-        match self {
-            Workload::Deployment(d) => {
-                let want = d.spec.replicas.unwrap_or(1);
-                d.status.as_ref().is_some_and(|s| {
-                    s.observed_generation.unwrap_or_default() >= generation
-                        && s.updated_replicas.unwrap_or_default() >= want
-                        && s.replicas.unwrap_or_default() == want
-                        && s.available_replicas.unwrap_or_default() >= want
-                })
-            }
-            Workload::StatefulSet(st) => {
-                let want = st.spec.replicas.unwrap_or(1);
-                st.status.as_ref().is_some_and(|s| {
-                    s.observed_generation.unwrap_or_default() >= generation
-                        && s.update_revision.is_some()
-                        && s.current_revision == s.update_revision
-                        && s.updated_replicas.unwrap_or_default() >= want
-                        && s.ready_replicas.unwrap_or_default() >= want
-                })
-            }
-            Workload::DaemonSet(ds) => ds.status.as_ref().is_some_and(|s| {
-                s.observed_generation.unwrap_or_default() >= generation
-                    && s.updated_number_scheduled.unwrap_or_default() >= s.desired_number_scheduled
-                    && s.number_available.unwrap_or_default() >= s.desired_number_scheduled
-            }),
-        }
-    }
-
-    /// Ready pods according to the workload's status.
-    pub fn ready(&self) -> u32 {
-        let n = match self {
-            Workload::Deployment(d) => d.status.as_ref().and_then(|s| s.ready_replicas).unwrap_or_default(),
-            Workload::StatefulSet(s) => s.status.as_ref().and_then(|s| s.ready_replicas).unwrap_or_default(),
-            Workload::DaemonSet(d) => d.status.as_ref().map(|s| s.number_ready).unwrap_or_default(),
-        };
-        u32::try_from(n).unwrap_or_default()
-    }
-}
-
-fn template_annotation<'a>(template: Option<&'a PodTemplateSpec>, key: &str) -> Option<&'a String> {
-    template?.metadata.as_ref()?.annotations.as_ref()?.get(key)
-}
-
-fn template_label<'a>(template: Option<&'a PodTemplateSpec>, key: &str) -> Option<&'a String> {
-    template?.metadata.as_ref()?.labels.as_ref()?.get(key)
+fn template_label<'a>(template: &'a Template, key: &str) -> Option<&'a str> {
+    template.labels.get(key)
 }
 
 /// The restart the operator last requested, read from the template.
-pub fn restart_mark(template: Option<&PodTemplateSpec>) -> Option<RestartMark> {
+pub fn restart_mark(template: &Template) -> Option<RestartMark> {
     let at: Timestamp = template_annotation(template, RESTARTED_AT_ANNOTATION)?.parse().ok()?;
-    let hash = template_annotation(template, RESTART_HASH_ANNOTATION).cloned().unwrap_or_default();
+    let hash = template_annotation(template, RESTART_HASH_ANNOTATION).unwrap_or_default().to_string();
     Some(RestartMark { hash, at })
 }
 
 /// The rollback reason, while the operator's exclusion stands.
-pub fn exclusion(template: Option<&PodTemplateSpec>) -> Option<String> {
-    let opted_out = template_label(template, INJECT_LABEL).is_some_and(|v| v == "false");
-    template_annotation(template, EXCLUDED_ANNOTATION).filter(|_| opted_out).cloned()
+pub fn exclusion(template: &Template) -> Option<String> {
+    let opted_out = template_label(template, INJECT_LABEL) == Some("false");
+    template_annotation(template, EXCLUDED_ANNOTATION).filter(|_| opted_out).map(str::to_string)
 }
 
 /// The workload opts out of injection on purpose (the label without a rollback's annotation).
-pub fn opted_out(template: Option<&PodTemplateSpec>) -> bool {
-    template_label(template, INJECT_LABEL).is_some_and(|v| v == "false") && exclusion(template).is_none()
-}
-
-/// The pod the webhook will see when the workload creates one (owned by the workload, so the
-/// service name and hash are derived as for real pods).
-pub fn template_pod(workload: Workload) -> Option<Pod> {
-    let template = workload.template()?;
-    let meta = workload.metadata();
-    let mut metadata = template.metadata.clone().unwrap_or_default();
-    metadata.namespace = meta.namespace.clone();
-    metadata.owner_references = Some(vec![OwnerReference {
-        api_version: "apps/v1".into(),
-        kind: workload.kind().as_str().into(),
-        name: meta.name.clone().unwrap_or_default(),
-        uid: meta.uid.clone().unwrap_or_default(),
-        controller: Some(true),
-        ..Default::default()
-    }]);
-    Some(Pod { metadata, spec: template.spec.clone(), status: None })
+pub fn opted_out(template: &Template) -> bool {
+    template_label(template, INJECT_LABEL) == Some("false") && exclusion(template).is_none()
 }
 
 /// Whether a pod (by its metadata) belongs to `id`, through the same owner walk the injector uses.
@@ -218,7 +116,7 @@ pub fn health(pods: &[&Pod], since: Timestamp) -> Health {
 
 /// The engine's view of one workload. `governed`: its namespace is governed by `policy`.
 pub fn observe(
-    workload: Workload,
+    workload: &Workload,
     pods: &[&ObjectMeta],
     failing: Health,
     reporting: Option<bool>,
@@ -226,17 +124,15 @@ pub fn observe(
     options: &InjectOptions,
     governed: bool,
 ) -> WorkloadObservation {
-    let template = workload.template();
-    let desired_hash = governed
-        .then(|| template_pod(workload).and_then(|pod| expected_manifest_hash(&pod, policy, options)))
-        .flatten();
+    let template = &workload.template;
+    let desired_hash = governed.then(|| expected_manifest_hash(&workload.template_pod(), policy, options)).flatten();
     WorkloadObservation {
         id: workload.id(),
-        pods: pod_counts(pods, desired_hash.as_deref(), workload.ready()),
+        pods: pod_counts(pods, desired_hash.as_deref(), workload.ready),
         newest_missed: desired_hash.as_ref().and_then(|_| newest_uninjected(pods)),
         desired_hash,
         restart: restart_mark(template),
-        rolled_out: workload.rolled_out(),
+        rolled_out: workload.rolled_out,
         health: failing,
         reporting,
         excluded: exclusion(template),
@@ -262,11 +158,12 @@ pub fn rollback_patch(reason: &str, now: Timestamp) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::apps::v1::{DeploymentSpec, DeploymentStatus};
+    use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStatus};
+    use k8s_openapi::api::core::v1::PodTemplateSpec;
     use k8s_openapi::api::core::v1::{
         Container, ContainerState, ContainerStateWaiting, ContainerStatus, PodSpec, PodStatus,
     };
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
     use std::collections::BTreeMap;
 
     fn policy() -> TracingPolicy {
@@ -337,7 +234,7 @@ mod tests {
         let mut d = serde_json::to_value(deployment(1, &[], &[])).unwrap();
         json_patch::merge(&mut d, &restart_patch("h1", now));
         let d: Deployment = serde_json::from_value(d).unwrap();
-        assert_eq!(restart_mark(Workload::Deployment(&d).template()), Some(RestartMark { hash: "h1".into(), at: now }));
+        assert_eq!(restart_mark(&Workload::from(&d).template), Some(RestartMark { hash: "h1".into(), at: now }));
     }
 
     #[test]
@@ -346,13 +243,13 @@ mod tests {
         let mut v = serde_json::to_value(deployment(1, &[], &[])).unwrap();
         json_patch::merge(&mut v, &rollback_patch("crash loop", now));
         let d: Deployment = serde_json::from_value(v.clone()).unwrap();
-        assert_eq!(exclusion(Workload::Deployment(&d).template()).as_deref(), Some("crash loop"));
+        assert_eq!(exclusion(&Workload::from(&d).template).as_deref(), Some("crash loop"));
         // The injector then skips its pods: no desired hash.
-        let pod = template_pod(Workload::Deployment(&d)).unwrap();
+        let pod = Workload::from(&d).template_pod();
         assert_eq!(expected_manifest_hash(&pod, &policy(), &InjectOptions::default()), None);
         v["spec"]["template"]["metadata"]["labels"].as_object_mut().unwrap().remove(INJECT_LABEL);
         let d: Deployment = serde_json::from_value(v).unwrap();
-        assert_eq!(exclusion(Workload::Deployment(&d).template()), None, "cleared by removing the label");
+        assert_eq!(exclusion(&Workload::from(&d).template), None, "cleared by removing the label");
     }
 
     #[test]
@@ -384,7 +281,7 @@ mod tests {
         let d = deployment(2, &[], &[]);
         let observed = |governed| {
             let (p, options) = (policy(), InjectOptions::default());
-            observe(Workload::Deployment(&d), &[&old, &new], Health::Healthy, None, &p, &options, governed)
+            observe(&Workload::from(&d), &[&old, &new], Health::Healthy, None, &p, &options, governed)
         };
         assert_eq!(observed(true).newest_missed, Some(want));
         assert_eq!(
@@ -397,23 +294,15 @@ mod tests {
     #[test]
     fn observe_derives_hash_from_the_template_and_pods_through_owners() {
         let d = deployment(2, &[], &[]);
-        let id = Workload::Deployment(&d).id();
+        let w = Workload::from(&d);
+        let id = w.id();
         let p = pod_meta(false, "");
         assert!(pod_belongs_to(&p, &id));
-        let o =
-            observe(Workload::Deployment(&d), &[&p], Health::Healthy, None, &policy(), &InjectOptions::default(), true);
+        let o = observe(&w, &[&p], Health::Healthy, None, &policy(), &InjectOptions::default(), true);
         assert!(o.desired_hash.is_some());
         assert_eq!(o.pods.missed, 1);
         assert!(o.rolled_out);
-        let not_governed = observe(
-            Workload::Deployment(&d),
-            &[&p],
-            Health::Healthy,
-            None,
-            &policy(),
-            &InjectOptions::default(),
-            false,
-        );
+        let not_governed = observe(&w, &[&p], Health::Healthy, None, &policy(), &InjectOptions::default(), false);
         assert_eq!(not_governed.desired_hash, None);
         assert_eq!(not_governed.pods.missed, 0);
     }
@@ -422,10 +311,10 @@ mod tests {
     fn deployment_mid_rollout_is_not_rolled_out() {
         let mut d = deployment(3, &[], &[]);
         d.status.as_mut().unwrap().updated_replicas = Some(1);
-        assert!(!Workload::Deployment(&d).rolled_out());
+        assert!(!Workload::from(&d).rolled_out);
         let mut d = deployment(3, &[], &[]);
         d.status.as_mut().unwrap().observed_generation = Some(1);
-        assert!(!Workload::Deployment(&d).rolled_out());
+        assert!(!Workload::from(&d).rolled_out);
     }
 
     #[test]
