@@ -13,24 +13,32 @@ pub enum SelectorError {
 
 /// Whether `labels` satisfy `selector`. An empty selector matches everything.
 pub fn matches(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> Result<bool, SelectorError> {
-    let labels_match = selector.match_labels.iter().flatten().all(|(k, v)| labels.get(k) == Some(v));
+    matches_with(selector, |key| labels.get(key).map(String::as_str))
+}
+
+/// [`matches`] for labels kept in any form: `label` looks a label's value up by its key.
+pub fn matches_with<'l>(
+    selector: &LabelSelector,
+    label: impl Fn(&str) -> Option<&'l str>,
+) -> Result<bool, SelectorError> {
+    let labels_match = selector.match_labels.iter().flatten().all(|(k, v)| label(k) == Some(v.as_str()));
     if !labels_match {
         return Ok(false);
     }
     for req in selector.match_expressions.iter().flatten() {
-        if !requirement_matches(req, labels)? {
+        if !requirement_matches(req, &label)? {
             return Ok(false);
         }
     }
     Ok(true)
 }
 
-fn requirement_matches(
+fn requirement_matches<'l>(
     req: &LabelSelectorRequirement,
-    labels: &BTreeMap<String, String>,
+    label: impl Fn(&str) -> Option<&'l str>,
 ) -> Result<bool, SelectorError> {
     let values = req.values.as_deref().unwrap_or_default();
-    let value = labels.get(&req.key);
+    let value = label(&req.key);
     let need_values = || {
         if values.is_empty() {
             Err(SelectorError::MissingValues { key: req.key.clone(), operator: req.operator.clone() })
@@ -41,11 +49,11 @@ fn requirement_matches(
     match req.operator.as_str() {
         "In" => {
             need_values()?;
-            Ok(value.is_some_and(|v| values.contains(v)))
+            Ok(value.is_some_and(|v| values.iter().any(|w| w == v)))
         }
         "NotIn" => {
             need_values()?;
-            Ok(!value.is_some_and(|v| values.contains(v)))
+            Ok(!value.is_some_and(|v| values.iter().any(|w| w == v)))
         }
         "Exists" => Ok(value.is_some()),
         "DoesNotExist" => Ok(value.is_none()),

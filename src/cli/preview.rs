@@ -6,6 +6,7 @@ use crate::api::TracingPolicy;
 use crate::controller::plan::plan_namespaces;
 use crate::controller::rollout::{leaving_namespaces, observation, observe_workloads, unclaimed_namespaces, Snapshot};
 use crate::inject::InjectOptions;
+use crate::rollout::pod::PodSummary;
 use crate::rollout::preview::{preview, Preview};
 use crate::rollout::workload::Workload;
 use crate::rollout::RestartReason;
@@ -67,6 +68,8 @@ async fn preview_cluster(args: &PreviewArgs) -> anyhow::Result<String> {
     let statefulsets = list::<StatefulSet>(&client).await?;
     let daemonsets = list::<DaemonSet>(&client).await?;
     let pods = Api::<Pod>::all(client.clone()).list_metadata(&ListParams::default()).await.context("listing pods")?;
+    // Metadata only: no container restart state (a preview judges no restart's health).
+    let pods: Vec<PodSummary> = pods.items.iter().map(|p| PodSummary::from_meta(&p.metadata, Box::default())).collect();
 
     let others: Vec<&TracingPolicy> = policies.iter().filter(|p| p.name_any() != policy.name_any()).collect();
     let plan = plan_namespaces(&policy, others.iter().copied().chain([&policy]), namespaces.iter());
@@ -80,8 +83,7 @@ async fn preview_cluster(args: &PreviewArgs) -> anyhow::Result<String> {
         .chain(statefulsets.iter().map(Workload::from))
         .chain(daemonsets.iter().map(Workload::from))
         .collect();
-    let snapshot =
-        Snapshot { workloads: workloads.iter().collect(), pods: pods.items.iter().map(|p| &p.metadata).collect() };
+    let snapshot = Snapshot { workloads: workloads.iter().collect(), pods: pods.iter().collect() };
     let options = InjectOptions { native_sidecar: args.native_sidecar, ..Default::default() };
     let workloads = observe_workloads(&policy, &plan, &leaving, &snapshot, &options);
     let obs = observation(&policy, &plan, workloads, policy.status.as_ref(), Timestamp::now());

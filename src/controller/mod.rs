@@ -22,11 +22,14 @@
 //! ~6 KiB (its pod template: k8s-openapi's `Container` alone is ~2.3 KiB inline) until workloads
 //! were cached as the rollout's summary (`rollout::workload`, under 1 KiB); a cached pod ~1.5 KiB
 //! (its metadata, each label and annotation map at least one B-tree node of ~0.5 KiB); the
-//! watches' read buffers ~1.3 MiB. The resident set jumps by ~15 MiB within seconds of the
-//! policy's creation and stays there (not yet attributed: the first reconcile activates every
-//! namespace at once and the webhook's first admissions arrive), then grows by ~1 MiB a minute
-//! with the restarts: an injected pod and a restarted template carry more labels and annotations
-//! than the objects they replace.
+//! watches' read buffers ~1.3 MiB. Since then a cached pod is a compact
+//! [`PodSummary`](crate::rollout::pod::PodSummary): 392 bytes with its heap for a typical pod
+//! (by `cache`'s size test), ~0.5 KiB with the store's key and `Arc`, so ~1 KiB less per pod,
+//! ~6 MiB for 6000 pods (estimated; not yet measured by `make bench-scale`). The resident set
+//! jumps by ~15 MiB within seconds of the policy's creation and stays there (not yet attributed:
+//! the first reconcile activates every namespace at once and the webhook's first admissions
+//! arrive), then grows by ~1 MiB a minute with the restarts: an injected pod and a restarted
+//! template carry more labels and annotations than the objects they replace.
 
 pub mod cache;
 pub mod events;
@@ -40,11 +43,12 @@ mod trace;
 
 use crate::api::TracingPolicy;
 use crate::inject::InjectOptions;
+use crate::rollout::pod::PodSummary;
 use crate::telemetry::{self, LogFormat, Metrics};
 use crate::webhook::reports::ReportStore;
 use anyhow::Context as _;
-use cache::{CachedPod, CachedWorkload};
-use futures::StreamExt;
+use cache::{CachedWorkload, WatchedPod};
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use kube::api::Api;
@@ -318,19 +322,17 @@ async fn run_policy_controller(
             ready(())
         });
 
-    // Pods are decoded into what the controller reads of them (metadata, restart state): the
-    // health of restarts in flight comes from this cache, not from listing pods.
-    let (pods, pod_writer) = reflector::store::<CachedPod>();
-    let pod_cache = watcher(Api::<CachedPod>::all(client.clone()), paged_lists())
-        .default_backoff()
-        .modify(CachedPod::slim)
-        .reflect(pod_writer)
-        .for_each(|r| {
-            if let Err(e) = r {
-                tracing::warn!(error = %e, "pod watch failed");
-            }
-            ready(())
-        });
+    // Pods are decoded into what the controller reads of them (see `cache`): the health of
+    // restarts in flight comes from this cache, not from listing pods.
+    let (pods, pod_writer) = reflector::store::<PodSummary>();
+    let pod_events =
+        watcher(Api::<WatchedPod>::all(client.clone()), paged_lists()).default_backoff().map_ok(cache::summarize);
+    let pod_cache = reflector::reflector(pod_writer, pod_events).for_each(|r| {
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "pod watch failed");
+        }
+        ready(())
+    });
 
     // The agent objects the policies own (metadata only): which ones to remove, and whether one
     // was deleted by hand, without listing them on every reconcile.

@@ -4,14 +4,15 @@
 //! The reconciler gathers the inputs (policies, namespaces, pod metadata, source Secrets), calls
 //! these functions and carries out what they return; it decides nothing itself.
 
-use crate::api::keys::{INJECTED_LABEL, INJECT_LABEL};
+use crate::api::keys::INJECT_LABEL;
 use crate::api::{
     governing_policy, selector, Coverage, NamespaceState, NamespaceStatus, PolicyPhase, RolloutStatus, SamplingStatus,
     TracingPolicy, TracingPolicyStatus,
 };
+use crate::rollout::pod::PodSummary;
 use crate::rollout::RolloutPhase as EngineState;
 use k8s_openapi::api::core::v1::Namespace;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, ObjectMeta, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 
@@ -214,7 +215,7 @@ pub fn step_for(previous: Option<NamespaceState>, gates: Gates, reached: bool) -
     }
 }
 
-/// Pod counts of one namespace from pod metadata.
+/// Pod counts of one namespace from its cached pods.
 ///
 /// `selected`: not terminating, not opted out, matched by `podSelector`; `injected`: selected and
 /// labelled `tracelight.io/injected=true`; `missed`: selected, not injected, namespace active.
@@ -222,21 +223,19 @@ pub fn step_for(previous: Option<NamespaceState>, gates: Gates, reached: bool) -
 /// `inject::hash`) and cannot be computed from metadata alone: it stays 0 for now.
 // TODO(outdated): once the injector records a policy-level hash annotation, compare it here.
 pub fn pod_counts<'a>(
-    pods: impl IntoIterator<Item = &'a ObjectMeta>,
+    pods: impl IntoIterator<Item = &'a PodSummary>,
     pod_selector: Option<&LabelSelector>,
     active: bool,
 ) -> Coverage {
-    let empty = Default::default();
     let mut counts = Coverage::default();
     for pod in pods {
-        let labels = pod.labels.as_ref().unwrap_or(&empty);
-        let opted_out = labels.get(INJECT_LABEL).is_some_and(|v| v == "false");
-        let selected = pod_selector.is_none_or(|s| selector::matches(s, labels).unwrap_or(false));
-        if pod.deletion_timestamp.is_some() || opted_out || !selected {
+        let opted_out = pod.labels.get(INJECT_LABEL) == Some("false");
+        let selected = pod_selector.is_none_or(|s| pod.selected_by(s).unwrap_or(false));
+        if pod.deleting || opted_out || !selected {
             continue;
         }
         counts.selected += 1;
-        if labels.get(INJECTED_LABEL).is_some_and(|v| v == "true") {
+        if pod.injected() {
             counts.injected += 1;
         } else if active {
             counts.missed += 1;
@@ -526,7 +525,7 @@ pub fn condition_reason<'a>(status: Option<&'a TracingPolicyStatus>, type_: &str
 mod tests {
     use super::*;
     use crate::api::{RolloutPhase, TracingPolicySpec};
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelectorRequirement, ObjectMeta};
     use std::collections::BTreeMap;
 
     fn policy(name: &str, created: i64) -> TracingPolicy {
@@ -674,17 +673,18 @@ mod tests {
         assert_eq!(Step::Keep.resulting_state(), NamespaceState::Active);
     }
 
-    fn pod(labels: &[(&str, &str)]) -> ObjectMeta {
-        ObjectMeta {
+    fn pod(labels: &[(&str, &str)]) -> PodSummary {
+        let meta = ObjectMeta {
             labels: Some(labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()),
             ..Default::default()
-        }
+        };
+        PodSummary::from_meta(&meta, Box::default())
     }
 
     #[test]
     fn pod_counts_selected_injected_missed() {
         let mut terminating = pod(&[]);
-        terminating.deletion_timestamp = Some(Time(now()));
+        terminating.deleting = true;
         let pods = [
             pod(&[("tracelight.io/injected", "true")]),
             pod(&[]),

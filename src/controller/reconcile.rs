@@ -1,7 +1,7 @@
 //! The TracingPolicy reconciler: gathers what the pure [`plan`](super::plan) functions need,
 //! carries out what they decide (agent ConfigMaps and Secrets, status, Events) and nothing more.
 
-use super::cache::{CachedPod, CachedWorkload};
+use super::cache::CachedWorkload;
 use super::metrics::ControllerMetrics;
 use super::plan::{
     self, condition_reason, desired_status, invalid_spec_status, plan_namespaces, pod_counts, reason, stale_objects,
@@ -23,11 +23,12 @@ use crate::api::keys::FIELD_MANAGER;
 use crate::api::validate::validate;
 use crate::api::{NamespaceState, NamespaceStatus, TracingPolicy, TracingPolicyStatus, WorkloadCoverage};
 use crate::inject::InjectOptions;
+use crate::rollout::pod::PodSummary;
 use crate::rollout::{self, observe, RestartMark, WorkloadId, WorkloadKind, WorkloadObservation};
 use crate::webhook::reports::ReportStore;
 use futures::channel::mpsc::UnboundedSender;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, ObjectReference, Pod, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, ObjectReference, Secret};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, Preconditions};
 use kube::core::PartialObjectMeta;
@@ -67,7 +68,7 @@ pub struct Context {
     pub policies: Store<TracingPolicy>,
     pub namespaces: Store<Namespace>,
     /// Pods, as much of them as the decisions read.
-    pub pods: Store<CachedPod>,
+    pub pods: Store<PodSummary>,
     /// The agent objects the policies own (metadata only).
     pub owned_configmaps: Store<PartialObjectMeta<ConfigMap>>,
     pub owned_secrets: Store<PartialObjectMeta<Secret>>,
@@ -293,7 +294,7 @@ fn plan_rollout(
             .chain(statefulsets.iter().map(|s| &s.workload))
             .chain(daemonsets.iter().map(|d| &d.workload))
             .collect(),
-        pods: pods.iter().map(|p| &p.metadata).collect(),
+        pods: pods.iter().map(Arc::as_ref).collect(),
     };
     let mut workloads = observe_workloads(policy, plan, &leaving, &snapshot, &ctx.inject_options);
     ctx.reports.prune(now);
@@ -320,12 +321,12 @@ fn plan_rollout(
 }
 
 /// Health of the restarts in flight (only where a restart is settling), from the pod cache.
-fn fill_health(workloads: &mut [WorkloadObservation], pods: &[Arc<CachedPod>]) {
+fn fill_health(workloads: &mut [WorkloadObservation], pods: &[Arc<PodSummary>]) {
     for w in workloads.iter_mut() {
         let Some(since) = health_check_since(w) else { continue };
-        let mine: Vec<Pod> =
-            pods.iter().filter(|p| observe::pod_belongs_to(&p.metadata, &w.id)).map(|p| p.to_pod()).collect();
-        w.health = observe::health(&mine.iter().collect::<Vec<_>>(), since);
+        let mine: Vec<&PodSummary> =
+            pods.iter().map(Arc::as_ref).filter(|p| observe::pod_belongs_to(p, &w.id)).collect();
+        w.health = observe::health(&mine, since);
     }
 }
 
@@ -338,8 +339,8 @@ fn add_rollout_counts(namespaces: &mut Vec<NamespaceStatus>, engine: &EnginePlan
     }
     let pods = ctx.pods.state();
     for name in &engine.leaving {
-        let metas = pods.iter().map(|p| &p.metadata).filter(|m| m.namespace.as_deref() == Some(name.as_str()));
-        let mut counts = pod_counts(metas, None, false);
+        let in_ns = pods.iter().map(Arc::as_ref).filter(|p| *p.namespace == **name);
+        let mut counts = pod_counts(in_ns, None, false);
         counts.outdated = outdated.get(name).copied().unwrap_or_default();
         namespaces.push(NamespaceStatus {
             name: name.clone(),
@@ -494,7 +495,7 @@ async fn roll_out(
         let state = step.resulting_state();
         let pods = pods_by_ns.remove(ns.name.as_str()).unwrap_or_default();
         let active = state == NamespaceState::Active;
-        let counts = pod_counts(pods.iter().map(|p| &p.metadata), policy.spec.pod_selector.as_ref(), active);
+        let counts = pod_counts(pods.iter().map(Arc::as_ref), policy.spec.pod_selector.as_ref(), active);
         rollout.namespaces.push(NamespaceStatus {
             name: ns.name.clone(),
             rollout_phase: Some(ns.rollout_phase.clone()),
@@ -756,15 +757,14 @@ where
     }
 }
 
-/// Pod metadata of the governed namespaces, grouped by namespace.
+/// The cached pods of the governed namespaces, grouped by namespace.
 fn pods_by_namespace<'a>(
-    pods: &Store<CachedPod>,
+    pods: &Store<PodSummary>,
     plan: &'a plan::NamespacePlan,
-) -> BTreeMap<&'a str, Vec<Arc<CachedPod>>> {
+) -> BTreeMap<&'a str, Vec<Arc<PodSummary>>> {
     let mut grouped: BTreeMap<&str, Vec<_>> = BTreeMap::new();
     for pod in pods.state() {
-        let ns = pod.metadata.namespace.as_deref().unwrap_or_default();
-        if let Some(g) = plan.governed.iter().find(|g| g.name == ns) {
+        if let Some(g) = plan.governed.iter().find(|g| *g.name == *pod.namespace) {
             grouped.entry(g.name.as_str()).or_default().push(pod);
         }
     }

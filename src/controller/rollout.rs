@@ -13,13 +13,14 @@ use crate::api::{
 use crate::inject::InjectOptions;
 use crate::rollout::coverage::{self, PodReport};
 use crate::rollout::observe;
+use crate::rollout::pod::PodSummary;
 use crate::rollout::workload::Workload;
 use crate::rollout::{
     self, Health, NamespaceObservation, PhaseSettings, Plan, Progress, Restart, RestartMark, RestartReason, WorkloadId,
     WorkloadObservation,
 };
 use k8s_openapi::api::core::v1::Namespace;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{self as jiff, Timestamp};
 use kube::ResourceExt;
 use std::collections::{BTreeMap, BTreeSet};
@@ -90,8 +91,8 @@ pub fn unclaimed_namespaces<'a>(
 /// A snapshot of the caches the observation is built from.
 pub struct Snapshot<'a> {
     pub workloads: Vec<&'a Workload>,
-    /// Pod metadata (any namespace; only those of relevant namespaces are used).
-    pub pods: Vec<&'a ObjectMeta>,
+    /// The cached pods (any namespace; only those of relevant namespaces are used).
+    pub pods: Vec<&'a PodSummary>,
 }
 
 impl<'a> Snapshot<'a> {
@@ -99,10 +100,10 @@ impl<'a> Snapshot<'a> {
     fn workloads_with_pods(
         &self,
         relevant: impl Fn(&str) -> bool,
-    ) -> Vec<(&'a Workload, WorkloadId, Vec<&'a ObjectMeta>)> {
-        let mut pods_by_ns: BTreeMap<&str, Vec<&'a ObjectMeta>> = BTreeMap::new();
-        for pod in &self.pods {
-            let ns = pod.namespace.as_deref().unwrap_or_default();
+    ) -> Vec<(&'a Workload, WorkloadId, Vec<&'a PodSummary>)> {
+        let mut pods_by_ns: BTreeMap<&str, Vec<&'a PodSummary>> = BTreeMap::new();
+        for &pod in &self.pods {
+            let ns: &'a str = &pod.namespace;
             if relevant(ns) {
                 pods_by_ns.entry(ns).or_default().push(pod);
             }
@@ -116,7 +117,7 @@ impl<'a> Snapshot<'a> {
                 if !relevant(&id.namespace) {
                     return None;
                 }
-                let pods: Vec<&ObjectMeta> = pods_by_ns
+                let pods: Vec<&PodSummary> = pods_by_ns
                     .get(id.namespace.as_str())
                     .into_iter()
                     .flatten()
@@ -163,8 +164,12 @@ pub fn coverage(
 ) -> BTreeMap<String, Vec<(WorkloadId, WorkloadCoverage)>> {
     let mut by_ns: BTreeMap<String, Vec<(WorkloadId, WorkloadCoverage)>> = BTreeMap::new();
     for (w, id, pods) in snapshot.workloads_with_pods(|ns| plan.governs(ns)) {
-        let reports: BTreeMap<&str, PodReport> =
-            pods.iter().filter_map(|p| p.uid.as_deref()).filter_map(|uid| Some((uid, report_of(uid)?))).collect();
+        let reports: BTreeMap<&str, PodReport> = pods
+            .iter()
+            .map(|p| &*p.uid)
+            .filter(|uid| !uid.is_empty())
+            .filter_map(|uid| Some((uid, report_of(uid)?)))
+            .collect();
         let mut c =
             coverage::workload_coverage(id.kind.as_str(), &id.name, &pods, |uid| reports.get(uid), generation, now);
         if c.state == CoverageState::NotInjected && observe::opted_out(&w.template) {

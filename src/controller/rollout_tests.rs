@@ -9,7 +9,7 @@ use crate::rollout::tests::{fresh as workload, id, HASH};
 use crate::rollout::{PodCounts, RestartMark, Rollback, RolloutPhase};
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStatus};
 use k8s_openapi::api::core::v1::{Container, PodSpec, PodTemplateSpec};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use std::time::Duration;
 
 fn t(secs: i64) -> Timestamp {
@@ -108,15 +108,15 @@ fn deployment(namespace: &str, name: &str) -> Deployment {
     }
 }
 
-/// Metadata of a pod of Deployment `name` (through its ReplicaSet `name-abc12`).
-fn pod_of(namespace: &str, name: &str, injected_with: Option<&str>) -> ObjectMeta {
+/// A cached pod of Deployment `name` (through its ReplicaSet `name-abc12`).
+fn pod_of(namespace: &str, name: &str, injected_with: Option<&str>) -> PodSummary {
     let mut labels = BTreeMap::from([("pod-template-hash".to_string(), "abc12".to_string())]);
     let mut annotations = BTreeMap::new();
     if let Some(hash) = injected_with {
         labels.insert("tracelight.io/injected".into(), "true".into());
         annotations.insert("tracelight.io/manifest-hash".to_string(), hash.to_string());
     }
-    ObjectMeta {
+    let meta = ObjectMeta {
         name: Some(format!("{name}-abc12-x")),
         namespace: Some(namespace.into()),
         labels: Some(labels),
@@ -128,7 +128,8 @@ fn pod_of(namespace: &str, name: &str, injected_with: Option<&str>) -> ObjectMet
             ..Default::default()
         }]),
         ..Default::default()
-    }
+    };
+    PodSummary::from_meta(&meta, Box::default())
 }
 
 #[test]
@@ -481,7 +482,7 @@ fn coverage_joins_pods_with_their_reports_and_feeds_the_gate_and_the_status() {
         pod_of("other", "x", Some(HASH)),
     ];
     for (i, p) in pods.iter_mut().enumerate() {
-        p.uid = Some(format!("pod-{i}"));
+        p.uid = format!("pod-{i}").into();
     }
     let workloads: Vec<Workload> = [&web, &worker, &cache, &elsewhere].map(Workload::from).into();
     let snapshot = Snapshot { workloads: workloads.iter().collect(), pods: pods.iter().collect() };

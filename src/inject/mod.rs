@@ -12,7 +12,7 @@ mod workload;
 pub use agent::{AGENT_CONTAINER, CONFIG_VOLUME, REPORT_TOKEN_VOLUME, SECRET_VOLUME, TMP_VOLUME};
 pub use hash::manifest_hash;
 pub use language::Language;
-pub use workload::{service_name_for, workload_of, WorkloadRef};
+pub use workload::{service_name_for, workload_of, workload_of_owners, WorkloadRef};
 
 use crate::api::keys::{
     CONTAINER_NAMES_ANNOTATION, INJECTED_LABEL, INJECT_LABEL, MANIFEST_HASH_ANNOTATION, POLICY_ANNOTATION,

@@ -5,7 +5,7 @@
 
 use crate::api::keys::{APP_NAME_LABEL, POD_TEMPLATE_HASH_LABEL, SERVICE_NAME_ANNOTATION};
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 
 /// The top-level workload that owns a pod.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -37,14 +37,15 @@ impl WorkloadRef {
 /// The workload owning a pod (by its metadata), walking ReplicaSet -> Deployment and
 /// Job -> CronJob by name.
 pub fn workload_of(pod: &ObjectMeta) -> Option<WorkloadRef> {
-    let owner = pod
-        .owner_references
-        .iter()
-        .flatten()
-        .find(|o| o.controller == Some(true))
-        .or_else(|| pod.owner_references.as_ref()?.first())?;
+    let template_hash = pod.labels.as_ref().and_then(|l| l.get(POD_TEMPLATE_HASH_LABEL)).map(String::as_str);
+    workload_of_owners(pod.owner_references.as_deref().unwrap_or_default(), template_hash)
+}
+
+/// [`workload_of`] from a pod's owner references and its `pod-template-hash` label.
+pub fn workload_of_owners(owners: &[OwnerReference], template_hash: Option<&str>) -> Option<WorkloadRef> {
+    let owner = owners.iter().find(|o| o.controller == Some(true)).or_else(|| owners.first())?;
     let workload = match owner.kind.as_str() {
-        "ReplicaSet" => deployment_of_replicaset(pod, &owner.name)
+        "ReplicaSet" => deployment_of_replicaset(template_hash, &owner.name)
             .map(|d| WorkloadRef::new("Deployment", d))
             .unwrap_or_else(|| WorkloadRef::new("ReplicaSet", &owner.name)),
         "Job" => cronjob_of_job(&owner.name)
@@ -57,9 +58,8 @@ pub fn workload_of(pod: &ObjectMeta) -> Option<WorkloadRef> {
 
 /// A Deployment names its ReplicaSets `<deployment>-<pod-template-hash>` and labels their pods
 /// with that hash; trust the suffix only when the label confirms it.
-fn deployment_of_replicaset<'a>(pod: &ObjectMeta, replicaset: &'a str) -> Option<&'a str> {
-    let hash = pod.labels.as_ref()?.get(POD_TEMPLATE_HASH_LABEL)?;
-    replicaset.strip_suffix(hash.as_str())?.strip_suffix('-').filter(|d| !d.is_empty())
+fn deployment_of_replicaset<'a>(template_hash: Option<&str>, replicaset: &'a str) -> Option<&'a str> {
+    replicaset.strip_suffix(template_hash?)?.strip_suffix('-').filter(|d| !d.is_empty())
 }
 
 /// A CronJob names its Jobs `<cronjob>-<scheduled time in minutes>` (8 or more digits).
@@ -89,7 +89,6 @@ pub fn service_name_for(pod: &Pod, workload: Option<&WorkloadRef>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
     use std::collections::BTreeMap;
 
     fn pod(owner: Option<(&str, &str)>, labels: &[(&str, &str)], annotations: &[(&str, &str)]) -> Pod {

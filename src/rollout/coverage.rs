@@ -2,9 +2,9 @@
 //! spans arrive. The controller keeps the accepted reports (see `webhook::reports`) and asks this
 //! module for the verdict; the rollout's span gate and the policy status both use it.
 
-use crate::api::keys::INJECTED_LABEL;
+use super::pod::PodSummary;
 use crate::api::{CoverageState, WorkloadCoverage};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{Timestamp, TimestampRound, Unit};
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -28,12 +28,12 @@ pub struct PodReport {
     pub config_generation: i64,
 }
 
-/// Coverage of the workload `kind/name` from its pods' metadata and their reports (looked up by
+/// Coverage of the workload `kind/name` from its pods and their reports (looked up by
 /// pod uid). `generation`: the policy generation the current agent config was rendered from.
 pub fn workload_coverage<'r>(
     kind: &str,
     name: &str,
-    pods: &[&ObjectMeta],
+    pods: &[&PodSummary],
     report_of: impl Fn(&str) -> Option<&'r PodReport>,
     generation: i64,
     now: Timestamp,
@@ -42,15 +42,14 @@ pub fn workload_coverage<'r>(
     let mut services = BTreeSet::new();
     let mut last_span: Option<Timestamp> = None;
     let mut fresh_reports = 0u32;
-    for pod in pods.iter().filter(|p| p.deletion_timestamp.is_none()) {
+    for pod in pods.iter().filter(|p| !p.deleting) {
         c.pods += 1;
-        if !is_injected(pod) {
+        if !pod.injected() {
             continue;
         }
         c.injected += 1;
-        let Some(report) =
-            pod.uid.as_deref().and_then(&report_of).filter(|r| age(now, r.received_at) <= REPORT_STALE_AFTER)
-        else {
+        let uid = Some(&*pod.uid).filter(|uid| !uid.is_empty());
+        let Some(report) = uid.and_then(&report_of).filter(|r| age(now, r.received_at) <= REPORT_STALE_AFTER) else {
             continue;
         };
         fresh_reports += 1;
@@ -96,10 +95,6 @@ pub fn silent_pods(c: &WorkloadCoverage) -> u32 {
     }
 }
 
-fn is_injected(pod: &ObjectMeta) -> bool {
-    pod.labels.as_ref().and_then(|l| l.get(INJECTED_LABEL)).is_some_and(|v| v == "true")
-}
-
 fn age(now: Timestamp, then: Timestamp) -> Duration {
     Duration::try_from(now.duration_since(then)).unwrap_or_default()
 }
@@ -114,11 +109,13 @@ pub fn listed(mut all: Vec<WorkloadCoverage>, max: usize) -> Vec<WorkloadCoverag
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::keys::INJECTED_LABEL;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
     use std::collections::BTreeMap;
 
-    fn pod(uid: &str, injected: bool) -> ObjectMeta {
+    fn pod(uid: &str, injected: bool) -> PodSummary {
         let labels = injected.then(|| BTreeMap::from([(INJECTED_LABEL.to_string(), "true".to_string())]));
-        ObjectMeta { uid: Some(uid.into()), labels, ..Default::default() }
+        PodSummary::from_meta(&ObjectMeta { uid: Some(uid.into()), labels, ..Default::default() }, Box::default())
     }
 
     fn at(s: i64) -> Timestamp {
@@ -134,8 +131,8 @@ mod tests {
         }
     }
 
-    fn coverage(pods: &[ObjectMeta], reports: &BTreeMap<&str, PodReport>, now: i64) -> WorkloadCoverage {
-        let pods: Vec<&ObjectMeta> = pods.iter().collect();
+    fn coverage(pods: &[PodSummary], reports: &BTreeMap<&str, PodReport>, now: i64) -> WorkloadCoverage {
+        let pods: Vec<&PodSummary> = pods.iter().collect();
         workload_coverage("Deployment", "web", &pods, |uid| reports.get(uid), 2, at(now))
     }
 
@@ -143,7 +140,7 @@ mod tests {
     fn states_follow_pods_and_reports() {
         let none = BTreeMap::new();
         // (pods, reports, expected state)
-        let cases: Vec<(Vec<ObjectMeta>, BTreeMap<&str, PodReport>, CoverageState)> = vec![
+        let cases: Vec<(Vec<PodSummary>, BTreeMap<&str, PodReport>, CoverageState)> = vec![
             (vec![pod("a", false)], none.clone(), CoverageState::NotInjected),
             (vec![], none.clone(), CoverageState::NotInjected),
             (vec![pod("a", true)], none.clone(), CoverageState::Unreported),

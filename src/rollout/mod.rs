@@ -5,6 +5,7 @@ pub mod coverage;
 pub mod engine;
 pub mod model;
 pub mod observe;
+pub mod pod;
 pub mod preview;
 pub mod workload;
 

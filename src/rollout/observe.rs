@@ -7,12 +7,11 @@
 //! annotations also record what was requested, so a restarted operator knows what is in flight.
 
 use super::model::{Health, PodCounts, RestartMark, WorkloadId, WorkloadObservation};
+use super::pod::PodSummary;
 use super::workload::{Template, Workload};
-use crate::api::keys::{INJECTED_LABEL, INJECT_LABEL, MANIFEST_HASH_ANNOTATION};
+use crate::api::keys::INJECT_LABEL;
 use crate::api::TracingPolicy;
-use crate::inject::{expected_manifest_hash, workload_of, InjectOptions};
-use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use crate::inject::{expected_manifest_hash, InjectOptions};
 use k8s_openapi::jiff::Timestamp;
 use serde_json::{json, Value};
 
@@ -50,24 +49,19 @@ pub fn opted_out(template: &Template) -> bool {
     template_label(template, INJECT_LABEL) == Some("false") && exclusion(template).is_none()
 }
 
-/// Whether a pod (by its metadata) belongs to `id`, through the same owner walk the injector uses.
-pub fn pod_belongs_to(pod: &ObjectMeta, id: &WorkloadId) -> bool {
-    if pod.namespace.as_deref() != Some(id.namespace.as_str()) {
-        return false;
-    }
-    workload_of(pod).is_some_and(|w| w.kind == id.kind.as_str() && w.name == id.name)
+/// Whether a pod belongs to `id` (its owner was resolved by the injector's owner walk).
+pub fn pod_belongs_to(pod: &PodSummary, id: &WorkloadId) -> bool {
+    *pod.namespace == *id.namespace && pod.owner.as_ref().is_some_and(|o| o.kind == id.kind && *o.name == *id.name)
 }
 
 /// Counts of a workload's live pods against the hash they should carry (`None`: they should not
 /// be injected at all).
-pub fn pod_counts(pods: &[&ObjectMeta], desired_hash: Option<&str>, ready: u32) -> PodCounts {
+pub fn pod_counts(pods: &[&PodSummary], desired_hash: Option<&str>, ready: u32) -> PodCounts {
     let mut counts = PodCounts { ready, ..Default::default() };
-    for pod in pods.iter().filter(|p| p.deletion_timestamp.is_none()) {
+    for pod in pods.iter().filter(|p| !p.deleting) {
         counts.total += 1;
-        let injected = pod.labels.as_ref().and_then(|l| l.get(INJECTED_LABEL)).is_some_and(|v| v == "true");
-        let hash = pod.annotations.as_ref().and_then(|a| a.get(MANIFEST_HASH_ANNOTATION)).map(String::as_str);
-        match (injected, desired_hash) {
-            (true, Some(want)) if hash == Some(want) => counts.current += 1,
+        match (pod.injected(), desired_hash) {
+            (true, Some(want)) if pod.manifest_hash.as_deref() == Some(want) => counts.current += 1,
             (true, _) => counts.outdated += 1,
             (false, Some(_)) => counts.missed += 1,
             (false, None) => {}
@@ -79,31 +73,25 @@ pub fn pod_counts(pods: &[&ObjectMeta], desired_hash: Option<&str>, ready: u32) 
 
 /// Creation time of the newest live pod without injection (for a workload whose pods should
 /// all be injected: the newest missed pod).
-pub fn newest_uninjected(pods: &[&ObjectMeta]) -> Option<Timestamp> {
-    pods.iter()
-        .filter(|p| p.deletion_timestamp.is_none())
-        .filter(|p| p.labels.as_ref().and_then(|l| l.get(INJECTED_LABEL)).is_none_or(|v| v != "true"))
-        .filter_map(|p| p.creation_timestamp.as_ref().map(|t| t.0))
-        .max()
+pub fn newest_uninjected(pods: &[&PodSummary]) -> Option<Timestamp> {
+    pods.iter().filter(|p| !p.deleting && !p.injected()).filter_map(|p| p.created).max()
 }
 
 /// Health of a restarted workload's pods: failing when a container is in CrashLoopBackOff or has
 /// restarted since the restart was requested.
-pub fn health(pods: &[&Pod], since: Timestamp) -> Health {
+pub fn health(pods: &[&PodSummary], since: Timestamp) -> Health {
     // Creation timestamps have whole seconds: a pod created in the restart's second is new.
     let since = Timestamp::from_second(since.as_second()).unwrap_or(since);
     for pod in pods {
-        let created = pod.metadata.creation_timestamp.as_ref().map(|t| t.0);
-        if created.is_some_and(|c| c < since) {
+        if pod.created.is_some_and(|c| c < since) {
             continue; // an old pod: its history is not the restart's fault
         }
-        let statuses = pod.status.iter().flat_map(|s| s.container_statuses.iter().flatten());
-        for c in statuses {
-            let waiting = c.state.as_ref().and_then(|s| s.waiting.as_ref()).and_then(|w| w.reason.as_deref());
+        for c in &pod.containers {
+            let waiting = c.waiting.as_deref();
             if waiting == Some("CrashLoopBackOff") || c.restart_count >= 3 {
                 return Health::Failing(format!(
                     "pod {} container {} restarted {} times ({})",
-                    pod.metadata.name.as_deref().unwrap_or("?"),
+                    if pod.name.is_empty() { "?" } else { &pod.name },
                     c.name,
                     c.restart_count,
                     waiting.unwrap_or("restarting")
@@ -117,7 +105,7 @@ pub fn health(pods: &[&Pod], since: Timestamp) -> Health {
 /// The engine's view of one workload. `governed`: its namespace is governed by `policy`.
 pub fn observe(
     workload: &Workload,
-    pods: &[&ObjectMeta],
+    pods: &[&PodSummary],
     failing: Health,
     reporting: Option<bool>,
     policy: &TracingPolicy,
@@ -158,11 +146,13 @@ pub fn rollback_patch(reason: &str, now: Timestamp) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::keys::{INJECTED_LABEL, MANIFEST_HASH_ANNOTATION};
     use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStatus};
-    use k8s_openapi::api::core::v1::PodTemplateSpec;
     use k8s_openapi::api::core::v1::{
         Container, ContainerState, ContainerStateWaiting, ContainerStatus, PodSpec, PodStatus,
     };
+    use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
     use std::collections::BTreeMap;
 
@@ -205,6 +195,10 @@ mod tests {
                 ..Default::default()
             }),
         }
+    }
+
+    fn summary(meta: &ObjectMeta) -> PodSummary {
+        PodSummary::from_meta(meta, Box::default())
     }
 
     fn pod_meta(injected: bool, hash: &str) -> ObjectMeta {
@@ -254,9 +248,9 @@ mod tests {
 
     #[test]
     fn pods_are_counted_against_the_desired_hash() {
-        let a = pod_meta(true, "h1");
-        let b = pod_meta(true, "h0");
-        let c = pod_meta(false, "");
+        let a = summary(&pod_meta(true, "h1"));
+        let b = summary(&pod_meta(true, "h0"));
+        let c = summary(&pod_meta(false, ""));
         let counts = pod_counts(&[&a, &b, &c], Some("h1"), 3);
         assert_eq!(counts, PodCounts { total: 3, current: 1, outdated: 1, missed: 1, ready: 3 });
         let counts = pod_counts(&[&a, &c], None, 2);
@@ -276,6 +270,7 @@ mod tests {
         leaving.creation_timestamp = at("2026-11-24T12:00:00Z");
         leaving.deletion_timestamp = at("2026-11-24T12:00:01Z");
         let want: Timestamp = "2026-11-24T10:00:00Z".parse().unwrap();
+        let [old, new, injected, leaving] = [old, new, injected, leaving].map(|m| summary(&m));
         assert_eq!(newest_uninjected(&[&old, &new, &injected, &leaving]), Some(want));
         assert_eq!(newest_uninjected(&[&injected]), None);
         let d = deployment(2, &[], &[]);
@@ -296,7 +291,7 @@ mod tests {
         let d = deployment(2, &[], &[]);
         let w = Workload::from(&d);
         let id = w.id();
-        let p = pod_meta(false, "");
+        let p = summary(&pod_meta(false, ""));
         assert!(pod_belongs_to(&p, &id));
         let o = observe(&w, &[&p], Health::Healthy, None, &policy(), &InjectOptions::default(), true);
         assert!(o.desired_hash.is_some());
@@ -340,6 +335,7 @@ mod tests {
                 ..Default::default()
             }),
         };
+        let pod = |created: &str| PodSummary::from_pod(&pod(created));
         let old = pod("2026-11-24T09:00:00Z");
         let new = pod("2026-11-24T10:01:00Z");
         assert_eq!(health(&[&old], since), Health::Healthy);
