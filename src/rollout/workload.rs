@@ -113,6 +113,9 @@ impl Workload {
                 name: metadata.name.clone(),
                 namespace: metadata.namespace.clone(),
                 uid: metadata.uid.clone(),
+                // kube's watcher resumes from the last object's resource version: a cached
+                // summary without one fails the watch ("no metadata.resourceVersion").
+                resource_version: metadata.resource_version.clone(),
                 generation: metadata.generation,
                 deletion_timestamp: metadata.deletion_timestamp.clone(),
                 ..Default::default()
@@ -290,6 +293,7 @@ mod tests {
         assert_eq!(w.id(), WorkloadId { namespace: "shop".into(), kind: WorkloadKind::Deployment, name: "web".into() });
         let meta = &w.metadata;
         assert_eq!((meta.uid.as_deref(), meta.generation), (Some("d1"), Some(4)));
+        assert_eq!(meta.resource_version.as_deref(), Some("77"), "kube's watcher resumes from it");
         assert_eq!((&meta.labels, &meta.annotations, &meta.managed_fields), (&None, &None, &None));
         assert_eq!(w.template.labels.iter().collect::<Vec<_>>(), vec![("app", "web"), ("tier", "front")]);
         assert_eq!(w.template.annotations.get(LANGUAGE_ANNOTATION), Some("java"));
@@ -342,6 +346,7 @@ mod tests {
             + s(&w.metadata.name)
             + s(&w.metadata.namespace)
             + s(&w.metadata.uid)
+            + s(&w.metadata.resource_version)
             + pairs(&w.template.labels)
             + pairs(&w.template.annotations)
             + containers

@@ -207,16 +207,19 @@ pub async fn teardown(suite: &mut Suite) -> anyhow::Result<()> {
     uninstall_release(&suite.cluster)?;
     remove_policies_and_crd(&suite.cluster).await?;
     delete_namespaces(&client, &[NAMESPACE.to_string()]).await?;
-    rbac_denials(&suite.operator_logs)
+    operator_log_failures(&suite.operator_logs)
 }
 
-/// Fails if any operator log mentions a request the API server forbade: the chart's RBAC must
-/// cover everything the operator does.
-fn rbac_denials(logs: &[std::path::PathBuf]) -> anyhow::Result<()> {
+/// Fails if any operator log mentions a request the API server forbade (the chart's RBAC must
+/// cover everything the operator does) or a cache's watch broken by the operator's own types.
+fn operator_log_failures(logs: &[std::path::PathBuf]) -> anyhow::Result<()> {
     let mut denied = Vec::new();
+    let mut broken = Vec::new();
     for path in logs {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         denied.extend(text.lines().filter(|l| l.contains("forbidden")).map(|l| format!("{}: {l}", path.display())));
+        broken
+            .extend(text.lines().filter(|l| is_cache_decoding_failure(l)).map(|l| format!("{}: {l}", path.display())));
         // Not failures by themselves (e.g. a watch restarting), but worth seeing.
         for line in text.lines().filter(|l| l.contains(" WARN ") || l.contains(" ERROR ")) {
             eprintln!("[e2e]    operator {}: {line}", path.file_name().unwrap_or_default().to_string_lossy());
@@ -227,5 +230,18 @@ fn rbac_denials(logs: &[std::path::PathBuf]) -> anyhow::Result<()> {
         "the operator was denied by RBAC (the chart's roles miss a permission):\n{}",
         denied.join("\n")
     );
+    ensure!(
+        broken.is_empty(),
+        "a cache's watch failed on what the operator decodes (its own cached types), not on the network:\n{}",
+        broken.join("\n")
+    );
     Ok(())
+}
+
+/// A watch failure caused by the operator's own cached types (an object they cannot decode, or a
+/// summary that lost the resource version the watcher resumes from): such a watch fails on every
+/// event and relists, where a network failure is retried once.
+fn is_cache_decoding_failure(line: &str) -> bool {
+    let line = line.to_lowercase();
+    line.contains("watch failed") && (line.contains("resourceversion") || line.contains("deserializ"))
 }
