@@ -62,14 +62,15 @@ fn requirement_matches<'l>(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
-    fn expr(key: &str, op: &str, values: &[&str]) -> LabelSelectorRequirement {
+    /// A `matchExpressions` requirement (shared with the other selector tests).
+    pub(crate) fn expr(key: &str, op: &str, values: &[&str]) -> LabelSelectorRequirement {
         LabelSelectorRequirement {
             key: key.into(),
             operator: op.into(),
