@@ -17,9 +17,10 @@ unit: ## Unit and golden tests (no cluster)
 
 test: lint unit e2e e2e-agent e2e-traces fuzz ## Everything CI runs: lint, unit and golden tests, end-to-end suite, agent interop, traces through the demo shop, brief fuzzing
 
-lint: ## rustfmt and clippy, warnings are errors
+lint: ## rustfmt, clippy and rustdoc (broken doc links), warnings are errors
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --all-targets --features e2e -- -D warnings
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --locked --no-deps --lib
 
 fmt: ## Format the code
 	$(CARGO) fmt --all

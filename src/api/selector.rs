@@ -16,7 +16,7 @@ pub fn matches(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> R
     matches_with(selector, |key| labels.get(key).map(String::as_str))
 }
 
-/// [`matches`] for labels kept in any form: `label` looks a label's value up by its key.
+/// [`matches`](fn@matches) for labels kept in any form: `label` looks a label's value up by its key.
 pub fn matches_with<'l>(
     selector: &LabelSelector,
     label: impl Fn(&str) -> Option<&'l str>,

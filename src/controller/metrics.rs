@@ -52,7 +52,7 @@ pub fn request_labels(method: &http::Method, uri: &http::Uri) -> RequestLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabels {
-    /// [`super::Error::kind`] of the failure.
+    /// [`Error::kind`](super::reconcile::Error::kind) of the failure.
     pub kind: &'static str,
 }
 

@@ -6,30 +6,39 @@
 //! - [`plan`]: pure decisions (governed namespaces, steps, counts, status);
 //! - [`resources`]: the objects written into governed namespaces, as pure values;
 //! - [`rollout`]: the phased rollout's observation and outcome (pure; the engine is `crate::rollout`);
-//! - [`reconcile`]: the TracingPolicy reconciler (I/O);
+//! - [`reconcile`](mod@reconcile): the TracingPolicy reconciler (I/O);
 //! - [`lease`]: leader election;
 //! - `trace`: what the reconcile spans (the operator's own traces) say;
 //! - [`metrics`]: the controller's metrics.
 //!
 //! # Where the memory goes
 //!
-//! `make bench-scale` (2000 Deployments, 6000 pods): 44.4 MiB resident with the caches filled,
-//! 73.4 MiB at the peak, near the rollout's end. Before the operator's functions were placed
-//! together in the binary (`config/agent-layout.ld`, see `build.rs`): 50.7 and 78.7 MiB, about
-//! 19 MiB of it file-backed (the binary's code and read-only data, paged in). The rest is the
-//! heap and what the allocator keeps around it. By heaptrack (a `system-allocator` build, 500 Deployments): the heap is 7.5 MiB with the
-//! caches filled and 12 MiB at the peak. The caches are most of it: a cached Deployment cost
-//! ~6 KiB (its pod template: k8s-openapi's `Container` alone is ~2.3 KiB inline) until workloads
-//! were cached as the rollout's summary (`rollout::workload`, under 1 KiB); a cached pod ~1.5 KiB
-//! (its metadata, each label and annotation map at least one B-tree node of ~0.5 KiB); the
-//! watches' read buffers ~1.3 MiB. Since then a cached pod is a compact
-//! [`PodSummary`](crate::rollout::pod::PodSummary): 392 bytes with its heap for a typical pod
-//! (by `cache`'s size test), ~0.5 KiB with the store's key and `Arc`, so ~1 KiB less per pod,
-//! ~6 MiB for 6000 pods (estimated; not yet measured by `make bench-scale`). The resident set
-//! jumps by ~15 MiB within seconds of the policy's creation and stays there (not yet attributed:
-//! the first reconcile activates every namespace at once and the webhook's first admissions
-//! arrive), then grows by ~1 MiB a minute with the restarts: an injected pod and a restarted
-//! template carry more labels and annotations than the objects they replace.
+//! `make bench-scale` (2000 Deployments, 6000 pods), measured: 25.1 MiB resident with the
+//! caches filled, 47.8 MiB at the peak, near the rollout's end (a sampler saw ~30 MiB of it
+//! anonymous, ~16.5 MiB file-backed: the binary's code and read-only data, paged in; 3 threads).
+//! How it got there, in steps measured the same way:
+//!
+//! - 50.7 / 78.7 MiB (filled / peak) at first; placing the operator's functions together in the
+//!   binary (`config/agent-layout.ld`, see `build.rs`) made it 44.4 / 73.4 MiB.
+//! - By heaptrack (a `system-allocator` build, 500 Deployments) the heap was 7.5 MiB with the
+//!   caches filled and 12 MiB at the peak, and the caches were most of it: a cached Deployment
+//!   cost ~6 KiB (its pod template: k8s-openapi's `Container` alone is ~2.3 KiB inline), a cached
+//!   pod ~1.5 KiB (its metadata, each label and annotation map at least one B-tree node of
+//!   ~0.5 KiB), the watches' read buffers ~1.3 MiB.
+//! - Workloads are cached as the rollout's summary ([`Workload`](crate::rollout::workload::Workload),
+//!   under 1 KiB) and pods as a compact [`PodSummary`] decoded
+//!   straight from the watch's JSON (392 bytes with its heap for a typical pod, by `cache`'s size
+//!   test; ~0.5 KiB with the store's key and `Arc`).
+//! - The workload summary first dropped `metadata.resourceVersion`; kube's watcher then failed
+//!   every Deployment and StatefulSet watch event ("no metadata.resourceVersion in watch result")
+//!   and relisted, which cost both memory and API calls. With it kept (and the e2e suite failing
+//!   on any such operator log line): the figures above.
+//!
+//! From filled caches to the peak, ~23 MiB: part of it comes within seconds of the policy's
+//! creation (the first reconcile activates every namespace at once and the webhook's first
+//! admissions arrive), the rest grows with the restarts, since an injected pod and a restarted
+//! template carry more labels and annotations than the objects they replace. Not yet attributed
+//! further (heaptrack on a full-size run would).
 
 pub mod cache;
 pub mod events;

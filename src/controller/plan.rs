@@ -219,9 +219,8 @@ pub fn step_for(previous: Option<NamespaceState>, gates: Gates, reached: bool) -
 ///
 /// `selected`: not terminating, not opted out, matched by `podSelector`; `injected`: selected and
 /// labelled `tracelight.io/injected=true`; `missed`: selected, not injected, namespace active.
-/// `outdated` needs the expected manifest hash, which depends on each pod's containers (see
-/// `inject::hash`) and cannot be computed from metadata alone: it stays 0 for now.
-// TODO(outdated): once the injector records a policy-level hash annotation, compare it here.
+/// `outdated` is left 0 here: it needs each workload's expected manifest hash (see
+/// `inject::hash`), so the reconciler fills it from the rollout's workload observations.
 pub fn pod_counts<'a>(
     pods: impl IntoIterator<Item = &'a PodSummary>,
     pod_selector: Option<&LabelSelector>,

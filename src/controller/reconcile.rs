@@ -1,4 +1,4 @@
-//! The TracingPolicy reconciler: gathers what the pure [`plan`](super::plan) functions need,
+//! The TracingPolicy reconciler: gathers what the pure [`plan`](mod@super::plan) functions need,
 //! carries out what they decide (agent ConfigMaps and Secrets, status, Events) and nothing more.
 
 use super::cache::CachedWorkload;
@@ -132,7 +132,7 @@ impl Error {
 /// Reconciles one policy: apply while it lives, clean up once it is deleted.
 ///
 /// Its span (one of the operator's own traces) says what the rollout decided and why it waits:
-/// the empty fields are filled by [`trace::record_plan`] and [`trace::record_result`].
+/// the empty fields are filled by `trace::record_plan` and `trace::record_result`.
 #[tracing::instrument(skip_all, fields(
     policy = %policy.name_any(),
     generation = policy.metadata.generation,

@@ -132,7 +132,7 @@ impl<'a> Snapshot<'a> {
 
 /// The engine's view of every workload in a governed or leaving namespace. Health is `Healthy`
 /// and reporting unknown: the reconciler fills in health for restarts in flight (see
-/// [`health_check_since`]) and reporting from the agents' reports (see [`coverage`]).
+/// [`health_check_since`]) and reporting from the agents' reports (see [`coverage`](fn@coverage)).
 pub fn observe_workloads(
     policy: &TracingPolicy,
     plan: &NamespacePlan,

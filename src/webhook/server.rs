@@ -42,7 +42,7 @@ pub fn tls_config(resolver: Arc<CertResolver>) -> Result<Arc<ServerConfig>, rust
 }
 
 /// Serves `app` over TLS on `listener` until `shutdown`, then lets open requests finish (up to
-/// [`DRAIN_TIMEOUT`]). Per-connection failures are logged, never fatal.
+/// `DRAIN_TIMEOUT`). Per-connection failures are logged, never fatal.
 pub async fn serve_https(listener: TcpListener, tls: Arc<ServerConfig>, app: Router, shutdown: CancellationToken) {
     let acceptor = TlsAcceptor::from(tls);
     let mut connections = JoinSet::new();
