@@ -137,7 +137,7 @@ def main():
             if fn in defined and fn not in seen:
                 seen.add(fn)
                 order.append(fn)
-    write_script(order, out)
+    write_script([order[:agent], order[agent:]], out)
     print(f"{agent} functions of the agent, {len(order) - agent} more of the operator -> {out}")
 
 
@@ -159,21 +159,24 @@ def pattern(symbol):
     return symbol
 
 
-def write_script(symbols, out):
+def write_script(groups, out):
     """An lld linker script that adds a `.text.agent` output section before the default `.text`
-    (`INSERT BEFORE` keeps the default layout of everything else). It holds the profiled
-    functions by exact name first, in profile order, so that a fresh profile packs exactly the
-    code that runs; then the same names as patterns, which still group the agent's code
-    (with the other instances of its generics) once edits have changed the hashes. One input
-    description per name: the linker places descriptions in script order, and each section
-    where the first description matching it stands."""
+    (`INSERT BEFORE` keeps the default layout of everything else). Each group (the agent's
+    functions, then the operator's) holds its profiled functions by exact name first, in profile
+    order, so that a fresh profile packs exactly the code that runs; then the same names as
+    patterns, which still group the code (with the other instances of its generics) once edits
+    have changed the hashes. The agent's patterns come before the operator's exact names: after
+    an edit, an agent function whose hash changed still sits with the agent's code instead of
+    beyond the operator's. One input description per name: the linker places descriptions in
+    script order, and each section where the first description matching it stands."""
     seen, lines = set(), []
-    for name in symbols + [pattern(s) for s in symbols]:
-        if name not in seen and re.fullmatch(r"[A-Za-z0-9_.$*]+", name):
-            seen.add(name)
-            # LLVM names the section of a cold function (`#[cold]`, panics, growth paths)
-            # `.text.unlikely.<name>`.
-            lines.append(f"    *(.text.{name} .text.unlikely.{name})")
+    for symbols in groups:
+        for name in symbols + [pattern(s) for s in symbols]:
+            if name not in seen and re.fullmatch(r"[A-Za-z0-9_.$*]+", name):
+                seen.add(name)
+                # LLVM names the section of a cold function (`#[cold]`, panics, growth paths)
+                # `.text.unlikely.<name>`.
+                lines.append(f"    *(.text.{name} .text.unlikely.{name})")
     with open(out, "w") as f:
         f.write("/* The code of `tracelight agent`, placed together in the order it runs (see build.rs).\n"
                 " * Written by e2e/collector/agent_order.py (`make agent-order`) from a profile. */\n")
