@@ -1,6 +1,7 @@
-//! The OTLP/HTTP receive path on arbitrary input: headers -> gzip -> protobuf or JSON decode,
-//! then what the receiver does with a decoded request (validate, sample with tracestate parsing,
-//! enrich, encode into the queue). Nothing may panic, and what is queued must decode again.
+//! The OTLP/HTTP receive path on arbitrary input: headers -> gzip -> protobuf bytes or JSON
+//! decode, then what the receiver does with them (validate on the wire, sample with tracestate
+//! parsing, enrich, write into the queue). Nothing may panic, a protobuf body is refused exactly
+//! when prost refuses it, and what is queued must decode again.
 //!
 //! Input layout: byte 0 picks the content type and encoding, byte 1 the sampling ratio, the rest
 //! is the body (compressed by the harness in one mode, so the decoder sees valid gzip of fuzzed
@@ -10,7 +11,9 @@
 use libfuzzer_sys::fuzz_target;
 use std::io::Write;
 use std::sync::Arc;
-use tracelight::agent::decode::decode_request;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use prost::Message;
+use tracelight::agent::decode::{decode_request, Payload};
 use tracelight::agent::enrich::PodIdentity;
 use tracelight::agent::metrics::{Metrics, Transport};
 use tracelight::agent::pipeline::{LiveSettings, Pipeline};
@@ -43,7 +46,7 @@ fuzz_target!(|data: &[u8]| {
         _ => (Some("br"), body),
     };
     let content_type = (!content_type.is_empty()).then_some(content_type);
-    let Ok((request, _)) = decode_request(content_type, content_encoding, body, LIMIT) else { return };
+    let Ok((payload, _)) = decode_request(content_type, content_encoding, body, LIMIT) else { return };
 
     let metrics = Arc::new(Metrics::default());
     let queue = Arc::new(Queue::new(1 << 20, metrics.clone()));
@@ -54,7 +57,17 @@ fuzz_target!(|data: &[u8]| {
         attributes: vec![("k8s.pod.name".into(), "p".into())],
         generation: 1,
     });
-    let ingested = pipeline.ingest(request, Transport::Http);
+    let ingested = match payload {
+        Payload::Protobuf(bytes) => {
+            let ingested = pipeline.ingest(&bytes, Transport::Http);
+            // The wire path refuses exactly what prost refuses.
+            let decoded = ExportTraceServiceRequest::decode(&bytes[..]);
+            assert_eq!(ingested.is_ok(), decoded.is_ok(), "wire {ingested:?} vs prost {decoded:?}");
+            ingested
+        }
+        Payload::Json(request) => pipeline.ingest_request(&request, Transport::Http),
+    };
+    let Ok(ingested) = ingested else { return };
     let _ = ingested.rejection_message();
     if let Some(batch) = queue.take(usize::MAX) {
         let spans = batch.decode().expect("a queued batch is valid protobuf");

@@ -1,9 +1,10 @@
-//! OTLP/HTTP request decoding: content type, gzip, size limits, protobuf or JSON. Pure, and
-//! never panics on any input (see the proptest below and `fuzz/`).
+//! OTLP/HTTP request decoding: content type, gzip, size limits, then protobuf bytes (processed
+//! as they are by `super::wire`) or a JSON request decoded into structs. Pure, and never panics
+//! on any input (see the proptest below and `fuzz/`).
 
 use flate2::read::GzDecoder;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use prost::Message;
+use std::borrow::Cow;
 use std::io::Read;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,8 +32,8 @@ pub enum DecodeError {
     TooLarge { limit: usize },
     #[error("invalid gzip body: {0}")]
     Gzip(String),
-    #[error("invalid protobuf ExportTraceServiceRequest: {0}")]
-    Protobuf(String),
+    #[error(transparent)]
+    Protobuf(#[from] super::wire::WireError),
     #[error("invalid JSON ExportTraceServiceRequest: {0}")]
     Json(String),
 }
@@ -60,13 +61,17 @@ pub fn encoding_of(content_type: Option<&str>) -> Result<Encoding, DecodeError> 
 }
 
 /// The body after `Content-Encoding`, at most `limit` bytes once inflated (zip-bomb guard).
-pub fn decompress(body: &[u8], content_encoding: Option<&str>, limit: usize) -> Result<Vec<u8>, DecodeError> {
+pub fn decompress<'a>(
+    body: &'a [u8],
+    content_encoding: Option<&str>,
+    limit: usize,
+) -> Result<Cow<'a, [u8]>, DecodeError> {
     match content_encoding.map(|e| e.trim().to_ascii_lowercase()).as_deref() {
         None | Some("") | Some("identity") => {
             if body.len() > limit {
                 return Err(DecodeError::TooLarge { limit });
             }
-            Ok(body.to_vec())
+            Ok(Cow::Borrowed(body))
         }
         Some("gzip") => {
             let mut out = Vec::with_capacity(body.len().saturating_mul(4).min(limit));
@@ -75,31 +80,35 @@ pub fn decompress(body: &[u8], content_encoding: Option<&str>, limit: usize) -> 
             if out.len() > limit {
                 return Err(DecodeError::TooLarge { limit });
             }
-            Ok(out)
+            Ok(Cow::Owned(out))
         }
         Some(other) => Err(DecodeError::UnsupportedContentEncoding(other.chars().take(50).collect())),
     }
 }
 
-pub fn decode(bytes: &[u8], encoding: Encoding) -> Result<ExportTraceServiceRequest, DecodeError> {
-    match encoding {
-        Encoding::Protobuf => {
-            ExportTraceServiceRequest::decode(bytes).map_err(|e| DecodeError::Protobuf(e.to_string()))
-        }
-        Encoding::Json => serde_json::from_slice(bytes).map_err(|e| DecodeError::Json(e.to_string())),
-    }
+/// A request body once its content encoding is undone.
+#[derive(Debug, PartialEq)]
+pub enum Payload<'a> {
+    /// An encoded `ExportTraceServiceRequest`, not yet validated (`super::wire` does that).
+    Protobuf(Cow<'a, [u8]>),
+    /// OTLP/JSON, decoded (and so validated).
+    Json(ExportTraceServiceRequest),
 }
 
-/// Headers + body -> request.
-pub fn decode_request(
+/// Headers + body -> payload.
+pub fn decode_request<'a>(
     content_type: Option<&str>,
     content_encoding: Option<&str>,
-    body: &[u8],
+    body: &'a [u8],
     limit: usize,
-) -> Result<(ExportTraceServiceRequest, Encoding), DecodeError> {
+) -> Result<(Payload<'a>, Encoding), DecodeError> {
     let encoding = encoding_of(content_type)?;
     let raw = decompress(body, content_encoding, limit)?;
-    Ok((decode(&raw, encoding)?, encoding))
+    let payload = match encoding {
+        Encoding::Protobuf => Payload::Protobuf(raw),
+        Encoding::Json => Payload::Json(serde_json::from_slice(&raw).map_err(|e| DecodeError::Json(e.to_string()))?),
+    };
+    Ok((payload, encoding))
 }
 
 #[cfg(test)]
@@ -108,6 +117,23 @@ mod tests {
     use flate2::write::GzEncoder;
     use proptest::prelude::*;
     use std::io::Write;
+
+    /// The protobuf step after decoding: validate, sample, enrich.
+    fn process(bytes: &[u8]) -> Result<usize, crate::agent::wire::WireError> {
+        let rules = crate::agent::wire::Rules {
+            threshold: crate::agent::sampler::Threshold::for_ratio(0.5),
+            attributes: &[],
+        };
+        let mut out = Vec::new();
+        crate::agent::wire::process(bytes, rules, &mut out).map(|p| p.counts.queued)
+    }
+
+    /// The whole receive path on a body; never panics.
+    fn receive(content_type: &str, content_encoding: Option<&str>, body: &[u8]) {
+        if let Ok((Payload::Protobuf(bytes), _)) = decode_request(Some(content_type), content_encoding, body, 4096) {
+            let _ = process(&bytes);
+        }
+    }
 
     fn gzip(data: &[u8]) -> Vec<u8> {
         let mut e = GzEncoder::new(Vec::new(), flate2::Compression::fast());
@@ -126,8 +152,9 @@ mod tests {
     #[test]
     fn json_with_hex_ids_decodes() {
         let json = br#"{"resourceSpans":[{"scopeSpans":[{"spans":[{"traceId":"5b8efff798038103d269b633813fc60c","spanId":"eee19b7ec3c1b174","name":"x","kind":2}]}]}]}"#;
-        let (req, enc) = decode_request(Some("application/json"), None, json, 1 << 20).expect("valid");
+        let (payload, enc) = decode_request(Some("application/json"), None, json, 1 << 20).expect("valid");
         assert_eq!(enc, Encoding::Json);
+        let Payload::Json(req) = payload else { panic!("JSON decodes to a request") };
         let span = &req.resource_spans[0].scope_spans[0].spans[0];
         assert_eq!(span.trace_id.len(), 16);
         assert_eq!(span.span_id.len(), 8);
@@ -136,9 +163,10 @@ mod tests {
     #[test]
     fn gzip_protobuf_round_trips() {
         let req = crate::agent::pipeline::tests::request(vec![crate::agent::pipeline::tests::span([3; 16])]);
-        let body = gzip(&req.encode_to_vec());
+        let encoded = prost::Message::encode_to_vec(&req);
+        let body = gzip(&encoded);
         let (got, _) = decode_request(Some("application/x-protobuf"), Some("gzip"), &body, 1 << 20).expect("valid");
-        assert_eq!(got, req);
+        assert_eq!(got, Payload::Protobuf(Cow::Owned(encoded)));
     }
 
     #[test]
@@ -150,9 +178,11 @@ mod tests {
 
     #[test]
     fn malformed_payloads_are_400_with_a_message() {
-        let err = decode_request(Some("application/x-protobuf"), None, &[0xff, 0xff, 0xff], 1024).expect_err("bad");
+        let (payload, _) = decode_request(Some("application/x-protobuf"), None, &[0xff, 0xff, 0xff], 1024).expect("framing");
+        let Payload::Protobuf(bytes) = payload else { panic!("protobuf stays bytes") };
+        let err = DecodeError::from(process(&bytes).expect_err("bad"));
         assert_eq!(err.http_status(), 400);
-        assert!(err.to_string().contains("protobuf"));
+        assert!(err.to_string().contains("protobuf"), "{err}");
         let err = decode_request(Some("application/json"), None, b"{\"resourceSpans\": 3}", 1024).expect_err("bad");
         assert_eq!(err.http_status(), 400);
         let err = decode_request(Some("application/json"), Some("gzip"), b"not gzip", 1024).expect_err("bad");
@@ -166,17 +196,17 @@ mod tests {
         #[test]
         fn random_bytes_never_panic(body in proptest::collection::vec(any::<u8>(), 0..2048), json in any::<bool>(), gz in any::<bool>()) {
             let ct = if json { "application/json" } else { "application/x-protobuf" };
-            let _ = decode_request(Some(ct), gz.then_some("gzip"), &body, 4096);
-            let _ = decode_request(Some(ct), Some("gzip"), &gzip(&body), 4096);
+            receive(ct, gz.then_some("gzip"), &body);
+            receive(ct, Some("gzip"), &gzip(&body));
         }
 
         #[test]
         fn mutated_valid_messages_never_panic(flip in 0usize..4096, val in any::<u8>()) {
             let req = crate::agent::pipeline::tests::request(vec![crate::agent::pipeline::tests::span([3; 16])]);
-            let mut body = req.encode_to_vec();
+            let mut body = prost::Message::encode_to_vec(&req);
             let i = flip % body.len();
             body[i] = val;
-            let _ = decode_request(Some("application/x-protobuf"), None, &body, 4096);
+            receive("application/x-protobuf", None, &body);
         }
     }
 }

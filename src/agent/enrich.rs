@@ -1,7 +1,6 @@
-//! `k8s.*` and policy resource attributes added to every resource that lacks them.
+//! `k8s.*` and policy resource attributes added to every resource that lacks them (applied to
+//! the encoded request by `super::wire`).
 
-use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
-use opentelemetry_proto::tonic::resource::v1::Resource;
 use std::collections::BTreeMap;
 
 /// What the pod knows about itself, from the downward-API environment the injector sets.
@@ -73,46 +72,14 @@ pub fn attributes_to_add(identity: &PodIdentity, custom: &BTreeMap<String, Strin
     out
 }
 
-/// Add each attribute the resource does not already have; what the application set wins,
-/// except a value that is an unexpanded Kubernetes `$(VAR)` reference: the kubelet leaves those
-/// as they are when `VAR` is not defined before them, and `k8s.pod.name=$(TRACELIGHT_POD_NAME)`
-/// would otherwise reach the backend as it is.
-pub fn enrich(resource: &mut Option<Resource>, attributes: &[(String, String)]) {
-    let resource = resource.get_or_insert_with(Resource::default);
-    for (key, value) in attributes {
-        match resource.attributes.iter_mut().find(|kv| &kv.key == key) {
-            None => resource.attributes.push(string_kv(key, value)),
-            Some(kv) if is_unexpanded_reference(kv) => *kv = string_kv(key, value),
-            Some(_) => {}
-        }
-    }
-}
-
-/// The value is exactly `$(NAME)`, as the kubelet leaves a reference it cannot resolve.
-fn is_unexpanded_reference(kv: &KeyValue) -> bool {
-    let Some(any_value::Value::StringValue(s)) = kv.value.as_ref().and_then(|v| v.value.as_ref()) else {
-        return false;
-    };
-    s.strip_prefix("$(")
+/// The value is exactly `$(NAME)`, as the kubelet leaves a reference it cannot resolve. Such an
+/// application value is replaced by the agent's (`k8s.pod.name=$(TRACELIGHT_POD_NAME)` would
+/// otherwise reach the backend as it is); any other application value wins over the agent's.
+pub fn is_unexpanded_reference(value: &str) -> bool {
+    value
+        .strip_prefix("$(")
         .and_then(|rest| rest.strip_suffix(')'))
         .is_some_and(|name| !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c)))
-}
-
-fn string_kv(key: &str, value: &str) -> KeyValue {
-    KeyValue {
-        key: key.to_string(),
-        value: Some(AnyValue { value: Some(any_value::Value::StringValue(value.to_string())) }),
-        ..Default::default()
-    }
-}
-
-/// The `service.name` of a resource, if it is a string.
-pub fn service_name(resource: Option<&Resource>) -> Option<&str> {
-    let kv = resource?.attributes.iter().find(|kv| kv.key == "service.name")?;
-    match kv.value.as_ref()?.value.as_ref()? {
-        any_value::Value::StringValue(s) => Some(s),
-        _ => None,
-    }
 }
 
 #[cfg(test)]
@@ -130,50 +97,12 @@ mod tests {
         }
     }
 
-    fn value_of<'a>(r: &'a Resource, key: &str) -> Option<&'a str> {
-        r.attributes.iter().find(|kv| kv.key == key).and_then(|kv| match kv.value.as_ref()?.value.as_ref()? {
-            any_value::Value::StringValue(s) => Some(s.as_str()),
-            _ => None,
-        })
-    }
-
     #[test]
-    fn adds_k8s_attributes_to_a_bare_resource() {
-        let mut r = None;
-        enrich(&mut r, &identity().attributes());
-        let r = r.expect("resource created");
-        assert_eq!(value_of(&r, "k8s.pod.name"), Some("web-1"));
-        assert_eq!(value_of(&r, "k8s.namespace.name"), Some("shop"));
-        assert_eq!(value_of(&r, "k8s.node.name"), Some("node-a"));
-        assert_eq!(value_of(&r, "k8s.pod.uid"), Some("uid-1"));
-        assert_eq!(value_of(&r, "k8s.deployment.name"), Some("shop-frontend"));
-    }
-
-    #[test]
-    fn application_values_win() {
-        let mut r = Some(Resource { attributes: vec![string_kv("k8s.pod.name", "from-sdk")], ..Default::default() });
-        enrich(&mut r, &identity().attributes());
-        let r = r.expect("resource");
-        assert_eq!(value_of(&r, "k8s.pod.name"), Some("from-sdk"));
-        assert_eq!(r.attributes.iter().filter(|kv| kv.key == "k8s.pod.name").count(), 1);
-    }
-
-    #[test]
-    fn unexpanded_references_are_replaced_but_other_application_values_win() {
-        let mut r = Some(Resource {
-            attributes: vec![
-                string_kv("k8s.pod.name", "$(TRACELIGHT_POD_NAME)"),
-                string_kv("k8s.node.name", "node-$(X)"),
-            ],
-            ..Default::default()
-        });
-        let id = identity();
-        enrich(&mut r, &id.attributes());
-        let r = r.expect("resource");
-        let expected = id.attributes().into_iter().find(|(k, _)| k == "k8s.pod.name").expect("pod name").1;
-        assert_eq!(value_of(&r, "k8s.pod.name"), Some(expected.as_str()));
-        assert_eq!(value_of(&r, "k8s.node.name"), Some("node-$(X)"), "not a whole reference: the application's");
-        assert_eq!(r.attributes.iter().filter(|kv| kv.key == "k8s.pod.name").count(), 1);
+    fn only_whole_references_are_unexpanded() {
+        assert!(is_unexpanded_reference("$(TRACELIGHT_POD_NAME)"));
+        assert!(!is_unexpanded_reference("node-$(X)"));
+        assert!(!is_unexpanded_reference("$()"));
+        assert!(!is_unexpanded_reference("$(A B)"));
     }
 
     #[test]
@@ -196,12 +125,5 @@ mod tests {
         let attrs = attributes_to_add(&identity(), &custom);
         assert!(attrs.contains(&("k8s.pod.name".into(), "web-1".into())));
         assert!(attrs.contains(&("team".into(), "shop".into())));
-    }
-
-    #[test]
-    fn service_name_is_read() {
-        let r = Resource { attributes: vec![string_kv("service.name", "cart")], ..Default::default() };
-        assert_eq!(service_name(Some(&r)), Some("cart"));
-        assert_eq!(service_name(None), None);
     }
 }

@@ -49,6 +49,7 @@ pub mod report_push;
 pub mod sampler;
 pub mod settings;
 pub mod tracestate;
+pub mod wire;
 
 use crate::api::agent_config::AgentConfig;
 use crate::telemetry::LogFormat;

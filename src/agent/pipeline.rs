@@ -1,13 +1,19 @@
-//! Receive -> validate -> enrich -> sample -> queue: what both receivers call.
+//! Receive -> validate -> sample -> enrich -> queue: what both receivers call. The work on the
+//! request's bytes is `super::wire`'s; this holds the live settings and does the bookkeeping
+//! (metrics, services seen, the queue).
 
-use super::enrich::{self, PodIdentity};
+use super::enrich::PodIdentity;
 use super::metrics::{DropReason, Metrics, Transport, TransportLabel};
 use super::queue::{Batch, Queue};
 use super::report::ServicesSeen;
-use super::sampler::{self, Decision, Threshold};
+use super::sampler::Threshold;
+use super::wire::{self, Rules, WireError};
+use bytes::Bytes;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, Span};
+use std::cell::RefCell;
 use std::sync::{Arc, RwLock};
+
+pub use super::wire::Ingested;
 
 /// The part of the config that the ingest path applies; swapped whole on reload.
 #[derive(Debug, Clone, PartialEq)]
@@ -23,22 +29,13 @@ impl Default for LiveSettings {
     }
 }
 
-/// Result of ingesting one request: how many spans were rejected as invalid.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Ingested {
-    pub received: usize,
-    pub rejected: usize,
-    pub sampled_out: usize,
-    pub queued: usize,
-}
+/// Capacity of the per-thread output buffer kept between requests (a larger request's is freed).
+const SCRATCH_KEEP: usize = 256 << 10;
 
-impl Ingested {
-    /// The partial-success message to return, when spans were rejected.
-    pub fn rejection_message(&self) -> Option<String> {
-        (self.rejected > 0).then(|| {
-            format!("{} spans rejected: trace id must be 16 bytes and span id 8 bytes, not all zero", self.rejected)
-        })
-    }
+thread_local! {
+    /// Where a request's kept spans are written before they are copied, at their exact size,
+    /// into the queue: the queue's byte bound is then the memory it holds.
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
 pub struct Pipeline {
@@ -64,92 +61,52 @@ impl Pipeline {
         *self.live.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(settings);
     }
 
-    #[tracing::instrument(level = "debug", skip_all, fields(transport = ?transport))]
-    pub fn ingest(&self, request: ExportTraceServiceRequest, transport: Transport) -> Ingested {
+    /// Ingest one protobuf-encoded `ExportTraceServiceRequest`. A malformed request is refused
+    /// whole (nothing queued or counted but `malformed_requests`); the caller answers 400.
+    #[tracing::instrument(level = "debug", skip_all, fields(transport = ?transport, bytes = request.len()))]
+    pub fn ingest(&self, request: &[u8], transport: Transport) -> Result<Ingested, WireError> {
         let live = self.live();
-        let mut out = Ingested::default();
-        let mut kept = Vec::with_capacity(request.resource_spans.len());
-        for mut rs in request.resource_spans {
-            let n = process_resource(&mut rs, &live, &mut out);
-            if n.received > 0 {
-                let service = enrich::service_name(rs.resource.as_ref()).unwrap_or("unknown_service");
-                self.services.record(service, n.received as u64);
+        let rules = Rules { threshold: live.threshold, attributes: &live.attributes };
+        SCRATCH.with_borrow_mut(|out| {
+            out.clear();
+            let result = wire::process(request, rules, out).map(|processed| {
+                for (service, spans) in processed.services {
+                    self.services.record(service.unwrap_or("unknown_service"), spans as u64);
+                }
+                let counts = processed.counts;
+                if counts.queued > 0 {
+                    self.queue.push(Batch::from_encoded(Bytes::copy_from_slice(out), counts.queued));
+                }
+                self.metrics.received.get_or_create(&TransportLabel { transport }).inc_by(counts.received as u64);
+                self.metrics.sampled_out.inc_by(counts.sampled_out as u64);
+                self.metrics.drop_spans(DropReason::Invalid, counts.rejected);
+                counts
+            });
+            if out.capacity() > SCRATCH_KEEP {
+                *out = Vec::new();
             }
-            if rs.scope_spans.iter().any(|s| !s.spans.is_empty()) {
-                kept.push(rs);
+            if result.is_err() {
+                self.metrics.malformed_requests.inc();
             }
-        }
-        self.metrics.received.get_or_create(&TransportLabel { transport }).inc_by(out.received as u64);
-        self.metrics.sampled_out.inc_by(out.sampled_out as u64);
-        self.metrics.drop_spans(DropReason::Invalid, out.rejected);
-        if !kept.is_empty() {
-            self.queue.push(Batch::new(kept));
-        }
-        out
+            result
+        })
     }
-}
 
-/// Validate, sample and enrich one resource's spans in place; adds to `total` and returns this
-/// resource's own counts.
-fn process_resource(rs: &mut ResourceSpans, live: &LiveSettings, total: &mut Ingested) -> Ingested {
-    let mut n = Ingested::default();
-    for scope in &mut rs.scope_spans {
-        n.received += scope.spans.len();
-        scope.spans.retain_mut(|span| match keep_span(span, live.threshold) {
-            SpanFate::Keep => true,
-            SpanFate::Invalid => {
-                n.rejected += 1;
-                false
-            }
-            SpanFate::SampledOut => {
-                n.sampled_out += 1;
-                false
-            }
-        });
-        n.queued += scope.spans.len();
-    }
-    rs.scope_spans.retain(|s| !s.spans.is_empty());
-    if n.queued > 0 {
-        enrich::enrich(&mut rs.resource, &live.attributes);
-    }
-    total.received += n.received;
-    total.rejected += n.rejected;
-    total.sampled_out += n.sampled_out;
-    total.queued += n.queued;
-    n
-}
-
-enum SpanFate {
-    Keep,
-    Invalid,
-    SampledOut,
-}
-
-fn valid_ids(span: &Span) -> bool {
-    span.trace_id.len() == 16
-        && span.span_id.len() == 8
-        && span.trace_id.iter().any(|&b| b != 0)
-        && span.span_id.iter().any(|&b| b != 0)
-}
-
-fn keep_span(span: &mut Span, threshold: Threshold) -> SpanFate {
-    if !valid_ids(span) {
-        return SpanFate::Invalid;
-    }
-    match sampler::decide(threshold, &span.trace_id, &span.trace_state) {
-        Decision::Drop => SpanFate::SampledOut,
-        Decision::Keep(Some(ts)) => {
-            span.trace_state = ts;
-            SpanFate::Keep
-        }
-        Decision::Keep(None) => SpanFate::Keep,
+    /// Ingest a decoded request (OTLP/JSON, tests): encoded, then [`Pipeline::ingest`].
+    pub fn ingest_request(
+        &self,
+        request: &ExportTraceServiceRequest,
+        transport: Transport,
+    ) -> Result<Ingested, WireError> {
+        use prost::Message;
+        self.ingest(&request.encode_to_vec(), transport)
     }
 }
 
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use opentelemetry_proto::tonic::trace::v1::ScopeSpans;
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 
     pub(crate) fn span(trace_id: [u8; 16]) -> Span {
         Span { trace_id: trace_id.to_vec(), span_id: vec![1; 8], name: "op".into(), ..Default::default() }
@@ -176,7 +133,7 @@ pub(crate) mod tests {
         let p = pipeline();
         let mut bad = span([1; 16]);
         bad.span_id = vec![1; 3];
-        let out = p.ingest(request(vec![span([1; 16]), bad, span([0; 16])]), Transport::Http);
+        let out = p.ingest_request(&request(vec![span([1; 16]), bad, span([0; 16])]), Transport::Http).expect("valid");
         assert_eq!(out, Ingested { received: 3, rejected: 2, sampled_out: 0, queued: 1 });
         assert!(out.rejection_message().is_some());
         assert_eq!(p.metrics.dropped_count(DropReason::Invalid), 2);
@@ -195,14 +152,15 @@ pub(crate) mod tests {
         high[9] = 0xff;
         let mut low = [0u8; 16];
         low[0] = 1;
-        let out = p.ingest(request(vec![span(high), span(low)]), Transport::Grpc);
+        let out = p.ingest_request(&request(vec![span(high), span(low)]), Transport::Grpc).expect("valid");
         assert_eq!((out.queued, out.sampled_out), (1, 1));
         assert_eq!(p.metrics.sampled_out.get(), 1);
         assert_eq!(p.metrics.config_generation.get(), 7);
         let batch = p.queue.take(usize::MAX).expect("queued").decode().expect("valid protobuf");
         let rs = &batch[0];
         assert_eq!(rs.scope_spans[0].spans[0].trace_state, "ot=th:8");
-        assert_eq!(enrich::service_name(rs.resource.as_ref()), None);
+        let resource = rs.resource.as_ref().expect("enriched");
+        assert!(!resource.attributes.iter().any(|kv| kv.key == "service.name"));
         assert!(rs.resource.as_ref().is_some_and(|r| r.attributes.iter().any(|kv| kv.key == "k8s.pod.name")));
     }
 
@@ -210,8 +168,20 @@ pub(crate) mod tests {
     fn fully_sampled_out_request_queues_nothing() {
         let p = pipeline();
         p.set_live(LiveSettings { threshold: Threshold::Never, ..LiveSettings::default() });
-        p.ingest(request(vec![span([1; 16])]), Transport::Http);
+        p.ingest_request(&request(vec![span([1; 16])]), Transport::Http).expect("valid");
         assert_eq!(p.queue.usage(), (0, 0));
         assert_eq!(p.services.snapshot().get("unknown_service"), Some(&1));
+    }
+
+    #[test]
+    fn malformed_request_is_refused_whole_and_counted() {
+        let p = pipeline();
+        let mut body = prost::Message::encode_to_vec(&request(vec![span([1; 16]), span([2; 16])]));
+        body.push(0xff); // a truncated varint key after the valid part
+        assert!(p.ingest(&body, Transport::Http).is_err());
+        assert_eq!(p.queue.usage(), (0, 0));
+        assert_eq!(p.metrics.malformed_requests.get(), 1);
+        assert!(p.services.snapshot().is_empty());
+        assert_eq!(p.metrics.received.get_or_create(&TransportLabel { transport: Transport::Http }).get(), 0);
     }
 }

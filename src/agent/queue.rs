@@ -33,6 +33,12 @@ impl Batch {
         Batch { segments: vec![encoded], spans, bytes }
     }
 
+    /// A batch of `spans` spans already encoded as `resource_spans` entries.
+    pub fn from_encoded(encoded: Bytes, spans: usize) -> Batch {
+        let bytes = encoded.len();
+        Batch { segments: vec![encoded], spans, bytes }
+    }
+
     /// The batch as one encoded `ExportTraceServiceRequest`.
     pub fn encoded(&self) -> Bytes {
         match self.segments.as_slice() {

@@ -3,41 +3,137 @@
 use super::admission::Admission;
 use super::metrics::Transport;
 use super::pipeline::Pipeline;
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
+use bytes::{Buf, Bytes};
+use opentelemetry_proto::tonic::collector::trace::v1::{ExportTracePartialSuccess, ExportTraceServiceResponse};
 use prost::Message;
+use std::convert::Infallible;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tonic::codec::CompressionEncoding;
+use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, Encoder, EnabledCompressionEncodings};
 use tonic::{Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
+
+/// The gRPC method path of OTLP trace export.
+const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 
 pub struct GrpcReceiver {
     pub pipeline: Arc<Pipeline>,
     pub admission: Admission,
 }
 
-#[tonic::async_trait]
-impl TraceService for GrpcReceiver {
-    #[tracing::instrument(level = "debug", skip_all)]
-    async fn export(
-        &self,
-        request: Request<ExportTraceServiceRequest>,
-    ) -> Result<Response<ExportTraceServiceResponse>, Status> {
-        let request = request.into_inner();
-        let Some(_permit) = self.admission.try_admit(request.encoded_len()) else {
+impl GrpcReceiver {
+    /// One `Export` call, on the request's protobuf bytes (tonic has undone gzip and framing).
+    #[tracing::instrument(level = "debug", skip_all, fields(bytes = request.len()))]
+    pub fn export(&self, request: &[u8]) -> Result<ExportTraceServiceResponse, Status> {
+        let Some(_permit) = self.admission.try_admit(request.len()) else {
             self.pipeline.metrics.refused_requests.inc();
             return Err(overloaded());
         };
-        let ingested = self.pipeline.ingest(request, Transport::Grpc);
+        let ingested = self.pipeline.ingest(request, Transport::Grpc).map_err(|e| {
+            tracing::debug!(error = %e, "rejected OTLP/gRPC request");
+            Status::invalid_argument(e.to_string())
+        })?;
         let partial_success = ingested
             .rejection_message()
             .map(|error_message| ExportTracePartialSuccess { rejected_spans: ingested.rejected as i64, error_message });
-        Ok(Response::new(ExportTraceServiceResponse { partial_success }))
+        Ok(ExportTraceServiceResponse { partial_success })
+    }
+}
+
+/// The `TraceService` server. Unlike the generated one it hands the handler the request's
+/// bytes instead of a decoded `ExportTraceServiceRequest`: `super::wire` works on those.
+#[derive(Clone)]
+pub struct TraceServer {
+    receiver: Arc<GrpcReceiver>,
+    max_message: usize,
+}
+
+impl tonic::server::NamedService for TraceServer {
+    const NAME: &'static str = "opentelemetry.proto.collector.trace.v1.TraceService";
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+impl<B> tower::Service<http::Request<B>> for TraceServer
+where
+    B: tonic::codegen::Body + Send + 'static,
+    B::Error: Into<tonic::codegen::StdError> + Send,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        if req.uri().path() != EXPORT_PATH {
+            return Box::pin(async { Ok(Status::unimplemented("only trace export is served here").into_http()) });
+        }
+        let mut gzip = EnabledCompressionEncodings::default();
+        gzip.enable(CompressionEncoding::Gzip);
+        let mut grpc = tonic::server::Grpc::new(RawRequestCodec)
+            .apply_compression_config(gzip, gzip)
+            .apply_max_message_size_config(Some(self.max_message), None);
+        let method = ExportMethod(self.receiver.clone());
+        Box::pin(async move { Ok(grpc.unary(method, req).await) })
+    }
+}
+
+struct ExportMethod(Arc<GrpcReceiver>);
+
+impl tonic::server::UnaryService<Bytes> for ExportMethod {
+    type Response = ExportTraceServiceResponse;
+    type Future = std::future::Ready<Result<Response<ExportTraceServiceResponse>, Status>>;
+
+    fn call(&mut self, request: Request<Bytes>) -> Self::Future {
+        std::future::ready(self.0.export(request.get_ref()).map(Response::new))
+    }
+}
+
+/// Requests as bytes, responses encoded by prost.
+struct RawRequestCodec;
+
+impl Codec for RawRequestCodec {
+    type Encode = ExportTraceServiceResponse;
+    type Decode = Bytes;
+    type Encoder = ResponseEncoder;
+    type Decoder = BytesDecoder;
+
+    fn encoder(&mut self) -> ResponseEncoder {
+        ResponseEncoder
+    }
+
+    fn decoder(&mut self) -> BytesDecoder {
+        BytesDecoder
+    }
+}
+
+struct ResponseEncoder;
+
+impl Encoder for ResponseEncoder {
+    type Item = ExportTraceServiceResponse;
+    type Error = Status;
+
+    fn encode(&mut self, item: Self::Item, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        item.encode(dst).map_err(|e| Status::internal(e.to_string()))
+    }
+}
+
+struct BytesDecoder;
+
+impl Decoder for BytesDecoder {
+    type Item = Bytes;
+    type Error = Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
+        // The message's own buffer, split off without a copy.
+        Ok(Some(src.copy_to_bytes(src.remaining())))
     }
 }
 
@@ -47,18 +143,17 @@ fn overloaded() -> Status {
     Status::with_error_details(tonic::Code::ResourceExhausted, "agent overloaded, retry later", details)
 }
 
-pub fn service(receiver: GrpcReceiver, max_message: usize) -> TraceServiceServer<GrpcReceiver> {
-    TraceServiceServer::new(receiver)
-        .accept_compressed(CompressionEncoding::Gzip)
-        .send_compressed(CompressionEncoding::Gzip)
-        .max_decoding_message_size(max_message)
+/// The gRPC service: gzip accepted and answered, messages up to `max_message` bytes inflated.
+pub fn service(receiver: GrpcReceiver, max_message: usize) -> TraceServer {
+    TraceServer { receiver: Arc::new(receiver), max_message }
 }
 
 /// Rewrites the codes tonic answers undecodable requests with into the ones OTLP clients treat
 /// as permanent, so a bad request is dropped by its sender instead of resent forever: tonic says
 /// OUT_OF_RANGE for a message over the size limit (retryable in OTLP) -> RESOURCE_EXHAUSTED
-/// without RetryInfo; INTERNAL for bad protobuf, gzip or framing -> INVALID_ARGUMENT. The
-/// handler itself never answers either code, so only tonic's decode errors are rewritten.
+/// without RetryInfo; INTERNAL for bad gzip or framing -> INVALID_ARGUMENT (bad protobuf is
+/// the handler's own INVALID_ARGUMENT). The handler itself never answers either code, so only
+/// tonic's decode errors are rewritten.
 pub fn otlp_error_codes(mut response: http::Response<tonic::body::Body>) -> http::Response<tonic::body::Body> {
     let headers = response.headers_mut();
     let code = match headers.get("grpc-status").map(|v| v.as_bytes()) {

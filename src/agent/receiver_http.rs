@@ -1,7 +1,7 @@
 //! OTLP/HTTP receiver: `POST /v1/traces`, protobuf or JSON, optionally gzip.
 
 use super::admission::Admission;
-use super::decode::{self, DecodeError, Encoding};
+use super::decode::{self, DecodeError, Encoding, Payload};
 use super::metrics::Transport;
 use super::pipeline::Pipeline;
 use axum::body::Body;
@@ -68,11 +68,16 @@ async fn export_traces(State(rx): State<Arc<HttpReceiver>>, headers: HeaderMap, 
     };
     let content_encoding = header_str(&headers, header::CONTENT_ENCODING);
     let content_type = header_str(&headers, header::CONTENT_TYPE);
-    let request = match decode::decode_request(content_type, content_encoding, &bytes, rx.max_body) {
-        Ok((request, _)) => request,
+    let ingested = match decode::decode_request(content_type, content_encoding, &bytes, rx.max_body) {
+        Ok((Payload::Protobuf(body), _)) => rx.pipeline.ingest(&body, Transport::Http),
+        Ok((Payload::Json(request), _)) => rx.pipeline.ingest_request(&request, Transport::Http),
         Err(e) => return malformed(&rx, e, encoding),
     };
-    let ingested = rx.pipeline.ingest(request, Transport::Http);
+    let ingested = match ingested {
+        Ok(ingested) => ingested,
+        // Counted by the pipeline.
+        Err(e) => return error_response(DecodeError::from(e), encoding),
+    };
     let partial_success = ingested
         .rejection_message()
         .map(|error_message| ExportTracePartialSuccess { rejected_spans: ingested.rejected as i64, error_message });
@@ -88,6 +93,10 @@ async fn export_traces(State(rx): State<Arc<HttpReceiver>>, headers: HeaderMap, 
 
 fn malformed(rx: &HttpReceiver, e: DecodeError, encoding: Encoding) -> Response {
     rx.pipeline.metrics.malformed_requests.inc();
+    error_response(e, encoding)
+}
+
+fn error_response(e: DecodeError, encoding: Encoding) -> Response {
     tracing::debug!(error = %e, "rejected OTLP/HTTP request");
     let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::BAD_REQUEST);
     // gRPC code INVALID_ARGUMENT (3) in the Status body.
