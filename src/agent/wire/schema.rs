@@ -51,10 +51,52 @@ impl Kind {
     }
 }
 
+/// Field numbers the schema knows are below this.
+const FIELDS: usize = 17;
+const MESSAGES: usize = Message::KeyValueList as usize + 1;
+
+/// `Message::known_field` as tables, built at compile time: the lookup on every field of every
+/// span is then an index instead of a branchy match.
+static TABLES: [[Option<Kind>; FIELDS]; MESSAGES] = {
+    let mut tables = [[None; FIELDS]; MESSAGES];
+    let mut m = 0;
+    while m < MESSAGES {
+        let message = Message::ALL[m];
+        let mut n = 0;
+        while n < FIELDS {
+            tables[m][n] = message.known_field(n as u32);
+            n += 1;
+        }
+        m += 1;
+    }
+    tables
+};
+
 impl Message {
+    const ALL: [Message; MESSAGES] = [
+        Message::Request,
+        Message::ResourceSpans,
+        Message::Resource,
+        Message::EntityRef,
+        Message::ScopeSpans,
+        Message::Scope,
+        Message::Span,
+        Message::Event,
+        Message::Link,
+        Message::Status,
+        Message::KeyValue,
+        Message::AnyValue,
+        Message::ArrayValue,
+        Message::KeyValueList,
+    ];
+
     /// The kind of field `number`, `None` for a field this schema does not know.
     #[inline]
     pub fn field(self, number: u32) -> Option<Kind> {
+        TABLES[self as usize].get(number as usize).copied().flatten()
+    }
+
+    const fn known_field(self, number: u32) -> Option<Kind> {
         use Kind::{Bytes, Fixed32, Fixed64, Msg, Str, Varint};
         use Message as M;
         Some(match (self, number) {
@@ -149,12 +191,33 @@ fn valid_utf8(bytes: &[u8]) -> bool {
 
 /// Validate a whole message body, `depth` levels of nesting allowed below it.
 pub fn validate(message: Message, body: &[u8], depth: u32) -> Result<(), WireError> {
+    if message == Message::KeyValue && is_plain_string_attribute(body) {
+        return Ok(());
+    }
     let depth = enter(depth)?;
     let mut fields = Fields::new(body);
     while let Some(field) = fields.next_field()? {
         check_field(message, &field, depth, false)?;
     }
     Ok(())
+}
+
+/// Most attributes are `KeyValue { key: 1, value: AnyValue { string_value: 1 } }` with short
+/// ASCII key and value, exactly as every SDK encodes them: recognised in one pass over a few
+/// bytes. Anything else (longer, other types, other field order) takes the general path.
+#[inline]
+fn is_plain_string_attribute(kv: &[u8]) -> bool {
+    let [0x0a, key_len, rest @ ..] = kv else { return false };
+    let key_len = usize::from(*key_len);
+    if key_len >= 0x80 || rest.len() < key_len {
+        return false;
+    }
+    let (key, rest) = rest.split_at(key_len);
+    let [0x12, any_len, 0x0a, string_len, string @ ..] = rest else { return false };
+    let (any_len, string_len) = (usize::from(*any_len), usize::from(*string_len));
+    any_len < 0x80 && string_len < 0x80 && any_len == string_len + 2 && string.len() == string_len
+        && key.is_ascii()
+        && string.is_ascii()
 }
 
 /// One level deeper, or the recursion limit error.
@@ -178,6 +241,37 @@ mod tests {
             v = AnyValue { value: Some(any_value::Value::ArrayValue(ArrayValue { values: vec![v] })) };
         }
         v
+    }
+
+    #[test]
+    fn plain_string_attributes_take_the_short_path_only_when_valid() {
+        let kv = KeyValue {
+            key: "http.route".into(),
+            value: Some(AnyValue { value: Some(any_value::Value::StringValue("/items".into())) }),
+            key_strindex: 0,
+        };
+        let bytes = kv.encode_to_vec();
+        assert!(is_plain_string_attribute(&bytes));
+        // Non-ASCII, trailing fields, a cut: not the short path (the general one judges).
+        let accented = KeyValue { key: "é".into(), ..kv.clone() }.encode_to_vec();
+        assert!(!is_plain_string_attribute(&accented));
+        assert_eq!(validate(Message::KeyValue, &accented, MAX_DEPTH), Ok(()));
+        let mut trailing = bytes.clone();
+        trailing.extend_from_slice(&[0x18, 0x01]);
+        assert!(!is_plain_string_attribute(&trailing));
+        assert!(!is_plain_string_attribute(&bytes[..bytes.len() - 1]));
+        let int = KeyValue { value: Some(AnyValue { value: Some(any_value::Value::IntValue(3)) }), ..kv };
+        assert!(!is_plain_string_attribute(&int.encode_to_vec()));
+    }
+
+    #[test]
+    fn tables_match_the_schema() {
+        for m in Message::ALL {
+            for n in 0..40 {
+                assert_eq!(m.field(n), m.known_field(n), "{m:?} field {n}");
+            }
+        }
+        assert_eq!(Message::Span.field(16), Some(Kind::Fixed32));
     }
 
     #[test]
