@@ -5,6 +5,9 @@
 //! With `--sink PORT` it is instead the pipelines' destination: an OTLP/gRPC endpoint on
 //! loopback that reads each request's bytes and accepts it without decoding, so that on a
 //! small machine the sink takes as little CPU as possible from the process being measured.
+//! With `--sink-stats FILE` it keeps the number of request body bytes received so far (gRPC
+//! frames as sent, compressed) in FILE, so that a benchmark can compare what each pipeline
+//! sends for the same spans.
 
 use bytes::Bytes;
 use clap::Parser;
@@ -27,6 +30,9 @@ struct Args {
     /// Serve as the sink on this loopback port (until killed) instead of sending.
     #[arg(long, conflicts_with = "target")]
     sink: Option<u16>,
+    /// With `--sink`: file the total of body bytes received is written to (every 100 ms).
+    #[arg(long, requires = "sink")]
+    sink_stats: Option<std::path::PathBuf>,
     #[arg(long, default_value_t = 0)]
     rate: u64,
     #[arg(long, default_value_t = 10)]
@@ -120,9 +126,13 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
 
 /// The sink's answer to every export: an empty `ExportTraceServiceResponse` (a gRPC message
 /// frame of length 0) and `grpc-status: 0`.
-async fn accept(req: http::Request<hyper::body::Incoming>) -> Result<http::Response<SinkBody>, hyper::Error> {
+async fn accept(
+    req: http::Request<hyper::body::Incoming>,
+    received: Arc<AtomicU64>,
+) -> Result<http::Response<SinkBody>, hyper::Error> {
     // Read the whole request (the exporter waits for its flow-control window), decode nothing.
-    req.into_body().collect().await?;
+    let body = req.into_body().collect().await?;
+    received.fetch_add(body.to_bytes().len() as u64, Ordering::Relaxed);
     let mut trailers = http::HeaderMap::new();
     trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
     let frames = [Frame::data(Bytes::from_static(&[0, 0, 0, 0, 0])), Frame::trailers(trailers)];
@@ -133,12 +143,31 @@ async fn accept(req: http::Request<hyper::body::Incoming>) -> Result<http::Respo
 type SinkBody =
     StreamBody<futures::stream::Iter<std::array::IntoIter<Result<Frame<Bytes>, std::convert::Infallible>, 2>>>;
 
-async fn sink(port: u16) -> std::io::Result<()> {
+async fn sink(port: u16, stats: Option<std::path::PathBuf>) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+    let received = Arc::new(AtomicU64::new(0));
+    if let Some(path) = stats {
+        let received = received.clone();
+        tokio::spawn(async move {
+            let mut last = None;
+            loop {
+                let now = received.load(Ordering::Relaxed);
+                if last != Some(now) {
+                    // Written aside and renamed: a reader never sees a half-written number.
+                    let tmp = path.with_extension("tmp");
+                    if std::fs::write(&tmp, now.to_string()).and_then(|_| std::fs::rename(&tmp, &path)).is_ok() {
+                        last = Some(now);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+    }
     loop {
         let (stream, _) = listener.accept().await?;
+        let received = received.clone();
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(accept);
+            let service = hyper::service::service_fn(move |req| accept(req, received.clone()));
             let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), service);
             // A pipeline stopped at the end of its run drops its connection mid-stream: not news.
@@ -151,7 +180,7 @@ async fn sink(port: u16) -> std::io::Result<()> {
 async fn main() {
     let args = Arc::new(Args::parse());
     if let Some(port) = args.sink {
-        if let Err(e) = sink(port).await {
+        if let Err(e) = sink(port, args.sink_stats.clone()).await {
             eprintln!("sink on 127.0.0.1:{port}: {e}");
             std::process::exit(1);
         }

@@ -131,7 +131,16 @@ def agent_drops(admin):
                if line.startswith("tracelight_agent_spans_dropped_total"))
 
 
-def run_load(loadgen, port, rate, pid, admin=None):
+def sink_bytes(stats):
+    """Body bytes the sink has received so far (written by `otlp_loadgen --sink-stats`)."""
+    try:
+        with open(stats) as f:
+            return int(f.read().strip() or 0)
+    except FileNotFoundError:
+        return 0
+
+
+def run_load(loadgen, port, rate, pid, stats, admin=None):
     peak = [rss_mib(pid), rss_parts(pid)]
     done = threading.Event()
 
@@ -146,27 +155,31 @@ def run_load(loadgen, port, rate, pid, admin=None):
     t.start()
     cpu0 = cpu_seconds(pid)
     drops0 = agent_drops(admin)
+    bytes0 = sink_bytes(stats)
     out = subprocess.run(
         [loadgen, "--target", f"127.0.0.1:{port}", "--rate", str(rate), "--seconds", str(SECONDS)],
         capture_output=True, text=True, check=True,
     ).stdout
     time.sleep(1.0)  # let the pipeline finish exporting what it accepted
     cpu = cpu_seconds(pid) - cpu0
+    time.sleep(0.2)  # the sink writes its count every 100 ms
+    sent_bytes = sink_bytes(stats) - bytes0
     done.set()
     t.join()
     res = json.loads(out.strip().splitlines()[-1])
-    res.update(cpu=cpu, peak_rss=peak[0], peak_parts=peak[1], per_cpu=res["sent"] / cpu if cpu > 0 else 0.0)
+    res.update(cpu=cpu, peak_rss=peak[0], peak_parts=peak[1], per_cpu=res["sent"] / cpu if cpu > 0 else 0.0,
+               bytes_per_span=sent_bytes / res["sent"] if res["sent"] else 0.0)
     # Accepted but not exported (queue full while the sink lags): shown so that a high accepted
     # rate cannot hide losses. The collector's own drops are not visible with its telemetry off.
     res["dropped"] = None if admin is None else agent_drops(admin) - drops0
     return res
 
 
-def measure(name, proc, port, loadgen, admin=None):
+def measure(name, proc, port, loadgen, stats, admin=None):
     wait_port(port)
     time.sleep(2)
     idle, idle_parts = rss_mib(proc.pid), rss_parts(proc.pid)
-    rows = [run_load(loadgen, port, rate, proc.pid, admin) for rate in RATES]
+    rows = [run_load(loadgen, port, rate, proc.pid, stats, admin) for rate in RATES]
     proc.terminate()
     proc.wait(timeout=30)
     return {"name": name, "idle": idle, "idle_parts": idle_parts, "rows": rows}
@@ -178,16 +191,17 @@ def main():
         # The destination of both pipelines: accepts without decoding (see otlp_loadgen), so that
         # on a 2-core machine it takes as little CPU as possible from the process measured.
         sink_grpc = free_port()
-        sink = subprocess.Popen([loadgen, "--sink", str(sink_grpc)], stdout=subprocess.DEVNULL)
+        stats = os.path.join(d, "sink-bytes")
+        sink = subprocess.Popen([loadgen, "--sink", str(sink_grpc), "--sink-stats", stats], stdout=subprocess.DEVNULL)
         try:
             wait_port(sink_grpc)
             port, admin = free_port(), free_port()
             agent = start_agent(agent_bin, agent_config(d, sink_grpc), port, free_port(), admin)
-            a = measure("agent", agent, port, loadgen, admin)
+            a = measure("agent", agent, port, loadgen, stats, admin)
             port = free_port()
             col = subprocess.Popen([collector_bin, "--config", collector_config(d, port, sink_grpc)],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            c = measure("collector", col, port, loadgen)
+            c = measure("collector", col, port, loadgen, stats)
         finally:
             sink.terminate()
             sink.wait(timeout=30)
@@ -201,6 +215,12 @@ def main():
               f"{ra['peak_rss']:>8.1f} {ra['p99_us'] / 1000:>7.2f} | {rc['sent'] / rc['seconds']:>15.0f} {rc['cpu']:>6.2f} "
               f"{rc['per_cpu']:>12.0f} {rc['peak_rss']:>8.1f} {rc['p99_us'] / 1000:>7.2f} | {ratio:>9.2f}")
     print(f"idle RSS MiB: agent {a['idle']:.1f}, collector {c['idle']:.1f}")
+    # Both export gzip at the default level (6) to the same sink: what each sends for the same
+    # spans shows that neither buys its CPU figure with a weaker compression.
+    for rate, ra, rc in zip(RATES, a["rows"], c["rows"]):
+        label = "max" if rate == 0 else str(rate)
+        print(f"exported bytes per received span at {label}: agent {ra['bytes_per_span']:.1f}, "
+              f"collector {rc['bytes_per_span']:.1f}")
     # Anonymous memory is the process's own (heap, stacks); file-backed is the mapped part of its
     # binary and libraries, shared page cache that depends on how code is laid out and cached.
     for p in (a, c):

@@ -120,10 +120,8 @@ mod tests {
 
     /// The protobuf step after decoding: validate, sample, enrich.
     fn process(bytes: &[u8]) -> Result<usize, crate::agent::wire::WireError> {
-        let rules = crate::agent::wire::Rules {
-            threshold: crate::agent::sampler::Threshold::for_ratio(0.5),
-            attributes: &[],
-        };
+        let rules =
+            crate::agent::wire::Rules { threshold: crate::agent::sampler::Threshold::for_ratio(0.5), attributes: &[] };
         let mut out = Vec::new();
         crate::agent::wire::process(bytes, rules, &mut out).map(|p| p.counts.queued)
     }
@@ -178,7 +176,8 @@ mod tests {
 
     #[test]
     fn malformed_payloads_are_400_with_a_message() {
-        let (payload, _) = decode_request(Some("application/x-protobuf"), None, &[0xff, 0xff, 0xff], 1024).expect("framing");
+        let (payload, _) =
+            decode_request(Some("application/x-protobuf"), None, &[0xff, 0xff, 0xff], 1024).expect("framing");
         let Payload::Protobuf(bytes) = payload else { panic!("protobuf stays bytes") };
         let err = DecodeError::from(process(&bytes).expect_err("bad"));
         assert_eq!(err.http_status(), 400);

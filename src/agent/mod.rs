@@ -3,7 +3,8 @@
 //! collector, live reload of its config, and a self-report on an admin port.
 //!
 //! ```text
-//! receivers (grpc, http) -> admission -> pipeline (validate, sample, enrich) -> queue
+//! receivers (grpc, http) -> admission -> pipeline (validate, sample, enrich: `wire`, on the
+//!     request's protobuf bytes, never decoded into structs) -> queue
 //!     -> export loop (batch, send, retry/requeue) -> collector
 //! config watcher -> pipeline settings + export client (swapped live)
 //! ```

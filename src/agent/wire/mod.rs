@@ -169,9 +169,10 @@ impl<'a> Ingest<'a> {
         } else {
             wrap_len_field(out, start, 1);
         }
-        let replaced = self.rules.attributes.iter().zip(&self.attr_state).find_map(|((k, v), state)| {
-            (k == "service.name" && *state != AttrState::Present).then_some(v.as_str())
-        });
+        let replaced =
+            self.rules.attributes.iter().zip(&self.attr_state).find_map(|((k, v), state)| {
+                (k == "service.name" && *state != AttrState::Present).then_some(v.as_str())
+            });
         // The name as queued: the agent's only when it filled in the attribute (spans kept).
         let name = match (counts.queued > 0, replaced) {
             (true, Some(ours)) => Some(ours),
@@ -275,12 +276,10 @@ impl<'a> Ingest<'a> {
         }
         let decision = match (&self.fresh_state, self.rules.threshold) {
             // The common case without an allocation: no tracestate, a threshold to record.
-            (Some(fresh), Threshold::Keep(t)) if trace_state.is_empty() => {
-                match sampler::trace_randomness(trace_id) {
-                    Some(r) if r >= t => Kept::NewState(fresh.as_str()),
-                    _ => Kept::Dropped,
-                }
-            }
+            (Some(fresh), Threshold::Keep(t)) if trace_state.is_empty() => match sampler::trace_randomness(trace_id) {
+                Some(r) if r >= t => Kept::NewState(fresh.as_str()),
+                _ => Kept::Dropped,
+            },
             (_, threshold) => match sampler::decide(threshold, trace_id, trace_state) {
                 Decision::Drop => Kept::Dropped,
                 Decision::Keep(None) => Kept::AsIs,

@@ -183,7 +183,7 @@ fn put_varint_into(buf: &mut [u8], mut value: u64) -> usize {
 
 pub fn varint_len(value: u64) -> usize {
     // 1 byte per started group of 7 bits, at least one.
-    ((64 - (value | 1).leading_zeros() as usize) + 6) / 7
+    (64 - (value | 1).leading_zeros() as usize).div_ceil(7)
 }
 
 /// Key and length of a length-delimited field.

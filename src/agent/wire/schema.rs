@@ -215,7 +215,10 @@ fn is_plain_string_attribute(kv: &[u8]) -> bool {
     let (key, rest) = rest.split_at(key_len);
     let [0x12, any_len, 0x0a, string_len, string @ ..] = rest else { return false };
     let (any_len, string_len) = (usize::from(*any_len), usize::from(*string_len));
-    any_len < 0x80 && string_len < 0x80 && any_len == string_len + 2 && string.len() == string_len
+    any_len < 0x80
+        && string_len < 0x80
+        && any_len == string_len + 2
+        && string.len() == string_len
         && key.is_ascii()
         && string.is_ascii()
 }

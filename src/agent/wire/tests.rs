@@ -271,8 +271,9 @@ fn any_value() -> impl Strategy<Value = AnyValue> {
         proptest::collection::vec(any::<u8>(), 0..4).prop_map(any_value::Value::BytesValue),
     ];
     leaf.prop_recursive(3, 8, 3, |inner| {
-        proptest::collection::vec(inner.prop_map(|v| AnyValue { value: Some(v) }), 0..3)
-            .prop_map(|values| any_value::Value::ArrayValue(opentelemetry_proto::tonic::common::v1::ArrayValue { values }))
+        proptest::collection::vec(inner.prop_map(|v| AnyValue { value: Some(v) }), 0..3).prop_map(|values| {
+            any_value::Value::ArrayValue(opentelemetry_proto::tonic::common::v1::ArrayValue { values })
+        })
     })
     .prop_map(|v| AnyValue { value: Some(v) })
 }
@@ -324,8 +325,11 @@ fn request_strategy() -> impl Strategy<Value = ExportTraceServiceRequest> {
         spans,
         schema_url: String::new(),
     });
-    let rs = (resource, proptest::collection::vec(scope, 0..3))
-        .prop_map(|(resource, scope_spans)| ResourceSpans { resource, scope_spans, schema_url: "u".into() });
+    let rs = (resource, proptest::collection::vec(scope, 0..3)).prop_map(|(resource, scope_spans)| ResourceSpans {
+        resource,
+        scope_spans,
+        schema_url: "u".into(),
+    });
     proptest::collection::vec(rs, 0..4).prop_map(|resource_spans| ExportTraceServiceRequest { resource_spans })
 }
 
