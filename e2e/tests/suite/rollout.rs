@@ -62,11 +62,31 @@ pub(super) fn deployment(name: &str) -> anyhow::Result<Deployment> {
 
 /// Creates Deployments `names` in `ns` and waits until they run (uninjected: no policy yet).
 pub(super) async fn running_deployments(client: &Client, ns: &str, names: &[&str]) -> anyhow::Result<()> {
-    let api = Api::<Deployment>::namespaced(client.clone(), ns);
+    let deployments = names.iter().map(|name| deployment(name)).collect::<anyhow::Result<Vec<_>>>()?;
+    run_deployments(client, ns, names, deployments).await
+}
+
+/// [`running_deployments`], each counted available only `seconds` after its pods are Ready
+/// (`minReadySeconds`): a restart of one stays in flight at least that long.
+async fn running_slow_deployments(client: &Client, ns: &str, names: &[&str], seconds: i32) -> anyhow::Result<()> {
+    let mut deployments = Vec::new();
     for name in names {
-        api.create(&PostParams::default(), &deployment(name)?)
-            .await
-            .with_context(|| format!("creating {ns}/{name}"))?;
+        let mut d = deployment(name)?;
+        d.spec.min_ready_seconds = Some(seconds);
+        deployments.push(d);
+    }
+    run_deployments(client, ns, names, deployments).await
+}
+
+async fn run_deployments(
+    client: &Client,
+    ns: &str,
+    names: &[&str],
+    deployments: Vec<Deployment>,
+) -> anyhow::Result<()> {
+    let api = Api::<Deployment>::namespaced(client.clone(), ns);
+    for d in &deployments {
+        api.create(&PostParams::default(), d).await.with_context(|| format!("creating {ns}/{}", d.name_any()))?;
     }
     wait::until(&format!("Deployments {names:?} in {ns} to run"), ROLLOUT_TIMEOUT, || async {
         for d in api.list(&ListParams::default()).await? {
@@ -489,7 +509,9 @@ pub async fn killed_operator_rollout_continues(suite: &mut Suite) -> anyhow::Res
     suite.log.step("rollout: the operator is killed mid-rollout; its successor continues");
     let client = suite.cluster.client.clone();
     let ns = suite.namespaces.create("killed", &[ENABLED]).await?;
-    running_deployments(&client, &ns, &["k1", "k2", "k3", "k4"]).await?;
+    // kwok makes pods Ready at once: without a floor on each batch, all four were restarted
+    // between two polls and the kill came after the rollout. 3 s per batch leaves a wide window.
+    running_slow_deployments(&client, &ns, &["k1", "k2", "k3", "k4"], 3).await?;
     label_namespace(&client, &ns, GROUP, Some("phased")).await?;
     let deployments = Api::<Deployment>::namespaced(client.clone(), &ns);
     let restarted = wait::until(&format!("a first restart in {ns}"), ROLLOUT_TIMEOUT, || async {
