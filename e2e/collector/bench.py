@@ -132,7 +132,6 @@ def evict_from_page_cache(binary):
 
 
 def start_agent(tracelight_bin, config, grpc, http, admin):
-    evict_from_page_cache(tracelight_bin)
     return subprocess.Popen(
         [tracelight_bin, "agent", "--config", config, "--otlp-grpc-port", str(grpc), "--otlp-http-port", str(http),
          "--admin-host", "127.0.0.1", "--admin-port", str(admin)],
@@ -220,6 +219,7 @@ def main():
         try:
             wait_port(sink_grpc)
             port, admin = free_port(), free_port()
+            evict_from_page_cache(agent_bin)
             agent = start_agent(agent_bin, agent_config(d, sink_grpc), port, free_port(), admin)
             a = measure("agent", agent, port, loadgen, stats, admin)
             port = free_port()

@@ -38,8 +38,8 @@
 //!   but code added since the last profile is not placed: before it was regenerated for `wire`,
 //!   the agent sat at 7.5 MiB idle instead of 6.0 (fresh from the linker). How the page cache
 //!   holds the binary matters too: the kernel maps whole large folios, so the same binary
-//!   measures ~1 MiB more when read back from disk or copied than fresh from the linker;
-//!   `bench.py` therefore starts each binary from a cold page cache.
+//!   measures ~0.2 MiB more read back from disk and ~0.9 MiB more as a fresh copy than fresh
+//!   from the linker; `bench.py` therefore starts each binary from a cold page cache.
 
 pub mod admin;
 pub mod admission;

@@ -63,7 +63,7 @@ pub(super) fn deployment(name: &str) -> anyhow::Result<Deployment> {
 /// Creates Deployments `names` in `ns` and waits until they run (uninjected: no policy yet).
 pub(super) async fn running_deployments(client: &Client, ns: &str, names: &[&str]) -> anyhow::Result<()> {
     let deployments = names.iter().map(|name| deployment(name)).collect::<anyhow::Result<Vec<_>>>()?;
-    run_deployments(client, ns, names, deployments).await
+    run_deployments(client, ns, deployments).await
 }
 
 /// [`running_deployments`], each counted available only `seconds` after its pods are Ready
@@ -75,15 +75,11 @@ async fn running_slow_deployments(client: &Client, ns: &str, names: &[&str], sec
         d.spec.min_ready_seconds = Some(seconds);
         deployments.push(d);
     }
-    run_deployments(client, ns, names, deployments).await
+    run_deployments(client, ns, deployments).await
 }
 
-async fn run_deployments(
-    client: &Client,
-    ns: &str,
-    names: &[&str],
-    deployments: Vec<Deployment>,
-) -> anyhow::Result<()> {
+async fn run_deployments(client: &Client, ns: &str, deployments: Vec<Deployment>) -> anyhow::Result<()> {
+    let names: Vec<String> = deployments.iter().map(|d| d.name_any()).collect();
     let api = Api::<Deployment>::namespaced(client.clone(), ns);
     for d in &deployments {
         api.create(&PostParams::default(), d).await.with_context(|| format!("creating {ns}/{}", d.name_any()))?;
