@@ -9,18 +9,18 @@ CHART_CRD := charts/tracelight/crds/tracingpolicy.yaml
 help: ## List targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | sort
 
-build: ## Build the tracelight binary (release)
-	$(CARGO) build --release --locked
+build: ## Build both binaries, tracelight (operator) and tracelight-agent (sidecar), release
+	$(CARGO) build --release --locked --workspace --bins
 
-unit: ## Unit and golden tests (no cluster)
-	$(CARGO) test --locked --all-targets
+unit: ## Unit, golden and contract tests of every crate (no cluster)
+	$(CARGO) test --locked --workspace --all-targets
 
 test: lint unit e2e e2e-agent e2e-traces fuzz ## Everything CI runs: lint, unit and golden tests, end-to-end suite, agent interop, traces through the demo shop, brief fuzzing
 
 lint: ## rustfmt, clippy and rustdoc (broken doc links), warnings are errors
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --locked --all-targets --features e2e -- -D warnings
-	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --locked --no-deps --lib
+	$(CARGO) clippy --locked --workspace --all-targets --features tracelight/e2e -- -D warnings
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --locked --workspace --no-deps --lib
 
 fmt: ## Format the code
 	$(CARGO) fmt --all
@@ -57,28 +57,17 @@ bench: ## Admission benchmark (criterion); last line is RESULT admission_us=...
 e2e-agent: ## Agent interop: Rust + Python SDKs -> agent -> real OpenTelemetry Collector (builds it once, cached)
 	@OTELCOL="$$(e2e/collector/build.sh | tail -n1)" && PY="$$(e2e/collector/python-env.sh | tail -n1)" && \
 	TRACELIGHT_OTELCOL="$$OTELCOL" TRACELIGHT_PYTHON="$$PY" \
-	$(CARGO) test --locked --test agent collector:: -- --ignored --nocapture
+	$(CARGO) test --locked -p tracelight-agent --test agent collector:: -- --ignored --nocapture
 
 .PHONY: bench-agent
 bench-agent: ## Agent hot path (decode, sample, enrich, queue); last line is RESULT agent_spans_per_sec=...
-	$(CARGO) bench --locked --bench agent
+	$(CARGO) bench --locked -p tracelight-agent --bench agent
 
 .PHONY: bench-agent-compare
 bench-agent-compare: ## Agent vs OpenTelemetry Collector, same pipeline and load; last line is RESULT throughput_ratio=...
-	$(CARGO) build --release --locked --bin tracelight
-	$(CARGO) build --release --locked --example otlp_loadgen
+	$(CARGO) build --release --locked -p tracelight-agent --bin tracelight-agent --example otlp_loadgen
 	@REL="$${CARGO_TARGET_DIR:-target}/release" && \
-	python3 e2e/collector/bench.py "$$REL/tracelight" "$$(e2e/collector/build.sh | tail -n1)" "$$REL/examples/otlp_loadgen"
-
-.PHONY: agent-order
-agent-order: ## Regenerate config/agent-layout.ld (the code layout: the agent's functions, then the operator's) from profiles of the release binary (valgrind; the operator's on the local control plane), then relink
-	$(CARGO) build --release --locked --bin tracelight
-	$(CARGO) build --release --locked --example otlp_loadgen
-	@REL="$${CARGO_TARGET_DIR:-target}/release" && \
-	e2e/collector/operator_profile.sh "$$REL/tracelight" "$${CARGO_TARGET_DIR:-target}/operator-profile" && \
-	python3 e2e/collector/agent_order.py "$$REL/tracelight" "$$REL/examples/otlp_loadgen" config/agent-layout.ld \
-	  "$${CARGO_TARGET_DIR:-target}"/operator-profile/cg.*
-	$(CARGO) build --release --locked --bin tracelight
+	python3 e2e/collector/bench.py "$$REL/tracelight-agent" "$$(e2e/collector/build.sh | tail -n1)" "$$REL/examples/otlp_loadgen"
 
 .PHONY: fuzz
 FUZZ_SECONDS ?= 60
@@ -90,6 +79,7 @@ fuzz: ## Fuzz the OTLP/HTTP decode path for FUZZ_SECONDS (cargo-fuzz, nightly); 
 .PHONY: e2e-traces
 e2e-traces: ## Proof that traces flow: the demo shop injected on the local cluster, run on the host, traces checked in a real collector (root)
 	$(CARGO) build --locked --features e2e --bin tracelight --example shop-inventory
+	$(CARGO) build --locked -p tracelight-agent --bin tracelight-agent
 	@e2e/cluster/up.sh >/dev/null
 	@OTELCOL="$$(e2e/collector/build.sh | tail -n1)" && e2e/apps/prepare.sh >/dev/null && \
 	start=$$(date +%s); rc=0; \

@@ -1,11 +1,10 @@
 //! Tracelight: a Kubernetes operator that turns on distributed tracing for a cluster's
 //! workloads without touching their code.
 //!
-//! Pure decisions (`api`, `inject`) live apart from I/O (`webhook`, `controller`): the I/O parts
-//! call the pure ones and decide nothing themselves.
+//! Pure decisions (`api`, `inject`, `rollout`) live apart from I/O (`webhook`, `controller`): the
+//! I/O parts call the pure ones and decide nothing themselves. The agent sidecar is its own
+//! binary (`agent/`); what the two exchange is the `tracelight_contract` crate.
 
-pub mod agent;
-pub mod allocator;
 pub mod api;
 pub mod cli;
 pub mod controller;

@@ -3,7 +3,7 @@
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
-// mimalloc: admission and the agent's hot path allocate many small objects; glibc malloc spent
+// mimalloc: admission allocates many small objects; glibc malloc spent
 // about 40% of an admission's instructions (measured with callgrind on `benches/admission.rs`).
 // The `system-allocator` feature leaves it out, for heap profilers that see only malloc (heaptrack).
 #[cfg(not(feature = "system-allocator"))]
@@ -33,8 +33,6 @@ enum Command {
     Verify(tracelight::cli::verify::VerifyArgs),
     /// Run the operator: admission webhook, certificate management and controllers.
     Controller(Box<tracelight::controller::ControllerArgs>),
-    /// Run the tracing agent sidecar: OTLP in on loopback, consistent sampling, export.
-    Agent(Box<tracelight::agent::AgentArgs>),
 }
 
 fn main() -> ExitCode {
@@ -53,7 +51,6 @@ fn main() -> ExitCode {
             }
         },
         Command::Controller(args) => tracelight::controller::run(*args),
-        Command::Agent(args) => tracelight::agent::run(*args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -5,35 +5,14 @@ pub mod traces;
 use prometheus_client::encoding::text;
 use prometheus_client::registry::{Metric, Registry};
 use std::sync::{Arc, Mutex, PoisonError};
+pub use tracelight_process::logging::{log_filter, LogFormat};
 use traces::{TracePipeline, TraceSettings};
 use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
-use tracing_subscriber::{fmt, EnvFilter, Layer as _};
+use tracing_subscriber::{fmt, Layer as _};
 
-/// Log format chosen with `--log-format`.
-#[derive(clap::ValueEnum, Clone, Copy, Debug, Default)]
-pub enum LogFormat {
-    #[default]
-    Text,
-    Json,
-}
-
-/// `RUST_LOG`, or the default `info` level with the client libraries at `warn`.
-fn log_filter() -> EnvFilter {
-    EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,kube=warn,hyper=warn,rustls=warn"))
-}
-
-/// Installs the global subscriber for logs only (the agent sidecar).
-pub fn init_logging(format: LogFormat) {
-    let builder = fmt().with_env_filter(log_filter()).with_target(true);
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-    };
-}
-
-/// Installs the operator's subscriber: logs as [`init_logging`], plus its own spans exported
+/// Installs the operator's subscriber: logs as `tracelight_process::logging::init_logging`, plus its own spans exported
 /// over OTLP when the `OTEL_*` environment names an endpoint (see [`traces`]). Must be called
 /// inside the tokio runtime, which must outlive the returned pipeline; shut that down last.
 ///

@@ -8,13 +8,16 @@ Measures, for the process under test only (from /proc): CPU seconds, spans/s per
 at idle and peak RSS under load; and the load generator's request latency (p99). Prints a table
 and, as the last line, `RESULT throughput_ratio=... rss_ratio=... idle_rss_mib=...`.
 
-The agent is the shipped binary (`TRACELIGHT_BIN agent`), so its allocator, build profile and
-code layout (`config/agent-layout.ld`) are what runs in pods. Each binary starts with its pages
-evicted from the page cache (`evict_from_page_cache`), so that RSS does not depend on how the
-file was last written. rss_ratio is the collector's
-highest RSS over all rates over the agent's.
+The agent is the shipped binary (`tracelight-agent`, release profile, its allocator), so what is
+measured is what runs in pods. Each binary starts with its pages evicted from the page cache
+(`evict_from_page_cache`), so that RSS does not depend on how the file was last written.
+rss_ratio is the collector's highest RSS over all rates over the agent's.
 
-Usage: bench.py TRACELIGHT_BIN COLLECTOR_BIN LOADGEN_BIN  (see `make bench-agent-compare`)
+On a machine with two or more cores, the process under test runs on core 0 and the load
+generator and the sink on core 1 (`pin`), so neither competes with the other for a core and the
+ratio depends less on the machine's scheduler. Both processes under test get the same core.
+
+Usage: bench.py AGENT_BIN COLLECTOR_BIN LOADGEN_BIN  (see `make bench-agent-compare`)
 """
 import json
 import os
@@ -131,11 +134,24 @@ def evict_from_page_cache(binary):
         os.close(fd)
 
 
-def start_agent(tracelight_bin, config, grpc, http, admin):
+PINNED = (os.cpu_count() or 1) >= 2
+
+
+def pin(core):
+    """A preexec_fn that runs the child on one core (none on a one-core machine)."""
+    if not PINNED:
+        return None
+    return lambda: os.sched_setaffinity(0, {core})
+
+
+MEASURED_CORE, LOAD_CORE = 0, 1
+
+
+def start_agent(agent_bin, config, grpc, http, admin):
     return subprocess.Popen(
-        [tracelight_bin, "agent", "--config", config, "--otlp-grpc-port", str(grpc), "--otlp-http-port", str(http),
+        [agent_bin, "--config", config, "--otlp-grpc-port", str(grpc), "--otlp-http-port", str(http),
          "--admin-host", "127.0.0.1", "--admin-port", str(admin)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=pin(MEASURED_CORE),
     )
 
 
@@ -176,7 +192,7 @@ def run_load(loadgen, port, rate, pid, stats, admin=None):
     bytes0 = sink_bytes(stats)
     out = subprocess.run(
         [loadgen, "--target", f"127.0.0.1:{port}", "--rate", str(rate), "--seconds", str(SECONDS)],
-        capture_output=True, text=True, check=True,
+        capture_output=True, text=True, check=True, preexec_fn=pin(LOAD_CORE),
     ).stdout
     time.sleep(1.0)  # let the pipeline finish exporting what it accepted
     cpu = cpu_seconds(pid) - cpu0
@@ -201,7 +217,7 @@ def measure(name, proc, port, loadgen, stats, admin=None):
     # the first requests would otherwise wait for its code to be read from disk (a p99 of 45 ms
     # at 1k spans/s in one run). RSS stays comparable: the rates touch the same code.
     subprocess.run([loadgen, "--target", f"127.0.0.1:{port}", "--rate", "1000", "--seconds", "1"],
-                   stdout=subprocess.DEVNULL, check=True)
+                   stdout=subprocess.DEVNULL, check=True, preexec_fn=pin(LOAD_CORE))
     rows = [run_load(loadgen, port, rate, proc.pid, stats, admin) for rate in RATES]
     proc.terminate()
     proc.wait(timeout=30)
@@ -215,7 +231,8 @@ def main():
         # on a 2-core machine it takes as little CPU as possible from the process measured.
         sink_grpc = free_port()
         stats = os.path.join(d, "sink-bytes")
-        sink = subprocess.Popen([loadgen, "--sink", str(sink_grpc), "--sink-stats", stats], stdout=subprocess.DEVNULL)
+        sink = subprocess.Popen([loadgen, "--sink", str(sink_grpc), "--sink-stats", stats], stdout=subprocess.DEVNULL,
+                                preexec_fn=pin(LOAD_CORE))
         try:
             wait_port(sink_grpc)
             port, admin = free_port(), free_port()
@@ -225,7 +242,7 @@ def main():
             port = free_port()
             evict_from_page_cache(collector_bin)
             col = subprocess.Popen([collector_bin, "--config", collector_config(d, port, sink_grpc)],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=pin(MEASURED_CORE))
             c = measure("collector", col, port, loadgen, stats)
         finally:
             sink.terminate()
@@ -240,6 +257,8 @@ def main():
               f"{ra['peak_rss']:>8.1f} {ra['p99_us'] / 1000:>7.2f} | {rc['sent'] / rc['seconds']:>15.0f} {rc['cpu']:>6.2f} "
               f"{rc['per_cpu']:>12.0f} {rc['peak_rss']:>8.1f} {rc['p99_us'] / 1000:>7.2f} | {ratio:>9.2f}")
     print(f"idle RSS MiB: agent {a['idle']:.1f}, collector {c['idle']:.1f}")
+    print(f"cores: {'measured process on core 0, load generator and sink on core 1' if PINNED else 'not pinned (one core)'}; "
+          f"agent binary {os.path.getsize(agent_bin) / (1 << 20):.1f} MiB")
     # Both export gzip at the default level (6) to the same sink: what each sends for the same
     # spans shows that neither buys its CPU figure with a weaker compression.
     for rate, ra, rc in zip(RATES, a["rows"], c["rows"]):

@@ -51,8 +51,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use support::objects::{assert_injected, assert_untouched, from_json, wait_injecting, ENABLED};
 use support::{wait, StepLog};
-use tracelight::api::agent_config::{AgentConfig, AGENT_CONFIGMAP, AGENT_CONFIG_KEY};
 use tracelight::api::TracingPolicy;
+use tracelight_contract::config::{AgentConfig, ConfigFile, AGENT_CONFIGMAP};
 
 /// Requests sent to the frontend; the collector must hold exactly this many traces.
 const REQUESTS: usize = 5;
@@ -260,7 +260,7 @@ async fn traces(suite: &mut harness::Suite, otelcol: &std::path::Path) -> anyhow
             w.name
         );
     }
-    let images = shop::images(&shops[0].policy, &support::operator::binary())?;
+    let images = shop::images(&shops[0].policy)?;
     // The agents report to the operator's Service; here, a forwarder on the bridge to the operator.
     let report_service = runner::forward::Forwarder::start(
         SocketAddr::from((network.host_ip(), 443)),
@@ -455,8 +455,9 @@ async fn resample(log: &StepLog, client: &Client, shop: &mut Shop, workloads: &[
         Duration::from_secs(60),
         || async {
             let cm = configmaps.get(AGENT_CONFIGMAP).await?;
-            let text = cm.data.as_ref().and_then(|d| d.get(AGENT_CONFIG_KEY)).context("no config.yaml")?;
-            let config = AgentConfig::from_yaml(text)?;
+            let file = ConfigFile::CURRENT.key();
+            let text = cm.data.as_ref().and_then(|d| d.get(file)).with_context(|| format!("no {file}"))?;
+            let config = AgentConfig::parse(text.as_bytes())?.config;
             ensure!(config.sampling.ratio.get() == SAMPLED_RATIO, "ratio {}", config.sampling.ratio.get());
             Ok(())
         },

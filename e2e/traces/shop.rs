@@ -233,8 +233,10 @@ fn with_path(mut env: Vec<(String, String)>, dir: &Path) -> Vec<(String, String)
 }
 
 /// Every image the shop's injected pods use, for the policy as the API server stored it.
-pub fn images(policy: &TracingPolicy, tracelight_bin: &Path) -> anyhow::Result<Images> {
+pub fn images(policy: &TracingPolicy) -> anyhow::Result<Images> {
     let cache = cache_dir()?;
+    let agent = target_dir().join("debug/tracelight-agent");
+    ensure!(agent.is_file(), "{} is missing: `cargo build -p tracelight-agent`", agent.display());
     let apps = crate::support::repo_root().join("e2e/apps");
     let inventory = target_dir().join("debug/examples/shop-inventory");
     ensure!(inventory.is_file(), "{} is missing: `cargo build --example shop-inventory`", inventory.display());
@@ -242,10 +244,17 @@ pub fn images(policy: &TracingPolicy, tracelight_bin: &Path) -> anyhow::Result<I
     let java_bin = java.parent().context("java has no directory")?.to_path_buf();
     let node = host_program("node")?;
     let redis = host_program("redis-server")?;
+    // The images as the operator the suite runs resolves them (the chart's flags).
+    let defaults = crate::support::objects::operator_inject_options().images;
     let mut images = Images::default();
     images.insert(
-        policy.spec.agent.image.clone(),
-        Image { entrypoint: vec![tracelight_bin.display().to_string()], env: base_env(), ..Default::default() },
+        defaults.agent(&policy.spec.agent).to_string(),
+        // The image's files: the agent binary where the injector's `command` names it.
+        Image {
+            env: base_env(),
+            files: vec![(tracelight::inject::AGENT_BINARY.to_string(), agent)],
+            ..Default::default()
+        },
     );
 
     // Auto-instrumentation images: the content the upstream images carry, at the same paths.
@@ -256,15 +265,15 @@ pub fn images(policy: &TracingPolicy, tracelight_bin: &Path) -> anyhow::Result<I
         ..Default::default()
     };
     images.insert(
-        Language::Python.image(instrumentation),
+        defaults.instrumentation(Language::Python, instrumentation).to_string(),
         content(vec![("/autoinstrumentation", cache.join("auto-python"))]),
     );
     images.insert(
-        Language::Nodejs.image(instrumentation),
+        defaults.instrumentation(Language::Nodejs, instrumentation).to_string(),
         content(vec![("/autoinstrumentation", cache.join("auto-nodejs"))]),
     );
     images.insert(
-        Language::Java.image(instrumentation),
+        defaults.instrumentation(Language::Java, instrumentation).to_string(),
         content(vec![("/javaagent.jar", cache.join("auto-java/javaagent.jar"))]),
     );
 

@@ -13,12 +13,12 @@ use std::io::Write;
 use std::sync::Arc;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
-use tracelight::agent::decode::{decode_request, Payload};
-use tracelight::agent::enrich::PodIdentity;
-use tracelight::agent::metrics::{Metrics, Transport};
-use tracelight::agent::pipeline::{LiveSettings, Pipeline};
-use tracelight::agent::queue::Queue;
-use tracelight::agent::sampler::Threshold;
+use tracelight_agent::decode::{decode_request, Payload};
+use tracelight_agent::enrich::PodIdentity;
+use tracelight_agent::metrics::{Metrics, Transport};
+use tracelight_agent::pipeline::{LiveSettings, Pipeline};
+use tracelight_agent::queue::Queue;
+use tracelight_agent::sampler::Threshold;
 
 const CONTENT_TYPES: [&str; 6] = [
     "application/x-protobuf",

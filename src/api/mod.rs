@@ -2,8 +2,8 @@
 //! components ask about a policy (which namespaces it governs, whether a namespace is active).
 
 pub mod agent_config;
-pub mod agent_report;
 pub mod keys;
+pub mod legacy;
 pub mod policy;
 pub mod quantity;
 pub mod selector;
@@ -11,8 +11,9 @@ pub mod status;
 pub mod validate;
 
 pub use policy::*;
-pub use quantity::{Duration, Ratio};
+pub use quantity::Duration;
 pub use status::*;
+pub use tracelight_contract::Ratio;
 
 use k8s_openapi::api::core::v1::Namespace;
 use kube::ResourceExt;

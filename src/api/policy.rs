@@ -3,7 +3,7 @@
 //! Doc comments on fields are user documentation: they become `kubectl explain` text.
 
 use super::keys::NAMESPACE_ENABLED_LABEL;
-use super::quantity::{Duration, Ratio};
+use super::quantity::Duration;
 use super::status::TracingPolicyStatus;
 use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -12,6 +12,8 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use tracelight_contract::Ratio;
+pub use tracelight_contract::{CollectorProtocol, Compression};
 
 /// A cluster-wide tracing policy: which namespaces get tracing, where spans go, how they are
 /// sampled, and in which order the change is rolled out.
@@ -91,12 +93,13 @@ pub struct TracingPolicySpec {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub resource_attributes: BTreeMap<String, String>,
 
-    /// The tracing agent sidecar. Default: the operator's own image with small resources.
+    /// The tracing agent sidecar. Default: the image the operator ships with, small resources.
     #[serde(default)]
     pub agent: AgentSpec,
 
     /// Language auto-instrumentation, used by pods that ask for it with the annotation
-    /// `tracelight.io/language`. Default: the upstream OpenTelemetry auto-instrumentation images.
+    /// `tracelight.io/language`. Default: the images the operator is configured with
+    /// (`--instrumentation-image`), else the upstream OpenTelemetry auto-instrumentation images.
     #[serde(default)]
     pub instrumentation: InstrumentationSpec,
 
@@ -152,34 +155,6 @@ pub struct CollectorSpec {
 
 pub fn default_api_key_header() -> String {
     "api-key".to_string()
-}
-
-/// OTLP transport.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
-pub enum CollectorProtocol {
-    #[serde(rename = "grpc")]
-    Grpc,
-    #[serde(rename = "http/protobuf")]
-    HttpProtobuf,
-}
-
-impl CollectorProtocol {
-    /// The value of `OTEL_EXPORTER_OTLP_PROTOCOL`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CollectorProtocol::Grpc => "grpc",
-            CollectorProtocol::HttpProtobuf => "http/protobuf",
-        }
-    }
-}
-
-/// Export compression.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Compression {
-    #[default]
-    Gzip,
-    None,
 }
 
 /// TLS towards the collector.
@@ -312,10 +287,12 @@ impl Propagator {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AgentSpec {
-    /// Agent image. Default: `ghcr.io/tracelight/tracelight:<operator version>`.
-    #[serde(default = "default_agent_image")]
-    #[schemars(default = "default_agent_image", length(min = 1, max = 512))]
-    pub image: String,
+    /// Agent image. Default: the image the operator ships with (its `--agent-image`, the chart's
+    /// `agent.image`), resolved when a pod is injected and never stored here, so that upgrading
+    /// the operator upgrades the agents through a phased rollout. Set it to pin an image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512))]
+    pub image: Option<String>,
 
     /// Image pull policy of the agent. Default: `IfNotPresent`.
     #[serde(default)]
@@ -336,16 +313,12 @@ pub struct AgentSpec {
 impl Default for AgentSpec {
     fn default() -> Self {
         AgentSpec {
-            image: default_agent_image(),
+            image: None,
             image_pull_policy: PullPolicy::default(),
             resources: default_agent_resources(),
             ports: AgentPorts::default(),
         }
     }
-}
-
-pub fn default_agent_image() -> String {
-    format!("ghcr.io/tracelight/tracelight:{}", env!("CARGO_PKG_VERSION"))
 }
 
 pub fn default_agent_resources() -> ResourceRequirements {
@@ -433,7 +406,8 @@ pub struct InstrumentationSpec {
 #[serde(rename_all = "camelCase")]
 pub struct LanguageSpec {
     /// Image holding the auto-instrumentation files (copied into the pod by an init container).
-    /// Default: the upstream OpenTelemetry auto-instrumentation image for the language.
+    /// Default: the operator's image for the language (`--instrumentation-image`), else the
+    /// upstream OpenTelemetry auto-instrumentation image; resolved at injection, never stored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 512))]
     pub image: Option<String>,

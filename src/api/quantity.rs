@@ -1,73 +1,10 @@
-//! Value types that cannot hold an invalid value: a sampling [`Ratio`] in [0, 1] and a
-//! [`Duration`] written the Go way (`90s`, `5m`, `1h30m`).
+//! Value types that cannot hold an invalid value: a [`Duration`] written the Go way (`90s`, `5m`,
+//! `1h30m`). The sampling ratio is the contract's (`tracelight_contract::Ratio`).
 
 use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 use std::fmt;
-
-/// A probability in [0, 1]. Construction is the only place the bound is checked.
-#[derive(Clone, Copy, Debug, PartialEq, PartialOrd, Serialize, Deserialize)]
-#[serde(try_from = "f64", into = "f64")]
-pub struct Ratio(f64);
-
-#[derive(Debug, thiserror::Error, PartialEq)]
-#[error("sampling ratio must be a number between 0 and 1, got {0}")]
-pub struct RatioError(pub f64);
-
-impl Ratio {
-    pub const ALWAYS: Ratio = Ratio(1.0);
-    pub const NEVER: Ratio = Ratio(0.0);
-
-    pub fn new(value: f64) -> Result<Self, RatioError> {
-        if (0.0..=1.0).contains(&value) {
-            Ok(Ratio(value))
-        } else {
-            Err(RatioError(value))
-        }
-    }
-
-    pub fn get(self) -> f64 {
-        self.0
-    }
-}
-
-impl Default for Ratio {
-    fn default() -> Self {
-        Ratio::ALWAYS
-    }
-}
-
-impl TryFrom<f64> for Ratio {
-    type Error = RatioError;
-    fn try_from(value: f64) -> Result<Self, Self::Error> {
-        Ratio::new(value)
-    }
-}
-
-impl From<Ratio> for f64 {
-    fn from(r: Ratio) -> f64 {
-        r.0
-    }
-}
-
-impl fmt::Display for Ratio {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)
-    }
-}
-
-impl JsonSchema for Ratio {
-    fn schema_name() -> Cow<'static, str> {
-        "Ratio".into()
-    }
-    fn inline_schema() -> bool {
-        true
-    }
-    fn json_schema(_: &mut SchemaGenerator) -> Schema {
-        json_schema!({ "type": "number", "format": "double", "minimum": 0.0, "maximum": 1.0 })
-    }
-}
 
 /// A duration written as a sequence of `<integer><unit>` with units `s`, `m`, `h` (`30s`, `5m`, `1h30m`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -167,15 +104,6 @@ impl JsonSchema for Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ratio_rejects_values_outside_unit_interval() {
-        assert!(Ratio::new(1.5).is_err());
-        assert!(Ratio::new(-0.1).is_err());
-        assert!(Ratio::new(f64::NAN).is_err());
-        assert_eq!(Ratio::new(0.25).unwrap().get(), 0.25);
-        assert!(serde_json::from_str::<Ratio>("1.01").is_err());
-    }
 
     #[test]
     fn duration_parses_go_style_units() {

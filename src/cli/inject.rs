@@ -24,6 +24,10 @@ pub struct InjectArgs {
     /// Inject the agent as a native sidecar (Kubernetes >= 1.29); `false` for older clusters.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub native_sidecar: bool,
+    /// The agent image the operator injects when a policy names none (its `--agent-image`): part
+    /// of the manifest hash.
+    #[arg(long, default_value_t = crate::inject::shipped_agent_image())]
+    pub agent_image: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -35,7 +39,11 @@ pub enum InjectCliError {
 pub fn run(args: &InjectArgs) -> anyhow::Result<()> {
     let policy = load_policy(&args.policy)?;
     let input = read_input(&args.file)?;
-    let options = InjectOptions { native_sidecar: args.native_sidecar, ..Default::default() };
+    let options = InjectOptions {
+        native_sidecar: args.native_sidecar,
+        images: crate::inject::DefaultImages { agent: args.agent_image.clone(), ..Default::default() },
+        ..Default::default()
+    };
     let output = inject_manifests(&input, &policy, &options, &args.namespace, &mut std::io::stderr())?;
     std::io::stdout().write_all(output.as_bytes())?;
     Ok(())

@@ -31,6 +31,10 @@ pub struct PreviewArgs {
     /// manifest hash, hence which pods count as current, depends on it.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub native_sidecar: bool,
+    /// The agent image the operator injects when a policy names none (its `--agent-image`): part
+    /// of the manifest hash.
+    #[arg(long, default_value_t = crate::inject::shipped_agent_image())]
+    pub agent_image: String,
 }
 
 pub fn run(args: &PreviewArgs) -> anyhow::Result<()> {
@@ -47,7 +51,13 @@ async fn preview_cluster(args: &PreviewArgs) -> anyhow::Result<String> {
         .list(&ListParams::default())
         .await
         .context("listing TracingPolicies")?
-        .items;
+        .items
+        .into_iter()
+        .map(|mut p| {
+            crate::api::legacy::forget_legacy_defaults(&mut p);
+            p
+        })
+        .collect();
     let policy = match (&args.policy, &args.name) {
         (Some(path), _) => {
             // Not applied yet: it would be the youngest policy, losing overlaps to older ones.
@@ -84,7 +94,11 @@ async fn preview_cluster(args: &PreviewArgs) -> anyhow::Result<String> {
         .chain(daemonsets.iter().map(Workload::from))
         .collect();
     let snapshot = Snapshot { workloads: workloads.iter().collect(), pods: pods.iter().collect() };
-    let options = InjectOptions { native_sidecar: args.native_sidecar, ..Default::default() };
+    let options = InjectOptions {
+        native_sidecar: args.native_sidecar,
+        images: crate::inject::DefaultImages { agent: args.agent_image.clone(), ..Default::default() },
+        ..Default::default()
+    };
     let workloads = observe_workloads(&policy, &plan, &leaving, &snapshot, &options);
     let obs = observation(&policy, &plan, workloads, policy.status.as_ref(), Timestamp::now());
     Ok(render(&policy.name_any(), &preview(&obs), policy.spec.rollout.paused))

@@ -134,7 +134,7 @@ async fn counted_client(metrics: &Metrics) -> anyhow::Result<Client> {
 
 /// Runs the operator until SIGTERM or SIGINT, then shuts down gracefully.
 pub fn run(args: ControllerArgs) -> anyhow::Result<()> {
-    crate::allocator::reexec_with_options("controller");
+    tracelight_process::allocator::reexec_with_options("tracelight controller");
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
     // The span exporter runs on the runtime: built inside it, flushed before it stops.
     let traces = {
@@ -360,7 +360,11 @@ async fn run_policy_controller(
     // status (a workload list per namespace) and no reconcile reads them.
     let (policies, policy_writer) = reflector::store::<TracingPolicy>();
     let policy_changes = watcher(Api::<TracingPolicy>::all(client.clone()), watcher::Config::default().any_semantic())
-        .modify(|p| p.metadata.managed_fields = None)
+        .modify(|p| {
+            // Before the managed fields go: they tell a legacy default from a pinned image.
+            crate::api::legacy::forget_legacy_defaults(p);
+            p.metadata.managed_fields = None;
+        })
         .reflect(policy_writer)
         .applied_objects();
     let controller = Controller::for_stream(policy_changes, policies);

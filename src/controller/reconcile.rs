@@ -18,7 +18,7 @@ use super::rollout::{
     Requested, Snapshot,
 };
 use super::trace;
-use crate::api::agent_config::{needs_secret, AGENT_CONFIGMAP, AGENT_SECRET};
+use crate::api::agent_config::needs_secret;
 use crate::api::keys::FIELD_MANAGER;
 use crate::api::validate::validate;
 use crate::api::{NamespaceState, NamespaceStatus, TracingPolicy, TracingPolicyStatus, WorkloadCoverage};
@@ -40,6 +40,7 @@ use kube::{Client, Resource, ResourceExt};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
+use tracelight_contract::config::{AGENT_CONFIGMAP, AGENT_SECRET};
 use tracing::field::Empty;
 use tracing::Span;
 

@@ -1,10 +1,7 @@
 //! The objects the controller owns in governed namespaces, built as pure values: the agent
 //! ConfigMap and the copied API-key / CA Secret.
 
-use crate::api::agent_config::{
-    AgentConfig, AGENT_CONFIGMAP, AGENT_CONFIG_KEY, AGENT_SECRET, AGENT_SECRET_API_KEY, AGENT_SECRET_CA,
-};
-use crate::api::agent_report::REPORT_CA_KEY;
+use crate::api::agent_config::agent_config_for;
 use crate::api::keys::{MANAGED_BY_LABEL, MANAGED_BY_VALUE};
 use crate::api::{SecretKeyRef, TracingPolicy};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
@@ -13,6 +10,8 @@ use k8s_openapi::ByteString;
 use kube::ResourceExt;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
+use tracelight_contract::config::{ConfigFile, AGENT_CONFIGMAP, AGENT_SECRET, AGENT_SECRET_API_KEY, AGENT_SECRET_CA};
+use tracelight_contract::report::REPORT_CA_KEY;
 
 pub use crate::api::keys::POLICY_LABEL;
 
@@ -66,8 +65,10 @@ fn owned_meta(policy: &TracingPolicy, name: &str, namespace: &str) -> ObjectMeta
 /// The agent ConfigMap for `namespace`: the live settings the agent reloads without a restart.
 /// `report_ca`: the CA bundle agents verify the operator's report endpoint with, when known.
 pub fn agent_configmap(policy: &TracingPolicy, namespace: &str, report_ca: Option<&str>) -> ConfigMap {
-    let config = AgentConfig::for_policy(policy, policy.spec.sampling.ratio);
-    let mut data = BTreeMap::from([(AGENT_CONFIG_KEY.to_string(), config.to_yaml())]);
+    let config = agent_config_for(policy, policy.spec.sampling.ratio);
+    // Every file version, so agents of the previous release keep reading theirs during an upgrade.
+    let mut data: BTreeMap<String, String> =
+        ConfigFile::ALL.iter().map(|file| (file.key().to_string(), file.render(&config))).collect();
     if let Some(ca) = report_ca {
         data.insert(REPORT_CA_KEY.to_string(), ca.to_string());
     }
@@ -189,6 +190,7 @@ pub fn objects_digest(cm: &ConfigMap, secret: Option<&Secret>) -> String {
 mod tests {
     use super::*;
     use crate::api::TracingPolicySpec;
+    use tracelight_contract::config::{v1, AgentConfig};
 
     #[test]
     fn owned_objects_are_told_apart_by_policy() {
@@ -225,8 +227,13 @@ mod tests {
         let labels = cm.metadata.labels.as_ref().unwrap();
         assert_eq!(labels[MANAGED_BY_LABEL], "tracelight");
         assert_eq!(labels[POLICY_LABEL], "default");
-        let config = AgentConfig::from_yaml(&cm.data.as_ref().unwrap()[AGENT_CONFIG_KEY]).unwrap();
+        let data = cm.data.as_ref().unwrap();
+        let config = AgentConfig::parse(data[ConfigFile::CURRENT.key()].as_bytes()).unwrap().config;
         assert_eq!(config.generation, 7);
+        assert_eq!(config.contract_version, tracelight_contract::CONTRACT_VERSION);
+        // The previous release's agents parse `config.yaml` strictly, and get the same settings.
+        let v1: v1::AgentConfig = serde_yaml::from_str(&data[ConfigFile::V1.key()]).unwrap();
+        assert_eq!(v1, v1::AgentConfig::from(&config));
         assert_eq!(config.sampling.ratio.get(), 0.25);
         assert_eq!(config.policy, "default");
     }

@@ -2,8 +2,6 @@
 
 use super::env::{downward_env, literal, POD_NAMESPACE_VAR, WORKLOAD_KIND_VAR, WORKLOAD_NAME_VAR};
 use super::workload::WorkloadRef;
-use crate::api::agent_config::{AGENT_CONFIGMAP, AGENT_CONFIG_DIR, AGENT_CONFIG_KEY, AGENT_SECRET, AGENT_SECRET_DIR};
-use crate::api::agent_report::{REPORT_AUDIENCE, REPORT_CA_KEY, REPORT_TOKEN_DIR, REPORT_TOKEN_FILE};
 use crate::api::{AgentPorts, AgentSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, HTTPGetAction, Probe,
@@ -12,6 +10,8 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use tracelight_contract::config::{ConfigFile, AGENT_CONFIGMAP, AGENT_CONFIG_DIR, AGENT_SECRET, AGENT_SECRET_DIR};
+use tracelight_contract::report::{REPORT_AUDIENCE, REPORT_CA_KEY, REPORT_TOKEN_DIR, REPORT_TOKEN_FILE};
 
 pub const AGENT_CONTAINER: &str = "tracelight-agent";
 pub const CONFIG_VOLUME: &str = "tracelight-agent-config";
@@ -20,12 +20,16 @@ pub const TMP_VOLUME: &str = "tracelight-agent-tmp";
 pub const REPORT_TOKEN_VOLUME: &str = "tracelight-agent-report-token";
 /// Lifetime of the report token; the kubelet renews it at 80% (600 s is the API's minimum).
 const REPORT_TOKEN_SECONDS: i64 = 600;
+/// The agent binary in the image (the Dockerfile puts it there, beside the operator's).
+pub const AGENT_BINARY: &str = "/usr/local/bin/tracelight-agent";
 /// UID the agent runs as (the distroless "nonroot" user).
 const AGENT_UID: i64 = 65532;
 
 /// Everything that shapes the agent container of one pod.
 pub struct AgentParams<'a> {
     pub spec: &'a AgentSpec,
+    /// The agent image, resolved (the policy's, else the operator's).
+    pub image: &'a str,
     pub ports: AgentPorts,
     pub namespace: &'a str,
     pub workload: Option<&'a WorkloadRef>,
@@ -83,8 +87,9 @@ pub fn agent_container(p: &AgentParams) -> Container {
     };
     Container {
         name: AGENT_CONTAINER.into(),
-        image: Some(p.spec.image.clone()),
+        image: Some(p.image.to_string()),
         image_pull_policy: Some(p.spec.image_pull_policy.as_str().into()),
+        command: Some(vec![AGENT_BINARY.into()]),
         args: Some(agent_args(p)),
         env: Some(env),
         ports: Some(vec![
@@ -111,8 +116,7 @@ pub fn agent_container(p: &AgentParams) -> Container {
 
 fn agent_args(p: &AgentParams) -> Vec<String> {
     let mut args = vec![
-        "agent".into(),
-        format!("--config={AGENT_CONFIG_DIR}/{AGENT_CONFIG_KEY}"),
+        format!("--config={}", ConfigFile::CURRENT.path()),
         format!("--otlp-grpc-port={}", p.ports.otlp_grpc),
         format!("--otlp-http-port={}", p.ports.otlp_http),
         format!("--admin-port={}", p.ports.admin),

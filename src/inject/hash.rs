@@ -4,6 +4,7 @@
 //! in agent mode, API key) are deliberately left out: agents reload them without a restart.
 
 use super::language::Language;
+use super::InjectOptions;
 use crate::api::{AgentPorts, AgentSpec, Propagator, SamplingMode, TracingPolicy};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -12,6 +13,8 @@ use std::collections::BTreeMap;
 #[derive(Serialize)]
 struct ManifestInputs<'a> {
     agent: &'a AgentSpec,
+    /// The agent image as resolved: an operator upgrade that ships a new agent changes it.
+    agent_image: &'a str,
     ports: AgentPorts,
     native_sidecar: bool,
     with_secret: bool,
@@ -31,7 +34,7 @@ struct ManifestInputs<'a> {
 #[derive(Serialize)]
 struct LanguageInputs<'a> {
     language: Language,
-    image: String,
+    image: &'a str,
     env: Option<&'a BTreeMap<String, String>>,
 }
 
@@ -40,16 +43,17 @@ struct LanguageInputs<'a> {
 pub fn manifest_hash(
     policy: &TracingPolicy,
     ports: AgentPorts,
-    native_sidecar: bool,
+    options: &InjectOptions,
     with_secret: bool,
     containers: &BTreeMap<String, Option<Language>>,
-    report_url: Option<&str>,
 ) -> String {
     let spec = &policy.spec;
+    let images = &options.images;
     let inputs = ManifestInputs {
         agent: &spec.agent,
+        agent_image: images.agent(&spec.agent),
         ports,
-        native_sidecar,
+        native_sidecar: options.native_sidecar,
         with_secret,
         propagators: &spec.propagators,
         resource_attributes: &spec.resource_attributes,
@@ -60,13 +64,13 @@ pub fn manifest_hash(
             .map(|(name, lang)| {
                 let lang = lang.map(|l| LanguageInputs {
                     language: l,
-                    image: l.image(&spec.instrumentation),
+                    image: images.instrumentation(l, &spec.instrumentation),
                     env: l.settings(&spec.instrumentation).map(|s| &s.env),
                 });
                 (name.as_str(), lang)
             })
             .collect(),
-        report_url,
+        report_url: options.report_url.as_deref(),
     };
     let bytes = serde_json::to_vec(&inputs).expect("manifest inputs always serialize");
     let digest = Sha256::digest(&bytes);

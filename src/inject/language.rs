@@ -26,7 +26,7 @@ impl Language {
         }
     }
 
-    fn parse(text: &str) -> Option<Language> {
+    pub fn parse(text: &str) -> Option<Language> {
         match text.trim().to_ascii_lowercase().as_str() {
             "java" => Some(Language::Java),
             "nodejs" | "node" | "node.js" => Some(Language::Nodejs),
@@ -36,7 +36,8 @@ impl Language {
         }
     }
 
-    /// The upstream OpenTelemetry auto-instrumentation image used when the policy names none.
+    /// The upstream OpenTelemetry auto-instrumentation image, used when neither the policy nor the
+    /// operator names one.
     pub fn default_image(self) -> &'static str {
         match self {
             Language::Java => "ghcr.io/open-telemetry/opentelemetry-operator/autoinstrumentation-java:2.21.0",
@@ -74,10 +75,6 @@ impl Language {
             Language::Python => spec.python.as_ref(),
             Language::Dotnet => spec.dotnet.as_ref(),
         }
-    }
-
-    pub fn image(self, spec: &InstrumentationSpec) -> String {
-        self.settings(spec).and_then(|s| s.image.clone()).unwrap_or_else(|| self.default_image().to_string())
     }
 }
 

@@ -5,12 +5,14 @@
 mod agent;
 mod env;
 mod hash;
+mod images;
 mod language;
 mod patch;
 mod workload;
 
-pub use agent::{AGENT_CONTAINER, CONFIG_VOLUME, REPORT_TOKEN_VOLUME, SECRET_VOLUME, TMP_VOLUME};
+pub use agent::{AGENT_BINARY, AGENT_CONTAINER, CONFIG_VOLUME, REPORT_TOKEN_VOLUME, SECRET_VOLUME, TMP_VOLUME};
 pub use hash::manifest_hash;
+pub use images::{parse_instrumentation_image, shipped_agent_image, DefaultImages};
 pub use language::Language;
 pub use workload::{service_name_for, workload_of, workload_of_owners, WorkloadRef};
 
@@ -37,6 +39,8 @@ pub struct InjectOptions {
     /// The operator's report endpoint: agents push their reports there, authenticated with a
     /// projected token the injector mounts. `None`: no report channel.
     pub report_url: Option<String>,
+    /// The images a policy that names none gets.
+    pub images: DefaultImages,
 }
 
 impl Default for InjectOptions {
@@ -45,6 +49,7 @@ impl Default for InjectOptions {
             native_sidecar: true,
             host_network_ports: AgentPorts { otlp_grpc: 14317, otlp_http: 14318, admin: 14133 },
             report_url: None,
+            images: DefaultImages::default(),
         }
     }
 }
@@ -235,8 +240,7 @@ fn plan(
     let service_name = service_name_for(pod, workload.as_ref());
     let by_name: BTreeMap<String, Option<Language>> =
         containers.iter().map(|(i, l)| (spec.containers[*i].name.clone(), *l)).collect();
-    let hash =
-        manifest_hash(policy, ports, options.native_sidecar, with_secret, &by_name, options.report_url.as_deref());
+    let hash = manifest_hash(policy, ports, options, with_secret, &by_name);
     Plan { containers, ports, with_secret, workload, service_name, hash }
 }
 
@@ -293,6 +297,7 @@ fn apply(pod: &mut Pod, namespace: &str, policy: &TracingPolicy, options: &Injec
 
     let agent = agent::agent_container(&agent::AgentParams {
         spec: &policy.spec.agent,
+        image: options.images.agent(&policy.spec.agent),
         ports: plan.ports,
         namespace,
         workload: plan.workload.as_ref(),
@@ -308,7 +313,7 @@ fn apply(pod: &mut Pod, namespace: &str, policy: &TracingPolicy, options: &Injec
         ensure_container(init, agent.clone(), &mut position);
     }
     for lang in plan.languages() {
-        ensure_container(init, language_init_container(policy, lang), &mut position);
+        ensure_container(init, language_init_container(policy, lang, &options.images), &mut position);
     }
     if init.is_empty() {
         spec.init_containers = None;
@@ -375,13 +380,13 @@ fn instrument_container(
     c.env = Some(merged);
 }
 
-fn language_init_container(policy: &TracingPolicy, lang: Language) -> Container {
+fn language_init_container(policy: &TracingPolicy, lang: Language, images: &DefaultImages) -> Container {
     use k8s_openapi::api::core::v1::ResourceRequirements;
     use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
     let q = |s: &str| Quantity(s.into());
     Container {
         name: lang.volume_name(),
-        image: Some(lang.image(&policy.spec.instrumentation)),
+        image: Some(images.instrumentation(lang, &policy.spec.instrumentation).to_string()),
         image_pull_policy: Some("IfNotPresent".into()),
         command: Some(lang.copy_command()),
         volume_mounts: Some(vec![VolumeMount {

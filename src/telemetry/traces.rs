@@ -7,7 +7,7 @@
 //! the total at shutdown) and failed exports are logged and counted, never retried in-line.
 
 use crate::api::policy::CollectorProtocol;
-use crate::api::quantity::Ratio;
+use crate::api::Ratio;
 use crate::telemetry::Metrics;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry::KeyValue;

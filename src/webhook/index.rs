@@ -46,8 +46,14 @@ impl Index {
             namespaces_synced: Arc::new(AtomicBool::new(false)),
             policies_synced: Arc::new(AtomicBool::new(false)),
         };
-        let ns_driver = drive(Api::<Namespace>::all(client.clone()), ns_writer, index.namespaces_synced.clone());
-        let policy_driver = drive(Api::<TracingPolicy>::all(client), policy_writer, index.policies_synced.clone());
+        let ns_driver =
+            drive(Api::<Namespace>::all(client.clone()), ns_writer, index.namespaces_synced.clone(), |_| {});
+        let policy_driver = drive(
+            Api::<TracingPolicy>::all(client),
+            policy_writer,
+            index.policies_synced.clone(),
+            crate::api::legacy::forget_legacy_defaults,
+        );
         let driver = async move {
             futures::future::join(ns_driver, policy_driver).await;
         };
@@ -95,7 +101,8 @@ where
 }
 
 /// Runs one watch into `writer` forever, flagging `synced` once the first full list has arrived.
-async fn drive<K>(api: Api<K>, writer: reflector::store::Writer<K>, synced: Arc<AtomicBool>)
+/// `prepare` runs on each object before its managed fields are dropped.
+async fn drive<K>(api: Api<K>, writer: reflector::store::Writer<K>, synced: Arc<AtomicBool>, prepare: fn(&mut K))
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
@@ -110,7 +117,10 @@ where
     let events = watcher(api, watcher::Config::default().any_semantic())
         .default_backoff()
         // Managed fields are large and never read by admission.
-        .modify(|obj: &mut K| obj.meta_mut().managed_fields = None)
+        .modify(move |obj: &mut K| {
+            prepare(obj);
+            obj.meta_mut().managed_fields = None;
+        })
         .reflect(writer)
         .for_each(|event| async move {
             if let Err(error) = event {

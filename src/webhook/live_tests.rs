@@ -125,6 +125,8 @@ async fn live_certificates_bootstrap_publish_and_rotate_without_restart() {
         namespace: id.clone(),
         agent_reports: true,
         agent_report_url: None,
+        agent_image: crate::inject::shipped_agent_image(),
+        instrumentation_images: Vec::new(),
     };
     let shutdown = CancellationToken::new();
     let resolver = Arc::new(CertResolver::new());

@@ -10,7 +10,7 @@ pub mod rotation;
 pub mod server;
 
 use crate::api::Duration;
-use crate::inject::InjectOptions;
+use crate::inject::{DefaultImages, InjectOptions};
 use crate::telemetry::Metrics;
 use certs::{CertResolver, LeafSpec};
 use handler::AdmissionState;
@@ -80,6 +80,25 @@ pub struct WebhookArgs {
     /// `https://<service-name>.<namespace>.svc:443/v1/agent-reports`.
     #[arg(long, env = "TRACELIGHT_AGENT_REPORT_URL")]
     pub agent_report_url: Option<String>,
+    /// The agent image injected when a policy names none (`spec.agent.image` empty). Default:
+    /// the image of this operator's release, which holds both binaries.
+    #[arg(
+        long,
+        env = "TRACELIGHT_AGENT_IMAGE",
+        default_value_t = crate::inject::shipped_agent_image(),
+        value_parser = clap::builder::NonEmptyStringValueParser::new()
+    )]
+    pub agent_image: String,
+    /// An auto-instrumentation image injected when a policy names none, as LANGUAGE=IMAGE
+    /// (java, nodejs, python, dotnet); repeatable or comma-separated. Default: the upstream
+    /// OpenTelemetry images.
+    #[arg(
+        long = "instrumentation-image",
+        env = "TRACELIGHT_INSTRUMENTATION_IMAGES",
+        value_delimiter = ',',
+        value_parser = crate::inject::parse_instrumentation_image
+    )]
+    pub instrumentation_images: Vec<(crate::inject::Language, String)>,
 }
 
 impl WebhookArgs {
@@ -88,6 +107,10 @@ impl WebhookArgs {
         InjectOptions {
             native_sidecar: self.native_sidecar,
             report_url: self.agent_reports.then(|| self.report_url()),
+            images: DefaultImages {
+                agent: self.agent_image.clone(),
+                instrumentation: self.instrumentation_images.iter().cloned().collect(),
+            },
             ..InjectOptions::default()
         }
     }
@@ -95,7 +118,12 @@ impl WebhookArgs {
     /// Where agents push their reports.
     pub fn report_url(&self) -> String {
         self.agent_report_url.clone().unwrap_or_else(|| {
-            format!("https://{}.{}.svc:443{}", self.service_name, self.namespace, crate::api::agent_report::REPORT_PATH)
+            format!(
+                "https://{}.{}.svc:443{}",
+                self.service_name,
+                self.namespace,
+                tracelight_contract::report::REPORT_PATH
+            )
         })
     }
 

@@ -106,6 +106,10 @@ cluster (operator.enabled=false), the port of webhook.url (443 when the URL has 
 - --lease-name={{ .Values.operator.leaderElection.leaseName }}
 - --native-sidecar={{ .Values.operator.nativeSidecar }}
 - --agent-reports={{ .Values.operator.agentReports }}
+- --agent-image={{ .Values.agent.image | default (include "tracelight.image" .) }}
+{{- range $language, $image := .Values.instrumentation.images }}
+- --instrumentation-image={{ $language }}={{ $image }}
+{{- end }}
 {{- if eq .Values.certificates.mode "cert-manager" }}
 - --cert-mode=files
 - --cert-dir={{ include "tracelight.certDir" . }}

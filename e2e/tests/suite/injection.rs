@@ -16,7 +16,7 @@ use kube::{Client, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use std::time::{Duration, Instant};
-use tracelight::api::agent_config::AGENT_CONFIGMAP;
+use tracelight_contract::config::AGENT_CONFIGMAP;
 
 const POD_TIMEOUT: Duration = Duration::from_secs(60);
 

@@ -27,8 +27,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tracelight::api::agent_config::{AgentConfig, AGENT_CONFIGMAP, AGENT_CONFIG_KEY};
 use tracelight::api::{NamespaceState, PolicyPhase, TracingPolicy};
+use tracelight_contract::config::{v1, AgentConfig, ConfigFile, AGENT_CONFIGMAP};
 
 /// Namespace label the rollout policies select on (with the opt-in label).
 pub(super) const GROUP: &str = "e2e.tracelight.io/rollout";
@@ -414,9 +414,12 @@ pub async fn sampling_change_restarts_nothing(suite: &mut Suite, phased: &Phased
         let configmaps = Api::<ConfigMap>::namespaced(client.clone(), ns);
         wait::until(&format!("the agent config in {ns} to carry ratio 0.75"), Duration::from_secs(30), || async {
             let cm = configmaps.get(AGENT_CONFIGMAP).await?;
-            let text = cm.data.as_ref().and_then(|d| d.get(AGENT_CONFIG_KEY)).context("no config key")?;
-            let ratio = AgentConfig::from_yaml(text)?.sampling.ratio.get();
+            let file = |f: ConfigFile| cm.data.as_ref().and_then(|d| d.get(f.key())).context(f.key());
+            let ratio = AgentConfig::parse(file(ConfigFile::CURRENT)?.as_bytes())?.config.sampling.ratio.get();
             ensure!((ratio - 0.75).abs() < 1e-9, "ratio {ratio}");
+            // Agents of the previous release read `config.yaml` strictly: same settings there.
+            let old: v1::AgentConfig = serde_yaml::from_str(file(ConfigFile::V1)?)?;
+            ensure!((old.sampling.ratio.get() - 0.75).abs() < 1e-9, "v1 ratio {}", old.sampling.ratio.get());
             Ok(())
         })
         .await?;

@@ -12,8 +12,8 @@ use kube::api::{Api, DeleteParams, PostParams};
 use kube::ResourceExt;
 use serde_json::json;
 use std::time::Duration;
-use tracelight::api::agent_config::AGENT_CONFIGMAP;
 use tracelight::api::TracingPolicy;
+use tracelight_contract::config::AGENT_CONFIGMAP;
 
 const POLICY: &str = "e2e-selective";
 const TIER: &str = "e2e.tracelight.io/tier";

@@ -194,7 +194,7 @@ fn init_container_names(pod: &Pod) -> Vec<String> {
 /// the chart's webhook Service.
 pub fn operator_inject_options() -> InjectOptions {
     let url =
-        format!("https://tracelight-webhook.tracelight-system.svc:443{}", tracelight::api::agent_report::REPORT_PATH);
+        format!("https://tracelight-webhook.tracelight-system.svc:443{}", tracelight_contract::report::REPORT_PATH);
     InjectOptions { report_url: Some(url), ..InjectOptions::default() }
 }
 
@@ -221,9 +221,9 @@ pub fn assert_injected(pod: &Pod, service: &str, policy: &TracingPolicy) -> anyh
         agent.restart_policy
     );
     ensure!(
-        agent.args.as_ref().is_some_and(|a| a.first().map(String::as_str) == Some("agent")),
-        "{name}: agent container does not run `tracelight agent`: {:?}",
-        agent.args
+        agent.command.as_deref() == Some(&[tracelight::inject::AGENT_BINARY.to_string()][..]),
+        "{name}: agent container does not run the agent binary: {:?}",
+        agent.command
     );
     let env = app_env(pod);
     let expect = |key: &str, want: &str| -> anyhow::Result<()> {

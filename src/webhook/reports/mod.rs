@@ -11,7 +11,6 @@
 pub mod review;
 pub mod store;
 
-use crate::api::agent_report::{AgentReport, MAX_REPORT_BYTES, REPORT_PATH};
 use crate::telemetry::Metrics;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
@@ -25,6 +24,7 @@ use prometheus_client::metrics::family::Family;
 use review::{ReviewError, ReviewedPod, Reviewer};
 use std::sync::Arc;
 pub use store::ReportStore;
+use tracelight_contract::report::{AgentReport, MAX_REPORT_BYTES, REPORT_PATH};
 
 /// What the report endpoint needs.
 #[derive(Clone)]

@@ -3,7 +3,6 @@
 //! time, so a thousand agents pushing every 30 s cost a few reviews a minute each, not a request
 //! per push.
 
-use crate::api::agent_report::REPORT_AUDIENCE;
 use futures::future::BoxFuture;
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec, TokenReviewStatus};
 use kube::api::{Api, PostParams};
@@ -11,6 +10,7 @@ use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+use tracelight_contract::report::REPORT_AUDIENCE;
 
 /// Extra fields the API server adds to the user info of a pod-bound ServiceAccount token.
 const POD_NAME_EXTRA: &str = "authentication.kubernetes.io/pod-name";

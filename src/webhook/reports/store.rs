@@ -3,12 +3,12 @@
 //! pod, a first span, a new config generation) wakes it through [`ReportStore::subscribe`].
 
 use super::review::ReviewedPod;
-use crate::api::agent_report::AgentReport;
 use crate::rollout::coverage::{PodReport, MAX_SERVICES, REPORT_STALE_AFTER};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use tokio::sync::watch;
+use tracelight_contract::report::AgentReport;
 
 #[derive(Clone)]
 pub struct ReportStore {
@@ -80,8 +80,8 @@ impl ReportStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::agent_report::{ReportedPod, SpanCounts};
     use std::collections::BTreeMap;
+    use tracelight_contract::report::{ReportedPod, SpanCounts};
 
     fn pod(uid: &str) -> ReviewedPod {
         ReviewedPod {
@@ -94,6 +94,8 @@ mod tests {
 
     fn report(last_span_age: Option<u64>, generation: i64) -> AgentReport {
         AgentReport {
+            contract_version: tracelight_contract::CONTRACT_VERSION,
+            agent_version: Some("0.2.0".into()),
             pod: ReportedPod::default(),
             policy: Some("p".into()),
             config_generation: generation,

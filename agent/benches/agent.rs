@@ -1,0 +1,139 @@
+//! The agent's hot path per OTLP/HTTP request: gunzip (in one variant) -> validate on the wire
+//! -> consistent sampling (ratio 0.5) -> enrichment -> queue, for requests of 100 realistic spans.
+//! No network: this measures the CPU cost per span inside the agent.
+//!
+//! After criterion's report, prints `RESULT agent_spans_per_sec=<spans/s on one core>` as the last
+//! line, measured separately over a fixed number of iterations.
+
+use criterion::{criterion_group, Criterion, Throughput};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{any_value::Value, AnyValue, KeyValue};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+use prost::Message;
+use std::hint::black_box;
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Instant;
+use tracelight_agent::decode::{decode_request, Payload};
+use tracelight_agent::enrich::PodIdentity;
+use tracelight_agent::metrics::{Metrics, Transport};
+use tracelight_agent::pipeline::{LiveSettings, Pipeline};
+use tracelight_agent::queue::Queue;
+use tracelight_agent::sampler::Threshold;
+
+const SPANS: usize = 100;
+const TIMED_ITERATIONS: usize = 2000;
+
+fn kv(key: &str, value: &str) -> KeyValue {
+    KeyValue {
+        key: key.into(),
+        value: Some(AnyValue { value: Some(Value::StringValue(value.into())) }),
+        ..Default::default()
+    }
+}
+
+fn request(seed: u64) -> ExportTraceServiceRequest {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let spans = (0..SPANS)
+        .map(|i| Span {
+            trace_id: rng.u128(1..).to_be_bytes().to_vec(),
+            span_id: rng.u64(1..).to_be_bytes().to_vec(),
+            parent_span_id: rng.u64(1..).to_be_bytes().to_vec(),
+            name: format!("GET /api/v1/items/{{id}} #{i}"),
+            kind: 2,
+            start_time_unix_nano: 1_700_000_000_000_000_000 + i as u64,
+            end_time_unix_nano: 1_700_000_000_001_000_000 + i as u64,
+            attributes: vec![
+                kv("http.request.method", "GET"),
+                kv("http.route", "/api/v1/items/{id}"),
+                kv("url.scheme", "https"),
+                kv("server.address", "shop-frontend.shop.svc"),
+                kv("user_agent.original", "Mozilla/5.0 (X11; Linux x86_64)"),
+                kv("network.protocol.version", "1.1"),
+            ],
+            ..Default::default()
+        })
+        .collect();
+    ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            resource: Some(Resource {
+                attributes: vec![kv("service.name", "shop-frontend"), kv("telemetry.sdk.language", "java")],
+                ..Default::default()
+            }),
+            scope_spans: vec![ScopeSpans { spans, ..Default::default() }],
+            ..Default::default()
+        }],
+    }
+}
+
+fn pipeline() -> Pipeline {
+    let metrics = Arc::new(Metrics::default());
+    let queue = Arc::new(Queue::new(64 << 20, metrics.clone()));
+    let identity = PodIdentity {
+        pod_name: Some("shop-frontend-7d9f8-abcde".into()),
+        namespace: Some("shop".into()),
+        node_name: Some("node-a".into()),
+        pod_uid: Some("0f0e0d0c-0b0a-0908-0706-050403020100".into()),
+        workload_kind: Some("Deployment".into()),
+        workload_name: Some("shop-frontend".into()),
+    };
+    let p = Pipeline::new(identity.clone(), queue, metrics);
+    p.set_live(LiveSettings { threshold: Threshold::for_ratio(0.5), attributes: identity.attributes(), generation: 1 });
+    p
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(data).expect("gzip");
+    e.finish().expect("gzip")
+}
+
+/// One request through the hot path; the queue is drained as the exporter would.
+fn ingest(p: &Pipeline, body: &[u8], encoding: Option<&str>) {
+    let (payload, _) = decode_request(Some("application/x-protobuf"), encoding, body, 8 << 20).expect("valid request");
+    let Payload::Protobuf(bytes) = payload else { unreachable!("a protobuf content type") };
+    black_box(p.ingest(&bytes, Transport::Http).expect("valid request"));
+    black_box(p.queue.take(usize::MAX));
+}
+
+fn bench(c: &mut Criterion) {
+    let bodies: Vec<Vec<u8>> = (0..16).map(|s| request(s).encode_to_vec()).collect();
+    let gzipped: Vec<Vec<u8>> = bodies.iter().map(|b| gzip(b)).collect();
+    let p = pipeline();
+    let mut g = c.benchmark_group("agent_ingest");
+    g.throughput(Throughput::Elements(SPANS as u64));
+    let mut i = 0;
+    g.bench_function("protobuf_100_spans", |b| {
+        b.iter(|| {
+            i = (i + 1) % bodies.len();
+            ingest(&p, &bodies[i], None)
+        })
+    });
+    g.bench_function("gzip_protobuf_100_spans", |b| {
+        b.iter(|| {
+            i = (i + 1) % gzipped.len();
+            ingest(&p, &gzipped[i], Some("gzip"))
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+
+fn main() {
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+    // `cargo test --all-targets` runs benches once, unoptimized and without `--bench`: no figure then.
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    let bodies: Vec<Vec<u8>> = (0..16).map(|s| gzip(&request(s).encode_to_vec())).collect();
+    let p = pipeline();
+    let started = Instant::now();
+    for i in 0..TIMED_ITERATIONS {
+        ingest(&p, &bodies[i % bodies.len()], Some("gzip"));
+    }
+    let per_sec = (TIMED_ITERATIONS * SPANS) as f64 / started.elapsed().as_secs_f64();
+    println!("RESULT agent_spans_per_sec={per_sec:.0}");
+}

@@ -1,0 +1,68 @@
+//! Admin server: `/healthz` (kubelet probes), `/metrics` (Prometheus text), `/report` (JSON).
+
+use super::report::{self, Report};
+use super::Shared;
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use prometheus_client::registry::Registry;
+use std::future::Future;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+
+struct AdminState {
+    shared: Arc<Shared>,
+    registry: Registry,
+}
+
+pub fn router(shared: Arc<Shared>) -> Router {
+    let registry = shared.metrics.registry();
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/report", get(report))
+        .with_state(Arc::new(AdminState { shared, registry }))
+}
+
+pub async fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(shared)).with_graceful_shutdown(stop).await
+}
+
+/// Liveness only: the agent serves even before a valid config arrives (it then queues).
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn metrics(State(s): State<Arc<AdminState>>) -> Response {
+    let mut body = String::new();
+    if prometheus_client::encoding::text::encode(&mut body, &s.registry).is_err() {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    }
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body).into_response()
+}
+
+async fn report(State(s): State<Arc<AdminState>>) -> Json<Report> {
+    Json(build_report(&s.shared))
+}
+
+pub fn build_report(shared: &Shared) -> Report {
+    let config = shared.config.read().unwrap_or_else(|p| p.into_inner()).clone();
+    Report {
+        contract_version: tracelight_contract::CONTRACT_VERSION,
+        agent_version: Some(tracelight_contract::VERSION.to_string()),
+        pod: (&shared.pipeline.identity).into(),
+        policy: config.as_ref().map(|c| c.policy.clone()),
+        config_generation: config.as_ref().map_or(0, |c| c.generation),
+        sampling_ratio: config.as_ref().map(|c| c.sampling.ratio.get()),
+        services: shared.pipeline.services.snapshot(),
+        spans: report::span_counts(&shared.metrics),
+        uptime_seconds: shared.started.elapsed().as_secs(),
+        last_span_age_seconds: shared.pipeline.services.last_span_age().map(|age| age.as_secs()),
+    }
+}

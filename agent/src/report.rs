@@ -1,0 +1,121 @@
+//! The compact self-report (`GET /report`): who this agent is, what it received, which config
+//! generation it runs. The operator uses it for coverage and to confirm that a change reached
+//! every pod.
+//!
+//! # Authenticated report channel (design; the operator side is a later issue)
+//!
+//! A report must not be forgeable by another pod. The agent therefore does not rely on the
+//! network identity of whoever polls `/report`; instead it *pushes* the report to the operator:
+//!
+//! 1. The injector mounts a projected ServiceAccount token with a dedicated audience
+//!    (`tracelight.io/agent-report`), a short expiry (e.g. 10 min; the kubelet rotates the file)
+//!    into the agent container only, and passes its path with `--report-token-file` and the
+//!    operator's URL with `--report-url`.
+//! 2. The agent POSTs the JSON report with `Authorization: Bearer <token>`, re-reading the file
+//!    for every push (rotation). The token is never logged.
+//! 3. The operator calls `TokenReview` with `audiences: [tracelight.io/agent-report]`; the API
+//!    server returns the authenticated ServiceAccount and, because the token is bound, the pod
+//!    name and uid (`authentication.kubernetes.io/pod-name` / `pod-uid` extra fields). The
+//!    operator accepts the report only for that pod: the `pod`/`namespace` fields in the body are
+//!    checked against the reviewed identity, so pod A cannot report as pod B. The dedicated
+//!    audience means the token is useless against the API server or any other service, and a
+//!    token for any other audience is refused by the review. Reviews are cached per token hash
+//!    until the token's expiry to keep API load flat.
+
+use super::enrich::PodIdentity;
+use super::metrics::{DropReason, Metrics};
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+pub use tracelight_contract::report::{AgentReport as Report, ReportedPod, SpanCounts};
+
+/// Services seen so far, with span counts, and when the last span arrived. Bounded: a
+/// misbehaving app cannot grow it forever.
+#[derive(Default)]
+pub struct ServicesSeen(Mutex<Seen>);
+
+#[derive(Default)]
+struct Seen {
+    spans: BTreeMap<String, u64>,
+    last: Option<Instant>,
+}
+
+const MAX_SERVICES: usize = 64;
+const OTHER: &str = "_other";
+
+impl ServicesSeen {
+    pub fn record(&self, service: &str, spans: u64) {
+        let mut seen = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let key = if seen.spans.contains_key(service) || seen.spans.len() < MAX_SERVICES { service } else { OTHER };
+        *seen.spans.entry(key.to_string()).or_default() += spans;
+        if spans > 0 {
+            seen.last = Some(Instant::now());
+        }
+    }
+
+    pub fn snapshot(&self) -> BTreeMap<String, u64> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).spans.clone()
+    }
+
+    /// Time since the last span was recorded; none when none ever was.
+    pub fn last_span_age(&self) -> Option<Duration> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).last.map(|t| t.elapsed())
+    }
+}
+
+impl From<&PodIdentity> for ReportedPod {
+    fn from(p: &PodIdentity) -> Self {
+        ReportedPod {
+            pod_name: p.pod_name.clone(),
+            namespace: p.namespace.clone(),
+            node_name: p.node_name.clone(),
+            pod_uid: p.pod_uid.clone(),
+            workload_kind: p.workload_kind.clone(),
+            workload_name: p.workload_name.clone(),
+        }
+    }
+}
+
+pub fn span_counts(metrics: &Metrics) -> SpanCounts {
+    let reasons = [
+        ("queueFull", DropReason::QueueFull),
+        ("exportRejected", DropReason::ExportRejected),
+        ("shutdown", DropReason::Shutdown),
+        ("invalid", DropReason::Invalid),
+    ];
+    SpanCounts {
+        received: metrics.received_count(),
+        sampled_out: metrics.sampled_out.get(),
+        exported: metrics.exported.get(),
+        dropped: reasons.iter().map(|(k, r)| (k.to_string(), metrics.dropped_count(*r))).collect(),
+        queued: metrics.queue_spans.get().max(0) as u64,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn services_are_bounded() {
+        let s = ServicesSeen::default();
+        for i in 0..100 {
+            s.record(&format!("svc-{i}"), 1);
+        }
+        s.record("svc-0", 5);
+        let snap = s.snapshot();
+        assert_eq!(snap.len(), MAX_SERVICES + 1);
+        assert_eq!(snap.get("svc-0"), Some(&6));
+        assert_eq!(snap.get(OTHER), Some(&36));
+    }
+
+    #[test]
+    fn last_span_age_counts_only_spans() {
+        let s = ServicesSeen::default();
+        assert_eq!(s.last_span_age(), None);
+        s.record("idle", 0);
+        assert_eq!(s.last_span_age(), None, "a resource with no spans is not a span");
+        s.record("busy", 3);
+        assert!(s.last_span_age().is_some_and(|age| age < Duration::from_secs(5)));
+    }
+}

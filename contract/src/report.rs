@@ -1,0 +1,166 @@
+//! The agent's self-report: pushed by the agent, turned by the operator into coverage (who sends
+//! spans, which services, which config generation and which agent version run).
+//!
+//! The channel is authenticated: the agent sends a projected ServiceAccount token of audience
+//! [`REPORT_AUDIENCE`], which only the operator accepts (after a TokenReview) and which binds the
+//! report to the pod it was issued for.
+//!
+//! Skew: the operator reads reports of every contract version. Fields it does not know are
+//! ignored (no `deny_unknown_fields`), fields an older agent does not send get their defaults:
+//! a contract-1 agent sends neither [`AgentReport::contract_version`] nor
+//! [`AgentReport::agent_version`].
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Audience of the projected token agents authenticate their reports with. A token of this
+/// audience is refused by the API server and every other service.
+pub const REPORT_AUDIENCE: &str = "tracelight.io/agent-report";
+/// Path of the operator's report endpoint (on the webhook's HTTPS server).
+pub const REPORT_PATH: &str = "/v1/agent-reports";
+/// Where the agent container sees its report token.
+pub const REPORT_TOKEN_DIR: &str = "/var/run/secrets/tracelight.io/report";
+/// File name of the token inside [`REPORT_TOKEN_DIR`].
+pub const REPORT_TOKEN_FILE: &str = "token";
+/// Key of the CA bundle (that signs the operator's serving certificate) in the per-namespace
+/// agent ConfigMap; the agent verifies the report endpoint with it.
+pub const REPORT_CA_KEY: &str = "report-ca.crt";
+/// Largest report the operator accepts; real ones are a few hundred bytes (services are capped).
+pub const MAX_REPORT_BYTES: usize = 64 * 1024;
+
+/// One agent's report.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentReport {
+    /// Contract version the agent speaks (1 when absent: agents of 0.1.0 did not send it).
+    #[serde(default = "contract_v1")]
+    pub contract_version: u32,
+    /// The agent's release (`0.2.0`); none from agents of contract 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_version: Option<String>,
+    pub pod: ReportedPod,
+    /// Policy of the config in effect (none before the first valid config).
+    #[serde(default)]
+    pub policy: Option<String>,
+    /// Generation of the config in effect (0 before the first valid config).
+    #[serde(default)]
+    pub config_generation: i64,
+    #[serde(default)]
+    pub sampling_ratio: Option<f64>,
+    /// `service.name`s seen, with the number of spans received from each.
+    #[serde(default)]
+    pub services: BTreeMap<String, u64>,
+    pub spans: SpanCounts,
+    #[serde(default)]
+    pub uptime_seconds: u64,
+    /// Seconds since the agent last received a span; none when it never has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_span_age_seconds: Option<u64>,
+}
+
+fn contract_v1() -> u32 {
+    1
+}
+
+/// Who the agent is, from the downward API (checked by the operator against the token).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ReportedPod {
+    #[serde(default)]
+    pub pod_name: Option<String>,
+    #[serde(default)]
+    pub namespace: Option<String>,
+    #[serde(default)]
+    pub node_name: Option<String>,
+    #[serde(default)]
+    pub pod_uid: Option<String>,
+    #[serde(default)]
+    pub workload_kind: Option<String>,
+    #[serde(default)]
+    pub workload_name: Option<String>,
+}
+
+/// Span counters since the agent started.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SpanCounts {
+    pub received: u64,
+    #[serde(default)]
+    pub sampled_out: u64,
+    #[serde(default)]
+    pub exported: u64,
+    /// Dropped spans by reason (`queueFull`, `exportRejected`, `shutdown`, `invalid`).
+    #[serde(default)]
+    pub dropped: BTreeMap<String, u64>,
+    #[serde(default)]
+    pub queued: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const V1_FIXTURE: &str = include_str!("../fixtures/report/v1.json");
+    const V2_FIXTURE: &str = include_str!("../fixtures/report/v2.json");
+    const FUTURE_FIXTURE: &str = include_str!("../fixtures/report/future.json");
+
+    fn fixture_report(contract_version: u32, agent_version: Option<&str>) -> AgentReport {
+        AgentReport {
+            contract_version,
+            agent_version: agent_version.map(String::from),
+            pod: ReportedPod {
+                pod_name: Some("checkout-7d9f-abcde".into()),
+                namespace: Some("shop".into()),
+                node_name: Some("node-1".into()),
+                pod_uid: Some("0c7c1f2e-1111-2222-3333-444455556666".into()),
+                workload_kind: Some("Deployment".into()),
+                workload_name: Some("checkout".into()),
+            },
+            policy: Some("default".into()),
+            config_generation: 3,
+            sampling_ratio: Some(0.5),
+            services: BTreeMap::from([("checkout".into(), 12)]),
+            spans: SpanCounts {
+                received: 12,
+                sampled_out: 6,
+                exported: 6,
+                dropped: BTreeMap::from([("queueFull".into(), 0)]),
+                queued: 0,
+            },
+            uptime_seconds: 40,
+            last_span_age_seconds: Some(2),
+        }
+    }
+
+    #[test]
+    fn operator_reads_a_contract_1_report() {
+        let report: AgentReport = serde_json::from_str(V1_FIXTURE).unwrap();
+        assert_eq!(report, fixture_report(1, None));
+    }
+
+    #[test]
+    fn operator_reads_the_released_contract_2_report() {
+        let report: AgentReport = serde_json::from_str(V2_FIXTURE).unwrap();
+        assert_eq!(report, fixture_report(2, Some("0.2.0")));
+    }
+
+    #[test]
+    fn operator_reads_a_future_report_ignoring_what_it_does_not_know() {
+        let report: AgentReport = serde_json::from_str(FUTURE_FIXTURE).unwrap();
+        let mut want = fixture_report(9, Some("0.9.0"));
+        want.spans.dropped.insert("budgetExceeded".into(), 4);
+        assert_eq!(report, want);
+    }
+
+    #[test]
+    fn the_current_report_serializes_as_the_released_fixture() {
+        let json = serde_json::to_value(fixture_report(2, Some("0.2.0"))).unwrap();
+        let fixture: serde_json::Value = serde_json::from_str(V2_FIXTURE).unwrap();
+        assert_eq!(json, fixture);
+    }
+
+    #[test]
+    fn a_report_without_span_counts_is_rejected() {
+        assert!(serde_json::from_str::<AgentReport>(r#"{"pod":{}}"#).is_err());
+    }
+}
