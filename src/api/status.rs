@@ -47,6 +47,14 @@ pub struct RolloutStatus {
     /// When the current phase's last batch finished and its soak started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub soak_started_at: Option<Time>,
+    /// Set while phases already rolled out are rolled out again (an operator upgrade shipped a new
+    /// agent image, an instrumentation image changed): the index of the earlier phase being
+    /// restarted, or soaking before the next phase starts. Absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rerun_phase_index: Option<u32>,
+    /// When the re-rolled phase's last restart passed its gate and its soak started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rerun_soak_started_at: Option<Time>,
     /// Workloads restarted and not yet past their health gate (`namespace/Kind/name`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub in_flight: Vec<String>,

@@ -16,8 +16,8 @@ use crate::rollout::observe;
 use crate::rollout::pod::PodSummary;
 use crate::rollout::workload::Workload;
 use crate::rollout::{
-    self, Health, NamespaceObservation, PhaseSettings, Plan, Progress, Restart, RestartMark, RestartReason, WorkloadId,
-    WorkloadObservation,
+    self, Health, NamespaceObservation, PhaseSettings, Plan, Progress, Rerun, Restart, RestartMark, RestartReason,
+    WorkloadId, WorkloadObservation,
 };
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -51,7 +51,13 @@ pub fn progress_from(status: Option<&TracingPolicyStatus>) -> Progress {
     let Some(r) = status.and_then(|s| s.rollout.as_ref()) else {
         return Progress::default();
     };
-    Progress { phase: r.phase_index as usize, soak_started: r.soak_started_at.as_ref().map(|t| t.0) }
+    Progress {
+        phase: r.phase_index as usize,
+        soak_started: r.soak_started_at.as_ref().map(|t| t.0),
+        rerun: r
+            .rerun_phase_index
+            .map(|phase| Rerun { phase: phase as usize, soak_started: r.rerun_soak_started_at.as_ref().map(|t| t.0) }),
+    }
 }
 
 /// Namespaces the policy governed (per its previous status) and no longer does, where no other
@@ -398,6 +404,8 @@ pub fn rollout_status(
     RolloutStatus {
         phase_index: u32::try_from(progress.phase).unwrap_or(u32::MAX),
         soak_started_at: progress.soak_started.map(whole_second_after).map(Time),
+        rerun_phase_index: progress.rerun.map(|r| u32::try_from(r.phase).unwrap_or(u32::MAX)),
+        rerun_soak_started_at: progress.rerun.and_then(|r| r.soak_started).map(whole_second_after).map(Time),
         in_flight: plan.in_flight.iter().filter(|id| !skipped.contains(id)).map(ToString::to_string).collect(),
         excluded,
     }

@@ -71,7 +71,7 @@ fn plan_with(restarts: Vec<Restart>, in_flight: Vec<WorkloadId>) -> Plan {
         restarts,
         rollbacks: Vec::new(),
         in_flight,
-        progress: Progress { phase: 1, soak_started: None },
+        progress: Progress { phase: 1, soak_started: None, rerun: None },
         message: "phase \"pilot\": 1 restarting".into(),
         requeue_after: None,
     }
@@ -157,7 +157,7 @@ fn progress_is_read_back_from_the_status() {
         rollout: Some(RolloutStatus { phase_index: 1, soak_started_at: Some(Time(t(5))), ..Default::default() }),
         ..Default::default()
     };
-    assert_eq!(progress_from(Some(&status)), Progress { phase: 1, soak_started: Some(t(5)) });
+    assert_eq!(progress_from(Some(&status)), Progress { phase: 1, soak_started: Some(t(5)), rerun: None });
 }
 
 #[test]
@@ -308,7 +308,7 @@ fn status_records_progress_requested_restarts_and_exclusions() {
         vec![id("active", "a"), id("new", "b"), id("active", "z")],
     );
     plan.rollbacks = vec![Rollback { workload: id("active", "crashing"), reason: "crash loop".into() }];
-    plan.progress = Progress { phase: 1, soak_started: Some(t(7)) };
+    plan.progress = Progress { phase: 1, soak_started: Some(t(7)), rerun: None };
     let mut excluded = workload("active", "crashing");
     excluded.excluded = Some("crash loop".into());
     let mut older = workload("active", "alpha");

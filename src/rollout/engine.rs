@@ -30,6 +30,11 @@
 //! - **New work restarts the soak.** A soak measures how long the phase has run unchanged: when
 //!   a restart of an active phase is needed or in flight (a new agent version, a workload
 //!   cleared for retry), the soak starts again once that work has passed its gates.
+//! - **A re-rollout goes phase by phase, like the first one.** When workloads of phases already
+//!   rolled out need a restart again (an operator upgrade ships a new agent image, a language
+//!   image changes), the earliest such phase goes first (the pilot) and each phase soaks before
+//!   the next phase's restarts start ([`Rerun`]). A later phase never starts while an earlier
+//!   one has a restart in flight. Namespaces stay active throughout: only restarts are paced.
 //! - **Ready means Complete.** The status layer reports condition `Ready` only for
 //!   [`RolloutPhase::Complete`]; every other state carries its reason.
 
@@ -193,8 +198,45 @@ fn plan_at(obs: &Observation, phases: &[PhaseSettings], progress: &Progress) -> 
         return Step::Done(held(obs, &phases[p], base, &excluded, &needing));
     }
 
-    // The earliest phase with work goes first: a new agent version re-runs the pilot first.
-    let working_phase = needing.iter().filter_map(|(_, ph, _)| *ph).min();
+    // The earliest phase with work (waiting or in flight) goes first: a new agent version
+    // re-runs the pilot first, and the next phase waits for its soak.
+    let earliest_work = standings
+        .iter()
+        .filter(|(_, _, s)| matches!(s, Standing::Needs(_) | Standing::InFlight { .. }))
+        .filter_map(|(_, ph, _)| *ph)
+        .min();
+    let (rerun, wave) = rerun_wave(progress.rerun, earliest_work, p, phases, obs.now);
+    base.progress.rerun = rerun;
+    let working_phase = match wave {
+        Wave::Work(phase) => phase,
+        Wave::Soak { soaking, next, remaining } => {
+            // Leaving workloads are not paced by phases.
+            let capacity = (phases[p].batch_size as usize).saturating_sub(in_flight.len());
+            let restarts: Vec<Restart> = needing
+                .iter()
+                .filter(|(_, ph, _)| ph.is_none())
+                .take(capacity)
+                .map(|(w, _, r)| restart(w, *r))
+                .collect();
+            let mut in_flight = in_flight;
+            in_flight.extend(restarts.iter().map(|r| r.workload.clone()));
+            let message = format!(
+                "phase {:?} soaking after its re-rollout, {}s left; then phase {:?}",
+                phases[soaking].name,
+                remaining.as_secs(),
+                phases[next].name
+            );
+            let requeue_after = Some(base.requeue_after.map_or(remaining, |r| r.min(remaining)));
+            return Step::Done(Plan {
+                state: RolloutPhase::Soaking,
+                restarts,
+                in_flight,
+                message,
+                requeue_after,
+                ..base
+            });
+        }
+    };
     let batch = working_phase.map_or(phases[p].batch_size, |ph| phases[ph].batch_size) as usize;
     let capacity = batch.saturating_sub(in_flight.len());
     let restarts: Vec<Restart> = needing
@@ -242,7 +284,46 @@ fn plan_at(obs: &Observation, phases: &[PhaseSettings], progress: &Progress) -> 
         let message = format!("all {} phase(s) rolled out", phases.len());
         return Step::Done(Plan { state: RolloutPhase::Complete, progress, message, ..base });
     }
-    Step::Advance(Progress { phase: p + 1, soak_started: None })
+    Step::Advance(Progress { phase: p + 1, soak_started: None, rerun: None })
+}
+
+/// What a re-rollout lets happen now.
+#[derive(Debug, PartialEq)]
+enum Wave {
+    /// Restarts may start in this phase (none: no phase work).
+    Work(Option<usize>),
+    /// Phase `soaking` finished its re-rollout and soaks before phase `next` may start.
+    Soak { soaking: usize, next: usize, remaining: Duration },
+}
+
+/// Paces work in phases already rolled out: `earliest_work` is the earliest phase with a restart
+/// waiting or in flight, `current` the phase the rollout has reached. Returns the re-rollout
+/// state to record and what it allows.
+fn rerun_wave(
+    rerun: Option<Rerun>,
+    earliest_work: Option<usize>,
+    current: usize,
+    phases: &[PhaseSettings],
+    now: Timestamp,
+) -> (Option<Rerun>, Wave) {
+    let Some(earliest) = earliest_work else {
+        // Nothing left to restart: the current phase's own soak follows (it was reset by the work).
+        return (None, Wave::Work(None));
+    };
+    if let Some(r) = rerun.filter(|r| r.phase < earliest) {
+        // The re-rollout's phase has no work left: it soaks before later phases start.
+        let soak_started = r.soak_started.unwrap_or(now);
+        let ends = add(soak_started, phases[r.phase].soak);
+        if now < ends {
+            let soaking = Rerun { phase: r.phase, soak_started: Some(soak_started) };
+            return (
+                Some(soaking),
+                Wave::Soak { soaking: r.phase, next: earliest, remaining: duration_between(now, ends) },
+            );
+        }
+    }
+    let rerun = (earliest < current).then_some(Rerun { phase: earliest, soak_started: None });
+    (rerun, Wave::Work(Some(earliest)))
 }
 
 /// The plan of a rollout that does not move forward: paused (no restart at all) or waiting for

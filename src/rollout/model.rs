@@ -113,6 +113,18 @@ pub struct Progress {
     pub phase: usize,
     /// When the current phase's last batch finished (its soak started).
     pub soak_started: Option<Timestamp>,
+    /// A re-rollout of phases already rolled out (a new agent image after an operator upgrade, a
+    /// changed language image) in progress: it goes phase by phase, each soaking before the
+    /// next one's restarts start.
+    pub rerun: Option<Rerun>,
+}
+
+/// The earlier phase a re-rollout is working on (or soaking after).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rerun {
+    pub phase: usize,
+    /// When its last restart passed its gate (its soak started); none while it has work.
+    pub soak_started: Option<Timestamp>,
 }
 
 /// Everything the engine decides from.

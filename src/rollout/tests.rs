@@ -121,7 +121,7 @@ fn expansion_waits_for_pilot_and_its_soak() {
     let mut o = obs(phases.clone(), namespaces.clone(), vec![done(fresh("canary", "web"), 900), fresh("shop", "web")]);
     let p = plan(&o);
     assert_eq!(p.state, RolloutPhase::Soaking);
-    assert_eq!(p.progress, Progress { phase: 0, soak_started: Some(t(1000)) });
+    assert_eq!(p.progress, Progress { phase: 0, soak_started: Some(t(1000)), rerun: None });
     assert_eq!(p.requeue_after, Some(Duration::from_secs(600)));
     assert!(p.restarts.is_empty());
 
@@ -133,7 +133,7 @@ fn expansion_waits_for_pilot_and_its_soak() {
     // Soak over: expansion becomes active and its first batch restarts in the same reconcile.
     o.now = t(1600);
     let p = plan(&o);
-    assert_eq!(p.progress, Progress { phase: 1, soak_started: None });
+    assert_eq!(p.progress, Progress { phase: 1, soak_started: None, rerun: None });
     assert_eq!(p.active_namespaces, vec!["canary", "shop"]);
     assert_eq!(restarted(&p), vec!["shop/Deployment/web"]);
 }
@@ -266,10 +266,84 @@ fn a_new_agent_version_goes_through_the_pilot_first() {
     let mut outdated_shop = outdated_pilot.clone();
     outdated_shop.id = id("shop", "web");
     let mut o = obs(phases, vec![ns("canary", 0), ns("shop", 1)], vec![outdated_pilot, outdated_shop]);
-    o.progress = Progress { phase: 1, soak_started: Some(t(0)) };
+    o.progress = Progress { phase: 1, soak_started: Some(t(0)), rerun: None };
     let p = plan(&o);
     assert_eq!(restarted(&p), vec!["canary/Deployment/web"]);
     assert_eq!(p.restarts[0].hash, "h2");
+}
+
+/// An operator upgrade ships a new agent (hash h2) to a policy rolled out in pilot and
+/// expansion: the pilot restarts first, expansion waits while the pilot is in flight and while
+/// it soaks, then restarts; each workload once.
+#[test]
+fn a_re_rollout_soaks_each_phase_before_the_next() {
+    let phases = vec![phase("pilot", 1, 60), phase("expansion", 5, 0)];
+    let upgraded = |ns: &str, name: &str| {
+        let mut w = done(fresh(ns, name), 10);
+        w.desired_hash = Some("h2".into());
+        w.pods = PodCounts { total: 2, current: 0, outdated: 2, missed: 0, ready: 2 };
+        w
+    };
+    let namespaces = vec![ns("canary", 0), ns("shop", 1)];
+    let workloads = vec![upgraded("canary", "web"), upgraded("shop", "web"), upgraded("shop", "api")];
+    let mut o = obs(phases, namespaces, workloads);
+    o.progress = Progress { phase: 1, soak_started: Some(t(0)), rerun: None };
+    o.now = t(100);
+
+    // 1. The pilot goes first, alone.
+    let p = plan(&o);
+    assert_eq!(restarted(&p), vec!["canary/Deployment/web"]);
+    assert_eq!(p.progress.rerun, Some(Rerun { phase: 0, soak_started: None }));
+    assert_eq!(p.active_namespaces, vec!["canary", "shop"], "namespaces stay active");
+
+    // 2. While the pilot's restart is in flight, expansion waits.
+    o.progress = p.progress;
+    o.workloads[0].restart = Some(RestartMark { hash: "h2".into(), at: t(100) });
+    o.workloads[0].rolled_out = false;
+    o.now = t(150);
+    let p = plan(&o);
+    assert!(p.restarts.is_empty(), "expansion started while the pilot was in flight: {:?}", restarted(&p));
+
+    // 3. The pilot is done: it soaks 60 s before expansion starts.
+    o.progress = p.progress;
+    o.workloads[0].rolled_out = true;
+    o.workloads[0].pods = PodCounts { total: 2, current: 2, outdated: 0, missed: 0, ready: 2 };
+    o.now = t(200);
+    let p = plan(&o);
+    assert!(p.restarts.is_empty(), "{:?}", restarted(&p));
+    assert_eq!(p.state, RolloutPhase::Soaking);
+    assert_eq!(p.progress.rerun, Some(Rerun { phase: 0, soak_started: Some(t(200)) }));
+    assert_eq!(p.requeue_after, Some(Duration::from_secs(60)));
+    assert!(p.message.contains("\"pilot\" soaking"), "{}", p.message);
+
+    // 4. Mid-soak (the operator may have restarted: the soak start comes from the status).
+    o.progress = p.progress;
+    o.now = t(230);
+    let p = plan(&o);
+    assert!(p.restarts.is_empty());
+    assert_eq!(p.requeue_after, Some(Duration::from_secs(30)));
+
+    // 5. Soak over: expansion restarts, in its own batch size; the re-rollout is over.
+    o.progress = p.progress;
+    o.now = t(261);
+    let p = plan(&o);
+    assert_eq!(restarted(&p), vec!["shop/Deployment/api", "shop/Deployment/web"]);
+    assert_eq!(p.progress.rerun, None);
+    assert!(p.restarts.iter().all(|r| r.hash == "h2"));
+}
+
+#[test]
+fn new_work_in_an_earlier_phase_during_a_re_rollout_goes_back_to_it() {
+    let phases = vec![phase("pilot", 1, 60), phase("expansion", 5, 0)];
+    let mut pilot = done(fresh("canary", "web"), 10);
+    pilot.desired_hash = Some("h3".into());
+    pilot.pods = PodCounts { total: 2, current: 0, outdated: 2, missed: 0, ready: 2 };
+    let mut o = obs(phases, vec![ns("canary", 0), ns("shop", 1)], vec![pilot]);
+    // Soaking after the pilot's re-rollout when yet another image arrives.
+    o.progress = Progress { phase: 1, soak_started: None, rerun: Some(Rerun { phase: 0, soak_started: Some(t(990)) }) };
+    let p = plan(&o);
+    assert_eq!(restarted(&p), vec!["canary/Deployment/web"]);
+    assert_eq!(p.progress.rerun, Some(Rerun { phase: 0, soak_started: None }));
 }
 
 // ---- properties ----
@@ -321,7 +395,7 @@ fn arb_observation() -> impl Strategy<Value = Observation> {
                 phases,
                 namespaces,
                 workloads,
-                progress: Progress { phase: progress_phase.min(count - 1), soak_started: None },
+                progress: Progress { phase: progress_phase.min(count - 1), soak_started: None, rerun: None },
                 paused,
                 repair_missed: repair,
                 now: t(now),
@@ -473,17 +547,17 @@ fn new_work_during_a_soak_restarts_the_soak() {
     let phases = vec![phase("pilot", 1, 600), phase("expansion", 2, 0)];
     let namespaces = vec![ns("canary", 0), ns("shop", 1)];
     let mut o = obs(phases, namespaces, vec![done(fresh("canary", "web"), 900), fresh("canary", "new")]);
-    o.progress = Progress { phase: 0, soak_started: Some(t(500)) };
+    o.progress = Progress { phase: 0, soak_started: Some(t(500)), rerun: None };
     let p = plan(&o);
     assert_eq!(restarted(&p), vec!["canary/Deployment/new"]);
-    assert_eq!(p.progress, Progress { phase: 0, soak_started: None }, "the soak is reset");
+    assert_eq!(p.progress, Progress { phase: 0, soak_started: None, rerun: None }, "the soak is reset");
     // The new work has passed its gates at 1100: the soak starts there, in full.
     o.workloads[1] = done(fresh("canary", "new"), 1000);
     o.progress = p.progress;
     o.now = t(1100);
     let p = plan(&o);
     assert_eq!(p.state, RolloutPhase::Soaking);
-    assert_eq!(p.progress, Progress { phase: 0, soak_started: Some(t(1100)) });
+    assert_eq!(p.progress, Progress { phase: 0, soak_started: Some(t(1100)), rerun: None });
     assert_eq!(p.requeue_after, Some(Duration::from_secs(600)));
 }
 
@@ -494,7 +568,7 @@ fn leaving_work_does_not_restart_a_soak() {
         vec![ns("canary", 0)],
         vec![done(fresh("canary", "web"), 100), leaving("old", "a")],
     );
-    o.progress = Progress { phase: 0, soak_started: Some(t(500)) };
+    o.progress = Progress { phase: 0, soak_started: Some(t(500)), rerun: None };
     let p = plan(&o);
     assert_eq!(restarted(&p), vec!["old/Deployment/a"]);
     assert_eq!(p.progress.soak_started, Some(t(500)));
