@@ -1,26 +1,25 @@
 # syntax=docker/dockerfile:1
-# Tracelight: one static-ish binary for the operator (`tracelight controller`) and the agent
-# sidecar (`tracelight agent`). Built with the locked dependency set; runs as non-root on a
-# distroless base with a read-only root filesystem.
+# Tracelight: one image, two binaries.
+#   /usr/local/bin/tracelight        the operator (`tracelight controller`, the entrypoint)
+#   /usr/local/bin/tracelight-agent  the sidecar the webhook injects (its `command`)
+# Built with the locked dependency set and the pinned toolchain (rust-toolchain.toml); runs as
+# non-root on a distroless base with a read-only root filesystem.
 
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
-# Dependencies first, so source edits do not rebuild them.
-COPY Cargo.toml Cargo.lock ./
-RUN mkdir -p src benches && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
-    && echo 'fn main() {}' > benches/admission.rs && echo 'fn main() {}' > benches/agent.rs \
-    && cargo build --release --locked --bin tracelight || true
-COPY src ./src
-COPY benches ./benches
-COPY crds ./crds
-COPY charts/tracelight/crds ./charts/tracelight/crds
-COPY config ./config
-COPY build.rs ./
-RUN touch src/main.rs src/lib.rs && cargo build --release --locked --bin tracelight \
-    && strip target/release/tracelight
+COPY . .
+# Cache mounts keep the registry and the target directory between builds (BuildKit), so a
+# source edit rebuilds only the workspace's own crates.
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked -p tracelight --bin tracelight -p tracelight-agent --bin tracelight-agent \
+    && mkdir -p /out \
+    && cp target/release/tracelight target/release/tracelight-agent /out/ \
+    && strip /out/tracelight /out/tracelight-agent
 
 FROM gcr.io/distroless/cc-debian12:nonroot
-COPY --from=build /src/target/release/tracelight /usr/local/bin/tracelight
+COPY --from=build /out/tracelight /usr/local/bin/tracelight
+COPY --from=build /out/tracelight-agent /usr/local/bin/tracelight-agent
 USER 65532:65532
 ENTRYPOINT ["/usr/local/bin/tracelight"]
 CMD ["controller"]

@@ -11,6 +11,7 @@ pub mod rollout_resilience;
 pub mod selection;
 pub mod setup;
 mod shared;
+pub mod upgrade;
 
 pub use shared::*;
 
@@ -61,7 +62,8 @@ async fn rollout_steps(suite: &mut Suite) -> anyhow::Result<()> {
     rollout::failing_workload_is_rolled_back(suite).await?;
     resilience_steps(suite).await?;
     rollout::deleting_the_policy_restores_uninjected_pods(suite, &[phased.pilot, paused, killed]).await?;
-    Ok(())
+    // Last: it leaves the operator on the upgraded chart's flags.
+    upgrade::agent_upgrade_rolls_out_by_phase(suite).await
 }
 
 /// The rollout when workloads crash, the webhook misses pods, or the leading replica dies.

@@ -33,10 +33,10 @@ use tracelight_contract::config::{v1, AgentConfig, ConfigFile, AGENT_CONFIGMAP};
 /// Namespace label the rollout policies select on (with the opt-in label).
 pub(super) const GROUP: &str = "e2e.tracelight.io/rollout";
 /// Namespace label that puts a namespace into the pilot phase.
-const PILOT: (&str, &str) = ("e2e.tracelight.io/phase", "pilot");
+pub(super) const PILOT: (&str, &str) = ("e2e.tracelight.io/phase", "pilot");
 const PHASED: &str = "e2e-phased";
 const FAILING: &str = "e2e-rollback";
-const RESTARTED_AT: &str = "tracelight.io/restarted-at";
+pub(super) const RESTARTED_AT: &str = "tracelight.io/restarted-at";
 pub(super) const SOAK: Duration = Duration::from_secs(5);
 const EXPANSION_BATCH: usize = 2;
 pub(super) const ROLLOUT_TIMEOUT: Duration = Duration::from_secs(120);
@@ -158,18 +158,20 @@ pub(super) struct Sampled {
     /// Most Deployments restarted and not yet rolled out at one time, per namespace group.
     pub(super) max_in_flight: BTreeMap<String, usize>,
     /// When every Deployment of the `first` group was first seen restarted and rolled out.
-    first_done_at: Option<Timestamp>,
+    pub(super) first_done_at: Option<Timestamp>,
     /// Restarts of the other groups seen before `first_done_at`.
-    early: BTreeSet<String>,
-    events: usize,
+    pub(super) early: BTreeSet<String>,
+    pub(super) events: usize,
 }
 
 /// Follows the Deployments of `groups` (group name -> namespace) through a watch until `stop`:
 /// every change the API server records is seen, so no short-lived overlap of restarts escapes.
+/// Only restarts after `since` count (a re-rollout's, not the first rollout's).
 pub(super) async fn sample(
     client: Client,
     groups: Vec<(String, String)>,
     first: String,
+    since: Timestamp,
     stop: Arc<AtomicBool>,
 ) -> Sampled {
     let api = Api::<Deployment>::all(client);
@@ -185,13 +187,14 @@ pub(super) async fn sample(
         let mut first_done = true;
         for (group, ns) in &groups {
             let mine: Vec<&Deployment> = state.iter().filter(|((n, _), _)| n == ns).map(|(_, d)| d).collect();
-            let in_flight = mine.iter().filter(|d| restarted_at(d).is_some() && !rolled_out(d)).count();
+            let restarted = |d: &Deployment| restarted_at(d).is_some_and(|t| t > since);
+            let in_flight = mine.iter().filter(|d| restarted(d) && !rolled_out(d)).count();
             let max = seen.max_in_flight.entry(group.clone()).or_default();
             *max = (*max).max(in_flight);
             if *group == first {
-                first_done &= !mine.is_empty() && mine.iter().all(|d| restarted_at(d).is_some() && rolled_out(d));
+                first_done &= !mine.is_empty() && mine.iter().all(|d| restarted(d) && rolled_out(d));
             } else if seen.first_done_at.is_none() {
-                seen.early.extend(mine.iter().filter(|d| restarted_at(d).is_some()).map(|d| d.name_any()));
+                seen.early.extend(mine.iter().filter(|d| restarted(d)).map(|d| d.name_any()));
             }
         }
         if first_done && seen.first_done_at.is_none() {
@@ -289,7 +292,7 @@ pub async fn pilot_first_then_expansion_after_soak(suite: &mut Suite) -> anyhow:
 
     let stop = Arc::new(AtomicBool::new(false));
     let groups = vec![("pilot".to_string(), pilot.clone()), ("expansion".to_string(), expansion.clone())];
-    let sampler = tokio::spawn(sample(client.clone(), groups, "pilot".into(), stop.clone()));
+    let sampler = tokio::spawn(sample(client.clone(), groups, "pilot".into(), Timestamp::MIN, stop.clone()));
     let policy = policy_json(
         PHASED,
         "phased",

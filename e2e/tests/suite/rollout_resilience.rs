@@ -157,8 +157,13 @@ pub async fn missed_pods_are_counted_then_repaired(suite: &mut Suite) -> anyhow:
     suite.log.note(&format!("status counts 3 missed pods in {ns}; repairMissed false: nothing restarted in 5s"));
 
     let stop = Arc::new(AtomicBool::new(false));
-    let sampler =
-        tokio::spawn(sample(client.clone(), vec![("missed".into(), ns.clone())], "missed".into(), stop.clone()));
+    let sampler = tokio::spawn(sample(
+        client.clone(),
+        vec![("missed".into(), ns.clone())],
+        "missed".into(),
+        k8s_openapi::jiff::Timestamp::MIN,
+        stop.clone(),
+    ));
     patch_policy(&client, MISSED, json!({"spec": {"rollout": {"repairMissed": true}}})).await?;
     let result = async {
         wait::until("every pod to be injected and none missed", ROLLOUT_TIMEOUT, || async {

@@ -132,8 +132,35 @@ pub async fn install(cluster: Cluster, log: &StepLog) -> anyhow::Result<Suite> {
     ensure!(hook.failure_policy.as_deref() == Some("Ignore"), "failurePolicy is {:?}", hook.failure_policy);
     log.note(&format!("webhook configuration {WEBHOOK_CONFIG}: url {url}, failurePolicy Ignore"));
 
-    // The operator's flags are the ones the chart would give its Deployment (rendered with the
-    // same values plus operator.enabled=true), with loopback addresses and short certificates.
+    let operator_args = operator_args_from_chart(&cluster, &values, webhook_port, admin_port)?;
+
+    let sa_kubeconfig = work_dir().join("operator.kubeconfig");
+    crate::support::operator::service_account_kubeconfig(&cluster, NAMESPACE, SERVICE_ACCOUNT, &sa_kubeconfig)?;
+    let namespaces = Namespaces::new(&cluster);
+    Ok(Suite {
+        cluster,
+        log: log.clone(),
+        namespaces,
+        webhook_port,
+        admin_port,
+        chart_values: values.to_vec(),
+        operator_args,
+        sa_kubeconfig,
+        operator: None,
+        operator_logs: Vec::new(),
+        active: None,
+    })
+}
+
+/// The operator's flags: the ones the chart gives its Deployment (rendered with `values` plus
+/// operator.enabled=true), with loopback addresses and short certificates.
+pub fn operator_args_from_chart(
+    cluster: &Cluster,
+    values: &[String],
+    webhook_port: u16,
+    admin_port: u16,
+) -> anyhow::Result<Vec<String>> {
+    let chart = repo_root().join("charts/tracelight");
     let mut render: Vec<String> = ["template", RELEASE].map(String::from).to_vec();
     render.push(chart.display().to_string());
     render.extend(["-n", NAMESPACE, "--show-only", "templates/deployment.yaml"].map(String::from));
@@ -162,22 +189,7 @@ pub async fn install(cluster: Cluster, log: &StepLog) -> anyhow::Result<Suite> {
         format!("--cert-check-interval={CERT_CHECK_INTERVAL}"),
         "--log-format=text".into(),
     ]);
-
-    let sa_kubeconfig = work_dir().join("operator.kubeconfig");
-    crate::support::operator::service_account_kubeconfig(&cluster, NAMESPACE, SERVICE_ACCOUNT, &sa_kubeconfig)?;
-    let namespaces = Namespaces::new(&cluster);
-    Ok(Suite {
-        cluster,
-        log: log.clone(),
-        namespaces,
-        webhook_port,
-        admin_port,
-        operator_args,
-        sa_kubeconfig,
-        operator: None,
-        operator_logs: Vec::new(),
-        active: None,
-    })
+    Ok(operator_args)
 }
 
 /// Deletes what the suite created; then checks the operator never hit an RBAC denial.

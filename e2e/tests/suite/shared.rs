@@ -33,6 +33,8 @@ pub struct Suite {
     pub namespaces: Namespaces,
     pub webhook_port: u16,
     pub admin_port: u16,
+    /// The `--set` values the chart was installed with.
+    pub chart_values: Vec<String>,
     /// `tracelight controller` flags: the chart's own, with loopback addresses and short
     /// certificate lifetimes.
     pub operator_args: Vec<String>,
