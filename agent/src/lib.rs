@@ -11,35 +11,20 @@
 //!
 //! # Where the memory goes
 //!
-//! `make bench-agent-compare` (release build, 2 cores, 2026-12-05, each binary started from a
-//! cold page cache): 6.3 MiB resident at idle, 7.6-11.1 MiB under load up to ~630k spans/s (the
-//! OpenTelemetry Collector: 33 MiB and 40-70 MiB).
 //! Resident memory has two parts that behave differently (`/proc/<pid>/smaps`):
 //!
-//! - **Anonymous, the agent's own: 1.3 MiB idle, 2.5-3.9 MiB under load.** At idle: 0.6 MiB of
-//!   relocated pointers (`.data.rel.ro`, written at start because the binary is position
-//!   independent), 0.45 MiB of heap (runtime, servers, config, metrics), stacks. Under load, on
-//!   top: up to `--export-concurrency` (4) requests in flight, each holding its batch (up to
-//!   `--batch-bytes`, 512 KiB of encoded spans) and its gzipped body, one reused deflate state
-//!   (~300 KiB), and requests being decoded. The queue normally holds less than 1 MiB; it fills
-//!   towards `--queue-bytes` (16 MiB) only when the collector takes spans slower than they
-//!   arrive. Freed memory goes back to the OS after 100 ms (`crate::allocator`).
-//! - **File-backed, mapped from the binary and libc: 5.0 MiB idle, ~7.2 MiB under load.** Shared
-//!   page cache, not the agent's heap: at idle 1.1 MiB of the binary's 18 MiB of code, 0.8 MiB of
-//!   its read-only data, 1.7 MiB of libc, libm and the loader. The kernel maps code 64 KiB (or a
-//!   whole large folio of the page cache) around each page executed, so this figure follows the
-//!   layout of the binary more than the size of the agent's code: scattered through the code it
-//!   shares with the operator, the same ~1.8 MiB of functions cost 5-8 MiB. Release builds
-//!   therefore link with `config/agent-layout.ld` (see `build.rs`), which places the agent's
-//!   functions together in the order they run, ahead of the operator's (`make agent-order`
-//!   regenerates it from profiles of both), and with packed relative relocations (0.8 MiB of
-//!   relocation records read at start become 10 KiB).
-//!   The script names functions so that edits do not unpack it (see `e2e/collector/agent_order.py`),
-//!   but code added since the last profile is not placed: before it was regenerated for `wire`,
-//!   the agent sat at 7.5 MiB idle instead of 6.0 (fresh from the linker). How the page cache
-//!   holds the binary matters too: the kernel maps whole large folios, so the same binary
-//!   measures ~0.2 MiB more read back from disk and ~0.9 MiB more as a fresh copy than fresh
-//!   from the linker; `bench.py` therefore starts each binary from a cold page cache.
+//! - **Anonymous, the agent's own.** At idle: relocated pointers, the heap (runtime, servers,
+//!   config, metrics), stacks. Under load, on top: up to `--export-concurrency` requests in
+//!   flight, each holding its batch (up to `--batch-bytes` of encoded spans) and its gzipped body,
+//!   one reused deflate state, and requests being decoded. The queue fills towards
+//!   `--queue-bytes` only when the collector takes spans slower than they arrive. Freed memory
+//!   goes back to the OS after 100 ms (`tracelight_process::allocator`).
+//! - **File-backed: the pages of this binary and libc that ran.** The kernel maps code around
+//!   each page executed (fault-around, or a whole large folio of the page cache), so this part
+//!   follows the size of the binary's code more than the size of the agent's hot path. The agent
+//!   is therefore its own binary, linking no Kubernetes client, no operator code and no
+//!   OpenTelemetry SDK; `make bench-agent-compare` measures both parts against the OpenTelemetry
+//!   Collector (figures in the README).
 
 pub mod admin;
 pub mod admission;

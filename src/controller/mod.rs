@@ -18,8 +18,9 @@
 //! anonymous, ~16.5 MiB file-backed: the binary's code and read-only data, paged in; 3 threads).
 //! How it got there, in steps measured the same way:
 //!
-//! - 50.7 / 78.7 MiB (filled / peak) at first; placing the operator's functions together in the
-//!   binary (`config/agent-layout.ld`, see `build.rs`) made it 44.4 / 73.4 MiB.
+//! - 50.7 / 78.7 MiB (filled / peak) at first; a linker script placing the operator's functions
+//!   together made it 44.4 / 73.4 MiB (since removed with the agent's move to its own binary:
+//!   not remeasured at scale).
 //! - By heaptrack (a `system-allocator` build, 500 Deployments) the heap was 7.5 MiB with the
 //!   caches filled and 12 MiB at the peak, and the caches were most of it: a cached Deployment
 //!   cost ~6 KiB (its pod template: k8s-openapi's `Container` alone is ~2.3 KiB inline), a cached

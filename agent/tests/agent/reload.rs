@@ -152,3 +152,25 @@ async fn bad_reloads_keep_the_running_config_and_every_queued_span() {
     assert_eq!(agent.shared.metrics.exported.get(), 20);
     agent.shutdown().await;
 }
+
+/// Skew: a config from a newer operator (fields this agent does not know, a higher contract
+/// version) is applied, not rejected; the agent's report names its own version and contract.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_from_a_newer_operator_is_applied_and_its_unknown_fields_ignored() {
+    let (addr, collector, _t) = fake_collector(ANY_PORT).await;
+    let dir = temp_dir("skew");
+    let cfg = dir.join("config.v2.yaml");
+    let future = format!(
+        "contractVersion: 9\ngeneration: 5\npolicy: default\nprobes: {{threshold: 0.001}}\ncollector:\n  endpoint: http://{addr}\n  protocol: http/protobuf\n  compression: gzip\n  retry: {{maxElapsed: 60s}}\nsampling:\n  ratio: 1\n  rules: [{{match: {{route: /healthz}}, ratio: 0}}]\n"
+    );
+    write_atomic(&cfg, &future);
+    let agent = agent(&cfg).await;
+    assert!(wait_until(Duration::from_secs(5), || agent.report().config_generation == 5).await);
+    assert_eq!(reloads(&agent, ReloadResult::Rejected), 0);
+    send(&agent, 3).await;
+    assert!(wait_until(Duration::from_secs(5), || collector.spans() == 3).await);
+    let report = agent.report();
+    assert_eq!(report.contract_version, tracelight_contract::CONTRACT_VERSION);
+    assert_eq!(report.agent_version.as_deref(), Some(tracelight_contract::VERSION));
+    agent.shutdown().await;
+}
