@@ -60,6 +60,12 @@ pub use tracelight_contract::{CollectorProtocol, Compression};
         json_path = ".spec.sampling.ratio",
         description = "Head sampling ratio"
     ),
+    printcolumn(
+        name = "Agents",
+        type_ = "string",
+        json_path = ".status.coverage.agentVersionSummary",
+        description = "Injected pods by agent version (version:pods, the most common first)"
+    ),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]

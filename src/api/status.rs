@@ -4,6 +4,7 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -135,6 +136,14 @@ pub struct WorkloadCoverage {
     /// When one of its agents last received a span (minute precision).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_span_time: Option<Time>,
+    /// Pods by the version of the agent they run, from the agents' recent reports, e.g.
+    /// `{"0.2.0": 3, "unknown (contract 1)": 1}`. Agents of Tracelight 0.1.0 do not report their
+    /// version and count as `unknown (contract 1)`; `other` sums the agents of versions not
+    /// listed or not spelled like a version (the map keeps at most 8 entries: when agents run more
+    /// versions, the least common are summed under `other`). Injected pods whose agent has not
+    /// reported recently are not counted.
+    #[serde(default, skip_serializing_if = "AgentVersions::is_empty")]
+    pub agent_versions: AgentVersions,
 }
 
 /// Coverage state of one workload.
@@ -187,6 +196,90 @@ pub struct Coverage {
     /// Injected pods whose agent reports but received no span recently.
     #[serde(default)]
     pub silent: u32,
+    /// Injected pods by the version of the agent they run, from the agents' recent reports, e.g.
+    /// `{"0.2.0": 12, "unknown (contract 1)": 3}`: during an agent upgrade, how many pods still run
+    /// the old agent. Agents of Tracelight 0.1.0 do not report their version and count as
+    /// `unknown (contract 1)`; `other` sums the agents of versions not listed or not spelled like a
+    /// version (the map keeps at most 8 entries: when agents run more versions, the least common
+    /// are summed under `other`). Injected pods whose agent has not reported recently are not
+    /// counted.
+    #[serde(default, skip_serializing_if = "AgentVersions::is_empty")]
+    pub agent_versions: AgentVersions,
+    /// `agentVersions` on one line, the most common version first, e.g.
+    /// `0.2.0:12,unknown (contract 1):3` (totals only; the `Agents` column of `kubectl get`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_version_summary: Option<String>,
+}
+
+/// Pods by agent version: at most [`AgentVersions::MAX`] entries, the most common versions, and
+/// the rest summed under [`AgentVersions::OTHER`]. Agents choose what they report, so the map is
+/// capped to keep the status small whatever they send.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(transparent)]
+pub struct AgentVersions(BTreeMap<String, u32>);
+
+impl AgentVersions {
+    /// Most entries in the map, [`OTHER`](Self::OTHER) included.
+    pub const MAX: usize = 8;
+    /// Agents of the versions beyond the [`MAX`](Self::MAX) most common, or of a version that is
+    /// not spelled like one. A version begins with a digit, so no agent can report this key.
+    pub const OTHER: &'static str = "other";
+
+    /// The key of agents that do not report their version (agents of contract 1, Tracelight
+    /// 0.1.0): `unknown (contract 1)`. Spaces and parentheses are never part of a version.
+    pub fn unknown(contract_version: u32) -> String {
+        format!("unknown (contract {contract_version})")
+    }
+
+    /// `counts` capped at [`MAX`](Self::MAX) entries: when there are more, the most common
+    /// versions (then the alphabetically first) and [`OTHER`](Self::OTHER) with the rest.
+    pub fn from_counts(counts: impl IntoIterator<Item = (String, u32)>) -> AgentVersions {
+        let mut all: BTreeMap<String, u32> = BTreeMap::new();
+        for (version, n) in counts.into_iter().filter(|(_, n)| *n > 0) {
+            let entry = all.entry(version).or_default();
+            *entry = entry.saturating_add(n);
+        }
+        if all.len() <= Self::MAX {
+            return AgentVersions(all);
+        }
+        let mut other = all.remove(Self::OTHER).unwrap_or_default();
+        let mut ranked: Vec<(String, u32)> = all.into_iter().collect();
+        ranked.sort_by(|(a, n), (b, m)| m.cmp(n).then_with(|| a.cmp(b)));
+        for (_, n) in ranked.drain(Self::MAX - 1..) {
+            other = other.saturating_add(n);
+        }
+        let mut kept: BTreeMap<String, u32> = ranked.into_iter().collect();
+        kept.insert(Self::OTHER.to_string(), other);
+        AgentVersions(kept)
+    }
+
+    /// The sum of several maps (a namespace's workloads, the policy's namespaces), capped again.
+    pub fn sum<'a>(all: impl IntoIterator<Item = &'a AgentVersions>) -> AgentVersions {
+        Self::from_counts(all.into_iter().flat_map(|v| v.iter()).map(|(version, n)| (version.to_string(), n)))
+    }
+
+    /// Pods running `version`.
+    pub fn get(&self, version: &str) -> u32 {
+        self.0.get(version).copied().unwrap_or_default()
+    }
+
+    /// Versions and their pods, alphabetically.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, u32)> {
+        self.0.iter().map(|(version, n)| (version.as_str(), *n))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// One line, the most common version first and [`OTHER`](Self::OTHER) last:
+    /// `0.2.0:12,unknown (contract 1):3`. `None` when no agent reported.
+    pub fn summary(&self) -> Option<String> {
+        let mut ranked: Vec<(&str, u32)> = self.iter().collect();
+        ranked.sort_by_key(|(version, n)| (*version == Self::OTHER, std::cmp::Reverse(*n), *version));
+        let parts: Vec<String> = ranked.iter().map(|(version, n)| format!("{version}:{n}")).collect();
+        (!parts.is_empty()).then(|| parts.join(","))
+    }
 }
 
 /// Sampling in effect.
@@ -204,5 +297,87 @@ impl TracingPolicyStatus {
     /// Rollout state of `namespace`, if the controller has recorded one.
     pub fn namespace_state(&self, namespace: &str) -> Option<NamespaceState> {
         self.namespaces.iter().find(|n| n.name == namespace).map(|n| n.state)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn versions(counts: &[(&str, u32)]) -> AgentVersions {
+        AgentVersions::from_counts(counts.iter().map(|(v, n)| (v.to_string(), *n)))
+    }
+
+    fn entries(v: &AgentVersions) -> Vec<(String, u32)> {
+        v.iter().map(|(v, n)| (v.to_string(), n)).collect()
+    }
+
+    #[test]
+    fn agent_versions_up_to_the_cap_are_kept_as_they_are() {
+        let eight: Vec<(String, u32)> = (0..8).map(|i| (format!("0.{i}.0"), 1)).collect();
+        assert_eq!(entries(&AgentVersions::from_counts(eight.clone())), eight);
+    }
+
+    #[test]
+    fn agent_versions_beyond_the_cap_fold_the_least_common_into_other() {
+        // Nine versions: the six with many pods are kept; of the three with one pod each,
+        // 9.0.0-a wins the tie alphabetically and the other two are summed under `other`.
+        let v = versions(&[
+            ("9.0.0-c", 1),
+            ("0.1.0", 50),
+            ("9.0.0-a", 1),
+            ("0.2.0", 9),
+            ("0.3.0", 8),
+            ("0.4.0", 7),
+            ("9.0.0-b", 1),
+            ("0.5.0", 6),
+            ("0.6.0", 5),
+        ]);
+        assert_eq!(
+            entries(&v),
+            [
+                ("0.1.0".into(), 50),
+                ("0.2.0".into(), 9),
+                ("0.3.0".into(), 8),
+                ("0.4.0".into(), 7),
+                ("0.5.0".into(), 6),
+                ("0.6.0".into(), 5),
+                ("9.0.0-a".into(), 1),
+                ("other".into(), 2),
+            ]
+        );
+    }
+
+    #[test]
+    fn sums_add_up_versions_and_fold_other_again() {
+        let a = versions(&[("0.2.0", 3), (&AgentVersions::unknown(1), 1)]);
+        let b = versions(&[("0.2.0", 2), ("0.3.0", 1), (AgentVersions::OTHER, 4)]);
+        let sum = AgentVersions::sum([&a, &b, &AgentVersions::default()]);
+        assert_eq!(
+            entries(&sum),
+            [("0.2.0".into(), 5), ("0.3.0".into(), 1), ("other".into(), 4), ("unknown (contract 1)".into(), 1)]
+        );
+        // Beyond the cap, an `other` from the parts stays `other` even when it is the largest.
+        let many: Vec<AgentVersions> = (0..10).map(|i| versions(&[(&format!("1.{i}.0"), 2)])).collect();
+        let sum = AgentVersions::sum(many.iter().chain([&b]));
+        assert_eq!(sum.iter().count(), AgentVersions::MAX);
+        assert_eq!(sum.iter().map(|(_, n)| n).sum::<u32>(), 10 * 2 + 2 + 1 + 4);
+        assert_eq!(sum.get(AgentVersions::OTHER), 4 + 1 + 2 * 4, "0.3.0 and 1.6.0 to 1.9.0 folded");
+        assert_eq!(sum.get("0.2.0"), 2);
+    }
+
+    #[test]
+    fn summary_puts_the_most_common_first_and_other_last() {
+        let v = versions(&[("0.1.0", 3), (AgentVersions::OTHER, 20), ("0.2.0", 12), (&AgentVersions::unknown(1), 3)]);
+        assert_eq!(v.summary().as_deref(), Some("0.2.0:12,0.1.0:3,unknown (contract 1):3,other:20"));
+        assert_eq!(AgentVersions::default().summary(), None);
+    }
+
+    #[test]
+    fn agent_versions_serialize_as_a_plain_map() {
+        let w = WorkloadCoverage { agent_versions: versions(&[("0.2.0", 3)]), ..Default::default() };
+        let json = serde_json::to_value(&w).unwrap();
+        assert_eq!(json["agentVersions"], serde_json::json!({"0.2.0": 3}));
+        assert!(serde_json::to_value(WorkloadCoverage::default()).unwrap().get("agentVersions").is_none());
     }
 }

@@ -1,7 +1,8 @@
 //! `tracelight verify`: the "confirm traces appear for every service" step of a rollout. Reads
 //! the policies' coverage (which the operator fills from the agents' reports), prints one row per
-//! workload — instrumented, reporting, last span seen, services — and fails when an opted-in
-//! workload sends no spans. With `--wait`, looks again until every workload reports or time is up.
+//! workload — instrumented, reporting, last span seen, agent versions, services — and fails when
+//! an opted-in workload sends no spans. With `--wait`, looks again until every workload reports or
+//! time is up.
 
 use crate::api::{CoverageState, Duration, TracingPolicy, WorkloadCoverage};
 use anyhow::Context as _;
@@ -44,19 +45,21 @@ impl Row {
 /// The verdict over `policies`: the rendered table and whether every workload passed.
 fn verdict(policies: &[TracingPolicy], args: &VerifyArgs) -> (String, bool) {
     let rows = rows(policies, args);
+    let agents: Vec<String> = rows.iter().map(|r| r.workload.agent_versions.summary().unwrap_or("-".into())).collect();
+    let agents_width = agents.iter().map(String::len).chain(["AGENTS".len()]).max().unwrap_or_default();
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<20} {:<32} {:<11} {:>8} {:>9} {:>6}  {:<17} SERVICES",
-        "NAMESPACE", "WORKLOAD", "STATE", "INJECTED", "REPORTING", "CONFIG", "LAST SPAN"
+        "{:<20} {:<32} {:<11} {:>8} {:>9} {:>6}  {:<17} {:<agents_width$} SERVICES",
+        "NAMESPACE", "WORKLOAD", "STATE", "INJECTED", "REPORTING", "CONFIG", "LAST SPAN", "AGENTS"
     );
-    for r in &rows {
+    for (r, agents) in rows.iter().zip(&agents) {
         let w = &r.workload;
         let last = w.last_span_time.as_ref().map_or("-".to_string(), |t| t.0.strftime("%Y-%m-%d %H:%MZ").to_string());
         let services = if w.services.is_empty() { "-".to_string() } else { w.services.join(",") };
         let _ = writeln!(
             out,
-            "{:<20} {:<32} {:<11} {:>8} {:>9} {:>6}  {:<17} {}",
+            "{:<20} {:<32} {:<11} {:>8} {:>9} {:>6}  {:<17} {:<agents_width$} {}",
             r.namespace,
             format!("{}/{}", w.kind, w.name),
             format!("{:?}", w.state),
@@ -64,6 +67,7 @@ fn verdict(policies: &[TracingPolicy], args: &VerifyArgs) -> (String, bool) {
             w.reporting,
             format!("{}/{}", w.current_config, w.injected),
             last,
+            agents,
             services
         );
     }
@@ -130,7 +134,7 @@ pub fn run(args: &VerifyArgs) -> anyhow::Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{NamespaceStatus, TracingPolicyStatus};
+    use crate::api::{AgentVersions, NamespaceStatus, TracingPolicyStatus};
 
     fn workload(name: &str, state: CoverageState) -> WorkloadCoverage {
         let reporting = u32::from(state == CoverageState::Reporting);
@@ -144,6 +148,7 @@ mod tests {
             current_config: 1,
             services: if reporting > 0 { vec![name.to_string()] } else { Vec::new() },
             last_span_time: None,
+            agent_versions: AgentVersions::default(),
         }
     }
 
@@ -196,6 +201,19 @@ mod tests {
         let (table, ok) = verdict(&[p], &args(Some("tracing"), None));
         assert!(ok, "{table}");
         assert!(table.contains("OK: every instrumented workload sends spans (2 workloads)"), "{table}");
+    }
+
+    #[test]
+    fn each_row_shows_its_agent_versions() {
+        let mut upgrading = workload("frontend", CoverageState::Reporting);
+        upgrading.agent_versions =
+            AgentVersions::from_counts([("0.2.0".to_string(), 2), (AgentVersions::unknown(1), 1)]);
+        let p = policy("tracing", &[("shop", vec![upgrading, workload("legacy", CoverageState::Unreported)])]);
+        let (table, _) = verdict(&[p], &args(None, None));
+        let lines: Vec<&str> = table.lines().collect();
+        let column = lines[0].find("AGENTS").unwrap();
+        assert!(lines[1][column..].starts_with("0.2.0:2,unknown (contract 1):1 frontend"), "{table}");
+        assert!(lines[2][column..].starts_with("-  "), "{table}");
     }
 
     #[test]

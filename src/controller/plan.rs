@@ -6,8 +6,8 @@
 
 use crate::api::keys::INJECT_LABEL;
 use crate::api::{
-    governing_policy, selector, Coverage, NamespaceState, NamespaceStatus, PolicyPhase, RolloutStatus, SamplingStatus,
-    TracingPolicy, TracingPolicyStatus,
+    governing_policy, selector, AgentVersions, Coverage, NamespaceState, NamespaceStatus, PolicyPhase, RolloutStatus,
+    SamplingStatus, TracingPolicy, TracingPolicyStatus,
 };
 use crate::rollout::pod::PodSummary;
 use crate::rollout::RolloutPhase as EngineState;
@@ -243,9 +243,9 @@ pub fn pod_counts<'a>(
     counts
 }
 
-/// Sum of per-namespace counts, with the number of namespaces.
+/// Sum of per-namespace counts, with the number of namespaces and the agent versions on one line.
 pub fn total_coverage(namespaces: &[NamespaceStatus]) -> Coverage {
-    namespaces.iter().fold(
+    let mut total = namespaces.iter().fold(
         Coverage { namespaces: u32::try_from(namespaces.len()).unwrap_or(u32::MAX), ..Default::default() },
         |mut total, ns| {
             total.selected += ns.counts.selected;
@@ -256,7 +256,10 @@ pub fn total_coverage(namespaces: &[NamespaceStatus]) -> Coverage {
             total.silent += ns.counts.silent;
             total
         },
-    )
+    );
+    total.agent_versions = AgentVersions::sum(namespaces.iter().map(|ns| &ns.counts.agent_versions));
+    total.agent_version_summary = total.agent_versions.summary();
+    total
 }
 
 /// What the reconciler observed and did, as input to [`desired_status`].
@@ -725,6 +728,31 @@ mod tests {
         let cov = s.coverage.unwrap();
         assert_eq!((cov.namespaces, cov.selected, cov.injected, cov.missed), (2, 3, 2, 1));
         assert_eq!(s.active_phase, None);
+    }
+
+    #[test]
+    fn total_coverage_sums_agent_versions_over_namespaces_with_a_summary() {
+        let versions =
+            |counts: &[(&str, u32)]| AgentVersions::from_counts(counts.iter().map(|(v, n)| (v.to_string(), *n)));
+        let mut a = ns_status("a", NamespaceState::Active);
+        a.counts.agent_versions = versions(&[("0.2.0", 4), ("unknown (contract 1)", 3)]);
+        let mut b = ns_status("b", NamespaceState::Active);
+        b.counts.agent_versions = versions(&[("0.2.0", 8)]);
+        let total = total_coverage(&[a, b, ns_status("c", NamespaceState::Pending)]);
+        assert_eq!(total.agent_versions, versions(&[("0.2.0", 12), ("unknown (contract 1)", 3)]));
+        assert_eq!(total.agent_version_summary.as_deref(), Some("0.2.0:12,unknown (contract 1):3"));
+        // Nine versions over nine namespaces: still at most eight entries.
+        let many: Vec<NamespaceStatus> = (0..9)
+            .map(|i| {
+                let mut ns = ns_status(&format!("ns{i}"), NamespaceState::Active);
+                ns.counts.agent_versions = versions(&[(&format!("0.{i}.0"), 10 - i)]);
+                ns
+            })
+            .collect();
+        let total = total_coverage(&many);
+        assert_eq!(total.agent_versions.iter().count(), AgentVersions::MAX);
+        assert_eq!((total.agent_versions.get("0.6.0"), total.agent_versions.get(AgentVersions::OTHER)), (4, 3 + 2));
+        assert_eq!(total_coverage(&[]).agent_version_summary, None);
     }
 
     #[test]

@@ -198,10 +198,11 @@ pub fn apply_reporting(
 }
 
 /// A namespace's status entry filled with its workloads' coverage: the `reporting` and `silent`
-/// pod counts and the listed workloads.
+/// pod counts, the agent versions (of every workload, listed or not) and the listed workloads.
 pub fn add_coverage(ns: &mut NamespaceStatus, coverage: &[(WorkloadId, WorkloadCoverage)]) {
     ns.counts.reporting = coverage.iter().map(|(_, c)| c.reporting).sum();
     ns.counts.silent = coverage.iter().map(|(_, c)| coverage::silent_pods(c)).sum();
+    ns.counts.agent_versions = crate::api::AgentVersions::sum(coverage.iter().map(|(_, c)| &c.agent_versions));
     ns.workloads =
         coverage::listed(coverage.iter().map(|(_, c)| c.clone()).collect(), crate::api::MAX_WORKLOADS_PER_NAMESPACE);
 }

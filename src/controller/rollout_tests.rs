@@ -491,6 +491,7 @@ fn coverage_joins_pods_with_their_reports_and_feeds_the_gate_and_the_status() {
         last_span_at: last_span.map(t),
         services: vec!["web".into()],
         config_generation: 3,
+        agent_version: "0.2.0".into(),
     };
     // web's agent saw spans; worker's agent reports none; the other namespace is not governed.
     let report_of = |uid: &str| match uid {
@@ -519,6 +520,7 @@ fn coverage_joins_pods_with_their_reports_and_feeds_the_gate_and_the_status() {
     let mut ns = NamespaceStatus { name: "shop".into(), ..Default::default() };
     add_coverage(&mut ns, &by_ns["shop"]);
     assert_eq!((ns.counts.reporting, ns.counts.silent), (1, 1));
+    assert_eq!(ns.counts.agent_versions.iter().collect::<Vec<_>>(), [("0.2.0", 2)], "summed over the workloads");
     let listed: Vec<&str> = ns.workloads.iter().map(|w| w.name.as_str()).collect();
     assert_eq!(listed, ["worker", "web", "cache"], "least covered first");
 }

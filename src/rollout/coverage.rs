@@ -1,12 +1,13 @@
 //! Coverage (pure): from the pods of a workload and what their agents reported, whether its
 //! spans arrive. The controller keeps the accepted reports (see `webhook::reports`) and asks this
-//! module for the verdict; the rollout's span gate and the policy status both use it.
+//! module for the verdict; the rollout's span gate and the policy status both use it. It also
+//! counts the agent versions the reports name, so the status shows how far an agent upgrade is.
 
 use super::pod::PodSummary;
-use crate::api::{CoverageState, WorkloadCoverage};
+use crate::api::{AgentVersions, CoverageState, WorkloadCoverage};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{Timestamp, TimestampRound, Unit};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 /// A workload is `Reporting` while one of its agents received a span this recently.
@@ -15,6 +16,8 @@ pub const SILENT_AFTER: Duration = Duration::from_secs(10 * 60);
 pub const REPORT_STALE_AFTER: Duration = Duration::from_secs(3 * 60);
 /// Most services listed per workload.
 pub const MAX_SERVICES: usize = 8;
+/// Longest agent version kept as reported; a longer one counts as [`AgentVersions::OTHER`].
+pub const MAX_AGENT_VERSION_LEN: usize = 32;
 
 /// What the operator keeps of one pod's last accepted report.
 #[derive(Clone, Debug, PartialEq)]
@@ -26,6 +29,27 @@ pub struct PodReport {
     pub services: Vec<String>,
     /// Generation of the agent config in effect.
     pub config_generation: i64,
+    /// The agent's version as the status counts it (see [`agent_version_key`]).
+    pub agent_version: String,
+}
+
+/// The key a report counts under in the status's `agentVersions`: the version the agent reports
+/// if it looks like one (begins with a digit; letters, digits, `.`, `+`, `-`; at most
+/// [`MAX_AGENT_VERSION_LEN`] characters), [`AgentVersions::unknown`] when it reports none (agents
+/// of contract 1), [`AgentVersions::OTHER`] for anything else. A report is the agent's word: the
+/// checks keep a broken or hostile agent from writing arbitrary text or reserved keys into the
+/// status.
+pub fn agent_version_key(contract_version: u32, agent_version: Option<&str>) -> String {
+    let is_version = |v: &str| {
+        v.len() <= MAX_AGENT_VERSION_LEN
+            && v.starts_with(|c: char| c.is_ascii_digit())
+            && v.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '+' | '-'))
+    };
+    match agent_version {
+        None => AgentVersions::unknown(contract_version),
+        Some(v) if is_version(v) => v.to_string(),
+        Some(_) => AgentVersions::OTHER.to_string(),
+    }
 }
 
 /// Coverage of the workload `kind/name` from its pods and their reports (looked up by
@@ -42,6 +66,7 @@ pub fn workload_coverage<'r>(
     let mut services = BTreeSet::new();
     let mut last_span: Option<Timestamp> = None;
     let mut fresh_reports = 0u32;
+    let mut versions: BTreeMap<String, u32> = BTreeMap::new();
     for pod in pods.iter().filter(|p| !p.deleting) {
         c.pods += 1;
         if !pod.injected() {
@@ -53,6 +78,7 @@ pub fn workload_coverage<'r>(
             continue;
         };
         fresh_reports += 1;
+        *versions.entry(report.agent_version.clone()).or_default() += 1;
         if report.config_generation == generation {
             c.current_config += 1;
         }
@@ -71,6 +97,7 @@ pub fn workload_coverage<'r>(
         (_, 0, 0) => CoverageState::Unreported,
     };
     c.services = services.into_iter().take(MAX_SERVICES).collect();
+    c.agent_versions = AgentVersions::from_counts(versions);
     // Minute precision: the status is not rewritten for every span.
     c.last_span_time = last_span.and_then(|t| t.round(TimestampRound::new().smallest(Unit::Minute)).ok()).map(Time);
     c
@@ -128,7 +155,12 @@ mod tests {
             last_span_at: last_span.map(at),
             services: vec!["frontend".into()],
             config_generation: generation,
+            agent_version: "0.2.0".into(),
         }
+    }
+
+    fn report_of_agent(contract_version: u32, agent_version: Option<&str>) -> PodReport {
+        PodReport { agent_version: agent_version_key(contract_version, agent_version), ..report(110, None, 2) }
     }
 
     fn coverage(pods: &[PodSummary], reports: &BTreeMap<&str, PodReport>, now: i64) -> WorkloadCoverage {
@@ -183,6 +215,60 @@ mod tests {
         let c = coverage(&pods, &reports, 120);
         assert_eq!(c.state, CoverageState::Silent);
         assert_eq!((silent_pods(&c), reporting(&c)), (2, Some(false)));
+    }
+
+    #[test]
+    fn counts_agent_versions_of_old_and_new_agents_with_fresh_reports() {
+        let pods: Vec<PodSummary> = ["a", "b", "c", "d", "e", "f"].iter().map(|uid| pod(uid, true)).collect();
+        let pods = [pods, vec![pod("g", false)]].concat();
+        let stale = PodReport { received_at: at(-500), ..report_of_agent(2, Some("0.3.0")) };
+        let reports = BTreeMap::from([
+            ("a", report_of_agent(2, Some("0.2.0"))),
+            ("b", report_of_agent(2, Some("0.2.0"))),
+            // An agent of 0.1.0: no version, no contract version (read as 1).
+            ("c", report_of_agent(1, None)),
+            ("d", report_of_agent(3, Some("0.3.0-rc.1+g1a2b"))),
+            ("e", stale),
+            // f has not reported; g is not injected.
+        ]);
+        let c = coverage(&pods, &reports, 120);
+        let versions: Vec<(&str, u32)> = c.agent_versions.iter().collect();
+        assert_eq!(versions, [("0.2.0", 2), ("0.3.0-rc.1+g1a2b", 1), ("unknown (contract 1)", 1)]);
+        assert_eq!(c.injected, 6, "the stale and the unreported agent are injected, but not counted");
+    }
+
+    #[test]
+    fn an_agent_version_that_is_not_one_counts_as_other() {
+        let key = |v: &str| agent_version_key(2, Some(v));
+        assert_eq!(key("0.2.0"), "0.2.0");
+        assert_eq!(key("1.0.0-beta.2+build.5"), "1.0.0-beta.2+build.5");
+        for hostile in ["", "other", "unknown (contract 1)", "v0.2.0", "0.2.0:99,0.1.0", "0.2 0", "0.2.0\n", "0.２.0"]
+        {
+            assert_eq!(key(hostile), AgentVersions::OTHER, "{hostile:?}");
+        }
+        assert_eq!(key(&"9".repeat(MAX_AGENT_VERSION_LEN)).len(), MAX_AGENT_VERSION_LEN);
+        assert_eq!(key(&"9".repeat(MAX_AGENT_VERSION_LEN + 1)), AgentVersions::OTHER);
+        assert_eq!(agent_version_key(1, None), "unknown (contract 1)");
+        assert_eq!(agent_version_key(7, None), "unknown (contract 7)");
+    }
+
+    #[test]
+    fn a_workload_whose_agents_name_many_versions_keeps_the_cap() {
+        let pods: Vec<PodSummary> = (0..20).map(|i| pod(&format!("p{i}"), true)).collect();
+        let uids: Vec<String> = (0..20).map(|i| format!("p{i}")).collect();
+        // Half the pods run 0.2.0; every other pod claims a version of its own.
+        let reports: BTreeMap<&str, PodReport> = uids
+            .iter()
+            .enumerate()
+            .map(|(i, uid)| {
+                let version = if i % 2 == 0 { "0.2.0".to_string() } else { format!("6.6.{i}") };
+                (uid.as_str(), report_of_agent(2, Some(&version)))
+            })
+            .collect();
+        let c = coverage(&pods, &reports, 120);
+        assert_eq!(c.agent_versions.iter().count(), AgentVersions::MAX);
+        assert_eq!((c.agent_versions.get("0.2.0"), c.agent_versions.get(AgentVersions::OTHER)), (10, 4));
+        assert_eq!(c.agent_versions.iter().map(|(_, n)| n).sum::<u32>(), 20);
     }
 
     #[test]

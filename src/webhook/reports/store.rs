@@ -1,9 +1,10 @@
 //! The accepted reports, one per pod (by the uid its token was bound to), kept in memory. The
 //! controller reads them at every reconcile; a change that can flip a workload's coverage (a new
-//! pod, a first span, a new config generation) wakes it through [`ReportStore::subscribe`].
+//! pod, a first span, a new config generation, another agent version) wakes it through
+//! [`ReportStore::subscribe`].
 
 use super::review::ReviewedPod;
-use crate::rollout::coverage::{PodReport, MAX_SERVICES, REPORT_STALE_AFTER};
+use crate::rollout::coverage::{agent_version_key, PodReport, MAX_SERVICES, REPORT_STALE_AFTER};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -32,7 +33,13 @@ impl ReportStore {
             .and_then(|age| now.checked_sub(SignedDuration::from_secs(i64::try_from(age).unwrap_or(i64::MAX))).ok());
         let mut services: Vec<String> = report.services.keys().take(MAX_SERVICES).cloned().collect();
         services.sort();
-        let new = PodReport { received_at: now, last_span_at, services, config_generation: report.config_generation };
+        let new = PodReport {
+            received_at: now,
+            last_span_at,
+            services,
+            config_generation: report.config_generation,
+            agent_version: agent_version_key(report.contract_version, report.agent_version.as_deref()),
+        };
         let mut reports = self.reports.write().unwrap_or_else(|p| p.into_inner());
         let material = match reports.get(&pod.pod_uid) {
             None => true,
@@ -40,6 +47,7 @@ impl ReportStore {
                 old.last_span_at.is_none() != new.last_span_at.is_none()
                     || old.config_generation != new.config_generation
                     || old.services != new.services
+                    || old.agent_version != new.agent_version
             }
         };
         reports.insert(pod.pod_uid.clone(), new);
@@ -124,8 +132,28 @@ mod tests {
         assert_eq!(store.get("a").unwrap().last_span_at, Some(at(50)));
         assert!(!store.accept(&pod("a"), &report(Some(0), 1), at(90)), "spans go on");
         assert!(store.accept(&pod("a"), &report(Some(0), 2), at(120)), "new config generation");
+        let mut upgraded = report(Some(0), 2);
+        upgraded.agent_version = Some("0.3.0".into());
+        assert!(store.accept(&pod("a"), &upgraded, at(150)), "another agent version");
         assert_eq!(store.get("b"), None);
         assert_eq!(store.len(), 1);
+    }
+
+    #[test]
+    fn agent_versions_are_kept_as_status_keys() {
+        let store = ReportStore::default();
+        let mut old = report(None, 1);
+        (old.contract_version, old.agent_version) = (1, None);
+        store.accept(&pod("old"), &old, at(0));
+        store.accept(&pod("new"), &report(None, 1), at(0));
+        let mut hostile = report(None, 1);
+        hostile.agent_version = Some("x".repeat(60_000));
+        store.accept(&pod("hostile"), &hostile, at(0));
+        let version = |uid: &str| store.get(uid).unwrap().agent_version;
+        assert_eq!(
+            (version("old"), version("new"), version("hostile")),
+            ("unknown (contract 1)".into(), "0.2.0".into(), "other".into())
+        );
     }
 
     #[test]
