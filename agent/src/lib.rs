@@ -28,6 +28,7 @@
 
 pub mod admin;
 pub mod admission;
+pub mod args;
 pub mod config_watch;
 pub mod decode;
 pub mod enrich;
@@ -45,10 +46,10 @@ pub mod tracestate;
 pub mod wire;
 
 use anyhow::Context as _;
+pub use args::AgentArgs;
 use exporter::retry::Backoff;
 use exporter::{ExportLoop, LoopOptions};
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
@@ -56,72 +57,6 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracelight_contract::AgentConfig;
-use tracelight_process::logging::LogFormat;
-
-/// Flags of `tracelight-agent`.
-#[derive(clap::Args, Debug, Clone)]
-pub struct AgentArgs {
-    /// The agent config file (mounted from the namespace's ConfigMap; reloaded live).
-    #[arg(long, default_value = "/etc/tracelight/agent/config.v2.yaml")]
-    pub config: PathBuf,
-    /// Address the OTLP receivers bind (the pod's loopback: apps share it).
-    #[arg(long, default_value = "127.0.0.1")]
-    pub listen_host: IpAddr,
-    #[arg(long, default_value_t = 4317)]
-    pub otlp_grpc_port: u16,
-    #[arg(long, default_value_t = 4318)]
-    pub otlp_http_port: u16,
-    /// Address of the admin server (/healthz, /metrics, /report); reachable by the kubelet.
-    #[arg(long, default_value = "0.0.0.0")]
-    pub admin_host: IpAddr,
-    #[arg(long, default_value_t = 13133)]
-    pub admin_port: u16,
-    /// Bound of the export queue, in bytes; the oldest spans are dropped beyond it.
-    #[arg(long, default_value_t = 16 << 20)]
-    pub queue_bytes: usize,
-    /// Target size of one export request, in bytes.
-    #[arg(long, default_value_t = 512 << 10)]
-    pub batch_bytes: usize,
-    /// Longest wait for a batch to fill, in milliseconds.
-    #[arg(long, default_value_t = 500)]
-    pub batch_linger_ms: u64,
-    /// Largest accepted OTLP request (after decompression), in bytes.
-    #[arg(long, default_value_t = 8 << 20)]
-    pub max_request_bytes: usize,
-    /// Bytes of requests decoded at once before senders are asked to retry later.
-    #[arg(long, default_value_t = 32 << 20)]
-    pub max_inflight_bytes: usize,
-    /// Time allowed on SIGTERM to flush queued spans, in seconds.
-    #[arg(long, default_value_t = 10)]
-    pub shutdown_timeout_secs: u64,
-    /// How often the config file is checked, in milliseconds.
-    #[arg(long, default_value_t = 1000)]
-    pub config_poll_ms: u64,
-    /// Export requests in flight at once.
-    #[arg(long, default_value_t = 4)]
-    pub export_concurrency: usize,
-    /// Timeout of one export request, in seconds.
-    #[arg(long, default_value_t = 10)]
-    pub export_timeout_secs: u64,
-    /// Operator URL the report is pushed to (authenticated with `--report-token-file`).
-    #[arg(long, requires = "report_token_file")]
-    pub report_url: Option<http::Uri>,
-    /// Projected ServiceAccount token (dedicated audience) sent as the bearer token of reports.
-    #[arg(long)]
-    pub report_token_file: Option<PathBuf>,
-    /// PEM CA bundle to verify the operator's report endpoint with. Default: system roots.
-    #[arg(long)]
-    pub report_ca_file: Option<PathBuf>,
-    /// Seconds between report pushes (a new config generation is reported at once).
-    #[arg(long, default_value_t = 30)]
-    pub report_interval_secs: u64,
-    #[arg(long, value_enum, default_value_t = LogFormat::Json)]
-    pub log_format: LogFormat,
-    /// Threads running receivers and export. 1 (the default) runs everything on one thread:
-    /// the smallest footprint beside an application, and hundreds of thousands of spans/s.
-    #[arg(long, default_value_t = 1)]
-    pub worker_threads: usize,
-}
 
 /// State shared by the servers and the watcher.
 pub struct Shared {
@@ -328,18 +263,6 @@ impl RunningAgent {
 
     pub fn report(&self) -> report::Report {
         admin::build_report(&self.shared)
-    }
-}
-
-impl Default for AgentArgs {
-    /// The flag defaults (what `tracelight-agent` with no flags runs with).
-    fn default() -> Self {
-        #[derive(clap::Parser)]
-        struct Wrapper {
-            #[command(flatten)]
-            args: AgentArgs,
-        }
-        <Wrapper as clap::Parser>::parse_from(["agent"]).args
     }
 }
 

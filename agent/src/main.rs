@@ -1,7 +1,7 @@
 //! `tracelight-agent`: the sidecar the injector adds to every instrumented pod.
 
-use clap::Parser;
 use std::process::ExitCode;
+use tracelight_agent::args::{AgentArgs, Command};
 
 // mimalloc: the hot path allocates many small objects; with it the agent also returns freed
 // memory to the OS promptly (see `tracelight_process::allocator`). The `system-allocator`
@@ -10,17 +10,23 @@ use std::process::ExitCode;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// Tracing agent sidecar: OTLP in on loopback, consistent sampling, export to the collector.
-#[derive(Parser)]
-#[command(name = "tracelight-agent", version)]
-struct Cli {
-    #[command(flatten)]
-    args: tracelight_agent::AgentArgs,
-}
-
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match tracelight_agent::run(cli.args) {
+    let args = match AgentArgs::parse_from(std::env::args().skip(1)) {
+        Ok(Command::Run(args)) => *args,
+        Ok(Command::Help) => {
+            print!("{}", AgentArgs::help());
+            return ExitCode::SUCCESS;
+        }
+        Ok(Command::Version) => {
+            println!("tracelight-agent {}", tracelight_contract::VERSION);
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match tracelight_agent::run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

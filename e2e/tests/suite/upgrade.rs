@@ -66,13 +66,14 @@ pub async fn agent_upgrade_rolls_out_by_phase(suite: &mut Suite) -> anyhow::Resu
     let pinned_before = generations(&client, &pinned).await?;
     suite.log.note(&format!("rolled out with agent image {image_a:?}; {PINNED} pins {PINNED_IMAGE}"));
 
-    // The upgrade.
-    upgrade_chart(suite, &["--set".into(), format!("agent.image={IMAGE_B}")]).await?;
+    // The upgrade. The watch starts first: the new operator restarts the first pilot workload as
+    // soon as it runs.
     let upgraded_at = Timestamp::now();
     let stop = Arc::new(AtomicBool::new(false));
     let groups = vec![("pilot".to_string(), pilot.clone()), ("expansion".to_string(), expansion.clone())];
     let sampler = tokio::spawn(sample(client.clone(), groups, "pilot".into(), upgraded_at, stop.clone()));
     let result = async {
+        upgrade_chart(suite, &["--set".into(), format!("agent.image={IMAGE_B}")]).await?;
         for ns in [&pilot, &expansion] {
             wait_agent_image(&client, ns, IMAGE_B, upgraded_at).await?;
         }
