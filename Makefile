@@ -15,7 +15,18 @@ build: ## Build both binaries, tracelight (operator) and tracelight-agent (sidec
 unit: ## Unit, golden and contract tests of every crate (no cluster)
 	$(CARGO) test --locked --workspace --all-targets
 
-test: lint unit e2e e2e-agent e2e-traces fuzz ## Everything CI runs: lint, unit and golden tests, end-to-end suite, agent interop, traces through the demo shop, brief fuzzing
+# cargo-fuzz, installed by e2e/prereqs.sh into the cache.
+export PATH := $(or $(TRACELIGHT_CACHE),$(HOME)/.cache/tracelight)/tools/bin:$(PATH)
+
+test: prereqs stop-demo lint unit e2e e2e-agent e2e-traces fuzz ## Everything CI runs: lint, unit and golden tests, end-to-end suite, agent interop, traces through the demo shop, brief fuzzing
+
+.PHONY: prereqs stop-demo
+prereqs: ## Check and install what the tests need (Debian packages as root, nightly, cargo-fuzz)
+	@e2e/prereqs.sh test
+
+stop-demo: ## Stop a running demo (the suites replace its release); the cluster keeps running
+	@pid_file="$${TRACELIGHT_CACHE:-$$HOME/.cache/tracelight}/demo/operator.pid"; \
+	if [[ -s "$$pid_file" && -d "/proc/$$(cat "$$pid_file")" ]]; then echo "stopping the demo first (make demo-down)"; e2e/demo.sh down; fi
 
 lint: ## rustfmt, clippy and rustdoc (broken doc links), warnings are errors
 	$(CARGO) fmt --all -- --check
@@ -45,6 +56,7 @@ e2e: ## End-to-end suite on the local control plane (started if needed; left run
 	echo "e2e suite: $$(( $$(date +%s) - start ))s (exit $$rc)"; exit $$rc
 
 demo: ## Local demo: cluster, chart, operator, sample policies, an injected pod (see e2e/demo.sh)
+	@e2e/prereqs.sh demo
 	@e2e/demo.sh up
 
 demo-down: ## Stop the demo's operator and remove what it created (the cluster keeps running)
