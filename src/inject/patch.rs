@@ -91,6 +91,21 @@ pub fn pod_diff(old: &Pod, new: &Pod) -> Result<Patch, serde_json::Error> {
     Ok(Patch(ops))
 }
 
+/// The patch that sets one annotation on `pod` (used to record why a pod was skipped).
+pub fn annotation_patch(pod: &Pod, key: &str, value: &str) -> Patch {
+    let mut path = Path::default();
+    path.push_key("metadata");
+    path.push_key("annotations");
+    let op = match &pod.metadata.annotations {
+        None => AddOperation { path: path.pointer(), value: serde_json::json!({ key: value }) },
+        Some(_) => {
+            path.push_key(key);
+            AddOperation { path: path.pointer(), value: Value::String(value.to_string()) }
+        }
+    };
+    Patch(vec![PatchOperation::Add(op)])
+}
+
 /// How the items of a named list are told apart and diffed when they differ.
 struct ItemDiff<T> {
     name: fn(&T) -> &str,

@@ -345,7 +345,7 @@ fn admit(admission: Admission, index: &Index, options: &InjectOptions, decide: &
     };
     let policies = index.policies();
     match catch_unwind(AssertUnwindSafe(|| decide(&pod, &ns, &policies, options))) {
-        Ok(Ok(outcome)) => from_outcome(base, outcome),
+        Ok(Ok(outcome)) => from_outcome(base, &pod, outcome),
         Ok(Err(e)) => {
             let msg = format!("{WARNING_PREFIX} injection failed ({e}); pod admitted without tracing");
             Verdict::unchanged(base, Error, "inject_error", msg)
@@ -360,14 +360,9 @@ fn admit(admission: Admission, index: &Index, options: &InjectOptions, decide: &
     }
 }
 
-fn from_outcome(base: AdmissionResponse, outcome: Outcome) -> Verdict {
+fn from_outcome(base: AdmissionResponse, pod: &Pod, outcome: Outcome) -> Verdict {
     match outcome {
-        Outcome::Skipped(reason) => Verdict {
-            response: base,
-            result: AdmissionResult::Skipped,
-            reason: reason.as_str().to_string(),
-            detail: None,
-        },
+        Outcome::Skipped(reason) => skipped(base, pod, &reason),
         Outcome::Injected(mutation) => {
             let warnings = mutation.warnings.iter().map(|w| format!("{WARNING_PREFIX} {w}")).collect();
             let response =
@@ -387,6 +382,23 @@ fn from_outcome(base: AdmissionResponse, outcome: Outcome) -> Verdict {
             }
         }
     }
+}
+
+/// A skipped pod is admitted unchanged, except that a conflict (the namespace wants tracing, this
+/// pod cannot have it) is recorded on the pod and told to the client, so its owner can act.
+fn skipped(base: AdmissionResponse, pod: &Pod, reason: &inject::SkipReason) -> Verdict {
+    let detail = reason.detail().map(String::from);
+    let response = match inject::skip_patch(pod, reason) {
+        Some(patch) => match base.clone().with_patch(patch) {
+            Ok(patched) => {
+                let warning = format!("{WARNING_PREFIX} pod not injected: {}", reason.status_annotation());
+                with_warnings(patched, vec![warning])
+            }
+            Err(_) => base,
+        },
+        None => base,
+    };
+    Verdict { response, result: AdmissionResult::Skipped, reason: reason.as_str().to_string(), detail }
 }
 
 fn with_warnings(mut response: AdmissionResponse, warnings: Vec<String>) -> AdmissionResponse {
