@@ -173,14 +173,25 @@ pub fn decide<'a>(
     policies: impl IntoIterator<Item = &'a TracingPolicy>,
     options: &InjectOptions,
 ) -> Result<Outcome, InjectError> {
-    let Some(policy) = governing_policy(policies, namespace) else {
-        return Ok(Outcome::Skipped(SkipReason::NamespaceNotGoverned));
-    };
-    let ns = namespace.name_any();
-    if !policy.is_active_in(&ns) {
-        return Ok(Outcome::Skipped(SkipReason::NamespaceNotActive));
+    match namespace_gate(namespace, policies) {
+        Ok(policy) => inject(pod, &namespace.name_any(), policy, options),
+        Err(reason) => Ok(Outcome::Skipped(reason)),
     }
-    inject(pod, &ns, policy, options)
+}
+
+/// The policy that injects pods of `namespace` now, or why none does. Needs nothing of the pod,
+/// so the webhook asks it before decoding one (most pods of a cluster are in namespaces no
+/// policy governs).
+pub fn namespace_gate<'a>(
+    namespace: &Namespace,
+    policies: impl IntoIterator<Item = &'a TracingPolicy>,
+) -> Result<&'a TracingPolicy, SkipReason> {
+    let policy = governing_policy(policies, namespace).ok_or(SkipReason::NamespaceNotGoverned)?;
+    let name = namespace.metadata.name.as_deref().unwrap_or_default();
+    if !policy.is_active_in(name) {
+        return Err(SkipReason::NamespaceNotActive);
+    }
+    Ok(policy)
 }
 
 /// Injects `pod` (in `namespace`) according to `policy`, regardless of rollout state: the
