@@ -27,6 +27,7 @@ pub use agent::{AGENT_CONTAINER, CONFIG_VOLUME, REPORT_TOKEN_VOLUME, SECRET_VOLU
 pub use env::Export;
 pub use hash::manifest_hash;
 pub use language::Language;
+pub use patch::Patch;
 pub use sources::{EnvSources, SourceKind};
 pub use workload::{service_name_for, workload_of, workload_of_owners, WorkloadRef};
 
@@ -96,7 +97,7 @@ pub struct Mutation {
     /// The pod as it should be admitted.
     pub pod: Pod,
     /// RFC 6902 patch from the admitted pod to `pod`; empty when nothing changes.
-    pub patch: json_patch::Patch,
+    pub patch: Patch,
     /// Manifest hash recorded on the pod.
     pub manifest_hash: String,
     /// Problems that degraded, but did not prevent, the injection (for admission warnings).
@@ -247,9 +248,11 @@ pub fn inject_with_sources(
 
 /// The patch recording on `pod` why it was skipped (`tracelight.io/injection-status`), for the
 /// skips its owner must hear about ([`SkipReason::is_conflict`]); `None` for the others.
-pub fn skip_patch(pod: &Pod, reason: &SkipReason) -> Option<json_patch::Patch> {
+pub fn skip_patch(pod: &Pod, reason: &SkipReason) -> Option<Patch> {
     use crate::api::keys::STATUS_ANNOTATION;
-    reason.is_conflict().then(|| patch::annotation_patch(pod, STATUS_ANNOTATION, &reason.status_annotation()))
+    let patch = patch::annotation_patch(pod, STATUS_ANNOTATION, &reason.status_annotation());
+    // A string map always serializes; without a patch the pod is still admitted unchanged.
+    reason.is_conflict().then_some(patch.ok()).flatten()
 }
 
 /// The pod carries the opt-out label.

@@ -5,17 +5,126 @@
 //! arrays of named objects (containers, env, volumes, mounts) get `add` at the right index, and
 //! no existing object is replaced wholesale — fields this crate's API version does not know
 //! survive untouched.
+//!
+//! Operations are written straight into the JSON text the webhook sends: each added object is
+//! serialized once, from its typed form (building `serde_json::Value`s and serializing them
+//! again cost more than deciding the injection, in profiles).
 
-use json_patch::{AddOperation, Patch, PatchOperation, RemoveOperation, ReplaceOperation};
-use jsonptr::PointerBuf;
 use k8s_openapi::api::core::v1::{Container, EnvVar, Pod, Volume, VolumeMount};
 use serde::Serialize;
 use serde_json::{Map, Value};
 use std::collections::{BTreeMap, BTreeSet};
 
+/// An RFC 6902 patch as the JSON text of its operations.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Patch {
+    /// `[op, op, ...]`, or empty when there is no operation.
+    json: Vec<u8>,
+}
+
+impl Patch {
+    /// No operation: the pod is left as it is.
+    pub fn is_empty(&self) -> bool {
+        self.json.is_empty()
+    }
+
+    /// The patch as JSON (`[]` when empty).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        if self.json.is_empty() {
+            b"[]".to_vec()
+        } else {
+            self.json.clone()
+        }
+    }
+
+    /// The patch as JSON, consuming it (`[]` when empty).
+    pub fn into_bytes(self) -> Vec<u8> {
+        if self.json.is_empty() {
+            b"[]".to_vec()
+        } else {
+            self.json
+        }
+    }
+
+    /// The operations, parsed (tests, the offline command).
+    pub fn operations(&self) -> Result<json_patch::Patch, serde_json::Error> {
+        serde_json::from_slice(&self.to_bytes())
+    }
+}
+
+impl From<&json_patch::Patch> for Patch {
+    fn from(patch: &json_patch::Patch) -> Self {
+        let mut ops = Ops::default();
+        for op in &patch.0 {
+            ops.raw(op);
+        }
+        ops.finish()
+    }
+}
+
+impl Serialize for Patch {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::Error;
+        let raw = serde_json::value::RawValue::from_string(String::from_utf8_lossy(&self.to_bytes()).into_owned())
+            .map_err(S::Error::custom)?;
+        raw.serialize(serializer)
+    }
+}
+
+/// Writes operations into a patch's JSON text.
+#[derive(Default)]
+struct Ops {
+    json: Vec<u8>,
+}
+
+impl Ops {
+    fn start(&mut self, op: &str, path: &Path) {
+        self.json.push(if self.json.is_empty() { b'[' } else { b',' });
+        self.json.extend_from_slice(b"{\"op\":\"");
+        self.json.extend_from_slice(op.as_bytes());
+        self.json.extend_from_slice(b"\",\"path\":");
+        // The path was escaped as a pointer on the way in; as a JSON string it may need more.
+        let _ = serde_json::to_writer(&mut self.json, path.buf.as_str());
+    }
+
+    fn add<T: Serialize + ?Sized>(&mut self, path: &Path, value: &T) -> Result<(), serde_json::Error> {
+        self.with_value("add", path, value)
+    }
+
+    fn replace<T: Serialize + ?Sized>(&mut self, path: &Path, value: &T) -> Result<(), serde_json::Error> {
+        self.with_value("replace", path, value)
+    }
+
+    fn with_value<T: Serialize + ?Sized>(&mut self, op: &str, path: &Path, value: &T) -> Result<(), serde_json::Error> {
+        self.start(op, path);
+        self.json.extend_from_slice(b",\"value\":");
+        serde_json::to_writer(&mut self.json, value)?;
+        self.json.push(b'}');
+        Ok(())
+    }
+
+    fn remove(&mut self, path: &Path) {
+        self.start("remove", path);
+        self.json.push(b'}');
+    }
+
+    fn raw(&mut self, op: &json_patch::PatchOperation) {
+        self.json.push(if self.json.is_empty() { b'[' } else { b',' });
+        // A parsed operation always serializes.
+        let _ = serde_json::to_writer(&mut self.json, op);
+    }
+
+    fn finish(mut self) -> Patch {
+        if !self.json.is_empty() {
+            self.json.push(b']');
+        }
+        Patch { json: self.json }
+    }
+}
+
 /// The JSON pointer being walked, kept escaped in one buffer: a push is an append and a pop a
 /// truncate (jsonptr's `push_back`/`pop_back` and `from_tokens` re-scan or re-encode the whole
-/// pointer, which showed in profiles). A [`PointerBuf`] is made only for an emitted operation.
+/// pointer, which showed in profiles).
 #[derive(Default)]
 struct Path {
     buf: String,
@@ -48,9 +157,9 @@ impl Path {
         }
     }
 
-    fn pointer(&self) -> PointerBuf {
-        // Every token was escaped on the way in, so the buffer is always a valid pointer.
-        PointerBuf::parse(self.buf.clone()).expect("escaped tokens form a valid JSON pointer")
+    #[cfg(test)]
+    fn pointer(&self) -> &str {
+        &self.buf
     }
 }
 
@@ -61,7 +170,7 @@ impl Path {
 /// compared as they are, and only elements that differ are serialized (an admission spent most of
 /// its time turning whole pods into JSON values to compare them).
 pub fn pod_diff(old: &Pod, new: &Pod) -> Result<Patch, serde_json::Error> {
-    let mut ops = Vec::new();
+    let mut ops = Ops::default();
     let mut path = Path::default();
     path.push_key("metadata");
     // In key order, as a diff of the JSON documents orders them.
@@ -71,8 +180,8 @@ pub fn pod_diff(old: &Pod, new: &Pod) -> Result<Patch, serde_json::Error> {
         old.metadata.annotations.as_ref(),
         new.metadata.annotations.as_ref(),
         &mut ops,
-    );
-    diff_optional_map(&mut path, "labels", old.metadata.labels.as_ref(), new.metadata.labels.as_ref(), &mut ops);
+    )?;
+    diff_optional_map(&mut path, "labels", old.metadata.labels.as_ref(), new.metadata.labels.as_ref(), &mut ops)?;
     path.pop();
     if let (Some(o), Some(n)) = (&old.spec, &new.spec) {
         path.push_key("spec");
@@ -88,28 +197,29 @@ pub fn pod_diff(old: &Pod, new: &Pod) -> Result<Patch, serde_json::Error> {
         diff_optional_list(&mut path, "volumes", o.volumes.as_deref(), n.volumes.as_deref(), VOLUMES, &mut ops)?;
         path.pop();
     }
-    Ok(Patch(ops))
+    Ok(ops.finish())
 }
 
 /// The patch that sets one annotation on `pod` (used to record why a pod was skipped).
-pub fn annotation_patch(pod: &Pod, key: &str, value: &str) -> Patch {
+pub fn annotation_patch(pod: &Pod, key: &str, value: &str) -> Result<Patch, serde_json::Error> {
+    let mut ops = Ops::default();
     let mut path = Path::default();
     path.push_key("metadata");
     path.push_key("annotations");
-    let op = match &pod.metadata.annotations {
-        None => AddOperation { path: path.pointer(), value: serde_json::json!({ key: value }) },
+    match &pod.metadata.annotations {
+        None => ops.add(&path, &BTreeMap::from([(key, value)]))?,
         Some(_) => {
             path.push_key(key);
-            AddOperation { path: path.pointer(), value: Value::String(value.to_string()) }
+            ops.add(&path, value)?;
         }
-    };
-    Patch(vec![PatchOperation::Add(op)])
+    }
+    Ok(ops.finish())
 }
 
 /// How the items of a named list are told apart and diffed when they differ.
 struct ItemDiff<T> {
     name: fn(&T) -> &str,
-    diff: fn(&mut Path, &T, &T, &mut Vec<PatchOperation>) -> Result<(), serde_json::Error>,
+    diff: fn(&mut Path, &T, &T, &mut Ops) -> Result<(), serde_json::Error>,
 }
 
 const CONTAINERS: ItemDiff<Container> = ItemDiff { name: |c| &c.name, diff: diff_container };
@@ -117,23 +227,13 @@ const VOLUMES: ItemDiff<Volume> = ItemDiff { name: |v| &v.name, diff: diff_as_js
 const ENV: ItemDiff<EnvVar> = ItemDiff { name: |e| &e.name, diff: diff_as_json };
 const MOUNTS: ItemDiff<VolumeMount> = ItemDiff { name: |m| &m.name, diff: diff_as_json };
 
-fn diff_as_json<T: Serialize>(
-    path: &mut Path,
-    old: &T,
-    new: &T,
-    ops: &mut Vec<PatchOperation>,
-) -> Result<(), serde_json::Error> {
+fn diff_as_json<T: Serialize>(path: &mut Path, old: &T, new: &T, ops: &mut Ops) -> Result<(), serde_json::Error> {
     diff_value(path, &serde_json::to_value(old)?, &serde_json::to_value(new)?, ops)
 }
 
 /// The injector changes an application container's `env` and `volumeMounts` only: those are
 /// diffed as typed lists, and anything else that differs falls back to a JSON diff.
-fn diff_container(
-    path: &mut Path,
-    old: &Container,
-    new: &Container,
-    ops: &mut Vec<PatchOperation>,
-) -> Result<(), serde_json::Error> {
+fn diff_container(path: &mut Path, old: &Container, new: &Container, ops: &mut Ops) -> Result<(), serde_json::Error> {
     if !same_except_env_and_mounts(old, new) {
         return diff_as_json(path, old, new, ops);
     }
@@ -203,41 +303,32 @@ fn diff_optional_map(
     key: &str,
     old: Option<&BTreeMap<String, String>>,
     new: Option<&BTreeMap<String, String>>,
-    ops: &mut Vec<PatchOperation>,
-) {
+    ops: &mut Ops,
+) -> Result<(), serde_json::Error> {
     path.push_key(key);
     match (old, new) {
         (None, None) => {}
-        (Some(_), None) => ops.push(PatchOperation::Remove(RemoveOperation { path: path.pointer() })),
-        (None, Some(n)) => ops.push(PatchOperation::Add(AddOperation { path: path.pointer(), value: string_map(n) })),
+        (Some(_), None) => ops.remove(path),
+        (None, Some(n)) => ops.add(path, n)?,
         (Some(o), Some(n)) => {
             for key in o.keys().filter(|k| !n.contains_key(*k)) {
                 path.push_key(key.as_str());
-                ops.push(PatchOperation::Remove(RemoveOperation { path: path.pointer() }));
+                ops.remove(path);
                 path.pop();
             }
             for (key, value) in n {
                 path.push_key(key.as_str());
                 match o.get(key) {
                     Some(old_value) if old_value == value => {}
-                    Some(_) => ops.push(PatchOperation::Replace(ReplaceOperation {
-                        path: path.pointer(),
-                        value: Value::String(value.clone()),
-                    })),
-                    None => ops.push(PatchOperation::Add(AddOperation {
-                        path: path.pointer(),
-                        value: Value::String(value.clone()),
-                    })),
+                    Some(_) => ops.replace(path, value)?,
+                    None => ops.add(path, value)?,
                 }
                 path.pop();
             }
         }
     }
     path.pop();
-}
-
-fn string_map(map: &BTreeMap<String, String>) -> Value {
-    Value::Object(map.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect())
+    Ok(())
 }
 
 /// A list of named items (containers, volumes) that may be absent on either side.
@@ -247,15 +338,13 @@ fn diff_optional_list<T: Serialize + PartialEq>(
     old: Option<&[T]>,
     new: Option<&[T]>,
     item: ItemDiff<T>,
-    ops: &mut Vec<PatchOperation>,
+    ops: &mut Ops,
 ) -> Result<(), serde_json::Error> {
     path.push_key(key);
     match (old, new) {
         (None, None) => {}
-        (Some(_), None) => ops.push(PatchOperation::Remove(RemoveOperation { path: path.pointer() })),
-        (None, Some(n)) => {
-            ops.push(PatchOperation::Add(AddOperation { path: path.pointer(), value: serde_json::to_value(n)? }))
-        }
+        (Some(_), None) => ops.remove(path),
+        (None, Some(n)) => ops.add(path, n)?,
         (Some(o), Some(n)) => diff_named_list(path, o, n, item, ops)?,
     }
     path.pop();
@@ -272,7 +361,7 @@ fn diff_named_list<T: Serialize + PartialEq>(
     old: &[T],
     new: &[T],
     item_diff: ItemDiff<T>,
-    ops: &mut Vec<PatchOperation>,
+    ops: &mut Ops,
 ) -> Result<(), serde_json::Error> {
     let name = item_diff.name;
     let old_names: BTreeSet<&str> = old.iter().map(name).collect();
@@ -280,13 +369,12 @@ fn diff_named_list<T: Serialize + PartialEq>(
     let kept_old = old.iter().map(name).filter(|n| new_names.contains(n));
     let kept_new = new.iter().map(name).filter(|n| old_names.contains(n));
     if !kept_old.eq(kept_new) {
-        ops.push(PatchOperation::Replace(ReplaceOperation { path: path.pointer(), value: serde_json::to_value(new)? }));
-        return Ok(());
+        return ops.replace(path, new);
     }
     for (i, item) in old.iter().enumerate().rev() {
         if !new_names.contains(name(item)) {
             path.push_index(i);
-            ops.push(PatchOperation::Remove(RemoveOperation { path: path.pointer() }));
+            ops.remove(path);
             path.pop();
         }
     }
@@ -300,9 +388,7 @@ fn diff_named_list<T: Serialize + PartialEq>(
                 }
                 kept.next();
             }
-            _ => {
-                ops.push(PatchOperation::Add(AddOperation { path: path.pointer(), value: serde_json::to_value(item)? }))
-            }
+            _ => ops.add(path, item)?,
         }
         path.pop();
     }
@@ -313,26 +399,21 @@ fn diff_named_list<T: Serialize + PartialEq>(
 /// against.
 #[cfg(test)]
 pub fn diff(old: &Value, new: &Value) -> Patch {
-    let mut ops = Vec::new();
+    let mut ops = Ops::default();
     diff_value(&mut Path::default(), old, new, &mut ops).expect("JSON values always serialize");
-    Patch(ops)
+    ops.finish()
 }
 
 // Objects and named arrays are walked without comparing them whole first: a deep equality test
 // at every level would make the diff quadratic in the pod's depth.
-fn diff_value(
-    path: &mut Path,
-    old: &Value,
-    new: &Value,
-    ops: &mut Vec<PatchOperation>,
-) -> Result<(), serde_json::Error> {
+fn diff_value(path: &mut Path, old: &Value, new: &Value, ops: &mut Ops) -> Result<(), serde_json::Error> {
     match (old, new) {
         (Value::Object(o), Value::Object(n)) => diff_object(path, o, n, ops)?,
         (Value::Array(o), Value::Array(n)) if is_named(o) && is_named(n) => {
             diff_named_list(path, o, n, JSON_ITEMS, ops)?
         }
         _ if old == new => {}
-        _ => ops.push(PatchOperation::Replace(ReplaceOperation { path: path.pointer(), value: new.clone() })),
+        _ => ops.replace(path, new)?,
     }
     Ok(())
 }
@@ -344,12 +425,12 @@ fn diff_object(
     path: &mut Path,
     old: &Map<String, Value>,
     new: &Map<String, Value>,
-    ops: &mut Vec<PatchOperation>,
+    ops: &mut Ops,
 ) -> Result<(), serde_json::Error> {
     for key in old.keys() {
         if !new.contains_key(key) {
             path.push_key(key.as_str());
-            ops.push(PatchOperation::Remove(RemoveOperation { path: path.pointer() }));
+            ops.remove(path);
             path.pop();
         }
     }
@@ -357,7 +438,7 @@ fn diff_object(
         path.push_key(key.as_str());
         match old.get(key) {
             Some(old_value) => diff_value(path, old_value, new_value, ops)?,
-            None => ops.push(PatchOperation::Add(AddOperation { path: path.pointer(), value: new_value.clone() })),
+            None => ops.add(path, new_value)?,
         }
         path.pop();
     }
@@ -378,8 +459,8 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn check(old: Value, new: Value) -> Patch {
-        let patch = diff(&old, &new);
+    fn check(old: Value, new: Value) -> json_patch::Patch {
+        let patch = diff(&old, &new).operations().expect("the patch is valid JSON");
         let mut doc = old.clone();
         json_patch::patch(&mut doc, &patch).expect("patch applies");
         assert_eq!(doc, new, "patch {patch:?} does not reproduce the target");
@@ -390,6 +471,7 @@ mod tests {
     fn equal_documents_give_an_empty_patch() {
         let v = json!({"a": [{"name": "x"}]});
         assert!(check(v.clone(), v).0.is_empty());
+        assert!(diff(&json!({"a": 1}), &json!({"a": 1})).is_empty());
     }
 
     #[test]
@@ -436,7 +518,7 @@ mod tests {
         let typed = pod_diff(&pod(old.clone()), &pod(new.clone())).expect("typed diff");
         let json = diff(&old, &new);
         assert_eq!(typed, json, "typed diff differs from the JSON diff");
-        assert!(!typed.0.is_empty(), "the cases here all change something");
+        assert!(!typed.is_empty(), "the cases here all change something");
     }
 
     #[test]

@@ -130,17 +130,26 @@ pub fn image_ports(image: &str) -> &'static [u16] {
         Some((repo, tag)) if !tag.contains('/') => repo,
         _ => without_digest,
     };
-    let repo = repo.to_ascii_lowercase();
-    KNOWN_IMAGES.iter().find(|(name, _)| repo_matches(&repo, name)).map_or(&[], |(_, ports)| ports)
+    KNOWN_IMAGES.iter().find(|(name, _)| repo_matches(repo, name)).map_or(&[], |(_, ports)| ports)
 }
 
-/// `name` matches a whole path segment (or the end of the path) of `repo`, or a segment's prefix
-/// for names like `otelcol` (`otelcol-contrib`, `otelcol-k8s`).
+/// `name` matches a path segment of `repo` (ignoring case), or the start of one followed by `-`
+/// (`otelcol-contrib`, `otelcol-k8s`); a `name` with a `/` matches the last two segments so.
 fn repo_matches(repo: &str, name: &str) -> bool {
-    if name.contains('/') {
-        return repo.ends_with(name) || repo.contains(&format!("{name}-"));
+    match name.split_once('/') {
+        Some((owner, image)) => {
+            let mut segments = repo.rsplit('/');
+            let last = segments.next().unwrap_or_default();
+            let previous = segments.next().unwrap_or_default();
+            previous.eq_ignore_ascii_case(owner) && segment_matches(last, image)
+        }
+        None => repo.split('/').any(|segment| segment_matches(segment, name)),
     }
-    repo.split('/').any(|segment| segment == name || segment.starts_with(&format!("{name}-")))
+}
+
+fn segment_matches(segment: &str, name: &str) -> bool {
+    let Some(head) = segment.get(..name.len()) else { return false };
+    head.eq_ignore_ascii_case(name) && matches!(segment.as_bytes().get(name.len()), None | Some(b'-'))
 }
 
 /// Ports in command-line arguments: `--port=N`, `--grpc-port N`, `-p N`, and listen addresses.
@@ -229,6 +238,8 @@ mod tests {
         assert!(image_ports("jaegertracing/jaeger:2.1.0@sha256:abc").contains(&4318));
         assert!(image_ports("registry.local:5000/grafana/tempo:2.6").contains(&3200));
         assert!(image_ports("shop/checkout:1.0").is_empty());
+        assert!(image_ports("docker.io/Grafana/Agent-Operator:0.40").contains(&12345));
+        assert!(image_ports("otelcolumn/app:1").is_empty(), "a prefix counts only up to a dash");
         assert!(image_ports("registry.local:5000/shop/otel-demo-frontend").is_empty());
     }
 

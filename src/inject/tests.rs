@@ -63,12 +63,13 @@ fn outcome_json(outcome: &Outcome) -> Value {
 fn check_invariants(original: &Pod, mutation: &Mutation, policy: &TracingPolicy, options: &InjectOptions) {
     // The patch turns the admitted pod into the injected one.
     let mut doc = serde_json::to_value(original).unwrap();
-    json_patch::patch(&mut doc, &mutation.patch).expect("patch applies to the admitted pod");
+    json_patch::patch(&mut doc, &mutation.patch.operations().expect("the patch is JSON"))
+        .expect("patch applies to the admitted pod");
     assert_eq!(doc, serde_json::to_value(&mutation.pod).unwrap(), "patch does not produce the injected pod");
     // Injecting again changes nothing.
     match inject(&mutation.pod, "shop", policy, options).unwrap() {
         Outcome::Injected(again) => {
-            assert!(again.patch.0.is_empty(), "re-injection patched: {:?}", again.patch);
+            assert!(again.patch.is_empty(), "re-injection patched: {:?}", again.patch);
             assert_eq!(again.pod, mutation.pod);
         }
         other => panic!("re-injection gave {other:?}"),

@@ -430,20 +430,16 @@ fn from_outcome(base: AdmissionResponse, pod: &Pod, outcome: Outcome) -> Verdict
         Outcome::Skipped(reason) => skipped(base, pod, &reason),
         Outcome::Injected(mutation) => {
             let warnings = mutation.warnings.iter().map(|w| format!("{WARNING_PREFIX} {w}")).collect();
-            let response =
-                if mutation.patch.0.is_empty() { Ok(base.clone()) } else { base.clone().with_patch(mutation.patch) };
-            match response {
-                Ok(response) => Verdict {
-                    response: with_warnings(response, warnings),
-                    result: AdmissionResult::Injected,
-                    reason: "none".to_string(),
-                    detail: None,
-                },
-                Err(e) => {
-                    let msg =
-                        format!("{WARNING_PREFIX} patch could not be encoded ({e}); pod admitted without tracing");
-                    Verdict::unchanged(base, AdmissionResult::Error, "patch_encode", msg)
-                }
+            let mut response = base;
+            if !mutation.patch.is_empty() {
+                // The patch is already JSON; `encode_review` sets patchType with it.
+                response.patch = Some(mutation.patch.into_bytes());
+            }
+            Verdict {
+                response: with_warnings(response, warnings),
+                result: AdmissionResult::Injected,
+                reason: "none".to_string(),
+                detail: None,
             }
         }
     }
@@ -454,13 +450,12 @@ fn from_outcome(base: AdmissionResponse, pod: &Pod, outcome: Outcome) -> Verdict
 fn skipped(base: AdmissionResponse, pod: &Pod, reason: &inject::SkipReason) -> Verdict {
     let detail = reason.detail().map(String::from);
     let response = match inject::skip_patch(pod, reason) {
-        Some(patch) => match base.clone().with_patch(patch) {
-            Ok(patched) => {
-                let warning = format!("{WARNING_PREFIX} pod not injected: {}", reason.status_annotation());
-                with_warnings(patched, vec![warning])
-            }
-            Err(_) => base,
-        },
+        Some(patch) => {
+            let mut patched = base;
+            patched.patch = Some(patch.into_bytes());
+            let warning = format!("{WARNING_PREFIX} pod not injected: {}", reason.status_annotation());
+            with_warnings(patched, vec![warning])
+        }
         None => base,
     };
     Verdict { response, result: AdmissionResult::Skipped, reason: reason.as_str().to_string(), detail }
