@@ -275,7 +275,10 @@ fn inject_pod(
     sources: &EnvSources,
 ) -> Result<(Pod, Vec<String>), String> {
     match inject_with_sources(pod, namespace, policy, options, sources).map_err(|e| e.to_string())? {
-        Outcome::Injected(m) => Ok((m.pod, m.warnings)),
+        Outcome::Injected(m) => match m.pod {
+            Some(injected) => Ok((injected, m.warnings)),
+            None => Err("the injector returned no pod".to_string()),
+        },
         Outcome::Skipped(reason) => Ok((pod.clone(), vec![format!("not injected: {}", reason.as_str())])),
     }
 }

@@ -242,6 +242,34 @@ pub fn check_joins(user: &[EnvVar], edits: &[EnvEdit]) -> Result<(), JoinConflic
     Ok(())
 }
 
+/// How a container's env changes: variables placed before the user's (those the user's values
+/// reference as `$(VAR)`), user values joined in place, variables placed after.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct EnvChange {
+    pub front: Vec<EnvVar>,
+    /// Index in the user's env and its new value.
+    pub joined: Vec<(usize, String)>,
+    pub back: Vec<EnvVar>,
+}
+
+impl EnvChange {
+    pub fn is_empty(&self) -> bool {
+        self.front.is_empty() && self.joined.is_empty() && self.back.is_empty()
+    }
+
+    /// The resulting env of a container whose env is `user`.
+    pub fn apply(&self, user: &[EnvVar]) -> Vec<EnvVar> {
+        let mut result = Vec::with_capacity(self.front.len() + user.len() + self.back.len());
+        result.extend(self.front.iter().cloned());
+        result.extend(user.iter().cloned());
+        for (index, value) in &self.joined {
+            result[self.front.len() + index].value = Some(value.clone());
+        }
+        result.extend(self.back.iter().cloned());
+        result
+    }
+}
+
 /// Merges the injected variables into the container's `user` env.
 ///
 /// - a variable the container already defines, in `user` or in `sourced` (keys of its visible
@@ -250,8 +278,13 @@ pub fn check_joins(user: &[EnvVar], edits: &[EnvEdit]) -> Result<(), JoinConflic
 /// - injected variables that user values reference are placed first, so that `$(VAR)` resolves;
 ///   all others are appended after the user's.
 pub fn merge(user: &[EnvVar], injected: Vec<EnvVar>, edits: &[EnvEdit], sourced: &BTreeSet<String>) -> Vec<EnvVar> {
-    let mut result: Vec<EnvVar> = user.to_vec();
+    env_change(user, injected, edits, sourced).apply(user)
+}
+
+/// What [`merge`] changes in `user`.
+pub fn env_change(user: &[EnvVar], injected: Vec<EnvVar>, edits: &[EnvEdit], sourced: &BTreeSet<String>) -> EnvChange {
     let mut to_add: Vec<EnvVar> = Vec::new();
+    let mut joined: Vec<(usize, String)> = Vec::new();
     let defined: HashSet<&str> =
         user.iter().map(|e| e.name.as_str()).chain(sourced.iter().map(String::as_str)).collect();
     for var in injected {
@@ -268,11 +301,11 @@ pub fn merge(user: &[EnvVar], injected: Vec<EnvVar>, edits: &[EnvEdit], sourced:
             }
             EnvEdit::Join { name, value, separator, prepend } => {
                 // The last definition is the effective one.
-                match result.iter_mut().rev().find(|e| e.name == *name) {
-                    Some(existing) => {
-                        let current = existing.value.clone().unwrap_or_default();
+                match user.iter().rposition(|e| e.name == *name) {
+                    Some(index) => {
+                        let current = user[index].value.as_deref().unwrap_or_default();
                         if !current.contains(value.as_str()) {
-                            existing.value = Some(join(&current, value, separator, *prepend));
+                            joined.push((index, join(current, value, separator, *prepend)));
                         }
                     }
                     None => to_add.push(literal(name, value.clone())),
@@ -280,9 +313,14 @@ pub fn merge(user: &[EnvVar], injected: Vec<EnvVar>, edits: &[EnvEdit], sourced:
             }
         }
     }
-    let first = referenced_by(&result, &to_add);
+    joined.sort_by_key(|(index, _)| *index);
+    let values = user
+        .iter()
+        .enumerate()
+        .filter_map(|(i, e)| joined.iter().find(|(j, _)| *j == i).map(|(_, v)| v.as_str()).or(e.value.as_deref()));
+    let first = referenced_by(values, &to_add);
     let (front, back): (Vec<EnvVar>, Vec<EnvVar>) = to_add.into_iter().partition(|e| first.contains(&e.name));
-    front.into_iter().chain(result).chain(back).collect()
+    EnvChange { front, joined, back }
 }
 
 fn join(current: &str, ours: &str, separator: &str, prepend: bool) -> String {
@@ -293,16 +331,11 @@ fn join(current: &str, ours: &str, separator: &str, prepend: bool) -> String {
     }
 }
 
-/// Names of `candidates` that `user` values reference, directly or through other candidates.
-fn referenced_by(user: &[EnvVar], candidates: &[EnvVar]) -> HashSet<String> {
+/// Names of `candidates` that the user's `values` reference, directly or through other candidates.
+fn referenced_by<'a>(values: impl Iterator<Item = &'a str>, candidates: &'a [EnvVar]) -> HashSet<String> {
     let by_name: BTreeMap<&str, &EnvVar> = candidates.iter().map(|e| (e.name.as_str(), e)).collect();
     let mut found: HashSet<String> = HashSet::new();
-    let mut stack: Vec<&str> = user
-        .iter()
-        .filter_map(|e| e.value.as_deref())
-        .flat_map(references)
-        .filter(|r| by_name.contains_key(r))
-        .collect();
+    let mut stack: Vec<&str> = values.flat_map(references).filter(|r| by_name.contains_key(r)).collect();
     while let Some(name) = stack.pop() {
         if found.insert(name.to_string()) {
             if let Some(value) = by_name.get(name).and_then(|e| e.value.as_deref()) {

@@ -15,6 +15,7 @@
 //!   mesh; language copiers come right after the agent.
 
 mod agent;
+mod edits;
 pub mod env;
 mod hash;
 mod language;
@@ -94,8 +95,9 @@ pub enum Outcome {
 /// The result of injecting a pod.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Mutation {
-    /// The pod as it should be admitted.
-    pub pod: Pod,
+    /// The pod as it should be admitted, when the caller asked for it ([`inject`] does;
+    /// [`decide`], for the webhook, only needs the patch).
+    pub pod: Option<Pod>,
     /// RFC 6902 patch from the admitted pod to `pod`; empty when nothing changes.
     pub patch: Patch,
     /// Manifest hash recorded on the pod.
@@ -175,7 +177,7 @@ pub fn decide<'a>(
     options: &InjectOptions,
 ) -> Result<Outcome, InjectError> {
     match namespace_gate(namespace, policies) {
-        Ok(policy) => inject(pod, &namespace.name_any(), policy, options),
+        Ok(policy) => inject_inner(pod, &namespace.name_any(), policy, options, &EnvSources::default(), false),
         Err(reason) => Ok(Outcome::Skipped(reason)),
     }
 }
@@ -218,6 +220,19 @@ pub fn inject_with_sources(
     options: &InjectOptions,
     sources: &EnvSources,
 ) -> Result<Outcome, InjectError> {
+    inject_inner(pod, namespace, policy, options, sources, true)
+}
+
+/// The injection, with the injected pod only when `with_pod` (the patch is written from the
+/// decided edits either way).
+fn inject_inner(
+    pod: &Pod,
+    namespace: &str,
+    policy: &TracingPolicy,
+    options: &InjectOptions,
+    sources: &EnvSources,
+    with_pod: bool,
+) -> Result<Outcome, InjectError> {
     if is_opted_out(pod) {
         return Ok(Outcome::Skipped(SkipReason::OptedOut));
     }
@@ -240,10 +255,14 @@ pub fn inject_with_sources(
             return Ok(Outcome::Skipped(SkipReason::NameConflict(name)));
         }
     }
-    let mut mutated = pod.clone();
-    apply(&mut mutated, namespace, policy, options, &plan);
-    let patch = patch::pod_diff(pod, &mutated)?;
-    Ok(Outcome::Injected(Box::new(Mutation { pod: mutated, patch, manifest_hash: plan.hash, warnings })))
+    let edits = edits(pod, spec, namespace, policy, options, &plan);
+    let patch = edits.patch(pod)?;
+    let pod = with_pod.then(|| {
+        let mut mutated = pod.clone();
+        edits.apply(&mut mutated);
+        mutated
+    });
+    Ok(Outcome::Injected(Box::new(Mutation { pod, patch, manifest_hash: plan.hash, warnings })))
 }
 
 /// The patch recording on `pod` why it was skipped (`tracelight.io/injection-status`), for the
@@ -436,24 +455,27 @@ fn name_conflict(spec: &PodSpec, plan: &Plan) -> Option<String> {
         .next()
 }
 
-/// Applies `plan` to `pod`, adding only what is missing.
-fn apply(pod: &mut Pod, namespace: &str, policy: &TracingPolicy, options: &InjectOptions, plan: &Plan) {
-    pod.labels_mut().insert(INJECTED_LABEL.into(), "true".into());
-    pod.annotations_mut().insert(POLICY_ANNOTATION.into(), policy.name_any());
-    pod.annotations_mut().insert(MANIFEST_HASH_ANNOTATION.into(), plan.hash.clone());
-    let spec = pod.spec.get_or_insert_with(Default::default);
+/// What `plan` adds to `pod`: only what is missing, so an injected pod gets no edit.
+fn edits(
+    pod: &Pod,
+    spec: &PodSpec,
+    namespace: &str,
+    policy: &TracingPolicy,
+    options: &InjectOptions,
+    plan: &Plan,
+) -> edits::Edits {
+    let mut annotations = vec![(MANIFEST_HASH_ANNOTATION, plan.hash.clone()), (POLICY_ANNOTATION, policy.name_any())];
     for (key, export) in
         [(SELF_EXPORTED_ANNOTATION, Export::SelfExported), (ENV_FROM_UNSEEN_ANNOTATION, Export::Unseen)]
     {
-        if let Some(names) = plan.containers_with(spec, export) {
-            pod.metadata.annotations.get_or_insert_with(BTreeMap::new).insert(key.into(), names);
-        }
+        annotations.extend(plan.containers_with(spec, export).map(|names| (key, names)));
     }
-
-    for c in &plan.containers {
-        instrument_container(&mut spec.containers[c.index], namespace, policy, plan, c);
-    }
-
+    annotations.sort_by_key(|(key, _)| *key);
+    let containers = plan
+        .containers
+        .iter()
+        .map(|c| container_edits(&spec.containers[c.index], namespace, policy, plan, c))
+        .collect();
     let agent = agent::agent_container(&agent::AgentParams {
         spec: &policy.spec.agent,
         ports: plan.ports,
@@ -464,32 +486,51 @@ fn apply(pod: &mut Pod, namespace: &str, policy: &TracingPolicy, options: &Injec
         with_secret: plan.with_secret,
         report_url: options.report_url.as_deref(),
     });
-    let init = spec.init_containers.get_or_insert_with(Vec::new);
-    // Init containers start in order. The agent comes right after a mesh's init containers and
-    // proxy (its exports then leave through a ready mesh) and ahead of every other init
-    // container (which may already emit spans); language copiers right after the agent.
-    let mut position = after_mesh(init);
-    if options.native_sidecar {
-        ensure_container(init, agent.clone(), &mut position);
+    let has_agent = spec.containers.iter().any(|c| c.name == AGENT_CONTAINER);
+    let (init_agent, appended_container) = match (options.native_sidecar, has_agent) {
+        (true, _) => (Some(agent), None),
+        (false, false) => (None, Some(agent)),
+        (false, true) => (None, None),
+    };
+    let wanted_init =
+        init_agent.into_iter().chain(plan.languages().into_iter().map(|l| language_init_container(policy, l)));
+    let mut volumes = agent::agent_volumes(plan.with_secret, options.report_url.is_some());
+    volumes.extend(plan.languages().into_iter().map(language_volume));
+    let existing = spec.volumes.as_deref().unwrap_or_default();
+    volumes.retain(|v| !existing.iter().any(|e| e.name == v.name));
+    edits::Edits {
+        labels: if is_injected(pod) { Vec::new() } else { vec![(INJECTED_LABEL, "true".to_string())] },
+        annotations,
+        containers,
+        appended_container,
+        init_containers: inserted_init_containers(spec.init_containers.as_deref().unwrap_or_default(), wanted_init),
+        volumes,
     }
-    for lang in plan.languages() {
-        ensure_container(init, language_init_container(policy, lang), &mut position);
-    }
-    if init.is_empty() {
-        spec.init_containers = None;
-    }
-    if !options.native_sidecar && !spec.containers.iter().any(|c| c.name == AGENT_CONTAINER) {
-        spec.containers.push(agent);
-    }
+}
 
-    let volumes = spec.volumes.get_or_insert_with(Vec::new);
-    let mut wanted = agent::agent_volumes(plan.with_secret, options.report_url.is_some());
-    wanted.extend(plan.languages().into_iter().map(language_volume));
-    for v in wanted {
-        if !volumes.iter().any(|existing| existing.name == v.name) {
-            volumes.push(v);
+/// Init containers start in order. The agent comes right after a mesh's init containers and
+/// proxy (its exports then leave through a ready mesh) and ahead of every other init container
+/// (which may already emit spans); language copiers right after the agent. Containers already
+/// there are kept where they are; returns the missing ones with their index in the result.
+fn inserted_init_containers(
+    existing: &[Container],
+    wanted: impl Iterator<Item = Container>,
+) -> Vec<(usize, Container)> {
+    // The names of the list as the inserts make it.
+    let mut names: Vec<String> = existing.iter().map(|c| c.name.clone()).collect();
+    let mut position = after_mesh(existing);
+    let mut inserted = Vec::new();
+    for container in wanted {
+        match names.iter().position(|n| *n == container.name) {
+            Some(at) => position = position.max(at + 1),
+            None => {
+                names.insert(position, container.name.clone());
+                inserted.push((position, container));
+                position += 1;
+            }
         }
     }
+    inserted
 }
 
 /// The index after the last service-mesh init container (0 without a mesh).
@@ -497,20 +538,15 @@ fn after_mesh(init: &[Container]) -> usize {
     init.iter().rposition(|c| MESH_INIT_CONTAINERS.contains(&c.name.as_str())).map_or(0, |i| i + 1)
 }
 
-/// Inserts `container` at `*position` unless one of that name exists; advances the position.
-fn ensure_container(list: &mut Vec<Container>, container: Container, position: &mut usize) {
-    match list.iter().position(|c| c.name == container.name) {
-        Some(existing) => *position = (*position).max(existing + 1),
-        None => {
-            list.insert(*position, container);
-            *position += 1;
-        }
-    }
-}
-
-fn instrument_container(c: &mut Container, namespace: &str, policy: &TracingPolicy, plan: &Plan, cp: &ContainerPlan) {
-    let lang = cp.language;
-    let injected = env::app_env(&env::AppEnv {
+/// The env and mount an instrumented container gets.
+fn container_edits(
+    c: &Container,
+    namespace: &str,
+    policy: &TracingPolicy,
+    plan: &Plan,
+    cp: &ContainerPlan,
+) -> edits::ContainerEdits {
+    let mut injected = env::app_env(&env::AppEnv {
         policy,
         namespace,
         container: &c.name,
@@ -520,15 +556,15 @@ fn instrument_container(c: &mut Container, namespace: &str, policy: &TracingPoli
         export: cp.export,
     });
     let mut edits = Vec::new();
-    let mut extra = Vec::new();
-    if let Some(lang) = lang {
+    let mut mount = None;
+    if let Some(lang) = cp.language {
         edits = language::env_edits(lang);
         if let Some(settings) = lang.settings(&policy.spec.instrumentation) {
-            extra.extend(settings.env.iter().map(|(k, v)| env::literal(k, v.replace('$', "$$"))));
+            injected.extend(settings.env.iter().map(|(k, v)| env::literal(k, v.replace('$', "$$"))));
         }
-        let mounts = c.volume_mounts.get_or_insert_with(Vec::new);
+        let mounts = c.volume_mounts.as_deref().unwrap_or_default();
         if !mounts.iter().any(|m| m.name == lang.volume_name()) {
-            mounts.push(VolumeMount {
+            mount = Some(VolumeMount {
                 name: lang.volume_name(),
                 mount_path: lang.mount_path(),
                 read_only: Some(true),
@@ -536,10 +572,9 @@ fn instrument_container(c: &mut Container, namespace: &str, policy: &TracingPoli
             });
         }
     }
-    let user = c.env.take().unwrap_or_default();
     // A visible envFrom source's value is the container's own: it wins, as in its env.
-    let merged = env::merge(&user, injected.into_iter().chain(extra).collect(), &edits, &cp.sourced);
-    c.env = Some(merged);
+    let env = env::env_change(c.env.as_deref().unwrap_or_default(), injected, &edits, &cp.sourced);
+    edits::ContainerEdits { index: cp.index, env, mount }
 }
 
 fn language_init_container(policy: &TracingPolicy, lang: Language) -> Container {

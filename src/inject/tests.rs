@@ -61,23 +61,26 @@ fn outcome_json(outcome: &Outcome) -> Value {
 
 /// Checks that hold for every injected pod, whatever the case.
 fn check_invariants(original: &Pod, mutation: &Mutation, policy: &TracingPolicy, options: &InjectOptions) {
+    let injected = mutation.pod.as_ref().expect("inject returns the injected pod");
     // The patch turns the admitted pod into the injected one.
     let mut doc = serde_json::to_value(original).unwrap();
     json_patch::patch(&mut doc, &mutation.patch.operations().expect("the patch is JSON"))
         .expect("patch applies to the admitted pod");
-    assert_eq!(doc, serde_json::to_value(&mutation.pod).unwrap(), "patch does not produce the injected pod");
+    assert_eq!(doc, serde_json::to_value(injected).unwrap(), "patch does not produce the injected pod");
+    // The patch written from the edits is the diff of the two pods, operation for operation.
+    assert_eq!(patch::pod_diff(original, injected).unwrap(), mutation.patch, "the patch differs from the pods' diff");
     // Injecting again changes nothing.
-    match inject(&mutation.pod, "shop", policy, options).unwrap() {
+    match inject(injected, "shop", policy, options).unwrap() {
         Outcome::Injected(again) => {
             assert!(again.patch.is_empty(), "re-injection patched: {:?}", again.patch);
             assert_eq!(again.pod, mutation.pod);
         }
         other => panic!("re-injection gave {other:?}"),
     }
-    assert_user_env_kept(original, &mutation.pod);
-    assert_ports_unique(&mutation.pod);
-    assert_endpoint_points_at_agent(&mutation.pod);
-    assert_own_export_untouched(original, &mutation.pod);
+    assert_user_env_kept(original, injected);
+    assert_ports_unique(injected);
+    assert_endpoint_points_at_agent(injected);
+    assert_own_export_untouched(original, injected);
 }
 
 /// All containers of the pod, init containers first.
@@ -224,9 +227,20 @@ fn case_pod(name: &str) -> Pod {
     serde_yaml::from_str::<Case>(&text).unwrap().pod
 }
 
-fn injected(outcome: Outcome) -> Mutation {
+/// An injection's result with its pod (which [`inject`] always returns).
+struct Injected {
+    pod: Pod,
+    manifest_hash: String,
+    warnings: Vec<String>,
+}
+
+fn injected(outcome: Outcome) -> Injected {
     match outcome {
-        Outcome::Injected(m) => *m,
+        Outcome::Injected(m) => Injected {
+            pod: m.pod.expect("inject returns the injected pod"),
+            manifest_hash: m.manifest_hash,
+            warnings: m.warnings,
+        },
         other => panic!("expected an injection, got {other:?}"),
     }
 }
@@ -654,7 +668,7 @@ proptest! {
     fn agent_follows_the_mesh_in_init_order(pod in arb_pod()) {
         let policy = base_policy();
         if let Outcome::Injected(m) = inject(&pod, "shop", &policy, &InjectOptions::default()).unwrap() {
-            let names = init_names(&m.pod);
+            let names = init_names(m.pod.as_ref().unwrap());
             let agent = names.iter().position(|n| *n == AGENT_CONTAINER).unwrap();
             let last_mesh = names.iter().rposition(|n| MESH_INIT_CONTAINERS.contains(n));
             prop_assert!(last_mesh.is_none_or(|mesh| mesh < agent), "{:?}", names);

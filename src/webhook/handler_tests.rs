@@ -212,7 +212,7 @@ fn injected_outcome_becomes_a_json_patch_with_warnings() {
         )
         .unwrap();
         Ok(Outcome::Injected(Box::new(inject::Mutation {
-            pod: pod.clone(),
+            pod: Some(pod.clone()),
             patch: inject::Patch::from(&patch),
             manifest_hash: "abc".into(),
             warnings: vec!["language annotation names no container".into()],
