@@ -2,6 +2,10 @@
 //! that turns the admitted pod into the injected one. No I/O here: the webhook, the offline
 //! `tracelight inject` command and the controller all call these functions.
 //!
+//! One way through: [`namespace_gate`] (needs no pod), then a plan (containers, languages, port
+//! plan, export owners, manifest hash), then the edits it makes (`edits`), written as the patch
+//! and, for `tracelight inject`, applied to a copy of the pod.
+//!
 //! What an injection never does (each has a test):
 //!
 //! - give the agent a port another container of the pod listens on ([`ports`]): the agent
