@@ -62,7 +62,7 @@ demo: ## Local demo: cluster, chart, operator, sample policies, an injected pod 
 demo-down: ## Stop the demo's operator and remove what it created (the cluster keeps running)
 	@e2e/demo.sh down
 
-bench: ## Admission benchmark (criterion); last line is RESULT admission_us=...
+bench: ## Admission benchmark (criterion); last line is RESULT admission_us=... ungoverned_us=...
 	$(CARGO) bench --locked --bench admission
 
 .PHONY: e2e-agent

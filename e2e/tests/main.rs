@@ -9,11 +9,12 @@
 //!
 //! `E2E_ONLY=rollout make e2e` runs only the phased-rollout steps (after the certificate
 //! bootstrap), for a quicker loop while working on the rollout; `E2E_ONLY=resilience` only its
-//! crash-loop, missed-pod and two-replica steps.
+//! crash-loop, missed-pod and two-replica steps; `E2E_ONLY=injection` only the injection steps.
 //!
 //! Steps that stop or restart the operator cannot interleave with the others, so the cluster
 //! part is one test, [`operator_on_a_real_cluster`], running its steps in order and logging each.
-//! [`invalid_chart_values_are_rejected_by_the_schema`] needs no operator and runs beside it.
+//! [`invalid_chart_values_are_rejected_by_the_schema`] and
+//! [`injected_golden_pods_are_accepted_by_the_api_server`] need no operator and run beside it.
 
 mod scale;
 mod suite;
@@ -37,4 +38,10 @@ async fn operator_on_a_real_cluster() {
 async fn invalid_chart_values_are_rejected_by_the_schema() {
     let cluster = Cluster::up().await.expect("cluster");
     suite::chart_values::rejected_by_schema(&cluster).await.expect("chart values schema");
+}
+
+#[tokio::test]
+async fn injected_golden_pods_are_accepted_by_the_api_server() {
+    let cluster = Cluster::up().await.expect("cluster");
+    suite::golden_dry_run::accepted_without_warnings(&cluster).await.expect("golden pods in a server-side dry run");
 }

@@ -19,6 +19,12 @@ pub const CONTAINER_NAMES_ANNOTATION: &str = "tracelight.io/container-names";
 pub const SERVICE_NAME_ANNOTATION: &str = "tracelight.io/service-name";
 /// Pod annotation written by the webhook when it skipped or degraded an injection.
 pub const STATUS_ANNOTATION: &str = "tracelight.io/injection-status";
+/// Pod annotation set by the injector: comma-separated names of the instrumented containers that
+/// configure their own export (left alone: they are `SelfExported` for coverage).
+pub const SELF_EXPORTED_ANNOTATION: &str = "tracelight.io/self-exported";
+/// Pod annotation set by the injector: comma-separated names of the instrumented containers with
+/// `envFrom` sources it could not see, whose export settings it therefore left alone.
+pub const ENV_FROM_UNSEEN_ANNOTATION: &str = "tracelight.io/env-from-unseen";
 
 /// Label on objects the operator owns in user namespaces, naming the owning policy.
 pub const POLICY_LABEL: &str = "tracelight.io/policy";

@@ -190,6 +190,11 @@ pub struct Coverage {
     /// Selected pods in active namespaces that are not injected.
     #[serde(default)]
     pub missed: u32,
+    /// Selected pods the webhook could not inject safely (a port or name conflict); each says why
+    /// in its `tracelight.io/injection-status` annotation. Not counted as missed: restarting them
+    /// would not help.
+    #[serde(default)]
+    pub skipped: u32,
     /// Injected pods whose agent received spans recently.
     #[serde(default)]
     pub reporting: u32,

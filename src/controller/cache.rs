@@ -16,7 +16,7 @@
 //! annotation maps, the owner reference, the container status). The store adds its key (kube's
 //! `ObjectRef`: 96 bytes and a copy of the name and namespace) and the `Arc` around the pod.
 
-use crate::api::keys::MANIFEST_HASH_ANNOTATION;
+use crate::api::keys::{MANIFEST_HASH_ANNOTATION, STATUS_ANNOTATION};
 use crate::rollout::pod::{ContainerRestarts, Labels, Owner, PodSummary};
 use crate::rollout::workload::Workload;
 use k8s_openapi::api::core::v1::Pod;
@@ -112,15 +112,17 @@ impl<'de> Deserialize<'de> for WatchedPod {
         let RawPod { metadata: m, status } = RawPod::deserialize(deserializer)?;
         let labels = m.labels.map(|l| l.0).unwrap_or_default();
         let statuses = status.and_then(|s| s.container_statuses).unwrap_or_default();
+        let annotations = m.annotations.unwrap_or_default();
         let pod = PodSummary {
             namespace: m.namespace.as_deref().unwrap_or_default().into(),
             name: m.name.as_deref().unwrap_or_default().into(),
             uid: m.uid.unwrap_or_default().into(),
             owner: Owner::of(&m.owner_references.unwrap_or_default(), &labels),
             labels,
-            manifest_hash: m.annotations.and_then(|a| a.0),
+            manifest_hash: annotations.0,
             created: m.creation_timestamp.map(|t| t.0),
             deleting: m.deletion_timestamp.is_some(),
+            skipped: annotations.1,
             containers: statuses.into_iter().map(RawContainerStatus::into_restarts).collect(),
         };
         let metadata = ObjectMeta {
@@ -275,8 +277,9 @@ impl<'de> Deserialize<'de> for RawLabels {
     }
 }
 
-/// Of the annotations map, the manifest hash's value only.
-struct ManifestHash(Option<Box<str>>);
+/// Of the annotations map, the manifest hash's value and whether the injection status is set.
+#[derive(Default)]
+struct ManifestHash(Option<Box<str>>, bool);
 
 impl<'de> Deserialize<'de> for ManifestHash {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -290,14 +293,16 @@ impl<'de> Deserialize<'de> for ManifestHash {
 
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<ManifestHash, A::Error> {
                 let mut hash = None;
+                let mut skipped = false;
                 while let Some(key) = map.next_key::<CowStr>()? {
                     if key.0 == MANIFEST_HASH_ANNOTATION {
                         hash = Some(map.next_value::<CowStr>()?.0.into());
                     } else {
+                        skipped |= key.0 == STATUS_ANNOTATION;
                         map.next_value::<IgnoredAny>()?;
                     }
                 }
-                Ok(ManifestHash(hash))
+                Ok(ManifestHash(hash, skipped))
             }
         }
         deserializer.deserialize_map(Annotations)
@@ -401,6 +406,7 @@ mod tests {
             manifest_hash: Some("0123456789abcdef".into()),
             created: Some(created),
             deleting: false,
+            skipped: false,
             containers: [ContainerRestarts {
                 name: "app".into(),
                 restart_count: 1,
@@ -424,9 +430,14 @@ mod tests {
         v["metadata"]["labels"] = serde_json::Value::Null;
         v["metadata"]["ownerReferences"][0]["kind"] = "Job".into();
         v["status"] = serde_json::json!({"phase": "Pending"});
-        let pod = serde_json::from_value::<WatchedPod>(v).unwrap().pod;
+        let pod = serde_json::from_value::<WatchedPod>(v.clone()).unwrap().pod;
         assert!(pod.deleting);
         assert_eq!(pod.manifest_hash, None, "no other annotation is kept");
+        assert!(!pod.skipped);
+        v["metadata"]["annotations"] =
+            serde_json::json!({"tracelight.io/injection-status": "skipped: port_conflict: x"});
+        let skipped: WatchedPod = serde_json::from_value(v).unwrap();
+        assert!(skipped.pod.skipped, "the webhook's skip record is read");
         assert!(pod.labels.is_empty());
         assert_eq!(pod.owner, None, "a Job's pod belongs to no workload the rollout restarts");
         assert!(pod.containers.is_empty());

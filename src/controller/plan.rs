@@ -218,7 +218,8 @@ pub fn step_for(previous: Option<NamespaceState>, gates: Gates, reached: bool) -
 /// Pod counts of one namespace from its cached pods.
 ///
 /// `selected`: not terminating, not opted out, matched by `podSelector`; `injected`: selected and
-/// labelled `tracelight.io/injected=true`; `missed`: selected, not injected, namespace active.
+/// labelled `tracelight.io/injected=true`; `skipped`: selected, not injected, and the webhook said
+/// why on the pod; `missed`: selected, not injected, namespace active.
 /// `outdated` is left 0 here: it needs each workload's expected manifest hash (see
 /// `inject::hash`), so the reconciler fills it from the rollout's workload observations.
 pub fn pod_counts<'a>(
@@ -236,6 +237,8 @@ pub fn pod_counts<'a>(
         counts.selected += 1;
         if pod.injected() {
             counts.injected += 1;
+        } else if pod.skipped {
+            counts.skipped += 1;
         } else if active {
             counts.missed += 1;
         }
@@ -252,6 +255,7 @@ pub fn total_coverage(namespaces: &[NamespaceStatus]) -> Coverage {
             total.injected += ns.counts.injected;
             total.outdated += ns.counts.outdated;
             total.missed += ns.counts.missed;
+            total.skipped += ns.counts.skipped;
             total.reporting += ns.counts.reporting;
             total.silent += ns.counts.silent;
             total
@@ -697,6 +701,11 @@ mod tests {
         assert_eq!((counts.selected, counts.injected, counts.missed, counts.outdated), (2, 1, 1, 0));
         // Nothing is missed where the rollout has not arrived yet.
         assert_eq!(pod_counts(&pods, None, false).missed, 0);
+        // A pod the webhook skipped with a reason is counted as skipped, not missed.
+        let mut skipped = pod(&[]);
+        skipped.skipped = true;
+        let counts = pod_counts(&[skipped], None, true);
+        assert_eq!((counts.selected, counts.skipped, counts.missed), (1, 1, 0));
     }
 
     #[test]

@@ -31,6 +31,8 @@ pub struct AgentParams<'a> {
     /// The agent image, resolved (the policy's, else the operator's).
     pub image: &'a str,
     pub ports: AgentPorts,
+    /// Names of the gRPC, HTTP and admin ports (`None`: left unnamed, the name is taken).
+    pub port_names: [Option<&'static str>; 3],
     pub namespace: &'a str,
     pub workload: Option<&'a WorkloadRef>,
     pub native_sidecar: bool,
@@ -93,9 +95,9 @@ pub fn agent_container(p: &AgentParams) -> Container {
         args: Some(agent_args(p)),
         env: Some(env),
         ports: Some(vec![
-            port("otlp-grpc", p.ports.otlp_grpc),
-            port("otlp-http", p.ports.otlp_http),
-            port("tl-admin", p.ports.admin),
+            port(p.port_names[0], p.ports.otlp_grpc),
+            port(p.port_names[1], p.ports.otlp_http),
+            port(p.port_names[2], p.ports.admin),
         ]),
         resources: Some(p.spec.resources.clone()),
         security_context: Some(restricted_security_context()),
@@ -132,9 +134,9 @@ fn agent_args(p: &AgentParams) -> Vec<String> {
     args
 }
 
-fn port(name: &str, number: u16) -> ContainerPort {
+fn port(name: Option<&str>, number: u16) -> ContainerPort {
     ContainerPort {
-        name: Some(name.into()),
+        name: name.map(String::from),
         container_port: i32::from(number),
         protocol: Some("TCP".into()),
         ..Default::default()

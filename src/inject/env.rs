@@ -1,12 +1,42 @@
 //! The OpenTelemetry environment of an instrumented container, and how it is merged with the
 //! container's own: the container's values always win, language variables are joined with the
 //! user's, and `$(VAR)` references always come after the variable they reference.
+//!
+//! # Export settings are a unit
+//!
+//! Endpoint, protocol, headers, their per-signal variants and the `OTEL_*_EXPORTER` selectors
+//! only make sense together: an SDK given the user's gRPC endpoint and an injected
+//! `http/protobuf` protocol loses every span. So the injector never mixes the two. Per
+//! container, [`Export`] decides who owns the whole unit:
+//!
+//! - [`Export::Agent`]: the container sets none of it, and every source of its environment is
+//!   visible: the injector sets the whole unit (endpoint of the local agent, `http/protobuf`,
+//!   traces through OTLP, metrics and logs off since the agent takes traces only) and the
+//!   sampler.
+//! - [`Export::SelfExported`]: the container sets any export variable itself: none of the unit
+//!   and no sampler is injected, so its traces, metrics and logs keep going where it sends them.
+//!   The pod is marked with the `tracelight.io/self-exported` annotation (read by coverage).
+//! - [`Export::Unseen`]: the container has `envFrom` sources whose keys the injector cannot see
+//!   (the webhook reads no ConfigMap or Secret at admission): any of them may hold export
+//!   settings, so the unit and the sampler are left out as for a self-exported container, and
+//!   the pod is marked with `tracelight.io/env-from-unseen`. The SDK's defaults
+//!   (`localhost:4317` for gRPC, `:4318` for HTTP) still reach the agent on its default ports.
+//!
+//! A unit that is exactly what the injector would set is the injector's (an injected pod is
+//! recognised as such, so injection stays idempotent).
+//!
+//! The identity variables (`OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_PROPAGATORS`)
+//! are injected in every mode: per-pod values that need `$(VAR)` expansion, which only `env`
+//! has. The container's own `env` entries always win; a key of an unseen `envFrom` source of
+//! the same name loses to them, as Kubernetes gives `env` precedence (documented in the README).
+//! Keys of sources the caller can see (the offline `tracelight inject` resolves ConfigMaps and
+//! Secrets of the same input) count as the container's own, exactly like its `env`.
 
 use super::language::EnvEdit;
 use super::workload::WorkloadRef;
 use crate::api::{AgentPorts, SamplingMode, TracingPolicy};
 use k8s_openapi::api::core::v1::{EnvVar, EnvVarSource, ObjectFieldSelector};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 /// Downward-API variables the injected values refer to as `$(...)`.
 pub const POD_NAME_VAR: &str = "TRACELIGHT_POD_NAME";
@@ -24,6 +54,76 @@ pub struct AppEnv<'a> {
     pub workload: Option<&'a WorkloadRef>,
     pub service_name: &'a str,
     pub ports: AgentPorts,
+    /// Who owns the container's export settings.
+    pub export: Export,
+}
+
+/// Who owns a container's export settings (see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Export {
+    /// The injector sets the whole unit, pointing at the local agent.
+    Agent,
+    /// The container configures its own export: the unit is left alone.
+    SelfExported,
+    /// The container has `envFrom` sources the injector cannot see: the unit is left alone.
+    Unseen,
+}
+
+/// `OTEL_*_EXPORTER` selectors: part of the export unit.
+const EXPORTER_SELECTORS: [&str; 3] = ["OTEL_TRACES_EXPORTER", "OTEL_METRICS_EXPORTER", "OTEL_LOGS_EXPORTER"];
+
+/// Whether `name` belongs to the export unit: any `OTEL_EXPORTER_*` (OTLP endpoint, protocol,
+/// headers, compression, certificates, timeouts and their per-signal variants; Zipkin, Jaeger,
+/// Prometheus exporters) or an exporter selector.
+pub fn is_export_setting(name: &str) -> bool {
+    name.starts_with("OTEL_EXPORTER_") || EXPORTER_SELECTORS.contains(&name)
+}
+
+/// Who owns the export unit of a container whose visible variables are `own` (its `env`, plus
+/// the keys of the `envFrom` sources that could be resolved), given the unit the injector
+/// would set (`ours`) and whether some `envFrom` source could not be seen.
+pub fn export_owner<'a>(
+    own: impl IntoIterator<Item = (&'a str, Option<&'a str>)>,
+    ours: &[EnvVar],
+    unseen_sources: bool,
+) -> Export {
+    let mut sets_unit = false;
+    for (name, value) in own.into_iter().filter(|(name, _)| is_export_setting(name)) {
+        let same_as_ours = ours.iter().any(|o| o.name == name && value.is_some() && o.value.as_deref() == value);
+        if !same_as_ours {
+            return Export::SelfExported;
+        }
+        sets_unit = true;
+    }
+    match (unseen_sources, sets_unit) {
+        // Our unit already in env (an injected pod): env wins over every source, so it is ours.
+        (true, false) => Export::Unseen,
+        _ => Export::Agent,
+    }
+}
+
+/// The export unit and sampler the injector sets for an [`Export::Agent`] container.
+pub fn agent_export_env(policy: &TracingPolicy, ports: AgentPorts) -> Vec<EnvVar> {
+    let spec = &policy.spec;
+    let mut env = Vec::with_capacity(7);
+    match spec.sampling.mode {
+        // The agent samples consistently; a second, SDK-side ratio would split traces.
+        SamplingMode::Agent => env.push(literal("OTEL_TRACES_SAMPLER", "parentbased_always_on")),
+        SamplingMode::Sdk => {
+            env.push(literal("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"));
+            env.push(literal("OTEL_TRACES_SAMPLER_ARG", spec.sampling.ratio.to_string()));
+        }
+    }
+    // 127.0.0.1, not localhost: some runtimes resolve localhost to ::1 first, where the agent
+    // does not listen. Every SDK speaks OTLP/HTTP; the agent converts for the collector.
+    env.push(literal("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://127.0.0.1:{}", ports.otlp_http)));
+    env.push(literal("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"));
+    env.push(literal("OTEL_TRACES_EXPORTER", "otlp"));
+    // The agent handles traces only: keep SDKs from exporting metrics and logs into it. Only
+    // ever set for a container that configures no export of its own.
+    env.push(literal("OTEL_METRICS_EXPORTER", "none"));
+    env.push(literal("OTEL_LOGS_EXPORTER", "none"));
+    env
 }
 
 pub fn literal(name: &str, value: impl Into<String>) -> EnvVar {
@@ -50,7 +150,8 @@ pub fn downward_env() -> Vec<EnvVar> {
     ]
 }
 
-/// The injected variables of an application container, in dependency order.
+/// The injected variables of an application container, in dependency order: identity always,
+/// the export unit and sampler only when the agent owns the container's export.
 pub fn app_env(ctx: &AppEnv) -> Vec<EnvVar> {
     let spec = &ctx.policy.spec;
     let mut env = downward_env();
@@ -58,22 +159,9 @@ pub fn app_env(ctx: &AppEnv) -> Vec<EnvVar> {
     env.push(literal("OTEL_RESOURCE_ATTRIBUTES", resource_attributes(ctx)));
     let propagators: Vec<&str> = spec.propagators.iter().map(|p| p.as_str()).collect();
     env.push(literal("OTEL_PROPAGATORS", propagators.join(",")));
-    match spec.sampling.mode {
-        // The agent samples consistently; a second, SDK-side ratio would split traces.
-        SamplingMode::Agent => env.push(literal("OTEL_TRACES_SAMPLER", "parentbased_always_on")),
-        SamplingMode::Sdk => {
-            env.push(literal("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"));
-            env.push(literal("OTEL_TRACES_SAMPLER_ARG", spec.sampling.ratio.to_string()));
-        }
+    if ctx.export == Export::Agent {
+        env.extend(agent_export_env(ctx.policy, ctx.ports));
     }
-    // 127.0.0.1, not localhost: some runtimes resolve localhost to ::1 first, where the agent
-    // does not listen. Every SDK speaks OTLP/HTTP; the agent converts for the collector.
-    env.push(literal("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://127.0.0.1:{}", ctx.ports.otlp_http)));
-    env.push(literal("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"));
-    env.push(literal("OTEL_TRACES_EXPORTER", "otlp"));
-    // The agent handles traces only: keep SDKs from exporting metrics and logs into it.
-    env.push(literal("OTEL_METRICS_EXPORTER", "none"));
-    env.push(literal("OTEL_LOGS_EXPORTER", "none"));
     env
 }
 
@@ -154,16 +242,51 @@ pub fn check_joins(user: &[EnvVar], edits: &[EnvEdit]) -> Result<(), JoinConflic
     Ok(())
 }
 
+/// How a container's env changes: variables placed before the user's (those the user's values
+/// reference as `$(VAR)`), user values joined in place, variables placed after.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct EnvChange {
+    pub front: Vec<EnvVar>,
+    /// Index in the user's env and its new value.
+    pub joined: Vec<(usize, String)>,
+    pub back: Vec<EnvVar>,
+}
+
+impl EnvChange {
+    pub fn is_empty(&self) -> bool {
+        self.front.is_empty() && self.joined.is_empty() && self.back.is_empty()
+    }
+
+    /// The resulting env of a container whose env is `user`.
+    pub fn apply(&self, user: &[EnvVar]) -> Vec<EnvVar> {
+        let mut result = Vec::with_capacity(self.front.len() + user.len() + self.back.len());
+        result.extend(self.front.iter().cloned());
+        result.extend(user.iter().cloned());
+        for (index, value) in &self.joined {
+            result[self.front.len() + index].value = Some(value.clone());
+        }
+        result.extend(self.back.iter().cloned());
+        result
+    }
+}
+
 /// Merges the injected variables into the container's `user` env.
 ///
-/// - a variable the container already defines is kept as it is (the user wins);
+/// - a variable the container already defines, in `user` or in `sourced` (keys of its visible
+///   `envFrom` sources), is kept as it is (the user wins);
 /// - `Join` edits extend the user's literal value in place (idempotently);
 /// - injected variables that user values reference are placed first, so that `$(VAR)` resolves;
 ///   all others are appended after the user's.
-pub fn merge(user: &[EnvVar], injected: Vec<EnvVar>, edits: &[EnvEdit]) -> Vec<EnvVar> {
-    let mut result: Vec<EnvVar> = user.to_vec();
+pub fn merge(user: &[EnvVar], injected: Vec<EnvVar>, edits: &[EnvEdit], sourced: &BTreeSet<String>) -> Vec<EnvVar> {
+    env_change(user, injected, edits, sourced).apply(user)
+}
+
+/// What [`merge`] changes in `user`.
+pub fn env_change(user: &[EnvVar], injected: Vec<EnvVar>, edits: &[EnvEdit], sourced: &BTreeSet<String>) -> EnvChange {
     let mut to_add: Vec<EnvVar> = Vec::new();
-    let defined: HashSet<&str> = user.iter().map(|e| e.name.as_str()).collect();
+    let mut joined: Vec<(usize, String)> = Vec::new();
+    let defined: HashSet<&str> =
+        user.iter().map(|e| e.name.as_str()).chain(sourced.iter().map(String::as_str)).collect();
     for var in injected {
         if !defined.contains(var.name.as_str()) {
             to_add.push(var);
@@ -178,11 +301,11 @@ pub fn merge(user: &[EnvVar], injected: Vec<EnvVar>, edits: &[EnvEdit]) -> Vec<E
             }
             EnvEdit::Join { name, value, separator, prepend } => {
                 // The last definition is the effective one.
-                match result.iter_mut().rev().find(|e| e.name == *name) {
-                    Some(existing) => {
-                        let current = existing.value.clone().unwrap_or_default();
+                match user.iter().rposition(|e| e.name == *name) {
+                    Some(index) => {
+                        let current = user[index].value.as_deref().unwrap_or_default();
                         if !current.contains(value.as_str()) {
-                            existing.value = Some(join(&current, value, separator, *prepend));
+                            joined.push((index, join(current, value, separator, *prepend)));
                         }
                     }
                     None => to_add.push(literal(name, value.clone())),
@@ -190,9 +313,14 @@ pub fn merge(user: &[EnvVar], injected: Vec<EnvVar>, edits: &[EnvEdit]) -> Vec<E
             }
         }
     }
-    let first = referenced_by(&result, &to_add);
+    joined.sort_by_key(|(index, _)| *index);
+    let values = user
+        .iter()
+        .enumerate()
+        .filter_map(|(i, e)| joined.iter().find(|(j, _)| *j == i).map(|(_, v)| v.as_str()).or(e.value.as_deref()));
+    let first = referenced_by(values, &to_add);
     let (front, back): (Vec<EnvVar>, Vec<EnvVar>) = to_add.into_iter().partition(|e| first.contains(&e.name));
-    front.into_iter().chain(result).chain(back).collect()
+    EnvChange { front, joined, back }
 }
 
 fn join(current: &str, ours: &str, separator: &str, prepend: bool) -> String {
@@ -203,16 +331,11 @@ fn join(current: &str, ours: &str, separator: &str, prepend: bool) -> String {
     }
 }
 
-/// Names of `candidates` that `user` values reference, directly or through other candidates.
-fn referenced_by(user: &[EnvVar], candidates: &[EnvVar]) -> HashSet<String> {
+/// Names of `candidates` that the user's `values` reference, directly or through other candidates.
+fn referenced_by<'a>(values: impl Iterator<Item = &'a str>, candidates: &'a [EnvVar]) -> HashSet<String> {
     let by_name: BTreeMap<&str, &EnvVar> = candidates.iter().map(|e| (e.name.as_str(), e)).collect();
     let mut found: HashSet<String> = HashSet::new();
-    let mut stack: Vec<&str> = user
-        .iter()
-        .filter_map(|e| e.value.as_deref())
-        .flat_map(references)
-        .filter(|r| by_name.contains_key(r))
-        .collect();
+    let mut stack: Vec<&str> = values.flat_map(references).filter(|r| by_name.contains_key(r)).collect();
     while let Some(name) = stack.pop() {
         if found.insert(name.to_string()) {
             if let Some(value) = by_name.get(name).and_then(|e| e.value.as_deref()) {
@@ -240,7 +363,7 @@ mod tests {
     #[test]
     fn user_value_wins_over_injected_value() {
         let user = vec![literal("OTEL_SERVICE_NAME", "mine")];
-        let merged = merge(&user, vec![literal("OTEL_SERVICE_NAME", "ours"), literal("B", "b")], &[]);
+        let merged = merge(&user, vec![literal("OTEL_SERVICE_NAME", "ours"), literal("B", "b")], &[], &BTreeSet::new());
         assert_eq!(merged, vec![literal("OTEL_SERVICE_NAME", "mine"), literal("B", "b")]);
     }
 
@@ -248,7 +371,7 @@ mod tests {
     fn injected_vars_referenced_by_user_come_first() {
         let user = vec![literal("GREETING", "pod $(TRACELIGHT_POD_NAME)")];
         let injected = vec![field_ref(POD_NAME_VAR, "metadata.name"), literal("OTHER", "x")];
-        let merged = merge(&user, injected, &[]);
+        let merged = merge(&user, injected, &[], &BTreeSet::new());
         assert_eq!(names(&merged), vec!["TRACELIGHT_POD_NAME", "GREETING", "OTHER"]);
     }
 
@@ -256,7 +379,7 @@ mod tests {
     fn transitive_references_are_hoisted_in_order() {
         let user = vec![literal("U", "$(B)")];
         let injected = vec![literal("A", "a"), literal("B", "$(A)"), literal("C", "c")];
-        assert_eq!(names(&merge(&user, injected, &[])), vec!["A", "B", "U", "C"]);
+        assert_eq!(names(&merge(&user, injected, &[], &BTreeSet::new())), vec!["A", "B", "U", "C"]);
     }
 
     #[test]
@@ -268,15 +391,15 @@ mod tests {
             prepend: false,
         };
         let user = vec![literal("JAVA_TOOL_OPTIONS", "-Xmx1g")];
-        let once = merge(&user, vec![], std::slice::from_ref(&edit));
+        let once = merge(&user, vec![], std::slice::from_ref(&edit), &BTreeSet::new());
         assert_eq!(once, vec![literal("JAVA_TOOL_OPTIONS", "-Xmx1g -javaagent:/a.jar")]);
-        assert_eq!(merge(&once, vec![], &[edit]), once);
+        assert_eq!(merge(&once, vec![], &[edit], &BTreeSet::new()), once);
     }
 
     #[test]
     fn join_prepends_for_pythonpath() {
         let edit = EnvEdit::Join { name: "PYTHONPATH", value: "/otel".into(), separator: ":", prepend: true };
-        let merged = merge(&[literal("PYTHONPATH", "/app")], vec![], &[edit]);
+        let merged = merge(&[literal("PYTHONPATH", "/app")], vec![], &[edit], &BTreeSet::new());
         assert_eq!(merged, vec![literal("PYTHONPATH", "/otel:/app")]);
     }
 

@@ -1,32 +1,70 @@
 //! Pod injection (pure): `(pod, namespace, policy, options) -> Outcome`, and the JSON patch
 //! that turns the admitted pod into the injected one. No I/O here: the webhook, the offline
 //! `tracelight inject` command and the controller all call these functions.
+//!
+//! One way through: [`namespace_gate`] (needs no pod), then a plan (containers, languages, port
+//! plan, export owners, manifest hash), then the edits it makes (`edits`), written as the patch
+//! and, for `tracelight inject`, applied to a copy of the pod.
+//!
+//! What an injection never does (each has a test):
+//!
+//! - give the agent a port another container of the pod listens on ([`ports`]): the agent
+//!   moves, and the injected endpoint follows it; with no free port the pod is skipped
+//!   ([`SkipReason::PortConflict`]);
+//! - half-override a container's export settings or switch off a signal it exports ([`env`]);
+//! - let an injected value win over a container's own `env`, or over keys of its `envFrom`
+//!   sources where the caller can see them ([`EnvSources`]);
+//! - start the agent ahead of a service mesh: the native-sidecar agent comes after the mesh's
+//!   init containers and proxy ([`MESH_INIT_CONTAINERS`]), so its exports leave through a ready
+//!   mesh; language copiers come right after the agent.
 
 mod agent;
-mod env;
+mod edits;
+pub mod env;
 mod hash;
 mod images;
 mod language;
 mod patch;
+pub mod ports;
+mod sources;
 mod workload;
 
 pub use agent::{AGENT_BINARY, AGENT_CONTAINER, CONFIG_VOLUME, REPORT_TOKEN_VOLUME, SECRET_VOLUME, TMP_VOLUME};
+pub use env::Export;
 pub use hash::manifest_hash;
 pub use images::{parse_instrumentation_image, shipped_agent_image, DefaultImages};
 pub use language::Language;
+pub use patch::Patch;
+pub use sources::{EnvSources, SourceKind};
 pub use workload::{service_name_for, workload_of, workload_of_owners, WorkloadRef};
 
 use crate::api::keys::{
-    CONTAINER_NAMES_ANNOTATION, INJECTED_LABEL, INJECT_LABEL, MANIFEST_HASH_ANNOTATION, POLICY_ANNOTATION,
+    CONTAINER_NAMES_ANNOTATION, ENV_FROM_UNSEEN_ANNOTATION, INJECTED_LABEL, INJECT_LABEL, MANIFEST_HASH_ANNOTATION,
+    POLICY_ANNOTATION, SELF_EXPORTED_ANNOTATION,
 };
 use crate::api::{agent_config, governing_policy, selector, AgentPorts, TracingPolicy};
-use k8s_openapi::api::core::v1::{Container, EmptyDirVolumeSource, Namespace, Pod, PodSpec, Volume, VolumeMount};
+use k8s_openapi::api::core::v1::{
+    Container, EmptyDirVolumeSource, EnvVar, Namespace, Pod, PodSpec, Volume, VolumeMount,
+};
 use kube::ResourceExt;
 use language::LanguageRequest;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Containers that are never instrumented: service-mesh proxies and the agent itself.
 pub const NEVER_INSTRUMENTED: [&str; 3] = ["istio-proxy", "linkerd-proxy", AGENT_CONTAINER];
+
+/// Init containers of service meshes (their network setup, and their proxy in its native-sidecar
+/// form). The agent is placed after the last of them, so it starts once the mesh is ready.
+pub const MESH_INIT_CONTAINERS: [&str; 8] = [
+    "istio-init",
+    "istio-validation",
+    "istio-proxy",
+    "linkerd-init",
+    "linkerd-network-validator",
+    "linkerd-proxy",
+    "kuma-init",
+    "kuma-sidecar",
+];
 
 /// Operator-level settings of the injector (flags of `tracelight controller`).
 #[derive(Clone, Debug, PartialEq)]
@@ -66,10 +104,11 @@ pub enum Outcome {
 /// The result of injecting a pod.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Mutation {
-    /// The pod as it should be admitted.
-    pub pod: Pod,
+    /// The pod as it should be admitted, when the caller asked for it ([`inject`] does;
+    /// [`decide`], for the webhook, only needs the patch).
+    pub pod: Option<Pod>,
     /// RFC 6902 patch from the admitted pod to `pod`; empty when nothing changes.
-    pub patch: json_patch::Patch,
+    pub patch: Patch,
     /// Manifest hash recorded on the pod.
     pub manifest_hash: String,
     /// Problems that degraded, but did not prevent, the injection (for admission warnings).
@@ -91,6 +130,8 @@ pub enum SkipReason {
     NoEligibleContainers,
     /// A user volume or container already uses a name the injector needs.
     NameConflict(String),
+    /// The pod's containers leave no free port for one of the agent's listeners.
+    PortConflict(String),
 }
 
 impl SkipReason {
@@ -102,6 +143,29 @@ impl SkipReason {
             SkipReason::NotSelected => "not_selected",
             SkipReason::NoEligibleContainers => "no_eligible_containers",
             SkipReason::NameConflict(_) => "name_conflict",
+            SkipReason::PortConflict(_) => "port_conflict",
+        }
+    }
+
+    /// The detail users need to act on the skip (`None` for the ordinary ones).
+    pub fn detail(&self) -> Option<&str> {
+        match self {
+            SkipReason::NameConflict(d) | SkipReason::PortConflict(d) => Some(d),
+            _ => None,
+        }
+    }
+
+    /// Skips the pod's owner must hear about: the namespace wants tracing, but this pod cannot
+    /// get it. The webhook records them on the pod (`tracelight.io/injection-status`).
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, SkipReason::NameConflict(_) | SkipReason::PortConflict(_))
+    }
+
+    /// The value of `tracelight.io/injection-status` on a pod skipped for this reason.
+    pub fn status_annotation(&self) -> String {
+        match self.detail() {
+            Some(detail) => format!("skipped: {}: {detail}", self.as_str()),
+            None => format!("skipped: {}", self.as_str()),
         }
     }
 }
@@ -121,14 +185,25 @@ pub fn decide<'a>(
     policies: impl IntoIterator<Item = &'a TracingPolicy>,
     options: &InjectOptions,
 ) -> Result<Outcome, InjectError> {
-    let Some(policy) = governing_policy(policies, namespace) else {
-        return Ok(Outcome::Skipped(SkipReason::NamespaceNotGoverned));
-    };
-    let ns = namespace.name_any();
-    if !policy.is_active_in(&ns) {
-        return Ok(Outcome::Skipped(SkipReason::NamespaceNotActive));
+    match namespace_gate(namespace, policies) {
+        Ok(policy) => inject_inner(pod, &namespace.name_any(), policy, options, &EnvSources::default(), false),
+        Err(reason) => Ok(Outcome::Skipped(reason)),
     }
-    inject(pod, &ns, policy, options)
+}
+
+/// The policy that injects pods of `namespace` now, or why none does. Needs nothing of the pod,
+/// so the webhook asks it before decoding one (most pods of a cluster are in namespaces no
+/// policy governs).
+pub fn namespace_gate<'a>(
+    namespace: &Namespace,
+    policies: impl IntoIterator<Item = &'a TracingPolicy>,
+) -> Result<&'a TracingPolicy, SkipReason> {
+    let policy = governing_policy(policies, namespace).ok_or(SkipReason::NamespaceNotGoverned)?;
+    let name = namespace.metadata.name.as_deref().unwrap_or_default();
+    if !policy.is_active_in(name) {
+        return Err(SkipReason::NamespaceNotActive);
+    }
+    Ok(policy)
 }
 
 /// Injects `pod` (in `namespace`) according to `policy`, regardless of rollout state: the
@@ -142,6 +217,31 @@ pub fn inject(
     policy: &TracingPolicy,
     options: &InjectOptions,
 ) -> Result<Outcome, InjectError> {
+    inject_with_sources(pod, namespace, policy, options, &EnvSources::default())
+}
+
+/// [`inject`], counting the keys of the `envFrom` sources in `sources` as the containers' own
+/// (the offline command resolves the ConfigMaps and Secrets of its input; the webhook sees none).
+pub fn inject_with_sources(
+    pod: &Pod,
+    namespace: &str,
+    policy: &TracingPolicy,
+    options: &InjectOptions,
+    sources: &EnvSources,
+) -> Result<Outcome, InjectError> {
+    inject_inner(pod, namespace, policy, options, sources, true)
+}
+
+/// The injection, with the injected pod only when `with_pod` (the patch is written from the
+/// decided edits either way).
+fn inject_inner(
+    pod: &Pod,
+    namespace: &str,
+    policy: &TracingPolicy,
+    options: &InjectOptions,
+    sources: &EnvSources,
+    with_pod: bool,
+) -> Result<Outcome, InjectError> {
     if is_opted_out(pod) {
         return Ok(Outcome::Skipped(SkipReason::OptedOut));
     }
@@ -152,7 +252,10 @@ pub fn inject(
         return Ok(Outcome::Skipped(SkipReason::NoEligibleContainers));
     };
     let mut warnings = Vec::new();
-    let plan = plan(pod, spec, policy, options, &mut warnings);
+    let plan = match plan(pod, spec, policy, options, sources, &mut warnings) {
+        Ok(plan) => plan,
+        Err(reason) => return Ok(Outcome::Skipped(reason)),
+    };
     if plan.containers.is_empty() {
         return Ok(Outcome::Skipped(SkipReason::NoEligibleContainers));
     }
@@ -161,10 +264,23 @@ pub fn inject(
             return Ok(Outcome::Skipped(SkipReason::NameConflict(name)));
         }
     }
-    let mut mutated = pod.clone();
-    apply(&mut mutated, namespace, policy, options, &plan);
-    let patch = patch::pod_diff(pod, &mutated)?;
-    Ok(Outcome::Injected(Box::new(Mutation { pod: mutated, patch, manifest_hash: plan.hash, warnings })))
+    let edits = edits(pod, spec, namespace, policy, options, &plan);
+    let patch = edits.patch(pod)?;
+    let pod = with_pod.then(|| {
+        let mut mutated = pod.clone();
+        edits.apply(&mut mutated);
+        mutated
+    });
+    Ok(Outcome::Injected(Box::new(Mutation { pod, patch, manifest_hash: plan.hash, warnings })))
+}
+
+/// The patch recording on `pod` why it was skipped (`tracelight.io/injection-status`), for the
+/// skips its owner must hear about ([`SkipReason::is_conflict`]); `None` for the others.
+pub fn skip_patch(pod: &Pod, reason: &SkipReason) -> Option<Patch> {
+    use crate::api::keys::STATUS_ANNOTATION;
+    let patch = patch::annotation_patch(pod, STATUS_ANNOTATION, &reason.status_annotation());
+    // A string map always serializes; without a patch the pod is still admitted unchanged.
+    reason.is_conflict().then_some(patch.ok()).flatten()
 }
 
 /// The pod carries the opt-out label.
@@ -186,21 +302,44 @@ fn is_selected(pod: &Pod, policy: &TracingPolicy) -> bool {
 
 /// What will be done to one pod.
 struct Plan {
-    /// Instrumented containers (by index in `spec.containers`) and their language.
-    containers: Vec<(usize, Option<Language>)>,
+    /// Instrumented containers, in `spec.containers` order.
+    containers: Vec<ContainerPlan>,
     ports: AgentPorts,
+    /// Names of the agent's ports; `None` where a user container already uses the name.
+    port_names: [Option<&'static str>; 3],
     with_secret: bool,
     workload: Option<WorkloadRef>,
     service_name: String,
     hash: String,
 }
 
+/// What will be done to one instrumented container.
+struct ContainerPlan {
+    /// Index in `spec.containers`.
+    index: usize,
+    language: Option<Language>,
+    export: Export,
+    /// Variables the container gets from `envFrom` sources the caller could see: its own.
+    sourced: BTreeSet<String>,
+}
+
 impl Plan {
     fn languages(&self) -> Vec<Language> {
-        let mut langs: Vec<Language> = self.containers.iter().filter_map(|(_, l)| *l).collect();
+        let mut langs: Vec<Language> = self.containers.iter().filter_map(|c| c.language).collect();
         langs.sort();
         langs.dedup();
         langs
+    }
+
+    /// Names of the instrumented containers whose export is `export`, comma-separated.
+    fn containers_with(&self, spec: &PodSpec, export: Export) -> Option<String> {
+        let names: Vec<&str> = self
+            .containers
+            .iter()
+            .filter(|c| c.export == export)
+            .map(|c| spec.containers[c.index].name.as_str())
+            .collect();
+        (!names.is_empty()).then(|| names.join(","))
     }
 }
 
@@ -209,39 +348,79 @@ fn plan(
     spec: &PodSpec,
     policy: &TracingPolicy,
     options: &InjectOptions,
+    sources: &EnvSources,
     warnings: &mut Vec<String>,
-) -> Plan {
+) -> Result<Plan, SkipReason> {
+    let preferred = if spec.host_network == Some(true) { options.host_network_ports } else { policy.spec.agent.ports };
+    let ports = ports::plan_ports(preferred, &ports::taken_ports(spec, AGENT_CONTAINER))
+        .map_err(|e| SkipReason::PortConflict(e.to_string()))?;
+    if ports != preferred {
+        warnings.push(format!(
+            "the pod already uses some of the agent's ports {}/{}/{}: the agent listens on {}/{}/{} instead",
+            preferred.otlp_grpc, preferred.otlp_http, preferred.admin, ports.otlp_grpc, ports.otlp_http, ports.admin
+        ));
+    }
+    let taken_names = ports::taken_port_names(spec, AGENT_CONTAINER);
+    let port_names = ports::PORT_NAMES.map(|n| (!taken_names.contains(n)).then_some(n));
+    let ours = env::agent_export_env(policy, ports);
     let requested = LanguageRequest::from_annotations(pod.metadata.annotations.as_ref(), warnings);
-    let containers: Vec<(usize, Option<Language>)> = eligible_containers(pod, spec, warnings)
+    let containers: Vec<ContainerPlan> = eligible_containers(pod, spec, warnings)
         .into_iter()
-        .map(|i| {
-            let c = &spec.containers[i];
-            let lang = requested.for_container(&c.name).filter(|lang| {
-                let user_env = c.env.as_deref().unwrap_or_default();
-                match env::check_joins(user_env, &language::env_edits(*lang)) {
-                    Ok(()) => true,
-                    Err(conflict) => {
-                        warnings.push(format!(
-                            "container {:?}: {} comes from valueFrom and cannot be extended; {} auto-instrumentation skipped",
-                            c.name,
-                            conflict.name,
-                            lang.as_str()
-                        ));
-                        false
-                    }
-                }
-            });
-            (i, lang)
-        })
+        .map(|index| container_plan(&spec.containers[index], index, &requested, &ours, sources, warnings))
         .collect();
-    let ports = if spec.host_network == Some(true) { options.host_network_ports } else { policy.spec.agent.ports };
     let with_secret = agent_config::needs_secret(policy);
     let workload = workload_of(&pod.metadata);
     let service_name = service_name_for(pod, workload.as_ref());
     let by_name: BTreeMap<String, Option<Language>> =
-        containers.iter().map(|(i, l)| (spec.containers[*i].name.clone(), *l)).collect();
+        containers.iter().map(|c| (spec.containers[c.index].name.clone(), c.language)).collect();
     let hash = manifest_hash(policy, ports, options, with_secret, &by_name);
-    Plan { containers, ports, with_secret, workload, service_name, hash }
+    Ok(Plan { containers, ports, port_names, with_secret, workload, service_name, hash })
+}
+
+/// The language, export owner and sourced variables of one instrumented container.
+fn container_plan(
+    c: &Container,
+    index: usize,
+    requested: &LanguageRequest,
+    ours: &[EnvVar],
+    sources: &EnvSources,
+    warnings: &mut Vec<String>,
+) -> ContainerPlan {
+    let resolved = sources.resolve(c.env_from.as_deref().unwrap_or_default());
+    let user_env = c.env.as_deref().unwrap_or_default();
+    let own = user_env
+        .iter()
+        .map(|e| (e.name.as_str(), e.value.as_deref()))
+        .chain(resolved.vars.iter().map(|(k, v)| (k.as_str(), v.as_deref())));
+    let export = env::export_owner(own, ours, resolved.unseen);
+    let language = requested.for_container(&c.name).filter(|lang| {
+        let edits = language::env_edits(*lang);
+        let conflict = env::check_joins(user_env, &edits)
+            .err()
+            .map(|conflict| format!("{} comes from valueFrom", conflict.name))
+            .or_else(|| sourced_join(&edits, &resolved.vars).map(|name| format!("{name} comes from envFrom")));
+        match conflict {
+            None => true,
+            Some(why) => {
+                warnings.push(format!(
+                    "container {:?}: {why} and cannot be extended; {} auto-instrumentation skipped",
+                    c.name,
+                    lang.as_str()
+                ));
+                false
+            }
+        }
+    });
+    let sourced = resolved.vars.into_keys().filter(|k| !user_env.iter().any(|e| e.name == *k)).collect();
+    ContainerPlan { index, language, export, sourced }
+}
+
+/// A joined language variable that a visible `envFrom` source defines (and `env` does not).
+fn sourced_join(edits: &[language::EnvEdit], sourced: &BTreeMap<String, Option<String>>) -> Option<&'static str> {
+    edits.iter().find_map(|edit| match edit {
+        language::EnvEdit::Join { name, .. } if sourced.contains_key(*name) => Some(*name),
+        _ => None,
+    })
 }
 
 /// Indices of the application containers to instrument: those named by
@@ -284,90 +463,118 @@ fn name_conflict(spec: &PodSpec, plan: &Plan) -> Option<String> {
         .next()
 }
 
-/// Applies `plan` to `pod`, adding only what is missing.
-fn apply(pod: &mut Pod, namespace: &str, policy: &TracingPolicy, options: &InjectOptions, plan: &Plan) {
-    pod.labels_mut().insert(INJECTED_LABEL.into(), "true".into());
-    pod.annotations_mut().insert(POLICY_ANNOTATION.into(), policy.name_any());
-    pod.annotations_mut().insert(MANIFEST_HASH_ANNOTATION.into(), plan.hash.clone());
-    let spec = pod.spec.get_or_insert_with(Default::default);
-
-    for (i, lang) in &plan.containers {
-        instrument_container(&mut spec.containers[*i], namespace, policy, plan, *lang);
+/// What `plan` adds to `pod`: only what is missing, so an injected pod gets no edit.
+fn edits(
+    pod: &Pod,
+    spec: &PodSpec,
+    namespace: &str,
+    policy: &TracingPolicy,
+    options: &InjectOptions,
+    plan: &Plan,
+) -> edits::Edits {
+    let mut annotations = vec![(MANIFEST_HASH_ANNOTATION, plan.hash.clone()), (POLICY_ANNOTATION, policy.name_any())];
+    for (key, export) in
+        [(SELF_EXPORTED_ANNOTATION, Export::SelfExported), (ENV_FROM_UNSEEN_ANNOTATION, Export::Unseen)]
+    {
+        annotations.extend(plan.containers_with(spec, export).map(|names| (key, names)));
     }
-
+    annotations.sort_by_key(|(key, _)| *key);
+    let containers = plan
+        .containers
+        .iter()
+        .map(|c| container_edits(&spec.containers[c.index], namespace, policy, plan, c))
+        .collect();
     let agent = agent::agent_container(&agent::AgentParams {
         spec: &policy.spec.agent,
         image: options.images.agent(&policy.spec.agent),
         ports: plan.ports,
+        port_names: plan.port_names,
         namespace,
         workload: plan.workload.as_ref(),
         native_sidecar: options.native_sidecar,
         with_secret: plan.with_secret,
         report_url: options.report_url.as_deref(),
     });
-    let init = spec.init_containers.get_or_insert_with(Vec::new);
-    // Language copiers go first among the init containers, the agent before them (a native
-    // sidecar starts in order, and earlier init containers may already emit spans).
-    let mut position = 0;
-    if options.native_sidecar {
-        ensure_container(init, agent.clone(), &mut position);
-    }
-    for lang in plan.languages() {
-        ensure_container(init, language_init_container(policy, lang, &options.images), &mut position);
-    }
-    if init.is_empty() {
-        spec.init_containers = None;
-    }
-    if !options.native_sidecar && !spec.containers.iter().any(|c| c.name == AGENT_CONTAINER) {
-        spec.containers.push(agent);
-    }
-
-    let volumes = spec.volumes.get_or_insert_with(Vec::new);
-    let mut wanted = agent::agent_volumes(plan.with_secret, options.report_url.is_some());
-    wanted.extend(plan.languages().into_iter().map(language_volume));
-    for v in wanted {
-        if !volumes.iter().any(|existing| existing.name == v.name) {
-            volumes.push(v);
-        }
+    let has_agent = spec.containers.iter().any(|c| c.name == AGENT_CONTAINER);
+    let (init_agent, appended_container) = match (options.native_sidecar, has_agent) {
+        (true, _) => (Some(agent), None),
+        (false, false) => (None, Some(agent)),
+        (false, true) => (None, None),
+    };
+    let wanted_init = init_agent
+        .into_iter()
+        .chain(plan.languages().into_iter().map(|l| language_init_container(policy, l, &options.images)));
+    let mut volumes = agent::agent_volumes(plan.with_secret, options.report_url.is_some());
+    volumes.extend(plan.languages().into_iter().map(language_volume));
+    let existing = spec.volumes.as_deref().unwrap_or_default();
+    volumes.retain(|v| !existing.iter().any(|e| e.name == v.name));
+    edits::Edits {
+        labels: if is_injected(pod) { Vec::new() } else { vec![(INJECTED_LABEL, "true".to_string())] },
+        annotations,
+        containers,
+        appended_container,
+        init_containers: inserted_init_containers(spec.init_containers.as_deref().unwrap_or_default(), wanted_init),
+        volumes,
     }
 }
 
-/// Inserts `container` at `*position` unless one of that name exists; advances the position.
-fn ensure_container(list: &mut Vec<Container>, container: Container, position: &mut usize) {
-    match list.iter().position(|c| c.name == container.name) {
-        Some(existing) => *position = (*position).max(existing + 1),
-        None => {
-            list.insert(*position, container);
-            *position += 1;
+/// Init containers start in order. The agent comes right after a mesh's init containers and
+/// proxy (its exports then leave through a ready mesh) and ahead of every other init container
+/// (which may already emit spans); language copiers right after the agent. Containers already
+/// there are kept where they are; returns the missing ones with their index in the result.
+fn inserted_init_containers(
+    existing: &[Container],
+    wanted: impl Iterator<Item = Container>,
+) -> Vec<(usize, Container)> {
+    // The names of the list as the inserts make it.
+    let mut names: Vec<String> = existing.iter().map(|c| c.name.clone()).collect();
+    let mut position = after_mesh(existing);
+    let mut inserted = Vec::new();
+    for container in wanted {
+        match names.iter().position(|n| *n == container.name) {
+            Some(at) => position = position.max(at + 1),
+            None => {
+                names.insert(position, container.name.clone());
+                inserted.push((position, container));
+                position += 1;
+            }
         }
     }
+    inserted
 }
 
-fn instrument_container(
-    c: &mut Container,
+/// The index after the last service-mesh init container (0 without a mesh).
+fn after_mesh(init: &[Container]) -> usize {
+    init.iter().rposition(|c| MESH_INIT_CONTAINERS.contains(&c.name.as_str())).map_or(0, |i| i + 1)
+}
+
+/// The env and mount an instrumented container gets.
+fn container_edits(
+    c: &Container,
     namespace: &str,
     policy: &TracingPolicy,
     plan: &Plan,
-    lang: Option<Language>,
-) {
-    let injected = env::app_env(&env::AppEnv {
+    cp: &ContainerPlan,
+) -> edits::ContainerEdits {
+    let mut injected = env::app_env(&env::AppEnv {
         policy,
         namespace,
         container: &c.name,
         workload: plan.workload.as_ref(),
         service_name: &plan.service_name,
         ports: plan.ports,
+        export: cp.export,
     });
     let mut edits = Vec::new();
-    let mut extra = Vec::new();
-    if let Some(lang) = lang {
+    let mut mount = None;
+    if let Some(lang) = cp.language {
         edits = language::env_edits(lang);
         if let Some(settings) = lang.settings(&policy.spec.instrumentation) {
-            extra.extend(settings.env.iter().map(|(k, v)| env::literal(k, v.replace('$', "$$"))));
+            injected.extend(settings.env.iter().map(|(k, v)| env::literal(k, v.replace('$', "$$"))));
         }
-        let mounts = c.volume_mounts.get_or_insert_with(Vec::new);
+        let mounts = c.volume_mounts.as_deref().unwrap_or_default();
         if !mounts.iter().any(|m| m.name == lang.volume_name()) {
-            mounts.push(VolumeMount {
+            mount = Some(VolumeMount {
                 name: lang.volume_name(),
                 mount_path: lang.mount_path(),
                 read_only: Some(true),
@@ -375,9 +582,9 @@ fn instrument_container(
             });
         }
     }
-    let user = c.env.take().unwrap_or_default();
-    let merged = env::merge(&user, injected.into_iter().chain(extra).collect(), &edits);
-    c.env = Some(merged);
+    // A visible envFrom source's value is the container's own: it wins, as in its env.
+    let env = env::env_change(c.env.as_deref().unwrap_or_default(), injected, &edits, &cp.sourced);
+    edits::ContainerEdits { index: cp.index, env, mount }
 }
 
 fn language_init_container(policy: &TracingPolicy, lang: Language, images: &DefaultImages) -> Container {
@@ -421,7 +628,7 @@ pub fn expected_manifest_hash(pod: &Pod, policy: &TracingPolicy, options: &Injec
         return None;
     }
     let spec = pod.spec.as_ref()?;
-    let plan = plan(pod, spec, policy, options, &mut Vec::new());
+    let plan = plan(pod, spec, policy, options, &EnvSources::default(), &mut Vec::new()).ok()?;
     (!plan.containers.is_empty()).then_some(plan.hash)
 }
 

@@ -6,8 +6,8 @@
 //! rewrites the golden files.
 
 use super::*;
-use crate::api::keys::LANGUAGE_ANNOTATION;
-use k8s_openapi::api::core::v1::EnvVar;
+use crate::api::keys::{ENV_FROM_UNSEEN_ANNOTATION, LANGUAGE_ANNOTATION, SELF_EXPORTED_ANNOTATION};
+use k8s_openapi::api::core::v1::{ConfigMapEnvSource, ContainerPort, EnvFromSource, EnvVar};
 use proptest::prelude::*;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -61,19 +61,96 @@ fn outcome_json(outcome: &Outcome) -> Value {
 
 /// Checks that hold for every injected pod, whatever the case.
 fn check_invariants(original: &Pod, mutation: &Mutation, policy: &TracingPolicy, options: &InjectOptions) {
+    let injected = mutation.pod.as_ref().expect("inject returns the injected pod");
     // The patch turns the admitted pod into the injected one.
     let mut doc = serde_json::to_value(original).unwrap();
-    json_patch::patch(&mut doc, &mutation.patch).expect("patch applies to the admitted pod");
-    assert_eq!(doc, serde_json::to_value(&mutation.pod).unwrap(), "patch does not produce the injected pod");
+    json_patch::patch(&mut doc, &mutation.patch.operations().expect("the patch is JSON"))
+        .expect("patch applies to the admitted pod");
+    assert_eq!(doc, serde_json::to_value(injected).unwrap(), "patch does not produce the injected pod");
+    // The patch written from the edits is the diff of the two pods, operation for operation.
+    assert_eq!(patch::pod_diff(original, injected).unwrap(), mutation.patch, "the patch differs from the pods' diff");
     // Injecting again changes nothing.
-    match inject(&mutation.pod, "shop", policy, options).unwrap() {
+    match inject(injected, "shop", policy, options).unwrap() {
         Outcome::Injected(again) => {
-            assert!(again.patch.0.is_empty(), "re-injection patched: {:?}", again.patch);
+            assert!(again.patch.is_empty(), "re-injection patched: {:?}", again.patch);
             assert_eq!(again.pod, mutation.pod);
         }
         other => panic!("re-injection gave {other:?}"),
     }
-    assert_user_env_kept(original, &mutation.pod);
+    assert_user_env_kept(original, injected);
+    assert_ports_unique(injected);
+    assert_endpoint_points_at_agent(injected);
+    assert_own_export_untouched(original, injected);
+}
+
+/// All containers of the pod, init containers first.
+fn all_containers(pod: &Pod) -> Vec<&Container> {
+    let spec = pod.spec.as_ref().unwrap();
+    spec.init_containers.iter().flatten().chain(spec.containers.iter()).collect()
+}
+
+/// No two containers declare the same port number or name, and no other container reveals a
+/// port the agent listens on.
+fn assert_ports_unique(pod: &Pod) {
+    let mut numbers = std::collections::BTreeMap::new();
+    let mut names = std::collections::BTreeMap::new();
+    for c in all_containers(pod) {
+        for p in c.ports.iter().flatten() {
+            if let Some(other) = numbers.insert(p.container_port, &c.name) {
+                assert!(other == &c.name, "port {} declared by {other} and {}", p.container_port, c.name);
+            }
+            if let Some(name) = &p.name {
+                if let Some(other) = names.insert(name.clone(), &c.name) {
+                    panic!("port name {name} declared by {other} and {}", c.name);
+                }
+            }
+        }
+    }
+    let Some(agent) = all_containers(pod).into_iter().find(|c| c.name == AGENT_CONTAINER) else { return };
+    let spec = pod.spec.as_ref().unwrap();
+    let taken = ports::taken_ports(spec, AGENT_CONTAINER);
+    for p in agent.ports.iter().flatten() {
+        assert!(!taken.contains(&(p.container_port as u16)), "agent port {} is used by the pod", p.container_port);
+    }
+}
+
+/// The agent's HTTP port, from its arguments.
+fn agent_http_port(pod: &Pod) -> Option<String> {
+    let agent = all_containers(pod).into_iter().find(|c| c.name == AGENT_CONTAINER)?;
+    agent.args.iter().flatten().find_map(|a| a.strip_prefix("--otlp-http-port=").map(String::from))
+}
+
+/// Every injected endpoint names the agent's actual HTTP port.
+fn assert_endpoint_points_at_agent(pod: &Pod) {
+    let Some(port) = agent_http_port(pod) else { return };
+    for c in &pod.spec.as_ref().unwrap().containers {
+        if let Some(endpoint) = env_value(c, "OTEL_EXPORTER_OTLP_ENDPOINT") {
+            if endpoint.starts_with("http://127.0.0.1:") && env_value(c, "OTEL_EXPORTER_OTLP_PROTOCOL").is_some() {
+                assert_eq!(endpoint, format!("http://127.0.0.1:{port}"), "container {}", c.name);
+            }
+        }
+    }
+}
+
+/// A container that configured any export setting, or has envFrom sources, gets none added and
+/// no sampler (the cases never set a value equal to the injector's own).
+fn assert_own_export_untouched(original: &Pod, mutated: &Pod) {
+    for before in &original.spec.as_ref().unwrap().containers {
+        let own: Vec<&EnvVar> = before.env.iter().flatten().filter(|e| env::is_export_setting(&e.name)).collect();
+        let has_env_from = before.env_from.as_ref().is_some_and(|v| !v.is_empty());
+        if own.is_empty() && !has_env_from {
+            continue;
+        }
+        let after = mutated.spec.as_ref().unwrap().containers.iter().find(|c| c.name == before.name).unwrap();
+        let after_unit: Vec<&EnvVar> = after.env.iter().flatten().filter(|e| env::is_export_setting(&e.name)).collect();
+        assert_eq!(after_unit, own, "container {}: export settings changed", before.name);
+        let had_sampler = before.env.iter().flatten().any(|e| e.name == "OTEL_TRACES_SAMPLER");
+        assert!(
+            had_sampler || env_value(after, "OTEL_TRACES_SAMPLER").is_none(),
+            "container {}: sampler added",
+            before.name
+        );
+    }
 }
 
 /// Every user variable keeps its value; the language variables may only be extended.
@@ -150,9 +227,20 @@ fn case_pod(name: &str) -> Pod {
     serde_yaml::from_str::<Case>(&text).unwrap().pod
 }
 
-fn injected(outcome: Outcome) -> Mutation {
+/// An injection's result with its pod (which [`inject`] always returns).
+struct Injected {
+    pod: Pod,
+    manifest_hash: String,
+    warnings: Vec<String>,
+}
+
+fn injected(outcome: Outcome) -> Injected {
     match outcome {
-        Outcome::Injected(m) => *m,
+        Outcome::Injected(m) => Injected {
+            pod: m.pod.expect("inject returns the injected pod"),
+            manifest_hash: m.manifest_hash,
+            warnings: m.warnings,
+        },
         other => panic!("expected an injection, got {other:?}"),
     }
 }
@@ -266,6 +354,150 @@ fn pod_selector_narrows_injection() {
     assert_eq!(outcome, Outcome::Skipped(SkipReason::NotSelected));
 }
 
+fn init_names(pod: &Pod) -> Vec<&str> {
+    pod.spec.as_ref().unwrap().init_containers.iter().flatten().map(|c| c.name.as_str()).collect()
+}
+
+fn annotation<'a>(pod: &'a Pod, key: &str) -> Option<&'a str> {
+    pod.metadata.annotations.as_ref().and_then(|a| a.get(key)).map(String::as_str)
+}
+
+#[test]
+fn collector_pod_moves_the_agent_and_the_endpoint_follows() {
+    let m = injected(inject(&case_pod("otel-collector"), "shop", &base_policy(), &InjectOptions::default()).unwrap());
+    let agent = container(&m.pod, AGENT_CONTAINER);
+    let args = agent.args.clone().unwrap();
+    for flag in ["--otlp-grpc-port=14317", "--otlp-http-port=14318", "--admin-port=23133"] {
+        assert!(args.contains(&flag.to_string()), "{args:?}");
+    }
+    let probe = agent.readiness_probe.as_ref().unwrap().http_get.as_ref().unwrap();
+    assert_eq!(probe.port, k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(23133));
+    let names: Vec<_> = agent.ports.iter().flatten().filter_map(|p| p.name.as_deref()).collect();
+    assert_eq!(names, ["tl-otlp-grpc", "tl-otlp-http", "tl-admin"]);
+    assert_eq!(
+        env_value(container(&m.pod, "collector"), "OTEL_EXPORTER_OTLP_ENDPOINT").as_deref(),
+        Some("http://127.0.0.1:14318")
+    );
+    assert!(m.warnings.iter().any(|w| w.contains("14317/14318/23133")), "{:?}", m.warnings);
+    // The hash covers the moved ports: the controller compares it with the same pod's plan.
+    assert_ne!(
+        m.manifest_hash,
+        injected(inject(&case_pod("bare-pod"), "shop", &base_policy(), &InjectOptions::default()).unwrap())
+            .manifest_hash
+    );
+    assert_eq!(
+        expected_manifest_hash(&m.pod, &base_policy(), &InjectOptions::default()),
+        Some(m.manifest_hash.clone())
+    );
+}
+
+#[test]
+fn jaeger_image_ports_count_even_when_undeclared() {
+    let m =
+        injected(inject(&case_pod("jaeger-all-in-one"), "shop", &base_policy(), &InjectOptions::default()).unwrap());
+    assert_eq!(agent_http_port(&m.pod).as_deref(), Some("14318"));
+}
+
+#[test]
+fn a_pod_leaving_no_free_port_is_skipped_with_the_reason() {
+    let mut pod = case_pod("bare-pod");
+    let busy: Vec<String> = (1024..=65535u32).map(|p| format!("--port={p}")).collect();
+    pod.spec.as_mut().unwrap().containers[0].args = Some(busy);
+    match inject(&pod, "shop", &base_policy(), &InjectOptions::default()).unwrap() {
+        Outcome::Skipped(reason @ SkipReason::PortConflict(_)) => {
+            assert!(reason.is_conflict());
+            assert_eq!(
+                reason.status_annotation(),
+                "skipped: port_conflict: no free port for the agent's OTLP/gRPC listener near 4317"
+            );
+        }
+        other => panic!("expected a port conflict, got {other:?}"),
+    }
+    assert_eq!(expected_manifest_hash(&pod, &base_policy(), &InjectOptions::default()), None);
+}
+
+#[test]
+fn own_export_settings_are_left_whole() {
+    let m = injected(inject(&case_pod("self-exported"), "shop", &base_policy(), &InjectOptions::default()).unwrap());
+    let grpc = container(&m.pod, "grpc-endpoint");
+    assert_eq!(
+        env_value(grpc, "OTEL_EXPORTER_OTLP_ENDPOINT").as_deref(),
+        Some("http://otel-collector.observability:4317")
+    );
+    assert_eq!(env_value(grpc, "OTEL_EXPORTER_OTLP_PROTOCOL"), None, "no protocol next to the user's gRPC endpoint");
+    assert_eq!(env_value(grpc, "OTEL_SERVICE_NAME").as_deref(), Some("checkout"), "identity is still injected");
+    let signals = container(&m.pod, "metrics-logs");
+    assert_eq!(env_value(signals, "OTEL_METRICS_EXPORTER").as_deref(), Some("otlp"));
+    assert_eq!(env_value(signals, "OTEL_LOGS_EXPORTER").as_deref(), Some("otlp"));
+    for name in ["grpc-endpoint", "per-signal", "metrics-logs"] {
+        let c = container(&m.pod, name);
+        for var in ["OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_TRACES_SAMPLER"] {
+            assert_eq!(env_value(c, var), None, "{name}: {var} injected");
+        }
+    }
+    let plain = container(&m.pod, "plain");
+    assert_eq!(env_value(plain, "OTEL_METRICS_EXPORTER").as_deref(), Some("none"));
+    assert_eq!(env_value(plain, "OTEL_EXPORTER_OTLP_PROTOCOL").as_deref(), Some("http/protobuf"));
+    assert_eq!(annotation(&m.pod, SELF_EXPORTED_ANNOTATION), Some("grpc-endpoint,per-signal,metrics-logs"));
+}
+
+#[test]
+fn unseen_env_from_sources_keep_their_export_and_say_so() {
+    let m = injected(inject(&case_pod("env-from"), "shop", &base_policy(), &InjectOptions::default()).unwrap());
+    let orders = container(&m.pod, "orders");
+    for var in
+        ["OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_METRICS_EXPORTER", "OTEL_TRACES_SAMPLER"]
+    {
+        assert_eq!(env_value(orders, var), None, "{var} injected over an unseen envFrom source");
+    }
+    assert_eq!(annotation(&m.pod, ENV_FROM_UNSEEN_ANNOTATION), Some("orders"));
+    assert_eq!(env_value(container(&m.pod, "worker"), "OTEL_EXPORTER_OTLP_PROTOCOL").as_deref(), Some("http/protobuf"));
+}
+
+#[test]
+fn visible_env_from_sources_win_like_env() {
+    let pod = case_pod("env-from");
+    let mut sources = EnvSources::default();
+    sources.insert(
+        SourceKind::ConfigMap,
+        "orders-otel",
+        BTreeMap::from([
+            ("OTEL_SERVICE_NAME".into(), Some("orders-from-cm".into())),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT".into(), Some("http://collector:4317".into())),
+        ]),
+    );
+    sources.insert(SourceKind::Secret, "orders-otel-headers", BTreeMap::new());
+    let m = injected(inject_with_sources(&pod, "shop", &base_policy(), &InjectOptions::default(), &sources).unwrap());
+    let orders = container(&m.pod, "orders");
+    assert_eq!(env_value(orders, "OTEL_SERVICE_NAME"), None, "the ConfigMap's service name wins");
+    assert_eq!(env_value(orders, "OTEL_EXPORTER_OTLP_PROTOCOL"), None, "its export unit is its own");
+    assert!(env_value(orders, "OTEL_RESOURCE_ATTRIBUTES").is_some());
+    assert_eq!(annotation(&m.pod, SELF_EXPORTED_ANNOTATION), Some("orders"));
+    assert_eq!(annotation(&m.pod, ENV_FROM_UNSEEN_ANNOTATION), None);
+    // Seen sources without export settings: the agent's unit goes in env.
+    let mut quiet = EnvSources::default();
+    quiet.insert(SourceKind::ConfigMap, "orders-otel", BTreeMap::from([("LOG_FORMAT".into(), Some("json".into()))]));
+    quiet.insert(SourceKind::Secret, "orders-otel-headers", BTreeMap::new());
+    let m = injected(inject_with_sources(&pod, "shop", &base_policy(), &InjectOptions::default(), &quiet).unwrap());
+    assert_eq!(env_value(container(&m.pod, "orders"), "OTEL_EXPORTER_OTLP_PROTOCOL").as_deref(), Some("http/protobuf"));
+}
+
+#[test]
+fn agent_starts_after_the_mesh_and_before_other_init_containers() {
+    let order = |case: &str| {
+        let m = injected(inject(&case_pod(case), "shop", &base_policy(), &InjectOptions::default()).unwrap());
+        init_names(&m.pod).into_iter().map(String::from).collect::<Vec<_>>()
+    };
+    assert_eq!(order("istio-proxy"), ["istio-init", AGENT_CONTAINER]);
+    assert_eq!(order("istio-native"), ["istio-validation", "istio-proxy", AGENT_CONTAINER, "migrate"]);
+    assert_eq!(order("linkerd-classic"), ["linkerd-init", AGENT_CONTAINER]);
+    assert_eq!(order("linkerd-native"), ["linkerd-init", "linkerd-proxy", AGENT_CONTAINER]);
+    let mut java = case_pod("linkerd-native");
+    java.annotations_mut().insert(LANGUAGE_ANNOTATION.into(), "java".into());
+    let m = injected(inject(&java, "shop", &base_policy(), &InjectOptions::default()).unwrap());
+    assert_eq!(init_names(&m.pod), ["linkerd-init", "linkerd-proxy", AGENT_CONTAINER, "tracelight-auto-java"]);
+}
+
 // ---- property test ----
 
 fn arb_env() -> impl Strategy<Value = Vec<EnvVar>> {
@@ -295,10 +527,58 @@ fn arb_env() -> impl Strategy<Value = Vec<EnvVar>> {
     })
 }
 
+/// Ports as containers declare them, including the agent's defaults and their first alternates,
+/// and names collector pods use.
+fn arb_ports() -> impl Strategy<Value = Vec<(i32, Option<&'static str>)>> {
+    let number = prop_oneof![
+        Just(4317),
+        Just(4318),
+        Just(13133),
+        Just(14317),
+        Just(14318),
+        Just(23133),
+        Just(8080),
+        1024..65535i32
+    ];
+    let name = prop_oneof![
+        Just(None),
+        Just(Some("otlp-grpc")),
+        Just(Some("tl-admin")),
+        Just(Some("http")),
+        Just(Some("tl-otlp-http"))
+    ];
+    proptest::collection::vec((number, name), 0..4)
+}
+
+/// Export settings a container may set itself (never equal to the injector's values).
+fn arb_export() -> impl Strategy<Value = Vec<EnvVar>> {
+    let var = prop_oneof![
+        Just(("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317")),
+        Just(("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://tempo:4318/v1/traces")),
+        Just(("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")),
+        Just(("OTEL_METRICS_EXPORTER", "otlp")),
+        Just(("OTEL_LOGS_EXPORTER", "otlp")),
+        Just(("OTEL_TRACES_EXPORTER", "zipkin")),
+    ];
+    proptest::collection::vec(var, 0..3).prop_map(|vars| {
+        let mut seen = std::collections::HashSet::new();
+        vars.into_iter().filter(|(n, _)| seen.insert(*n)).map(|(n, v)| env::literal(n, v)).collect()
+    })
+}
+
 fn arb_pod() -> impl Strategy<Value = Pod> {
     let container_name =
         prop_oneof![Just("app"), Just("web"), Just("worker"), Just("istio-proxy"), Just("linkerd-proxy")];
-    let containers = proptest::collection::vec((container_name, arb_env()), 1..4);
+    let image =
+        prop_oneof![Just("img"), Just("otel/opentelemetry-collector:0.112.0"), Just("jaegertracing/all-in-one:1")];
+    let containers =
+        proptest::collection::vec((container_name, arb_env(), arb_ports(), arb_export(), image, any::<bool>()), 1..4);
+    let mesh = prop_oneof![
+        Just(vec![]),
+        Just(vec![("istio-init", false)]),
+        Just(vec![("istio-validation", false), ("istio-proxy", true)]),
+        Just(vec![("linkerd-init", false), ("linkerd-proxy", true)]),
+    ];
     let language = prop_oneof![
         Just(None),
         Just(Some("java")),
@@ -308,31 +588,67 @@ fn arb_pod() -> impl Strategy<Value = Pod> {
         Just(Some("app=java,web=python")),
         Just(Some("ruby")),
     ];
-    (containers, language, any::<bool>(), any::<bool>()).prop_map(|(containers, language, host_network, has_init)| {
-        let mut seen = std::collections::HashSet::new();
-        let containers: Vec<Container> = containers
-            .into_iter()
-            .filter(|(n, _)| seen.insert(*n))
-            .map(|(name, env)| Container {
-                name: name.into(),
-                image: Some("img".into()),
-                env: Some(env),
+    (containers, language, any::<bool>(), any::<bool>(), mesh).prop_map(
+        |(containers, language, host_network, has_init, mesh)| {
+            let mut seen = std::collections::HashSet::new();
+            // A valid pod declares each port number and name once.
+            let mut numbers = std::collections::HashSet::new();
+            let mut port_names = std::collections::HashSet::new();
+            let containers: Vec<Container> = containers
+                .into_iter()
+                .filter(|(n, ..)| seen.insert(*n))
+                .map(|(name, mut env, ports, export, image, env_from)| {
+                    env.retain(|e| !env::is_export_setting(&e.name));
+                    env.extend(export);
+                    let ports: Vec<ContainerPort> = ports
+                        .into_iter()
+                        .filter(|(n, _)| numbers.insert(*n))
+                        .map(|(n, port_name)| ContainerPort {
+                            container_port: n,
+                            name: port_name.filter(|p| port_names.insert(*p)).map(String::from),
+                            ..Default::default()
+                        })
+                        .collect();
+                    Container {
+                        name: name.into(),
+                        image: Some(image.into()),
+                        env: Some(env),
+                        ports: Some(ports),
+                        env_from: env_from.then(|| {
+                            vec![EnvFromSource {
+                                config_map_ref: Some(ConfigMapEnvSource { name: "cm".into(), optional: Some(true) }),
+                                ..Default::default()
+                            }]
+                        }),
+                        ..Default::default()
+                    }
+                })
+                .collect();
+            let mut init: Vec<Container> = mesh
+                .into_iter()
+                .map(|(name, native)| Container {
+                    name: name.into(),
+                    restart_policy: native.then(|| "Always".to_string()),
+                    ..Default::default()
+                })
+                .collect();
+            if has_init {
+                init.push(Container { name: "init".into(), ..Default::default() });
+            }
+            let mut pod = Pod::default();
+            pod.metadata.generate_name = Some("p-".into());
+            if let Some(l) = language {
+                pod.annotations_mut().insert(LANGUAGE_ANNOTATION.into(), l.into());
+            }
+            pod.spec = Some(PodSpec {
+                containers,
+                host_network: Some(host_network),
+                init_containers: (!init.is_empty()).then_some(init),
                 ..Default::default()
-            })
-            .collect();
-        let mut pod = Pod::default();
-        pod.metadata.generate_name = Some("p-".into());
-        if let Some(l) = language {
-            pod.annotations_mut().insert(LANGUAGE_ANNOTATION.into(), l.into());
-        }
-        pod.spec = Some(PodSpec {
-            containers,
-            host_network: Some(host_network),
-            init_containers: has_init.then(|| vec![Container { name: "init".into(), ..Default::default() }]),
-            ..Default::default()
-        });
-        pod
-    })
+            });
+            pod
+        },
+    )
 }
 
 proptest! {
@@ -345,6 +661,18 @@ proptest! {
         match inject(&pod, "shop", &policy, &options).unwrap() {
             Outcome::Injected(m) => check_invariants(&pod, &m, &policy, &options),
             Outcome::Skipped(reason) => prop_assert_eq!(reason, SkipReason::NoEligibleContainers),
+        }
+    }
+
+    #[test]
+    fn agent_follows_the_mesh_in_init_order(pod in arb_pod()) {
+        let policy = base_policy();
+        if let Outcome::Injected(m) = inject(&pod, "shop", &policy, &InjectOptions::default()).unwrap() {
+            let names = init_names(m.pod.as_ref().unwrap());
+            let agent = names.iter().position(|n| *n == AGENT_CONTAINER).unwrap();
+            let last_mesh = names.iter().rposition(|n| MESH_INIT_CONTAINERS.contains(n));
+            prop_assert!(last_mesh.is_none_or(|mesh| mesh < agent), "{:?}", names);
+            prop_assert!(names[..agent].iter().all(|n| MESH_INIT_CONTAINERS.contains(n)), "{:?}", names);
         }
     }
 }

@@ -4,7 +4,7 @@
 //! decodes the watch's JSON straight into it (`controller::cache`).
 
 use super::model::WorkloadKind;
-use crate::api::keys::{INJECTED_LABEL, MANIFEST_HASH_ANNOTATION, POD_TEMPLATE_HASH_LABEL};
+use crate::api::keys::{INJECTED_LABEL, MANIFEST_HASH_ANNOTATION, POD_TEMPLATE_HASH_LABEL, STATUS_ANNOTATION};
 use crate::api::selector::{self, SelectorError};
 use crate::inject::workload_of_owners;
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
@@ -30,6 +30,8 @@ pub struct PodSummary {
     pub created: Option<Timestamp>,
     /// Being deleted (it has a deletion timestamp).
     pub deleting: bool,
+    /// The webhook recorded why it could not inject the pod (`tracelight.io/injection-status`).
+    pub skipped: bool,
     /// Its containers' restart state (what the health of a restart reads).
     pub containers: Box<[ContainerRestarts]>,
 }
@@ -64,6 +66,7 @@ impl PodSummary {
             labels,
             created: meta.creation_timestamp.as_ref().map(|t| t.0),
             deleting: meta.deletion_timestamp.is_some(),
+            skipped: annotation(STATUS_ANNOTATION).is_some(),
             containers,
         }
     }

@@ -15,9 +15,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
-use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
-use kube::core::{DynamicObject, GroupVersionKind};
-use kube::Resource;
+use kube::core::admission::{AdmissionResponse, Operation};
+use kube::core::{GroupVersionKind, TypeMeta};
+use serde_json::value::RawValue;
 use std::any::Any;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
@@ -100,7 +100,7 @@ pub fn review_with(
     };
     let span = admission.span();
     let _entered = span.enter();
-    let verdict = admit(admission, index, options, decide);
+    let verdict = admit(admission, &span, index, options, decide);
     record_verdict(&span, &verdict);
     log_verdict(&verdict);
     metrics.record(verdict.result, &verdict.reason, started.elapsed());
@@ -178,8 +178,40 @@ struct Invalid {
     message: String,
 }
 
-/// What the handler needs from a request, whatever type its object was decoded as.
-struct Admission {
+/// The review as first read: everything the handler needs but the object, which stays raw JSON
+/// until the decision needs it. Read without kube-core's `AdmissionReview`, whose flattened
+/// `TypeMeta` makes serde buffer the whole review (pod included) before decoding it a second
+/// time; most admissions are for namespaces no policy governs and never need the pod.
+#[derive(serde::Deserialize)]
+struct ReviewIn<'a> {
+    #[serde(rename = "apiVersion", default)]
+    api_version: String,
+    #[serde(default)]
+    kind: String,
+    #[serde(borrow, default)]
+    request: Option<RequestIn<'a>>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RequestIn<'a> {
+    uid: String,
+    kind: GroupVersionKind,
+    #[serde(default)]
+    sub_resource: Option<String>,
+    operation: Operation,
+    #[serde(default)]
+    namespace: Option<String>,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    dry_run: bool,
+    #[serde(borrow, default)]
+    object: Option<&'a RawValue>,
+}
+
+/// What the handler needs from a request.
+struct Admission<'a> {
     /// `allowed: true`, uid and types copied from the request.
     base: AdmissionResponse,
     kind: GroupVersionKind,
@@ -188,49 +220,40 @@ struct Admission {
     namespace: Option<String>,
     name: String,
     dry_run: bool,
-    /// `None`: no object in the request. `Err`: the object is not a valid Pod.
-    pod: Result<Option<Pod>, String>,
+    /// The object, still undecoded (`None`: no object in the request).
+    object: Option<&'a RawValue>,
 }
 
-impl Admission {
-    fn new<T: Resource>(request: &AdmissionRequest<T>, pod: Result<Option<Pod>, String>) -> Self {
+impl<'a> Admission<'a> {
+    fn new(types: TypeMeta, request: RequestIn<'a>) -> Self {
+        let mut base = AdmissionResponse::invalid("");
+        base.types = types;
+        base.uid = request.uid;
+        base.allowed = true;
+        base.result = kube::core::Status::default();
         Admission {
-            base: AdmissionResponse::from(request),
-            kind: request.kind.clone(),
-            sub_resource: request.sub_resource.clone(),
-            operation: request.operation.clone(),
-            namespace: request.namespace.clone(),
-            name: request.name.clone(),
+            base,
+            kind: request.kind,
+            sub_resource: request.sub_resource,
+            operation: request.operation,
+            namespace: request.namespace,
+            name: request.name,
             dry_run: request.dry_run,
-            pod,
+            object: request.object,
         }
-    }
-
-    fn from_pod_request(mut request: AdmissionRequest<Pod>) -> Self {
-        let pod = request.object.take();
-        Self::new(&request, Ok(pod))
-    }
-
-    /// Only objects that claim to be Pods are converted; others are reported by kind.
-    fn from_dynamic_request(mut request: AdmissionRequest<DynamicObject>) -> Self {
-        let object = if is_core_pod(&request.kind) { request.object.take() } else { None };
-        let pod = object.map(|o| o.try_parse::<Pod>().map_err(|e| e.to_string())).transpose();
-        Self::new(&request, pod)
     }
 
     /// The span every admission runs in. `dryRun` requests are answered exactly like real
     /// ones: admission has no side effects, so there is nothing to suppress; the field shows it.
+    /// The pod's generateName and owner are recorded once the pod is decoded.
     fn span(&self) -> tracing::Span {
-        let pod = self.pod.as_ref().ok().and_then(Option::as_ref);
-        // Pods created by controllers have no name yet, only a generateName.
-        let generate_name = pod.and_then(|p| p.metadata.generate_name.as_deref());
         tracing::info_span!(
             "admission",
             uid = %self.base.uid,
             namespace = self.namespace.as_deref().unwrap_or(""),
             pod = %self.name,
-            generate_name = generate_name.unwrap_or(""),
-            workload = pod.and_then(owner).unwrap_or_default(),
+            generate_name = Empty,
+            workload = Empty,
             operation = ?self.operation,
             dry_run = self.dry_run,
             decision = Empty,
@@ -240,6 +263,13 @@ impl Admission {
             otel.status_code = Empty,
         )
     }
+}
+
+/// Records the decoded pod's identity on the admission span.
+fn record_pod(span: &tracing::Span, pod: &Pod) {
+    // Pods created by controllers have no name yet, only a generateName.
+    span.record("generate_name", pod.metadata.generate_name.as_deref().unwrap_or(""));
+    span.record("workload", owner(pod).unwrap_or_default());
 }
 
 /// The pod's controlling owner as `Kind/name` (e.g. `ReplicaSet/shop-7d9f`), for the span.
@@ -253,23 +283,17 @@ fn is_core_pod(gvk: &GroupVersionKind) -> bool {
     gvk.group.is_empty() && gvk.version == "v1" && gvk.kind == "Pod"
 }
 
-/// Decodes the review. The typed Pod path serves (almost) every request in one pass; anything
-/// else is decoded generically so the response can say what it was.
-fn parse_request(body: &[u8]) -> Result<Admission, Invalid> {
-    if let Ok(review) = serde_json::from_slice::<AdmissionReview<Pod>>(body) {
-        if let Ok(request) = review.try_into() {
-            return Ok(Admission::from_pod_request(request));
-        }
-    }
-    let review: AdmissionReview<DynamicObject> = serde_json::from_slice(body).map_err(|e| Invalid {
+/// Decodes the review, leaving the object raw.
+fn parse_request(body: &[u8]) -> Result<Admission<'_>, Invalid> {
+    let review: ReviewIn = serde_json::from_slice(body).map_err(|e| Invalid {
         reason: "malformed_body",
         message: format!("request body is not a valid admission.k8s.io/v1 AdmissionReview: {e}"),
     })?;
-    let request = review.try_into().map_err(|_| Invalid {
+    let request = review.request.ok_or_else(|| Invalid {
         reason: "missing_request",
         message: "AdmissionReview has no `request` field: nothing to admit".to_string(),
     })?;
-    Ok(Admission::from_dynamic_request(request))
+    Ok(Admission::new(TypeMeta { api_version: review.api_version, kind: review.kind }, request))
 }
 
 /// The outcome of one admission: the response plus what it is counted as.
@@ -310,9 +334,15 @@ fn log_verdict(verdict: &Verdict) {
     }
 }
 
-fn admit(admission: Admission, index: &Index, options: &InjectOptions, decide: &DecideFn<'_>) -> Verdict {
+fn admit(
+    admission: Admission<'_>,
+    span: &tracing::Span,
+    index: &Index,
+    options: &InjectOptions,
+    decide: &DecideFn<'_>,
+) -> Verdict {
     use AdmissionResult::{Error, Invalid};
-    let Admission { base, kind, sub_resource, operation, namespace, pod, .. } = admission;
+    let Admission { base, kind, sub_resource, operation, namespace, object, .. } = admission;
     if !is_core_pod(&kind) || sub_resource.is_some() {
         let what = format!("{}/{} {}", kind.group, kind.version, kind.kind);
         let msg = format!("{WARNING_PREFIX} webhook only handles core/v1 Pod, got {what}; admitted unchanged");
@@ -323,29 +353,42 @@ fn admit(admission: Admission, index: &Index, options: &InjectOptions, decide: &
         let msg = format!("{WARNING_PREFIX} webhook only handles CREATE, got {op}; admitted unchanged");
         return Verdict::unchanged(base, Invalid, "unsupported_operation", msg);
     }
-    let pod = match pod {
-        Ok(Some(pod)) => pod,
-        Ok(None) => {
-            let msg = format!("{WARNING_PREFIX} admission request carries no object; admitted unchanged");
-            return Verdict::unchanged(base, Invalid, "missing_object", msg);
-        }
+    let Some(object) = object.filter(|o| o.get() != "null") else {
+        let msg = format!("{WARNING_PREFIX} admission request carries no object; admitted unchanged");
+        return Verdict::unchanged(base, Invalid, "missing_object", msg);
+    };
+    // The namespace decides first: a pod of a namespace no policy injects now is not decoded.
+    let policies = index.policies();
+    let gated = match namespace.as_deref() {
+        Some(ns_name) => match gate(ns_name, index, &policies) {
+            Ok(ns) => Some(ns),
+            Err(verdict) => return verdict(base),
+        },
+        None => None,
+    };
+    let pod: Pod = match serde_json::from_str(object.get()) {
+        Ok(pod) => pod,
         Err(e) => {
             let msg = format!("{WARNING_PREFIX} object is not a valid Pod ({e}); admitted unchanged");
             return Verdict::unchanged(base, Invalid, "pod_decode", msg);
         }
     };
-    let Some(ns_name) = namespace.as_deref().or(pod.metadata.namespace.as_deref()) else {
-        let msg = format!("{WARNING_PREFIX} admission request names no namespace; admitted unchanged");
-        return Verdict::unchanged(base, Invalid, "missing_namespace", msg);
+    record_pod(span, &pod);
+    let ns = match gated {
+        Some(ns) => ns,
+        None => {
+            let Some(ns_name) = pod.metadata.namespace.as_deref() else {
+                let msg = format!("{WARNING_PREFIX} admission request names no namespace; admitted unchanged");
+                return Verdict::unchanged(base, Invalid, "missing_namespace", msg);
+            };
+            match gate(ns_name, index, &policies) {
+                Ok(ns) => ns,
+                Err(verdict) => return verdict(base),
+            }
+        }
     };
-    let Some(ns) = index.namespace(ns_name) else {
-        // The watch has not seen it yet (just created, or the index is still syncing).
-        let msg = format!("{WARNING_PREFIX} namespace {ns_name} is not known yet; pod admitted without tracing");
-        return Verdict::unchanged(base, Error, "namespace_unknown", msg);
-    };
-    let policies = index.policies();
     match catch_unwind(AssertUnwindSafe(|| decide(&pod, &ns, &policies, options))) {
-        Ok(Ok(outcome)) => from_outcome(base, outcome),
+        Ok(Ok(outcome)) => from_outcome(base, &pod, outcome),
         Ok(Err(e)) => {
             let msg = format!("{WARNING_PREFIX} injection failed ({e}); pod admitted without tracing");
             Verdict::unchanged(base, Error, "inject_error", msg)
@@ -360,33 +403,62 @@ fn admit(admission: Admission, index: &Index, options: &InjectOptions, decide: &
     }
 }
 
-fn from_outcome(base: AdmissionResponse, outcome: Outcome) -> Verdict {
-    match outcome {
-        Outcome::Skipped(reason) => Verdict {
+/// How the verdict for a pod that is not decoded is made from the base response.
+type EarlyVerdict = Box<dyn FnOnce(AdmissionResponse) -> Verdict>;
+
+/// The namespace `ns_name` if a policy injects its pods now; otherwise the verdict, decided
+/// without the pod.
+fn gate(ns_name: &str, index: &Index, policies: &[Arc<TracingPolicy>]) -> Result<Arc<Namespace>, EarlyVerdict> {
+    let Some(ns) = index.namespace(ns_name) else {
+        // The watch has not seen it yet (just created, or the index is still syncing).
+        let msg = format!("{WARNING_PREFIX} namespace {ns_name} is not known yet; pod admitted without tracing");
+        return Err(Box::new(move |base| Verdict::unchanged(base, AdmissionResult::Error, "namespace_unknown", msg)));
+    };
+    match inject::namespace_gate(&ns, policies.iter().map(Arc::as_ref)) {
+        Ok(_) => Ok(ns),
+        Err(reason) => Err(Box::new(move |base| Verdict {
             response: base,
             result: AdmissionResult::Skipped,
             reason: reason.as_str().to_string(),
             detail: None,
-        },
+        })),
+    }
+}
+
+fn from_outcome(base: AdmissionResponse, pod: &Pod, outcome: Outcome) -> Verdict {
+    match outcome {
+        Outcome::Skipped(reason) => skipped(base, pod, &reason),
         Outcome::Injected(mutation) => {
             let warnings = mutation.warnings.iter().map(|w| format!("{WARNING_PREFIX} {w}")).collect();
-            let response =
-                if mutation.patch.0.is_empty() { Ok(base.clone()) } else { base.clone().with_patch(mutation.patch) };
-            match response {
-                Ok(response) => Verdict {
-                    response: with_warnings(response, warnings),
-                    result: AdmissionResult::Injected,
-                    reason: "none".to_string(),
-                    detail: None,
-                },
-                Err(e) => {
-                    let msg =
-                        format!("{WARNING_PREFIX} patch could not be encoded ({e}); pod admitted without tracing");
-                    Verdict::unchanged(base, AdmissionResult::Error, "patch_encode", msg)
-                }
+            let mut response = base;
+            if !mutation.patch.is_empty() {
+                // The patch is already JSON; `encode_review` sets patchType with it.
+                response.patch = Some(mutation.patch.into_bytes());
+            }
+            Verdict {
+                response: with_warnings(response, warnings),
+                result: AdmissionResult::Injected,
+                reason: "none".to_string(),
+                detail: None,
             }
         }
     }
+}
+
+/// A skipped pod is admitted unchanged, except that a conflict (the namespace wants tracing, this
+/// pod cannot have it) is recorded on the pod and told to the client, so its owner can act.
+fn skipped(base: AdmissionResponse, pod: &Pod, reason: &inject::SkipReason) -> Verdict {
+    let detail = reason.detail().map(String::from);
+    let response = match inject::skip_patch(pod, reason) {
+        Some(patch) => {
+            let mut patched = base;
+            patched.patch = Some(patch.into_bytes());
+            let warning = format!("{WARNING_PREFIX} pod not injected: {}", reason.status_annotation());
+            with_warnings(patched, vec![warning])
+        }
+        None => base,
+    };
+    Verdict { response, result: AdmissionResult::Skipped, reason: reason.as_str().to_string(), detail }
 }
 
 fn with_warnings(mut response: AdmissionResponse, warnings: Vec<String>) -> AdmissionResponse {

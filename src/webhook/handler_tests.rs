@@ -212,8 +212,8 @@ fn injected_outcome_becomes_a_json_patch_with_warnings() {
         )
         .unwrap();
         Ok(Outcome::Injected(Box::new(inject::Mutation {
-            pod: pod.clone(),
-            patch,
+            pod: Some(pod.clone()),
+            patch: inject::Patch::from(&patch),
             manifest_hash: "abc".into(),
             warnings: vec!["language annotation names no container".into()],
         })))
@@ -267,4 +267,34 @@ mod with_injector {
         assert!(!patch.as_array().unwrap().is_empty());
         assert_eq!(metrics.count(AdmissionResult::Injected, "none"), 1);
     }
+}
+
+/// The namespace is decided before the pod is decoded: a pod of a namespace no policy injects is
+/// never read (an object the typed decode would reject shows it).
+#[test]
+fn ungoverned_namespace_is_decided_without_decoding_the_pod() {
+    let mut object = pod_object();
+    object["spec"]["containers"] = json!("not a list");
+    let (status, response, metrics) = run(&review_body("Pod", "CREATE", "plain", Some(object)), &never_called);
+    assert_eq!(status, StatusCode::OK);
+    assert_allowed_unchanged(&response);
+    assert_eq!(metrics.count(AdmissionResult::Skipped, "namespace_not_governed"), 1);
+    assert_eq!(metrics.count(AdmissionResult::Invalid, "pod_decode"), 0);
+}
+
+/// A pod the namespace wants traced but that cannot be injected is told so and marked.
+#[test]
+fn conflict_skip_is_recorded_on_the_pod_and_warned() {
+    let conflicting = |_: &Pod, _: &Namespace, _: &[Arc<TracingPolicy>], _: &InjectOptions| {
+        Ok(Outcome::Skipped(SkipReason::PortConflict("no free port for the agent's admin listener near 13133".into())))
+    };
+    let (status, response, metrics) = run(&review_body("Pod", "CREATE", "shop", Some(pod_object())), &conflicting);
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(response["response"]["allowed"], true);
+    let patch = base64_decode(response["response"]["patch"].as_str().unwrap());
+    assert_eq!(patch[0]["path"], "/metadata/annotations");
+    let status_value = &patch[0]["value"]["tracelight.io/injection-status"];
+    assert_eq!(status_value, "skipped: port_conflict: no free port for the agent's admin listener near 13133");
+    assert!(warnings(&response)[0].contains("pod not injected: skipped: port_conflict"), "{response}");
+    assert_eq!(metrics.count(AdmissionResult::Skipped, "port_conflict"), 1);
 }

@@ -5,7 +5,9 @@ pub mod bad_input;
 pub mod certificates;
 pub mod chart_values;
 pub mod fail_open;
+pub mod golden_dry_run;
 pub mod injection;
+pub mod real_workloads;
 pub mod rollout;
 pub mod rollout_resilience;
 pub mod selection;
@@ -37,19 +39,27 @@ async fn steps(suite: &mut Suite) -> anyhow::Result<()> {
     suite.start_operator().await?;
     let started_serial = certificates::bootstrap(suite).await?;
     // E2E_ONLY=rollout runs the rollout steps alone (they need nothing from the others);
-    // E2E_ONLY=resilience only the crash-loop, missed-pods and two-replica ones.
+    // E2E_ONLY=resilience only the crash-loop, missed-pods and two-replica ones; E2E_ONLY=injection
+    // only the injection ones.
     match std::env::var("E2E_ONLY").as_deref() {
         Ok("rollout") => return rollout_steps(suite).await,
         Ok("resilience") => return resilience_steps(suite).await,
+        Ok("injection") => return injection_steps(suite).await,
         _ => {}
     }
     bad_input::invalid_policies_are_rejected(suite).await?;
-    injection::workloads_are_injected(suite).await?;
+    injection_steps(suite).await?;
     certificates::rotated_certificate_is_served_without_restart(suite, &started_serial).await?;
     selection::policy_namespace_selection_is_honoured(suite).await?;
     fail_open::pods_are_created_while_the_webhook_is_down(suite).await?;
     fail_open::injection_resumes_after_restart(suite).await?;
     rollout_steps(suite).await
+}
+
+/// Injection of workloads of every kind, and of real-world pods (a collector, a self-exporting app).
+async fn injection_steps(suite: &mut Suite) -> anyhow::Result<()> {
+    injection::workloads_are_injected(suite).await?;
+    real_workloads::collector_and_self_exporting_app_keep_working(suite).await
 }
 
 /// The phased rollout, on workloads that exist before their policy does.
