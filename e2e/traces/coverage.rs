@@ -83,6 +83,25 @@ pub async fn wait_coverage(
     .await
 }
 
+/// The agents' versions in the status, from their reports: every reporting workload of
+/// `namespace` runs this build's agent, and the policy-wide summary says so.
+pub fn check_agent_versions(policy: &TracingPolicy, namespace: &str) -> anyhow::Result<()> {
+    let status = policy.status.as_ref().context("no status")?;
+    let ns = status.namespaces.iter().find(|n| n.name == namespace).context("no namespace status")?;
+    let version = tracelight_contract::VERSION;
+    for w in ns.workloads.iter().filter(|w| w.state == CoverageState::Reporting) {
+        let versions: Vec<(&str, u32)> = w.agent_versions.iter().collect();
+        ensure!(
+            versions.len() == 1 && versions[0].0 == version && versions[0].1 >= 1,
+            "{}: agentVersions {versions:?}, want only {version}",
+            w.name
+        );
+    }
+    let summary = status.coverage.as_ref().and_then(|c| c.agent_version_summary.as_deref()).unwrap_or_default();
+    ensure!(summary.starts_with(&format!("{version}:")), "agentVersionSummary {summary:?}");
+    Ok(())
+}
+
 /// Runs `tracelight verify` as a user would; its exit code and output.
 pub fn verify(binary: &Path, kubeconfig: &Path, policy: &str, namespace: &str) -> anyhow::Result<(i32, String)> {
     let out = Command::new(binary)
