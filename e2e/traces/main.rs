@@ -292,8 +292,7 @@ async fn traces(suite: &mut harness::Suite, otelcol: &std::path::Path) -> anyhow
         want.insert(broken.pods[0].labels()["app"].as_str(), tracelight::api::CoverageState::Silent);
         log.step(&format!("coverage in the status of {POLICY}: shop services Reporting, tax-legacy Silent"));
         coverage::wait_coverage(&client, POLICY, &agent.ns, &want).await?;
-        let covered =
-            coverage::wait_coverage(&client, POLICY_SDK, &sdk.ns, &coverage::shop_states(&workloads)).await?;
+        let covered = coverage::wait_coverage(&client, POLICY_SDK, &sdk.ns, &coverage::shop_states(&workloads)).await?;
         coverage::check_agent_versions(&covered, &sdk.ns)?;
         log.note(&format!("status: every reporting workload's agents run {}", tracelight_contract::VERSION));
         let binary = support::operator::binary();
