@@ -134,7 +134,7 @@ fn python_emit(python: &Path, script: &Path, protocol: &str, endpoint: &str, ser
 async fn sdks_through_agent_into_real_collector() {
     let otelcol = required_env("TRACELIGHT_OTELCOL", "the collector built by e2e/collector/build.sh");
     let python = required_env("TRACELIGHT_PYTHON", "the python of e2e/collector/python-env.sh");
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("e2e/collector/emit.py");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../e2e/collector/emit.py");
     let dir = temp_dir("otelcol");
     let out = dir.join("traces.json");
     let (grpc, http) = (free_port().await, free_port().await);
