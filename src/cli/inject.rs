@@ -118,10 +118,17 @@ pub fn inject_manifests(
             if document.has_marker {
                 out.push_str("---\n");
             }
-            out.push_str(&serde_yaml::to_string(&value)?);
+            out.push_str(&to_yaml(&value).map_err(|e| InjectCliError::Document { index, message: e.to_string() })?);
         }
     }
     Ok(out)
+}
+
+/// A changed document as YAML that kubectl reads back as the same JSON: every string that YAML
+/// 1.1 would take for something else (`yes`, `on`, `0400`, `1_000`, `~`...) is quoted.
+/// (serde_yaml writes such strings plain, and kubectl would read `FEATURE: yes` as a boolean.)
+fn to_yaml(value: &Value) -> Result<String, serde_saphyr::SerializeError> {
+    serde_saphyr::to_string(value)
 }
 
 /// One document of a multi-document YAML text, with its `---` line when it has one.
@@ -413,6 +420,21 @@ mod tests {
         assert_eq!(docs[0]["spec"]["hostNetwork"], true);
         assert_eq!(docs[0]["spec"]["containers"][0]["tty"], true);
         assert_eq!(docs[0]["spec"]["containers"][0]["stdin"], false);
+    }
+
+    #[test]
+    fn changed_documents_quote_what_yaml_1_1_would_misread() {
+        let input = "apiVersion: v1\nkind: Pod\nmetadata: {name: p, annotations: {mode: '0400', flag: 'yes'}}\nspec:\n  containers:\n    - name: c\n      image: i\n      env: [{name: FEATURE, value: 'on'}, {name: COUNT, value: '1_000'}, {name: EMPTY, value: '~'}]\n";
+        let out = output(input);
+        let doc = parse_document(&out).unwrap().unwrap();
+        assert_eq!(doc["metadata"]["annotations"]["mode"], "0400", "{out}");
+        assert_eq!(doc["metadata"]["annotations"]["flag"], "yes", "{out}");
+        let env = doc["spec"]["containers"][0]["env"].as_array().unwrap();
+        let value = |name: &str| env.iter().find(|e| e["name"] == name).map(|e| e["value"].clone());
+        assert_eq!(value("FEATURE"), Some(json!("on")), "{out}");
+        assert_eq!(value("COUNT"), Some(json!("1_000")), "{out}");
+        assert_eq!(value("EMPTY"), Some(json!("~")), "{out}");
+        assert!(out.contains("tracelight-agent"), "the pod is injected: {out}");
     }
 
     #[test]

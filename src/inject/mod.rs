@@ -11,7 +11,7 @@
 //! - give the agent a port another container of the pod listens on ([`ports`]): the agent
 //!   moves, and the injected endpoint follows it; with no free port the pod is skipped
 //!   ([`SkipReason::PortConflict`]);
-//! - half-override a container's export settings or switch off a signal it exports ([`env`](mod@env));
+//! - half-override a container's export settings or switch off a signal it exports ([`mod@env`]);
 //! - let an injected value win over a container's own `env`, or over keys of its `envFrom`
 //!   sources where the caller can see them ([`EnvSources`]);
 //! - start the agent ahead of a service mesh: the native-sidecar agent comes after the mesh's

@@ -359,11 +359,9 @@ fn admit(
     };
     // The namespace decides first: a pod of a namespace no policy injects now is not decoded.
     let policies = index.policies();
-    let gated = match namespace.as_deref() {
-        Some(ns_name) => match gate(ns_name, index, &policies) {
-            Ok(ns) => Some(ns),
-            Err(verdict) => return verdict(base),
-        },
+    let gated = match namespace.as_deref().map(|ns| gate(ns, index, &policies)) {
+        Some(Ok(ns)) => Some(ns),
+        Some(Err(closed)) => return closed.verdict(base),
         None => None,
     };
     let pod: Pod = match serde_json::from_str(object.get()) {
@@ -383,7 +381,7 @@ fn admit(
             };
             match gate(ns_name, index, &policies) {
                 Ok(ns) => ns,
-                Err(verdict) => return verdict(base),
+                Err(closed) => return closed.verdict(base),
             }
         }
     };
@@ -403,26 +401,37 @@ fn admit(
     }
 }
 
-/// How the verdict for a pod that is not decoded is made from the base response.
-type EarlyVerdict = Box<dyn FnOnce(AdmissionResponse) -> Verdict>;
+/// Why the pods of a namespace are not decided now, known before a pod is decoded.
+enum Closed {
+    /// The index does not know the namespace (just created, or still syncing).
+    Unknown(String),
+    /// No policy injects the namespace's pods now.
+    Skip(inject::SkipReason),
+}
 
-/// The namespace `ns_name` if a policy injects its pods now; otherwise the verdict, decided
-/// without the pod.
-fn gate(ns_name: &str, index: &Index, policies: &[Arc<TracingPolicy>]) -> Result<Arc<Namespace>, EarlyVerdict> {
-    let Some(ns) = index.namespace(ns_name) else {
-        // The watch has not seen it yet (just created, or the index is still syncing).
-        let msg = format!("{WARNING_PREFIX} namespace {ns_name} is not known yet; pod admitted without tracing");
-        return Err(Box::new(move |base| Verdict::unchanged(base, AdmissionResult::Error, "namespace_unknown", msg)));
-    };
-    match inject::namespace_gate(&ns, policies.iter().map(Arc::as_ref)) {
-        Ok(_) => Ok(ns),
-        Err(reason) => Err(Box::new(move |base| Verdict {
-            response: base,
-            result: AdmissionResult::Skipped,
-            reason: reason.as_str().to_string(),
-            detail: None,
-        })),
+impl Closed {
+    /// The pod is admitted unchanged.
+    fn verdict(self, base: AdmissionResponse) -> Verdict {
+        match self {
+            Closed::Unknown(ns) => {
+                let msg = format!("{WARNING_PREFIX} namespace {ns} is not known yet; pod admitted without tracing");
+                Verdict::unchanged(base, AdmissionResult::Error, "namespace_unknown", msg)
+            }
+            Closed::Skip(reason) => Verdict {
+                response: base,
+                result: AdmissionResult::Skipped,
+                reason: reason.as_str().to_string(),
+                detail: None,
+            },
+        }
     }
+}
+
+/// The namespace `ns_name`, when a policy injects its pods now.
+fn gate(ns_name: &str, index: &Index, policies: &[Arc<TracingPolicy>]) -> Result<Arc<Namespace>, Closed> {
+    let ns = index.namespace(ns_name).ok_or_else(|| Closed::Unknown(ns_name.to_string()))?;
+    inject::namespace_gate(&ns, policies.iter().map(Arc::as_ref)).map_err(Closed::Skip)?;
+    Ok(ns)
 }
 
 fn from_outcome(base: AdmissionResponse, pod: &Pod, outcome: Outcome) -> Verdict {
