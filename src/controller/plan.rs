@@ -40,6 +40,20 @@ pub mod reason {
     pub const RESTARTING: &str = "Restarting";
     pub const SOAKING: &str = "Soaking";
     pub const ROLLED_BACK: &str = "RolledBack";
+    pub const INJECTION_SKIPPED: &str = "InjectionSkipped";
+}
+
+/// Namespaces where the webhook skipped more pods (a port conflict, say: the reason is in each
+/// pod's `tracelight.io/injection-status` annotation) than the previous status counted, with the
+/// new count. Each gets one Warning Event when the count grows, not one per reconcile.
+pub fn newly_skipped(previous: Option<&TracingPolicyStatus>, next: &TracingPolicyStatus) -> Vec<(String, u32)> {
+    let before =
+        |ns: &str| previous.and_then(|p| p.namespaces.iter().find(|n| n.name == ns)).map_or(0, |n| n.counts.skipped);
+    next.namespaces
+        .iter()
+        .filter(|n| n.counts.skipped > before(&n.name))
+        .map(|n| (n.name.clone(), n.counts.skipped))
+        .collect()
 }
 
 /// A namespace this policy governs (and no older policy claims), with its rollout phase.
@@ -531,6 +545,26 @@ pub fn condition_reason<'a>(status: Option<&'a TracingPolicyStatus>, type_: &str
 mod tests {
     use super::*;
     use crate::api::{RolloutPhase, TracingPolicySpec};
+
+    #[test]
+    fn skipped_pods_make_one_event_when_their_count_grows() {
+        let status = |counts: &[(&str, u32)]| TracingPolicyStatus {
+            namespaces: counts
+                .iter()
+                .map(|(name, skipped)| NamespaceStatus {
+                    name: name.to_string(),
+                    counts: Coverage { skipped: *skipped, ..Default::default() },
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let before = status(&[("shop", 1), ("obs", 0)]);
+        assert_eq!(newly_skipped(Some(&before), &status(&[("shop", 1), ("obs", 2)])), vec![("obs".to_string(), 2)]);
+        assert!(newly_skipped(Some(&before), &before).is_empty(), "no event when nothing changed");
+        assert!(newly_skipped(Some(&before), &status(&[("shop", 0)])).is_empty(), "fewer is no news");
+        assert_eq!(newly_skipped(None, &status(&[("shop", 1)])), vec![("shop".to_string(), 1)]);
+    }
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelectorRequirement, ObjectMeta};
     use std::collections::BTreeMap;
 

@@ -245,6 +245,13 @@ async fn apply(policy: &TracingPolicy, ctx: &Context) -> Result<Action, Error> {
         let note = format!("agent config written to namespace {ns}; new pods there are injected");
         ctx.publish(policy, EventType::Normal, "NamespaceActivated", "Activate", note, Some(namespace_ref(ns))).await;
     }
+    for (ns, skipped) in crate::controller::plan::newly_skipped(previous, &status) {
+        let note = format!(
+            "{skipped} pod(s) in namespace {ns} were not injected; the reason is in each pod's annotation tracelight.io/injection-status"
+        );
+        ctx.publish(policy, EventType::Warning, reason::INJECTION_SKIPPED, "Inject", note, Some(namespace_ref(&ns)))
+            .await;
+    }
     if !observation.missing_secrets.is_empty() && condition_reason(previous, READY) != Some(reason::SECRET_NOT_FOUND) {
         let note = observation.missing_secrets.join("; ");
         ctx.publish(policy, EventType::Warning, reason::SECRET_NOT_FOUND, "CopySecret", note, None).await;
