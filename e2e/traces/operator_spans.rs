@@ -14,7 +14,8 @@ use crate::support::operator::{http_get, Operator};
 use crate::support::{self, free_port, repo_root, wait, StepLog};
 use anyhow::{ensure, Context as _};
 use k8s_openapi::api::apps::v1::Deployment;
-use kube::api::{Api, PostParams};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ListParams, PostParams};
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -141,6 +142,14 @@ async fn traced(suite: &mut harness::Suite, collector: &Collector, endpoint: &st
     Api::<Deployment>::namespaced(client.clone(), &ns)
         .create(&PostParams::default(), &from_json(deployment("web"))?)
         .await?;
+    // The pod must exist before the policy does: created after the namespace is active, it would
+    // be injected at creation and the rollout would have nothing to restart (seen under load).
+    let pods = Api::<Pod>::namespaced(client.clone(), &ns);
+    wait::until("the Deployment's pod, before any policy", Duration::from_secs(60), || async {
+        ensure!(!pods.list(&ListParams::default()).await?.items.is_empty(), "no pod yet");
+        Ok(())
+    })
+    .await?;
     let policy: TracingPolicy = from_json(serde_json::json!({
         "apiVersion": "tracelight.io/v1alpha1", "kind": "TracingPolicy",
         "metadata": {"name": POLICY},
