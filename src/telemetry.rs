@@ -10,7 +10,7 @@ use traces::{TracePipeline, TraceSettings};
 use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
-use tracing_subscriber::{fmt, Layer as _};
+use tracing_subscriber::Layer as _;
 
 /// Installs the operator's subscriber: logs as `tracelight_process::logging::init_logging`, plus its own spans exported
 /// over OTLP when the `OTEL_*` environment names an endpoint (see [`traces`]). Must be called
@@ -25,10 +25,7 @@ pub fn init_operator(format: LogFormat) -> Option<TracePipeline> {
         _ => None,
     };
     let tracer = pipeline.as_ref().and_then(|p| p.as_ref().ok()).map(TracePipeline::tracer);
-    let logs = match format {
-        LogFormat::Text => fmt::layer().with_target(true).boxed(),
-        LogFormat::Json => fmt::layer().with_target(true).json().flatten_event(true).boxed(),
-    };
+    let logs = tracelight_process::logging::log_layer(format);
     // Only the operator's own spans: the HTTP and gRPC clients' spans (the exporter's included)
     // would be noise, or a loop.
     let traces = tracer.map(|tracer| {

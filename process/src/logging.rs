@@ -4,7 +4,7 @@ use tracing_subscriber::filter::Targets;
 use tracing_subscriber::fmt;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
-use tracing_subscriber::Layer as _;
+use tracing_subscriber::{Layer, Registry};
 
 /// Log format chosen with `--log-format`.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, Default)]
@@ -31,13 +31,17 @@ pub fn log_filter() -> Targets {
     from_env.unwrap_or_else(|| DEFAULT_FILTER.parse().expect("the default filter parses"))
 }
 
-/// Installs the global subscriber for logs only (the agent; the operator adds its traces).
-pub fn init_logging(format: LogFormat) {
-    let layer = match format {
+/// The log lines in `format`, for a subscriber built on the registry.
+pub fn log_layer(format: LogFormat) -> Box<dyn Layer<Registry> + Send + Sync> {
+    match format {
         LogFormat::Text => fmt::layer().with_target(true).boxed(),
         LogFormat::Json => fmt::layer().with_target(true).json().flatten_event(true).boxed(),
-    };
-    let _ = tracing_subscriber::registry().with(layer.with_filter(log_filter())).try_init();
+    }
+}
+
+/// Installs the global subscriber for logs only (the agent; the operator adds its traces).
+pub fn init_logging(format: LogFormat) {
+    let _ = tracing_subscriber::registry().with(log_layer(format).with_filter(log_filter())).try_init();
 }
 
 #[cfg(test)]

@@ -211,13 +211,7 @@ fn plan_at(obs: &Observation, phases: &[PhaseSettings], progress: &Progress) -> 
         Wave::Work(phase) => phase,
         Wave::Soak { soaking, next, remaining } => {
             // Leaving workloads are not paced by phases.
-            let capacity = (phases[p].batch_size as usize).saturating_sub(in_flight.len());
-            let restarts: Vec<Restart> = needing
-                .iter()
-                .filter(|(_, ph, _)| ph.is_none())
-                .take(capacity)
-                .map(|(w, _, r)| restart(w, *r))
-                .collect();
+            let restarts = leaving_restarts(&phases[p], &in_flight, &needing);
             let mut in_flight = in_flight;
             in_flight.extend(restarts.iter().map(|r| r.workload.clone()));
             let message = format!(
@@ -335,12 +329,7 @@ fn held(
     excluded: &[String],
     needing: &[(&WorkloadObservation, Option<usize>, RestartReason)],
 ) -> Plan {
-    let restarts: Vec<Restart> = if obs.paused {
-        Vec::new()
-    } else {
-        let capacity = (phase.batch_size as usize).saturating_sub(base.in_flight.len());
-        needing.iter().filter(|(_, ph, _)| ph.is_none()).take(capacity).map(|(w, _, r)| restart(w, *r)).collect()
-    };
+    let restarts = if obs.paused { Vec::new() } else { leaving_restarts(phase, &base.in_flight, needing) };
     let mut in_flight = base.in_flight.clone();
     in_flight.extend(restarts.iter().map(|r| r.workload.clone()));
     let leaving = needing.iter().filter(|(_, ph, _)| ph.is_none()).count();
@@ -364,6 +353,16 @@ fn held(
     let state =
         if base.rollbacks.is_empty() && excluded.is_empty() { RolloutPhase::Paused } else { RolloutPhase::Degraded };
     Plan { state, restarts, in_flight, message, ..base }
+}
+
+/// Restarts of workloads leaving the policy (no phase), as many as `phase`'s batch has room for.
+fn leaving_restarts(
+    phase: &PhaseSettings,
+    in_flight: &[WorkloadId],
+    needing: &[(&WorkloadObservation, Option<usize>, RestartReason)],
+) -> Vec<Restart> {
+    let capacity = (phase.batch_size as usize).saturating_sub(in_flight.len());
+    needing.iter().filter(|(_, ph, _)| ph.is_none()).take(capacity).map(|(w, _, r)| restart(w, *r)).collect()
 }
 
 fn restart(w: &WorkloadObservation, reason: RestartReason) -> Restart {
