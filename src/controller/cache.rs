@@ -48,6 +48,24 @@ pub fn summarize(event: Event<WatchedPod>) -> Event<PodSummary> {
     }
 }
 
+/// Whether a pod event can change a policy's coverage counts (injected, outdated, skipped,
+/// missed): a pod appearing or going away, or a change of its manifest hash, skip record, owner or
+/// deletion. Container restarts and readiness move the rollout's health, which the workload
+/// watches already follow; they do not need a status update of their own.
+pub fn changes_counts(before: Option<&PodSummary>, event: &Event<PodSummary>) -> bool {
+    match event {
+        Event::Apply(pod) | Event::InitApply(pod) => before.is_none_or(|old| {
+            old.uid != pod.uid
+                || old.manifest_hash != pod.manifest_hash
+                || old.skipped != pod.skipped
+                || old.deleting != pod.deleting
+                || old.owner != pod.owner
+        }),
+        Event::Delete(_) => true,
+        Event::Init | Event::InitDone => false,
+    }
+}
+
 impl k8s_openapi::Resource for WatchedPod {
     const API_VERSION: &'static str = <Pod as k8s_openapi::Resource>::API_VERSION;
     const GROUP: &'static str = <Pod as k8s_openapi::Resource>::GROUP;
@@ -445,6 +463,28 @@ mod tests {
         let escaped = r#"{"metadata": {"name": "p", "labels": {"a\"b": "c\u00e9"}}}"#;
         let pod = serde_json::from_str::<WatchedPod>(escaped).unwrap().pod;
         assert_eq!(pod.labels.get("a\"b"), Some("cé"));
+    }
+
+    #[test]
+    fn only_pod_events_that_move_the_counts_wake_the_policies() {
+        let pod = decoded(0, "x").pod;
+        let apply = |p: &PodSummary| Event::Apply(p.clone());
+        assert!(changes_counts(None, &apply(&pod)), "a new pod");
+        assert!(changes_counts(None, &Event::InitApply(pod.clone())), "a pod first seen in a relist");
+        assert!(changes_counts(Some(&pod), &Event::Delete(pod.clone())), "a pod gone");
+        let restarted = decoded(3, "CrashLoopBackOff").pod;
+        assert!(!changes_counts(Some(&pod), &apply(&restarted)), "restarts are the workload watch's business");
+        assert!(!changes_counts(Some(&pod), &Event::InitApply(pod.clone())), "a relist of an unchanged pod");
+        for changed in [
+            PodSummary { manifest_hash: None, ..pod.clone() },
+            PodSummary { skipped: true, ..pod.clone() },
+            PodSummary { deleting: true, ..pod.clone() },
+            PodSummary { owner: None, ..pod.clone() },
+            PodSummary { uid: "recreated".into(), ..pod.clone() },
+        ] {
+            assert!(changes_counts(Some(&pod), &apply(&changed)), "{changed:?}");
+        }
+        assert!(!changes_counts(None, &Event::Init) && !changes_counts(None, &Event::InitDone));
     }
 
     #[test]

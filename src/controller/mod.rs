@@ -63,6 +63,8 @@ use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use kube::api::Api;
 use kube::core::PartialObjectMeta;
+use kube::runtime::reflector::Lookup as _;
+use kube::runtime::watcher::Event;
 use kube::runtime::{reflector, watcher, Controller, WatchStreamExt};
 use kube::{Client, ResourceExt};
 use lease::LeaderElector;
@@ -77,7 +79,7 @@ use tokio_util::sync::CancellationToken;
 
 /// Name under which the controller reports Events.
 const REPORTER: &str = "tracelight-controller";
-/// Workload changes ask for all policies to be reconciled at most this often: a rollout of
+/// Workload and pod changes ask for all policies to be reconciled at most this often: a rollout of
 /// thousands of workloads changes some workload every few milliseconds, and reconciling on each
 /// change made most of the operator's CPU time and status writes.
 const WORKLOAD_TRIGGER_INTERVAL: Duration = Duration::from_secs(1);
@@ -335,8 +337,24 @@ async fn run_policy_controller(
     // Pods are decoded into what the controller reads of them (see `cache`): the health of
     // restarts in flight comes from this cache, not from listing pods.
     let (pods, pod_writer) = reflector::store::<PodSummary>();
-    let pod_events =
-        watcher(Api::<WatchedPod>::all(client.clone()), paged_lists()).default_backoff().map_ok(cache::summarize);
+    // Pods created, deleted, injected or skipped move the coverage counts: they nudge the
+    // policies (at most once per `WORKLOAD_TRIGGER_INTERVAL`), so `kubectl get` follows the pods
+    // within seconds instead of at the next periodic reconcile.
+    let (nudge, nudges) = futures::channel::mpsc::unbounded();
+    let workload_trigger = throttle(nudges, reconcile_all.clone(), WORKLOAD_TRIGGER_INTERVAL);
+    let (cached_pods, pod_nudge) = (pods.clone(), nudge.clone());
+    let pod_events = watcher(Api::<WatchedPod>::all(client.clone()), paged_lists())
+        .default_backoff()
+        .map_ok(cache::summarize)
+        .inspect_ok(move |event| {
+            let before = match event {
+                Event::Apply(p) | Event::InitApply(p) | Event::Delete(p) => cached_pods.get(&p.to_object_ref(())),
+                Event::Init | Event::InitDone => None,
+            };
+            if cache::changes_counts(before.as_deref(), event) {
+                let _ = pod_nudge.unbounded_send(());
+            }
+        });
     let pod_cache = reflector::reflector(pod_writer, pod_events).for_each(|r| {
         if let Err(e) = r {
             tracing::warn!(error = %e, "pod watch failed");
@@ -350,9 +368,7 @@ async fn run_policy_controller(
     let (owned_secrets, owned_secret_cache) = owned_cache::<Secret>(&client, "secret");
 
     // Workload changes (a rollout progressing, a new workload) move the rollouts on, at a
-    // bounded rate.
-    let (nudge, nudges) = futures::channel::mpsc::unbounded();
-    let workload_trigger = throttle(nudges, reconcile_all.clone(), WORKLOAD_TRIGGER_INTERVAL);
+    // bounded rate (the throttle the pod events share).
     let (deployments, deployment_cache) = workload_cache::<Deployment>(&client, nudge.clone(), "deployment");
     let (statefulsets, statefulset_cache) = workload_cache::<StatefulSet>(&client, nudge.clone(), "statefulset");
     let (daemonsets, daemonset_cache) = workload_cache::<DaemonSet>(&client, nudge, "daemonset");

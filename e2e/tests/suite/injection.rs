@@ -16,6 +16,7 @@ use kube::{Client, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use std::time::{Duration, Instant};
+use tracelight::api::TracingPolicy;
 use tracelight_contract::config::AGENT_CONFIGMAP;
 
 const POD_TIMEOUT: Duration = Duration::from_secs(60);
@@ -111,5 +112,50 @@ pub async fn workloads_are_injected(suite: &mut Suite) -> anyhow::Result<()> {
         owner.map(|o| o.1).unwrap_or_default(),
         cron_created.elapsed().as_secs_f64()
     ));
+    Ok(())
+}
+
+/// The namespace's injected count once it settles, polled until `want` within `bound`; the time it
+/// took.
+async fn injected_count_reaches(client: &Client, ns: &str, want: u32, bound: Duration) -> anyhow::Result<Duration> {
+    let api = Api::<TracingPolicy>::all(client.clone());
+    let start = Instant::now();
+    wait::until_every(
+        &format!("namespace {ns}: status counts injected {want}"),
+        bound,
+        Duration::from_millis(250),
+        || async {
+            let policy = api.get("default").await?;
+            let status = policy.status.context("no status")?;
+            let counts = status.namespaces.iter().find(|n| n.name == ns).map(|n| n.counts.injected);
+            ensure!(counts == Some(want), "injected {counts:?}");
+            Ok(())
+        },
+    )
+    .await?;
+    Ok(start.elapsed())
+}
+
+/// A bare pod (no workload whose status changes would wake the controller) moves the policy's
+/// injected count within seconds of its creation and of its deletion, not at the periodic
+/// reconcile (a minute).
+pub async fn counts_follow_pods(suite: &mut Suite) -> anyhow::Result<()> {
+    suite.log.step("coverage counts follow pods within seconds");
+    const BOUND: Duration = Duration::from_secs(10);
+    let client = suite.cluster.client.clone();
+    let ns = suite.namespaces.create("counts", &[ENABLED]).await?;
+    wait_active(&client, "default", &ns).await?;
+    wait_injecting(&client, &ns, Duration::from_secs(30)).await?;
+    injected_count_reaches(&client, &ns, 0, Duration::from_secs(30)).await?;
+
+    let pod = create_pod(&client, &ns, "bare", &[]).await?;
+    ensure!(pod.labels().get("tracelight.io/injected").is_some_and(|v| v == "true"), "the bare pod was not injected");
+    let took = injected_count_reaches(&client, &ns, 1, BOUND).await?;
+    suite.log.note(&format!("bare pod created: injected count 1 after {:.1}s", took.as_secs_f64()));
+
+    let pods = Api::<Pod>::namespaced(client.clone(), &ns);
+    pods.delete("bare", &kube::api::DeleteParams { grace_period_seconds: Some(0), ..Default::default() }).await?;
+    let took = injected_count_reaches(&client, &ns, 0, BOUND).await?;
+    suite.log.note(&format!("bare pod deleted: injected count 0 after {:.1}s", took.as_secs_f64()));
     Ok(())
 }

@@ -59,6 +59,7 @@ async fn steps(suite: &mut Suite) -> anyhow::Result<()> {
 /// Injection of workloads of every kind, and of real-world pods (a collector, a self-exporting app).
 async fn injection_steps(suite: &mut Suite) -> anyhow::Result<()> {
     injection::workloads_are_injected(suite).await?;
+    injection::counts_follow_pods(suite).await?;
     real_workloads::collector_and_self_exporting_app_keep_working(suite).await
 }
 
