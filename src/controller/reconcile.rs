@@ -124,6 +124,12 @@ impl Error {
         }
     }
 
+    /// Not a failure: a deleted policy waiting for its workloads to lose injection.
+    pub fn is_waiting(&self) -> bool {
+        matches!(self, Error::Leaving(_))
+            || matches!(self, Error::Finalizer(inner) if matches!(inner.as_ref(), finalizer::Error::CleanupFailed(e) if e.is_waiting()))
+    }
+
     fn kube(action: &'static str, what: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
         let what = what.into();
         move |source| Error::Kube { action, what, source }
@@ -164,16 +170,28 @@ pub async fn reconcile(policy: Arc<TracingPolicy>, ctx: Arc<Context>) -> Result<
     .or_else(|e| match e {
         // Removing our finalizer from a policy that is already gone: the cleanup ran twice.
         finalizer::Error::RemoveFinalizer(kube::Error::Api(s)) if s.is_not_found() => Ok(Action::await_change()),
+        e if lost_finalizer_race(&e) => {
+            tracing::debug!("the cached policy is behind a finalizer just added: looking again shortly");
+            Ok(Action::requeue(MIN_REQUEUE))
+        }
         e => Err(Error::Finalizer(Box::new(e))),
     });
     trace::record_result(&Span::current(), &result);
     result
 }
 
+/// Whether adding the finalizer failed only because the cached policy was behind the server: the
+/// finalizer patch tests that the finalizers are what the cache says, and a reconcile queued
+/// right after the one that added it (before the watch delivered that write) fails the test
+/// with 422 Invalid. Not a failure: the next look sees the finalizer.
+fn lost_finalizer_race(e: &finalizer::Error<Error>) -> bool {
+    matches!(e, finalizer::Error::AddFinalizer(kube::Error::Api(s)) if s.code == 422)
+}
+
 /// Counts the failure and retries after a short delay. A deleted policy waiting for its
 /// workloads is no failure: it looks again soon (workload changes also wake it).
 pub fn error_policy(policy: Arc<TracingPolicy>, error: &Error, ctx: Arc<Context>) -> Action {
-    if error.kind() == "leaving" {
+    if error.is_waiting() {
         return Action::requeue(LEAVING_POLL);
     }
     tracing::warn!(policy = %policy.name_any(), error = %error, "reconcile failed");
@@ -846,6 +864,25 @@ impl Context {
 mod tests {
     use super::*;
     use kube::runtime::watcher;
+
+    fn api_error(code: u16) -> kube::Error {
+        kube::Error::Api(Box::new(kube::core::Status { code, ..Default::default() }))
+    }
+
+    #[test]
+    fn a_finalizer_patch_refused_by_its_test_is_a_race_not_a_failure() {
+        assert!(lost_finalizer_race(&finalizer::Error::AddFinalizer(api_error(422))));
+        assert!(!lost_finalizer_race(&finalizer::Error::AddFinalizer(api_error(403))), "RBAC is a real failure");
+        assert!(!lost_finalizer_race(&finalizer::Error::RemoveFinalizer(api_error(422))));
+    }
+
+    #[test]
+    fn a_leaving_policy_is_waiting_wrapped_or_not() {
+        assert!(Error::Leaving(2).is_waiting());
+        assert!(Error::Finalizer(Box::new(finalizer::Error::CleanupFailed(Error::Leaving(1)))).is_waiting());
+        assert!(!Error::WriteFailed(1).is_waiting());
+        assert!(!Error::Finalizer(Box::new(finalizer::Error::ApplyFailed(Error::WriteFailed(1)))).is_waiting());
+    }
 
     #[tokio::test]
     async fn every_reconcile_waiting_for_a_cache_wakes_when_it_fills() {

@@ -53,7 +53,7 @@ pub fn record_result(span: &Span, result: &Result<Action, Error>) {
             span.record("result", format!("{action:?}"));
         }
         // A deleted policy waiting for its workloads: not a failure.
-        Err(e) if e.kind() == "leaving" => {
+        Err(e) if e.is_waiting() => {
             span.record("result", "leaving");
             span.record("waiting", "workloads_leaving");
             span.record("error", e.to_string());
