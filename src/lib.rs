@@ -5,6 +5,8 @@
 //! I/O parts call the pure ones and decide nothing themselves. The agent sidecar is its own
 //! binary (`agent/`); what the two exchange is the `tracelight_contract` crate.
 
+#![forbid(unsafe_code)]
+
 pub mod api;
 pub mod cli;
 pub mod controller;

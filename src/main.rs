@@ -1,5 +1,7 @@
 //! `tracelight <subcommand>`: the command line, and nothing else.
 
+#![forbid(unsafe_code)]
+
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 

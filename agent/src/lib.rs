@@ -26,6 +26,8 @@
 //!   OpenTelemetry SDK; `make bench-agent-compare` measures both parts against the OpenTelemetry
 //!   Collector (figures in the README).
 
+#![forbid(unsafe_code)]
+
 pub mod admin;
 pub mod admission;
 pub mod args;

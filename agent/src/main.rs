@@ -1,5 +1,7 @@
 //! `tracelight-agent`: the sidecar the injector adds to every instrumented pod.
 
+#![forbid(unsafe_code)]
+
 use std::process::ExitCode;
 use tracelight_agent::args::{AgentArgs, Command};
 

@@ -11,35 +11,12 @@
 //! - `trace`: what the reconcile spans (the operator's own traces) say;
 //! - [`metrics`]: the controller's metrics.
 //!
-//! # Where the memory goes
+//! # Memory
 //!
-//! `make bench-scale` (2000 Deployments, 6000 pods), measured: 25.1 MiB resident with the
-//! caches filled, 47.8 MiB at the peak, near the rollout's end (a sampler saw ~30 MiB of it
-//! anonymous, ~16.5 MiB file-backed: the binary's code and read-only data, paged in; 3 threads).
-//! How it got there, in steps measured the same way:
-//!
-//! - 50.7 / 78.7 MiB (filled / peak) at first; a linker script placing the operator's functions
-//!   together made it 44.4 / 73.4 MiB (since removed with the agent's move to its own binary:
-//!   not remeasured at scale).
-//! - By heaptrack (a `system-allocator` build, 500 Deployments) the heap was 7.5 MiB with the
-//!   caches filled and 12 MiB at the peak, and the caches were most of it: a cached Deployment
-//!   cost ~6 KiB (its pod template: k8s-openapi's `Container` alone is ~2.3 KiB inline), a cached
-//!   pod ~1.5 KiB (its metadata, each label and annotation map at least one B-tree node of
-//!   ~0.5 KiB), the watches' read buffers ~1.3 MiB.
-//! - Workloads are cached as the rollout's summary ([`Workload`](crate::rollout::workload::Workload),
-//!   under 1 KiB) and pods as a compact [`PodSummary`] decoded
-//!   straight from the watch's JSON (392 bytes with its heap for a typical pod, by `cache`'s size
-//!   test; ~0.5 KiB with the store's key and `Arc`).
-//! - The workload summary first dropped `metadata.resourceVersion`; kube's watcher then failed
-//!   every Deployment and StatefulSet watch event ("no metadata.resourceVersion in watch result")
-//!   and relisted, which cost both memory and API calls. With it kept (and the e2e suite failing
-//!   on any such operator log line): the figures above.
-//!
-//! From filled caches to the peak, ~23 MiB: part of it comes within seconds of the policy's
-//! creation (the first reconcile activates every namespace at once and the webhook's first
-//! admissions arrive), the rest grows with the restarts, since an injected pod and a restarted
-//! template carry more labels and annotations than the objects they replace. Not yet attributed
-//! further (heaptrack on a full-size run would).
+//! The caches hold what the decisions read, never whole objects: pods as a [`PodSummary`] decoded
+//! straight from the watch's JSON, workloads as the rollout's summary, owned agent objects as
+//! metadata only, and the initial lists of the large caches come in pages (`paged_lists`). The
+//! figures at scale and how they moved are in `docs/performance.md`.
 
 pub mod cache;
 pub mod events;
