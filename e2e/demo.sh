@@ -229,6 +229,8 @@ EOF
     fail "deployment $APP did not become ready"
 
   say "7/7 Checking an injected pod"
+  injected_count() { [[ $(kubectl get tracingpolicy default -o jsonpath="{.status.namespaces[?(@.name==\"$DEMO_NS\")].counts.injected}") == 2 ]]; }
+  wait_for "policy 'default' to count the 2 injected pods of '$APP'" injected_count
   local pod init svc endpoint injected policy
   pod=$(kubectl -n "$DEMO_NS" get pods -l "app=$APP" -o jsonpath='{.items[0].metadata.name}')
   [[ -n $pod ]] || fail "no pod of $APP"
@@ -271,7 +273,7 @@ Now:
 EOF
   echo "\$ kubectl get tracingpolicies"
   kubectl get tracingpolicies
-  echo "  (INJECTED counts pods at the controller's periodic reconcile, once a minute.)"
+  echo "  (INJECTED follows the pods within a few seconds; REPORTING needs the agents to run, which kwok nodes do not.)"
   if [[ $overlap == *"$DEMO_NS"* ]]; then
     echo "  production (the complete sample) selects '$DEMO_NS' too; its Degraded condition says: $overlap"
   fi
