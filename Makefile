@@ -15,7 +15,7 @@ build: ## Build both binaries, tracelight (operator) and tracelight-agent (sidec
 unit: ## Unit, golden and contract tests of every crate (no cluster)
 	$(CARGO) test --locked --workspace --all-targets
 
-# cargo-fuzz, installed by e2e/prereqs.sh into the cache.
+# cargo-fuzz and cargo-deny, installed by e2e/prereqs.sh into the cache.
 export PATH := $(or $(TRACELIGHT_CACHE),$(HOME)/.cache/tracelight)/tools/bin:$(PATH)
 
 test: prereqs stop-demo lint unit e2e e2e-agent e2e-traces fuzz ## Everything CI runs: lint, unit and golden tests, end-to-end suite, agent interop, traces through the demo shop, brief fuzzing
@@ -28,10 +28,11 @@ stop-demo: ## Stop a running demo (the suites replace its release); the cluster 
 	@pid_file="$${TRACELIGHT_CACHE:-$$HOME/.cache/tracelight}/demo/operator.pid"; \
 	if [[ -s "$$pid_file" && -d "/proc/$$(cat "$$pid_file")" ]]; then echo "stopping the demo first (make demo-down)"; e2e/demo.sh down; fi
 
-lint: ## rustfmt, clippy and rustdoc (broken doc links), warnings are errors
+lint: ## rustfmt, clippy, rustdoc (broken doc links), cargo deny (licenses, bans, sources); warnings are errors
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --workspace --all-targets --features tracelight/e2e -- -D warnings
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --locked --workspace --no-deps --lib
+	$(CARGO) deny --locked -L error check licenses bans sources
 
 fmt: ## Format the code
 	$(CARGO) fmt --all

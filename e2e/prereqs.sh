@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Checks what `make test` and `make demo` need on this machine and installs what is missing:
 # Debian packages (as root, else it stops with the exact command to run), the Rust toolchain
-# components, and, for `make test` (argument `test`), the nightly toolchain and cargo-fuzz
+# components, and, for `make test` (argument `test`), the nightly toolchain, cargo-fuzz and cargo-deny
 # (cached in $TRACELIGHT_CACHE/tools). Safe to run again: it only acts on what is missing.
 #
 # Usage: e2e/prereqs.sh [demo|test]
@@ -57,4 +57,7 @@ if [[ $WHAT == test ]]; then
   export PATH="$TRACELIGHT_CACHE/tools/bin:$PATH"
   command -v cargo-fuzz >/dev/null ||
     cargo install --locked cargo-fuzz --version 0.13.2 --root "$TRACELIGHT_CACHE/tools" >&2
+  # make lint: cargo deny (licenses, bans, sources; deny.toml).
+  command -v cargo-deny >/dev/null ||
+    cargo install --locked cargo-deny --version 0.20.2 --root "$TRACELIGHT_CACHE/tools" >&2
 fi
