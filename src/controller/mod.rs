@@ -28,6 +28,9 @@ pub mod resources;
 pub mod rollout;
 mod trace;
 
+#[cfg(test)]
+mod io_order_tests;
+
 use crate::api::TracingPolicy;
 use crate::inject::InjectOptions;
 use crate::rollout::pod::PodSummary;
