@@ -5,7 +5,9 @@
 # (e2e/cluster/up.sh), installs the chart with the webhook pointing at a local
 # URL, runs the operator in the background as the chart's ServiceAccount,
 # applies config/samples/, opts the namespace `demo` in, deploys a small app
-# there and shows its injected pod. Every claim it prints is checked first.
+# there and shows its injected pod; then runs the shop's inventory service there (on this host,
+# with the pod runner; root) until a request becomes a trace in a real OpenTelemetry Collector,
+# and prints it. Every claim it prints is checked first.
 # Re-running it replaces the previous demo.
 #
 # down (`make demo-down`): stops the operator and removes everything the demo
@@ -120,14 +122,14 @@ up() {
   local t0=$SECONDS
   mkdir -p "$DEMO_DIR"
 
-  say "1/7 Building tracelight"
+  say "1/8 Building tracelight"
   (cd "$REPO" && cargo build --locked --bin tracelight)
   local target_dir=${CARGO_TARGET_DIR:-$REPO/target}
   [[ $target_dir == /* ]] || target_dir=$REPO/$target_dir
   local bin=$target_dir/debug/tracelight
   [[ -x $bin ]] || fail "no binary at $bin after cargo build"
 
-  say "2/7 Starting the control plane (etcd, kube-apiserver, controller-manager, scheduler, kwok nodes)"
+  say "2/8 Starting the control plane (etcd, kube-apiserver, controller-manager, scheduler, kwok nodes)"
   BIN_DIR=$("$REPO/e2e/cluster/build.sh" | tail -n1)
   KUBECONFIG=$("$REPO/e2e/cluster/up.sh" | tail -n1)
   export KUBECONFIG
@@ -140,11 +142,11 @@ up() {
   port_free "$ADMIN_PORT" || fail "port $ADMIN_PORT is taken; set TRACELIGHT_DEMO_ADMIN_PORT"
 
   local url=https://127.0.0.1:$WEBHOOK_PORT/mutate-pods
-  say "3/7 helm install $RELEASE (webhook.url=$url: the operator runs on this machine)"
+  say "3/8 helm install $RELEASE (webhook.url=$url: the operator runs on this machine)"
   helm install "$RELEASE" "$REPO/charts/tracelight" -n "$SYSTEM_NS" --create-namespace \
     --set operator.enabled=false --set "webhook.url=$url" >/dev/null
 
-  say "4/7 Starting the operator as ServiceAccount $SYSTEM_NS/tracelight (log: $OP_LOG)"
+  say "4/8 Starting the operator as ServiceAccount $SYSTEM_NS/tracelight (log: $OP_LOG)"
   local token ca server
   token=$(kubectl create token tracelight -n "$SYSTEM_NS" --duration=24h)
   ca=$(kubectl config view --raw --minify -o jsonpath='{.clusters[0].cluster.certificate-authority-data}')
@@ -189,7 +191,7 @@ EOF
   bundle=$(kubectl get mutatingwebhookconfiguration tracelight -o jsonpath='{.webhooks[0].clientConfig.caBundle}')
   [[ -n $bundle ]] || fail "the operator is ready but the webhook configuration has no caBundle"
 
-  say "5/7 Applying config/samples/ (the minimal policy first, so it is the oldest and governs '$DEMO_NS')"
+  say "5/8 Applying config/samples/ (the minimal policy first, so it is the oldest and governs '$DEMO_NS')"
   # The complete sample points at a collector CA and an API key in $SYSTEM_NS: demo stand-ins.
   openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj /CN=demo-collector-ca \
     -keyout /dev/null -out "$DEMO_DIR/collector-ca.crt" 2>/dev/null
@@ -200,7 +202,7 @@ EOF
   sleep 1.1
   kubectl apply -f "$REPO/config/samples/"
 
-  say "6/7 Opting namespace '$DEMO_NS' in and deploying '$APP' there"
+  say "6/8 Opting namespace '$DEMO_NS' in and deploying '$APP' there"
   kubectl create namespace "$DEMO_NS" >/dev/null
   kubectl label namespace "$DEMO_NS" tracelight.io/enabled=true >/dev/null
   state() { kubectl get tracingpolicy default -o jsonpath="{.status.namespaces[?(@.name==\"$DEMO_NS\")].state}"; }
@@ -228,7 +230,7 @@ EOF
   kubectl -n "$DEMO_NS" rollout status "deployment/$APP" --timeout="${TIMEOUT}s" >/dev/null ||
     fail "deployment $APP did not become ready"
 
-  say "7/7 Checking an injected pod"
+  say "7/8 Checking an injected pod"
   injected_count() { [[ $(kubectl get tracingpolicy default -o jsonpath="{.status.namespaces[?(@.name==\"$DEMO_NS\")].counts.injected}") == 2 ]]; }
   wait_for "policy 'default' to count the 2 injected pods of '$APP'" injected_count
   local pod init svc endpoint injected policy
@@ -247,6 +249,26 @@ EOF
   phase=$(kubectl -n "$DEMO_NS" get pod "$pod" -o jsonpath='{.status.phase}')
   overlap=$(kubectl get tracingpolicy production -o jsonpath='{.status.conditions[?(@.reason=="Overlap")].message}' 2>/dev/null) || overlap=
 
+  say "8/8 A request becomes a trace: the shop's inventory service (Rust SDK) in '$DEMO_NS', run on this host"
+  # kwok nodes run no container: the pod runner runs the injected pod here, exactly as the API
+  # server stored it, in its own network namespace (root), and a real OpenTelemetry Collector
+  # receives what its agent exports (e2e/traces/demo.rs).
+  [[ $(id -u) == 0 ]] || fail "step 8 runs the pod in a network namespace and needs root: run 'make demo' as root"
+  local otelcol trace_log=$DEMO_DIR/trace.log
+  otelcol=$("$REPO/e2e/collector/build.sh" | tail -n1) || fail "building the OpenTelemetry Collector failed"
+  (cd "$REPO" && cargo build --locked -p tracelight-agent --bin tracelight-agent &&
+    cargo build --locked --example shop-inventory &&
+    cargo test --locked --features e2e --test traces --no-run) >"$trace_log" 2>&1 ||
+    fail "building the agent, the inventory service or the pod runner failed (see $trace_log)"
+  if ! (cd "$REPO" && TRACELIGHT_OTELCOL=$otelcol TRACELIGHT_DEMO_NAMESPACE=$DEMO_NS \
+    TRACELIGHT_DEMO_WEBHOOK_PORT=$WEBHOOK_PORT cargo test --locked --quiet --features e2e --test traces \
+    demo:: -- --ignored --nocapture --test-threads=1) >>"$trace_log" 2>&1; then
+    tail -n 40 "$trace_log" >&2
+    fail "no trace from the demo's pod (log: $trace_log)"
+  fi
+  # What the test printed: the deployment, the collector, the trace tree and its resource.
+  sed -n '/^deployed /,/^test result/p' "$trace_log" | grep -v -e '^test ' -e '^$' -e '^running ' -e '^\.$' -e '^\[traces\]' || true
+
   local k="kubectl"
   cat <<EOF
 
@@ -257,7 +279,9 @@ Tracelight demo is up ($((SECONDS - t0))s). Checked just now:
   - pod $DEMO_NS/$pod ($phase on a kwok node; no container really runs) has the agent
     'tracelight-agent' as a native sidecar (first init container, restartPolicy Always),
     OTEL_SERVICE_NAME=$svc (from its Deployment) and OTEL_EXPORTER_OTLP_ENDPOINT=$endpoint,
-    the label tracelight.io/injected=true and the annotation tracelight.io/policy=default.
+    the label tracelight.io/injected=true and the annotation tracelight.io/policy=default;
+  - a request to the injected inventory pod, run on this host, became the trace printed above in
+    a real OpenTelemetry Collector (its own SDK -> the injected env -> the agent -> the collector).
 
 Look for yourself:
   export KUBECONFIG=$KUBECONFIG PATH=$BIN_DIR:\$PATH
@@ -273,7 +297,7 @@ Now:
 EOF
   echo "\$ kubectl get tracingpolicies"
   kubectl get tracingpolicies
-  echo "  (INJECTED follows the pods within a few seconds; REPORTING needs the agents to run, which kwok nodes do not.)"
+  echo "  (INJECTED follows the pods within seconds. REPORTING and SILENT count the agents that report: on kwok nodes no container runs, so only the inventory pod of step 8, run on this host, had one.)"
   if [[ $overlap == *"$DEMO_NS"* ]]; then
     echo "  production (the complete sample) selects '$DEMO_NS' too; its Degraded condition says: $overlap"
   fi

@@ -22,6 +22,8 @@
 mod check;
 mod collector;
 mod coverage;
+// `make demo`'s trace (ignored; run by e2e/demo.sh).
+mod demo;
 mod harness;
 // The operator's own traces (a separate test, sharing the harness and the collector).
 mod operator_spans;

@@ -232,14 +232,28 @@ fn with_path(mut env: Vec<(String, String)>, dir: &Path) -> Vec<(String, String)
     env
 }
 
+/// The agent image: the agent binary where the injector's `command` names it.
+pub fn agent_image() -> anyhow::Result<Image> {
+    let agent = target_dir().join("debug/tracelight-agent");
+    ensure!(agent.is_file(), "{} is missing: `cargo build -p tracelight-agent`", agent.display());
+    Ok(Image {
+        env: base_env(),
+        files: vec![(tracelight::inject::AGENT_BINARY.to_string(), agent)],
+        ..Default::default()
+    })
+}
+
+/// The inventory service's image (Rust, its own OpenTelemetry SDK; SQLite).
+pub fn inventory_image() -> anyhow::Result<Image> {
+    let inventory = target_dir().join("debug/examples/shop-inventory");
+    ensure!(inventory.is_file(), "{} is missing: `cargo build --example shop-inventory`", inventory.display());
+    Ok(Image { entrypoint: vec![inventory.display().to_string()], env: base_env(), ..Default::default() })
+}
+
 /// Every image the shop's injected pods use, for the policy as the API server stored it.
 pub fn images(policy: &TracingPolicy) -> anyhow::Result<Images> {
     let cache = cache_dir()?;
-    let agent = target_dir().join("debug/tracelight-agent");
-    ensure!(agent.is_file(), "{} is missing: `cargo build -p tracelight-agent`", agent.display());
     let apps = crate::support::repo_root().join("e2e/apps");
-    let inventory = target_dir().join("debug/examples/shop-inventory");
-    ensure!(inventory.is_file(), "{} is missing: `cargo build --example shop-inventory`", inventory.display());
     let java = std::fs::canonicalize(host_program("java")?)?;
     let java_bin = java.parent().context("java has no directory")?.to_path_buf();
     let node = host_program("node")?;
@@ -247,15 +261,7 @@ pub fn images(policy: &TracingPolicy) -> anyhow::Result<Images> {
     // The images as the operator the suite runs resolves them (the chart's flags).
     let defaults = crate::support::objects::operator_inject_options().images;
     let mut images = Images::default();
-    images.insert(
-        defaults.agent(&policy.spec.agent).to_string(),
-        // The image's files: the agent binary where the injector's `command` names it.
-        Image {
-            env: base_env(),
-            files: vec![(tracelight::inject::AGENT_BINARY.to_string(), agent)],
-            ..Default::default()
-        },
-    );
+    images.insert(defaults.agent(&policy.spec.agent).to_string(), agent_image()?);
 
     // Auto-instrumentation images: the content the upstream images carry, at the same paths.
     let instrumentation = &policy.spec.instrumentation;
@@ -300,10 +306,7 @@ pub fn images(policy: &TracingPolicy) -> anyhow::Result<Images> {
         "tracelight-e2e/shop-worker:1",
         python(std::iter::once(celery).chain(worker_cmd.iter().map(|s| s.to_string())).collect(), "worker"),
     );
-    images.insert(
-        "tracelight-e2e/shop-inventory:1",
-        Image { entrypoint: vec![inventory.display().to_string()], env: base_env(), ..Default::default() },
-    );
+    images.insert("tracelight-e2e/shop-inventory:1", inventory_image()?);
     images.insert(
         "tracelight-e2e/shop-pricing:1",
         Image {
