@@ -10,11 +10,16 @@ WORKDIR /src
 COPY . .
 # Cache mounts keep the registry and the target directory between builds (BuildKit), so a
 # source edit rebuilds only the workspace's own crates.
+# The agent links glibc statically (static-pie, as `make agent-release`: 0.9 MiB less resident
+# per pod); `--target` keeps the flag off build scripts and proc-macros.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked -p tracelight --bin tracelight -p tracelight-agent --bin tracelight-agent \
+    host="$(rustc -vV | sed -n 's/^host: //p')" \
+    && cargo build --release --locked -p tracelight --bin tracelight \
+    && RUSTFLAGS="-C target-feature=+crt-static" \
+       cargo build --release --locked -p tracelight-agent --bin tracelight-agent --target "$host" \
     && mkdir -p /out \
-    && cp target/release/tracelight target/release/tracelight-agent /out/ \
+    && cp target/release/tracelight "target/$host/release/tracelight-agent" /out/ \
     && strip /out/tracelight /out/tracelight-agent
 
 FROM gcr.io/distroless/cc-debian12:nonroot

@@ -7,7 +7,8 @@ use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{Layer, Registry};
 
 /// Log format chosen with `--log-format`.
-#[derive(clap::ValueEnum, Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum LogFormat {
     #[default]
     Text,
