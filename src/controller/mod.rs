@@ -74,6 +74,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use tracelight_contract::config::{AGENT_CONFIGMAP, AGENT_SECRET};
 
 /// Name under which the controller reports Events.
 const REPORTER: &str = "tracelight-controller";
@@ -112,6 +113,13 @@ pub struct ControllerArgs {
     /// Namespace of the leader-election Lease. Default: the operator's namespace (`--namespace`).
     #[arg(long)]
     pub lease_namespace: Option<String>,
+
+    /// Namespaces besides the operator's own (`--namespace`) that policies may take source
+    /// Secrets from (`collector.apiKeySecretRef`, `collector.tls.caSecretRef`); repeatable or
+    /// comma-separated. A policy naming a Secret anywhere else is refused (`Ready=False`, reason
+    /// `SecretNotAllowed`) and nothing is copied. The operator needs `get` on Secrets there.
+    #[arg(long = "secret-namespace", env = "TRACELIGHT_SECRET_NAMESPACES", value_delimiter = ',')]
+    pub secret_namespaces: Vec<String>,
 }
 
 /// A client for the cluster (KUBECONFIG or in-cluster config) that counts its requests in the
@@ -158,7 +166,9 @@ async fn run_async(args: ControllerArgs, trace_stats: Option<telemetry::traces::
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
 
-    let ControllerArgs { webhook, leader_election, lease_name, lease_namespace, .. } = args;
+    let ControllerArgs { webhook, leader_election, lease_name, lease_namespace, secret_namespaces, .. } = args;
+    let secret_sources = resources::SecretSources::new(&webhook.namespace, &secret_namespaces);
+    tracing::info!(namespaces = %secret_sources.describe(), "source Secrets are read from these namespaces only");
     let lease = leader_election.then(|| (lease_namespace.unwrap_or_else(|| webhook.namespace.clone()), lease_name));
     let inject_options = webhook.inject_options();
     // The webhook's report endpoint fills it; the leader's reconciles read it.
@@ -179,7 +189,15 @@ async fn run_async(args: ControllerArgs, trace_stats: Option<telemetry::traces::
     );
     let controllers = cancel_on_error(
         shutdown.clone(),
-        run_controllers(client, metrics, lease, inject_options, reports, resolver, shutdown.clone()),
+        run_controllers(
+            client,
+            metrics,
+            lease,
+            PolicySettings { inject_options, secret_sources },
+            reports,
+            resolver,
+            shutdown.clone(),
+        ),
     );
     let (webhook, controllers) = tokio::join!(webhook, controllers);
     webhook.context("webhook")?;
@@ -225,12 +243,21 @@ async fn wait_for_signal() {
     }
 }
 
+/// What the policy controller is configured with, from the flags.
+#[derive(Clone)]
+struct PolicySettings {
+    /// The webhook's injection options, so expected manifest hashes match what it injects.
+    inject_options: InjectOptions,
+    /// The namespaces source Secrets may come from.
+    secret_sources: resources::SecretSources,
+}
+
 /// Runs the controllers whenever this replica leads (always, without a `lease`), until `shutdown`.
 async fn run_controllers(
     client: Client,
     metrics: Metrics,
     lease: Option<(String, String)>,
-    inject_options: InjectOptions,
+    settings: PolicySettings,
     reports: ReportStore,
     serving_ca: Arc<crate::webhook::certs::CertResolver>,
     shutdown: CancellationToken,
@@ -257,7 +284,7 @@ async fn run_controllers(
         let mut lost = leader_rx.clone();
         tokio::select! {
             // Returns after a graceful shutdown: in-flight reconciles finish first.
-            () = run_policy_controller(client.clone(), controller_metrics.clone(), inject_options.clone(), reports.clone(), serving_ca.clone(), shutdown.clone()) => {}
+            () = run_policy_controller(client.clone(), controller_metrics.clone(), settings.clone(), reports.clone(), serving_ca.clone(), shutdown.clone()) => {}
             _ = lost.wait_for(|leads| !*leads) => tracing::warn!("leadership lost: controllers stopped"),
         }
         controller_metrics.leader.set(0);
@@ -304,7 +331,7 @@ fn governance_relevant(ns: &Namespace) -> Option<u64> {
 async fn run_policy_controller(
     client: Client,
     metrics: ControllerMetrics,
-    inject_options: InjectOptions,
+    settings: PolicySettings,
     reports: ReportStore,
     serving_ca: Arc<crate::webhook::certs::CertResolver>,
     shutdown: CancellationToken,
@@ -345,9 +372,10 @@ async fn run_policy_controller(
     });
 
     // The agent objects the policies own (metadata only): which ones to remove, and whether one
-    // was deleted by hand, without listing them on every reconcile.
-    let (owned_configmaps, owned_configmap_cache) = owned_cache::<ConfigMap>(&client, "configmap");
-    let (owned_secrets, owned_secret_cache) = owned_cache::<Secret>(&client, "secret");
+    // was deleted by hand, without listing them on every reconcile. Watched by their one name, so
+    // the operator needs no read of any other Secret outside its namespace (see `resources`).
+    let (owned_configmaps, owned_configmap_cache) = owned_cache::<ConfigMap>(&client, AGENT_CONFIGMAP, "configmap");
+    let (owned_secrets, owned_secret_cache) = owned_cache::<Secret>(&client, AGENT_SECRET, "secret");
 
     // Workload changes (a rollout progressing, a new workload) move the rollouts on, at a
     // bounded rate.
@@ -381,7 +409,8 @@ async fn run_policy_controller(
         deployments,
         statefulsets,
         daemonsets,
-        inject_options,
+        inject_options: settings.inject_options,
+        secret_sources: settings.secret_sources,
         requested: Default::default(),
         written: Default::default(),
         reports,
@@ -446,17 +475,21 @@ async fn throttle(
     }
 }
 
-/// A cluster-wide metadata cache of the objects of kind `K` that policies own, and the future
-/// that drives it.
+/// A cluster-wide metadata cache of the objects of kind `K` named `name` that policies own, and
+/// the future that drives it.
 fn owned_cache<K>(
     client: &Client,
+    name: &str,
     what: &'static str,
 ) -> (reflector::Store<PartialObjectMeta<K>>, impl Future<Output = ()>)
 where
     K: kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
 {
     let (store, writer) = reflector::store::<PartialObjectMeta<K>>();
-    let config = watcher::Config::default().any_semantic().labels(&resources::managed_selector());
+    let config = watcher::Config::default()
+        .any_semantic()
+        .labels(&resources::managed_selector())
+        .fields(&resources::owned_name_selector(name));
     let cache = watcher(Api::<PartialObjectMeta<K>>::all(client.clone()), config)
         .default_backoff()
         .modify(|o| o.metadata.managed_fields = None)
@@ -551,6 +584,9 @@ mod tests {
         assert_eq!(args.webhook.webhook_config, "tl");
         assert!(matches!(args.log_format, LogFormat::Json));
         assert_eq!(args.lease_namespace.as_deref(), Some("ops"));
+        assert!(args.secret_namespaces.is_empty());
+        let args = parse(&["--secret-namespace", "ops,vault", "--secret-namespace=more"]);
+        assert_eq!(args.secret_namespaces, ["ops", "vault", "more"]);
     }
 
     fn drain(rx: &mut futures::channel::mpsc::UnboundedReceiver<()>) -> usize {
