@@ -120,6 +120,33 @@ pub struct ControllerArgs {
     /// `SecretNotAllowed`) and nothing is copied. The operator needs `get` on Secrets there.
     #[arg(long = "secret-namespace", env = "TRACELIGHT_SECRET_NAMESPACES", value_delimiter = ',')]
     pub secret_namespaces: Vec<String>,
+
+    /// `host:port` where the other replicas reach this one's report endpoint while it leads
+    /// (advertised on the Lease; they forward the agents' reports there). Default: `POD_IP` and
+    /// the port of `--webhook-addr`. Without either, reports received by other replicas are not
+    /// counted while this one leads.
+    #[arg(long, env = "TRACELIGHT_ADVERTISE_ADDRESS")]
+    pub advertise_address: Option<String>,
+}
+
+impl ControllerArgs {
+    /// Where this replica's report endpoint is reached by the others.
+    fn report_address(&self, pod_ip: Option<&str>) -> Option<String> {
+        self.advertise_address.clone().filter(|a| !a.is_empty()).or_else(|| {
+            let ip: std::net::IpAddr = pod_ip?.trim().parse().ok()?;
+            Some(std::net::SocketAddr::new(ip, self.webhook.webhook_addr.port()).to_string())
+        })
+    }
+}
+
+/// Leader election settings: the Lease, and the report addresses it carries.
+struct Election {
+    namespace: String,
+    name: String,
+    /// Advertised while this replica leads.
+    report_address: Option<String>,
+    /// The leader's report address while another replica leads (the report endpoint forwards there).
+    leader_address: watch::Sender<Option<String>>,
 }
 
 /// A client for the cluster (KUBECONFIG or in-cluster config) that counts its requests in the
@@ -166,10 +193,22 @@ async fn run_async(args: ControllerArgs, trace_stats: Option<telemetry::traces::
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
 
+    let report_address = args.report_address(std::env::var("POD_IP").ok().as_deref());
     let ControllerArgs { webhook, leader_election, lease_name, lease_namespace, secret_namespaces, .. } = args;
     let secret_sources = resources::SecretSources::new(&webhook.namespace, &secret_namespaces);
     tracing::info!(namespaces = %secret_sources.describe(), "source Secrets are read from these namespaces only");
-    let lease = leader_election.then(|| (lease_namespace.unwrap_or_else(|| webhook.namespace.clone()), lease_name));
+    let (leader_address, leader_address_rx) = watch::channel(None);
+    if leader_election && report_address.is_none() {
+        tracing::warn!(
+            "no --advertise-address and no POD_IP: while this replica leads, reports received by the others are not counted"
+        );
+    }
+    let lease = leader_election.then(|| Election {
+        namespace: lease_namespace.unwrap_or_else(|| webhook.namespace.clone()),
+        name: lease_name,
+        report_address,
+        leader_address,
+    });
     let inject_options = webhook.inject_options();
     // The webhook's report endpoint fills it; the leader's reconciles read it.
     let reports = crate::webhook::reports::ReportStore::default();
@@ -183,6 +222,7 @@ async fn run_async(args: ControllerArgs, trace_stats: Option<telemetry::traces::
             client.clone(),
             metrics.clone(),
             reports.clone(),
+            leader_address_rx,
             resolver.clone(),
             shutdown.clone(),
         ),
@@ -256,7 +296,7 @@ struct PolicySettings {
 async fn run_controllers(
     client: Client,
     metrics: Metrics,
-    lease: Option<(String, String)>,
+    lease: Option<Election>,
     settings: PolicySettings,
     reports: ReportStore,
     serving_ca: Arc<crate::webhook::certs::CertResolver>,
@@ -267,9 +307,10 @@ async fn run_controllers(
     // The elector stops (and releases the lease) only once the controllers have stopped, so no
     // other replica starts reconciling while our last reconciles finish.
     let controllers_stopped = CancellationToken::new();
-    let elector = lease.map(|(namespace, name)| {
-        let elector = LeaderElector::new(Api::namespaced(client.clone(), &namespace), &name, lease::default_identity());
-        tracing::info!(lease = %name, %namespace, identity = %elector.identity(), "leader election enabled");
+    let elector = lease.map(|Election { namespace, name, report_address, leader_address }| {
+        let elector = LeaderElector::new(Api::namespaced(client.clone(), &namespace), &name, lease::default_identity())
+            .with_report_address(report_address.clone(), leader_address);
+        tracing::info!(lease = %name, %namespace, identity = %elector.identity(), report_address = ?report_address, "leader election enabled");
         tokio::spawn(elector.run(leader_tx.clone(), controllers_stopped.clone().cancelled_owned()))
     });
 
@@ -281,6 +322,11 @@ async fn run_controllers(
         }
         tracing::info!("leading: starting controllers");
         controller_metrics.leader.set(1);
+        // Reports the previous leader counted reach us within one report interval: until then
+        // coverage does not drop below what the status shows.
+        reports.hold_coverage_until(
+            k8s_openapi::jiff::Timestamp::now() + crate::webhook::reports::store::COVERAGE_WARM_UP,
+        );
         let mut lost = leader_rx.clone();
         tokio::select! {
             // Returns after a graceful shutdown: in-flight reconciles finish first.
@@ -587,6 +633,17 @@ mod tests {
         assert!(args.secret_namespaces.is_empty());
         let args = parse(&["--secret-namespace", "ops,vault", "--secret-namespace=more"]);
         assert_eq!(args.secret_namespaces, ["ops", "vault", "more"]);
+    }
+
+    #[test]
+    fn the_report_address_is_the_flag_or_the_pod_ip_with_the_webhook_port() {
+        let args = parse(&["--webhook-addr", "0.0.0.0:9443"]);
+        assert_eq!(args.report_address(Some("10.1.2.3")).as_deref(), Some("10.1.2.3:9443"));
+        assert_eq!(args.report_address(Some("fd00::7")).as_deref(), Some("[fd00::7]:9443"));
+        assert_eq!(args.report_address(None), None);
+        assert_eq!(args.report_address(Some("not-an-ip")), None);
+        let args = parse(&["--advertise-address", "127.0.0.1:4000"]);
+        assert_eq!(args.report_address(Some("10.1.2.3")).as_deref(), Some("127.0.0.1:4000"));
     }
 
     fn drain(rx: &mut futures::channel::mpsc::UnboundedReceiver<()>) -> usize {

@@ -12,10 +12,10 @@ use super::resources::{
     WriteMemo,
 };
 use super::rollout::{
-    add_coverage, apply_reporting, coverage as rollout_coverage, departure, health_check_since, leaving_namespaces,
-    longest_health_deadline, observation as rollout_observation, observe_workloads, outdated_by_namespace,
-    restart_note, restarts_to_request, rollout_status, still_leaving, unclaimed_namespaces, workload_restart_note,
-    Requested, Snapshot,
+    add_coverage, apply_reporting, coverage as rollout_coverage, departure, health_check_since, hold_coverage,
+    leaving_namespaces, longest_health_deadline, observation as rollout_observation, observe_workloads,
+    outdated_by_namespace, restart_note, restarts_to_request, rollout_status, still_leaving, unclaimed_namespaces,
+    workload_restart_note, Requested, Snapshot,
 };
 use super::trace;
 use crate::api::agent_config::needs_secret;
@@ -212,6 +212,11 @@ async fn apply(policy: &TracingPolicy, ctx: &Context) -> Result<Action, Error> {
     let reached: BTreeSet<String> = engine.plan.active_namespaces.iter().cloned().collect();
     let mut rollout = roll_out(policy, &plan, gates, &reached, &secret_values, ctx).await;
     add_rollout_counts(&mut rollout.namespaces, &engine, ctx);
+    if ctx.reports.holds_coverage(now) {
+        for ns in &mut rollout.namespaces {
+            hold_coverage(ns, previous.and_then(|p| p.namespaces.iter().find(|n| n.name == ns.name)));
+        }
+    }
 
     let owned = cached_owned(policy, ctx);
     // Injected pods of leaving namespaces still mount the agent objects: they go once it has left.

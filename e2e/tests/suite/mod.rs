@@ -46,6 +46,7 @@ async fn steps(suite: &mut Suite) -> anyhow::Result<()> {
         Ok("rollout") => return rollout_steps(suite).await,
         Ok("resilience") => return resilience_steps(suite).await,
         Ok("injection") => return injection_steps(suite).await,
+        Ok("coverage") => return rollout_resilience::two_replicas_count_every_report(suite).await,
         Ok("secrets") => return secrets::secrets_outside_the_operator_namespace_are_refused(suite).await,
         _ => {}
     }
@@ -83,5 +84,6 @@ async fn rollout_steps(suite: &mut Suite) -> anyhow::Result<()> {
 async fn resilience_steps(suite: &mut Suite) -> anyhow::Result<()> {
     rollout_resilience::crash_looping_workload_is_rolled_back(suite).await?;
     rollout_resilience::missed_pods_are_counted_then_repaired(suite).await?;
-    rollout_resilience::two_replicas_one_leader(suite).await
+    rollout_resilience::two_replicas_one_leader(suite).await?;
+    rollout_resilience::two_replicas_count_every_report(suite).await
 }

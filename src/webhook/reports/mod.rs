@@ -4,10 +4,14 @@
 //! API server ([`review`]); the body's pod name, namespace and uid must match the token's. So a
 //! pod cannot report for another one, and the token is useless anywhere else.
 //!
+//! Every replica accepts reports; one that does not lead also sends them on to the leader, whose
+//! controllers count them ([`forward`] says how and why that way).
+//!
 //! Answers: 204 accepted; 400 malformed body; 401 missing or rejected token; 403 the body names
 //! another pod; 413 too large; 503 (with `Retry-After`) when the review could not be done. The
 //! agent retries at its next push either way.
 
+pub mod forward;
 pub mod review;
 pub mod store;
 
@@ -32,6 +36,9 @@ pub struct ReportsState {
     pub reviewer: Arc<dyn Reviewer>,
     pub store: ReportStore,
     pub metrics: ReportMetrics,
+    /// Sends accepted reports on to the leader while another replica leads (`None`: single
+    /// replica, or no address to reach the leader at).
+    pub forward: Option<forward::Forwarder>,
 }
 
 /// `tracelight_agent_reports_total{result}`: accepted, and refused by reason.
@@ -97,6 +104,12 @@ async fn receive(State(state): State<ReportsState>, headers: HeaderMap, body: By
     match accept(&state, &headers, &body).await {
         Ok(pod) => {
             state.metrics.count("accepted");
+            // A report another replica forwarded is never forwarded again.
+            if let (Some(forward), false) = (&state.forward, headers.contains_key(forward::FORWARDED_HEADER)) {
+                if let Some(authorization) = headers.get(header::AUTHORIZATION) {
+                    forward.spawn(authorization.clone(), body);
+                }
+            }
             tracing::debug!(namespace = %pod.namespace, pod = %pod.pod_name, "agent report accepted");
             StatusCode::NO_CONTENT.into_response()
         }

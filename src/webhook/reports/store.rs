@@ -11,20 +11,40 @@ use std::sync::{Arc, RwLock};
 use tokio::sync::watch;
 use tracelight_contract::report::AgentReport;
 
+/// How often agents push a report (the agent's default `--report-interval-secs`).
+pub const REPORT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
+/// After this replica starts leading, how long coverage is held at what the status shows where
+/// its own reports count fewer pods: one report interval and a margin, after which every agent
+/// has reported to it (directly or forwarded by another replica).
+pub const COVERAGE_WARM_UP: SignedDuration = SignedDuration::from_secs(REPORT_INTERVAL.as_secs() as i64 + 10);
+
 #[derive(Clone)]
 pub struct ReportStore {
     /// By pod uid (from the reviewed token).
     reports: Arc<RwLock<HashMap<String, PodReport>>>,
     changed: Arc<watch::Sender<u64>>,
+    /// Until when coverage is held (see [`COVERAGE_WARM_UP`]).
+    warm_until: Arc<RwLock<Option<Timestamp>>>,
 }
 
 impl Default for ReportStore {
     fn default() -> Self {
-        ReportStore { reports: Arc::default(), changed: Arc::new(watch::channel(0).0) }
+        ReportStore { reports: Arc::default(), changed: Arc::new(watch::channel(0).0), warm_until: Arc::default() }
     }
 }
 
 impl ReportStore {
+    /// Holds coverage until `until`: this replica has just started leading, and reports counted
+    /// by the previous leader have not all reached it yet.
+    pub fn hold_coverage_until(&self, until: Timestamp) {
+        *self.warm_until.write().unwrap_or_else(|p| p.into_inner()) = Some(until);
+    }
+
+    /// Whether coverage is still held at `now`.
+    pub fn holds_coverage(&self, now: Timestamp) -> bool {
+        self.warm_until.read().unwrap_or_else(|p| p.into_inner()).is_some_and(|until| now < until)
+    }
+
     /// Records `report` for the reviewed `pod`, received `now`. Returns whether it changed
     /// something coverage depends on (and then notifies subscribers).
     pub fn accept(&self, pod: &ReviewedPod, report: &AgentReport, now: Timestamp) -> bool {
@@ -154,6 +174,16 @@ mod tests {
             (version("old"), version("new"), version("hostile")),
             ("unknown (contract 1)".into(), "0.2.0".into(), "other".into())
         );
+    }
+
+    #[test]
+    fn coverage_is_held_for_a_warm_up_after_leading_starts() {
+        let store = ReportStore::default();
+        assert!(!store.holds_coverage(at(0)), "not before leading");
+        store.hold_coverage_until(at(0) + COVERAGE_WARM_UP);
+        assert!(store.holds_coverage(at(30)));
+        assert!(!store.holds_coverage(at(40)), "one report interval and a margin");
+        assert!(store.clone().holds_coverage(at(1)), "shared by clones");
     }
 
     #[test]

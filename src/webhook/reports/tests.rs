@@ -26,7 +26,12 @@ impl Reviewer for FakeReviewer {
 }
 
 fn state() -> ReportsState {
-    ReportsState { reviewer: Arc::new(FakeReviewer), store: ReportStore::default(), metrics: ReportMetrics::default() }
+    ReportsState {
+        reviewer: Arc::new(FakeReviewer),
+        store: ReportStore::default(),
+        metrics: ReportMetrics::default(),
+        forward: None,
+    }
 }
 
 fn body(namespace: &str, pod: &str, uid: &str) -> String {
