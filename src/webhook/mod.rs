@@ -209,6 +209,7 @@ pub async fn run(
         store: reports,
         metrics: reports::ReportMetrics::register(&metrics),
         forward: Some(forward),
+        limits: Arc::default(),
     };
     let admin = server::AdminState { metrics, index, resolver: resolver.clone() };
     let webhook_listener = bind("webhook", args.webhook_addr).await?;

@@ -84,7 +84,8 @@ async fn serve_connection(
         Ok(Err(error)) => return tracing::debug!(%peer, %error, "TLS handshake failed"),
         Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
     };
-    let service = TowerToHyperService::new(app);
+    // The report endpoint limits per remote address.
+    let service = TowerToHyperService::new(app.layer(axum::Extension(axum::extract::ConnectInfo(peer))));
     let connection = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(IDLE_TIMEOUT)

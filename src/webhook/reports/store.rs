@@ -18,6 +18,27 @@ pub const REPORT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(
 /// has reported to it (directly or forwarded by another replica).
 pub const COVERAGE_WARM_UP: SignedDuration = SignedDuration::from_secs(REPORT_INTERVAL.as_secs() as i64 + 10);
 
+/// Longest service name kept from a report, in bytes: the application sets `service.name`, and
+/// one unbounded name would make every status write (and the status object) as large.
+pub const MAX_SERVICE_NAME_BYTES: usize = 128;
+
+/// `name` cut to [`MAX_SERVICE_NAME_BYTES`] at a character boundary.
+pub fn bounded_name(name: &str) -> &str {
+    if name.len() <= MAX_SERVICE_NAME_BYTES {
+        return name;
+    }
+    let mut end = MAX_SERVICE_NAME_BYTES;
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    &name[..end]
+}
+
+/// How many of the service names a report keeps had to be cut.
+pub fn truncated_names(report: &AgentReport) -> usize {
+    report.services.keys().take(MAX_SERVICES).filter(|n| n.len() > MAX_SERVICE_NAME_BYTES).count()
+}
+
 #[derive(Clone)]
 pub struct ReportStore {
     /// By pod uid (from the reviewed token).
@@ -51,8 +72,10 @@ impl ReportStore {
         let last_span_at = report
             .last_span_age_seconds
             .and_then(|age| now.checked_sub(SignedDuration::from_secs(i64::try_from(age).unwrap_or(i64::MAX))).ok());
-        let mut services: Vec<String> = report.services.keys().take(MAX_SERVICES).cloned().collect();
+        let mut services: Vec<String> =
+            report.services.keys().take(MAX_SERVICES).map(|name| bounded_name(name).to_string()).collect();
         services.sort();
+        services.dedup();
         let new = PodReport {
             received_at: now,
             last_span_at,
@@ -174,6 +197,23 @@ mod tests {
             (version("old"), version("new"), version("hostile")),
             ("unknown (contract 1)".into(), "0.2.0".into(), "other".into())
         );
+    }
+
+    #[test]
+    fn long_service_names_are_cut_at_a_character_boundary_and_counted() {
+        let store = ReportStore::default();
+        let mut long = report(Some(1), 1);
+        let huge = "é".repeat(40_000);
+        long.services = BTreeMap::from([(huge.clone(), 1), ("x".repeat(200), 2), ("ok".to_string(), 3)]);
+        store.accept(&pod("a"), &long, at(0));
+        let kept = store.get("a").unwrap().services;
+        assert_eq!(kept.len(), 3);
+        assert!(kept.iter().all(|s| s.len() <= MAX_SERVICE_NAME_BYTES), "{kept:?}");
+        assert!(kept.contains(&"é".repeat(64)), "128 bytes of two-byte characters");
+        assert!(kept.contains(&"ok".to_string()));
+        assert_eq!(truncated_names(&long), 2);
+        assert_eq!(bounded_name(&"a".repeat(129)).len(), 128);
+        assert_eq!(bounded_name(&format!("{}é", "a".repeat(127))).len(), 127, "never half a character");
     }
 
     #[test]
