@@ -1,5 +1,6 @@
 //! The operator's own logs, metrics and traces ([`traces`]).
 
+pub mod otlp_tls;
 pub mod traces;
 
 use prometheus_client::encoding::text;

@@ -179,7 +179,9 @@ pub struct TlsSpec {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SecretKeyRef {
-    /// Namespace of the Secret, usually the operator's own.
+    /// Namespace of the Secret: the operator's own, or one the installation allows (chart value
+    /// `secrets.sourceNamespaces`). A Secret anywhere else is refused (`Ready=False`, reason
+    /// `SecretNotAllowed`) and nothing is copied.
     #[schemars(length(min = 1, max = 63))]
     pub namespace: String,
     /// Name of the Secret.
@@ -195,7 +197,9 @@ pub struct SecretKeyRef {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CaSecretRef {
-    /// Namespace of the Secret, usually the operator's own.
+    /// Namespace of the Secret: the operator's own, or one the installation allows (chart value
+    /// `secrets.sourceNamespaces`). A Secret anywhere else is refused (`Ready=False`, reason
+    /// `SecretNotAllowed`) and nothing is copied.
     #[schemars(length(min = 1, max = 63))]
     pub namespace: String,
     /// Name of the Secret.

@@ -4,6 +4,10 @@
 //! The decision ("should I take over this lease now?") is the pure [`decide`]; [`LeaderElector`]
 //! does the I/O: get, then create or replace guarded by `resourceVersion`, so two replicas can
 //! never both believe they won the same round.
+//!
+//! The holder also advertises where its report endpoint is (the annotation
+//! [`REPORT_ADDRESS_ANNOTATION`]); the other replicas read it in their rounds and forward the
+//! agents' reports there (see [`crate::webhook::reports::forward`]).
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
@@ -12,6 +16,31 @@ use kube::api::{Api, PostParams};
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
+
+pub use crate::webhook::reports::forward::REPORT_ADDRESS_ANNOTATION;
+
+/// The report address the holder of `lease` advertises, unless `me` holds it (or nobody does).
+pub fn advertised_leader(lease: Option<&Lease>, me: &str) -> Option<String> {
+    let lease = lease?;
+    let holder = lease.spec.as_ref()?.holder_identity.as_deref().filter(|h| !h.is_empty())?;
+    if holder == me {
+        return None;
+    }
+    lease.metadata.annotations.as_ref()?.get(REPORT_ADDRESS_ANNOTATION).filter(|a| !a.is_empty()).cloned()
+}
+
+/// Sets (or, without an address, removes) the report address annotation on a Lease we write.
+pub fn advertise(metadata: &mut ObjectMeta, address: Option<&str>) {
+    let annotations = metadata.annotations.get_or_insert_with(Default::default);
+    match address {
+        Some(address) => {
+            annotations.insert(REPORT_ADDRESS_ANNOTATION.to_string(), address.to_string());
+        }
+        None => {
+            annotations.remove(REPORT_ADDRESS_ANNOTATION);
+        }
+    }
+}
 
 /// How long a lease is valid without renewal.
 pub const LEASE_DURATION: Duration = Duration::from_secs(15);
@@ -129,11 +158,34 @@ pub struct LeaderElector {
     identity: String,
     /// (holder, renewTime) last seen, and when it was first seen.
     last_record: Option<(Option<String>, Option<MicroTime>, Instant)>,
+    /// Our report endpoint (`host:port`), advertised on the Lease while we hold it.
+    report_address: Option<String>,
+    /// The leader's report endpoint while another replica leads, as last read.
+    leader_address: watch::Sender<Option<String>>,
 }
 
 impl LeaderElector {
     pub fn new(api: Api<Lease>, name: &str, identity: String) -> Self {
-        LeaderElector { api, name: name.to_string(), identity, last_record: None }
+        LeaderElector {
+            api,
+            name: name.to_string(),
+            identity,
+            last_record: None,
+            report_address: None,
+            leader_address: watch::channel(None).0,
+        }
+    }
+
+    /// Advertises `address` as our report endpoint while we lead, and publishes the leader's on
+    /// `leader_address` while another replica leads.
+    pub fn with_report_address(
+        mut self,
+        address: Option<String>,
+        leader_address: watch::Sender<Option<String>>,
+    ) -> Self {
+        self.report_address = address;
+        self.leader_address = leader_address;
+        self
     }
 
     pub fn identity(&self) -> &str {
@@ -146,6 +198,12 @@ impl LeaderElector {
         let current =
             self.api.get_opt(&self.name).await.map_err(|source| LeaseError::Get { name: self.name.clone(), source })?;
         // A Lease without spec is treated as held by nobody.
+        let leader = advertised_leader(current.as_ref(), &self.identity);
+        self.leader_address.send_if_modified(|known| {
+            let changed = *known != leader;
+            *known = leader.clone();
+            changed
+        });
         let spec = current.as_ref().map(|l| l.spec.clone().unwrap_or_default());
         let observed = Observed { unchanged_for: self.unchanged_for(spec.as_ref()), now: Timestamp::now() };
         let decision = decide(spec.as_ref(), &self.identity, observed);
@@ -153,15 +211,17 @@ impl LeaderElector {
         let result = match (&decision, current) {
             (Decision::Follow { .. }, _) => return Ok(false),
             (Decision::Create, _) | (_, None) => {
-                let lease = Lease {
+                let mut lease = Lease {
                     metadata: ObjectMeta { name: Some(self.name.clone()), ..Default::default() },
                     spec: Some(held_spec(None, &self.identity, now)),
                 };
+                advertise(&mut lease.metadata, self.report_address.as_deref());
                 self.api.create(&PostParams::default(), &lease).await
             }
             (Decision::Renew | Decision::TakeOver, Some(mut lease)) => {
                 // `replace` sends the resourceVersion we read: a concurrent writer makes it fail with 409.
                 lease.spec = Some(held_spec(lease.spec.as_ref(), &self.identity, now));
+                advertise(&mut lease.metadata, self.report_address.as_deref());
                 self.api.replace(&self.name, &PostParams::default(), &lease).await
             }
         };
@@ -296,6 +356,20 @@ mod tests {
             decide(Some(&held_by("other", 980)), "me", seen(0, 1000)),
             Decision::Follow { holder: "other".into() }
         );
+    }
+
+    #[test]
+    fn followers_read_the_leaders_report_address_and_the_leader_its_own_is_none() {
+        let mut lease = Lease { spec: Some(held_by("a", 1000)), ..Default::default() };
+        assert_eq!(advertised_leader(Some(&lease), "b"), None, "not advertised");
+        advertise(&mut lease.metadata, Some("10.0.0.7:8443"));
+        assert_eq!(advertised_leader(Some(&lease), "b").as_deref(), Some("10.0.0.7:8443"));
+        assert_eq!(advertised_leader(Some(&lease), "a"), None, "the leader keeps its reports");
+        lease.spec = Some(released_spec(lease.spec.as_ref().unwrap(), ts(1001)));
+        assert_eq!(advertised_leader(Some(&lease), "b"), None, "released: nobody to forward to");
+        assert_eq!(advertised_leader(None, "b"), None);
+        advertise(&mut lease.metadata, None);
+        assert!(!lease.metadata.annotations.unwrap().contains_key(REPORT_ADDRESS_ANNOTATION));
     }
 
     #[test]

@@ -56,6 +56,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use tracelight_contract::config::{AGENT_CONFIGMAP, AGENT_SECRET};
 
 /// Name under which the controller reports Events.
 const REPORTER: &str = "tracelight-controller";
@@ -94,6 +95,40 @@ pub struct ControllerArgs {
     /// Namespace of the leader-election Lease. Default: the operator's namespace (`--namespace`).
     #[arg(long)]
     pub lease_namespace: Option<String>,
+
+    /// Namespaces besides the operator's own (`--namespace`) that policies may take source
+    /// Secrets from (`collector.apiKeySecretRef`, `collector.tls.caSecretRef`); repeatable or
+    /// comma-separated. A policy naming a Secret anywhere else is refused (`Ready=False`, reason
+    /// `SecretNotAllowed`) and nothing is copied. The operator needs `get` on Secrets there.
+    #[arg(long = "secret-namespace", env = "TRACELIGHT_SECRET_NAMESPACES", value_delimiter = ',')]
+    pub secret_namespaces: Vec<String>,
+
+    /// `host:port` where the other replicas reach this one's report endpoint while it leads
+    /// (advertised on the Lease; they forward the agents' reports there). Default: `POD_IP` and
+    /// the port of `--webhook-addr`. Without either, reports received by other replicas are not
+    /// counted while this one leads.
+    #[arg(long, env = "TRACELIGHT_ADVERTISE_ADDRESS")]
+    pub advertise_address: Option<String>,
+}
+
+impl ControllerArgs {
+    /// Where this replica's report endpoint is reached by the others.
+    fn report_address(&self, pod_ip: Option<&str>) -> Option<String> {
+        self.advertise_address.clone().filter(|a| !a.is_empty()).or_else(|| {
+            let ip: std::net::IpAddr = pod_ip?.trim().parse().ok()?;
+            Some(std::net::SocketAddr::new(ip, self.webhook.webhook_addr.port()).to_string())
+        })
+    }
+}
+
+/// Leader election settings: the Lease, and the report addresses it carries.
+struct Election {
+    namespace: String,
+    name: String,
+    /// Advertised while this replica leads.
+    report_address: Option<String>,
+    /// The leader's report address while another replica leads (the report endpoint forwards there).
+    leader_address: watch::Sender<Option<String>>,
 }
 
 /// A client for the cluster (KUBECONFIG or in-cluster config) that counts its requests in the
@@ -140,8 +175,22 @@ async fn run_async(args: ControllerArgs, trace_stats: Option<telemetry::traces::
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
 
-    let ControllerArgs { webhook, leader_election, lease_name, lease_namespace, .. } = args;
-    let lease = leader_election.then(|| (lease_namespace.unwrap_or_else(|| webhook.namespace.clone()), lease_name));
+    let report_address = args.report_address(std::env::var("POD_IP").ok().as_deref());
+    let ControllerArgs { webhook, leader_election, lease_name, lease_namespace, secret_namespaces, .. } = args;
+    let secret_sources = resources::SecretSources::new(&webhook.namespace, &secret_namespaces);
+    tracing::info!(namespaces = %secret_sources.describe(), "source Secrets are read from these namespaces only");
+    let (leader_address, leader_address_rx) = watch::channel(None);
+    if leader_election && report_address.is_none() {
+        tracing::warn!(
+            "no --advertise-address and no POD_IP: while this replica leads, reports received by the others are not counted"
+        );
+    }
+    let lease = leader_election.then(|| Election {
+        namespace: lease_namespace.unwrap_or_else(|| webhook.namespace.clone()),
+        name: lease_name,
+        report_address,
+        leader_address,
+    });
     let inject_options = webhook.inject_options();
     // The webhook's report endpoint fills it; the leader's reconciles read it.
     let reports = crate::webhook::reports::ReportStore::default();
@@ -155,13 +204,22 @@ async fn run_async(args: ControllerArgs, trace_stats: Option<telemetry::traces::
             client.clone(),
             metrics.clone(),
             reports.clone(),
+            leader_address_rx,
             resolver.clone(),
             shutdown.clone(),
         ),
     );
     let controllers = cancel_on_error(
         shutdown.clone(),
-        run_controllers(client, metrics, lease, inject_options, reports, resolver, shutdown.clone()),
+        run_controllers(
+            client,
+            metrics,
+            lease,
+            PolicySettings { inject_options, secret_sources },
+            reports,
+            resolver,
+            shutdown.clone(),
+        ),
     );
     let (webhook, controllers) = tokio::join!(webhook, controllers);
     webhook.context("webhook")?;
@@ -207,12 +265,21 @@ async fn wait_for_signal() {
     }
 }
 
+/// What the policy controller is configured with, from the flags.
+#[derive(Clone)]
+struct PolicySettings {
+    /// The webhook's injection options, so expected manifest hashes match what it injects.
+    inject_options: InjectOptions,
+    /// The namespaces source Secrets may come from.
+    secret_sources: resources::SecretSources,
+}
+
 /// Runs the controllers whenever this replica leads (always, without a `lease`), until `shutdown`.
 async fn run_controllers(
     client: Client,
     metrics: Metrics,
-    lease: Option<(String, String)>,
-    inject_options: InjectOptions,
+    lease: Option<Election>,
+    settings: PolicySettings,
     reports: ReportStore,
     serving_ca: Arc<crate::webhook::certs::CertResolver>,
     shutdown: CancellationToken,
@@ -222,9 +289,10 @@ async fn run_controllers(
     // The elector stops (and releases the lease) only once the controllers have stopped, so no
     // other replica starts reconciling while our last reconciles finish.
     let controllers_stopped = CancellationToken::new();
-    let elector = lease.map(|(namespace, name)| {
-        let elector = LeaderElector::new(Api::namespaced(client.clone(), &namespace), &name, lease::default_identity());
-        tracing::info!(lease = %name, %namespace, identity = %elector.identity(), "leader election enabled");
+    let elector = lease.map(|Election { namespace, name, report_address, leader_address }| {
+        let elector = LeaderElector::new(Api::namespaced(client.clone(), &namespace), &name, lease::default_identity())
+            .with_report_address(report_address.clone(), leader_address);
+        tracing::info!(lease = %name, %namespace, identity = %elector.identity(), report_address = ?report_address, "leader election enabled");
         tokio::spawn(elector.run(leader_tx.clone(), controllers_stopped.clone().cancelled_owned()))
     });
 
@@ -236,10 +304,15 @@ async fn run_controllers(
         }
         tracing::info!("leading: starting controllers");
         controller_metrics.leader.set(1);
+        // Reports the previous leader counted reach us within one report interval: until then
+        // coverage does not drop below what the status shows.
+        reports.hold_coverage_until(
+            k8s_openapi::jiff::Timestamp::now() + crate::webhook::reports::store::COVERAGE_WARM_UP,
+        );
         let mut lost = leader_rx.clone();
         tokio::select! {
             // Returns after a graceful shutdown: in-flight reconciles finish first.
-            () = run_policy_controller(client.clone(), controller_metrics.clone(), inject_options.clone(), reports.clone(), serving_ca.clone(), shutdown.clone()) => {}
+            () = run_policy_controller(client.clone(), controller_metrics.clone(), settings.clone(), reports.clone(), serving_ca.clone(), shutdown.clone()) => {}
             _ = lost.wait_for(|leads| !*leads) => tracing::warn!("leadership lost: controllers stopped"),
         }
         controller_metrics.leader.set(0);
@@ -286,7 +359,7 @@ fn governance_relevant(ns: &Namespace) -> Option<u64> {
 async fn run_policy_controller(
     client: Client,
     metrics: ControllerMetrics,
-    inject_options: InjectOptions,
+    settings: PolicySettings,
     reports: ReportStore,
     serving_ca: Arc<crate::webhook::certs::CertResolver>,
     shutdown: CancellationToken,
@@ -343,9 +416,10 @@ async fn run_policy_controller(
     });
 
     // The agent objects the policies own (metadata only): which ones to remove, and whether one
-    // was deleted by hand, without listing them on every reconcile.
-    let (owned_configmaps, owned_configmap_cache) = owned_cache::<ConfigMap>(&client, "configmap");
-    let (owned_secrets, owned_secret_cache) = owned_cache::<Secret>(&client, "secret");
+    // was deleted by hand, without listing them on every reconcile. Watched by their one name, so
+    // the operator needs no read of any other Secret outside its namespace (see `resources`).
+    let (owned_configmaps, owned_configmap_cache) = owned_cache::<ConfigMap>(&client, AGENT_CONFIGMAP, "configmap");
+    let (owned_secrets, owned_secret_cache) = owned_cache::<Secret>(&client, AGENT_SECRET, "secret");
 
     // Workload changes (a rollout progressing, a new workload) move the rollouts on, at a
     // bounded rate (the throttle the pod events share).
@@ -377,7 +451,8 @@ async fn run_policy_controller(
         deployments,
         statefulsets,
         daemonsets,
-        inject_options,
+        inject_options: settings.inject_options,
+        secret_sources: settings.secret_sources,
         requested: Default::default(),
         written: Default::default(),
         reports,
@@ -442,17 +517,21 @@ async fn throttle(
     }
 }
 
-/// A cluster-wide metadata cache of the objects of kind `K` that policies own, and the future
-/// that drives it.
+/// A cluster-wide metadata cache of the objects of kind `K` named `name` that policies own, and
+/// the future that drives it.
 fn owned_cache<K>(
     client: &Client,
+    name: &str,
     what: &'static str,
 ) -> (reflector::Store<PartialObjectMeta<K>>, impl Future<Output = ()>)
 where
     K: kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
 {
     let (store, writer) = reflector::store::<PartialObjectMeta<K>>();
-    let config = watcher::Config::default().any_semantic().labels(&resources::managed_selector());
+    let config = watcher::Config::default()
+        .any_semantic()
+        .labels(&resources::managed_selector())
+        .fields(&resources::owned_name_selector(name));
     let cache = watcher(Api::<PartialObjectMeta<K>>::all(client.clone()), config)
         .default_backoff()
         .modify(|o| o.metadata.managed_fields = None)
@@ -547,6 +626,20 @@ mod tests {
         assert_eq!(args.webhook.webhook_config, "tl");
         assert!(matches!(args.log_format, LogFormat::Json));
         assert_eq!(args.lease_namespace.as_deref(), Some("ops"));
+        assert!(args.secret_namespaces.is_empty());
+        let args = parse(&["--secret-namespace", "ops,vault", "--secret-namespace=more"]);
+        assert_eq!(args.secret_namespaces, ["ops", "vault", "more"]);
+    }
+
+    #[test]
+    fn the_report_address_is_the_flag_or_the_pod_ip_with_the_webhook_port() {
+        let args = parse(&["--webhook-addr", "0.0.0.0:9443"]);
+        assert_eq!(args.report_address(Some("10.1.2.3")).as_deref(), Some("10.1.2.3:9443"));
+        assert_eq!(args.report_address(Some("fd00::7")).as_deref(), Some("[fd00::7]:9443"));
+        assert_eq!(args.report_address(None), None);
+        assert_eq!(args.report_address(Some("not-an-ip")), None);
+        let args = parse(&["--advertise-address", "127.0.0.1:4000"]);
+        assert_eq!(args.report_address(Some("10.1.2.3")).as_deref(), Some("127.0.0.1:4000"));
     }
 
     fn drain(rx: &mut futures::channel::mpsc::UnboundedReceiver<()>) -> usize {

@@ -28,6 +28,8 @@ pub const DEGRADED: &str = "Degraded";
 pub mod reason {
     pub const INVALID_SPEC: &str = "InvalidSpec";
     pub const SECRET_NOT_FOUND: &str = "SecretNotFound";
+    /// A source Secret outside the namespaces the operator may read Secrets from.
+    pub const SECRET_NOT_ALLOWED: &str = "SecretNotAllowed";
     pub const OVERLAP: &str = "Overlap";
     pub const NO_NAMESPACES: &str = "NoNamespaces";
     pub const PAUSED: &str = "Paused";
@@ -288,6 +290,8 @@ pub struct Observation {
     pub overlaps: Vec<Overlap>,
     /// Human-readable descriptions of missing source Secrets (`ns/name` and key), never values.
     pub missing_secrets: Vec<String>,
+    /// Source Secrets refused (outside the allowed namespaces: never read, nothing copied), by name.
+    pub refused_secrets: Vec<String>,
     /// Namespaces where writing the agent objects failed, with the error.
     pub write_failures: Vec<String>,
     /// The rollout engine's verdict (`None`: not computed, the status follows namespace states).
@@ -344,7 +348,8 @@ pub fn desired_status(
     let active = observed.namespaces.iter().filter(|n| n.state == NamespaceState::Active).count();
     // Leaving namespaces are neither: they are being restarted without injection.
     let pending = observed.namespaces.iter().filter(|n| n.state == NamespaceState::Pending).count();
-    let secrets_missing = !observed.missing_secrets.is_empty();
+    let secrets_refused = !observed.refused_secrets.is_empty();
+    let secrets_missing = secrets_refused || !observed.missing_secrets.is_empty();
 
     let outcome = observed.rollout.as_ref();
     let rolled_back = outcome.is_some_and(|o| o.state == EngineState::Degraded) && !rollout.dry_run;
@@ -375,9 +380,14 @@ pub fn desired_status(
         PolicyPhase::Progressing
     };
 
-    let secret_message = || format!("source Secret missing: {}", observed.missing_secrets.join("; "));
+    let (secret_reason, secret_message) = if secrets_refused {
+        (reason::SECRET_NOT_ALLOWED, format!("source Secret refused: {}", observed.refused_secrets.join("; ")))
+    } else {
+        (reason::SECRET_NOT_FOUND, format!("source Secret missing: {}", observed.missing_secrets.join("; ")))
+    };
+    let secret_message = || secret_message.clone();
     let ready = if secrets_missing {
-        (false, reason::SECRET_NOT_FOUND, secret_message())
+        (false, secret_reason, secret_message())
     } else if let Some(o) = outcome.filter(|_| rolled_back) {
         (false, reason::ROLLED_BACK, o.message.clone())
     } else if total == 0 {
@@ -407,7 +417,7 @@ pub fn desired_status(
         let plan = outcome.map(|o| format!("; plan: {}", o.message)).unwrap_or_default();
         (false, reason::DRY_RUN, format!("dry run: {pending} namespaces would be activated{plan}"))
     } else if secrets_missing && pending > 0 {
-        (false, reason::SECRET_NOT_FOUND, format!("{pending} namespaces wait for a source Secret"))
+        (false, secret_reason, format!("{pending} namespaces wait for a source Secret"))
     } else if rollout.paused && (pending > 0 || outcome.is_some()) {
         let why =
             outcome.map_or_else(|| format!("rollout paused with {pending} namespaces pending"), |o| o.message.clone());
@@ -425,7 +435,7 @@ pub fn desired_status(
         problems.push((reason::ROLLED_BACK, o.message.clone()));
     }
     if secrets_missing {
-        problems.push((reason::SECRET_NOT_FOUND, secret_message()));
+        problems.push((secret_reason, secret_message()));
     }
     if !observed.write_failures.is_empty() {
         problems.push((reason::WRITE_FAILED, observed.write_failures.join("; ")));
@@ -844,6 +854,22 @@ mod tests {
         assert_eq!(cond(&s, READY).reason, reason::SECRET_NOT_FOUND);
         assert!(cond(&s, READY).message.contains("ops/backend"));
         assert_eq!(cond(&s, DEGRADED).status, "True");
+    }
+
+    #[test]
+    fn refused_secret_is_not_ready_with_its_own_reason() {
+        let obs = Observation {
+            namespaces: vec![ns_status("a", NamespaceState::Pending)],
+            refused_secrets: vec!["API key Secret kube-system/x is outside ...".into()],
+            ..Default::default()
+        };
+        let s = desired_status(&policy("p", 1), &obs, None, now());
+        assert_eq!(s.phase, Some(PolicyPhase::Degraded));
+        let ready = cond(&s, READY);
+        assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", reason::SECRET_NOT_ALLOWED));
+        assert!(ready.message.contains("kube-system/x"), "{}", ready.message);
+        assert_eq!(cond(&s, DEGRADED).reason, reason::SECRET_NOT_ALLOWED);
+        assert_eq!(cond(&s, PROGRESSING).reason, reason::SECRET_NOT_ALLOWED);
     }
 
     #[test]

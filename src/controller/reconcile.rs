@@ -12,10 +12,10 @@ use super::resources::{
     WriteMemo,
 };
 use super::rollout::{
-    add_coverage, apply_reporting, coverage as rollout_coverage, departure, health_check_since, leaving_namespaces,
-    longest_health_deadline, observation as rollout_observation, observe_workloads, outdated_by_namespace,
-    restart_note, restarts_to_request, rollout_status, still_leaving, unclaimed_namespaces, workload_restart_note,
-    Requested, Snapshot,
+    add_coverage, apply_reporting, coverage as rollout_coverage, departure, health_check_since, hold_coverage,
+    leaving_namespaces, longest_health_deadline, observation as rollout_observation, observe_workloads,
+    outdated_by_namespace, restart_note, restarts_to_request, rollout_status, still_leaving, unclaimed_namespaces,
+    workload_restart_note, Requested, Snapshot,
 };
 use super::trace;
 use crate::api::agent_config::needs_secret;
@@ -79,6 +79,8 @@ pub struct Context {
     pub daemonsets: Store<CachedWorkload<DaemonSet>>,
     /// The webhook's injection options, so expected manifest hashes match what it injects.
     pub inject_options: InjectOptions,
+    /// The namespaces source Secrets may come from.
+    pub secret_sources: resources::SecretSources,
     /// Restarts and rollbacks requested and not yet seen in the workload caches.
     pub requested: std::sync::Mutex<Requested>,
     /// Agent objects applied recently, not applied again while unchanged.
@@ -210,11 +212,17 @@ async fn apply(policy: &TracingPolicy, ctx: &Context) -> Result<Action, Error> {
     let policies = ctx.policies.state();
     let namespaces = ctx.namespaces.state();
     let plan = plan_namespaces(policy, policies.iter().map(Arc::as_ref), namespaces.iter().map(Arc::as_ref));
-    let (secret_values, missing_secrets) = read_source_secrets(policy, ctx).await?;
+    // Secrets outside the allowed namespaces are refused before anything is read.
+    let refused_secrets = ctx.secret_sources.refusals(policy);
+    let (secret_values, missing_secrets) = if refused_secrets.is_empty() {
+        read_source_secrets(policy, ctx).await?
+    } else {
+        (SecretValues::default(), Vec::new())
+    };
     let gates = Gates {
         paused: policy.spec.rollout.paused,
         dry_run: policy.spec.rollout.dry_run,
-        secrets_ready: missing_secrets.is_empty(),
+        secrets_ready: missing_secrets.is_empty() && refused_secrets.is_empty(),
     };
     let now = Timestamp::now();
     let engine = plan_rollout(policy, &plan, &policies, &namespaces, ctx, now);
@@ -222,6 +230,11 @@ async fn apply(policy: &TracingPolicy, ctx: &Context) -> Result<Action, Error> {
     let reached: BTreeSet<String> = engine.plan.active_namespaces.iter().cloned().collect();
     let mut rollout = roll_out(policy, &plan, gates, &reached, &secret_values, ctx).await;
     add_rollout_counts(&mut rollout.namespaces, &engine, ctx);
+    if ctx.reports.holds_coverage(now) {
+        for ns in &mut rollout.namespaces {
+            hold_coverage(ns, previous.and_then(|p| p.namespaces.iter().find(|n| n.name == ns.name)));
+        }
+    }
 
     let owned = cached_owned(policy, ctx);
     // Injected pods of leaving namespaces still mount the agent objects: they go once it has left.
@@ -244,6 +257,7 @@ async fn apply(policy: &TracingPolicy, ctx: &Context) -> Result<Action, Error> {
         namespaces: rollout.namespaces,
         overlaps: plan.overlaps,
         missing_secrets,
+        refused_secrets,
         write_failures: rollout.write_failures,
         rollout: Some(outcome),
     };
@@ -273,6 +287,12 @@ async fn apply(policy: &TracingPolicy, ctx: &Context) -> Result<Action, Error> {
     if !observation.missing_secrets.is_empty() && condition_reason(previous, READY) != Some(reason::SECRET_NOT_FOUND) {
         let note = observation.missing_secrets.join("; ");
         ctx.publish(policy, EventType::Warning, reason::SECRET_NOT_FOUND, "CopySecret", note, None).await;
+    }
+    if !observation.refused_secrets.is_empty() && condition_reason(previous, READY) != Some(reason::SECRET_NOT_ALLOWED)
+    {
+        tracing::warn!(refused = ?observation.refused_secrets, "policy names a Secret outside the allowed namespaces");
+        let note = observation.refused_secrets.join("; ");
+        ctx.publish(policy, EventType::Warning, reason::SECRET_NOT_ALLOWED, "CopySecret", note, None).await;
     }
     if !observation.write_failures.is_empty() {
         return Err(Error::WriteFailed(observation.write_failures.len()));
@@ -689,15 +709,16 @@ fn owned_object(kind: OwnedKind, meta: &kube::core::ObjectMeta) -> OwnedObject {
 }
 
 /// Every ConfigMap and Secret the policy owns, cluster-wide, listed (metadata only: no Secret
-/// values): the final cleanup must not miss one the cache has not seen yet.
+/// values; by their one name, which is all RBAC lets the operator list): the final cleanup must
+/// not miss one the cache has not seen yet.
 async fn list_owned(policy: &TracingPolicy, ctx: &Context) -> Result<Vec<OwnedObject>, Error> {
     let lp = ListParams::default().labels(&owned_selector(policy));
     let cms = Api::<ConfigMap>::all(ctx.client.clone())
-        .list_metadata(&lp)
+        .list_metadata(&lp.clone().fields(&resources::owned_name_selector(AGENT_CONFIGMAP)))
         .await
         .map_err(Error::kube("listing", "owned ConfigMaps"))?;
     let secrets = Api::<Secret>::all(ctx.client.clone())
-        .list_metadata(&lp)
+        .list_metadata(&lp.fields(&resources::owned_name_selector(AGENT_SECRET)))
         .await
         .map_err(Error::kube("listing", "owned Secrets"))?;
     Ok(cms

@@ -42,6 +42,14 @@ pub fn managed_selector() -> String {
     format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}")
 }
 
+/// Field selector of the owned-object lists and watches: the agent objects' one name. The API
+/// server authorizes a cluster-wide list or watch with `metadata.name=<name>` against RBAC's
+/// `resourceNames`, so the chart grants reads of Secrets named `tracelight-agent` and of no other
+/// Secret outside the operator's namespace.
+pub fn owned_name_selector(name: &str) -> String {
+    format!("metadata.name={name}")
+}
+
 /// Whether an object with these labels belongs to `policy` (see [`owned_labels`]).
 pub fn is_owned_by(policy: &TracingPolicy, labels: &BTreeMap<String, String>) -> bool {
     labels.get(MANAGED_BY_LABEL).is_some_and(|v| v == MANAGED_BY_VALUE)
@@ -113,6 +121,57 @@ pub fn source_secret_refs(policy: &TracingPolicy) -> Vec<(SourceKind, SecretKeyR
         .into_iter()
         .filter_map(|(kind, r)| r.map(|r| (kind, r)))
         .collect()
+}
+
+/// Where the controller may read source Secrets from: the operator's own namespace and the
+/// namespaces the installation allows (`--secret-namespaces`, chart value
+/// `secrets.sourceNamespaces`). A policy is cluster-scoped and whoever may write one could
+/// otherwise name any Secret of the cluster and have it copied into every governed namespace and
+/// sent to an endpoint of their choice; the chart grants reads of Secrets only in these namespaces.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SecretSources {
+    namespaces: std::collections::BTreeSet<String>,
+}
+
+impl SecretSources {
+    /// The operator's namespace and `extra` (empty names ignored).
+    pub fn new(operator_namespace: &str, extra: &[String]) -> Self {
+        let namespaces = std::iter::once(operator_namespace)
+            .chain(extra.iter().map(String::as_str))
+            .map(str::trim)
+            .filter(|ns| !ns.is_empty())
+            .map(str::to_string)
+            .collect();
+        SecretSources { namespaces }
+    }
+
+    pub fn allows(&self, namespace: &str) -> bool {
+        self.namespaces.contains(namespace)
+    }
+
+    /// The allowed namespaces, for messages.
+    pub fn describe(&self) -> String {
+        self.namespaces.iter().map(String::as_str).collect::<Vec<_>>().join(", ")
+    }
+
+    /// Refusals of the policy's source Secret references outside the allowed namespaces, one
+    /// description each (names only): such a Secret is never read nor copied.
+    pub fn refusals(&self, policy: &TracingPolicy) -> Vec<String> {
+        source_secret_refs(policy)
+            .into_iter()
+            .filter(|(_, r)| !self.allows(&r.namespace))
+            .map(|(kind, r)| {
+                format!(
+                    "{} Secret {}/{} is outside the namespaces the operator reads Secrets from ({}): \
+                     move it there, or add its namespace to the chart value secrets.sourceNamespaces",
+                    kind.describe(),
+                    r.namespace,
+                    r.name,
+                    self.describe()
+                )
+            })
+            .collect()
+    }
 }
 
 /// What a source Secret provides.
@@ -261,6 +320,25 @@ mod tests {
         assert!(pick_key(Some(&secret), kind, &r).unwrap_err().contains("has no key \"api-key\""));
         secret.data.as_mut().unwrap().insert("api-key".into(), ByteString(b"k".to_vec()));
         assert_eq!(pick_key(Some(&secret), kind, &r).unwrap(), ByteString(b"k".to_vec()));
+    }
+
+    #[test]
+    fn secrets_outside_the_allowed_namespaces_are_refused_by_name() {
+        let p = policy("default");
+        let only_operator = SecretSources::new("tracelight-system", &[]);
+        let refused = only_operator.refusals(&p);
+        assert_eq!(refused.len(), 2, "{refused:?}");
+        assert!(refused[0].starts_with("API key Secret ops/backend is outside"), "{}", refused[0]);
+        assert!(refused[0].contains("(tracelight-system)"), "{}", refused[0]);
+        assert!(refused[1].starts_with("collector CA bundle Secret ops/ca is outside"), "{}", refused[1]);
+        let with_ops = SecretSources::new("tracelight-system", &["ops".into(), " ".into()]);
+        assert!(with_ops.refusals(&p).is_empty());
+        assert_eq!(with_ops.describe(), "ops, tracelight-system");
+        assert!(!with_ops.allows("kube-system") && !with_ops.allows(""));
+        let mut no_secrets = p.clone();
+        no_secrets.spec.collector.api_key_secret_ref = None;
+        no_secrets.spec.collector.tls = None;
+        assert!(only_operator.refusals(&no_secrets).is_empty(), "a policy without Secrets copies nothing");
     }
 
     #[test]

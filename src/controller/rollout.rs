@@ -207,6 +207,21 @@ pub fn add_coverage(ns: &mut NamespaceStatus, coverage: &[(WorkloadId, WorkloadC
         coverage::listed(coverage.iter().map(|(_, c)| c.clone()).collect(), crate::api::MAX_WORKLOADS_PER_NAMESPACE);
 }
 
+/// While this replica has just started leading (see
+/// [`ReportStore::holds_coverage`](crate::webhook::reports::ReportStore::holds_coverage)), a
+/// namespace whose reports show fewer reporting or silent pods than its previous status keeps the
+/// previous coverage: the reports the previous leader counted reach this one within a report
+/// interval, and until then a drop would be an artefact of the handover, not news.
+pub fn hold_coverage(ns: &mut NamespaceStatus, previous: Option<&NamespaceStatus>) {
+    let Some(previous) = previous else { return };
+    if ns.counts.reporting < previous.counts.reporting || ns.counts.silent < previous.counts.silent {
+        ns.counts.reporting = previous.counts.reporting;
+        ns.counts.silent = previous.counts.silent;
+        ns.counts.agent_versions = previous.counts.agent_versions.clone();
+        ns.workloads = previous.workloads.clone();
+    }
+}
+
 /// When a workload's restart is still settling, the time since which its pods' health matters
 /// (the reconciler then reads its full pods). `None` for every other workload, so only the few
 /// restarts in flight cost a request.

@@ -524,3 +524,30 @@ fn coverage_joins_pods_with_their_reports_and_feeds_the_gate_and_the_status() {
     let listed: Vec<&str> = ns.workloads.iter().map(|w| w.name.as_str()).collect();
     assert_eq!(listed, ["worker", "web", "cache"], "least covered first");
 }
+
+#[test]
+fn a_new_leader_holds_coverage_that_its_own_reports_would_lower() {
+    let previous = NamespaceStatus {
+        name: "shop".into(),
+        counts: crate::api::Coverage { reporting: 6, silent: 1, ..Default::default() },
+        ..Default::default()
+    };
+    let mut half = NamespaceStatus {
+        name: "shop".into(),
+        counts: crate::api::Coverage { reporting: 3, silent: 1, injected: 7, ..Default::default() },
+        ..Default::default()
+    };
+    hold_coverage(&mut half, Some(&previous));
+    assert_eq!((half.counts.reporting, half.counts.silent, half.counts.injected), (6, 1, 7), "held, pods counted anew");
+    let mut more = NamespaceStatus {
+        name: "shop".into(),
+        counts: crate::api::Coverage { reporting: 7, silent: 1, ..Default::default() },
+        ..Default::default()
+    };
+    hold_coverage(&mut more, Some(&previous));
+    assert_eq!(more.counts.reporting, 7, "a rise is shown at once");
+    let mut first = half.clone();
+    first.counts.reporting = 0;
+    hold_coverage(&mut first, None);
+    assert_eq!(first.counts.reporting, 0, "nothing to hold without a previous status");
+}

@@ -11,7 +11,7 @@ use crate::api::Ratio;
 use crate::telemetry::Metrics;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry::KeyValue;
-use opentelemetry_otlp::{Protocol, WithExportConfig};
+use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig, WithTonicConfig};
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor;
 use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanExporter};
@@ -61,6 +61,9 @@ pub struct TraceSettings {
     pub sampler: SamplerSetting,
     /// Resource attributes, `service.name` and `service.version` included.
     pub resource: BTreeMap<String, String>,
+    /// PEM file of CAs trusted besides the system roots for an `https://` endpoint
+    /// (`OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE` or `OTEL_EXPORTER_OTLP_CERTIFICATE`).
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 /// A variable that cannot be used as it is.
@@ -100,7 +103,10 @@ impl TraceSettings {
         let sampler = sampler(var("OTEL_TRACES_SAMPLER"), var("OTEL_TRACES_SAMPLER_ARG"))?;
         let resource =
             resource(var("OTEL_RESOURCE_ATTRIBUTES"), var("OTEL_SERVICE_NAME"), var("POD_NAME"), var("POD_NAMESPACE"))?;
-        Ok(Some(TraceSettings { endpoint, protocol, sampler, resource }))
+        let ca_file = var("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE")
+            .or_else(|| var("OTEL_EXPORTER_OTLP_CERTIFICATE"))
+            .map(std::path::PathBuf::from);
+        Ok(Some(TraceSettings { endpoint, protocol, sampler, resource, ca_file }))
     }
 }
 
@@ -115,17 +121,16 @@ fn protocol(value: Option<String>) -> Result<CollectorProtocol, SettingsError> {
     }
 }
 
-/// Only `http://`: the exporter's crates are built without TLS, because enabling tonic's TLS
-/// features for them changes how the agent's own gRPC exporter connects (features are unified
-/// across the crate) and broke its custom-CA export. Send to a local collector over http.
+/// `http://` or `https://`. The exporter's crates are built without TLS (enabling tonic's TLS
+/// features for them changed how the agent's own gRPC exporter connects: features are unified
+/// across the workspace), so `https://` goes through the operator's own connector
+/// ([`otlp_tls`](super::otlp_tls)).
 fn checked_url(var: &'static str, url: String) -> Result<String, SettingsError> {
-    if url.starts_with("https://") {
-        return Err(invalid(var, &url, "https:// is not supported yet: send to a collector over http://"));
-    }
-    if url.len() > "http://".len() && url.starts_with("http://") {
+    let rest = url.strip_prefix("https://").or_else(|| url.strip_prefix("http://"));
+    if rest.is_some_and(|r| !r.is_empty()) {
         Ok(url)
     } else {
-        Err(invalid(var, &url, "must be an http:// URL"))
+        Err(invalid(var, &url, "must be an http:// or https:// URL"))
     }
 }
 
@@ -217,6 +222,10 @@ fn percent_decode(text: &str) -> Option<String> {
 pub enum PipelineError {
     #[error("OTLP span exporter for {endpoint}: {source}")]
     Exporter { endpoint: String, source: opentelemetry_otlp::ExporterBuildError },
+    #[error("TLS towards {endpoint}: {source}")]
+    Tls { endpoint: String, source: super::otlp_tls::TlsSetupError },
+    #[error("OTLP endpoint {endpoint}: {source}")]
+    Endpoint { endpoint: String, source: tonic::transport::Error },
 }
 
 /// Counts of the operator's own exported spans, for `/metrics`.
@@ -293,6 +302,9 @@ impl<E: SpanExporter> SpanExporter for CountingExporter<E> {
     }
 }
 
+/// How long one export over the operator's own TLS client may take (the exporter's default).
+const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The running trace pipeline. [`TracePipeline::shutdown`] exports what is queued.
 pub struct TracePipeline {
     provider: SdkTracerProvider,
@@ -305,10 +317,30 @@ impl TracePipeline {
     pub fn start(settings: &TraceSettings) -> Result<TracePipeline, PipelineError> {
         let exporter_error = |source| PipelineError::Exporter { endpoint: settings.endpoint.clone(), source };
         let builder = opentelemetry_otlp::SpanExporter::builder();
+        let tls = settings.endpoint.starts_with("https://");
+        let connector = |alpn: &[&[u8]]| {
+            let roots = super::otlp_tls::roots(settings.ca_file.as_deref())?;
+            super::otlp_tls::TlsConnector::new(roots, alpn)
+        };
+        let tls_error = |source| PipelineError::Tls { endpoint: settings.endpoint.clone(), source };
         let exporter = match settings.protocol {
+            CollectorProtocol::Grpc if tls => {
+                let connector = connector(&[b"h2"]).map_err(tls_error)?;
+                let channel = tonic::transport::Endpoint::from_shared(settings.endpoint.clone())
+                    .map_err(|source| PipelineError::Endpoint { endpoint: settings.endpoint.clone(), source })?
+                    .connect_with_connector_lazy(connector);
+                builder.with_tonic().with_channel(channel).build()
+            }
             CollectorProtocol::Grpc => builder.with_tonic().with_endpoint(&settings.endpoint).build(),
             CollectorProtocol::HttpProtobuf => {
-                builder.with_http().with_protocol(Protocol::HttpBinary).with_endpoint(&settings.endpoint).build()
+                let http = builder.with_http().with_protocol(Protocol::HttpBinary).with_endpoint(&settings.endpoint);
+                if tls {
+                    let connector = connector(&[b"http/1.1"]).map_err(tls_error)?;
+                    let client = opentelemetry_http::hyper::HyperClient::new(connector, EXPORT_TIMEOUT, None);
+                    http.with_http_client(client).build()
+                } else {
+                    http.build()
+                }
             }
         }
         .map_err(exporter_error)?;
@@ -401,8 +433,14 @@ mod tests {
     fn bad_endpoint_or_protocol_is_an_error_naming_the_variable() {
         let e = settings(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4317")]).unwrap_err();
         assert_eq!((e.var, e.value.as_str()), ("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4317"));
-        let e = settings(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "https://collector:4317")]).unwrap_err();
-        assert!(e.to_string().contains("https:// is not supported yet"), "{e}");
+        let tls = on(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://collector:4318"),
+            ("OTEL_EXPORTER_OTLP_CERTIFICATE", "/etc/ca.pem"),
+        ]);
+        assert_eq!(tls.endpoint, "https://collector:4318/v1/traces");
+        assert_eq!(tls.ca_file.as_deref(), Some(std::path::Path::new("/etc/ca.pem")));
+        let e = settings(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "ftp://collector:4317")]).unwrap_err();
+        assert!(e.to_string().contains("must be an http:// or https:// URL"), "{e}");
         let e = settings(&[("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://")]).unwrap_err();
         assert_eq!(e.var, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT");
         let e =
@@ -478,8 +516,31 @@ mod tests {
 
     /// Accepts one HTTP request on `listener`, answers 200; returns the request line and body.
     async fn one_request(listener: tokio::net::TcpListener) -> (String, Vec<u8>) {
+        let (stream, _) = listener.accept().await.unwrap();
+        read_one_request(stream).await
+    }
+
+    /// [`one_request`] over TLS, serving `leaf` (refused handshakes are skipped: the exporter may
+    /// probe).
+    async fn one_tls_request(
+        listener: tokio::net::TcpListener,
+        leaf: crate::webhook::certs::KeyPairPem,
+    ) -> (String, Vec<u8>) {
+        let resolver = std::sync::Arc::new(crate::webhook::certs::CertResolver::new());
+        resolver.set(&leaf).unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(crate::webhook::server::tls_config(resolver).unwrap());
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            if let Ok(tls) = acceptor.accept(stream).await {
+                return read_one_request(tls).await;
+            }
+        }
+    }
+
+    async fn read_one_request(
+        mut stream: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    ) -> (String, Vec<u8>) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let (mut stream, _) = listener.accept().await.unwrap();
         let mut got = Vec::new();
         let mut buf = [0u8; 8192];
         let (head_len, body_len) = loop {
@@ -539,6 +600,163 @@ mod tests {
         let spans = &request.resource_spans[0].scope_spans[0].spans;
         assert_eq!(spans.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), ["reconcile"]);
         assert_eq!(stats.get("exported"), 1);
+    }
+
+    /// A serving certificate for 127.0.0.1 and its CA's PEM in a file.
+    fn local_tls() -> (crate::webhook::certs::KeyPairPem, std::path::PathBuf) {
+        let spec =
+            crate::webhook::certs::LeafSpec::for_service("c", "ns", &["127.0.0.1".into()], Duration::from_secs(3600));
+        let material = crate::webhook::certs::plan(None, &spec, time::OffsetDateTime::now_utc()).unwrap().unwrap();
+        let path = std::env::temp_dir().join(format!("tl-otlp-ca-{}-{}.pem", std::process::id(), fastrand::u32(..)));
+        std::fs::write(&path, &material.ca.cert).unwrap();
+        (material.leaf, path)
+    }
+
+    #[test]
+    fn https_export_verifies_the_collector_with_the_ca_file_and_delivers_the_span() {
+        use opentelemetry::trace::{Tracer, TracerProvider as _};
+        use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+        use prost::Message;
+        let (leaf, ca_file) = local_tls();
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+        let endpoint = format!("https://{}", listener.local_addr().unwrap());
+        let server = runtime.spawn(one_tls_request(listener, leaf));
+        let settings = on(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            ("OTEL_EXPORTER_OTLP_CERTIFICATE", ca_file.to_str().unwrap()),
+        ]);
+        let pipeline = {
+            let _entered = runtime.enter();
+            TracePipeline::start(&settings).unwrap()
+        };
+        let stats = pipeline.stats.clone();
+        pipeline.provider.tracer("test").in_span("reconcile", |_| {});
+        pipeline.shutdown();
+        let (request_line, body) =
+            runtime.block_on(async { tokio::time::timeout(Duration::from_secs(10), server).await }).unwrap().unwrap();
+        assert_eq!(request_line, "POST /v1/traces HTTP/1.1");
+        let request = ExportTraceServiceRequest::decode(body.as_slice()).unwrap();
+        assert_eq!(request.resource_spans[0].scope_spans[0].spans[0].name, "reconcile");
+        assert_eq!(stats.get("exported"), 1);
+        let _ = std::fs::remove_file(ca_file);
+    }
+
+    /// A gRPC collector over TLS (ALPN h2) for one export: answers OK, returns the request's path
+    /// and protobuf message.
+    async fn one_grpc_tls_export(
+        listener: tokio::net::TcpListener,
+        leaf: crate::webhook::certs::KeyPairPem,
+    ) -> (String, Vec<u8>) {
+        use http_body_util::BodyExt;
+        let resolver = std::sync::Arc::new(crate::webhook::certs::CertResolver::new());
+        resolver.set(&leaf).unwrap();
+        let mut config =
+            rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_no_client_auth()
+                .with_cert_resolver(resolver);
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let (stream, _) = listener.accept().await.unwrap();
+        let tls = acceptor.accept(stream).await.unwrap();
+        let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+            let tx = tx.clone();
+            async move {
+                let path = request.uri().path().to_string();
+                let body = request.into_body().collect().await.unwrap().to_bytes();
+                let _ = tx.send((path, body[5..].to_vec()));
+                let frames = vec![
+                    Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(bytes::Bytes::from_static(&[
+                        0, 0, 0, 0, 0,
+                    ]))),
+                    Ok(hyper::body::Frame::trailers(http::HeaderMap::from_iter([(
+                        http::HeaderName::from_static("grpc-status"),
+                        http::HeaderValue::from_static("0"),
+                    )]))),
+                ];
+                let body = http_body_util::StreamBody::new(futures::stream::iter(frames));
+                Ok::<_, std::convert::Infallible>(
+                    hyper::Response::builder().header("content-type", "application/grpc").body(body).unwrap(),
+                )
+            }
+        });
+        tokio::spawn(
+            hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                .serve_connection(hyper_util::rt::TokioIo::new(tls), service),
+        );
+        rx.recv().await.unwrap()
+    }
+
+    #[test]
+    fn grpc_export_over_tls_delivers_the_span() {
+        use opentelemetry::trace::{Tracer, TracerProvider as _};
+        use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+        use prost::Message;
+        let (leaf, ca_file) = local_tls();
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+        let endpoint = format!("https://{}", listener.local_addr().unwrap());
+        let server = runtime.spawn(one_grpc_tls_export(listener, leaf));
+        let settings = on(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            ("OTEL_EXPORTER_OTLP_CERTIFICATE", ca_file.to_str().unwrap()),
+        ]);
+        let pipeline = {
+            let _entered = runtime.enter();
+            TracePipeline::start(&settings).unwrap()
+        };
+        let stats = pipeline.stats.clone();
+        pipeline.provider.tracer("test").in_span("reconcile", |_| {});
+        pipeline.shutdown();
+        let (path, message) =
+            runtime.block_on(async { tokio::time::timeout(Duration::from_secs(10), server).await }).unwrap().unwrap();
+        assert_eq!(path, "/opentelemetry.proto.collector.trace.v1.TraceService/Export");
+        let request = ExportTraceServiceRequest::decode(message.as_slice()).unwrap();
+        assert_eq!(request.resource_spans[0].scope_spans[0].spans[0].name, "reconcile");
+        assert_eq!(stats.get("exported"), 1);
+        let _ = std::fs::remove_file(ca_file);
+    }
+
+    #[test]
+    fn https_export_refuses_a_collector_it_cannot_verify() {
+        use opentelemetry::trace::{Tracer, TracerProvider as _};
+        let (leaf, ca_file) = local_tls();
+        let _ = std::fs::remove_file(ca_file);
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+        let endpoint = format!("https://{}", listener.local_addr().unwrap());
+        let _server = runtime.spawn(one_tls_request(listener, leaf));
+        // System roots only: the collector's private CA is not among them.
+        let settings = on(&[("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str())]);
+        let pipeline = {
+            let _entered = runtime.enter();
+            match TracePipeline::start(&settings) {
+                Ok(p) => p,
+                // A machine without system roots refuses to start the pipeline: also a refusal.
+                Err(PipelineError::Tls { .. }) => return,
+                Err(e) => panic!("{e}"),
+            }
+        };
+        let stats = pipeline.stats.clone();
+        pipeline.provider.tracer("test").in_span("reconcile", |_| {});
+        pipeline.shutdown();
+        assert_eq!((stats.get("exported"), stats.get("failed")), (0, 1));
+    }
+
+    #[test]
+    fn a_missing_ca_file_is_a_clear_error() {
+        let settings = on(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://127.0.0.1:1"),
+            ("OTEL_EXPORTER_OTLP_CERTIFICATE", "/nonexistent/ca.pem"),
+        ]);
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let _entered = runtime.enter();
+        let error = TracePipeline::start(&settings).err().expect("refused").to_string();
+        assert!(error.contains("/nonexistent/ca.pem"), "{error}");
     }
 
     #[test]

@@ -42,12 +42,26 @@ pub struct AdmissionState {
     pub metrics: AdmissionMetrics,
 }
 
-/// The admission routes, with the body size limit (larger bodies get 413).
+/// The admission routes, with the body size limit (larger bodies get 413: at once when the
+/// `Content-Length` says so, else as soon as the body streams past it).
 pub fn router(state: AdmissionState) -> Router {
     Router::new()
         .route(MUTATE_PODS_PATH, post(mutate_pods))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(refuse_declared_oversize))
         .with_state(state)
+}
+
+/// 413 for a request whose `Content-Length` exceeds [`MAX_BODY_BYTES`], before its body is read
+/// (axum's limit applies only as the body arrives, so a client could otherwise hold the request
+/// open while sending nothing).
+async fn refuse_declared_oversize(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let declared = request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        return (StatusCode::PAYLOAD_TOO_LARGE, format!("the body is larger than {MAX_BODY_BYTES} bytes"))
+            .into_response();
+    }
+    next.run(request).await
 }
 
 async fn mutate_pods(State(state): State<AdmissionState>, body: Bytes) -> Response {

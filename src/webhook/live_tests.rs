@@ -135,6 +135,7 @@ async fn live_certificates_bootstrap_publish_and_rotate_without_restart() {
         client.clone(),
         Metrics::new(),
         reports::ReportStore::default(),
+        tokio::sync::watch::channel(None).1,
         resolver.clone(),
         shutdown.clone(),
     ));

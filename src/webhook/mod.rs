@@ -189,6 +189,7 @@ pub async fn run(
     client: kube::Client,
     metrics: Metrics,
     reports: reports::ReportStore,
+    leader_address: tokio::sync::watch::Receiver<Option<String>>,
     resolver: Arc<CertResolver>,
     shutdown: CancellationToken,
 ) -> Result<(), WebhookError> {
@@ -200,10 +201,15 @@ pub async fn run(
         options: Arc::new(args.inject_options()),
         metrics: AdmissionMetrics::register(&metrics),
     };
+    let service_dns_name = format!("{}.{}.svc", args.service_name, args.namespace);
+    let forward = reports::forward::Forwarder::new(leader_address, resolver.clone(), &service_dns_name, &metrics)
+        .map_err(|e| WebhookError::InvalidArgs(format!("--service-name/--namespace: {e}")))?;
     let reports = reports::ReportsState {
         reviewer: Arc::new(reports::review::TokenReviewer::new(client.clone())),
         store: reports,
         metrics: reports::ReportMetrics::register(&metrics),
+        forward: Some(forward),
+        limits: Arc::default(),
     };
     let admin = server::AdminState { metrics, index, resolver: resolver.clone() };
     let webhook_listener = bind("webhook", args.webhook_addr).await?;

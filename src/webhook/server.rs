@@ -1,5 +1,16 @@
 //! The two listeners: HTTPS for the API server's admission calls (certificate resolved per
 //! handshake, so rotation needs no restart), and plain HTTP for `/metrics`, `/readyz`, `/livez`.
+//!
+//! The HTTPS port is reachable from every pod (agents push their reports there), so it holds
+//! under abuse ([`ServerLimits`]): a TLS handshake must finish within 10 s; a request's headers
+//! within the idle timeout (hyper's header-read timeout, which also bounds a kept-alive idle
+//! connection and must exceed the API server's own 90 s); a whole request, body included,
+//! within 30 s (the API server never waits longer for a webhook), else 408 and the connection
+//! closes; request heads are buffered up to 64 KiB; bodies are bounded by each route while they
+//! stream (`Content-Length` checked first). At most 1024 connections are open at once: beyond,
+//! a new connection is closed as soon as it is accepted, so a flood cannot exhaust the process's
+//! file descriptors, and the admission review after it is answered. Only HTTP/1.1 is offered
+//! (ALPN), so there are no HTTP/2 streams to multiply a connection's cost.
 
 use super::certs::CertResolver;
 use super::index::Index;
@@ -29,6 +40,35 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long in-flight admissions may take to finish after shutdown was requested.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// A whole request, body included, must arrive and be answered within this (the API server's
+/// longest webhook timeout).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Most connections open at once.
+pub const MAX_CONNECTIONS: usize = 1024;
+/// Largest request head (request line and headers) buffered.
+const MAX_HEAD_BYTES: usize = 64 * 1024;
+
+/// What one client may hold of the HTTPS server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServerLimits {
+    pub handshake_timeout: Duration,
+    /// Header-read timeout, also the longest idle time of a kept-alive connection.
+    pub idle_timeout: Duration,
+    /// A whole request, body included.
+    pub request_timeout: Duration,
+    pub max_connections: usize,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        ServerLimits {
+            handshake_timeout: HANDSHAKE_TIMEOUT,
+            idle_timeout: IDLE_TIMEOUT,
+            request_timeout: REQUEST_TIMEOUT,
+            max_connections: MAX_CONNECTIONS,
+        }
+    }
+}
 
 /// TLS settings of the admission server: ring provider, TLS 1.2/1.3, HTTP/1.1, and a certificate
 /// chosen by `resolver` at every handshake.
@@ -44,14 +84,48 @@ pub fn tls_config(resolver: Arc<CertResolver>) -> Result<Arc<ServerConfig>, rust
 /// Serves `app` over TLS on `listener` until `shutdown`, then lets open requests finish (up to
 /// `DRAIN_TIMEOUT`). Per-connection failures are logged, never fatal.
 pub async fn serve_https(listener: TcpListener, tls: Arc<ServerConfig>, app: Router, shutdown: CancellationToken) {
+    serve_https_with(listener, tls, app, ServerLimits::default(), shutdown).await;
+}
+
+/// [`serve_https`] with explicit limits.
+pub async fn serve_https_with(
+    listener: TcpListener,
+    tls: Arc<ServerConfig>,
+    app: Router,
+    limits: ServerLimits,
+    shutdown: CancellationToken,
+) {
     let acceptor = TlsAcceptor::from(tls);
+    let app = app.layer(axum::middleware::from_fn(
+        move |request: axum::extract::Request, next: axum::middleware::Next| async move {
+            match tokio::time::timeout(limits.request_timeout, next.run(request)).await {
+                Ok(response) => response,
+                Err(_) => (StatusCode::REQUEST_TIMEOUT, "the request did not arrive in time").into_response(),
+            }
+        },
+    ));
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let mut refused: u64 = 0;
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    connections.spawn(serve_connection(acceptor.clone(), stream, peer, app.clone(), shutdown.clone()));
+                    let Ok(slot) = slots.clone().try_acquire_owned() else {
+                        // Closed at once: an open socket per refused client would exhaust the fds.
+                        drop(stream);
+                        refused += 1;
+                        if refused.is_power_of_two() {
+                            tracing::warn!(%peer, refused, max = limits.max_connections, "webhook connection limit reached: closing new connections");
+                        }
+                        continue;
+                    };
+                    let connection = serve_connection(acceptor.clone(), stream, peer, app.clone(), limits, shutdown.clone());
+                    connections.spawn(async move {
+                        connection.await;
+                        drop(slot);
+                    });
                 }
                 Err(error) => {
                     // Typically EMFILE: back off instead of spinning.
@@ -77,17 +151,20 @@ async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
     app: Router,
+    limits: ServerLimits,
     shutdown: CancellationToken,
 ) {
-    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+    let tls = match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(stream)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(error)) => return tracing::debug!(%peer, %error, "TLS handshake failed"),
         Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
     };
-    let service = TowerToHyperService::new(app);
+    // The report endpoint limits per remote address.
+    let service = TowerToHyperService::new(app.layer(axum::Extension(axum::extract::ConnectInfo(peer))));
     let connection = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(IDLE_TIMEOUT)
+        .header_read_timeout(limits.idle_timeout)
+        .max_buf_size(MAX_HEAD_BYTES)
         .serve_connection(TokioIo::new(tls), service);
     tokio::pin!(connection);
     let result = tokio::select! {

@@ -152,3 +152,120 @@ async fn admin_server_reports_readiness_liveness_and_metrics() {
     shutdown.cancel();
     tokio::time::timeout(Duration::from_secs(5), server).await.unwrap().unwrap().unwrap();
 }
+
+/// An HTTPS server with the admission router and `limits`; its address, CA and shutdown token.
+async fn limited_server(limits: ServerLimits) -> (SocketAddr, TlsMaterial, CancellationToken) {
+    let tls = material();
+    let resolver = Arc::new(CertResolver::new());
+    resolver.set(&tls.leaf).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let shutdown = CancellationToken::new();
+    let app = handler::router(admission_state());
+    tokio::spawn(serve_https_with(listener, tls_config(resolver).unwrap(), app, limits, shutdown.clone()));
+    (addr, tls, shutdown)
+}
+
+async fn tls_connect(addr: SocketAddr, connector: &TlsConnector) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    connector.connect(ServerName::try_from("127.0.0.1").unwrap(), tcp).await.unwrap()
+}
+
+/// Reads until the server closes the connection; what it sent.
+async fn until_closed(io: &mut (impl AsyncRead + Unpin), within: Duration) -> Option<String> {
+    let mut response = Vec::new();
+    tokio::time::timeout(within, io.read_to_end(&mut response))
+        .await
+        .ok()
+        .map(|_| String::from_utf8_lossy(&response).into_owned())
+}
+
+#[tokio::test]
+async fn a_client_sending_its_headers_slowly_is_cut_off() {
+    let limits = ServerLimits { idle_timeout: Duration::from_secs(1), ..ServerLimits::default() };
+    let (addr, tls, shutdown) = limited_server(limits).await;
+    let mut slow = tls_connect(addr, &client_trusting(&[&tls.ca])).await;
+    let started = std::time::Instant::now();
+    slow.write_all(b"POST /mutate-pods HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    // One header byte every 200 ms, never the blank line.
+    let drip = async {
+        loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if slow.write_all(b"X").await.is_err() {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(5), drip).await;
+    let elapsed = started.elapsed();
+    assert!(elapsed < Duration::from_secs(4), "the slow client was still connected after {elapsed:?}");
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn an_unfinished_body_is_answered_408_and_closed() {
+    let limits = ServerLimits { request_timeout: Duration::from_secs(1), ..ServerLimits::default() };
+    let (addr, tls, shutdown) = limited_server(limits).await;
+    let mut io = tls_connect(addr, &client_trusting(&[&tls.ca])).await;
+    let head =
+        "POST /mutate-pods HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n";
+    io.write_all(head.as_bytes()).await.unwrap();
+    io.write_all(b"{\"apiVersion\":").await.unwrap();
+    let response = until_closed(&mut io, Duration::from_secs(5)).await.expect("the server never gave up on the body");
+    assert!(response.starts_with("HTTP/1.1 408"), "{response:?}");
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn a_connection_flood_is_refused_and_an_admission_review_still_answers() {
+    let limits =
+        ServerLimits { max_connections: 64, handshake_timeout: Duration::from_secs(1), ..ServerLimits::default() };
+    let (addr, tls, shutdown) = limited_server(limits).await;
+    // 300 connections that never start TLS, all held open by the client.
+    let mut flood = Vec::new();
+    for _ in 0..300 {
+        flood.push(TcpStream::connect(addr).await.unwrap());
+    }
+    // The server keeps at most 64: the others are closed at once (EOF), holding no descriptor.
+    let mut closed = 0;
+    for stream in &mut flood {
+        let mut byte = [0u8; 1];
+        if let Ok(Ok(0)) = tokio::time::timeout(Duration::from_millis(20), stream.read(&mut byte)).await {
+            closed += 1;
+        }
+    }
+    assert!(closed >= 300 - 64, "only {closed} of 300 flood connections were closed");
+    // Those held time out in the handshake; then a review is answered although the flood's
+    // sockets are still open on the client's side.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (_, status, body) = https_request(addr, &client_trusting(&[&tls.ca]), b"{}").await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("AdmissionReview"), "the handler answered: {body}");
+    drop(flood);
+    shutdown.cancel();
+}
+
+#[test]
+fn only_http1_is_offered() {
+    let config = tls_config(Arc::new(CertResolver::new())).unwrap();
+    assert_eq!(config.alpn_protocols, vec![b"http/1.1".to_vec()], "no h2: no stream multiplexing to bound");
+}
+
+#[tokio::test]
+async fn a_body_declared_too_large_is_refused_before_it_is_sent() {
+    let (addr, tls, shutdown) = limited_server(ServerLimits::default()).await;
+    let mut io = tls_connect(addr, &client_trusting(&[&tls.ca])).await;
+    let head = format!(
+        "POST /mutate-pods HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        handler::MAX_BODY_BYTES + 1
+    );
+    io.write_all(head.as_bytes()).await.unwrap();
+    let mut response = vec![0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(2), io.read(&mut response))
+        .await
+        .expect("answered from the Content-Length, without waiting for the body")
+        .unwrap();
+    let text = String::from_utf8_lossy(&response[..n]);
+    assert!(text.starts_with("HTTP/1.1 413"), "{text:?}");
+    shutdown.cancel();
+}

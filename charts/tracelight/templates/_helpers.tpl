@@ -107,6 +107,9 @@ cluster (operator.enabled=false), the port of webhook.url (443 when the URL has 
 - --native-sidecar={{ .Values.operator.nativeSidecar }}
 - --agent-reports={{ .Values.operator.agentReports }}
 - --agent-image={{ .Values.agent.image | default (include "tracelight.image" .) }}
+{{- with .Values.secrets.sourceNamespaces }}
+- --secret-namespace={{ join "," . }}
+{{- end }}
 {{- range $language, $image := .Values.instrumentation.images }}
 - --instrumentation-image={{ $language }}={{ $image }}
 {{- end }}

@@ -10,6 +10,7 @@ pub mod injection;
 pub mod real_workloads;
 pub mod rollout;
 pub mod rollout_resilience;
+pub mod secrets;
 pub mod selection;
 pub mod setup;
 mod shared;
@@ -40,14 +41,17 @@ async fn steps(suite: &mut Suite) -> anyhow::Result<()> {
     let started_serial = certificates::bootstrap(suite).await?;
     // E2E_ONLY=rollout runs the rollout steps alone (they need nothing from the others);
     // E2E_ONLY=resilience only the crash-loop, missed-pods and two-replica ones; E2E_ONLY=injection
-    // only the injection ones.
+    // only the injection ones; E2E_ONLY=secrets only the Secret least-privilege one.
     match std::env::var("E2E_ONLY").as_deref() {
         Ok("rollout") => return rollout_steps(suite).await,
         Ok("resilience") => return resilience_steps(suite).await,
         Ok("injection") => return injection_steps(suite).await,
+        Ok("coverage") => return rollout_resilience::two_replicas_count_every_report(suite).await,
+        Ok("secrets") => return secrets::secrets_outside_the_operator_namespace_are_refused(suite).await,
         _ => {}
     }
     bad_input::invalid_policies_are_rejected(suite).await?;
+    secrets::secrets_outside_the_operator_namespace_are_refused(suite).await?;
     injection_steps(suite).await?;
     certificates::rotated_certificate_is_served_without_restart(suite, &started_serial).await?;
     selection::policy_namespace_selection_is_honoured(suite).await?;
@@ -81,5 +85,6 @@ async fn rollout_steps(suite: &mut Suite) -> anyhow::Result<()> {
 async fn resilience_steps(suite: &mut Suite) -> anyhow::Result<()> {
     rollout_resilience::crash_looping_workload_is_rolled_back(suite).await?;
     rollout_resilience::missed_pods_are_counted_then_repaired(suite).await?;
-    rollout_resilience::two_replicas_one_leader(suite).await
+    rollout_resilience::two_replicas_one_leader(suite).await?;
+    rollout_resilience::two_replicas_count_every_report(suite).await
 }

@@ -207,6 +207,8 @@ fn replica_args(suite: &Suite, webhook_port: u16, admin_port: u16) -> Vec<String
         .collect();
     args.push(format!("--webhook-addr=127.0.0.1:{webhook_port}"));
     args.push(format!("--admin-addr=127.0.0.1:{admin_port}"));
+    // What POD_IP gives a replica in the cluster: where the others forward reports while it leads.
+    args.push(format!("--advertise-address=127.0.0.1:{webhook_port}"));
     args
 }
 
@@ -324,6 +326,174 @@ pub async fn two_replicas_one_leader(suite: &mut Suite) -> anyhow::Result<()> {
     drop(leader);
     suite.start_operator().await?;
     result?;
+    let status = stopped?;
+    ensure!(status.success(), "the follower exited with {status} on SIGTERM");
+    Ok(())
+}
+
+const COVERED: &str = "e2e-coverage-ha";
+/// How often the stand-in agents push (the real ones: every 30 s; more than one every 5 s per
+/// agent is answered 429).
+const PUSH_EVERY: Duration = Duration::from_secs(6);
+
+/// A projected token of the report audience bound to `pod`, as the agent container gets it.
+fn report_token(suite: &Suite, ns: &str, pod: &k8s_openapi::api::core::v1::Pod) -> anyhow::Result<String> {
+    let sa = pod.spec.as_ref().and_then(|s| s.service_account_name.clone()).unwrap_or_else(|| "default".into());
+    let (name, uid) = (pod.name_any(), pod.metadata.uid.clone().unwrap_or_default());
+    let token = suite.cluster.kubectl([
+        "create",
+        "token",
+        &sa,
+        "-n",
+        ns,
+        "--audience",
+        tracelight_contract::report::REPORT_AUDIENCE,
+        "--bound-object-kind",
+        "Pod",
+        "--bound-object-name",
+        &name,
+        "--bound-object-uid",
+        &uid,
+        "--duration",
+        "1h",
+    ])?;
+    Ok(token.trim().to_string())
+}
+
+/// The `reporting` count of `ns` in the policy's status.
+async fn reporting(client: &Client, ns: &str) -> anyhow::Result<u32> {
+    let p = Api::<TracingPolicy>::all(client.clone()).get(COVERED).await?;
+    let status = p.status.unwrap_or_default();
+    Ok(status.namespaces.iter().find(|n| n.name == ns).map_or(0, |n| n.counts.reporting))
+}
+
+/// Two replicas behind one address, reports landing on either: the policy status counts every
+/// reporting pod, as one replica receiving them all would (the follower forwards its reports to
+/// the leader). The leader killed, the count never drops and is complete within one report
+/// interval of the takeover.
+pub async fn two_replicas_count_every_report(suite: &mut Suite) -> anyhow::Result<()> {
+    suite.log.step("coverage: two replicas, reports land on either; every report counts, also after the leader dies");
+    let client = suite.cluster.client.clone();
+    let configs = Api::<k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration>::all(client.clone());
+    let config = configs.get(super::WEBHOOK_CONFIG).await?;
+    let ca = config
+        .webhooks
+        .and_then(|w| w.into_iter().next())
+        .and_then(|w| w.client_config.ca_bundle)
+        .context("no caBundle published")?
+        .0;
+    suite.stop_operator()?;
+    let (mut leader, leader_hook) = start_replica(suite, "cov-a").await?;
+    wait_leader(&client, &leader).await?;
+    let (mut follower, follower_hook) = start_replica(suite, "cov-b").await?;
+    let forwarder = Forwarder::start(suite.webhook_port, vec![leader_hook, follower_hook]).await?;
+    let stop_pushing = Arc::new(AtomicBool::new(false));
+    let mut pusher = None;
+    let result = async {
+        let ns = suite.namespaces.create("coverage", &[ENABLED, (GROUP, "coverage")]).await?;
+        let names = ["k1", "k2", "k3", "k4", "k5", "k6"];
+        running_deployments(&client, &ns, &names).await?;
+        let rollout = json!({"phases": [{"name": "all", "batchSize": 6, "soakDuration": "5s"}]});
+        let policy = policy_json(COVERED, "coverage", rollout, None)?;
+        Api::<TracingPolicy>::all(client.clone()).create(&PostParams::default(), &policy).await?;
+        wait_all_injected(&client, &ns, COVERED).await?;
+        let pods: Vec<_> = Api::<k8s_openapi::api::core::v1::Pod>::namespaced(client.clone(), &ns)
+            .list(&ListParams::default())
+            .await?
+            .items
+            .into_iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .collect();
+        ensure!(pods.len() == names.len(), "{} pods, expected {}", pods.len(), names.len());
+        let mut agents = Vec::new();
+        for pod in &pods {
+            let report = json!({
+                "contractVersion": tracelight_contract::CONTRACT_VERSION, "agentVersion": "0.2.0",
+                "pod": {"podName": pod.name_any(), "namespace": ns, "podUid": pod.metadata.uid},
+                "configGeneration": 1, "services": {"svc": 1}, "spans": {"received": 1},
+                "uptimeSeconds": 5, "lastSpanAgeSeconds": 1
+            });
+            agents.push((report_token(suite, &ns, pod)?, serde_json::to_vec(&report)?));
+        }
+        // Stand-ins for the agents: each push a new connection, so the forwarder alternates.
+        let (port, stop, ca) = (suite.webhook_port, stop_pushing.clone(), ca.clone());
+        pusher = Some(tokio::spawn(async move {
+            let mut refused = Vec::new();
+            while !stop.load(Ordering::Acquire) {
+                for (token, body) in &agents {
+                    match crate::support::tls::post_with_token(port, &ca, "/v1/agent-reports", token, body).await {
+                        Ok(204) => {}
+                        other => refused.push(format!("{other:?}")),
+                    }
+                }
+                tokio::time::sleep(PUSH_EVERY).await;
+            }
+            refused
+        }));
+        let want = u32::try_from(pods.len())?;
+        wait::until(&format!("{want} reporting pods in {ns} with two replicas"), Duration::from_secs(60), || async {
+            let n = reporting(&client, &ns).await?;
+            ensure!(n == want, "{n} reporting");
+            Ok(())
+        })
+        .await?;
+        ensure!(forwarder.forwarded(0) > 0 && forwarder.forwarded(1) > 0, "reports did not reach both replicas");
+        let (_, metrics) = crate::support::operator::http_get(follower.admin_port, "/metrics").await?;
+        let forwarded = metrics
+            .lines()
+            .find(|l| l.starts_with("tracelight_agent_reports_forwarded_total{result=\"forwarded\"}"))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or_default();
+        ensure!(forwarded > 0.0, "the follower forwarded no report to the leader");
+        suite.log.note(&format!(
+            "{want} of {want} pods reporting (what one replica receiving every report counts); \
+             connections: leader {}, follower {}; the follower forwarded {forwarded}",
+            forwarder.forwarded(0),
+            forwarder.forwarded(1)
+        ));
+
+        leader.kill()?;
+        let killed = std::time::Instant::now();
+        let mut lowest = want;
+        let mut took_over = None;
+        let interval = tracelight::webhook::reports::store::REPORT_INTERVAL;
+        loop {
+            lowest = lowest.min(reporting(&client, &ns).await?);
+            if took_over.is_none() && follower.metric("tracelight_controller_leader").await? == 1.0 {
+                took_over = Some(std::time::Instant::now());
+            }
+            if let Some(at) = took_over {
+                if at.elapsed() > interval {
+                    break;
+                }
+            }
+            ensure!(killed.elapsed() < Duration::from_secs(90), "the follower did not take over within 90s");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let after = reporting(&client, &ns).await?;
+        ensure!(lowest == want, "the reporting count dropped to {lowest} after the leader was killed");
+        ensure!(after == want, "{after} of {want} reporting one report interval after the takeover");
+        suite.log.note(&format!(
+            "leader killed: {} took over after {:.0}s; {want} of {want} reporting throughout and one report interval later",
+            follower.name,
+            took_over.map(|t| (t - killed).as_secs_f64()).unwrap_or_default()
+        ));
+        Ok(())
+    }
+    .await;
+    stop_pushing.store(true, Ordering::Release);
+    let refused = match pusher {
+        Some(p) => p.await.unwrap_or_default(),
+        None => Vec::new(),
+    };
+    let _ = Api::<TracingPolicy>::all(client.clone()).delete(COVERED, &Default::default()).await;
+    let stopped = follower.stop();
+    forwarder.stop().await;
+    drop(leader);
+    suite.start_operator().await?;
+    result?;
+    // Pushes to the killed leader's port fail over in the forwarder; none may be refused.
+    ensure!(refused.is_empty(), "reports refused: {refused:?}");
     let status = stopped?;
     ensure!(status.success(), "the follower exited with {status} on SIGTERM");
     Ok(())

@@ -22,6 +22,12 @@ const SERVICE_ACCOUNT_PREFIX: &str = "system:serviceaccount:";
 const CACHE_FOR: Duration = Duration::from_secs(600);
 /// Most cached reviews; beyond it the cache is cleared (a flood of distinct tokens).
 const CACHE_MAX: usize = 20_000;
+/// How long a token the API server refused is refused again without asking: a bogus token
+/// pushed over and over costs one TokenReview a minute, not one per request.
+pub const REFUSED_FOR: Duration = Duration::from_secs(60);
+/// Most remembered refusals; beyond it the expired ones go, then all (the rate limits per
+/// address bound how fast new ones come).
+pub const REFUSED_MAX: usize = 10_000;
 
 /// The pod a token was issued for.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -76,6 +82,33 @@ pub struct TokenReviewer {
     api: Api<TokenReview>,
     /// Accepted tokens (by hash): the pod, and until when the review holds.
     cache: Mutex<HashMap<[u8; 32], (ReviewedPod, Instant)>>,
+    /// Refused tokens (by hash): why, and until when the refusal holds.
+    refused: Mutex<HashMap<[u8; 32], (Refusal, Instant)>>,
+}
+
+/// A refusal worth remembering: what the API server said about the token (never a failure to
+/// ask it, which is retried).
+#[derive(Clone, Debug)]
+enum Refusal {
+    Rejected(String),
+    NotAPodToken(&'static str),
+}
+
+impl Refusal {
+    fn of(error: &ReviewError) -> Option<Refusal> {
+        match error {
+            ReviewError::Rejected(why) => Some(Refusal::Rejected(why.clone())),
+            ReviewError::NotAPodToken(why) => Some(Refusal::NotAPodToken(why)),
+            ReviewError::Api(_) => None,
+        }
+    }
+
+    fn error(&self) -> ReviewError {
+        match self {
+            Refusal::Rejected(why) => ReviewError::Rejected(why.clone()),
+            Refusal::NotAPodToken(why) => ReviewError::NotAPodToken(why),
+        }
+    }
 }
 
 /// The `exp` claim of a JWT (seconds since the epoch), read without verifying the signature:
@@ -95,7 +128,28 @@ fn cache_deadline(token: &str, now: Instant, unix_now: i64) -> Instant {
 
 impl TokenReviewer {
     pub fn new(client: kube::Client) -> TokenReviewer {
-        TokenReviewer { api: Api::all(client), cache: Mutex::default() }
+        TokenReviewer { api: Api::all(client), cache: Mutex::default(), refused: Mutex::default() }
+    }
+
+    fn refused_before(&self, key: &[u8; 32], now: Instant) -> Option<ReviewError> {
+        let refused = self.refused.lock().unwrap_or_else(|p| p.into_inner());
+        refused.get(key).filter(|(_, until)| now < *until).map(|(refusal, _)| refusal.error())
+    }
+
+    fn remember_refusal(&self, key: [u8; 32], refusal: Refusal, now: Instant) {
+        let mut refused = self.refused.lock().unwrap_or_else(|p| p.into_inner());
+        if refused.len() >= REFUSED_MAX {
+            refused.retain(|_, (_, until)| now < *until);
+            if refused.len() >= REFUSED_MAX {
+                refused.clear();
+            }
+        }
+        refused.insert(key, (refusal, now + REFUSED_FOR));
+    }
+
+    /// Remembered refusals (for tests and metrics).
+    pub fn refused_len(&self) -> usize {
+        self.refused.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
     fn cached(&self, key: &[u8; 32]) -> Option<ReviewedPod> {
@@ -132,7 +186,18 @@ impl Reviewer for TokenReviewer {
             if let Some(pod) = self.cached(&key) {
                 return Ok(pod);
             }
-            let pod = self.review_uncached(token).await?;
+            if let Some(error) = self.refused_before(&key, Instant::now()) {
+                return Err(error);
+            }
+            let pod = match self.review_uncached(token).await {
+                Ok(pod) => pod,
+                Err(error) => {
+                    if let Some(refusal) = Refusal::of(&error) {
+                        self.remember_refusal(key, refusal, Instant::now());
+                    }
+                    return Err(error);
+                }
+            };
             let unix_now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
@@ -147,6 +212,8 @@ mod tests {
     use super::*;
     use k8s_openapi::api::authentication::v1::UserInfo;
     use std::collections::BTreeMap;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
 
     fn status(username: &str, audiences: &[&str], pod: Option<(&str, &str)>) -> TokenReviewStatus {
         let extra = pod.map(|(name, uid)| {
@@ -179,6 +246,84 @@ mod tests {
         assert_eq!(cache_deadline(&jwt(r#"{"exp":1800086400}"#), now, unix), now + CACHE_FOR);
         assert_eq!(cache_deadline(&jwt(r#"{"exp":1700000000}"#), now, unix), now, "expired: not reused");
         assert_eq!(cache_deadline("opaque", now, unix), now + CACHE_FOR);
+    }
+
+    /// A TokenReviewer against a stand-in API server that authenticates only "good" (for pod
+    /// shop/web-1), fails while `down` is set, and counts the reviews it is asked for.
+    fn counting_reviewer() -> (TokenReviewer, Arc<AtomicUsize>, Arc<std::sync::atomic::AtomicBool>) {
+        let (asked, down) = (Arc::new(AtomicUsize::new(0)), Arc::new(std::sync::atomic::AtomicBool::new(false)));
+        let (count, fail) = (asked.clone(), down.clone());
+        let service = tower::service_fn(move |request: http::Request<kube::client::Body>| {
+            let (count, fail) = (count.clone(), fail.clone());
+            async move {
+                count.fetch_add(1, Ordering::SeqCst);
+                if fail.load(Ordering::SeqCst) {
+                    let body = serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 500, "message": "down", "reason": "InternalError"});
+                    return Ok::<_, std::convert::Infallible>(
+                        http::Response::builder()
+                            .status(500)
+                            .body(kube::client::Body::from(body.to_string().into_bytes()))
+                            .unwrap(),
+                    );
+                }
+                let bytes = http_body_util::BodyExt::collect(request.into_body()).await.unwrap().to_bytes();
+                let review: TokenReview = serde_json::from_slice(&bytes).unwrap();
+                let good = review.spec.token == "good";
+                let status = if good {
+                    status("system:serviceaccount:shop:default", &[REPORT_AUDIENCE], Some(("web-1", "u-1")))
+                } else {
+                    TokenReviewStatus {
+                        authenticated: Some(false),
+                        error: Some("invalid bearer token".into()),
+                        ..Default::default()
+                    }
+                };
+                let answer = TokenReview { status: Some(status), ..review };
+                let mut json = serde_json::to_value(&answer).unwrap();
+                json["apiVersion"] = "authentication.k8s.io/v1".into();
+                json["kind"] = "TokenReview".into();
+                Ok(http::Response::builder()
+                    .status(201)
+                    .body(kube::client::Body::from(json.to_string().into_bytes()))
+                    .unwrap())
+            }
+        });
+        (TokenReviewer::new(kube::Client::new(service, "default")), asked, down)
+    }
+
+    #[tokio::test]
+    async fn a_refused_token_is_refused_again_without_asking_the_api_server() {
+        let (reviewer, asked, down) = counting_reviewer();
+        for _ in 0..50 {
+            let error = reviewer.review("bogus").await.unwrap_err();
+            assert!(matches!(error, ReviewError::Rejected(ref why) if why.contains("invalid bearer token")), "{error}");
+        }
+        assert_eq!(asked.load(Ordering::SeqCst), 1, "one review for fifty pushes of the same bogus token");
+        assert_eq!(reviewer.refused_len(), 1);
+        reviewer.review("good").await.unwrap();
+        reviewer.review("good").await.unwrap();
+        assert_eq!(asked.load(Ordering::SeqCst), 2, "accepted tokens are cached too");
+        // A failure to ask is not a refusal: asked again next time.
+        down.store(true, Ordering::SeqCst);
+        assert!(matches!(reviewer.review("other").await, Err(ReviewError::Api(_))));
+        assert!(matches!(reviewer.review("other").await, Err(ReviewError::Api(_))));
+        assert_eq!(asked.load(Ordering::SeqCst), 4);
+        assert_eq!(reviewer.refused_len(), 1);
+    }
+
+    #[tokio::test]
+    async fn remembered_refusals_expire_and_stay_bounded() {
+        let (reviewer, _, _) = counting_reviewer();
+        let t0 = Instant::now();
+        reviewer.remember_refusal([1; 32], Refusal::Rejected("no".into()), t0);
+        assert!(reviewer.refused_before(&[1; 32], t0 + REFUSED_FOR - Duration::from_secs(1)).is_some());
+        assert!(reviewer.refused_before(&[1; 32], t0 + REFUSED_FOR).is_none(), "asked again after a minute");
+        for i in 0..(REFUSED_MAX + 5) {
+            let mut key = [0u8; 32];
+            key[..8].copy_from_slice(&(i as u64).to_be_bytes());
+            reviewer.remember_refusal(key, Refusal::NotAPodToken("x"), t0);
+        }
+        assert!(reviewer.refused_len() <= REFUSED_MAX);
     }
 
     #[test]

@@ -11,28 +11,71 @@ use std::sync::{Arc, RwLock};
 use tokio::sync::watch;
 use tracelight_contract::report::AgentReport;
 
+/// How often agents push a report (the agent's default `--report-interval-secs`).
+pub const REPORT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
+/// After this replica starts leading, how long coverage is held at what the status shows where
+/// its own reports count fewer pods: one report interval and a margin, after which every agent
+/// has reported to it (directly or forwarded by another replica).
+pub const COVERAGE_WARM_UP: SignedDuration = SignedDuration::from_secs(REPORT_INTERVAL.as_secs() as i64 + 10);
+
+/// Longest service name kept from a report, in bytes: the application sets `service.name`, and
+/// one unbounded name would make every status write (and the status object) as large.
+pub const MAX_SERVICE_NAME_BYTES: usize = 128;
+
+/// `name` cut to [`MAX_SERVICE_NAME_BYTES`] at a character boundary.
+pub fn bounded_name(name: &str) -> &str {
+    if name.len() <= MAX_SERVICE_NAME_BYTES {
+        return name;
+    }
+    let mut end = MAX_SERVICE_NAME_BYTES;
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    &name[..end]
+}
+
+/// How many of the service names a report keeps had to be cut.
+pub fn truncated_names(report: &AgentReport) -> usize {
+    report.services.keys().take(MAX_SERVICES).filter(|n| n.len() > MAX_SERVICE_NAME_BYTES).count()
+}
+
 #[derive(Clone)]
 pub struct ReportStore {
     /// By pod uid (from the reviewed token).
     reports: Arc<RwLock<HashMap<String, PodReport>>>,
     changed: Arc<watch::Sender<u64>>,
+    /// Until when coverage is held (see [`COVERAGE_WARM_UP`]).
+    warm_until: Arc<RwLock<Option<Timestamp>>>,
 }
 
 impl Default for ReportStore {
     fn default() -> Self {
-        ReportStore { reports: Arc::default(), changed: Arc::new(watch::channel(0).0) }
+        ReportStore { reports: Arc::default(), changed: Arc::new(watch::channel(0).0), warm_until: Arc::default() }
     }
 }
 
 impl ReportStore {
+    /// Holds coverage until `until`: this replica has just started leading, and reports counted
+    /// by the previous leader have not all reached it yet.
+    pub fn hold_coverage_until(&self, until: Timestamp) {
+        *self.warm_until.write().unwrap_or_else(|p| p.into_inner()) = Some(until);
+    }
+
+    /// Whether coverage is still held at `now`.
+    pub fn holds_coverage(&self, now: Timestamp) -> bool {
+        self.warm_until.read().unwrap_or_else(|p| p.into_inner()).is_some_and(|until| now < until)
+    }
+
     /// Records `report` for the reviewed `pod`, received `now`. Returns whether it changed
     /// something coverage depends on (and then notifies subscribers).
     pub fn accept(&self, pod: &ReviewedPod, report: &AgentReport, now: Timestamp) -> bool {
         let last_span_at = report
             .last_span_age_seconds
             .and_then(|age| now.checked_sub(SignedDuration::from_secs(i64::try_from(age).unwrap_or(i64::MAX))).ok());
-        let mut services: Vec<String> = report.services.keys().take(MAX_SERVICES).cloned().collect();
+        let mut services: Vec<String> =
+            report.services.keys().take(MAX_SERVICES).map(|name| bounded_name(name).to_string()).collect();
         services.sort();
+        services.dedup();
         let new = PodReport {
             received_at: now,
             last_span_at,
@@ -154,6 +197,33 @@ mod tests {
             (version("old"), version("new"), version("hostile")),
             ("unknown (contract 1)".into(), "0.2.0".into(), "other".into())
         );
+    }
+
+    #[test]
+    fn long_service_names_are_cut_at_a_character_boundary_and_counted() {
+        let store = ReportStore::default();
+        let mut long = report(Some(1), 1);
+        let huge = "é".repeat(40_000);
+        long.services = BTreeMap::from([(huge.clone(), 1), ("x".repeat(200), 2), ("ok".to_string(), 3)]);
+        store.accept(&pod("a"), &long, at(0));
+        let kept = store.get("a").unwrap().services;
+        assert_eq!(kept.len(), 3);
+        assert!(kept.iter().all(|s| s.len() <= MAX_SERVICE_NAME_BYTES), "{kept:?}");
+        assert!(kept.contains(&"é".repeat(64)), "128 bytes of two-byte characters");
+        assert!(kept.contains(&"ok".to_string()));
+        assert_eq!(truncated_names(&long), 2);
+        assert_eq!(bounded_name(&"a".repeat(129)).len(), 128);
+        assert_eq!(bounded_name(&format!("{}é", "a".repeat(127))).len(), 127, "never half a character");
+    }
+
+    #[test]
+    fn coverage_is_held_for_a_warm_up_after_leading_starts() {
+        let store = ReportStore::default();
+        assert!(!store.holds_coverage(at(0)), "not before leading");
+        store.hold_coverage_until(at(0) + COVERAGE_WARM_UP);
+        assert!(store.holds_coverage(at(30)));
+        assert!(!store.holds_coverage(at(40)), "one report interval and a margin");
+        assert!(store.clone().holds_coverage(at(1)), "shared by clones");
     }
 
     #[test]

@@ -26,7 +26,13 @@ impl Reviewer for FakeReviewer {
 }
 
 fn state() -> ReportsState {
-    ReportsState { reviewer: Arc::new(FakeReviewer), store: ReportStore::default(), metrics: ReportMetrics::default() }
+    ReportsState {
+        reviewer: Arc::new(FakeReviewer),
+        store: ReportStore::default(),
+        metrics: ReportMetrics::default(),
+        forward: None,
+        limits: Arc::default(),
+    }
 }
 
 fn body(namespace: &str, pod: &str, uid: &str) -> String {
@@ -87,4 +93,62 @@ async fn bad_tokens_bodies_and_an_unreachable_api_server_get_clear_answers() {
     let (status, _) = post(&s, Some("good-a"), vec![b' '; MAX_REPORT_BYTES + 1]).await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
     assert!(s.store.is_empty());
+}
+
+#[tokio::test]
+async fn an_agent_pushing_too_often_gets_429_with_retry_after() {
+    let s = state();
+    let good = body("shop", "web-a", "ua");
+    for _ in 0..6 {
+        assert_eq!(post(&s, Some("good-a"), good.clone()).await.0, StatusCode::NO_CONTENT);
+    }
+    let request = Request::post(REPORT_PATH)
+        .header(header::AUTHORIZATION, "Bearer good-a")
+        .body(Body::from(good.clone()))
+        .unwrap();
+    let response = router(s.clone()).oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(response.headers()[header::RETRY_AFTER], "5", "one push every 5 s refills");
+    // Bogus tokens are limited the same way before they are reviewed.
+    for _ in 0..6 {
+        assert_eq!(post(&s, Some("forged"), good.clone()).await.0, StatusCode::UNAUTHORIZED);
+    }
+    assert_eq!(post(&s, Some("forged"), good).await.0, StatusCode::TOO_MANY_REQUESTS);
+}
+
+#[tokio::test]
+async fn a_body_declared_too_large_is_refused_before_it_is_read() {
+    let s = state();
+    // A body that never ends: answered from its Content-Length alone.
+    let endless = futures::stream::pending::<Result<Bytes, std::io::Error>>();
+    let request = Request::post(REPORT_PATH)
+        .header(header::AUTHORIZATION, "Bearer good-a")
+        .header(header::CONTENT_LENGTH, (8 << 20).to_string())
+        .body(Body::from_stream(endless))
+        .unwrap();
+    let response = tokio::time::timeout(std::time::Duration::from_secs(2), router(s).oneshot(request))
+        .await
+        .expect("answered without waiting for the body")
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+}
+
+#[tokio::test]
+async fn a_streamed_body_is_cut_off_at_the_limit() {
+    let s = state();
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = sent.clone();
+    // 1 KiB chunks without a Content-Length, forever: refused once past the limit, not buffered.
+    let chunks = futures::stream::repeat_with(move || {
+        counter.fetch_add(1024, std::sync::atomic::Ordering::Relaxed);
+        Ok::<_, std::io::Error>(Bytes::from(vec![b' '; 1024]))
+    });
+    let request = Request::post(REPORT_PATH)
+        .header(header::AUTHORIZATION, "Bearer good-a")
+        .body(Body::from_stream(chunks))
+        .unwrap();
+    let response = router(s).oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let read = sent.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(read <= MAX_REPORT_BYTES + 1024, "{read} bytes read for a {MAX_REPORT_BYTES} limit");
 }
