@@ -227,6 +227,7 @@ fn context(
         statefulsets,
         daemonsets,
         inject_options: InjectOptions::default(),
+        secret_sources: super::resources::SecretSources::new("tracelight-system", &[]),
         requested: Default::default(),
         written: Default::default(),
         reports: ReportStore::default(),
@@ -354,4 +355,20 @@ async fn a_deleted_policy_keeps_its_finalizer_while_workloads_lose_injection() {
     let error = result.expect_err("a leaving policy waits");
     assert!(error.is_waiting(), "{error}");
     assert_eq!(error_policy(Arc::new(p), &error, ctx), Action::requeue(Duration::from_secs(2)), "looks again soon");
+}
+
+#[tokio::test]
+async fn a_secret_outside_the_allowed_namespaces_is_never_read_nor_copied() {
+    let server = ApiServer::default();
+    let mut p = policy(true, None);
+    p.spec.collector.api_key_secret_ref =
+        Some(serde_json::from_value(json!({"namespace": "kube-system", "name": "cloud-credentials"})).unwrap());
+    let ctx = context(&server, &p, &["shop"], Vec::new(), Vec::new());
+    let _ = reconcile(Arc::new(p), ctx).await;
+    let sent = server.sent();
+    assert!(!sent.iter().any(|s| s.path.contains("/secrets")), "a Secret was read or written: {sent:?}");
+    let status = server.body_of(Method::PATCH, STATUS);
+    let reasons: Vec<&Value> =
+        status["status"]["conditions"].as_array().into_iter().flatten().map(|c| &c["reason"]).collect();
+    assert!(reasons.contains(&&json!("SecretNotAllowed")), "conditions: {status}");
 }
