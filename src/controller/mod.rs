@@ -314,6 +314,11 @@ async fn run_controllers(
             // Returns after a graceful shutdown: in-flight reconciles finish first.
             () = run_policy_controller(client.clone(), controller_metrics.clone(), settings.clone(), reports.clone(), serving_ca.clone(), shutdown.clone()) => {}
             _ = lost.wait_for(|leads| !*leads) => tracing::warn!("leadership lost: controllers stopped"),
+            // A shutdown while the policy watch is still listing left kube's controller waiting
+            // for a store that never fills (seen once in e2e: SIGTERM ignored until SIGKILL).
+            () = async { shutdown.cancelled().await; tokio::time::sleep(SHUTDOWN_GRACE).await } => {
+                tracing::warn!(grace = ?SHUTDOWN_GRACE, "controllers did not stop within the grace period after the shutdown: dropped");
+            }
         }
         controller_metrics.leader.set(0);
         if shutdown.is_cancelled() {
@@ -341,6 +346,10 @@ async fn wake_on_reports(reports: ReportStore, reconcile_all: futures::channel::
         }
     }
 }
+
+/// How long the controllers may take to stop after a shutdown was requested (in-flight reconciles
+/// finish in well under it); then they are dropped, as a SIGKILL would, within the pod's grace period.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// Shortest interval between report-triggered reconciles.
 const REPORT_WAKE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
