@@ -1,6 +1,7 @@
 //! Admin server: `/healthz` (kubelet probes), `/metrics` (Prometheus text), `/report` (JSON).
 
 use super::report::{self, Report};
+use super::server::{Guard, ServerLimits};
 use super::Shared;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -8,9 +9,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use prometheus_client::registry::Registry;
-use std::future::Future;
 use std::sync::Arc;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 struct AdminState {
     shared: Arc<Shared>,
@@ -26,12 +27,9 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .with_state(Arc::new(AdminState { shared, registry }))
 }
 
-pub async fn serve(
-    listener: TcpListener,
-    shared: Arc<Shared>,
-    stop: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(listener, router(shared)).with_graceful_shutdown(stop).await
+/// Serve the admin routes under `limits` (see `crate::server`); bodies are not charged.
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>, limits: ServerLimits, stop: CancellationToken) {
+    super::server::serve(listener, router(shared), Guard::new(limits, None), stop).await
 }
 
 /// Liveness only: the agent serves even before a valid config arrives (it then queues).

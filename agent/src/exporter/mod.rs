@@ -82,6 +82,9 @@ pub struct LoopOptions {
 
 pub struct ExportLoop {
     pub queue: Arc<Queue>,
+    /// When the flush after `stop` must end; set before `stop` by a shutdown that has already
+    /// spent part of its time draining the receivers. Unset: `shutdown_deadline` after `stop`.
+    pub flush_by: Arc<std::sync::OnceLock<Instant>>,
     pub metrics: Arc<Metrics>,
     /// `None` until a valid config has been loaded.
     pub clients: watch::Receiver<Option<Arc<Client>>>,
@@ -185,7 +188,7 @@ impl ExportLoop {
             });
         }
         // Sends in flight finish (each bounded by the export timeout) or are abandoned at the deadline.
-        let deadline = Instant::now() + self.options.shutdown_deadline;
+        let deadline = self.flush_by.get().copied().unwrap_or_else(|| Instant::now() + self.options.shutdown_deadline);
         while let Ok(Some(_)) = tokio::time::timeout_at(deadline, in_flight.join_next()).await {}
         in_flight.shutdown().await;
         self.metrics.drop_spans(DropReason::Shutdown, flying.load(Ordering::Relaxed));
