@@ -65,6 +65,8 @@ flags! {
     admin_port: u16 = 13133, " Admin server port.";
     queue_bytes: usize = 16 << 20, " Bound of the export queue, in bytes; the oldest spans are dropped beyond it.";
     batch_bytes: usize = 512 << 10, " Target size of one export request, in bytes.";
+    max_message_bytes: usize = 3584 << 10,
+        " Largest export request, in bytes; larger incoming requests are split (gRPC receivers refuse over 4 MiB by default).";
     batch_linger_ms: u64 = 500, " Longest wait for a batch to fill, in milliseconds.";
     max_request_bytes: usize = 8 << 20, " Largest accepted OTLP request (after decompression), in bytes.";
     max_inflight_bytes: usize = 32 << 20,

@@ -178,6 +178,7 @@ pub async fn start_with_identity(args: AgentArgs, identity: enrich::PodIdentity)
         clients: clients_rx,
         options: LoopOptions {
             batch_bytes: args.batch_bytes.max(1),
+            max_message_bytes: args.max_message_bytes.max(1024),
             linger: Duration::from_millis(args.batch_linger_ms),
             backoff: Backoff::default(),
             shutdown_deadline: Duration::from_secs(args.shutdown_timeout_secs),

@@ -73,6 +73,9 @@ impl Client {
 #[derive(Debug, Clone, Copy)]
 pub struct LoopOptions {
     pub batch_bytes: usize,
+    /// Largest request sent: a larger batch (one large incoming request) is split. Under gRPC's
+    /// default 4 MiB receive limit by default.
+    pub max_message_bytes: usize,
     pub linger: Duration,
     pub backoff: Backoff,
     pub shutdown_deadline: Duration,
@@ -176,7 +179,9 @@ impl ExportLoop {
                     _ = self.clients.changed() => continue,
                 }
             };
-            let Some(batch) = self.queue.take(self.options.batch_bytes) else { continue };
+            let Some(batch) = self.queue.take_limited(self.options.batch_bytes, self.options.max_message_bytes) else {
+                continue;
+            };
             let sender = Sender { queue: self.queue.clone(), metrics: self.metrics.clone() };
             let flying = flying.clone();
             flying.fetch_add(batch.spans, Ordering::Relaxed);
@@ -207,7 +212,9 @@ impl ExportLoop {
         };
         let mut attempt = 0;
         while Instant::now() < deadline {
-            let Some(batch) = self.queue.take(self.options.batch_bytes) else { break };
+            let Some(batch) = self.queue.take_limited(self.options.batch_bytes, self.options.max_message_bytes) else {
+                break;
+            };
             let spans = batch.spans;
             match tokio::time::timeout_at(deadline, self.send(&client, batch)).await {
                 Ok(Sent::Done) => {}
