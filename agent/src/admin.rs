@@ -7,7 +7,7 @@ use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::Router;
 use prometheus_client::registry::Registry;
 use std::sync::Arc;
 use tokio::net::TcpListener;
@@ -45,8 +45,9 @@ async fn metrics(State(s): State<Arc<AdminState>>) -> Response {
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body).into_response()
 }
 
-async fn report(State(s): State<Arc<AdminState>>) -> Json<Report> {
-    Json(build_report(&s.shared))
+async fn report(State(s): State<Arc<AdminState>>) -> Response {
+    let body = report::bounded_json(build_report(&s.shared));
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
 pub fn build_report(shared: &Shared) -> Report {
@@ -62,5 +63,6 @@ pub fn build_report(shared: &Shared) -> Report {
         spans: report::span_counts(&shared.metrics),
         uptime_seconds: shared.started.elapsed().as_secs(),
         last_span_age_seconds: shared.pipeline.services.last_span_age().map(|age| age.as_secs()),
+        truncated: shared.pipeline.services.truncation(),
     }
 }
