@@ -1,16 +1,17 @@
 //! Admin server: `/healthz` (kubelet probes), `/metrics` (Prometheus text), `/report` (JSON).
 
 use super::report::{self, Report};
+use super::server::{Guard, ServerLimits};
 use super::Shared;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::Router;
 use prometheus_client::registry::Registry;
-use std::future::Future;
 use std::sync::Arc;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 struct AdminState {
     shared: Arc<Shared>,
@@ -26,12 +27,9 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .with_state(Arc::new(AdminState { shared, registry }))
 }
 
-pub async fn serve(
-    listener: TcpListener,
-    shared: Arc<Shared>,
-    stop: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(listener, router(shared)).with_graceful_shutdown(stop).await
+/// Serve the admin routes under `limits` (see `crate::server`); bodies are not charged.
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>, limits: ServerLimits, stop: CancellationToken) {
+    super::server::serve(listener, router(shared), Guard::new(limits, None), stop).await
 }
 
 /// Liveness only: the agent serves even before a valid config arrives (it then queues).
@@ -47,8 +45,9 @@ async fn metrics(State(s): State<Arc<AdminState>>) -> Response {
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body).into_response()
 }
 
-async fn report(State(s): State<Arc<AdminState>>) -> Json<Report> {
-    Json(build_report(&s.shared))
+async fn report(State(s): State<Arc<AdminState>>) -> Response {
+    let body = report::bounded_json(build_report(&s.shared));
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
 pub fn build_report(shared: &Shared) -> Report {
@@ -64,5 +63,6 @@ pub fn build_report(shared: &Shared) -> Report {
         spans: report::span_counts(&shared.metrics),
         uptime_seconds: shared.started.elapsed().as_secs(),
         last_span_age_seconds: shared.pipeline.services.last_span_age().map(|age| age.as_secs()),
+        truncated: shared.pipeline.services.truncation(),
     }
 }

@@ -65,10 +65,23 @@ flags! {
     admin_port: u16 = 13133, " Admin server port.";
     queue_bytes: usize = 16 << 20, " Bound of the export queue, in bytes; the oldest spans are dropped beyond it.";
     batch_bytes: usize = 512 << 10, " Target size of one export request, in bytes.";
+    max_message_bytes: usize = 3584 << 10,
+        " Largest export request, in bytes; larger incoming requests are split (gRPC receivers refuse over 4 MiB by default).";
     batch_linger_ms: u64 = 500, " Longest wait for a batch to fill, in milliseconds.";
     max_request_bytes: usize = 8 << 20, " Largest accepted OTLP request (after decompression), in bytes.";
-    max_inflight_bytes: usize = 32 << 20, " Bytes of requests decoded at once before senders are asked to retry later.";
-    shutdown_timeout_secs: u64 = 10, " Time allowed on SIGTERM to flush queued spans, in seconds.";
+    max_inflight_bytes: usize = 32 << 20,
+        " Bytes of requests being received or decoded at once before senders are asked to retry later (at least twice --max-request-bytes).";
+    max_connections: usize = 128,
+        " Open connections per listener; at the cap a new one replaces the oldest idle one (none idle: it is closed).";
+    header_timeout_secs: u64 = 10,
+        " Time allowed for a request's headers (and an HTTP/1 keep-alive wait), in seconds.";
+    body_timeout_secs: u64 = 30, " Time allowed for a request's body after its headers, in seconds.";
+    idle_timeout_secs: u64 = 60, " A connection with no request in progress for this long is closed, in seconds.";
+    max_streams_per_connection: u32 = 32, " Concurrent HTTP/2 streams (gRPC calls) per connection.";
+    shutdown_timeout_secs: u64 = 10,
+        " Upper bound of the whole shutdown on SIGTERM (drain, then flush queued spans), in seconds.";
+    drain_timeout_secs: u64 = 3,
+        " Part of the shutdown given to requests in progress before their connections are closed, in seconds.";
     config_poll_ms: u64 = 1000, " How often the config file is checked, in milliseconds.";
     export_concurrency: usize = 4, " Export requests in flight at once.";
     export_timeout_secs: u64 = 10, " Timeout of one export request, in seconds.";
@@ -160,7 +173,7 @@ macro_rules! parse_with_from_str {
         }
     )*};
 }
-parse_with_from_str!(u16, u64, usize, IpAddr, PathBuf, http::Uri);
+parse_with_from_str!(u16, u32, u64, usize, IpAddr, PathBuf, http::Uri);
 
 impl ParseFlag for LogFormat {
     fn parse_flag(value: &str) -> Result<Self, String> {
@@ -196,7 +209,7 @@ macro_rules! show_with_display {
         }
     )*};
 }
-show_with_display!(u16, u64, usize, IpAddr, http::Uri);
+show_with_display!(u16, u32, u64, usize, IpAddr, http::Uri);
 
 impl ShowDefault for PathBuf {
     fn show(&self) -> Option<String> {

@@ -43,6 +43,7 @@ pub mod receiver_http;
 pub mod report;
 pub mod report_push;
 pub mod sampler;
+pub mod server;
 pub mod settings;
 pub mod tracestate;
 pub mod wire;
@@ -79,6 +80,8 @@ pub struct RunningAgent {
     pub shared: Arc<Shared>,
     receivers_stop: CancellationToken,
     export_stop: CancellationToken,
+    flush_by: Arc<std::sync::OnceLock<tokio::time::Instant>>,
+    shutdown_timeout: Duration,
     receivers: Vec<JoinHandle<()>>,
     background: Vec<JoinHandle<()>>,
     admin: JoinHandle<()>,
@@ -98,13 +101,16 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         }
     };
     let runtime = runtime.enable_all().build().context("starting the async runtime")?;
-    runtime.block_on(async move {
+    let result = runtime.block_on(async move {
         let agent = start(args).await?;
         wait_for_signal().await;
         tracing::info!("stopping: no longer receiving, flushing the queue");
         agent.shutdown().await;
-        Ok(())
-    })
+        anyhow::Ok(())
+    });
+    // Tasks still running (a connection being closed) are dropped, not waited for.
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    result
 }
 
 async fn wait_for_signal() {
@@ -136,7 +142,9 @@ pub async fn start_with_identity(args: AgentArgs, identity: enrich::PodIdentity)
     let metrics = Arc::new(metrics::Metrics::default());
     let queue = Arc::new(queue::Queue::new(args.queue_bytes, metrics.clone()));
     let pipeline = Arc::new(pipeline::Pipeline::new(identity, queue.clone(), metrics.clone()));
-    let admission = admission::Admission::new(args.max_inflight_bytes);
+    // A request as large as allowed is never refused for being alone (its wire bytes and its
+    // inflated copy are both charged).
+    let admission = admission::Admission::new(args.max_inflight_bytes.max(args.max_request_bytes.saturating_mul(2)));
     let shared = Arc::new(Shared {
         pipeline: pipeline.clone(),
         metrics: metrics.clone(),
@@ -164,12 +172,15 @@ pub async fn start_with_identity(args: AgentArgs, identity: enrich::PodIdentity)
     let admin_stop = CancellationToken::new();
     let receivers = spawn_receivers(&args, &pipeline, &admission, grpc_listener, http_listener, &receivers_stop);
 
+    let flush_by = Arc::new(std::sync::OnceLock::new());
     let export = ExportLoop {
+        flush_by: flush_by.clone(),
         queue,
         metrics,
         clients: clients_rx,
         options: LoopOptions {
             batch_bytes: args.batch_bytes.max(1),
+            max_message_bytes: args.max_message_bytes.max(1024),
             linger: Duration::from_millis(args.batch_linger_ms),
             backoff: Backoff::default(),
             shutdown_deadline: Duration::from_secs(args.shutdown_timeout_secs),
@@ -182,12 +193,7 @@ pub async fn start_with_identity(args: AgentArgs, identity: enrich::PodIdentity)
         background.push(tokio::spawn(pusher.run(receivers_stop.clone())));
     }
     let stop = admin_stop.clone();
-    let admin_shared = shared.clone();
-    let admin = tokio::spawn(async move {
-        if let Err(e) = admin::serve(admin_listener, admin_shared, async move { stop.cancelled().await }).await {
-            tracing::error!(error = %e, "admin server failed");
-        }
-    });
+    let admin = tokio::spawn(admin::serve(admin_listener, shared.clone(), server_limits(&args), stop));
     tracing::info!(%grpc_addr, %http_addr, %admin_addr, "agent started");
     Ok(RunningAgent {
         grpc_addr,
@@ -196,6 +202,8 @@ pub async fn start_with_identity(args: AgentArgs, identity: enrich::PodIdentity)
         shared,
         receivers_stop,
         export_stop,
+        flush_by,
+        shutdown_timeout: Duration::from_secs(args.shutdown_timeout_secs),
         receivers,
         background,
         admin,
@@ -231,35 +239,48 @@ fn spawn_receivers(
         admission: admission.clone(),
         max_body: args.max_request_bytes,
     });
-    let (s1, s2) = (stop.clone(), stop.clone());
-    let max = args.max_request_bytes;
+    let limits = server_limits(args);
     vec![
-        tokio::spawn(async move {
-            if let Err(e) = receiver_grpc::serve(grpc_listener, grpc, max, async move { s1.cancelled().await }).await {
-                tracing::error!(error = %e, "OTLP/gRPC receiver failed");
-            }
-        }),
-        tokio::spawn(async move {
-            if let Err(e) = receiver_http::serve(http_listener, http, async move { s2.cancelled().await }).await {
-                tracing::error!(error = %e, "OTLP/HTTP receiver failed");
-            }
-        }),
+        tokio::spawn(receiver_grpc::serve(grpc_listener, grpc, args.max_request_bytes, limits, stop.clone())),
+        tokio::spawn(receiver_http::serve(http_listener, http, limits, stop.clone())),
     ]
 }
 
+/// The limits every listener is served with (see [`server`]).
+pub fn server_limits(args: &AgentArgs) -> server::ServerLimits {
+    let secs = |s: u64| Duration::from_secs(s.max(1));
+    server::ServerLimits {
+        max_connections: args.max_connections.max(1),
+        header_timeout: secs(args.header_timeout_secs),
+        body_timeout: secs(args.body_timeout_secs),
+        idle_timeout: secs(args.idle_timeout_secs),
+        drain_timeout: Duration::from_secs(args.drain_timeout_secs.min(args.shutdown_timeout_secs)),
+        max_streams: args.max_streams_per_connection.max(1),
+    }
+}
+
 impl RunningAgent {
-    /// Stop receiving, flush the queue within the deadline, then stop the admin server.
+    /// Stop within `--shutdown-timeout-secs`, whatever clients do: stop accepting connections,
+    /// give requests in progress `--drain-timeout-secs` (then their connections are closed),
+    /// flush the queue in the time left, then stop the admin server. Exports keep running while
+    /// the receivers drain.
     pub async fn shutdown(self) {
+        let deadline = tokio::time::Instant::now() + self.shutdown_timeout;
         self.receivers_stop.cancel();
         for r in self.receivers {
-            let _ = r.await;
+            // Each server ends after its drain timeout; this only guards the whole bound.
+            let _ = tokio::time::timeout_at(deadline, r).await;
         }
+        let _ = self.flush_by.set(deadline);
         self.export_stop.cancel();
         for b in self.background {
-            let _ = b.await;
+            // A report push in progress is abandoned at the deadline.
+            if tokio::time::timeout_at(deadline, b).await.is_err() {
+                tracing::warn!("shutdown deadline reached with a background task still running");
+            }
         }
         self.admin_stop.cancel();
-        let _ = self.admin.await;
+        let _ = tokio::time::timeout(Duration::from_millis(200), self.admin).await;
         tracing::info!("agent stopped");
     }
 

@@ -140,10 +140,34 @@ impl Queue {
 
     /// Take batches from the head up to `max_bytes` (at least one batch), merged.
     pub fn take(&self, max_bytes: usize) -> Option<Batch> {
+        self.take_limited(max_bytes, usize::MAX)
+    }
+
+    /// [`Queue::take`], and never more than `max_message` bytes: a batch larger than that (one
+    /// large request) is split at span boundaries; the pieces after the first stay at the head.
+    pub fn take_limited(&self, max_bytes: usize, max_message: usize) -> Option<Batch> {
         let mut g = self.lock();
         let mut out = g.items.pop_front()?;
+        if out.bytes > max_message {
+            let mut pieces = split(&out, max_message).into_iter();
+            if let Some(first) = pieces.next() {
+                let (bytes, spans) = (out.bytes, out.spans);
+                out = first;
+                // The pieces re-encode the same spans: sizes differ by a few bytes of framing.
+                let rest: Vec<Batch> = pieces.collect();
+                g.bytes = g.bytes - bytes + out.bytes + rest.iter().map(|b| b.bytes).sum::<usize>();
+                debug_assert_eq!(spans, out.spans + rest.iter().map(|b| b.spans).sum::<usize>());
+                for piece in rest.into_iter().rev() {
+                    g.items.push_front(piece);
+                }
+            }
+            g.bytes -= out.bytes;
+            g.spans -= out.spans;
+            self.publish(&g);
+            return Some(out);
+        }
         while let Some(next) = g.items.front() {
-            if out.bytes + next.bytes > max_bytes {
+            if out.bytes + next.bytes > max_bytes.min(max_message) {
                 break;
             }
             if let Some(next) = g.items.pop_front() {
@@ -183,6 +207,56 @@ impl Queue {
         self.metrics.queue_bytes.set(g.bytes as i64);
         self.metrics.queue_spans.set(g.spans as i64);
     }
+}
+
+/// Framing a span, scope or resource adds within a request: a tag and a length of at most 5 bytes.
+const FRAMING: usize = 6;
+
+/// `batch` as requests of at most `max_message` bytes (a span larger than that goes alone).
+/// The rare path (a single request larger than a message): decoded, split, re-encoded.
+pub fn split(batch: &Batch, max_message: usize) -> Vec<Batch> {
+    use opentelemetry_proto::tonic::trace::v1::ScopeSpans;
+    use prost::Message;
+    let Ok(resource_spans) = batch.decode() else {
+        // Only valid protobuf is ever queued (the pipeline validated it).
+        return vec![batch.clone()];
+    };
+    let mut pieces = Vec::new();
+    let mut piece: Vec<ResourceSpans> = Vec::new();
+    let mut size = 0;
+    for mut rs in resource_spans {
+        let scopes = std::mem::take(&mut rs.scope_spans);
+        let rs_head = FRAMING + rs.encoded_len();
+        let mut rs_open = false;
+        for mut ss in scopes {
+            let spans = std::mem::take(&mut ss.spans);
+            let ss_head = FRAMING + ss.encoded_len();
+            let mut ss_open = false;
+            for span in spans {
+                let len = FRAMING + span.encoded_len();
+                let need = len + if ss_open { 0 } else { ss_head } + if rs_open { 0 } else { rs_head };
+                if size + need > max_message && size > 0 {
+                    pieces.push(Batch::new(std::mem::take(&mut piece)));
+                    (size, rs_open, ss_open) = (0, false, false);
+                }
+                if !rs_open {
+                    piece.push(ResourceSpans { scope_spans: Vec::new(), ..rs.clone() });
+                    (size, rs_open) = (size + rs_head, true);
+                }
+                let current = piece.last_mut().expect("a resource was opened");
+                if !ss_open {
+                    current.scope_spans.push(ScopeSpans { spans: Vec::new(), ..ss.clone() });
+                    (size, ss_open) = (size + ss_head, true);
+                }
+                current.scope_spans.last_mut().expect("a scope was opened").spans.push(span);
+                size += len;
+            }
+        }
+    }
+    if !piece.is_empty() {
+        pieces.push(Batch::new(piece));
+    }
+    pieces
 }
 
 #[cfg(test)]
@@ -258,6 +332,45 @@ mod tests {
         }
         while q.take(1 << 20).is_some() {}
         assert!(q.lock().items.capacity() <= SHRINK_ABOVE);
+    }
+
+    #[test]
+    fn a_batch_over_the_message_size_is_taken_in_pieces_under_it() {
+        let m = Arc::new(Metrics::default());
+        let q = Queue::new(1 << 30, m.clone());
+        // One request: two resources, the first with two scopes.
+        let mut rs = ResourceSpans {
+            scope_spans: vec![
+                ScopeSpans {
+                    spans: vec![Span { name: "x".repeat(100), ..Default::default() }; 300],
+                    ..Default::default()
+                };
+                2
+            ],
+            ..Default::default()
+        };
+        rs.resource = Some(Default::default());
+        let mut other = rs.clone();
+        other.scope_spans.truncate(1);
+        q.push(Batch::new(vec![rs, other]));
+        let (_, spans) = q.usage();
+        assert_eq!(spans, 900);
+        let limit = 10_000;
+        let mut taken = 0;
+        let mut pieces = 0;
+        while let Some(b) = q.take_limited(1 << 20, limit) {
+            assert!(b.bytes <= limit, "{} bytes over {limit}", b.bytes);
+            assert_eq!(b.encoded().len(), b.bytes);
+            let decoded: usize =
+                b.decode().expect("valid").iter().flat_map(|r| &r.scope_spans).map(|s| s.spans.len()).sum();
+            assert_eq!(decoded, b.spans);
+            taken += b.spans;
+            pieces += 1;
+        }
+        assert_eq!(taken, 900);
+        assert!(pieces >= 900 * 106 / limit, "{pieces} pieces");
+        assert_eq!(q.usage(), (0, 0));
+        assert_eq!(m.queue_spans.get(), 0);
     }
 
     #[tokio::test(start_paused = true)]

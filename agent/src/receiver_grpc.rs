@@ -1,8 +1,9 @@
 //! OTLP/gRPC receiver (`opentelemetry.proto.collector.trace.v1.TraceService/Export`).
 
-use super::admission::Admission;
+use super::admission::{Admission, Charge};
 use super::metrics::Transport;
 use super::pipeline::Pipeline;
+use super::server::{BodyError, BoxError, Guard, ServerLimits};
 use bytes::{Buf, Bytes};
 use opentelemetry_proto::tonic::collector::trace::v1::{ExportTracePartialSuccess, ExportTraceServiceResponse};
 use prost::Message;
@@ -13,6 +14,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EnabledCompressionEncodings, EncodeBuf, Encoder};
 use tonic::{Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
@@ -27,9 +29,15 @@ pub struct GrpcReceiver {
 
 impl GrpcReceiver {
     /// One `Export` call, on the request's protobuf bytes (tonic has undone gzip and framing).
+    /// `charge`: what the server charged to the byte budget as the message arrived (topped up
+    /// here to its inflated size); without one the whole message is charged now.
     #[tracing::instrument(level = "debug", skip_all, fields(bytes = request.len()))]
-    pub fn export(&self, request: &[u8]) -> Result<ExportTraceServiceResponse, Status> {
-        let Some(_permit) = self.admission.try_admit(request.len()) else {
+    pub fn export(&self, request: &[u8], charge: Option<&Charge>) -> Result<ExportTraceServiceResponse, Status> {
+        let admitted = match charge {
+            Some(charge) => charge.at_least(request.len()).is_ok().then_some(None),
+            None => self.admission.try_admit(request.len()).map(Some),
+        };
+        let Some(_permit) = admitted else {
             self.pipeline.metrics.refused_requests.inc();
             return Err(overloaded());
         };
@@ -92,7 +100,8 @@ impl tonic::server::UnaryService<Bytes> for ExportMethod {
     type Future = std::future::Ready<Result<Response<ExportTraceServiceResponse>, Status>>;
 
     fn call(&mut self, request: Request<Bytes>) -> Self::Future {
-        std::future::ready(self.0.export(request.get_ref()).map(Response::new))
+        let charge = request.extensions().get::<Arc<Charge>>();
+        std::future::ready(self.0.export(request.get_ref(), charge.map(|c| &**c)).map(Response::new))
     }
 }
 
@@ -165,16 +174,25 @@ pub fn otlp_error_codes(mut response: http::Response<tonic::body::Body>) -> http
     response
 }
 
+/// A body cut short by the server, as the gRPC status tonic answers with: over the byte budget
+/// is retryable `RESOURCE_EXHAUSTED` with `RetryInfo`, a body too slow `DEADLINE_EXCEEDED`.
+fn body_status(e: BodyError) -> BoxError {
+    Box::new(match e {
+        BodyError::Overloaded => overloaded(),
+        BodyError::TimedOut(_) => Status::deadline_exceeded(e.to_string()),
+    })
+}
+
+/// Serve OTLP/gRPC under `limits` (see `crate::server`), the byte budget charged as messages arrive.
 pub async fn serve(
     listener: TcpListener,
     receiver: GrpcReceiver,
     max_message: usize,
-    stop: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), tonic::transport::Error> {
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    tonic::transport::Server::builder()
-        .layer(tower::util::MapResponseLayer::new(otlp_error_codes as fn(_) -> _))
-        .add_service(service(receiver, max_message))
-        .serve_with_incoming_shutdown(incoming, stop)
-        .await
+    limits: ServerLimits,
+    stop: CancellationToken,
+) {
+    let refused = receiver.pipeline.metrics.refused_requests.clone();
+    let guard = Guard { limits, admission: Some((receiver.admission.clone(), refused)), body_error: body_status };
+    let service = tower::util::MapResponse::new(service(receiver, max_message), otlp_error_codes as fn(_) -> _);
+    super::server::serve(listener, service, guard, stop).await
 }

@@ -1,10 +1,10 @@
 //! OTLP/HTTP receiver: `POST /v1/traces`, protobuf or JSON, optionally gzip.
 
-use super::admission::Admission;
+use super::admission::{Admission, Charge};
 use super::decode::{self, DecodeError, Encoding, Payload};
 use super::metrics::Transport;
 use super::pipeline::Pipeline;
-use axum::body::Body;
+use super::server::{BodyError, BoxError, Guard, ServerLimits};
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -12,9 +12,10 @@ use axum::routing::post;
 use axum::Router;
 use opentelemetry_proto::tonic::collector::trace::v1::{ExportTracePartialSuccess, ExportTraceServiceResponse};
 use prost::Message;
-use std::future::Future;
+use std::borrow::Cow;
 use std::sync::Arc;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 /// Seconds a refused sender is asked to wait before retrying.
 pub const RETRY_AFTER_SECS: u64 = 1;
@@ -39,12 +40,11 @@ pub fn router(receiver: Arc<HttpReceiver>) -> Router {
     Router::new().route("/v1/traces", post(export_traces)).with_state(receiver)
 }
 
-pub async fn serve(
-    listener: TcpListener,
-    receiver: Arc<HttpReceiver>,
-    stop: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(listener, router(receiver)).with_graceful_shutdown(stop).await
+/// Serve OTLP/HTTP under `limits` (see `crate::server`), the byte budget charged as bodies arrive.
+pub async fn serve(listener: TcpListener, receiver: Arc<HttpReceiver>, limits: ServerLimits, stop: CancellationToken) {
+    let refused = receiver.pipeline.metrics.refused_requests.clone();
+    let guard = Guard::new(limits, Some((receiver.admission.clone(), refused)));
+    super::server::serve(listener, router(receiver), guard, stop).await
 }
 
 fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
@@ -52,25 +52,45 @@ fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
 }
 
 #[tracing::instrument(level = "debug", skip_all)]
-async fn export_traces(State(rx): State<Arc<HttpReceiver>>, headers: HeaderMap, body: Body) -> Response {
-    let encoding = decode::encoding_of(header_str(&headers, header::CONTENT_TYPE)).unwrap_or(Encoding::Protobuf);
-    let declared = header_str(&headers, header::CONTENT_LENGTH).and_then(|v| v.parse::<usize>().ok());
+async fn export_traces(State(rx): State<Arc<HttpReceiver>>, request: axum::extract::Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let headers = &parts.headers;
+    let encoding = decode::encoding_of(header_str(headers, header::CONTENT_TYPE)).unwrap_or(Encoding::Protobuf);
+    let declared = header_str(headers, header::CONTENT_LENGTH).and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|n| n > rx.max_body) {
         return malformed(&rx, DecodeError::TooLarge { limit: rx.max_body }, encoding);
     }
+    // Charged to the byte budget by the server as the body arrives (`crate::server`); a router
+    // served some other way charges the whole body once read.
+    let charge = parts.extensions.get::<Arc<Charge>>().cloned();
     let bytes = match axum::body::to_bytes(body, rx.max_body).await {
         Ok(b) => b,
-        Err(_) => return malformed(&rx, DecodeError::TooLarge { limit: rx.max_body }, encoding),
+        Err(e) => return body_failed(&rx, e.into_inner(), encoding),
     };
-    let Some(_permit) = rx.admission.try_admit(bytes.len()) else {
-        rx.pipeline.metrics.refused_requests.inc();
-        return overloaded(encoding);
+    let _permit = match &charge {
+        Some(_) => None,
+        None => match rx.admission.try_admit(bytes.len()) {
+            Some(permit) => Some(permit),
+            None => return refused(&rx, encoding),
+        },
     };
-    let content_encoding = header_str(&headers, header::CONTENT_ENCODING);
-    let content_type = header_str(&headers, header::CONTENT_TYPE);
+    let content_encoding = header_str(headers, header::CONTENT_ENCODING);
+    let content_type = header_str(headers, header::CONTENT_TYPE);
     let ingested = match decode::decode_request(content_type, content_encoding, &bytes, rx.max_body) {
-        Ok((Payload::Protobuf(body), _)) => rx.pipeline.ingest(&body, Transport::Http),
-        Ok((Payload::Json(request), _)) => rx.pipeline.ingest_request(&request, Transport::Http),
+        Ok((payload, _)) => {
+            // An inflated body is a second buffer: paid for too.
+            let inflated = match &payload {
+                Payload::Protobuf(Cow::Owned(b)) => b.len(),
+                _ => 0,
+            };
+            if charge.as_ref().is_some_and(|c| c.reserve(inflated).is_err()) {
+                return refused(&rx, encoding);
+            }
+            match payload {
+                Payload::Protobuf(body) => rx.pipeline.ingest(&body, Transport::Http),
+                Payload::Json(request) => rx.pipeline.ingest_request(&request, Transport::Http),
+            }
+        }
         Err(e) => return malformed(&rx, e, encoding),
     };
     let ingested = match ingested {
@@ -89,6 +109,45 @@ async fn export_traces(State(rx): State<Arc<HttpReceiver>>, headers: HeaderMap, 
         }
         _ => encoded(StatusCode::OK, encoding, &response),
     }
+}
+
+/// A body that could not be read whole: too large, cut short by the server's limits, or broken.
+fn body_failed(rx: &HttpReceiver, e: BoxError, encoding: Encoding) -> Response {
+    match BodyError::find(&*e) {
+        // Counted by the server.
+        Some(BodyError::Overloaded) => overloaded(encoding),
+        Some(timed_out @ BodyError::TimedOut(_)) => {
+            tracing::debug!(error = %timed_out, "OTLP/HTTP request body too slow");
+            let body = RpcStatus { code: 4, message: timed_out.to_string() };
+            encoded(StatusCode::REQUEST_TIMEOUT, encoding, &body)
+        }
+        None if is_length_limit(&*e) => malformed(rx, DecodeError::TooLarge { limit: rx.max_body }, encoding),
+        None => {
+            tracing::debug!(error = %e, "reading an OTLP/HTTP request body failed");
+            rx.pipeline.metrics.malformed_requests.inc();
+            encoded(
+                StatusCode::BAD_REQUEST,
+                encoding,
+                &RpcStatus { code: 3, message: format!("reading the body: {e}") },
+            )
+        }
+    }
+}
+
+fn is_length_limit(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(e) = cur {
+        if e.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        cur = e.source();
+    }
+    false
+}
+
+fn refused(rx: &HttpReceiver, encoding: Encoding) -> Response {
+    rx.pipeline.metrics.refused_requests.inc();
+    overloaded(encoding)
 }
 
 fn malformed(rx: &HttpReceiver, e: DecodeError, encoding: Encoding) -> Response {

@@ -27,7 +27,8 @@ use super::metrics::{DropReason, Metrics};
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
-pub use tracelight_contract::report::{AgentReport as Report, ReportedPod, SpanCounts};
+pub use tracelight_contract::report::{AgentReport as Report, ReportedPod, SpanCounts, Truncated};
+use tracelight_contract::report::{MAX_REPORT_BYTES, MAX_SERVICE_NAME_BYTES};
 
 /// Services seen so far, with span counts, and when the last span arrived. Bounded: a
 /// misbehaving app cannot grow it forever.
@@ -38,6 +39,17 @@ pub struct ServicesSeen(Mutex<Seen>);
 struct Seen {
     spans: BTreeMap<String, u64>,
     last: Option<Instant>,
+    /// Names cut to [`MAX_SERVICE_NAME_BYTES`] when first seen.
+    truncated_names: u64,
+}
+
+/// `name` cut to `max` bytes at a character boundary, and whether it was cut.
+pub fn truncate_name(name: &str, max: usize) -> (&str, bool) {
+    if name.len() <= max {
+        return (name, false);
+    }
+    let end = (0..=max).rev().find(|&i| name.is_char_boundary(i)).unwrap_or(0);
+    (&name[..end], true)
 }
 
 const MAX_SERVICES: usize = 64;
@@ -45,8 +57,12 @@ const OTHER: &str = "_other";
 
 impl ServicesSeen {
     pub fn record(&self, service: &str, spans: u64) {
+        let (service, cut) = truncate_name(service, MAX_SERVICE_NAME_BYTES);
         let mut seen = self.0.lock().unwrap_or_else(|p| p.into_inner());
         let key = if seen.spans.contains_key(service) || seen.spans.len() < MAX_SERVICES { service } else { OTHER };
+        if cut && key == service && !seen.spans.contains_key(key) {
+            seen.truncated_names += 1;
+        }
         *seen.spans.entry(key.to_string()).or_default() += spans;
         if spans > 0 {
             seen.last = Some(Instant::now());
@@ -55,6 +71,12 @@ impl ServicesSeen {
 
     pub fn snapshot(&self) -> BTreeMap<String, u64> {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).spans.clone()
+    }
+
+    /// What was cut so far; none when nothing was.
+    pub fn truncation(&self) -> Option<Truncated> {
+        let n = self.0.lock().unwrap_or_else(|p| p.into_inner()).truncated_names;
+        (n > 0).then_some(Truncated { service_names: n, services_left_out: 0 })
     }
 
     /// Time since the last span was recorded; none when none ever was.
@@ -73,6 +95,29 @@ impl From<&PodIdentity> for ReportedPod {
             workload_kind: p.workload_kind.clone(),
             workload_name: p.workload_name.clone(),
         }
+    }
+}
+
+/// The report as JSON, under the operator's [`MAX_REPORT_BYTES`].
+pub fn bounded_json(report: Report) -> Vec<u8> {
+    bounded_json_under(report, MAX_REPORT_BYTES)
+}
+
+/// The report as JSON of at most `max` bytes when leaving out services can make it so: the
+/// services with the longest names go first, their spans counted under `_other` and their number
+/// in [`Truncated::services_left_out`]. With names bounded and services capped this does not
+/// happen in practice; it keeps a report from being refused (413) forever if it ever would.
+pub fn bounded_json_under(mut report: Report, max: usize) -> Vec<u8> {
+    loop {
+        let json = serde_json::to_vec(&report).unwrap_or_default();
+        if json.len() <= max {
+            return json;
+        }
+        let longest = report.services.keys().filter(|k| *k != OTHER).max_by_key(|k| k.len()).cloned();
+        let Some(longest) = longest else { return json };
+        let spans = report.services.remove(&longest).unwrap_or(0);
+        *report.services.entry(OTHER.to_string()).or_default() += spans;
+        report.truncated.get_or_insert_with(Truncated::default).services_left_out += 1;
     }
 }
 
@@ -107,6 +152,39 @@ mod tests {
         assert_eq!(snap.len(), MAX_SERVICES + 1);
         assert_eq!(snap.get("svc-0"), Some(&6));
         assert_eq!(snap.get(OTHER), Some(&36));
+    }
+
+    #[test]
+    fn long_names_are_cut_at_a_char_boundary_and_counted() {
+        assert_eq!(truncate_name("abc", 2), ("ab", true));
+        assert_eq!(truncate_name("é", 1), ("", true), "never in the middle of a character");
+        assert_eq!(truncate_name("aé", 2), ("a", true));
+        assert_eq!(truncate_name("abc", 3), ("abc", false));
+        let s = ServicesSeen::default();
+        let long = "é".repeat(35_000);
+        s.record(&long, 1);
+        s.record(&long, 1);
+        let snap = s.snapshot();
+        let (name, spans) = snap.iter().next().expect("recorded");
+        assert_eq!((name.len(), *spans), (MAX_SERVICE_NAME_BYTES, 2));
+        assert_eq!(s.truncation(), Some(Truncated { service_names: 1, services_left_out: 0 }));
+    }
+
+    #[test]
+    fn an_oversized_report_leaves_services_out_and_says_so() {
+        let mut report: Report = serde_json::from_str(r#"{"pod":{},"spans":{"received":9}}"#).expect("minimal");
+        for i in 0..40 {
+            report.services.insert(format!("{i:0>200}"), 1);
+        }
+        report.services.insert("short".into(), 5);
+        let json = bounded_json_under(report, 4096);
+        assert!(json.len() <= 4096, "{}", json.len());
+        let back: Report = serde_json::from_slice(&json).expect("valid");
+        let left_out = back.truncated.expect("counted").services_left_out;
+        assert!(left_out > 20, "{left_out}");
+        assert_eq!(back.services.get("short"), Some(&5));
+        assert_eq!(back.services.values().sum::<u64>(), 45, "no span count lost");
+        assert_eq!(back.services.len() as u64, 41 - left_out + 1);
     }
 
     #[test]

@@ -32,8 +32,55 @@ pub enum PushError {
     Tls(#[from] tls::TlsError),
     #[error("report request failed: {0}")]
     Request(String),
-    #[error("operator answered HTTP {0}")]
-    Status(u16),
+    #[error("operator answered HTTP {status}")]
+    Status { status: u16, retry_after: Option<Duration> },
+}
+
+impl PushError {
+    /// The wait the operator asked for (`Retry-After`), if it did.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            PushError::Status { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+}
+
+/// Waits between failed pushes: exponential from `base`, with jitter, at most `cap`; a
+/// `Retry-After` from the operator is honoured (also capped, so a bad header cannot silence an
+/// agent for good).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PushBackoff {
+    pub base: Duration,
+    pub cap: Duration,
+}
+
+impl Default for PushBackoff {
+    fn default() -> Self {
+        PushBackoff { base: Duration::from_secs(1), cap: Duration::from_secs(300) }
+    }
+}
+
+impl PushBackoff {
+    /// The wait after `failures` failed pushes in a row (at least 1); `jitter` in [0, 1) takes
+    /// up to half of the computed wait off, so agents that failed together do not retry together.
+    pub fn delay(&self, failures: u32, retry_after: Option<Duration>, jitter: f64) -> Duration {
+        if let Some(wait) = retry_after {
+            return wait.min(self.cap);
+        }
+        let exp = self.base.saturating_mul(1u32.checked_shl(failures.saturating_sub(1).min(31)).unwrap_or(u32::MAX));
+        exp.min(self.cap).mul_f64(1.0 - 0.5 * jitter.clamp(0.0, 1.0))
+    }
+}
+
+/// `Retry-After`: delay-seconds or an HTTP-date.
+pub fn parse_retry_after(value: &str, now: std::time::SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
 type HttpsClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
@@ -46,6 +93,7 @@ pub struct ReportPusher {
     /// when the operator's CA rotates.
     pub ca_file: Option<PathBuf>,
     pub interval: Duration,
+    pub backoff: PushBackoff,
     pub shared: Arc<Shared>,
     /// The client, and the CA bundle it was built with.
     client: Option<(Option<Vec<u8>>, HttpsClient)>,
@@ -59,25 +107,38 @@ impl ReportPusher {
         interval: Duration,
         shared: Arc<Shared>,
     ) -> ReportPusher {
-        ReportPusher { url, token_file, ca_file, interval, shared, client: None }
+        ReportPusher { url, token_file, ca_file, interval, backoff: PushBackoff::default(), shared, client: None }
     }
 
+    /// Push every `interval`, and at once when the config generation changes; after a failure,
+    /// nothing before the backoff's wait has passed.
     pub async fn run(mut self, stop: CancellationToken) {
         let mut pushed_generation = None;
         let mut last_push: Option<Instant> = None;
+        let mut failures = 0u32;
+        let mut not_before = Instant::now();
         loop {
             let generation = self.shared.metrics.config_generation.get();
             let due = last_push.is_none_or(|t| t.elapsed() >= self.interval);
-            if due || pushed_generation != Some(generation) {
+            if Instant::now() >= not_before && (due || pushed_generation != Some(generation)) {
                 match self.push_once().await {
-                    Ok(()) => pushed_generation = Some(generation),
-                    Err(e) => tracing::warn!(error = %e, url = %self.url, "report push failed"),
+                    Ok(()) => {
+                        pushed_generation = Some(generation);
+                        failures = 0;
+                    }
+                    Err(e) => {
+                        failures = failures.saturating_add(1);
+                        let wait = self.backoff.delay(failures, e.retry_after(), fastrand::f64());
+                        not_before = Instant::now() + wait;
+                        tracing::warn!(error = %e, url = %self.url, failures, retry_in = ?wait, "report push failed");
+                    }
                 }
                 last_push = Some(Instant::now());
             }
+            let tick = Duration::from_secs(1).min(self.backoff.base).max(Duration::from_millis(10));
             tokio::select! {
                 _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = tokio::time::sleep(tick) => {}
             }
         }
     }
@@ -109,7 +170,7 @@ impl ReportPusher {
         let mut auth =
             HeaderValue::from_bytes(&[b"Bearer ", token.trim_ascii()].concat()).map_err(|_| PushError::TokenValue)?;
         auth.set_sensitive(true);
-        let body = serde_json::to_vec(&build_report(&self.shared)).unwrap_or_default();
+        let body = super::report::bounded_json(build_report(&self.shared));
         let req = Request::post(self.url.clone())
             .header(header::CONTENT_TYPE, "application/json")
             .header(header::AUTHORIZATION, auth)
@@ -121,7 +182,43 @@ impl ReportPusher {
             .map_err(|e| PushError::Request(e.to_string()))?;
         match resp.status().as_u16() {
             200..=299 => Ok(()),
-            s => Err(PushError::Status(s)),
+            status => {
+                let retry_after = resp
+                    .headers()
+                    .get(header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()));
+                Err(PushError::Status { status, retry_after })
+            }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::SystemTime;
+
+    #[test]
+    fn waits_grow_exponentially_with_jitter_up_to_the_cap() {
+        let b = PushBackoff { base: Duration::from_secs(1), cap: Duration::from_secs(60) };
+        let waits: Vec<u64> = (1..=8).map(|n| b.delay(n, None, 0.0).as_secs()).collect();
+        assert_eq!(waits, [1, 2, 4, 8, 16, 32, 60, 60]);
+        assert_eq!(b.delay(3, None, 1.0), Duration::from_secs(2), "jitter takes at most half");
+        assert_eq!(b.delay(u32::MAX, None, 0.0), Duration::from_secs(60));
+    }
+
+    #[test]
+    fn retry_after_is_honoured_in_seconds_or_as_a_date_and_capped() {
+        let b = PushBackoff { base: Duration::from_secs(1), cap: Duration::from_secs(60) };
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+        assert_eq!(parse_retry_after(" 7 ", now), Some(Duration::from_secs(7)));
+        let date = httpdate::fmt_http_date(now + Duration::from_secs(30));
+        assert_eq!(parse_retry_after(&date, now), Some(Duration::from_secs(30)));
+        let past = httpdate::fmt_http_date(now - Duration::from_secs(30));
+        assert_eq!(parse_retry_after(&past, now), Some(Duration::ZERO));
+        assert_eq!(parse_retry_after("soon", now), None);
+        assert_eq!(b.delay(1, Some(Duration::from_secs(7)), 0.9), Duration::from_secs(7));
+        assert_eq!(b.delay(1, Some(Duration::from_secs(86_400)), 0.0), Duration::from_secs(60));
     }
 }

@@ -27,6 +27,9 @@ pub const REPORT_TOKEN_FILE: &str = "token";
 pub const REPORT_CA_KEY: &str = "report-ca.crt";
 /// Largest report the operator accepts; real ones are a few hundred bytes (services are capped).
 pub const MAX_REPORT_BYTES: usize = 64 * 1024;
+/// Longest `service.name` an agent reports, in bytes; a longer one (it is the application's to
+/// choose) is cut at a character boundary and counted in [`Truncated::service_names`].
+pub const MAX_SERVICE_NAME_BYTES: usize = 256;
 
 /// One agent's report.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -56,6 +59,24 @@ pub struct AgentReport {
     /// Seconds since the agent last received a span; none when it never has.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_span_age_seconds: Option<u64>,
+    /// What the agent cut or left out to keep the report bounded; absent when nothing was.
+    /// Added in 0.3 (optional: operators that do not know it ignore it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub truncated: Option<Truncated>,
+}
+
+/// Counts of what a report does not carry whole.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Truncated {
+    /// `service.name`s longer than [`MAX_SERVICE_NAME_BYTES`], reported cut to it (since the
+    /// agent started).
+    #[serde(default)]
+    pub service_names: u64,
+    /// Services left out of this report (their spans counted under `_other`) to keep it under
+    /// [`MAX_REPORT_BYTES`].
+    #[serde(default)]
+    pub services_left_out: u64,
 }
 
 fn contract_v1() -> u32 {
@@ -129,6 +150,7 @@ mod tests {
             },
             uptime_seconds: 40,
             last_span_age_seconds: Some(2),
+            truncated: None,
         }
     }
 
@@ -157,6 +179,17 @@ mod tests {
         let json = serde_json::to_value(fixture_report(2, Some("0.2.0"))).unwrap();
         let fixture: serde_json::Value = serde_json::from_str(V2_FIXTURE).unwrap();
         assert_eq!(json, fixture);
+    }
+
+    #[test]
+    fn truncation_counts_are_optional_and_read_when_present() {
+        let mut report = fixture_report(2, Some("0.2.0"));
+        report.truncated = Some(Truncated { service_names: 1, services_left_out: 3 });
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["truncated"], serde_json::json!({"serviceNames": 1, "servicesLeftOut": 3}));
+        assert_eq!(serde_json::from_value::<AgentReport>(json).unwrap(), report);
+        let released: AgentReport = serde_json::from_str(V2_FIXTURE).unwrap();
+        assert_eq!(released.truncated, None);
     }
 
     #[test]

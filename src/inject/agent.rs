@@ -39,6 +39,21 @@ pub struct AgentParams<'a> {
     pub with_secret: bool,
     /// The operator's report endpoint (`None`: the agent does not report).
     pub report_url: Option<&'a str>,
+    /// The pod's `terminationGracePeriodSeconds` (`None`: Kubernetes' default, 30).
+    pub termination_grace_seconds: Option<i64>,
+}
+
+/// Longest shutdown the agent is given (drain, then flush), in seconds.
+const AGENT_SHUTDOWN_SECS: i64 = 10;
+/// What the agent leaves of the pod's grace period: the kubelet's SIGKILL must come after the
+/// agent has exited, not during its flush.
+const GRACE_MARGIN_SECS: i64 = 2;
+
+/// The agent's `--shutdown-timeout-secs`: 10 s, and 2 s less than the pod's grace period when
+/// that is shorter (at least 1 s).
+pub fn agent_shutdown_secs(termination_grace_seconds: Option<i64>) -> i64 {
+    let grace = termination_grace_seconds.unwrap_or(30);
+    (grace - GRACE_MARGIN_SECS).clamp(1, AGENT_SHUTDOWN_SECS)
 }
 
 /// The agent container: a native sidecar (`restartPolicy: Always` in `initContainers`) or, for
@@ -122,6 +137,7 @@ fn agent_args(p: &AgentParams) -> Vec<String> {
         format!("--otlp-grpc-port={}", p.ports.otlp_grpc),
         format!("--otlp-http-port={}", p.ports.otlp_http),
         format!("--admin-port={}", p.ports.admin),
+        format!("--shutdown-timeout-secs={}", agent_shutdown_secs(p.termination_grace_seconds)),
     ];
     if let Some(url) = p.report_url {
         args.extend([
@@ -212,5 +228,19 @@ fn report_token_volume() -> Volume {
             ..Default::default()
         }),
         ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod shutdown_tests {
+    use super::agent_shutdown_secs;
+
+    #[test]
+    fn the_agent_exits_before_the_pods_grace_period_ends() {
+        assert_eq!(agent_shutdown_secs(None), 10, "Kubernetes' default grace of 30 s leaves the full 10 s");
+        assert_eq!(agent_shutdown_secs(Some(60)), 10);
+        assert_eq!(agent_shutdown_secs(Some(8)), 6);
+        assert_eq!(agent_shutdown_secs(Some(2)), 1);
+        assert_eq!(agent_shutdown_secs(Some(0)), 1);
     }
 }

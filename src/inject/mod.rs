@@ -494,6 +494,7 @@ fn edits(
         native_sidecar: options.native_sidecar,
         with_secret: plan.with_secret,
         report_url: options.report_url.as_deref(),
+        termination_grace_seconds: spec.termination_grace_period_seconds,
     });
     let has_agent = spec.containers.iter().any(|c| c.name == AGENT_CONTAINER);
     let (init_agent, appended_container) = match (options.native_sidecar, has_agent) {

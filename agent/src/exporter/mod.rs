@@ -73,6 +73,9 @@ impl Client {
 #[derive(Debug, Clone, Copy)]
 pub struct LoopOptions {
     pub batch_bytes: usize,
+    /// Largest request sent: a larger batch (one large incoming request) is split. Under gRPC's
+    /// default 4 MiB receive limit by default.
+    pub max_message_bytes: usize,
     pub linger: Duration,
     pub backoff: Backoff,
     pub shutdown_deadline: Duration,
@@ -82,6 +85,9 @@ pub struct LoopOptions {
 
 pub struct ExportLoop {
     pub queue: Arc<Queue>,
+    /// When the flush after `stop` must end; set before `stop` by a shutdown that has already
+    /// spent part of its time draining the receivers. Unset: `shutdown_deadline` after `stop`.
+    pub flush_by: Arc<std::sync::OnceLock<Instant>>,
     pub metrics: Arc<Metrics>,
     /// `None` until a valid config has been loaded.
     pub clients: watch::Receiver<Option<Arc<Client>>>,
@@ -173,7 +179,9 @@ impl ExportLoop {
                     _ = self.clients.changed() => continue,
                 }
             };
-            let Some(batch) = self.queue.take(self.options.batch_bytes) else { continue };
+            let Some(batch) = self.queue.take_limited(self.options.batch_bytes, self.options.max_message_bytes) else {
+                continue;
+            };
             let sender = Sender { queue: self.queue.clone(), metrics: self.metrics.clone() };
             let flying = flying.clone();
             flying.fetch_add(batch.spans, Ordering::Relaxed);
@@ -185,7 +193,7 @@ impl ExportLoop {
             });
         }
         // Sends in flight finish (each bounded by the export timeout) or are abandoned at the deadline.
-        let deadline = Instant::now() + self.options.shutdown_deadline;
+        let deadline = self.flush_by.get().copied().unwrap_or_else(|| Instant::now() + self.options.shutdown_deadline);
         while let Ok(Some(_)) = tokio::time::timeout_at(deadline, in_flight.join_next()).await {}
         in_flight.shutdown().await;
         self.metrics.drop_spans(DropReason::Shutdown, flying.load(Ordering::Relaxed));
@@ -204,7 +212,9 @@ impl ExportLoop {
         };
         let mut attempt = 0;
         while Instant::now() < deadline {
-            let Some(batch) = self.queue.take(self.options.batch_bytes) else { break };
+            let Some(batch) = self.queue.take_limited(self.options.batch_bytes, self.options.max_message_bytes) else {
+                break;
+            };
             let spans = batch.spans;
             match tokio::time::timeout_at(deadline, self.send(&client, batch)).await {
                 Ok(Sent::Done) => {}

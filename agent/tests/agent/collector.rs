@@ -189,3 +189,42 @@ async fn sdks_through_agent_into_real_collector() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the collector build: run with `make e2e-agent`"]
+async fn a_5_mb_request_reaches_a_collector_with_grpcs_4_mib_limit_whole() {
+    use prost::Message;
+    let otelcol = required_env("TRACELIGHT_OTELCOL", "the collector built by e2e/collector/build.sh");
+    let dir = temp_dir("otelcol-big");
+    let out = dir.join("traces.json");
+    let (grpc, http) = (free_port().await, free_port().await);
+    // The collector's gRPC receiver keeps its default 4 MiB `max_recv_msg_size_mib`.
+    let _collector = start_collector(&otelcol, &dir, grpc, http, &out).await;
+    let cfg = dir.join("a.yaml");
+    write_atomic(&cfg, &config_yaml(1, &format!("http://{grpc}"), "grpc", 1.0, ""));
+    let a = agent(&cfg).await;
+
+    let n = 40_000;
+    let mut req = request(n, "big");
+    for s in &mut req.resource_spans[0].scope_spans[0].spans {
+        s.name.push_str(&"x".repeat(100));
+    }
+    let body = req.encode_to_vec();
+    assert!(body.len() > 5_000_000, "{} bytes", body.len());
+    let (status, _, _) =
+        post(&format!("http://{}/v1/traces", a.http_addr), &[("content-type", "application/x-protobuf")], body).await;
+    assert_eq!(status, 200);
+
+    let mut written = 0;
+    for _ in 0..300 {
+        written = read_spans(&out).len();
+        if written >= n {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(written, n, "every span of the 5 MB request in the collector's file");
+    let report = a.report();
+    assert_eq!(report.spans.dropped.values().sum::<u64>(), 0, "{:?}", report.spans);
+    a.shutdown().await;
+}

@@ -1,6 +1,7 @@
 //! In-process integration tests of `tracelight-agent`: real OpenTelemetry SDK in, the agent's
 //! own receivers (or a scripted fake collector) out, all on 127.0.0.1 random ports.
 
+mod abuse;
 mod collector;
 mod faults;
 mod grpc_faults;

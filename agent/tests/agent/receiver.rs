@@ -115,6 +115,7 @@ async fn overloaded_receivers_ask_senders_to_retry() {
     use tonic_types::StatusExt;
     let mut a = args(&temp_dir("overload").join("absent.yaml"));
     a.max_inflight_bytes = 64 << 10;
+    a.max_request_bytes = 16 << 10;
     let sink = tracelight_agent::start_with_identity(a, identity()).await.expect("start");
     // Hold the whole in-flight budget, as concurrent large requests would.
     let held = sink.shared.admission.try_admit(64 << 10).expect("budget");

@@ -79,3 +79,113 @@ async fn a_missing_token_delays_reports_and_reports_carry_services_and_the_last_
     assert!(wait_until(Duration::from_secs(10), with_span).await, "services and the span: {:?}", last(&received));
     agent.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_70_kb_service_name_still_makes_a_report_the_operator_accepts() {
+    use tracelight_contract::report::{MAX_REPORT_BYTES, MAX_SERVICE_NAME_BYTES};
+    let (url, received) = operator().await;
+    let dir = temp_dir("report-long");
+    let token = dir.join("token");
+    support::write_atomic(&token, "tok\n");
+    let mut args = support::args(&dir.join("config.yaml"));
+    args.report_url = Some(url.parse().unwrap());
+    args.report_token_file = Some(token);
+    args.report_interval_secs = 1;
+    let agent = tracelight_agent::start_with_identity(args, support::identity()).await.expect("agent starts");
+    let long = "s".repeat(70_000);
+    let body = prost::Message::encode_to_vec(&support::request(2, &long));
+    let (status, _, _) = support::post(
+        &format!("http://{}/v1/traces", agent.http_addr),
+        &[("content-type", "application/x-protobuf")],
+        body,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let cut = || last(&received).is_some_and(|(_, r)| r.truncated.is_some_and(|t| t.service_names == 1));
+    assert!(wait_until(Duration::from_secs(10), cut).await, "{:?}", last(&received).map(|(_, r)| r.truncated));
+    let (_, report) = last(&received).unwrap();
+    assert!(serde_json::to_vec(&report).unwrap().len() < MAX_REPORT_BYTES);
+    assert_eq!(report.services.get(&long[..MAX_SERVICE_NAME_BYTES]), Some(&2));
+    agent.shutdown().await;
+}
+
+/// An operator that answers every push with `status` and `Retry-After` (when given), recording when.
+async fn failing_operator(
+    status: u16,
+    retry_after: Option<&'static str>,
+) -> (String, Arc<Mutex<Vec<std::time::Instant>>>) {
+    let times: Arc<Mutex<Vec<std::time::Instant>>> = Arc::default();
+    let t = times.clone();
+    let app = Router::new().route(
+        REPORT_PATH,
+        post(move || {
+            let t = t.clone();
+            async move {
+                t.lock().unwrap().push(std::time::Instant::now());
+                let mut resp = axum::response::IntoResponse::into_response(StatusCode::from_u16(status).unwrap());
+                if let Some(v) = retry_after {
+                    resp.headers_mut().insert(header::RETRY_AFTER, v.parse().unwrap());
+                }
+                resp
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}{REPORT_PATH}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, times)
+}
+
+fn pusher(url: &str, base: Duration) -> tracelight_agent::report_push::ReportPusher {
+    let dir = temp_dir("pusher");
+    let token = dir.join("token");
+    support::write_atomic(&token, "tok\n");
+    let metrics = Arc::new(tracelight_agent::metrics::Metrics::default());
+    let queue = Arc::new(tracelight_agent::queue::Queue::new(1 << 20, metrics.clone()));
+    let pipeline = Arc::new(tracelight_agent::pipeline::Pipeline::new(support::identity(), queue, metrics.clone()));
+    let shared = Arc::new(tracelight_agent::Shared {
+        pipeline,
+        metrics,
+        config: Default::default(),
+        admission: tracelight_agent::admission::Admission::new(1 << 20),
+        started: std::time::Instant::now(),
+    });
+    let mut p = tracelight_agent::report_push::ReportPusher::new(
+        url.parse().unwrap(),
+        token,
+        None,
+        Duration::from_millis(10),
+        shared,
+    );
+    p.backoff = tracelight_agent::report_push::PushBackoff { base, cap: Duration::from_secs(5) };
+    p
+}
+
+#[tokio::test]
+async fn failed_pushes_back_off_exponentially_and_honour_retry_after() {
+    let (url, times) = failing_operator(500, None).await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(pusher(&url, Duration::from_millis(100)).run(stop.clone()));
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    stop.cancel();
+    task.await.unwrap();
+    let t = times.lock().unwrap().clone();
+    let gaps: Vec<Duration> = t.windows(2).map(|w| w[1] - w[0]).collect();
+    // 100, 200, 400, 800 ms, each less at most half by jitter: 4-6 pushes in 2.5 s, not 250.
+    assert!((4..=7).contains(&t.len()), "{} pushes: {gaps:?}", t.len());
+    for (n, gap) in gaps.iter().enumerate() {
+        let full = Duration::from_millis(100 << n);
+        assert!(*gap >= full / 2, "gap {n} {gap:?} under half of {full:?}");
+    }
+    assert!(gaps.last() > gaps.first(), "waits grow: {gaps:?}");
+
+    let (url, times) = failing_operator(429, Some("2")).await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(pusher(&url, Duration::from_millis(100)).run(stop.clone()));
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    stop.cancel();
+    task.await.unwrap();
+    let t = times.lock().unwrap().clone();
+    assert_eq!(t.len(), 2, "the second push waits the 2 s asked for");
+    assert!(t[1] - t[0] >= Duration::from_secs(2), "{:?}", t[1] - t[0]);
+}

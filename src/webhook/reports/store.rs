@@ -155,6 +155,7 @@ mod tests {
             spans: SpanCounts::default(),
             uptime_seconds: 5,
             last_span_age_seconds: last_span_age,
+            truncated: None,
         }
     }
 
