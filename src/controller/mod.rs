@@ -46,6 +46,7 @@ pub mod events;
 pub mod lease;
 pub mod metrics;
 pub mod plan;
+pub mod policy_metrics;
 pub mod reconcile;
 pub mod resources;
 pub mod rollout;
@@ -263,6 +264,7 @@ async fn run_controllers(
             _ = lost.wait_for(|leads| !*leads) => tracing::warn!("leadership lost: controllers stopped"),
         }
         controller_metrics.leader.set(0);
+        controller_metrics.policies.forget();
         if shutdown.is_cancelled() {
             break;
         }
@@ -404,6 +406,7 @@ async fn run_policy_controller(
         serving_ca,
         reconcile_all,
     });
+    ctx.metrics.policies.follow(ctx.policies.clone());
     let policies = controller
         .reconcile_all_on(reconcile_all_requests)
         .graceful_shutdown_on(shutdown.cancelled_owned())

@@ -200,6 +200,7 @@ pub async fn run(
         options: Arc::new(args.inject_options()),
         metrics: AdmissionMetrics::register(&metrics),
     };
+    metrics::CertificateExpiry::register(&metrics, resolver.clone());
     let reports = reports::ReportsState {
         reviewer: Arc::new(reports::review::TokenReviewer::new(client.clone())),
         store: reports,
