@@ -28,7 +28,7 @@ unit: ## Unit, golden and contract tests of every crate (no cluster)
 # cargo-fuzz and cargo-deny, installed by e2e/prereqs.sh into the cache.
 export PATH := $(or $(TRACELIGHT_CACHE),$(HOME)/.cache/tracelight)/tools/bin:$(PATH)
 
-test: prereqs stop-demo lint unit e2e e2e-agent e2e-traces fuzz ## Everything CI runs: lint, unit and golden tests, end-to-end suite, agent interop, traces through the demo shop, brief fuzzing
+test: prereqs stop-demo lint unit test-alerts e2e e2e-agent e2e-traces fuzz ## Everything CI runs: lint, unit and golden tests, alert rules, end-to-end suite, agent interop, traces through the demo shop, brief fuzzing
 
 .PHONY: prereqs stop-demo
 prereqs: ## Check and install what the tests need (Debian packages as root, nightly, cargo-fuzz)
@@ -37,6 +37,10 @@ prereqs: ## Check and install what the tests need (Debian packages as root, nigh
 stop-demo: ## Stop a running demo (the suites replace its release); the cluster keeps running
 	@pid_file="$${TRACELIGHT_CACHE:-$$HOME/.cache/tracelight}/demo/operator.pid"; \
 	if [[ -s "$$pid_file" && -d "/proc/$$(cat "$$pid_file")" ]]; then echo "stopping the demo first (make demo-down)"; e2e/demo.sh down; fi
+
+.PHONY: test-alerts
+test-alerts: ## Alert rules and dashboard: helm render, promtool check/test rules (built from Prometheus's Go module, cached), metrics exported
+	@CARGO="$(CARGO)" e2e/alerts/test.sh
 
 lint: ## rustfmt, clippy, rustdoc (broken doc links), cargo deny (licenses, bans, sources); warnings are errors
 	$(CARGO) fmt --all -- --check

@@ -66,6 +66,8 @@ pub struct ControllerMetrics {
     pub leader: Gauge,
     /// Workload restarts requested by the rollout.
     pub restarts: Counter,
+    /// Gauges of every policy's status (coverage, conditions, phase), while the controllers run.
+    pub policies: super::policy_metrics::PolicyMetrics,
 }
 
 impl ControllerMetrics {
@@ -78,6 +80,7 @@ impl ControllerMetrics {
             duration: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
             leader: Gauge::default(),
             restarts: Counter::default(),
+            policies: Default::default(),
         };
         registry.register("tracelight_controller_reconciles", "TracingPolicy reconciles started", m.reconciles.clone());
         registry.register(
@@ -100,6 +103,7 @@ impl ControllerMetrics {
             "Workload restarts requested by the rollout",
             m.restarts.clone(),
         );
+        registry.with_registry(|r| r.register_collector(Box::new(m.policies.clone())));
         m
     }
 

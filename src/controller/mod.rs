@@ -23,6 +23,7 @@ pub mod events;
 pub mod lease;
 pub mod metrics;
 pub mod plan;
+pub mod policy_metrics;
 pub mod reconcile;
 pub mod resources;
 pub mod rollout;
@@ -321,6 +322,7 @@ async fn run_controllers(
             }
         }
         controller_metrics.leader.set(0);
+        controller_metrics.policies.forget();
         if shutdown.is_cancelled() {
             break;
         }
@@ -468,6 +470,7 @@ async fn run_policy_controller(
         serving_ca,
         reconcile_all,
     });
+    ctx.metrics.policies.follow(ctx.policies.clone());
     let policies = controller
         .reconcile_all_on(reconcile_all_requests)
         .graceful_shutdown_on(shutdown.cancelled_owned())

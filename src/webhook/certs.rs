@@ -284,6 +284,12 @@ impl CertResolver {
         self.ca_bundle.read().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
+    /// When the served certificate expires (`None`: none loaded yet, or unreadable).
+    pub fn not_after(&self) -> Option<OffsetDateTime> {
+        let current = self.current.read().unwrap_or_else(PoisonError::into_inner);
+        current.as_ref().and_then(|(pair, _)| inspect(&pair.cert).ok()).map(|info| info.not_after)
+    }
+
     /// A certificate is loaded (for `/readyz`).
     pub fn is_loaded(&self) -> bool {
         self.current.read().unwrap_or_else(PoisonError::into_inner).is_some()

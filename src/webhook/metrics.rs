@@ -1,11 +1,16 @@
 //! Admission metrics: how many pods were injected, skipped or failed, and how long it took.
 
 use crate::telemetry::Metrics;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::MetricType;
 use std::fmt::Write;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The `result` label of `tracelight_admissions_total`.
@@ -95,9 +100,54 @@ impl AdmissionMetrics {
     }
 }
 
+/// `tracelight_webhook_certificate_expiry_timestamp_seconds`: when the serving certificate the
+/// webhook presents expires (Unix seconds), read from the certificate itself at each scrape, in
+/// both certificate modes (self-signed and cert-manager files). Absent until one is loaded.
+#[derive(Debug)]
+pub struct CertificateExpiry(pub Arc<super::certs::CertResolver>);
+
+impl CertificateExpiry {
+    /// Registers the gauge in the shared registry.
+    pub fn register(metrics: &Metrics, resolver: Arc<super::certs::CertResolver>) {
+        metrics.with_registry(|r| r.register_collector(Box::new(CertificateExpiry(resolver))));
+    }
+}
+
+impl Collector for CertificateExpiry {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(not_after) = self.0.not_after() else { return Ok(()) };
+        let gauge = ConstGauge::new(not_after.unix_timestamp());
+        let metric = encoder.encode_descriptor(
+            "tracelight_webhook_certificate_expiry_timestamp_seconds",
+            "When the webhook's serving certificate expires (Unix time)",
+            None,
+            MetricType::Gauge,
+        )?;
+        gauge.encode(metric)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn certificate_expiry_is_exported_once_a_certificate_is_loaded() {
+        use super::super::certs::{make_ca, make_leaf, CertResolver, LeafSpec};
+        let registry = Metrics::new();
+        let resolver = Arc::new(CertResolver::new());
+        CertificateExpiry::register(&registry, resolver.clone());
+        let text = registry.encode().unwrap();
+        assert!(!text.contains("tracelight_webhook_certificate_expiry"), "no certificate, no series: {text}");
+
+        let now = time::OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
+        let ca = make_ca(now, Duration::from_secs(4 * 3600)).unwrap();
+        let spec = LeafSpec::for_service("tl-webhook", "ops", &[], Duration::from_secs(3600));
+        resolver.set(&make_leaf(&ca, &spec, now).unwrap()).unwrap();
+        let text = registry.encode().unwrap();
+        let line = format!("tracelight_webhook_certificate_expiry_timestamp_seconds {}", 1_800_000_000 + 3600);
+        assert!(text.lines().any(|l| l == line), "missing `{line}` in {text}");
+    }
 
     #[test]
     fn admissions_are_exported_with_result_and_reason_labels() {

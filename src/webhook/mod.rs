@@ -204,6 +204,7 @@ pub async fn run(
     let service_dns_name = format!("{}.{}.svc", args.service_name, args.namespace);
     let forward = reports::forward::Forwarder::new(leader_address, resolver.clone(), &service_dns_name, &metrics)
         .map_err(|e| WebhookError::InvalidArgs(format!("--service-name/--namespace: {e}")))?;
+    metrics::CertificateExpiry::register(&metrics, resolver.clone());
     let reports = reports::ReportsState {
         reviewer: Arc::new(reports::review::TokenReviewer::new(client.clone())),
         store: reports,
