@@ -64,5 +64,6 @@ pub fn build_report(shared: &Shared) -> Report {
         spans: report::span_counts(&shared.metrics),
         uptime_seconds: shared.started.elapsed().as_secs(),
         last_span_age_seconds: shared.pipeline.services.last_span_age().map(|age| age.as_secs()),
+        sampling_rules: shared.metrics.rule_counts(),
     }
 }

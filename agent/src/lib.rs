@@ -40,6 +40,7 @@ pub mod receiver_grpc;
 pub mod receiver_http;
 pub mod report;
 pub mod report_push;
+pub mod rules;
 pub mod sampler;
 pub mod settings;
 pub mod tracestate;

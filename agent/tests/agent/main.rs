@@ -8,6 +8,7 @@ mod grpc_input;
 mod receiver;
 mod reload;
 mod report;
+mod sampling_rules;
 mod sdk;
 mod support;
 mod tls;

@@ -33,14 +33,18 @@ impl ReportStore {
             .and_then(|age| now.checked_sub(SignedDuration::from_secs(i64::try_from(age).unwrap_or(i64::MAX))).ok());
         let mut services: Vec<String> = report.services.keys().take(MAX_SERVICES).cloned().collect();
         services.sort();
-        let new = PodReport {
+        let mut new = PodReport {
             received_at: now,
             last_span_at,
             services,
             config_generation: report.config_generation,
             agent_version: agent_version_key(report.contract_version, report.agent_version.as_deref()),
+            sampling: Default::default(),
         };
         let mut reports = self.reports.write().unwrap_or_else(|p| p.into_inner());
+        // Rates need the previous counters of the same pod.
+        let before = reports.get(&pod.pod_uid).map(|old| &old.sampling).cloned().unwrap_or_default();
+        new.sampling = before.next(&report.sampling_rules, now);
         let material = match reports.get(&pod.pod_uid) {
             None => true,
             Some(old) => {
@@ -112,6 +116,7 @@ mod tests {
             spans: SpanCounts::default(),
             uptime_seconds: 5,
             last_span_age_seconds: last_span_age,
+            sampling_rules: BTreeMap::new(),
         }
     }
 

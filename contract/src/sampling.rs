@@ -1,0 +1,242 @@
+//! Sampling rules as the agent receives them (contract 3, inside `config.v2.yaml`'s `sampling`),
+//! and the per-rule counters it reports back.
+//!
+//! The operator resolves everything that does not depend on a span before writing the file:
+//! a rule whose namespace selector does not match the namespace is left out of that
+//! namespace's file, workload matches are named (`Deployment/checkout`) for the agent to compare
+//! with its own identity, and budgets are turned into the effective ratio of the moment plus a
+//! local cap. The agent evaluates only span-level matches, in order, first match wins.
+//!
+//! Patterns are compiled by [`Pattern::compile`] on both sides (the operator to validate a
+//! policy, the agent on load) with the same engine (`regex-lite`), so a pattern the operator
+//! accepts is one the agent can run.
+
+use crate::Ratio;
+use serde::{Deserialize, Serialize};
+
+/// Name the agent counts spans that no rule matched under (the policy's `sampling.ratio`).
+pub const FALLBACK_RULE: &str = "default";
+/// Name of the built-in rule dropping health checks and metrics scrapes (`dropHealthChecks`).
+pub const HEALTH_CHECK_RULE: &str = "health-checks";
+
+/// A span attribute a rule can match (the OpenTelemetry semantic-convention keys, old and new).
+pub const MATCHABLE_ATTRIBUTES: [&str; 6] =
+    ["http.route", "url.path", "http.target", "rpc.service", "rpc.method", "messaging.destination.name"];
+
+/// One rule as the agent applies it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentRule {
+    /// The rule's name: its label in metrics and its key in the report.
+    pub name: String,
+    /// Workloads (`Kind/name`) the rule applies to; empty: every workload of the namespace.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub workloads: Vec<String>,
+    /// The resource's `service.name` must match one of these; empty: any service.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<StringMatch>,
+    /// The span's kind must be one of these; empty: any kind.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub span_kinds: Vec<SpanKind>,
+    /// Span attributes: a span matches when, for every distinct key listed, one of its entries
+    /// matches (entries with the same key are alternatives). Empty: any span.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attributes: Vec<AttributeMatch>,
+    /// Ratio applied to the spans this rule decides (a budget already folded in).
+    pub ratio: Ratio,
+    /// Local cap on this pod's kept spans per second for this rule, absent when none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spans_per_second: Option<f64>,
+}
+
+/// An attribute condition: the attribute `key` must be a string matching the pattern.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AttributeMatch {
+    pub key: String,
+    #[serde(flatten)]
+    pub value: StringMatch,
+}
+
+/// Exactly one of `exact`, `prefix`, `regex` (checked by [`StringMatch::compile`]).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct StringMatch {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exact: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// A regular expression (`regex-lite` syntax, like Rust's `regex` without Unicode classes),
+    /// matched against the whole value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regex: Option<String>,
+}
+
+impl StringMatch {
+    pub fn exact(s: &str) -> StringMatch {
+        StringMatch { exact: Some(s.into()), ..Default::default() }
+    }
+    pub fn prefix(s: &str) -> StringMatch {
+        StringMatch { prefix: Some(s.into()), ..Default::default() }
+    }
+    pub fn regex(s: &str) -> StringMatch {
+        StringMatch { regex: Some(s.into()), ..Default::default() }
+    }
+
+    /// The compiled matcher; an error names what is wrong (for the policy's `Ready` condition).
+    pub fn compile(&self) -> Result<Pattern, PatternError> {
+        match (&self.exact, &self.prefix, &self.regex) {
+            (Some(e), None, None) => Ok(Pattern::Exact(e.clone())),
+            (None, Some(p), None) => Ok(Pattern::Prefix(p.clone())),
+            (None, None, Some(r)) => Pattern::compile_regex(r),
+            _ => Err(PatternError::NotExactlyOne),
+        }
+    }
+}
+
+/// Why a pattern cannot be used.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PatternError {
+    #[error("set exactly one of exact, prefix, regex")]
+    NotExactlyOne,
+    #[error("invalid regex {pattern:?}: {message}")]
+    Regex { pattern: String, message: String },
+}
+
+/// Longest regex accepted: a policy is not the place for a program.
+pub const MAX_REGEX_LEN: usize = 256;
+
+/// A compiled string condition.
+#[derive(Clone, Debug)]
+pub enum Pattern {
+    Exact(String),
+    Prefix(String),
+    Regex(regex_lite::Regex),
+}
+
+impl Pattern {
+    fn compile_regex(pattern: &str) -> Result<Pattern, PatternError> {
+        let bad = |message: String| PatternError::Regex { pattern: pattern.to_string(), message };
+        if pattern.len() > MAX_REGEX_LEN {
+            return Err(bad(format!("longer than {MAX_REGEX_LEN} characters")));
+        }
+        // Anchored: a route pattern means the whole route, as users write them.
+        regex_lite::Regex::new(&format!("^(?:{pattern})$")).map(Pattern::Regex).map_err(|e| bad(e.to_string()))
+    }
+
+    pub fn is_match(&self, value: &str) -> bool {
+        match self {
+            Pattern::Exact(e) => value == e,
+            Pattern::Prefix(p) => value.starts_with(p.as_str()),
+            Pattern::Regex(r) => r.is_match(value),
+        }
+    }
+}
+
+/// The OTLP span kinds (`Span.kind`, values 1 to 5).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub enum SpanKind {
+    Internal,
+    Server,
+    Client,
+    Producer,
+    Consumer,
+}
+
+impl SpanKind {
+    /// The kind of an OTLP `Span.kind` value (0, unspecified, has none).
+    pub fn from_otlp(value: u64) -> Option<SpanKind> {
+        Some(match value {
+            1 => SpanKind::Internal,
+            2 => SpanKind::Server,
+            3 => SpanKind::Client,
+            4 => SpanKind::Producer,
+            5 => SpanKind::Consumer,
+            _ => return None,
+        })
+    }
+}
+
+/// The built-in rules of `dropHealthChecks`, all named [`HEALTH_CHECK_RULE`] (one rule per
+/// attribute, as a rule's attributes must all match): server spans of HTTP probe and scrape
+/// routes (`/health`, `/healthz`, `/ready`, `/readyz`, `/live`, `/livez`, `/ping`, `/metrics`,
+/// also under `/-/`, `/actuator/` or `/_`) and of the gRPC health service, at ratio 0.
+pub fn health_check_rules() -> Vec<AgentRule> {
+    const ROUTES: &str =
+        r"/(-/|actuator/|_)?(health|healthz|healthcheck|ready|readyz|readiness|live|livez|liveness|ping|metrics)(/.*)?";
+    let rule = |key: &str, value: StringMatch| AgentRule {
+        name: HEALTH_CHECK_RULE.into(),
+        workloads: Vec::new(),
+        services: Vec::new(),
+        span_kinds: vec![SpanKind::Server],
+        attributes: vec![AttributeMatch { key: key.into(), value }],
+        ratio: Ratio::NEVER,
+        spans_per_second: None,
+    };
+    vec![
+        rule("http.route", StringMatch::regex(ROUTES)),
+        rule("url.path", StringMatch::regex(ROUTES)),
+        rule("http.target", StringMatch::regex(ROUTES)),
+        rule("rpc.service", StringMatch::exact("grpc.health.v1.Health")),
+    ]
+}
+
+/// Per-rule span counters since the agent started (in the report).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RuleCounts {
+    /// Spans the rule decided (before sampling).
+    pub received: u64,
+    /// Spans it kept (errors kept by `keepErrors` included).
+    #[serde(default)]
+    pub kept: u64,
+    /// Spans the ratio kept but the local cap dropped.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub capped: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns_match_exact_prefix_and_whole_regex() {
+        assert!(StringMatch::exact("/a").compile().unwrap().is_match("/a"));
+        assert!(!StringMatch::exact("/a").compile().unwrap().is_match("/ab"));
+        assert!(StringMatch::prefix("/a").compile().unwrap().is_match("/ab"));
+        let r = StringMatch::regex("/users/[0-9]+").compile().unwrap();
+        assert!(r.is_match("/users/12"));
+        assert!(!r.is_match("/api/users/12"), "anchored at both ends");
+        assert!(!r.is_match("/users/12/x"));
+    }
+
+    #[test]
+    fn bad_patterns_say_why() {
+        assert_eq!(StringMatch::default().compile().unwrap_err(), PatternError::NotExactlyOne);
+        let both = StringMatch { exact: Some("a".into()), prefix: Some("b".into()), regex: None };
+        assert_eq!(both.compile().unwrap_err(), PatternError::NotExactlyOne);
+        let e = StringMatch::regex("(unclosed").compile().unwrap_err();
+        assert!(matches!(e, PatternError::Regex { .. }), "{e}");
+        assert!(StringMatch::regex(&"a".repeat(MAX_REGEX_LEN + 1)).compile().is_err());
+    }
+
+    #[test]
+    fn health_check_routes() {
+        let rules = health_check_rules();
+        let route = rules[0].attributes[0].value.compile().unwrap();
+        for hit in
+            ["/health", "/healthz", "/readyz", "/livez", "/metrics", "/actuator/health", "/health/live", "/-/ready"]
+        {
+            assert!(route.is_match(hit), "{hit}");
+        }
+        for miss in ["/", "/api/health-insurance", "/checkout", "/metricsx", "/users/healthz"] {
+            assert!(!route.is_match(miss), "{miss}");
+        }
+    }
+}
