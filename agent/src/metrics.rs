@@ -90,6 +90,8 @@ pub struct Metrics {
     pub rule_received: Family<RuleLabel, Counter>,
     pub rule_kept: Family<RuleLabel, Counter>,
     pub rule_capped: Family<RuleLabel, Counter>,
+    /// Bytes of kept spans queued for export (protobuf, before compression).
+    pub kept_bytes: Counter,
     /// The rule names counted so far (for the report; `Family` cannot be listed).
     rule_names: std::sync::Mutex<std::collections::BTreeSet<String>>,
 }
@@ -111,6 +113,7 @@ impl Default for Metrics {
             rule_received: Family::default(),
             rule_kept: Family::default(),
             rule_capped: Family::default(),
+            kept_bytes: Counter::default(),
             rule_names: Default::default(),
         }
     }
@@ -189,6 +192,11 @@ impl Metrics {
             "rule_spans_kept",
             "Spans a sampling rule kept (error spans kept by keepErrors included)",
             self.rule_kept.clone(),
+        );
+        r.register(
+            "kept_bytes",
+            "Bytes of kept spans queued for export (protobuf, uncompressed)",
+            self.kept_bytes.clone(),
         );
         r.register(
             "rule_spans_capped",

@@ -92,6 +92,7 @@ impl Pipeline {
                 let counts = processed.counts;
                 self.count_rules(live.rules.as_deref(), &processed.rules, counts);
                 if counts.queued > 0 {
+                    self.metrics.kept_bytes.inc_by(out.len() as u64);
                     self.queue.push(Batch::from_encoded(Bytes::copy_from_slice(out), counts.queued));
                 }
                 self.metrics.received.get_or_create(&TransportLabel { transport }).inc_by(counts.received as u64);

@@ -78,10 +78,39 @@ impl Outcome {
 /// One rule's span conditions.
 #[derive(Debug)]
 struct Conditions {
-    services: Vec<Pattern>,
+    services: Alternatives,
     kinds: Vec<SpanKind>,
     /// Per distinct attribute (index into [`RuleSet::keys`]): the alternatives.
-    attributes: Vec<(usize, Vec<Pattern>)>,
+    attributes: Vec<(usize, Alternatives)>,
+}
+
+/// Patterns of which one must match, grouped so that many exact values (the health-check
+/// routes) cost one binary search, not a comparison each.
+#[derive(Debug, Default)]
+struct Alternatives {
+    exact: Vec<String>,
+    others: Vec<Pattern>,
+}
+
+impl Alternatives {
+    fn push(&mut self, p: Pattern) {
+        match p {
+            Pattern::Exact(e) => {
+                if let Err(i) = self.exact.binary_search(&e) {
+                    self.exact.insert(i, e);
+                }
+            }
+            other => self.others.push(other),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.exact.is_empty() && self.others.is_empty()
+    }
+
+    fn is_match(&self, value: &str) -> bool {
+        self.exact.binary_search_by(|e| e.as_str().cmp(value)).is_ok() || self.others.iter().any(|p| p.is_match(value))
+    }
 }
 
 /// The rules in effect, swapped whole on reload.
@@ -133,13 +162,11 @@ impl RuleSet {
             let pattern = |field: String, m: &tracelight_contract::sampling::StringMatch| {
                 m.compile().map_err(|source| RulesError::Pattern { rule: rule.name.clone(), field, source })
             };
-            let services = rule
-                .services
-                .iter()
-                .enumerate()
-                .map(|(i, m)| pattern(format!("services[{i}]"), m))
-                .collect::<Result<_, _>>()?;
-            let mut attributes: Vec<(usize, Vec<Pattern>)> = Vec::new();
+            let mut services = Alternatives::default();
+            for (i, m) in rule.services.iter().enumerate() {
+                services.push(pattern(format!("services[{i}]"), m)?);
+            }
+            let mut attributes: Vec<(usize, Alternatives)> = Vec::new();
             for (i, a) in rule.attributes.iter().enumerate() {
                 let Some(key) = MATCHABLE_ATTRIBUTES.iter().find(|k| **k == a.key) else {
                     return Err(RulesError::Attribute { rule: rule.name.clone(), key: a.key.clone() });
@@ -151,7 +178,11 @@ impl RuleSet {
                 let p = pattern(format!("attributes[{i}]"), &a.value)?;
                 match attributes.iter_mut().find(|(s, _)| *s == slot) {
                     Some((_, alternatives)) => alternatives.push(p),
-                    None => attributes.push((slot, vec![p])),
+                    None => {
+                        let mut alternatives = Alternatives::default();
+                        alternatives.push(p);
+                        attributes.push((slot, alternatives));
+                    }
                 }
             }
             let conditions = Conditions { services, kinds: rule.span_kinds.clone(), attributes };
@@ -195,9 +226,7 @@ impl RuleSet {
     pub fn service_matches(&self, service: Option<&str>, out: &mut Vec<bool>) {
         out.clear();
         out.extend(
-            self.rules.iter().map(|(c, _)| {
-                c.services.is_empty() || service.is_some_and(|s| c.services.iter().any(|p| p.is_match(s)))
-            }),
+            self.rules.iter().map(|(c, _)| c.services.is_empty() || service.is_some_and(|s| c.services.is_match(s))),
         );
     }
 
@@ -208,9 +237,9 @@ impl RuleSet {
             .zip(services_ok)
             .position(|((c, _), ok)| {
                 *ok && (c.kinds.is_empty() || span.kind.is_some_and(|k| c.kinds.contains(&k)))
-                    && c.attributes.iter().all(|(slot, alternatives)| {
-                        span.values[*slot].is_some_and(|v| alternatives.iter().any(|p| p.is_match(v)))
-                    })
+                    && c.attributes
+                        .iter()
+                        .all(|(slot, alternatives)| span.values[*slot].is_some_and(|v| alternatives.is_match(v)))
             })
             .unwrap_or(self.rules.len())
     }

@@ -62,6 +62,14 @@ pub struct AgentReport {
     /// successive reports into pre-sampling rates for the budgets.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub sampling_rules: BTreeMap<String, RuleCounts>,
+    /// Contract 3: bytes of the kept spans since the agent started, as queued for export
+    /// (OTLP protobuf, before compression): with the span counters, what a pod costs the backend.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub kept_bytes: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 fn contract_v1() -> u32 {
@@ -118,6 +126,7 @@ mod tests {
             ("health-checks".into(), RuleCounts { received: 2, kept: 0, capped: 0 }),
             ("checkout-api".into(), RuleCounts { received: 0, kept: 0, capped: 1 }),
         ]);
+        r.kept_bytes = 2400;
         r
     }
 
@@ -147,6 +156,7 @@ mod tests {
             uptime_seconds: 40,
             last_span_age_seconds: Some(2),
             sampling_rules: BTreeMap::new(),
+            kept_bytes: 0,
         }
     }
 

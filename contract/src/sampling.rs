@@ -111,7 +111,12 @@ pub const MAX_REGEX_LEN: usize = 256;
 pub enum Pattern {
     Exact(String),
     Prefix(String),
-    Regex(regex_lite::Regex),
+    /// A regex, with the literal every match starts with (checked first: most values fail
+    /// there, without running the regex engine).
+    Regex {
+        literal: String,
+        regex: regex_lite::Regex,
+    },
 }
 
 impl Pattern {
@@ -121,16 +126,32 @@ impl Pattern {
             return Err(bad(format!("longer than {MAX_REGEX_LEN} characters")));
         }
         // Anchored: a route pattern means the whole route, as users write them.
-        regex_lite::Regex::new(&format!("^(?:{pattern})$")).map(Pattern::Regex).map_err(|e| bad(e.to_string()))
+        let regex = regex_lite::Regex::new(&format!("^(?:{pattern})$")).map_err(|e| bad(e.to_string()))?;
+        Ok(Pattern::Regex { literal: literal_prefix(pattern), regex })
     }
 
     pub fn is_match(&self, value: &str) -> bool {
         match self {
             Pattern::Exact(e) => value == e,
             Pattern::Prefix(p) => value.starts_with(p.as_str()),
-            Pattern::Regex(r) => r.is_match(value),
+            Pattern::Regex { literal, regex } => value.starts_with(literal.as_str()) && regex.is_match(value),
         }
     }
+}
+
+/// The plain characters a regex's every match begins with: none when it has an alternation or
+/// flags anywhere (conservative), and without the last one when a quantifier follows it.
+fn literal_prefix(pattern: &str) -> String {
+    const META: &[char] = &['\\', '.', '+', '*', '?', '(', ')', '|', '[', ']', '{', '}', '^', '$'];
+    if pattern.contains('|') || pattern.starts_with("(?") {
+        return String::new();
+    }
+    let end = pattern.find(META).unwrap_or(pattern.len());
+    let mut literal = pattern[..end].to_string();
+    if pattern[end..].starts_with(['*', '?', '{']) {
+        literal.pop();
+    }
+    literal
 }
 
 /// The OTLP span kinds (`Span.kind`, values 1 to 5).
@@ -159,27 +180,56 @@ impl SpanKind {
     }
 }
 
+/// Routes of health checks and metrics scrapes, matched whole.
+pub const HEALTH_CHECK_ROUTES: [&str; 18] = [
+    "/health",
+    "/healthz",
+    "/healthcheck",
+    "/ready",
+    "/readyz",
+    "/readiness",
+    "/live",
+    "/livez",
+    "/liveness",
+    "/ping",
+    "/metrics",
+    "/-/healthy",
+    "/-/ready",
+    "/actuator/health",
+    "/actuator/prometheus",
+    "/_health",
+    "/health/live",
+    "/health/ready",
+];
+/// Route prefixes of health checks (Spring's `/actuator/health/liveness`, Kubernetes' verbose
+/// `/livez/etcd`...).
+pub const HEALTH_CHECK_PREFIXES: [&str; 5] = ["/health/", "/healthz/", "/livez/", "/readyz/", "/actuator/health/"];
+
 /// The built-in rules of `dropHealthChecks`, all named [`HEALTH_CHECK_RULE`] (one rule per
-/// attribute, as a rule's attributes must all match): server spans of HTTP probe and scrape
-/// routes (`/health`, `/healthz`, `/ready`, `/readyz`, `/live`, `/livez`, `/ping`, `/metrics`,
-/// also under `/-/`, `/actuator/` or `/_`) and of the gRPC health service, at ratio 0.
+/// attribute, as a rule's different attributes must all match): server spans whose
+/// `http.route`, `url.path` or `http.target` is a probe or scrape route
+/// ([`HEALTH_CHECK_ROUTES`], [`HEALTH_CHECK_PREFIXES`]), and server spans of the gRPC health
+/// service, at ratio 0. Exact and prefix matches only: they run on every server span.
 pub fn health_check_rules() -> Vec<AgentRule> {
-    const ROUTES: &str =
-        r"/(-/|actuator/|_)?(health|healthz|healthcheck|ready|readyz|readiness|live|livez|liveness|ping|metrics)(/.*)?";
-    let rule = |key: &str, value: StringMatch| AgentRule {
+    let rule = |attributes: Vec<AttributeMatch>| AgentRule {
         name: HEALTH_CHECK_RULE.into(),
         workloads: Vec::new(),
         services: Vec::new(),
         span_kinds: vec![SpanKind::Server],
-        attributes: vec![AttributeMatch { key: key.into(), value }],
+        attributes,
         ratio: Ratio::NEVER,
         spans_per_second: None,
     };
+    let routes = |key: &str| {
+        let exact = HEALTH_CHECK_ROUTES.iter().map(|r| StringMatch::exact(r));
+        let prefix = HEALTH_CHECK_PREFIXES.iter().map(|p| StringMatch::prefix(p));
+        exact.chain(prefix).map(|value| AttributeMatch { key: key.into(), value }).collect()
+    };
     vec![
-        rule("http.route", StringMatch::regex(ROUTES)),
-        rule("url.path", StringMatch::regex(ROUTES)),
-        rule("http.target", StringMatch::regex(ROUTES)),
-        rule("rpc.service", StringMatch::exact("grpc.health.v1.Health")),
+        rule(routes("http.route")),
+        rule(routes("url.path")),
+        rule(routes("http.target")),
+        rule(vec![AttributeMatch { key: "rpc.service".into(), value: StringMatch::exact("grpc.health.v1.Health") }]),
     ]
 }
 
@@ -229,14 +279,34 @@ mod tests {
     #[test]
     fn health_check_routes() {
         let rules = health_check_rules();
-        let route = rules[0].attributes[0].value.compile().unwrap();
-        for hit in
-            ["/health", "/healthz", "/readyz", "/livez", "/metrics", "/actuator/health", "/health/live", "/-/ready"]
-        {
-            assert!(route.is_match(hit), "{hit}");
+        let patterns: Vec<Pattern> = rules[0].attributes.iter().map(|a| a.value.compile().unwrap()).collect();
+        let hit = |v: &str| patterns.iter().any(|p| p.is_match(v));
+        for route in [
+            "/health",
+            "/healthz",
+            "/readyz",
+            "/livez",
+            "/metrics",
+            "/actuator/health",
+            "/health/live",
+            "/-/ready",
+            "/livez/etcd",
+        ] {
+            assert!(hit(route), "{route}");
         }
-        for miss in ["/", "/api/health-insurance", "/checkout", "/metricsx", "/users/healthz"] {
-            assert!(!route.is_match(miss), "{miss}");
+        for route in ["/", "/api/health-insurance", "/checkout", "/metricsx", "/users/healthz"] {
+            assert!(!hit(route), "{route}");
         }
+    }
+
+    #[test]
+    fn regex_literal_prefixes_only_skip_what_cannot_match() {
+        assert_eq!(literal_prefix("/api/v[0-9]+/.*"), "/api/v");
+        assert_eq!(literal_prefix("/users?"), "/user");
+        assert_eq!(literal_prefix("/a|/b"), "");
+        assert_eq!(literal_prefix("(?i)/api"), "");
+        assert_eq!(literal_prefix("plain"), "plain");
+        let p = StringMatch::regex("/users?/[0-9]+").compile().unwrap();
+        assert!(p.is_match("/user/1") && p.is_match("/users/22") && !p.is_match("/items/1"));
     }
 }

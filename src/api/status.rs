@@ -153,6 +153,10 @@ pub struct WorkloadCoverage {
     #[serde(skip)]
     #[schemars(skip)]
     pub rule_rates: BTreeMap<String, RuleRate>,
+    /// Bytes of kept spans per second, its agents summed (not shown: `sampling` has it).
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub kept_bytes_rate: Option<f64>,
 }
 
 /// Spans per second of one rule: received (before sampling) and kept.
@@ -362,6 +366,12 @@ pub struct WorkloadSampling {
     pub effective_ratio: f64,
     /// The rule that decided most of its spans (`default`: no rule matched them).
     pub rule: String,
+    /// Bytes per second of the kept spans (OTLP protobuf before compression).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kept_bytes_per_second: Option<f64>,
+    /// Pods whose agents' rates are summed here.
+    #[serde(default)]
+    pub pods: u32,
 }
 
 impl TracingPolicyStatus {

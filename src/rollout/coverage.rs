@@ -88,6 +88,9 @@ pub fn workload_coverage<'r>(
         for (rule, rate) in &report.sampling.rates {
             c.rule_rates.entry(rule.clone()).or_default().add(*rate);
         }
+        if let Some(bytes) = report.sampling.kept_bytes_rate {
+            *c.kept_bytes_rate.get_or_insert(0.0) += bytes;
+        }
         if let Some(at) = report.last_span_at {
             last_span = last_span.max(Some(at));
             if age(now, at) <= SILENT_AFTER {

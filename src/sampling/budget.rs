@@ -35,6 +35,20 @@ pub struct Scope {
     pub budget: Option<f64>,
     /// The ratio in effect now, if one was decided before.
     pub current: Option<f64>,
+    /// Spans per second kept over the same window as `received` (at `current`): what is kept
+    /// beyond `current × received` was kept whatever the ratio (`keepErrors`) and counts
+    /// against the budget too.
+    pub kept: Option<f64>,
+}
+
+impl Scope {
+    /// Spans per second kept whatever the ratio (error spans), estimated from the last window.
+    pub fn forced(&self) -> f64 {
+        match (self.kept, self.received) {
+            (Some(k), Some(r)) => (k - self.current.unwrap_or(self.ratio).min(self.ratio) * r).max(0.0),
+            _ => 0.0,
+        }
+    }
 }
 
 /// The decision for one scope.
@@ -67,8 +81,8 @@ pub fn effective_ratios(scopes: &[Scope], policy_budget: Option<f64>, min_ratio:
     let mut targets: Vec<(f64, bool, bool)> = scopes
         .iter()
         .map(|s| match (s.budget, s.received) {
-            (Some(b), Some(r)) if r > 0.0 && s.ratio * r > HEADROOM * b => {
-                let want = HEADROOM * b / r;
+            (Some(b), Some(r)) if r > 0.0 && s.ratio * r + s.forced() > HEADROOM * b => {
+                let want = (HEADROOM * b - s.forced()) / r;
                 (want.max(floor(s)), true, want < floor(s))
             }
             (Some(_), _) => (s.ratio, true, false),
@@ -78,9 +92,10 @@ pub fn effective_ratios(scopes: &[Scope], policy_budget: Option<f64>, min_ratio:
     // 2. Every scope scaled by one factor under the policy's budget.
     let mut policy_unmet = false;
     if let Some(b) = policy_budget {
-        let kept: f64 = scopes.iter().zip(&targets).map(|(s, (t, _, _))| t * s.received.unwrap_or(0.0)).sum();
-        if kept > HEADROOM * b {
-            let factor = HEADROOM * b / kept;
+        let forced: f64 = scopes.iter().map(Scope::forced).sum();
+        let sampled: f64 = scopes.iter().zip(&targets).map(|(s, (t, _, _))| t * s.received.unwrap_or(0.0)).sum();
+        if sampled + forced > HEADROOM * b {
+            let factor = ((HEADROOM * b - forced) / sampled).max(0.0);
             for (s, t) in scopes.iter().zip(targets.iter_mut()) {
                 if t.0 > 0.0 {
                     t.0 = (t.0 * factor).max(floor(s));
@@ -88,7 +103,7 @@ pub fn effective_ratios(scopes: &[Scope], policy_budget: Option<f64>, min_ratio:
                 t.1 = true;
             }
             let after: f64 = scopes.iter().zip(&targets).map(|(s, (t, _, _))| t * s.received.unwrap_or(0.0)).sum();
-            policy_unmet = after > b;
+            policy_unmet = after + forced > b;
         } else {
             for t in targets.iter_mut() {
                 t.1 = true;
@@ -97,8 +112,10 @@ pub fn effective_ratios(scopes: &[Scope], policy_budget: Option<f64>, min_ratio:
     }
     // 3. Hysteresis against the ratio in effect.
     let policy_over = policy_budget.is_some_and(|b| {
-        let at_current: f64 =
-            scopes.iter().map(|s| s.current.unwrap_or(s.ratio).min(s.ratio) * s.received.unwrap_or(0.0)).sum();
+        let at_current: f64 = scopes
+            .iter()
+            .map(|s| s.current.unwrap_or(s.ratio).min(s.ratio) * s.received.unwrap_or(0.0) + s.forced())
+            .sum();
         at_current > b
     });
     let scopes = scopes
@@ -126,7 +143,7 @@ pub fn effective_ratios(scopes: &[Scope], policy_budget: Option<f64>, min_ratio:
 /// Whether `current` keeps more than the scope's own budget allows at the measured rate.
 fn over_budget(s: &Scope, current: f64) -> bool {
     match (s.budget, s.received) {
-        (Some(b), Some(r)) => current * r > b,
+        (Some(b), Some(r)) => current * r + s.forced() > b,
         _ => false,
     }
 }
@@ -137,7 +154,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn scope(name: &str, received: f64, ratio: f64, budget: Option<f64>, current: Option<f64>) -> Scope {
-        Scope { name: name.into(), received: Some(received), ratio, budget, current }
+        Scope { name: name.into(), received: Some(received), ratio, budget, current, kept: None }
     }
 
     fn kept(scopes: &[Scope], r: &Ratios) -> f64 {
@@ -185,8 +202,20 @@ mod tests {
 
     #[test]
     fn unmeasured_scopes_keep_their_ratio() {
-        let s = Scope { name: "a".into(), received: None, ratio: 0.5, budget: Some(10.0), current: None };
+        let s = Scope { name: "a".into(), received: None, ratio: 0.5, budget: Some(10.0), current: None, kept: None };
         assert_eq!(effective_ratios(&[s], Some(5.0), 0.001).scopes[0].ratio, 0.5);
+    }
+
+    #[test]
+    fn spans_kept_whatever_the_ratio_count_against_the_budget() {
+        // 1000/s at 0.1 kept 150/s: 50/s were error spans kept regardless.
+        let s = Scope { kept: Some(150.0), ..scope("a", 1000.0, 1.0, Some(100.0), Some(0.1)) };
+        assert!((s.forced() - 50.0).abs() < 1e-9);
+        let r = effective_ratios(&[s], None, 0.001);
+        assert!((r.scopes[0].ratio - (97.0 - 50.0) / 1000.0).abs() < 1e-9);
+        let all_errors = Scope { kept: Some(500.0), ..scope("a", 1000.0, 1.0, Some(100.0), Some(0.1)) };
+        let r = effective_ratios(&[all_errors], None, 0.001);
+        assert!(r.scopes[0].unmet && r.scopes[0].ratio == 0.001);
     }
 
     #[test]

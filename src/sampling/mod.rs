@@ -15,6 +15,7 @@
 //! pods, so it only ever acts on bursts.
 
 pub mod budget;
+pub mod projection;
 pub mod rates;
 pub mod render;
 
@@ -106,6 +107,7 @@ pub fn plan(
         ratio,
         budget: budget.map(f64::from),
         current: previous_ratio(name),
+        kept: if measured { Some(total.get(name).map_or(0.0, |r| r.kept)) } else { None },
     };
     let mut scopes: Vec<Scope> =
         spec.rules.iter().map(|r| scope(&r.name, r.base_ratio().get(), r.spans_per_second)).collect();
@@ -204,6 +206,7 @@ pub fn annotate_workloads(namespaces: &mut [crate::api::NamespaceStatus], plan: 
         for w in &mut ns.workloads {
             // The budgets' input, not part of the status (it would never compare equal to the stored one).
             w.rule_rates.clear();
+            w.kept_bytes_rate = None;
             w.sampling = plan.workloads.get(&(ns.name.clone(), format!("{}/{}", w.kind, w.name))).cloned();
         }
     }
@@ -227,6 +230,8 @@ fn workload_sampling(w: &WorkloadCoverage, plan: &SamplingPlan, spec: &SamplingS
         kept_spans_per_second: round(sum.kept),
         effective_ratio: round(ratio),
         rule: rule.clone(),
+        kept_bytes_per_second: w.kept_bytes_rate.map(round),
+        pods: w.reporting.max(1),
     })
 }
 

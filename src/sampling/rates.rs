@@ -23,11 +23,15 @@ pub struct PodSampling {
     pub counted_at: Option<Timestamp>,
     /// Spans per second between the two last baselines, by rule.
     pub rates: BTreeMap<String, RuleRate>,
+    /// Kept bytes of the baseline report.
+    pub kept_bytes: u64,
+    /// Kept bytes per second between the two last baselines (`None`: not measured).
+    pub kept_bytes_rate: Option<f64>,
 }
 
 impl PodSampling {
     /// The state after a report with `counts` received at `now`.
-    pub fn next(&self, counts: &BTreeMap<String, RuleCounts>, now: Timestamp) -> PodSampling {
+    pub fn next(&self, counts: &BTreeMap<String, RuleCounts>, kept_bytes: u64, now: Timestamp) -> PodSampling {
         let counts: BTreeMap<String, RuleCounts> = counts
             .iter()
             .filter(|(name, _)| name.len() <= MAX_RULE_NAME)
@@ -35,7 +39,7 @@ impl PodSampling {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         let Some(before) = self.counted_at else {
-            return PodSampling { counts, counted_at: Some(now), rates: BTreeMap::new() };
+            return PodSampling { counts, counted_at: Some(now), kept_bytes, ..Default::default() };
         };
         let window = now.duration_since(before).as_secs_f64();
         if window < MIN_WINDOW_SECS {
@@ -51,7 +55,8 @@ impl PodSampling {
                 Some((name.clone(), RuleRate { received: received as f64 / window, kept: kept as f64 / window }))
             })
             .collect();
-        PodSampling { counts, counted_at: Some(now), rates }
+        let kept_bytes_rate = kept_bytes.checked_sub(self.kept_bytes).map(|b| b as f64 / window);
+        PodSampling { counts, counted_at: Some(now), rates, kept_bytes, kept_bytes_rate }
     }
 }
 
@@ -69,14 +74,15 @@ mod tests {
 
     #[test]
     fn rates_come_from_the_difference_of_two_reports() {
-        let first = PodSampling::default().next(&counts(&[("default", 100, 50)]), at(0));
+        let first = PodSampling::default().next(&counts(&[("default", 100, 50)]), 1000, at(0));
         assert!(first.rates.is_empty(), "one report makes no rate");
-        let second = first.next(&counts(&[("default", 400, 80), ("api", 30, 30)]), at(30));
+        let second = first.next(&counts(&[("default", 400, 80), ("api", 30, 30)]), 4000, at(30));
+        assert_eq!(second.kept_bytes_rate, Some(100.0));
         assert_eq!(second.rates["default"], RuleRate { received: 10.0, kept: 1.0 });
         assert_eq!(second.rates["api"], RuleRate { received: 1.0, kept: 1.0 });
-        let early = second.next(&counts(&[("default", 500, 90)]), at(32));
+        let early = second.next(&counts(&[("default", 500, 90)]), 5000, at(32));
         assert_eq!(early, second, "a report 2 s later changes nothing");
-        let restarted = second.next(&counts(&[("default", 3, 1)]), at(60));
+        let restarted = second.next(&counts(&[("default", 3, 1)]), 10, at(60));
         assert!(restarted.rates.is_empty());
     }
 
@@ -86,7 +92,7 @@ mod tests {
         let refs: Vec<(&str, u64, u64)> = many.iter().map(|(n, r, k)| (n.as_str(), *r, *k)).collect();
         let mut c = counts(&refs);
         c.insert("x".repeat(300), RuleCounts::default());
-        let s = PodSampling::default().next(&c, at(0));
+        let s = PodSampling::default().next(&c, 0, at(0));
         assert_eq!(s.counts.len(), MAX_RULES);
         assert!(s.counts.keys().all(|k| k.len() <= MAX_RULE_NAME));
     }

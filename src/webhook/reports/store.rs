@@ -44,7 +44,7 @@ impl ReportStore {
         let mut reports = self.reports.write().unwrap_or_else(|p| p.into_inner());
         // Rates need the previous counters of the same pod.
         let before = reports.get(&pod.pod_uid).map(|old| &old.sampling).cloned().unwrap_or_default();
-        new.sampling = before.next(&report.sampling_rules, now);
+        new.sampling = before.next(&report.sampling_rules, report.kept_bytes, now);
         let material = match reports.get(&pod.pod_uid) {
             None => true,
             Some(old) => {
@@ -117,6 +117,7 @@ mod tests {
             uptime_seconds: 5,
             last_span_age_seconds: last_span_age,
             sampling_rules: BTreeMap::new(),
+            kept_bytes: 0,
         }
     }
 
