@@ -306,7 +306,7 @@ fn throughput(p: &Pipeline, requests: &[Vec<u8>], for_: Duration) -> f64 {
 
 fn main() {
     let mut rng = fastrand::Rng::with_seed(17);
-    let requests: Vec<Vec<u8>> = (0..400).map(|_| request(&mut rng)).collect();
+    let requests: Vec<Vec<u8>> = (0..1000).map(|_| request(&mut rng)).collect();
 
     // Rules' cost first (the budget run then has a warm cache either way).
     let plain = pipeline();

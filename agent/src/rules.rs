@@ -125,7 +125,7 @@ pub struct RuleSet {
 }
 
 /// What the span matcher needs to know about one span.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct SpanFacts<'a> {
     pub kind: Option<SpanKind>,
     /// Values of [`RuleSet::keys`] (string attributes only), by index.

@@ -111,10 +111,12 @@ pub const MAX_REGEX_LEN: usize = 256;
 pub enum Pattern {
     Exact(String),
     Prefix(String),
-    /// A regex, with the literal every match starts with (checked first: most values fail
-    /// there, without running the regex engine).
+    /// A regex, with the literal every match starts with and the literals every match contains
+    /// in order (checked first: most values fail there, without running the regex engine,
+    /// which is slow in `regex-lite`).
     Regex {
         literal: String,
+        required: Vec<String>,
         regex: regex_lite::Regex,
     },
 }
@@ -127,23 +129,111 @@ impl Pattern {
         }
         // Anchored: a route pattern means the whole route, as users write them.
         let regex = regex_lite::Regex::new(&format!("^(?:{pattern})$")).map_err(|e| bad(e.to_string()))?;
-        Ok(Pattern::Regex { literal: literal_prefix(pattern), regex })
+        Ok(Pattern::Regex { literal: literal_prefix(pattern), required: required_literals(pattern), regex })
     }
 
     pub fn is_match(&self, value: &str) -> bool {
         match self {
             Pattern::Exact(e) => value == e,
             Pattern::Prefix(p) => value.starts_with(p.as_str()),
-            Pattern::Regex { literal, regex } => value.starts_with(literal.as_str()) && regex.is_match(value),
+            Pattern::Regex { literal, required, regex } => {
+                value.starts_with(literal.as_str()) && contains_in_order(value, required) && regex.is_match(value)
+            }
         }
     }
+}
+
+/// Whether `value` contains each of `literals`, in order, without overlap.
+fn contains_in_order(value: &str, literals: &[String]) -> bool {
+    let mut rest = value;
+    for l in literals {
+        match rest.find(l.as_str()) {
+            Some(i) => rest = &rest[i + l.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
+/// Runs of plain characters that every match of a simple regex contains, in order: none for a
+/// pattern with an alternation or flags (conservative); groups, classes, escapes and `.` end a
+/// run, and a character made optional by `?`, `*` or `{0...}` is left out.
+fn required_literals(pattern: &str) -> Vec<String> {
+    if pattern.contains('|') || pattern.contains("(?") {
+        return Vec::new();
+    }
+    let chars: Vec<char> = pattern.chars().collect();
+    let mut out = Vec::new();
+    let mut run = String::new();
+    let mut i = 0;
+    let end_run = |run: &mut String, out: &mut Vec<String>| {
+        if !run.is_empty() {
+            out.push(std::mem::take(run));
+        }
+    };
+    while i < chars.len() {
+        let c = chars[i];
+        match c {
+            '*' | '?' => {
+                run.pop();
+                end_run(&mut run, &mut out);
+            }
+            '+' => end_run(&mut run, &mut out),
+            '{' => {
+                let close = chars[i..].iter().position(|&c| c == '}').map_or(chars.len(), |p| i + p);
+                let min: String =
+                    chars[i + 1..close.min(chars.len())].iter().take_while(|c| c.is_ascii_digit()).collect();
+                if min.is_empty() || min.parse::<u32>().unwrap_or(0) == 0 {
+                    run.pop();
+                }
+                end_run(&mut run, &mut out);
+                i = close;
+            }
+            '[' | '(' => {
+                end_run(&mut run, &mut out);
+                // Skip to the matching close, minding escapes and nesting.
+                let (open, close) = if c == '[' { ('[', ']') } else { ('(', ')') };
+                let mut depth = 0;
+                let mut j = i;
+                while j < chars.len() {
+                    match chars[j] {
+                        '\\' => j += 1,
+                        x if x == open => depth += 1,
+                        x if x == close => {
+                            depth -= 1;
+                            if depth == 0 {
+                                break;
+                            }
+                        }
+                        _ => {}
+                    }
+                    j += 1;
+                }
+                i = j;
+            }
+            '\\' => {
+                match chars.get(i + 1) {
+                    Some(e) if e.is_ascii_punctuation() => run.push(*e),
+                    Some(e) if "dDwWsSbBAz".contains(*e) => end_run(&mut run, &mut out),
+                    // `\x41`, `\u{..}`, `\n`...: not worth reading; no prefilter.
+                    _ => return Vec::new(),
+                }
+                i += 1;
+            }
+            '.' | '^' | '$' | ')' | ']' | '}' => end_run(&mut run, &mut out),
+            plain => run.push(plain),
+        }
+        i += 1;
+    }
+    end_run(&mut run, &mut out);
+    out
 }
 
 /// The plain characters a regex's every match begins with: none when it has an alternation or
 /// flags anywhere (conservative), and without the last one when a quantifier follows it.
 fn literal_prefix(pattern: &str) -> String {
     const META: &[char] = &['\\', '.', '+', '*', '?', '(', ')', '|', '[', ']', '{', '}', '^', '$'];
-    if pattern.contains('|') || pattern.starts_with("(?") {
+    if pattern.contains('|') || pattern.contains("(?") {
         return String::new();
     }
     let end = pattern.find(META).unwrap_or(pattern.len());
@@ -296,6 +386,35 @@ mod tests {
         }
         for route in ["/", "/api/health-insurance", "/checkout", "/metricsx", "/users/healthz"] {
             assert!(!hit(route), "{route}");
+        }
+    }
+
+    #[test]
+    fn required_literals_of_simple_regexes() {
+        assert_eq!(required_literals("/api/v[0-9]+/users/.*"), ["/api/v", "/users/"]);
+        assert_eq!(required_literals("/users?/[0-9]+"), ["/user", "/"]);
+        assert_eq!(required_literals("/a(bc)?/d"), ["/a", "/d"]);
+        assert!(required_literals("/a(b|c)/d").is_empty());
+        assert!(required_literals("ab(?i)cd").is_empty());
+        assert!(required_literals("a\\x41").is_empty());
+        assert_eq!(required_literals("x{0,2}y{2}z"), ["y", "z"]);
+        assert_eq!(required_literals("\\d+\\.json"), [".json"]);
+        assert!(required_literals("/a|/b").is_empty());
+        assert!(contains_in_order("/api/v1/users/7", &["/api/v".into(), "/users/".into()]));
+        assert!(!contains_in_order("/users/api/v1", &["/api/v".into(), "/users/".into()]));
+    }
+
+    proptest::proptest! {
+        /// The prefilters never reject a value the regex matches.
+        #[test]
+        fn prefilters_never_change_the_answer(
+            pattern in "(/|a|b|[ab]|x\\+|\\.|\\d|\\?|\\*|\\{1,2\\}|\\(a\\)|\\[0-9\\]){1,8}",
+            value in "[/ab.x0-9]{0,12}",
+        ) {
+            if let Ok(Pattern::Regex { regex, .. }) = StringMatch::regex(&pattern).compile() {
+                let p = StringMatch::regex(&pattern).compile().unwrap();
+                proptest::prop_assert_eq!(p.is_match(&value), regex.is_match(&value), "pattern {:?}", pattern);
+            }
         }
     }
 

@@ -94,6 +94,7 @@ pub fn process<'a>(request: &'a [u8], rules: Rules<'a>, out: &mut Vec<u8>) -> Re
         attr_state: Vec::new(),
         services_ok: Vec::new(),
         tally: rules.sampling.map(|s| vec![RuleTally::default(); s.len() + 1]).unwrap_or_default(),
+        memo: Vec::new(),
     };
     let result = ingest.request(request, out).map(|mut processed| {
         processed.rules = std::mem::take(&mut ingest.tally);
@@ -129,7 +130,13 @@ struct Ingest<'a> {
     /// Per rule, whether the current resource's `service.name` lets it match.
     services_ok: Vec<bool>,
     tally: Vec<RuleTally>,
+    /// The last decisions of this resource (span facts -> rule): spans of one service repeat a
+    /// few routes, and comparing facts is cheaper than trying every rule again.
+    memo: Vec<(SpanFacts<'a>, usize)>,
 }
+
+/// Decisions remembered per resource.
+const MEMO: usize = 8;
 
 /// The body of a length-delimited field (`check_field` has verified the wire type).
 fn body<'a>(field: &Field<'a>) -> &'a [u8] {
@@ -185,6 +192,7 @@ impl<'a> Ingest<'a> {
                 (k == "service.name" && *state != AttrState::Present).then_some(v.as_str())
             });
             set.service_matches(ours.or(service.value), &mut self.services_ok);
+            self.memo.clear();
         }
 
         let mut counts = Ingested::default();
@@ -333,7 +341,17 @@ impl<'a> Ingest<'a> {
         let kept = match sampling {
             None => sample(self.rules.threshold, self.fresh_state.as_deref(), trace_id, trace_state),
             Some(set) => {
-                let rule = set.decide(&self.services_ok, &facts);
+                let rule = match self.memo.iter().find(|(f, _)| *f == facts) {
+                    Some((_, rule)) => *rule,
+                    None => {
+                        let rule = set.decide(&self.services_ok, &facts);
+                        if self.memo.len() == MEMO {
+                            self.memo.remove(0);
+                        }
+                        self.memo.push((facts, rule));
+                        rule
+                    }
+                };
                 let outcome = set.outcome(rule);
                 let tally = &mut self.tally[rule];
                 tally.received += 1;

@@ -169,3 +169,28 @@ async fn a_config_with_a_bad_rule_is_rejected_and_the_previous_one_stays() {
     assert_eq!(agent.report().config_generation, 1);
     agent.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_rule_decides_per_resource_even_for_identical_spans() {
+    let dir = temp_dir("service-rule");
+    let cfg = dir.join("config.yaml");
+    let yaml = config_yaml(1, "http://127.0.0.1:9", "http/protobuf", 1.0, "").replace(
+        "  ratio: 1\n",
+        "  ratio: 1\n  rules:\n    - name: batch\n      services: [{exact: shop-batch}]\n      attributes: [{key: http.route, exact: /jobs}]\n      ratio: 0\n",
+    );
+    write_atomic(&cfg, &yaml);
+    let agent = agent(&cfg).await;
+    assert!(wait_until(Duration::from_secs(5), || agent.report().config_generation == 1).await);
+    let mut req = request(spans(10, &[("http.route", "/jobs")], false));
+    let mut batch = req.resource_spans[0].clone();
+    batch.resource = Some(opentelemetry_proto::tonic::resource::v1::Resource {
+        attributes: vec![kv("service.name", "shop-batch")],
+        ..Default::default()
+    });
+    // Frontend, batch, frontend: the same span facts in each, decided by the resource's service.
+    req.resource_spans = vec![req.resource_spans[0].clone(), batch, req.resource_spans[0].clone()];
+    send(&agent, &req).await;
+    assert_eq!(rule_counts(&agent, "batch"), (10, 0, 0));
+    assert_eq!(rule_counts(&agent, "default"), (20, 20, 0));
+    agent.shutdown().await;
+}
