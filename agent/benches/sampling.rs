@@ -196,7 +196,7 @@ fn budget_run(requests: &[Vec<u8>]) -> f64 {
         let secs = INTERVAL.as_secs_f64();
         let rate = |name: &str| {
             let (a, b) = (now.get(name).cloned().unwrap_or_default(), last.get(name).cloned().unwrap_or_default());
-            ((a.received - b.received) as f64 / secs, (a.kept - b.kept) as f64 / secs)
+            ((a.received - b.received) as f64 / secs, (a.kept_errors - b.kept_errors) as f64 / secs)
         };
         let kept_now: u64 = now.values().map(|c| c.kept).sum::<u64>() - last.values().map(|c| c.kept).sum::<u64>();
         if interval >= CONVERGE_INTERVALS {
@@ -205,14 +205,14 @@ fn budget_run(requests: &[Vec<u8>]) -> f64 {
         let scopes: Vec<budget::Scope> = base
             .iter()
             .map(|(name, ratio)| {
-                let (received, kept) = rate(name);
+                let (received, kept_errors) = rate(name);
                 budget::Scope {
                     name: name.to_string(),
                     received: Some(received),
                     ratio: *ratio,
                     budget: None,
                     current: current.get(*name).copied(),
-                    kept: Some(kept),
+                    kept_errors: Some(kept_errors),
                 }
             })
             .collect();
@@ -225,7 +225,7 @@ fn budget_run(requests: &[Vec<u8>]) -> f64 {
             ratio: 0.0,
             budget: None,
             current: Some(0.0),
-            kept: Some(hk),
+            kept_errors: Some(hk),
         });
         let decided = budget::effective_ratios(&all, Some(BUDGET), MIN_RATIO);
         let expected_total: f64 = decided.scopes.iter().filter_map(|d| d.expected).sum::<f64>().max(1.0);

@@ -42,6 +42,15 @@ pub struct RuleLabel {
     pub rule: String,
 }
 
+/// One rule's counters (handles to the `/metrics` families).
+#[derive(Debug, Clone, Default)]
+pub struct RuleCounters {
+    pub received: Counter,
+    pub kept: Counter,
+    pub capped: Counter,
+    pub kept_errors: Counter,
+}
+
 /// Most rule names counted separately; names beyond (reload after reload of renamed rules) are
 /// counted under [`OTHER_RULES`], so a config cannot grow the metrics without bound.
 pub const MAX_RULE_NAMES: usize = 128;
@@ -90,6 +99,7 @@ pub struct Metrics {
     pub rule_received: Family<RuleLabel, Counter>,
     pub rule_kept: Family<RuleLabel, Counter>,
     pub rule_capped: Family<RuleLabel, Counter>,
+    pub rule_kept_errors: Family<RuleLabel, Counter>,
     /// Bytes of kept spans queued for export (protobuf, before compression).
     pub kept_bytes: Counter,
     /// The rule names counted so far (for the report; `Family` cannot be listed).
@@ -113,6 +123,7 @@ impl Default for Metrics {
             rule_received: Family::default(),
             rule_kept: Family::default(),
             rule_capped: Family::default(),
+            rule_kept_errors: Family::default(),
             kept_bytes: Counter::default(),
             rule_names: Default::default(),
         }
@@ -135,17 +146,18 @@ impl Metrics {
             .sum()
     }
 
-    /// The (received, kept, capped) counters of rule `name`, shared with `/metrics`.
-    pub fn rule_counters(&self, name: &str) -> (Counter, Counter, Counter) {
+    /// The counters of rule `name`, shared with `/metrics`.
+    pub fn rule_counters(&self, name: &str) -> RuleCounters {
         let mut names = self.rule_names.lock().unwrap_or_else(|p| p.into_inner());
         let name = if names.contains(name) || names.len() < MAX_RULE_NAMES { name } else { OTHER_RULES };
         names.insert(name.to_string());
         let label = RuleLabel { rule: name.to_string() };
-        (
-            self.rule_received.get_or_create(&label).clone(),
-            self.rule_kept.get_or_create(&label).clone(),
-            self.rule_capped.get_or_create(&label).clone(),
-        )
+        RuleCounters {
+            received: self.rule_received.get_or_create(&label).clone(),
+            kept: self.rule_kept.get_or_create(&label).clone(),
+            capped: self.rule_capped.get_or_create(&label).clone(),
+            kept_errors: self.rule_kept_errors.get_or_create(&label).clone(),
+        }
     }
 
     /// Every rule's counters since start, for the report.
@@ -159,6 +171,7 @@ impl Metrics {
                     received: self.rule_received.get_or_create(&label).get(),
                     kept: self.rule_kept.get_or_create(&label).get(),
                     capped: self.rule_capped.get_or_create(&label).get(),
+                    kept_errors: self.rule_kept_errors.get_or_create(&label).get(),
                 };
                 (label.rule, counts)
             })
@@ -192,6 +205,11 @@ impl Metrics {
             "rule_spans_kept",
             "Spans a sampling rule kept (error spans kept by keepErrors included)",
             self.rule_kept.clone(),
+        );
+        r.register(
+            "rule_spans_kept_errors",
+            "Error spans a rule kept only because of keepErrors (also in rule_spans_kept)",
+            self.rule_kept_errors.clone(),
         );
         r.register(
             "kept_bytes",

@@ -11,7 +11,6 @@ use super::sampler::Threshold;
 use super::wire::{self, Rules, WireError};
 use bytes::Bytes;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use prometheus_client::metrics::counter::Counter;
 use std::cell::RefCell;
 use std::sync::{Arc, RwLock};
 
@@ -51,7 +50,7 @@ pub struct Pipeline {
     pub metrics: Arc<Metrics>,
     pub services: ServicesSeen,
     /// The fallback rule's counters, for requests processed without rules.
-    fallback: (Counter, Counter, Counter),
+    fallback: super::metrics::RuleCounters,
 }
 
 impl Pipeline {
@@ -117,15 +116,16 @@ impl Pipeline {
             Some(set) => {
                 for (i, t) in tallies.iter().enumerate().filter(|(_, t)| t.received > 0) {
                     let outcome = set.outcome(i);
-                    outcome.received.inc_by(t.received);
-                    outcome.kept.inc_by(t.kept);
-                    outcome.capped.inc_by(t.capped);
+                    let c = &outcome.counters;
+                    c.received.inc_by(t.received);
+                    c.kept.inc_by(t.kept);
+                    c.capped.inc_by(t.capped);
+                    c.kept_errors.inc_by(t.kept_errors);
                 }
             }
             None => {
-                let (received, kept, _) = &self.fallback;
-                received.inc_by((counts.received - counts.rejected) as u64);
-                kept.inc_by(counts.queued as u64);
+                self.fallback.received.inc_by((counts.received - counts.rejected) as u64);
+                self.fallback.kept.inc_by(counts.queued as u64);
             }
         }
     }

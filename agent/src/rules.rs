@@ -14,10 +14,9 @@
 //! this pod's share of a budget before the operator lowers the ratio.
 
 use super::enrich::PodIdentity;
-use super::metrics::Metrics;
+use super::metrics::{Metrics, RuleCounters};
 use super::sampler::Threshold;
 use super::tracestate;
-use prometheus_client::metrics::counter::Counter;
 use std::sync::Mutex;
 use std::time::Instant;
 use tracelight_contract::config::AgentSampling;
@@ -42,9 +41,7 @@ pub struct Outcome {
     /// The tracestate of a span without one once kept at `threshold` (built once).
     pub fresh_state: Option<String>,
     pub cap: Option<Mutex<TokenBucket>>,
-    pub received: Counter,
-    pub kept: Counter,
-    pub capped: Counter,
+    pub counters: RuleCounters,
 }
 
 impl Outcome {
@@ -54,15 +51,13 @@ impl Outcome {
             Threshold::Keep(t) if t > 0 => Some(tracestate::with_threshold("", t)),
             _ => None,
         };
-        let (received, kept, capped) = metrics.rule_counters(name);
+        let counters = metrics.rule_counters(name);
         Outcome {
             name: name.to_string(),
             threshold,
             fresh_state,
             cap: cap.map(|rate| Mutex::new(TokenBucket::new(rate))),
-            received,
-            kept,
-            capped,
+            counters,
         }
     }
 

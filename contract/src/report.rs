@@ -122,9 +122,9 @@ mod tests {
     fn fixture_report_v3() -> AgentReport {
         let mut r = fixture_report(3, Some("0.3.0"));
         r.sampling_rules = BTreeMap::from([
-            ("default".into(), RuleCounts { received: 10, kept: 5, capped: 0 }),
-            ("health-checks".into(), RuleCounts { received: 2, kept: 0, capped: 0 }),
-            ("checkout-api".into(), RuleCounts { received: 0, kept: 0, capped: 1 }),
+            ("default".into(), RuleCounts { received: 10, kept: 5, capped: 0, kept_errors: 0 }),
+            ("health-checks".into(), RuleCounts { received: 2, kept: 1, capped: 0, kept_errors: 1 }),
+            ("checkout-api".into(), RuleCounts { received: 0, kept: 0, capped: 1, kept_errors: 0 }),
         ]);
         r.kept_bytes = 2400;
         r

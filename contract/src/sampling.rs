@@ -335,6 +335,10 @@ pub struct RuleCounts {
     /// Spans the ratio kept but the local cap dropped.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub capped: u64,
+    /// Spans kept only because of `keepErrors` (the ratio dropped their trace), in `kept` too:
+    /// the budget arithmetic counts them apart from what the ratio keeps.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub kept_errors: u64,
 }
 
 fn is_zero(n: &u64) -> bool {

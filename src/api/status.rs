@@ -164,12 +164,15 @@ pub struct WorkloadCoverage {
 pub struct RuleRate {
     pub received: f64,
     pub kept: f64,
+    /// Of `kept`, the error spans kept only because of `keepErrors`.
+    pub kept_errors: f64,
 }
 
 impl RuleRate {
     pub fn add(&mut self, other: RuleRate) {
         self.received += other.received;
         self.kept += other.kept;
+        self.kept_errors += other.kept_errors;
     }
 }
 

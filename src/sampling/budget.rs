@@ -35,19 +35,14 @@ pub struct Scope {
     pub budget: Option<f64>,
     /// The ratio in effect now, if one was decided before.
     pub current: Option<f64>,
-    /// Spans per second kept over the same window as `received` (at `current`): what is kept
-    /// beyond `current × received` was kept whatever the ratio (`keepErrors`) and counts
-    /// against the budget too.
-    pub kept: Option<f64>,
+    /// Spans per second kept whatever the ratio (error spans kept by `keepErrors`, as the agents
+    /// count them): they count against the budget too, and no ratio changes them.
+    pub kept_errors: Option<f64>,
 }
 
 impl Scope {
-    /// Spans per second kept whatever the ratio (error spans), estimated from the last window.
     pub fn forced(&self) -> f64 {
-        match (self.kept, self.received) {
-            (Some(k), Some(r)) => (k - self.current.unwrap_or(self.ratio).min(self.ratio) * r).max(0.0),
-            _ => 0.0,
-        }
+        self.kept_errors.unwrap_or(0.0).max(0.0)
     }
 }
 
@@ -154,7 +149,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn scope(name: &str, received: f64, ratio: f64, budget: Option<f64>, current: Option<f64>) -> Scope {
-        Scope { name: name.into(), received: Some(received), ratio, budget, current, kept: None }
+        Scope { name: name.into(), received: Some(received), ratio, budget, current, kept_errors: None }
     }
 
     fn kept(scopes: &[Scope], r: &Ratios) -> f64 {
@@ -202,18 +197,25 @@ mod tests {
 
     #[test]
     fn unmeasured_scopes_keep_their_ratio() {
-        let s = Scope { name: "a".into(), received: None, ratio: 0.5, budget: Some(10.0), current: None, kept: None };
+        let s = Scope {
+            name: "a".into(),
+            received: None,
+            ratio: 0.5,
+            budget: Some(10.0),
+            current: None,
+            kept_errors: None,
+        };
         assert_eq!(effective_ratios(&[s], Some(5.0), 0.001).scopes[0].ratio, 0.5);
     }
 
     #[test]
     fn spans_kept_whatever_the_ratio_count_against_the_budget() {
-        // 1000/s at 0.1 kept 150/s: 50/s were error spans kept regardless.
-        let s = Scope { kept: Some(150.0), ..scope("a", 1000.0, 1.0, Some(100.0), Some(0.1)) };
+        // 1000/s at 0.1: 50/s error spans kept regardless.
+        let s = Scope { kept_errors: Some(50.0), ..scope("a", 1000.0, 1.0, Some(100.0), Some(0.1)) };
         assert!((s.forced() - 50.0).abs() < 1e-9);
         let r = effective_ratios(&[s], None, 0.001);
         assert!((r.scopes[0].ratio - (97.0 - 50.0) / 1000.0).abs() < 1e-9);
-        let all_errors = Scope { kept: Some(500.0), ..scope("a", 1000.0, 1.0, Some(100.0), Some(0.1)) };
+        let all_errors = Scope { kept_errors: Some(400.0), ..scope("a", 1000.0, 1.0, Some(100.0), Some(0.1)) };
         let r = effective_ratios(&[all_errors], None, 0.001);
         assert!(r.scopes[0].unmet && r.scopes[0].ratio == 0.001);
     }

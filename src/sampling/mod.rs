@@ -107,7 +107,7 @@ pub fn plan(
         ratio,
         budget: budget.map(f64::from),
         current: previous_ratio(name),
-        kept: if measured { Some(total.get(name).map_or(0.0, |r| r.kept)) } else { None },
+        kept_errors: if measured { Some(total.get(name).map_or(0.0, |r| r.kept_errors)) } else { None },
     };
     let mut scopes: Vec<Scope> =
         spec.rules.iter().map(|r| scope(&r.name, r.base_ratio().get(), r.spans_per_second)).collect();
@@ -266,7 +266,10 @@ mod tests {
         WorkloadCoverage {
             reporting,
             injected: reporting,
-            rule_rates: rates.iter().map(|(n, r, k)| (n.to_string(), RuleRate { received: *r, kept: *k })).collect(),
+            rule_rates: rates
+                .iter()
+                .map(|(n, r, k)| (n.to_string(), RuleRate { received: *r, kept: *k, kept_errors: 0.0 }))
+                .collect(),
             ..Default::default()
         }
     }

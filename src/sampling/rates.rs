@@ -52,7 +52,9 @@ impl PodSampling {
                 // A counter that went down: the agent restarted; no rate for this window.
                 let received = c.received.checked_sub(old.received)?;
                 let kept = c.kept.checked_sub(old.kept)?;
-                Some((name.clone(), RuleRate { received: received as f64 / window, kept: kept as f64 / window }))
+                let errors = c.kept_errors.checked_sub(old.kept_errors)?;
+                let rate = |n: u64| n as f64 / window;
+                Some((name.clone(), RuleRate { received: rate(received), kept: rate(kept), kept_errors: rate(errors) }))
             })
             .collect();
         let kept_bytes_rate = kept_bytes.checked_sub(self.kept_bytes).map(|b| b as f64 / window);
@@ -65,7 +67,10 @@ mod tests {
     use super::*;
 
     fn counts(pairs: &[(&str, u64, u64)]) -> BTreeMap<String, RuleCounts> {
-        pairs.iter().map(|(n, r, k)| (n.to_string(), RuleCounts { received: *r, kept: *k, capped: 0 })).collect()
+        pairs
+            .iter()
+            .map(|(n, r, k)| (n.to_string(), RuleCounts { received: *r, kept: *k, ..Default::default() }))
+            .collect()
     }
 
     fn at(s: i64) -> Timestamp {
@@ -78,8 +83,8 @@ mod tests {
         assert!(first.rates.is_empty(), "one report makes no rate");
         let second = first.next(&counts(&[("default", 400, 80), ("api", 30, 30)]), 4000, at(30));
         assert_eq!(second.kept_bytes_rate, Some(100.0));
-        assert_eq!(second.rates["default"], RuleRate { received: 10.0, kept: 1.0 });
-        assert_eq!(second.rates["api"], RuleRate { received: 1.0, kept: 1.0 });
+        assert_eq!(second.rates["default"], RuleRate { received: 10.0, kept: 1.0, kept_errors: 0.0 });
+        assert_eq!(second.rates["api"], RuleRate { received: 1.0, kept: 1.0, kept_errors: 0.0 });
         let early = second.next(&counts(&[("default", 500, 90)]), 5000, at(32));
         assert_eq!(early, second, "a report 2 s later changes nothing");
         let restarted = second.next(&counts(&[("default", 3, 1)]), 10, at(60));

@@ -82,6 +82,7 @@ pub struct RuleTally {
     pub received: u64,
     pub kept: u64,
     pub capped: u64,
+    pub kept_errors: u64,
 }
 
 /// Process one encoded request: the kept spans are appended to `out` as `resource_spans`
@@ -308,10 +309,9 @@ impl<'a> Ingest<'a> {
         let (mut trace_id, mut span_id, mut trace_state): (&[u8], &[u8], &str) = (&[], &[], "");
         let mut fields = Fields::new(span);
         while let Some(field) = fields.next_field()? {
-            // The tracestate is checked here, the attributes the rules read by `key_value`, the
-            // rest (nested attributes too) by the schema.
+            // The tracestate is checked here, the rest (nested attributes too) by the schema.
             let read_attribute = field.number == 9 && !keys.is_empty();
-            check_field(Message::Span, &field, depth, field.number == 3 || read_attribute)?;
+            check_field(Message::Span, &field, depth, field.number == 3)?;
             match field.number {
                 1 => trace_id = body(&field),
                 2 => span_id = body(&field),
@@ -322,8 +322,7 @@ impl<'a> Ingest<'a> {
                     }
                 }
                 9 if read_attribute => {
-                    let (key, value) = key_value(body(&field), depth)?;
-                    if let Some(slot) = keys.iter().position(|k| *k == key) {
+                    if let Some((slot, value)) = wanted_attribute(body(&field), keys)? {
                         if facts.values[slot].is_none() {
                             facts.values[slot] = value;
                         }
@@ -360,6 +359,7 @@ impl<'a> Ingest<'a> {
                     if set.keep_errors && is_error {
                         // Kept whatever the ratio: possibly part of a trace dropped elsewhere.
                         kept = Kept::AsIs;
+                        tally.kept_errors += 1;
                     }
                 } else if !outcome.admit() {
                     tally.capped += 1;
@@ -404,6 +404,40 @@ fn sample<'s>(threshold: Threshold, fresh: Option<&'s str>, trace_id: &[u8], tra
             Decision::Keep(Some(state)) => Kept::Rewritten(state),
         },
     }
+}
+
+/// A (validated) `KeyValue` whose key is one of `keys`: the key's index and the value when it
+/// is a string. Other attributes cost a look at their key only.
+fn wanted_attribute<'a>(kv: &'a [u8], keys: &[&str]) -> Result<Option<(usize, Option<&'a str>)>, WireError> {
+    let mut slot = None;
+    let mut value = None;
+    let mut fields = Fields::new(kv);
+    while let Some(field) = fields.next_field()? {
+        match (field.number, field.value) {
+            (1, Value::Len(key)) => {
+                slot = keys.iter().position(|k| k.as_bytes() == key);
+                if slot.is_none() {
+                    return Ok(None);
+                }
+            }
+            (2, Value::Len(any)) => {
+                // The last member of the oneof wins, as in `any_value_string`.
+                let mut inner = Fields::new(any);
+                let mut v = None;
+                while let Some(f) = inner.next_field()? {
+                    v = match (f.number, f.value) {
+                        (1, Value::Len(s)) => Some(utf8(s)?),
+                        _ => None,
+                    };
+                }
+                if !any.is_empty() {
+                    value = v;
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(slot.map(|s| (s, value)))
 }
 
 /// Whether a (validated) `Status` says `STATUS_CODE_ERROR` (2); the last occurrence wins.
