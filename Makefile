@@ -90,6 +90,10 @@ e2e-agent: ## Agent interop: Rust + Python SDKs -> agent -> real OpenTelemetry C
 bench-agent: ## Agent hot path (decode, sample, enrich, queue); last line is RESULT agent_spans_per_sec=...
 	$(CARGO) bench --locked -p tracelight-agent --bench agent
 
+.PHONY: bench-sampling
+bench-sampling: ## Sampling: a budget under a realistic route mix (operator loop simulated) and the cost of 20 rules; last line is RESULT budget=... achieved=... error_pct=... rules_cost_pct=...
+	$(CARGO) bench --locked -p tracelight-agent --bench sampling
+
 .PHONY: bench-agent-compare
 bench-agent-compare: agent-release ## Agent vs OpenTelemetry Collector, same pipeline and load; last line is RESULT throughput_ratio=...
 	$(CARGO) build --release --locked -p tracelight-agent --example otlp_loadgen

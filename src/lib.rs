@@ -12,5 +12,6 @@ pub mod cli;
 pub mod controller;
 pub mod inject;
 pub mod rollout;
+pub mod sampling;
 pub mod telemetry;
 pub mod webhook;

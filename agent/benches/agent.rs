@@ -79,7 +79,12 @@ fn pipeline() -> Pipeline {
         workload_name: Some("shop-frontend".into()),
     };
     let p = Pipeline::new(identity.clone(), queue, metrics);
-    p.set_live(LiveSettings { threshold: Threshold::for_ratio(0.5), attributes: identity.attributes(), generation: 1 });
+    p.set_live(LiveSettings {
+        threshold: Threshold::for_ratio(0.5),
+        attributes: identity.attributes(),
+        generation: 1,
+        rules: None,
+    });
     p
 }
 

@@ -64,5 +64,7 @@ pub fn build_report(shared: &Shared) -> Report {
         uptime_seconds: shared.started.elapsed().as_secs(),
         last_span_age_seconds: shared.pipeline.services.last_span_age().map(|age| age.as_secs()),
         truncated: shared.pipeline.services.truncation(),
+        sampling_rules: shared.metrics.rule_counts(),
+        kept_bytes: shared.metrics.kept_bytes.get(),
     }
 }

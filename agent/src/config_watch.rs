@@ -8,6 +8,7 @@ use super::enrich;
 use super::exporter::Client;
 use super::metrics::{ReloadLabel, ReloadResult};
 use super::pipeline::LiveSettings;
+use super::rules::RuleSet;
 use super::sampler::Threshold;
 use super::settings::{self, Settings};
 use super::Shared;
@@ -93,10 +94,13 @@ impl ConfigWatcher {
         let client = Client::build(&s.export, self.export_timeout)?;
         let c = &s.config;
         let attributes = enrich::attributes_to_add(&self.shared.pipeline.identity, &c.resource_attributes);
-        self.shared.pipeline.set_live(LiveSettings {
+        let pipeline = &self.shared.pipeline;
+        let rules = RuleSet::compile(&c.sampling, &pipeline.identity, &pipeline.metrics)?;
+        pipeline.set_live(LiveSettings {
             threshold: Threshold::for_ratio(c.sampling.ratio.get()),
             attributes,
             generation: c.generation,
+            rules: (!rules.is_plain()).then(|| Arc::new(rules)),
         });
         // Queued spans stay in the queue; the export loop picks up the new client for its next batch.
         self.clients.send_replace(Some(Arc::new(client)));
@@ -104,6 +108,7 @@ impl ConfigWatcher {
             generation = c.generation,
             policy = %c.policy,
             ratio = c.sampling.ratio.get(),
+            rules = c.sampling.rules.len(),
             endpoint = %s.export.endpoint,
             protocol = c.collector.protocol.as_str(),
             "config applied"
@@ -120,6 +125,8 @@ enum ReloadError {
     Settings(#[from] settings::SettingsError),
     #[error("cannot build the exporter: {0}")]
     Build(#[from] super::exporter::BuildError),
+    #[error(transparent)]
+    Rules(#[from] super::rules::RulesError),
 }
 
 /// A hash of the config file and every file it references (API key, CA); unreadable files hash

@@ -120,7 +120,11 @@ mod tests {
 
     /// The protobuf step after decoding: validate, sample, enrich.
     fn process(bytes: &[u8]) -> Result<usize, crate::wire::WireError> {
-        let rules = crate::wire::Rules { threshold: crate::sampler::Threshold::for_ratio(0.5), attributes: &[] };
+        let rules = crate::wire::Rules {
+            threshold: crate::sampler::Threshold::for_ratio(0.5),
+            attributes: &[],
+            sampling: None,
+        };
         let mut out = Vec::new();
         crate::wire::process(bytes, rules, &mut out).map(|p| p.counts.queued)
     }

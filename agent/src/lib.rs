@@ -42,6 +42,7 @@ pub mod receiver_grpc;
 pub mod receiver_http;
 pub mod report;
 pub mod report_push;
+pub mod rules;
 pub mod sampler;
 pub mod server;
 pub mod settings;

@@ -36,6 +36,26 @@ pub struct ReasonLabel {
     pub reason: DropReason,
 }
 
+/// A sampling rule's name (`default` for the fallback).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RuleLabel {
+    pub rule: String,
+}
+
+/// One rule's counters (handles to the `/metrics` families).
+#[derive(Debug, Clone, Default)]
+pub struct RuleCounters {
+    pub received: Counter,
+    pub kept: Counter,
+    pub capped: Counter,
+    pub kept_errors: Counter,
+}
+
+/// Most rule names counted separately; names beyond (reload after reload of renamed rules) are
+/// counted under [`OTHER_RULES`], so a config cannot grow the metrics without bound.
+pub const MAX_RULE_NAMES: usize = 128;
+pub const OTHER_RULES: &str = "other";
+
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
 pub enum Outcome {
     Success,
@@ -75,6 +95,15 @@ pub struct Metrics {
     pub export_duration: Family<OutcomeLabel, Histogram>,
     pub config_generation: Gauge,
     pub config_reloads: Family<ReloadLabel, Counter>,
+    /// Per sampling rule: spans it decided, kept, and kept by the ratio but dropped by the cap.
+    pub rule_received: Family<RuleLabel, Counter>,
+    pub rule_kept: Family<RuleLabel, Counter>,
+    pub rule_capped: Family<RuleLabel, Counter>,
+    pub rule_kept_errors: Family<RuleLabel, Counter>,
+    /// Bytes of kept spans queued for export (protobuf, before compression).
+    pub kept_bytes: Counter,
+    /// The rule names counted so far (for the report; `Family` cannot be listed).
+    rule_names: std::sync::Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl Default for Metrics {
@@ -91,6 +120,12 @@ impl Default for Metrics {
             export_duration: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.001, 2.0, 14))),
             config_generation: Gauge::default(),
             config_reloads: Family::default(),
+            rule_received: Family::default(),
+            rule_kept: Family::default(),
+            rule_capped: Family::default(),
+            rule_kept_errors: Family::default(),
+            kept_bytes: Counter::default(),
+            rule_names: Default::default(),
         }
     }
 }
@@ -111,6 +146,38 @@ impl Metrics {
             .sum()
     }
 
+    /// The counters of rule `name`, shared with `/metrics`.
+    pub fn rule_counters(&self, name: &str) -> RuleCounters {
+        let mut names = self.rule_names.lock().unwrap_or_else(|p| p.into_inner());
+        let name = if names.contains(name) || names.len() < MAX_RULE_NAMES { name } else { OTHER_RULES };
+        names.insert(name.to_string());
+        let label = RuleLabel { rule: name.to_string() };
+        RuleCounters {
+            received: self.rule_received.get_or_create(&label).clone(),
+            kept: self.rule_kept.get_or_create(&label).clone(),
+            capped: self.rule_capped.get_or_create(&label).clone(),
+            kept_errors: self.rule_kept_errors.get_or_create(&label).clone(),
+        }
+    }
+
+    /// Every rule's counters since start, for the report.
+    pub fn rule_counts(&self) -> std::collections::BTreeMap<String, tracelight_contract::sampling::RuleCounts> {
+        let names = self.rule_names.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        names
+            .into_iter()
+            .map(|rule| {
+                let label = RuleLabel { rule };
+                let counts = tracelight_contract::sampling::RuleCounts {
+                    received: self.rule_received.get_or_create(&label).get(),
+                    kept: self.rule_kept.get_or_create(&label).get(),
+                    capped: self.rule_capped.get_or_create(&label).get(),
+                    kept_errors: self.rule_kept_errors.get_or_create(&label).get(),
+                };
+                (label.rule, counts)
+            })
+            .collect()
+    }
+
     /// A registry with every metric under the `tracelight_agent` prefix.
     pub fn registry(&self) -> Registry {
         let mut r = Registry::with_prefix("tracelight_agent");
@@ -129,6 +196,31 @@ impl Metrics {
         r.register("export_duration_seconds", "Duration of export requests", self.export_duration.clone());
         r.register("config_generation", "Policy generation of the config in effect", self.config_generation.clone());
         r.register("config_reloads", "Config reloads, by result", self.config_reloads.clone());
+        r.register(
+            "rule_spans_received",
+            "Spans decided by a sampling rule, before sampling",
+            self.rule_received.clone(),
+        );
+        r.register(
+            "rule_spans_kept",
+            "Spans a sampling rule kept (error spans kept by keepErrors included)",
+            self.rule_kept.clone(),
+        );
+        r.register(
+            "rule_spans_kept_errors",
+            "Error spans a rule kept only because of keepErrors (also in rule_spans_kept)",
+            self.rule_kept_errors.clone(),
+        );
+        r.register(
+            "kept_bytes",
+            "Bytes of kept spans queued for export (protobuf, uncompressed)",
+            self.kept_bytes.clone(),
+        );
+        r.register(
+            "rule_spans_capped",
+            "Spans a rule's ratio kept but its local spans-per-second cap dropped",
+            self.rule_capped.clone(),
+        );
         r
     }
 }

@@ -6,6 +6,7 @@ use super::enrich::PodIdentity;
 use super::metrics::{DropReason, Metrics, Transport, TransportLabel};
 use super::queue::{Batch, Queue};
 use super::report::ServicesSeen;
+use super::rules::RuleSet;
 use super::sampler::Threshold;
 use super::wire::{self, Rules, WireError};
 use bytes::Bytes;
@@ -16,16 +17,20 @@ use std::sync::{Arc, RwLock};
 pub use super::wire::Ingested;
 
 /// The part of the config that the ingest path applies; swapped whole on reload.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct LiveSettings {
+    /// The ratio's threshold, for every span when there are no rules.
     pub threshold: Threshold,
     pub attributes: Vec<(String, String)>,
     pub generation: i64,
+    /// Sampling rules, `keepErrors`, caps; `None` when the config has none (the fast path:
+    /// spans are counted under the fallback rule in bulk).
+    pub rules: Option<Arc<RuleSet>>,
 }
 
 impl Default for LiveSettings {
     fn default() -> Self {
-        LiveSettings { threshold: Threshold::Keep(0), attributes: Vec::new(), generation: 0 }
+        LiveSettings { threshold: Threshold::Keep(0), attributes: Vec::new(), generation: 0, rules: None }
     }
 }
 
@@ -44,12 +49,22 @@ pub struct Pipeline {
     pub queue: Arc<Queue>,
     pub metrics: Arc<Metrics>,
     pub services: ServicesSeen,
+    /// The fallback rule's counters, for requests processed without rules.
+    fallback: super::metrics::RuleCounters,
 }
 
 impl Pipeline {
     pub fn new(identity: PodIdentity, queue: Arc<Queue>, metrics: Arc<Metrics>) -> Pipeline {
         let live = LiveSettings { attributes: identity.attributes(), ..LiveSettings::default() };
-        Pipeline { live: RwLock::new(Arc::new(live)), identity, queue, metrics, services: ServicesSeen::default() }
+        let fallback = metrics.rule_counters(tracelight_contract::sampling::FALLBACK_RULE);
+        Pipeline {
+            live: RwLock::new(Arc::new(live)),
+            identity,
+            queue,
+            metrics,
+            services: ServicesSeen::default(),
+            fallback,
+        }
     }
 
     pub fn live(&self) -> Arc<LiveSettings> {
@@ -66,7 +81,7 @@ impl Pipeline {
     #[tracing::instrument(level = "debug", skip_all, fields(transport = ?transport, bytes = request.len()))]
     pub fn ingest(&self, request: &[u8], transport: Transport) -> Result<Ingested, WireError> {
         let live = self.live();
-        let rules = Rules { threshold: live.threshold, attributes: &live.attributes };
+        let rules = Rules { threshold: live.threshold, attributes: &live.attributes, sampling: live.rules.as_deref() };
         SCRATCH.with_borrow_mut(|out| {
             out.clear();
             let result = wire::process(request, rules, out).map(|processed| {
@@ -74,7 +89,9 @@ impl Pipeline {
                     self.services.record(service.unwrap_or("unknown_service"), spans as u64);
                 }
                 let counts = processed.counts;
+                self.count_rules(live.rules.as_deref(), &processed.rules, counts);
                 if counts.queued > 0 {
+                    self.metrics.kept_bytes.inc_by(out.len() as u64);
                     self.queue.push(Batch::from_encoded(Bytes::copy_from_slice(out), counts.queued));
                 }
                 self.metrics.received.get_or_create(&TransportLabel { transport }).inc_by(counts.received as u64);
@@ -90,6 +107,27 @@ impl Pipeline {
             }
             result
         })
+    }
+
+    /// Adds a request's per-rule tallies to the rules' counters; without rules, every valid span
+    /// was the fallback's.
+    fn count_rules(&self, rules: Option<&RuleSet>, tallies: &[wire::RuleTally], counts: Ingested) {
+        match rules {
+            Some(set) => {
+                for (i, t) in tallies.iter().enumerate().filter(|(_, t)| t.received > 0) {
+                    let outcome = set.outcome(i);
+                    let c = &outcome.counters;
+                    c.received.inc_by(t.received);
+                    c.kept.inc_by(t.kept);
+                    c.capped.inc_by(t.capped);
+                    c.kept_errors.inc_by(t.kept_errors);
+                }
+            }
+            None => {
+                self.fallback.received.inc_by((counts.received - counts.rejected) as u64);
+                self.fallback.kept.inc_by(counts.queued as u64);
+            }
+        }
     }
 
     /// Ingest a decoded request (OTLP/JSON, tests): encoded, then [`Pipeline::ingest`].
@@ -147,6 +185,7 @@ pub(crate) mod tests {
             threshold: Threshold::for_ratio(0.5),
             attributes: vec![("k8s.pod.name".into(), "p".into())],
             generation: 7,
+            rules: None,
         });
         let mut high = [0u8; 16];
         high[9] = 0xff;

@@ -15,8 +15,10 @@
 //!   field fails), so it is written from the frozen [`v1::AgentConfig`] and never gains a field.
 //!   The operator keeps writing it while such agents may run.
 //! - `config.v2.yaml` ([`ConfigFile::V2`]): agents from contract 2 on ignore fields they do not
-//!   know, so this file can grow.
+//!   know, so this file can grow. Contract 3 added the sampling rules, `keepErrors` and local
+//!   caps to `sampling`; a contract-2 agent ignores them and applies `sampling.ratio` to all.
 
+use crate::sampling::AgentRule;
 use crate::{CollectorProtocol, Compression, Ratio, CONTRACT_VERSION};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -124,8 +126,31 @@ pub struct AgentCollector {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct AgentSampling {
-    /// Ratio the agent applies (1 when the SDKs sample).
+    /// Ratio the agent applies to spans no rule decides (1 when the SDKs sample); a policy
+    /// budget already folded in.
     pub ratio: Ratio,
+    /// Contract 3: keep spans with error status whatever the ratio or cap (absent: false, the
+    /// behaviour of contract 2).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub keep_errors: bool,
+    /// Contract 3: rules evaluated in order, first match wins (see [`crate::sampling`]).
+    /// Contract-2 agents ignore them and apply `ratio` to every span.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<AgentRule>,
+    /// Contract 3: local cap on this pod's kept spans per second for the spans no rule decides.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spans_per_second: Option<f64>,
+}
+
+impl AgentSampling {
+    /// Only a ratio, as contract 2 had it.
+    pub fn ratio(ratio: Ratio) -> AgentSampling {
+        AgentSampling { ratio, keep_errors: false, rules: Vec::new(), spans_per_second: None }
+    }
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// A config read by the agent, with what it did not understand.
@@ -227,7 +252,28 @@ mod tests {
 
     const V1_FIXTURE: &str = include_str!("../fixtures/config/v1.yaml");
     const V2_FIXTURE: &str = include_str!("../fixtures/config/v2.yaml");
+    const V3_FIXTURE: &str = include_str!("../fixtures/config/v3.yaml");
     const FUTURE_FIXTURE: &str = include_str!("../fixtures/config/future.yaml");
+
+    /// The contract-3 fixture: the contract-2 config plus rules, `keepErrors` and a cap.
+    fn fixture_config_v3(contract_version: u32) -> AgentConfig {
+        use crate::sampling::{health_check_rules, AttributeMatch, SpanKind, StringMatch};
+        let mut c = fixture_config(contract_version);
+        c.sampling.keep_errors = true;
+        c.sampling.spans_per_second = Some(40.0);
+        c.sampling.rules = health_check_rules();
+        c.sampling.rules.truncate(1);
+        c.sampling.rules.extend([AgentRule {
+            name: "checkout-api".into(),
+            workloads: vec!["Deployment/checkout".into()],
+            services: vec![StringMatch::prefix("checkout")],
+            span_kinds: vec![SpanKind::Server],
+            attributes: vec![AttributeMatch { key: "http.route".into(), value: StringMatch::regex("/api/.*") }],
+            ratio: Ratio::new(0.5).unwrap(),
+            spans_per_second: Some(12.5),
+        }]);
+        c
+    }
 
     /// The config the fixtures hold, built in code: a renamed or retyped field breaks the test.
     fn fixture_config(contract_version: u32) -> AgentConfig {
@@ -244,7 +290,7 @@ mod tests {
                 ca_file: Some("/etc/tracelight/secret/ca.crt".into()),
                 insecure_skip_verify: false,
             },
-            sampling: AgentSampling { ratio: Ratio::new(0.25).unwrap() },
+            sampling: AgentSampling::ratio(Ratio::new(0.25).unwrap()),
             resource_attributes: BTreeMap::from([("deployment.environment".into(), "prod".into())]),
         }
     }
@@ -265,19 +311,77 @@ mod tests {
     }
 
     #[test]
-    fn current_agent_reads_a_future_config_and_names_what_it_ignored() {
-        let parsed = AgentConfig::parse(FUTURE_FIXTURE.as_bytes()).unwrap();
-        assert_eq!(parsed.config, fixture_config(9));
-        assert!(parsed.is_from_newer_operator());
-        assert_eq!(parsed.unknown_fields, ["collector.retry", "sampling.rules", "probes"]);
+    fn current_agent_reads_the_contract_3_config_exactly() {
+        let parsed = AgentConfig::parse(V3_FIXTURE.as_bytes()).unwrap();
+        assert_eq!(parsed.config, fixture_config_v3(3));
+        assert!(parsed.unknown_fields.is_empty(), "{:?}", parsed.unknown_fields);
+    }
+
+    /// A contract-2 agent's parser: the contract-2 types (no rules), unknown fields tolerated.
+    mod contract2 {
+        use crate::{CollectorProtocol, Ratio};
+        use serde::Deserialize;
+
+        #[derive(Deserialize, Debug)]
+        #[serde(rename_all = "camelCase")]
+        pub struct AgentConfig {
+            pub generation: i64,
+            pub collector: Collector,
+            pub sampling: Sampling,
+        }
+        #[derive(Deserialize, Debug)]
+        pub struct Collector {
+            pub protocol: CollectorProtocol,
+        }
+        #[derive(Deserialize, Debug)]
+        pub struct Sampling {
+            pub ratio: Ratio,
+        }
     }
 
     #[test]
-    fn the_current_file_renders_as_the_released_fixture() {
-        let rendered = ConfigFile::V2.render(&fixture_config(CONTRACT_VERSION));
+    fn a_contract_2_agent_reads_the_contract_3_file_and_applies_the_fallback_ratio() {
+        let rendered = ConfigFile::V2.render(&fixture_config_v3(CONTRACT_VERSION));
+        let old: contract2::AgentConfig = serde_yaml::from_str(&rendered).unwrap();
+        assert_eq!(old.sampling.ratio.get(), 0.25);
+        assert_eq!((old.generation, old.collector.protocol), (7, CollectorProtocol::Grpc));
+    }
+
+    #[test]
+    fn current_agent_reads_a_future_config_and_names_what_it_ignored() {
+        let parsed = AgentConfig::parse(FUTURE_FIXTURE.as_bytes()).unwrap();
+        let mut want = fixture_config(9);
+        want.sampling.rules = crate::sampling::health_check_rules();
+        want.sampling.rules.truncate(1);
+        assert_eq!(parsed.config, want);
+        assert!(parsed.is_from_newer_operator());
+        assert_eq!(
+            parsed.unknown_fields,
+            ["collector.retry", "sampling.rules.0.priority", "sampling.adaptive", "probes"]
+        );
+    }
+
+    #[test]
+    fn the_current_file_renders_as_the_contract_3_fixture() {
+        let rendered = ConfigFile::V2.render(&fixture_config_v3(CONTRACT_VERSION));
+        let back: serde_yaml::Value = serde_yaml::from_str(&rendered).unwrap();
+        let fixture: serde_yaml::Value = serde_yaml::from_str(V3_FIXTURE).unwrap();
+        assert_eq!(back, fixture);
+    }
+
+    #[test]
+    fn a_config_without_rules_renders_as_the_released_contract_2_fixture() {
+        let rendered = ConfigFile::V2.render(&fixture_config(2));
         let back: serde_yaml::Value = serde_yaml::from_str(&rendered).unwrap();
         let fixture: serde_yaml::Value = serde_yaml::from_str(V2_FIXTURE).unwrap();
         assert_eq!(back, fixture);
+    }
+
+    #[test]
+    fn the_v1_file_carries_the_fallback_ratio_only() {
+        let rendered = ConfigFile::V1.render(&fixture_config_v3(CONTRACT_VERSION));
+        let strict: v1::AgentConfig = serde_yaml::from_str(&rendered).unwrap();
+        assert_eq!(strict.sampling.ratio.get(), 0.25);
     }
 
     #[test]

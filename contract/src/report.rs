@@ -10,6 +10,7 @@
 //! a contract-1 agent sends neither [`AgentReport::contract_version`] nor
 //! [`AgentReport::agent_version`].
 
+use crate::sampling::RuleCounts;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -60,9 +61,22 @@ pub struct AgentReport {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_span_age_seconds: Option<u64>,
     /// What the agent cut or left out to keep the report bounded; absent when nothing was.
-    /// Added in 0.3 (optional: operators that do not know it ignore it).
+    /// Contract 3 (optional: operators that do not know it ignore it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub truncated: Option<Truncated>,
+    /// Contract 3: span counters per sampling rule since the agent started, by rule name
+    /// ([`crate::sampling::FALLBACK_RULE`] for spans no rule decided). The operator turns
+    /// successive reports into pre-sampling rates for the budgets.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub sampling_rules: BTreeMap<String, RuleCounts>,
+    /// Contract 3: bytes of the kept spans since the agent started, as queued for export
+    /// (OTLP protobuf, before compression): with the span counters, what a pod costs the backend.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub kept_bytes: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Counts of what a report does not carry whole.
@@ -123,7 +137,19 @@ mod tests {
 
     const V1_FIXTURE: &str = include_str!("../fixtures/report/v1.json");
     const V2_FIXTURE: &str = include_str!("../fixtures/report/v2.json");
+    const V3_FIXTURE: &str = include_str!("../fixtures/report/v3.json");
     const FUTURE_FIXTURE: &str = include_str!("../fixtures/report/future.json");
+
+    fn fixture_report_v3() -> AgentReport {
+        let mut r = fixture_report(3, Some("0.3.0"));
+        r.sampling_rules = BTreeMap::from([
+            ("default".into(), RuleCounts { received: 10, kept: 5, capped: 0, kept_errors: 0 }),
+            ("health-checks".into(), RuleCounts { received: 2, kept: 1, capped: 0, kept_errors: 1 }),
+            ("checkout-api".into(), RuleCounts { received: 0, kept: 0, capped: 1, kept_errors: 0 }),
+        ]);
+        r.kept_bytes = 2400;
+        r
+    }
 
     fn fixture_report(contract_version: u32, agent_version: Option<&str>) -> AgentReport {
         AgentReport {
@@ -151,6 +177,8 @@ mod tests {
             uptime_seconds: 40,
             last_span_age_seconds: Some(2),
             truncated: None,
+            sampling_rules: BTreeMap::new(),
+            kept_bytes: 0,
         }
     }
 
@@ -172,6 +200,14 @@ mod tests {
         let mut want = fixture_report(9, Some("0.9.0"));
         want.spans.dropped.insert("budgetExceeded".into(), 4);
         assert_eq!(report, want);
+    }
+
+    #[test]
+    fn operator_reads_the_contract_3_report_with_rule_counters() {
+        let report: AgentReport = serde_json::from_str(V3_FIXTURE).unwrap();
+        assert_eq!(report, fixture_report_v3());
+        let json = serde_json::to_value(fixture_report_v3()).unwrap();
+        assert_eq!(json, serde_json::from_str::<serde_json::Value>(V3_FIXTURE).unwrap());
     }
 
     #[test]

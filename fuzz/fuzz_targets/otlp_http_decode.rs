@@ -52,10 +52,25 @@ fuzz_target!(|data: &[u8]| {
     let queue = Arc::new(Queue::new(1 << 20, metrics.clone()));
     let identity = PodIdentity { pod_name: Some("p".into()), namespace: Some("ns".into()), ..Default::default() };
     let pipeline = Pipeline::new(identity, queue.clone(), metrics);
+    // An odd ratio byte: the rules path too (span kind, attributes and status read on the bytes).
+    let with_rules = *ratio % 2 == 1;
+    let ratio = f64::from(*ratio) / 255.0;
+    let rules = with_rules.then(|| {
+        let sampling = tracelight_contract::config::AgentSampling {
+            keep_errors: true,
+            rules: tracelight_contract::sampling::health_check_rules(),
+            ..tracelight_contract::config::AgentSampling::ratio(tracelight_contract::Ratio::new(ratio).expect("in range"))
+        };
+        Arc::new(
+            tracelight_agent::rules::RuleSet::compile(&sampling, &pipeline.identity, &pipeline.metrics)
+                .expect("built-in rules compile"),
+        )
+    });
     pipeline.set_live(LiveSettings {
-        threshold: Threshold::for_ratio(f64::from(*ratio) / 255.0),
+        threshold: Threshold::for_ratio(ratio),
         attributes: vec![("k8s.pod.name".into(), "p".into())],
         generation: 1,
+        rules,
     });
     let ingested = match payload {
         Payload::Protobuf(bytes) => {

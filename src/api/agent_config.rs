@@ -7,16 +7,22 @@ use tracelight_contract::config::{
 };
 use tracelight_contract::{Ratio, CONTRACT_VERSION};
 
-/// The config a policy asks for, with `effective_ratio` (the spec's ratio, or lower under a
-/// spans-per-second budget).
+/// The config a policy asks for with only a ratio, `effective_ratio` (no rules: what
+/// `tracelight inject` and tests render; the controller renders each namespace's rules with
+/// [`agent_config_with`]).
 pub fn agent_config_for(policy: &TracingPolicy, effective_ratio: Ratio) -> AgentConfig {
+    let sampling = match policy.spec.sampling.mode {
+        SamplingMode::Agent => AgentSampling::ratio(effective_ratio),
+        SamplingMode::Sdk => AgentSampling::ratio(Ratio::ALWAYS),
+    };
+    agent_config_with(policy, sampling)
+}
+
+/// The config a policy asks for, with the namespace's sampling settings.
+pub fn agent_config_with(policy: &TracingPolicy, sampling: AgentSampling) -> AgentConfig {
     let spec = &policy.spec;
     let collector = &spec.collector;
     let tls = collector.tls.clone().unwrap_or_default();
-    let agent_ratio = match spec.sampling.mode {
-        SamplingMode::Agent => effective_ratio,
-        SamplingMode::Sdk => Ratio::ALWAYS,
-    };
     AgentConfig {
         contract_version: CONTRACT_VERSION,
         generation: policy.metadata.generation.unwrap_or_default(),
@@ -33,7 +39,7 @@ pub fn agent_config_for(policy: &TracingPolicy, effective_ratio: Ratio) -> Agent
             ca_file: tls.ca_secret_ref.as_ref().map(|_| format!("{AGENT_SECRET_DIR}/{AGENT_SECRET_CA}")),
             insecure_skip_verify: tls.insecure_skip_verify,
         },
-        sampling: AgentSampling { ratio: agent_ratio },
+        sampling,
         resource_attributes: spec.resource_attributes.clone(),
     }
 }

@@ -12,6 +12,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+pub use tracelight_contract::sampling::SpanKind;
 use tracelight_contract::Ratio;
 pub use tracelight_contract::{CollectorProtocol, Compression};
 
@@ -59,6 +60,12 @@ pub use tracelight_contract::{CollectorProtocol, Compression};
         type_ = "number",
         json_path = ".spec.sampling.ratio",
         description = "Head sampling ratio"
+    ),
+    printcolumn(
+        name = "Kept/s",
+        type_ = "number",
+        json_path = ".status.sampling.spansPerSecond",
+        description = "Spans kept per second, all agents (from their reports)"
     ),
     printcolumn(
         name = "Agents",
@@ -225,12 +232,14 @@ pub fn default_secret_key() -> String {
     "api-key".to_string()
 }
 
-/// Head sampling.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+/// Head sampling: a ratio, rules per workload and route, and budgets of spans per second.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.rules) || self.rules.all(r, self.rules.exists_one(q, q.name == r.name))").message("sampling rule names must be unique").field_path(".rules"))]
 pub struct SamplingSpec {
-    /// Fraction of traces kept, between 0 and 1. Parent-based and consistent across services:
-    /// every pod keeps or drops a trace as a whole. Default: `1` (keep everything).
+    /// Fraction of traces kept, between 0 and 1, for spans no rule decides. Parent-based and
+    /// consistent across services: every pod keeps or drops a trace as a whole. Default: `1`
+    /// (keep everything).
     #[serde(default)]
     #[schemars(default = "Ratio::default")]
     pub ratio: Ratio,
@@ -238,20 +247,238 @@ pub struct SamplingSpec {
     /// Where the ratio is applied. `agent` (default): SDKs keep everything
     /// (`parentbased_always_on`) and the agent samples, so a ratio change reaches running pods
     /// live. `sdk`: SDKs sample with `parentbased_traceidratio`; a ratio change then restarts
-    /// workloads.
+    /// workloads. Rules, budgets, `dropHealthChecks` and `keepErrors` need `agent`.
     #[serde(default)]
     pub mode: SamplingMode,
 
-    /// Optional budget of exported spans per second across the policy; the operator lowers the
-    /// effective ratio to stay under it. Default: no budget.
+    /// Optional budget of kept spans per second across everything the policy governs (all
+    /// pods, all rules). The operator measures the spans the agents receive and lowers every
+    /// ratio by the same factor to stay under it, pushing the new ratios to running agents
+    /// through their ConfigMap; each agent also caps its own share locally. Default: no budget.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub spans_per_second_budget: Option<u32>,
+
+    /// Rules tried in order for each span; the first that matches decides its ratio and budget,
+    /// spans no rule matches get `ratio`. At most 32.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub rules: Vec<SamplingRule>,
+
+    /// Drop server spans of health checks and metrics scrapes: HTTP routes such as `/health`,
+    /// `/healthz`, `/ready`, `/readyz`, `/live`, `/livez`, `/ping`, `/metrics` (also under
+    /// `/-/`, `/actuator/`), and the gRPC health service `grpc.health.v1.Health`. Tried before
+    /// your rules. Default: `true`.
+    #[serde(default = "default_true")]
+    #[schemars(default = "default_true")]
+    pub drop_health_checks: bool,
+
+    /// Keep spans with error status whatever the ratio or budget. Such a span's trace may have
+    /// been dropped by other services: you get the error span, not always its whole trace.
+    /// Default: `true`.
+    #[serde(default = "default_true")]
+    #[schemars(default = "default_true")]
+    pub keep_errors: bool,
+
+    /// The smallest ratio a budget may lower a ratio to; below it the budget is reported as
+    /// not met (condition `BudgetMet` false) rather than sampling everything away.
+    /// Default: `0.001`.
+    #[serde(default = "default_min_ratio")]
+    #[schemars(default = "default_min_ratio")]
+    pub min_ratio: Ratio,
 }
 
 impl Default for SamplingSpec {
     fn default() -> Self {
-        SamplingSpec { ratio: Ratio::ALWAYS, mode: SamplingMode::Agent, spans_per_second_budget: None }
+        SamplingSpec {
+            ratio: Ratio::ALWAYS,
+            mode: SamplingMode::Agent,
+            spans_per_second_budget: None,
+            rules: Vec::new(),
+            drop_health_checks: true,
+            keep_errors: true,
+            min_ratio: default_min_ratio(),
+        }
+    }
+}
+
+pub fn default_min_ratio() -> Ratio {
+    Ratio::new(0.001).expect("in range")
+}
+
+/// One sampling rule: which spans, and how many of them to keep.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.ratio) || has(self.spansPerSecond)").message("a rule sets ratio, spansPerSecond, or both"))]
+pub struct SamplingRule {
+    /// Name of the rule, unique in the policy: its label in agent metrics and in the status.
+    /// `default` and `health-checks` are taken.
+    #[schemars(length(min = 1, max = 63), pattern(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    pub name: String,
+
+    /// Which spans the rule decides; every condition set must hold. Default: every span.
+    #[serde(default, rename = "match")]
+    pub matches: SpanMatch,
+
+    /// Fraction of the matched traces kept. Default: `1` when only `spansPerSecond` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ratio: Option<Ratio>,
+
+    /// Budget of kept spans per second for what the rule matches, summed over all pods. The
+    /// operator lowers the rule's ratio to stay under it (never above `ratio`). With `ratio`
+    /// too, the lower of the two wins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub spans_per_second: Option<u32>,
+}
+
+/// The conditions of a rule. Unset conditions match everything.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SpanMatch {
+    /// Namespaces (among those the policy governs) whose pods the rule applies to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace_selector: Option<LabelSelector>,
+    /// Workloads the rule applies to (any of them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub workloads: Vec<WorkloadMatch>,
+    /// The span's `service.name` must match one of these.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub services: Vec<StringMatch>,
+    /// The span's kind must be one of these: `server`, `client`, `internal`, `producer`,
+    /// `consumer`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub span_kinds: Vec<SpanKind>,
+    /// Span attributes. For every attribute key listed, one of its entries must match (entries
+    /// of the same key are alternatives); a span without the attribute does not match.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub attributes: Vec<AttributeMatch>,
+}
+
+/// A workload, by kind and name.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadMatch {
+    /// `Deployment`, `StatefulSet` or `DaemonSet`. Default: any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<MatchedWorkloadKind>,
+    /// The workload's name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+/// Kinds of workloads a rule can name.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum MatchedWorkloadKind {
+    Deployment,
+    StatefulSet,
+    DaemonSet,
+}
+
+impl MatchedWorkloadKind {
+    pub const ALL: [MatchedWorkloadKind; 3] =
+        [MatchedWorkloadKind::Deployment, MatchedWorkloadKind::StatefulSet, MatchedWorkloadKind::DaemonSet];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MatchedWorkloadKind::Deployment => "Deployment",
+            MatchedWorkloadKind::StatefulSet => "StatefulSet",
+            MatchedWorkloadKind::DaemonSet => "DaemonSet",
+        }
+    }
+}
+
+/// A string condition: exactly one of `exact`, `prefix`, `regex`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("[has(self.exact), has(self.prefix), has(self.regex)].filter(x, x).size() == 1").message("set exactly one of exact, prefix, regex"))]
+pub struct StringMatch {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub exact: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub prefix: Option<String>,
+    /// A regular expression matched against the whole value (Rust `regex` syntax without
+    /// Unicode classes, at most 256 characters), e.g. `/api/v[0-9]+/users/.*`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
+    pub regex: Option<String>,
+}
+
+/// A condition on a span attribute (a string attribute of the span itself).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("[has(self.exact), has(self.prefix), has(self.regex)].filter(x, x).size() == 1").message("set exactly one of exact, prefix, regex"))]
+pub struct AttributeMatch {
+    /// The attribute: `http.route`, `url.path`, `http.target`, `rpc.service`, `rpc.method` or
+    /// `messaging.destination.name`.
+    pub key: SpanAttribute,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub exact: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub prefix: Option<String>,
+    /// A regular expression matched against the whole value (at most 256 characters).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
+    pub regex: Option<String>,
+}
+
+/// The span attributes a rule can match.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum SpanAttribute {
+    #[serde(rename = "http.route")]
+    HttpRoute,
+    #[serde(rename = "url.path")]
+    UrlPath,
+    #[serde(rename = "http.target")]
+    HttpTarget,
+    #[serde(rename = "rpc.service")]
+    RpcService,
+    #[serde(rename = "rpc.method")]
+    RpcMethod,
+    #[serde(rename = "messaging.destination.name")]
+    MessagingDestinationName,
+}
+
+impl SpanAttribute {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SpanAttribute::HttpRoute => "http.route",
+            SpanAttribute::UrlPath => "url.path",
+            SpanAttribute::HttpTarget => "http.target",
+            SpanAttribute::RpcService => "rpc.service",
+            SpanAttribute::RpcMethod => "rpc.method",
+            SpanAttribute::MessagingDestinationName => "messaging.destination.name",
+        }
+    }
+}
+
+impl StringMatch {
+    /// The contract's form (what the agent reads).
+    pub fn to_contract(&self) -> tracelight_contract::sampling::StringMatch {
+        tracelight_contract::sampling::StringMatch {
+            exact: self.exact.clone(),
+            prefix: self.prefix.clone(),
+            regex: self.regex.clone(),
+        }
+    }
+}
+
+impl AttributeMatch {
+    pub fn value(&self) -> StringMatch {
+        StringMatch { exact: self.exact.clone(), prefix: self.prefix.clone(), regex: self.regex.clone() }
+    }
+}
+
+impl SamplingRule {
+    /// The rule's ratio before any budget: `ratio`, else 1.
+    pub fn base_ratio(&self) -> Ratio {
+        self.ratio.unwrap_or(Ratio::ALWAYS)
     }
 }
 

@@ -111,7 +111,7 @@ pub struct NamespaceStatus {
 pub const MAX_WORKLOADS_PER_NAMESPACE: usize = 100;
 
 /// Whether a workload's spans arrive, from its agents' reports.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct WorkloadCoverage {
     /// `Deployment`, `StatefulSet` or `DaemonSet`.
@@ -144,6 +144,36 @@ pub struct WorkloadCoverage {
     /// reported recently are not counted.
     #[serde(default, skip_serializing_if = "AgentVersions::is_empty")]
     pub agent_versions: AgentVersions,
+    /// Spans received and kept per second, the ratio in effect and the rule deciding it; absent
+    /// until two reports of one of its agents have arrived.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sampling: Option<WorkloadSampling>,
+    /// Per rule, spans per second its agents received and kept (the budgets' input; not
+    /// shown in the status).
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub rule_rates: BTreeMap<String, RuleRate>,
+    /// Bytes of kept spans per second, its agents summed (not shown: `sampling` has it).
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub kept_bytes_rate: Option<f64>,
+}
+
+/// Spans per second of one rule: received (before sampling) and kept.
+#[derive(Clone, Copy, Debug, PartialEq, Default)]
+pub struct RuleRate {
+    pub received: f64,
+    pub kept: f64,
+    /// Of `kept`, the error spans kept only because of `keepErrors`.
+    pub kept_errors: f64,
+}
+
+impl RuleRate {
+    pub fn add(&mut self, other: RuleRate) {
+        self.received += other.received;
+        self.kept += other.kept;
+        self.kept_errors += other.kept_errors;
+    }
 }
 
 /// Coverage state of one workload.
@@ -287,15 +317,64 @@ impl AgentVersions {
     }
 }
 
-/// Sampling in effect.
+/// Sampling in effect, from the agents' recent reports.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SamplingStatus {
-    /// Ratio the agents apply (lower than `spec.sampling.ratio` when a budget applies).
+    /// Ratio the agents apply to spans no rule decides: `spec.sampling.ratio`, lowered when the
+    /// policy's budget requires it.
     pub effective_ratio: f64,
-    /// Observed exported spans per second.
+    /// Spans kept per second by all agents (after sampling, rules and caps); absent before two
+    /// reports of an agent have arrived.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spans_per_second: Option<f64>,
+    /// Spans received per second by all agents, before sampling.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub received_spans_per_second: Option<f64>,
+    /// `spec.sampling.spansPerSecondBudget`, for comparison with `spansPerSecond`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<u32>,
+    /// Per rule, the built-in `health-checks` and the fallback `default` included.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<RuleSamplingStatus>,
+}
+
+/// One rule's sampling, summed over all agents.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RuleSamplingStatus {
+    pub name: String,
+    /// Ratio the agents apply for this rule now (its `ratio`, lowered by a budget).
+    pub effective_ratio: f64,
+    /// Spans the rule decided per second, before sampling.
+    #[serde(default)]
+    pub received_spans_per_second: f64,
+    /// Spans it kept per second.
+    #[serde(default)]
+    pub kept_spans_per_second: f64,
+    /// The rule's `spansPerSecond`, when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<u32>,
+}
+
+/// A workload's sampling, from its agents' recent reports.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadSampling {
+    /// Spans its agents received per second, before sampling.
+    pub received_spans_per_second: f64,
+    /// Spans its agents kept per second.
+    pub kept_spans_per_second: f64,
+    /// The ratio applied to most of its spans: that of `rule`.
+    pub effective_ratio: f64,
+    /// The rule that decided most of its spans (`default`: no rule matched them).
+    pub rule: String,
+    /// Bytes per second of the kept spans (OTLP protobuf before compression).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kept_bytes_per_second: Option<f64>,
+    /// Pods whose agents' rates are summed here.
+    #[serde(default)]
+    pub pods: u32,
 }
 
 impl TracingPolicyStatus {

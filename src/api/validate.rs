@@ -52,6 +52,7 @@ pub fn validate(spec: &TracingPolicySpec) -> Result<(), ValidationErrors> {
             "a budget needs mode \"agent\": the operator tunes the ratio in the agents".into(),
         );
     }
+    check_sampling_rules(spec, &mut push);
     if let Err(e) = check_endpoint(&spec.collector.endpoint) {
         push("spec.collector.endpoint".into(), e);
     }
@@ -74,6 +75,42 @@ pub fn validate(spec: &TracingPolicySpec) -> Result<(), ValidationErrors> {
         Ok(())
     } else {
         Err(ValidationErrors(errors))
+    }
+}
+
+/// Rules: names unique and not reserved, a ratio or budget each, patterns that compile (with the
+/// agent's regex engine), valid selectors; rules need mode `agent`.
+fn check_sampling_rules(spec: &TracingPolicySpec, push: &mut impl FnMut(String, String)) {
+    use tracelight_contract::sampling::{FALLBACK_RULE, HEALTH_CHECK_RULE};
+    let rules = &spec.sampling.rules;
+    if spec.sampling.mode == SamplingMode::Sdk && !rules.is_empty() {
+        push("spec.sampling.rules".into(), "rules need mode \"agent\": the agents apply them".into());
+    }
+    for (i, rule) in rules.iter().enumerate() {
+        let at = format!("spec.sampling.rules[{i}]");
+        if rule.name == FALLBACK_RULE || rule.name == HEALTH_CHECK_RULE {
+            push(format!("{at}.name"), format!("{:?} is reserved", rule.name));
+        }
+        if rules[..i].iter().any(|r| r.name == rule.name) {
+            push(format!("{at}.name"), format!("duplicate rule name {:?}", rule.name));
+        }
+        if rule.ratio.is_none() && rule.spans_per_second.is_none() {
+            push(at.clone(), "a rule sets ratio, spansPerSecond, or both".into());
+        }
+        let m = &rule.matches;
+        if let Some(sel) = &m.namespace_selector {
+            check_selector(&format!("{at}.match.namespaceSelector"), sel, push);
+        }
+        for (j, s) in m.services.iter().enumerate() {
+            if let Err(e) = s.to_contract().compile() {
+                push(format!("{at}.match.services[{j}]"), e.to_string());
+            }
+        }
+        for (j, a) in m.attributes.iter().enumerate() {
+            if let Err(e) = a.value().to_contract().compile() {
+                push(format!("{at}.match.attributes[{j}]"), e.to_string());
+            }
+        }
     }
 }
 
@@ -175,6 +212,43 @@ mod tests {
                 "spec.collector.endpoint"
             ]
         );
+    }
+
+    #[test]
+    fn bad_sampling_rules_are_reported_with_their_field() {
+        let mut s = spec();
+        let yaml = r#"
+rules:
+  - name: ok
+    match:
+      attributes: [{key: http.route, regex: "/api/v[0-9]+/.*"}]
+    ratio: 0.5
+  - name: bad-regex
+    match:
+      services: [{prefix: shop}]
+      attributes: [{key: url.path, exact: /a}, {key: rpc.method, regex: "(Pay"}]
+    spansPerSecond: 10
+  - name: default
+    ratio: 1
+  - name: ok
+    match:
+      namespaceSelector: {matchExpressions: [{key: team, operator: Wrong}]}
+"#;
+        s.sampling = serde_yaml::from_str(yaml).unwrap();
+        let errors = validate(&s).unwrap_err().0;
+        let fields: Vec<_> = errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            vec![
+                "spec.sampling.rules[1].match.attributes[1]",
+                "spec.sampling.rules[2].name",
+                "spec.sampling.rules[3].name",
+                "spec.sampling.rules[3]",
+                "spec.sampling.rules[3].match.namespaceSelector",
+            ]
+        );
+        assert!(errors[0].message.contains("invalid regex \"(Pay\""), "{}", errors[0].message);
+        assert!(s.sampling.drop_health_checks && s.sampling.keep_errors, "defaults on");
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! namespaces, workloads in restart order — without restarting or injecting anything. Reads the
 //! cluster (read-only); decides with the same pure functions as the controller.
 
-use crate::api::TracingPolicy;
+use crate::api::{NamespaceState, TracingPolicy, TracingPolicyStatus};
 use crate::controller::plan::plan_namespaces;
 use crate::controller::rollout::{leaving_namespaces, observation, observe_workloads, unclaimed_namespaces, Snapshot};
 use crate::inject::InjectOptions;
@@ -10,12 +10,14 @@ use crate::rollout::pod::PodSummary;
 use crate::rollout::preview::{preview, Preview};
 use crate::rollout::workload::Workload;
 use crate::rollout::RestartReason;
+use crate::sampling::projection;
 use anyhow::Context as _;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams};
 use kube::{Client, ResourceExt};
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
@@ -101,7 +103,57 @@ async fn preview_cluster(args: &PreviewArgs) -> anyhow::Result<String> {
     };
     let workloads = observe_workloads(&policy, &plan, &leaving, &snapshot, &options);
     let obs = observation(&policy, &plan, workloads, policy.status.as_ref(), Timestamp::now());
-    Ok(render(&policy.name_any(), &preview(&obs), policy.spec.rollout.paused))
+    let mut pods_by_ns: BTreeMap<String, u32> = BTreeMap::new();
+    for w in obs.workloads.iter().filter(|w| w.desired_hash.is_some()) {
+        *pods_by_ns.entry(w.id.namespace.clone()).or_default() += w.pods.total;
+    }
+    let p = preview(&obs);
+    let mut text = render(&policy.name_any(), &p, policy.spec.rollout.paused);
+    text.push_str(&render_cost(&p, policy.status.as_ref(), &pods_by_ns));
+    Ok(text)
+}
+
+/// Projected spans and bytes per second of the namespaces not rolled out yet, by phase (see
+/// [`crate::sampling::projection`] for the method).
+pub fn render_cost(p: &Preview, status: Option<&TracingPolicyStatus>, pods_by_ns: &BTreeMap<String, u32>) -> String {
+    let mut out = String::new();
+    let active = |ns: &str| status.and_then(|s| s.namespace_state(ns)) == Some(NamespaceState::Active);
+    let Some(per_pod) = status.and_then(projection::per_pod) else {
+        let _ = writeln!(out, "cost: not projected yet (no rolled-out namespace has measured rates)");
+        return out;
+    };
+    let kib = |b: Option<f64>| b.map_or("bytes not reported".to_string(), |b| format!("{:.1} KiB/s", b / 1024.0));
+    let _ = writeln!(
+        out,
+        "cost of what is not rolled out yet (per pod: {:.1} spans/s received, {:.1} kept, {}; the average of {} pod(s) reporting in {} active namespace(s), times each namespace's pods):",
+        per_pod.received,
+        per_pod.kept,
+        kib(per_pod.kept_bytes),
+        per_pod.pods,
+        per_pod.namespaces
+    );
+    let mut total = (0.0, 0.0, None::<f64>);
+    for phase in &p.phases {
+        for ns in phase.namespaces.iter().filter(|ns| !active(ns)) {
+            let pods = pods_by_ns.get(ns).copied().unwrap_or_default();
+            let c = projection::project(&per_pod, pods);
+            total.0 += c.received;
+            total.1 += c.kept;
+            if let Some(b) = c.kept_bytes {
+                *total.2.get_or_insert(0.0) += b;
+            }
+            let _ = writeln!(
+                out,
+                "  phase {:?}: {ns}: {pods} pod(s): ~{:.0} spans/s received, ~{:.0} kept, ~{}",
+                phase.settings.name,
+                c.received,
+                c.kept,
+                kib(c.kept_bytes)
+            );
+        }
+    }
+    let _ = writeln!(out, "  total to come: ~{:.0} spans/s received, ~{:.0} kept, ~{}", total.0, total.1, kib(total.2));
+    out
 }
 
 async fn list<K>(client: &Client) -> anyhow::Result<Vec<K>>
@@ -170,6 +222,49 @@ mod tests {
 
     fn id(ns: &str, name: &str) -> WorkloadId {
         WorkloadId { namespace: ns.into(), kind: WorkloadKind::Deployment, name: name.into() }
+    }
+
+    #[test]
+    fn cost_is_projected_for_namespaces_not_active_from_the_per_pod_average() {
+        use crate::api::{NamespaceStatus, WorkloadCoverage, WorkloadSampling};
+        let settings = PhaseSettings {
+            name: "expansion".into(),
+            batch_size: 1,
+            soak: Duration::from_secs(0),
+            health_deadline: Duration::from_secs(60),
+        };
+        let p = Preview {
+            phases: vec![PhasePreview { settings, namespaces: vec!["a".into(), "b".into()], batches: vec![] }],
+            ..Default::default()
+        };
+        let measured = WorkloadCoverage {
+            sampling: Some(WorkloadSampling {
+                received_spans_per_second: 200.0,
+                kept_spans_per_second: 20.0,
+                kept_bytes_per_second: Some(20480.0),
+                pods: 2,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let status = TracingPolicyStatus {
+            namespaces: vec![NamespaceStatus {
+                name: "a".into(),
+                state: NamespaceState::Active,
+                workloads: vec![measured],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let pods = BTreeMap::from([("a".to_string(), 2), ("b".to_string(), 5)]);
+        let text = render_cost(&p, Some(&status), &pods);
+        assert!(text.contains("per pod: 100.0 spans/s received, 10.0 kept, 10.0 KiB/s; the average of 2 pod(s) reporting in 1 active namespace(s)"), "{text}");
+        assert!(
+            text.contains("phase \"expansion\": b: 5 pod(s): ~500 spans/s received, ~50 kept, ~50.0 KiB/s"),
+            "{text}"
+        );
+        assert!(!text.contains(": a:"), "active namespaces are not projected: {text}");
+        assert!(render_cost(&p, None, &pods).contains("not projected yet"));
     }
 
     #[test]

@@ -149,6 +149,7 @@ mod tests {
             services: if reporting > 0 { vec![name.to_string()] } else { Vec::new() },
             last_span_time: None,
             agent_versions: AgentVersions::default(),
+            ..Default::default()
         }
     }
 

@@ -23,6 +23,8 @@ pub const DEFAULT_ROLLOUT_PHASE: &str = "default";
 pub const READY: &str = "Ready";
 pub const PROGRESSING: &str = "Progressing";
 pub const DEGRADED: &str = "Degraded";
+/// Present when the policy has a spans-per-second budget: whether every budget is met.
+pub const BUDGET_MET: &str = "BudgetMet";
 
 /// Condition reasons (also used as Event reasons where they match).
 pub mod reason {
@@ -43,6 +45,8 @@ pub mod reason {
     pub const SOAKING: &str = "Soaking";
     pub const ROLLED_BACK: &str = "RolledBack";
     pub const INJECTION_SKIPPED: &str = "InjectionSkipped";
+    pub const WITHIN_BUDGET: &str = "WithinBudget";
+    pub const BUDGET_UNMET: &str = "BudgetUnmet";
 }
 
 /// Namespaces where the webhook skipped more pods (a port conflict, say: the reason is in each
@@ -296,6 +300,10 @@ pub struct Observation {
     pub write_failures: Vec<String>,
     /// The rollout engine's verdict (`None`: not computed, the status follows namespace states).
     pub rollout: Option<RolloutOutcome>,
+    /// Sampling in effect (`None`: the spec's ratio, nothing measured).
+    pub sampling: Option<SamplingStatus>,
+    /// With a budget in the policy: the budgets that cannot be met (empty: all are).
+    pub budgets_unmet: Option<Vec<String>>,
 }
 
 /// The rollout engine's verdict, as the status reports it.
@@ -448,10 +456,18 @@ pub fn desired_status(
         None => (false, reason::AS_EXPECTED, "no problem observed".to_string()),
     };
 
-    let conditions = [(READY, ready), (PROGRESSING, progressing), (DEGRADED, degraded)]
-        .into_iter()
-        .map(|(type_, (status, why, message))| condition(type_, status, why, message, generation, prev_conditions, now))
-        .collect();
+    let budget = observed.budgets_unmet.as_ref().map(|unmet| match unmet.is_empty() {
+        true => (true, reason::WITHIN_BUDGET, "every sampling budget is met or not yet measured".to_string()),
+        false => (false, reason::BUDGET_UNMET, unmet.join("; ")),
+    });
+    let conditions =
+        [(READY, Some(ready)), (PROGRESSING, Some(progressing)), (DEGRADED, Some(degraded)), (BUDGET_MET, budget)]
+            .into_iter()
+            .filter_map(|(type_, c)| c.map(|c| (type_, c)))
+            .map(|(type_, (status, why, message))| {
+                condition(type_, status, why, message, generation, prev_conditions, now)
+            })
+            .collect();
 
     TracingPolicyStatus {
         observed_generation: generation,
@@ -464,7 +480,10 @@ pub fn desired_status(
         manifest_hash: None,
         coverage: Some(total_coverage(&observed.namespaces)),
         namespaces: observed.namespaces.clone(),
-        sampling: Some(SamplingStatus { effective_ratio: policy.spec.sampling.ratio.get(), spans_per_second: None }),
+        sampling: Some(observed.sampling.clone().unwrap_or_else(|| SamplingStatus {
+            effective_ratio: policy.spec.sampling.ratio.get(),
+            ..Default::default()
+        })),
         rollout: outcome.map(|o| o.status.clone()).or_else(|| previous.and_then(|s| s.rollout.clone())),
     }
 }

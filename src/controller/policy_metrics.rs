@@ -152,7 +152,7 @@ impl Collector for PolicyMetrics {
         );
         let mut rate = Family::<f64>::new(
             "tracelight_policy_spans_per_second",
-            "Observed exported spans per second (status.sampling.spansPerSecond)",
+            "Spans kept per second by all agents, after sampling (status.sampling.spansPerSecond)",
         );
         let mut versions = Family::new(
             "tracelight_policy_agent_pods",
@@ -303,7 +303,11 @@ mod tests {
                 agent_versions: AgentVersions::from_counts([("0.2.0".to_string(), 4), ("0.1.0".to_string(), 1)]),
                 ..Default::default()
             }),
-            sampling: Some(SamplingStatus { effective_ratio: 0.25, spans_per_second: Some(12.5) }),
+            sampling: Some(SamplingStatus {
+                effective_ratio: 0.25,
+                spans_per_second: Some(12.5),
+                ..Default::default()
+            }),
             ..Default::default()
         }
     }

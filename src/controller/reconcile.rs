@@ -8,7 +8,7 @@ use super::plan::{
     step_for, Gates, Observation, OwnedKind, OwnedObject, RolloutOutcome, Step, READY,
 };
 use super::resources::{
-    self, agent_configmap, agent_secret, is_owned_by, objects_digest, owned_selector, SecretValues, SourceKind,
+    self, agent_configmap_with, agent_secret, is_owned_by, objects_digest, owned_selector, SecretValues, SourceKind,
     WriteMemo,
 };
 use super::rollout::{
@@ -228,13 +228,15 @@ async fn apply(policy: &TracingPolicy, ctx: &Context) -> Result<Action, Error> {
     let engine = plan_rollout(policy, &plan, &policies, &namespaces, ctx, now);
     trace::record_plan(&Span::current(), &engine.plan, gates);
     let reached: BTreeSet<String> = engine.plan.active_namespaces.iter().cloned().collect();
-    let mut rollout = roll_out(policy, &plan, gates, &reached, &secret_values, ctx).await;
+    let sampling = sampling_plan(policy, &engine);
+    let mut rollout = roll_out(policy, &plan, gates, &reached, &secret_values, &sampling, ctx).await;
     add_rollout_counts(&mut rollout.namespaces, &engine, ctx);
     if ctx.reports.holds_coverage(now) {
         for ns in &mut rollout.namespaces {
             hold_coverage(ns, previous.and_then(|p| p.namespaces.iter().find(|n| n.name == ns.name)));
         }
     }
+    crate::sampling::annotate_workloads(&mut rollout.namespaces, &sampling);
 
     let owned = cached_owned(policy, ctx);
     // Injected pods of leaving namespaces still mount the agent objects: they go once it has left.
@@ -260,6 +262,8 @@ async fn apply(policy: &TracingPolicy, ctx: &Context) -> Result<Action, Error> {
         refused_secrets,
         write_failures: rollout.write_failures,
         rollout: Some(outcome),
+        budgets_unmet: crate::sampling::SamplingPlan::has_budget(&policy.spec.sampling).then(|| sampling.unmet.clone()),
+        sampling: Some(sampling.status),
     };
     let status = desired_status(policy, &observation, previous, now);
     // Most reconciles of a rollout in progress change nothing the status shows.
@@ -302,9 +306,28 @@ async fn apply(policy: &TracingPolicy, ctx: &Context) -> Result<Action, Error> {
     }
     // Secrets are not watched: look again soon for the one that is missing.
     let requeue = if observation.missing_secrets.is_empty() { REQUEUE_AFTER } else { RETRY_AFTER };
+    // Budgets follow the agents' rates: look again at every report interval.
+    let requeue =
+        if observation.budgets_unmet.is_some() { requeue.min(crate::sampling::BUDGET_INTERVAL) } else { requeue };
     // The engine asks to look again at a soak's end or a health deadline.
     let requeue = engine.plan.requeue_after.map_or(requeue, |d| requeue.min(d.max(MIN_REQUEUE)));
     Ok(Action::requeue(requeue))
+}
+
+/// Sampling ratios and caps from the agents' measured rates (the coverage carries them) and the
+/// ratios in effect (the previous status).
+fn sampling_plan(policy: &TracingPolicy, engine: &EnginePlan) -> crate::sampling::SamplingPlan {
+    let coverage: BTreeMap<String, Vec<(String, &WorkloadCoverage)>> = engine
+        .coverage
+        .iter()
+        .map(|(ns, all)| {
+            (ns.clone(), all.iter().map(|(id, c)| (format!("{}/{}", id.kind.as_str(), id.name), c)).collect())
+        })
+        .collect();
+    let previous = policy.status.as_ref().and_then(|s| s.sampling.as_ref());
+    let sampling = crate::sampling::plan(&policy.spec.sampling, &coverage, previous);
+    tracing::debug!(ratios = ?sampling.ratios, unmet = sampling.unmet.len(), "sampling plan");
+    sampling
 }
 
 /// The rollout engine's plan, with what it was computed from.
@@ -520,6 +543,7 @@ async fn roll_out(
     gates: Gates,
     reached: &BTreeSet<String>,
     secrets: &SecretValues,
+    sampling: &crate::sampling::SamplingPlan,
     ctx: &Context,
 ) -> Rollout {
     let previous = policy.status.as_ref();
@@ -528,7 +552,7 @@ async fn roll_out(
     for ns in &plan.governed {
         let mut step = step_for(previous.and_then(|s| s.namespace_state(&ns.name)), gates, reached.contains(&ns.name));
         if step.writes_config() {
-            if let Err(e) = write_agent_objects(policy, &ns.name, secrets, ctx).await {
+            if let Err(e) = write_agent_objects(policy, &ns.name, secrets, sampling, ctx).await {
                 tracing::warn!(namespace = %ns.name, error = %e, "writing agent objects failed");
                 rollout.write_failures.push(format!("{}: {e}", ns.name));
                 // An active namespace keeps its (older) config; a new one waits for the next try.
@@ -643,9 +667,13 @@ async fn write_agent_objects(
     policy: &TracingPolicy,
     namespace: &str,
     secrets: &SecretValues,
+    sampling: &crate::sampling::SamplingPlan,
     ctx: &Context,
 ) -> Result<(), Error> {
-    let cm = agent_configmap(policy, namespace, ctx.serving_ca.ca_bundle().as_deref());
+    let ns = ctx.namespaces.get(&ObjectRef::new(namespace));
+    let labels = ns.as_ref().map(|n| n.labels().clone()).unwrap_or_default();
+    let agent_sampling = crate::sampling::render::agent_sampling(&policy.spec.sampling, namespace, &labels, sampling);
+    let cm = agent_configmap_with(policy, namespace, ctx.serving_ca.ca_bundle().as_deref(), agent_sampling);
     let secret = needs_secret(policy).then(|| agent_secret(policy, namespace, secrets));
     let uid = ctx.namespaces.get(&ObjectRef::new(namespace)).and_then(|ns| ns.metadata.uid.clone());
     let key = (policy.name_any(), namespace.to_string(), uid.unwrap_or_default());

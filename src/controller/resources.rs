@@ -1,7 +1,6 @@
 //! The objects the controller owns in governed namespaces, built as pure values: the agent
 //! ConfigMap and the copied API-key / CA Secret.
 
-use crate::api::agent_config::agent_config_for;
 use crate::api::keys::{MANAGED_BY_LABEL, MANAGED_BY_VALUE};
 use crate::api::{SecretKeyRef, TracingPolicy};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
@@ -73,7 +72,24 @@ fn owned_meta(policy: &TracingPolicy, name: &str, namespace: &str) -> ObjectMeta
 /// The agent ConfigMap for `namespace`: the live settings the agent reloads without a restart.
 /// `report_ca`: the CA bundle agents verify the operator's report endpoint with, when known.
 pub fn agent_configmap(policy: &TracingPolicy, namespace: &str, report_ca: Option<&str>) -> ConfigMap {
-    let config = agent_config_for(policy, policy.spec.sampling.ratio);
+    let sampling = crate::sampling::render::agent_sampling(
+        &policy.spec.sampling,
+        namespace,
+        &BTreeMap::new(),
+        &crate::sampling::SamplingPlan::default(),
+    );
+    agent_configmap_with(policy, namespace, report_ca, sampling)
+}
+
+/// [`agent_configmap`] with the namespace's sampling settings (rules resolved, ratios and caps
+/// of the moment).
+pub fn agent_configmap_with(
+    policy: &TracingPolicy,
+    namespace: &str,
+    report_ca: Option<&str>,
+    sampling: tracelight_contract::config::AgentSampling,
+) -> ConfigMap {
+    let config = crate::api::agent_config::agent_config_with(policy, sampling);
     // Every file version, so agents of the previous release keep reading theirs during an upgrade.
     let mut data: BTreeMap<String, String> =
         ConfigFile::ALL.iter().map(|file| (file.key().to_string(), file.render(&config))).collect();

@@ -31,6 +31,8 @@ pub struct PodReport {
     pub config_generation: i64,
     /// The agent's version as the status counts it (see [`agent_version_key`]).
     pub agent_version: String,
+    /// Its sampling counters and the rates they make (contract 3 agents; empty before).
+    pub sampling: crate::sampling::rates::PodSampling,
 }
 
 /// The key a report counts under in the status's `agentVersions`: the version the agent reports
@@ -83,6 +85,12 @@ pub fn workload_coverage<'r>(
             c.current_config += 1;
         }
         services.extend(report.services.iter().cloned());
+        for (rule, rate) in &report.sampling.rates {
+            c.rule_rates.entry(rule.clone()).or_default().add(*rate);
+        }
+        if let Some(bytes) = report.sampling.kept_bytes_rate {
+            *c.kept_bytes_rate.get_or_insert(0.0) += bytes;
+        }
         if let Some(at) = report.last_span_at {
             last_span = last_span.max(Some(at));
             if age(now, at) <= SILENT_AFTER {
@@ -156,6 +164,7 @@ mod tests {
             services: vec!["frontend".into()],
             config_generation: generation,
             agent_version: "0.2.0".into(),
+            sampling: Default::default(),
         }
     }
 

@@ -17,10 +17,12 @@ pub mod reader;
 pub mod schema;
 
 use super::enrich;
+use super::rules::{RuleSet, SpanFacts};
 use super::sampler::{self, Decision, Threshold};
 use super::tracestate;
 use reader::{put_len_field, put_len_header, varint_len, wrap_len_field, Field, Fields, Value};
 use schema::{check_field, enter, utf8, Message};
+use tracelight_contract::sampling::SpanKind;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WireError {
@@ -56,9 +58,12 @@ impl Ingested {
 /// The rules one request is processed with (the live settings of the moment).
 #[derive(Debug, Clone, Copy)]
 pub struct Rules<'s> {
+    /// The ratio's threshold when there are no sampling rules (`sampling` is `None`).
     pub threshold: Threshold,
     /// Resource attributes added where the application did not set them (first of a key wins).
     pub attributes: &'s [(String, String)],
+    /// Sampling rules, `keepErrors` and caps; `None`: every span at `threshold`.
+    pub sampling: Option<&'s RuleSet>,
 }
 
 /// The outcome of a valid request.
@@ -67,14 +72,35 @@ pub struct Processed<'a> {
     pub counts: Ingested,
     /// Per resource that carried spans: its `service.name` (as queued) and how many it carried.
     pub services: Vec<(Option<&'a str>, usize)>,
+    /// With sampling rules: per rule (the fallback last), spans decided, kept, capped.
+    pub rules: Vec<RuleTally>,
+}
+
+/// What one rule did with a request's spans.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RuleTally {
+    pub received: u64,
+    pub kept: u64,
+    pub capped: u64,
+    pub kept_errors: u64,
 }
 
 /// Process one encoded request: the kept spans are appended to `out` as `resource_spans`
 /// entries (a valid request on their own). On error `out` is left as it was.
 pub fn process<'a>(request: &'a [u8], rules: Rules<'a>, out: &mut Vec<u8>) -> Result<Processed<'a>, WireError> {
     let start = out.len();
-    let mut ingest = Ingest { rules, fresh_state: fresh_state(rules.threshold), attr_state: Vec::new() };
-    let result = ingest.request(request, out);
+    let mut ingest = Ingest {
+        rules,
+        fresh_state: fresh_state(rules.threshold),
+        attr_state: Vec::new(),
+        services_ok: Vec::new(),
+        tally: rules.sampling.map(|s| vec![RuleTally::default(); s.len() + 1]).unwrap_or_default(),
+        memo: Vec::new(),
+    };
+    let result = ingest.request(request, out).map(|mut processed| {
+        processed.rules = std::mem::take(&mut ingest.tally);
+        processed
+    });
     if result.is_err() {
         out.truncate(start);
     }
@@ -102,7 +128,16 @@ struct Ingest<'a> {
     rules: Rules<'a>,
     fresh_state: Option<String>,
     attr_state: Vec<AttrState>,
+    /// Per rule, whether the current resource's `service.name` lets it match.
+    services_ok: Vec<bool>,
+    tally: Vec<RuleTally>,
+    /// The last decisions of this resource (span facts -> rule): spans of one service repeat a
+    /// few routes, and comparing facts is cheaper than trying every rule again.
+    memo: Vec<(SpanFacts<'a>, usize)>,
 }
+
+/// Decisions remembered per resource.
+const MEMO: usize = 8;
 
 /// The body of a length-delimited field (`check_field` has verified the wire type).
 fn body<'a>(field: &Field<'a>) -> &'a [u8] {
@@ -152,6 +187,14 @@ impl<'a> Ingest<'a> {
         }
         self.append_missing_attributes(out);
         wrap_len_field(out, resource_start, 1);
+        if let Some(set) = self.rules.sampling {
+            // The name the spans leave with: the application's, else the one the agent adds.
+            let ours = self.rules.attributes.iter().zip(&self.attr_state).find_map(|((k, v), state)| {
+                (k == "service.name" && *state != AttrState::Present).then_some(v.as_str())
+            });
+            set.service_matches(ours.or(service.value), &mut self.services_ok);
+            self.memo.clear();
+        }
 
         let mut counts = Ingested::default();
         let mut fields = Fields::new(body_);
@@ -257,15 +300,35 @@ impl<'a> Ingest<'a> {
     /// One span: validated, then dropped, copied, or copied with a new tracestate.
     fn span(&mut self, span: &'a [u8], depth: u32, out: &mut Vec<u8>) -> Result<Ingested, WireError> {
         let depth = enter(depth)?;
+        let sampling = self.rules.sampling;
+        // What the rules read of a span; without rules the span's other fields are only checked.
+        let keys: &[&str] = sampling.map_or(&[], |s| s.keys.as_slice());
+        let read_status = sampling.is_some_and(|s| s.keep_errors);
+        let mut facts = SpanFacts::default();
+        let mut is_error = false;
         let (mut trace_id, mut span_id, mut trace_state): (&[u8], &[u8], &str) = (&[], &[], "");
         let mut fields = Fields::new(span);
         while let Some(field) = fields.next_field()? {
             // The tracestate is checked here, the rest (nested attributes too) by the schema.
+            let read_attribute = field.number == 9 && !keys.is_empty();
             check_field(Message::Span, &field, depth, field.number == 3)?;
             match field.number {
                 1 => trace_id = body(&field),
                 2 => span_id = body(&field),
                 3 => trace_state = utf8(body(&field))?,
+                6 if sampling.is_some() => {
+                    if let Value::Varint(kind) = field.value {
+                        facts.kind = SpanKind::from_otlp(kind);
+                    }
+                }
+                9 if read_attribute => {
+                    if let Some((slot, value)) = wanted_attribute(body(&field), keys)? {
+                        if facts.values[slot].is_none() {
+                            facts.values[slot] = value;
+                        }
+                    }
+                }
+                15 if read_status => is_error = status_is_error(body(&field))?,
                 _ => {}
             }
         }
@@ -274,23 +337,41 @@ impl<'a> Ingest<'a> {
             counts.rejected = 1;
             return Ok(counts);
         }
-        let decision = match (&self.fresh_state, self.rules.threshold) {
-            // The common case without an allocation: no tracestate, a threshold to record.
-            (Some(fresh), Threshold::Keep(t)) if trace_state.is_empty() => match sampler::trace_randomness(trace_id) {
-                Some(r) if r >= t => Kept::NewState(fresh.as_str()),
-                _ => Kept::Dropped,
-            },
-            (_, threshold) => match sampler::decide(threshold, trace_id, trace_state) {
-                Decision::Drop => Kept::Dropped,
-                Decision::Keep(None) => Kept::AsIs,
-                Decision::Keep(Some(state)) => {
-                    write_with_state(span, &state, out)?;
-                    counts.queued = 1;
-                    return Ok(counts);
+        let kept = match sampling {
+            None => sample(self.rules.threshold, self.fresh_state.as_deref(), trace_id, trace_state),
+            Some(set) => {
+                let rule = match self.memo.iter().find(|(f, _)| *f == facts) {
+                    Some((_, rule)) => *rule,
+                    None => {
+                        let rule = set.decide(&self.services_ok, &facts);
+                        if self.memo.len() == MEMO {
+                            self.memo.remove(0);
+                        }
+                        self.memo.push((facts, rule));
+                        rule
+                    }
+                };
+                let outcome = set.outcome(rule);
+                let tally = &mut self.tally[rule];
+                tally.received += 1;
+                let mut kept = sample(outcome.threshold, outcome.fresh_state.as_deref(), trace_id, trace_state);
+                if matches!(kept, Kept::Dropped) {
+                    if set.keep_errors && is_error {
+                        // Kept whatever the ratio: possibly part of a trace dropped elsewhere.
+                        kept = Kept::AsIs;
+                        tally.kept_errors += 1;
+                    }
+                } else if !outcome.admit() {
+                    tally.capped += 1;
+                    kept = Kept::Dropped;
                 }
-            },
+                if !matches!(kept, Kept::Dropped) {
+                    tally.kept += 1;
+                }
+                kept
+            }
         };
-        match decision {
+        match kept {
             Kept::Dropped => counts.sampled_out = 1,
             Kept::AsIs => {
                 put_len_field(out, 2, span);
@@ -300,15 +381,82 @@ impl<'a> Ingest<'a> {
                 write_with_state(span, state, out)?;
                 counts.queued = 1;
             }
+            Kept::Rewritten(state) => {
+                write_with_state(span, &state, out)?;
+                counts.queued = 1;
+            }
         }
         Ok(counts)
     }
+}
+
+/// The sampling decision at `threshold` (`fresh`: the tracestate of a span without one kept at it).
+fn sample<'s>(threshold: Threshold, fresh: Option<&'s str>, trace_id: &[u8], trace_state: &str) -> Kept<'s> {
+    match (fresh, threshold) {
+        // The common case without an allocation: no tracestate, a threshold to record.
+        (Some(fresh), Threshold::Keep(t)) if trace_state.is_empty() => match sampler::trace_randomness(trace_id) {
+            Some(r) if r >= t => Kept::NewState(fresh),
+            _ => Kept::Dropped,
+        },
+        (_, threshold) => match sampler::decide(threshold, trace_id, trace_state) {
+            Decision::Drop => Kept::Dropped,
+            Decision::Keep(None) => Kept::AsIs,
+            Decision::Keep(Some(state)) => Kept::Rewritten(state),
+        },
+    }
+}
+
+/// A (validated) `KeyValue` whose key is one of `keys`: the key's index and the value when it
+/// is a string. Other attributes cost a look at their key only.
+fn wanted_attribute<'a>(kv: &'a [u8], keys: &[&str]) -> Result<Option<(usize, Option<&'a str>)>, WireError> {
+    let mut slot = None;
+    let mut value = None;
+    let mut fields = Fields::new(kv);
+    while let Some(field) = fields.next_field()? {
+        match (field.number, field.value) {
+            (1, Value::Len(key)) => {
+                slot = keys.iter().position(|k| k.as_bytes() == key);
+                if slot.is_none() {
+                    return Ok(None);
+                }
+            }
+            (2, Value::Len(any)) => {
+                // The last member of the oneof wins, as in `any_value_string`.
+                let mut inner = Fields::new(any);
+                let mut v = None;
+                while let Some(f) = inner.next_field()? {
+                    v = match (f.number, f.value) {
+                        (1, Value::Len(s)) => Some(utf8(s)?),
+                        _ => None,
+                    };
+                }
+                if !any.is_empty() {
+                    value = v;
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(slot.map(|s| (s, value)))
+}
+
+/// Whether a (validated) `Status` says `STATUS_CODE_ERROR` (2); the last occurrence wins.
+fn status_is_error(status: &[u8]) -> Result<bool, WireError> {
+    let mut error = false;
+    let mut fields = Fields::new(status);
+    while let Some(field) = fields.next_field()? {
+        if let (3, Value::Varint(code)) = (field.number, field.value) {
+            error = code == 2;
+        }
+    }
+    Ok(error)
 }
 
 enum Kept<'s> {
     Dropped,
     AsIs,
     NewState(&'s str),
+    Rewritten(String),
 }
 
 /// The first `service.name` attribute of a resource, as prost would give it after a merge.

@@ -9,6 +9,7 @@ mod grpc_input;
 mod receiver;
 mod reload;
 mod report;
+mod sampling_rules;
 mod sdk;
 mod support;
 mod tls;

@@ -161,7 +161,7 @@ async fn a_config_from_a_newer_operator_is_applied_and_its_unknown_fields_ignore
     let dir = temp_dir("skew");
     let cfg = dir.join("config.v2.yaml");
     let future = format!(
-        "contractVersion: 9\ngeneration: 5\npolicy: default\nprobes: {{threshold: 0.001}}\ncollector:\n  endpoint: http://{addr}\n  protocol: http/protobuf\n  compression: gzip\n  retry: {{maxElapsed: 60s}}\nsampling:\n  ratio: 1\n  rules: [{{match: {{route: /healthz}}, ratio: 0}}]\n"
+        "contractVersion: 9\ngeneration: 5\npolicy: default\nprobes: {{threshold: 0.001}}\ncollector:\n  endpoint: http://{addr}\n  protocol: http/protobuf\n  compression: gzip\n  retry: {{maxElapsed: 60s}}\nsampling:\n  ratio: 1\n  adaptive: true\n  rules: [{{name: probes, attributes: [{{key: http.route, exact: /healthz}}], ratio: 0, priority: 3}}]\n"
     );
     write_atomic(&cfg, &future);
     let agent = agent(&cfg).await;

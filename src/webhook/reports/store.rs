@@ -76,14 +76,18 @@ impl ReportStore {
             report.services.keys().take(MAX_SERVICES).map(|name| bounded_name(name).to_string()).collect();
         services.sort();
         services.dedup();
-        let new = PodReport {
+        let mut new = PodReport {
             received_at: now,
             last_span_at,
             services,
             config_generation: report.config_generation,
             agent_version: agent_version_key(report.contract_version, report.agent_version.as_deref()),
+            sampling: Default::default(),
         };
         let mut reports = self.reports.write().unwrap_or_else(|p| p.into_inner());
+        // Rates need the previous counters of the same pod.
+        let before = reports.get(&pod.pod_uid).map(|old| &old.sampling).cloned().unwrap_or_default();
+        new.sampling = before.next(&report.sampling_rules, report.kept_bytes, now);
         let material = match reports.get(&pod.pod_uid) {
             None => true,
             Some(old) => {
@@ -156,6 +160,8 @@ mod tests {
             uptime_seconds: 5,
             last_span_age_seconds: last_span_age,
             truncated: None,
+            sampling_rules: BTreeMap::new(),
+            kept_bytes: 0,
         }
     }
 
