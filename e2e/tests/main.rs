@@ -14,7 +14,9 @@
 //! Steps that stop or restart the operator cannot interleave with the others, so the cluster
 //! part is one test, [`operator_on_a_real_cluster`], running its steps in order and logging each.
 //! [`invalid_chart_values_are_rejected_by_the_schema`] and
-//! [`injected_golden_pods_are_accepted_by_the_api_server`] need no operator and run beside it.
+//! [`injected_golden_pods_are_accepted_by_the_api_server`] need no operator and run beside it;
+//! [`monitoring_objects_install_when_their_crds_exist`] takes the cluster lock too (it installs
+//! and removes the Prometheus Operator CRDs), so it runs before or after the suite.
 
 mod scale;
 mod suite;
@@ -38,6 +40,15 @@ async fn operator_on_a_real_cluster() {
 async fn invalid_chart_values_are_rejected_by_the_schema() {
     let cluster = Cluster::up().await.expect("cluster");
     suite::chart_values::rejected_by_schema(&cluster).await.expect("chart values schema");
+}
+
+/// Holds the cluster lock like the suite: it installs and removes the Prometheus Operator CRDs,
+/// which the suite's default install must not see.
+#[tokio::test]
+async fn monitoring_objects_install_when_their_crds_exist() {
+    let _lock = support::cluster_lock().expect("the e2e cluster lock");
+    let cluster = Cluster::up().await.expect("cluster");
+    suite::monitoring::objects_install_when_their_crds_exist(&cluster).await.expect("monitoring objects");
 }
 
 #[tokio::test]

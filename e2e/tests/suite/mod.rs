@@ -7,6 +7,7 @@ pub mod chart_values;
 pub mod fail_open;
 pub mod golden_dry_run;
 pub mod injection;
+pub mod monitoring;
 pub mod real_workloads;
 pub mod rollout;
 pub mod rollout_resilience;
