@@ -8,6 +8,35 @@
 //! The holder also advertises where its report endpoint is (the annotation
 //! [`REPORT_ADDRESS_ANNOTATION`]); the other replicas read it in their rounds and forward the
 //! agents' reports there (see [`crate::webhook::reports::forward`]).
+//!
+//! # Why not a library
+//!
+//! Hand-written on purpose; re-check when kube or these crates move. Checked on 2026-12-06
+//! against our kube 5.0 / k8s-openapi 0.29, by reading their sources:
+//!
+//! - **kubert 0.25.0** (`lease` feature; newest on crates.io, and its repository's main as of
+//!   2026-04) depends on `kube-client >=1.1, <1.2` and k8s-openapi 0.25: its `Api<Lease>` and
+//!   `Client` are other types than ours, so it cannot share our client. Does not fit.
+//! - **kube-lease-manager 0.13.1** (kube 5.0, k8s-openapi 0.29, maintained: it follows kube
+//!   releases) fits the versions but not the guarantees the controllers rely on:
+//!   1. *No step-down.* When a renewal fails (API server unreachable, timeouts), `watch()`
+//!      logs, backs off (1 s .. 30 s) and keeps the published state `true`; the lease
+//!      expires for the others, a follower takes over, and two replicas restart workloads at
+//!      once. Here a holder that could not renew for [`RENEW_DEADLINE`] stops leading before
+//!      the lease ([`LEASE_DURATION`]) can expire for anyone else.
+//!   2. *Expiry on the wall clock.* A follower compares the holder's `renewTime` with its own
+//!      clock (skew tolerated only up to the `grace` setting) and then releases the "expired"
+//!      lease with a strategic-merge patch that carries no `resourceVersion`. Here a follower
+//!      takes over only after seeing the same record unchanged for a lease duration on its
+//!      monotonic clock, and every write is a `replace` guarded by `resourceVersion`.
+//!   3. *Slower handover.* A follower sleeps until the record's expiry before it reads again,
+//!      so a released lease is taken up to a lease duration later (here within
+//!      [`RENEW_PERIOD`]: a rolling restart leaves the controllers idle for longer).
+//!   4. It never exposes the Lease it reads, so the followers would still need their own read
+//!      of it for [`REPORT_ADDRESS_ANNOTATION`] each round, and the holder its own write of it.
+//!
+//!   Wrapping it to add (1) would mean tracking renewals it does not report (its `changed()`
+//!   returns only on a change of its own cached state), i.e. keeping most of this module.
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
