@@ -100,26 +100,11 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     let runtime = runtime.enable_all().build().context("starting the async runtime")?;
     runtime.block_on(async move {
         let agent = start(args).await?;
-        wait_for_signal().await;
+        tracelight_process::signal::shutdown_requested().await;
         tracing::info!("stopping: no longer receiving, flushing the queue");
         agent.shutdown().await;
         Ok(())
     })
-}
-
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-            return;
-        }
-    }
-    let _ = tokio::signal::ctrl_c().await;
 }
 
 async fn bind(host: IpAddr, port: u16, what: &str) -> anyhow::Result<TcpListener> {
