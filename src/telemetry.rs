@@ -58,7 +58,8 @@ pub fn init_operator(format: LogFormat) -> Option<TracePipeline> {
 /// The process-wide Prometheus registry, shared by every component (webhook, controllers, agent).
 ///
 /// Cheap to clone: all clones share one registry. Components register their metrics once at
-/// start-up with [`Metrics::register`]; the admin server renders them with [`Metrics::encode`].
+/// start-up with [`Metrics::register`]; the admin server answers scrapes with
+/// [`tracelight_process::metrics::response`], as the agent does, and [`Metrics::encode`] gives the text.
 /// Names are registered as given (no prefix is added): use the `tracelight_` prefix yourself, and
 /// leave the `_total` suffix of counters to the encoder.
 #[derive(Clone, Default)]

@@ -4,8 +4,7 @@ use super::report::{self, Report};
 use super::server::{Guard, ServerLimits};
 use super::Shared;
 use axum::extract::State;
-use axum::http::{header, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
 use prometheus_client::registry::Registry;
@@ -38,11 +37,7 @@ async fn healthz() -> &'static str {
 }
 
 async fn metrics(State(s): State<Arc<AdminState>>) -> Response {
-    let mut body = String::new();
-    if prometheus_client::encoding::text::encode(&mut body, &s.registry).is_err() {
-        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
-    }
-    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body).into_response()
+    tracelight_process::metrics::response(&s.registry)
 }
 
 async fn report(State(s): State<Arc<AdminState>>) -> Response {

@@ -104,7 +104,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     let runtime = runtime.enable_all().build().context("starting the async runtime")?;
     let result = runtime.block_on(async move {
         let agent = start(args).await?;
-        wait_for_signal().await;
+        tracelight_process::signal::shutdown_requested().await;
         tracing::info!("stopping: no longer receiving, flushing the queue");
         agent.shutdown().await;
         anyhow::Ok(())
@@ -112,21 +112,6 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     // Tasks still running (a connection being closed) are dropped, not waited for.
     runtime.shutdown_timeout(Duration::from_millis(100));
     result
-}
-
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-            return;
-        }
-    }
-    let _ = tokio::signal::ctrl_c().await;
 }
 
 async fn bind(host: IpAddr, port: u16, what: &str) -> anyhow::Result<TcpListener> {

@@ -8,6 +8,35 @@
 //! The holder also advertises where its report endpoint is (the annotation
 //! [`REPORT_ADDRESS_ANNOTATION`]); the other replicas read it in their rounds and forward the
 //! agents' reports there (see [`crate::webhook::reports::forward`]).
+//!
+//! # Why not a library
+//!
+//! Hand-written on purpose; re-check when kube or these crates move. Checked on 2026-12-06
+//! against our kube 5.0 / k8s-openapi 0.29, by reading their sources:
+//!
+//! - **kubert 0.25.0** (`lease` feature; newest on crates.io, and its repository's main as of
+//!   2026-04) depends on `kube-client >=1.1, <1.2` and k8s-openapi 0.25: its `Api<Lease>` and
+//!   `Client` are other types than ours, so it cannot share our client. Does not fit.
+//! - **kube-lease-manager 0.13.1** (kube 5.0, k8s-openapi 0.29, maintained: it follows kube
+//!   releases) fits the versions but not the guarantees the controllers rely on:
+//!   1. *No step-down.* When a renewal fails (API server unreachable, timeouts), `watch()`
+//!      logs, backs off (1 s .. 30 s) and keeps the published state `true`; the lease
+//!      expires for the others, a follower takes over, and two replicas restart workloads at
+//!      once. Here a holder that could not renew for [`RENEW_DEADLINE`] stops leading before
+//!      the lease ([`LEASE_DURATION`]) can expire for anyone else.
+//!   2. *Expiry on the wall clock.* A follower compares the holder's `renewTime` with its own
+//!      clock (skew tolerated only up to the `grace` setting) and then releases the "expired"
+//!      lease with a strategic-merge patch that carries no `resourceVersion`. Here a follower
+//!      takes over only after seeing the same record unchanged for a lease duration on its
+//!      monotonic clock, and every write is a `replace` guarded by `resourceVersion`.
+//!   3. *Slower handover.* A follower sleeps until the record's expiry before it reads again,
+//!      so a released lease is taken up to a lease duration later (here within
+//!      [`RENEW_PERIOD`]: a rolling restart leaves the controllers idle for longer).
+//!   4. It never exposes the Lease it reads, so the followers would still need their own read
+//!      of it for [`REPORT_ADDRESS_ANNOTATION`] each round, and the holder its own write of it.
+//!
+//!   Wrapping it to add (1) would mean tracking renewals it does not report (its `changed()`
+//!   returns only on a change of its own cached state), i.e. keeping most of this module.
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
@@ -386,5 +415,167 @@ mod tests {
         let after_release = held_spec(Some(&released_spec(&renewed, ts(1010))), "next", ts(1011));
         assert_eq!(after_release.lease_transitions, Some(2));
         assert_eq!(after_release.lease_duration_seconds, Some(15));
+    }
+
+    /// [`LeaderElector::run`] against a stand-in API server that keeps one Lease in memory, with
+    /// paused time: the guarantees the module docs give as the reason to keep this module.
+    mod run {
+        use super::*;
+        use http::{Method, Request, Response, StatusCode};
+        use kube::client::Body;
+        use kube::Client;
+        use serde_json::{json, Value};
+        use std::sync::{Arc, Mutex};
+
+        /// Answers get, create and replace of one Lease as the API server does (a replace with a
+        /// stale resourceVersion is a 409); every request fails with 500 while `down`.
+        #[derive(Clone, Default)]
+        struct LeaseServer {
+            lease: Arc<Mutex<Option<Value>>>,
+            version: Arc<Mutex<u64>>,
+            down: Arc<Mutex<bool>>,
+        }
+
+        impl LeaseServer {
+            fn api(&self) -> Api<Lease> {
+                let server = self.clone();
+                let service = tower::service_fn(move |request: Request<Body>| {
+                    let server = server.clone();
+                    async move { Ok::<_, std::convert::Infallible>(server.answer(request).await) }
+                });
+                Api::namespaced(Client::new(service, "default"), "ops")
+            }
+
+            async fn answer(&self, request: Request<Body>) -> Response<Body> {
+                use http_body_util::BodyExt as _;
+                let (parts, body) = request.into_parts();
+                let bytes = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                if *self.down.lock().unwrap() {
+                    return respond(StatusCode::INTERNAL_SERVER_ERROR, status(500, "InternalError"));
+                }
+                let mut stored = self.lease.lock().unwrap();
+                let mut version = self.version.lock().unwrap();
+                match parts.method {
+                    Method::GET => match stored.as_ref() {
+                        Some(lease) => respond(StatusCode::OK, lease.clone()),
+                        None => respond(StatusCode::NOT_FOUND, status(404, "NotFound")),
+                    },
+                    Method::POST if stored.is_some() => respond(StatusCode::CONFLICT, status(409, "AlreadyExists")),
+                    Method::POST | Method::PUT => {
+                        let mut lease: Value = serde_json::from_slice(&bytes).unwrap();
+                        let sent = lease["metadata"]["resourceVersion"].as_str().map(str::to_string);
+                        if parts.method == Method::PUT && sent != Some(version.to_string()) {
+                            return respond(StatusCode::CONFLICT, status(409, "Conflict"));
+                        }
+                        *version += 1;
+                        lease["metadata"]["resourceVersion"] = json!(version.to_string());
+                        *stored = Some(lease.clone());
+                        respond(StatusCode::OK, lease)
+                    }
+                    _ => respond(StatusCode::METHOD_NOT_ALLOWED, status(405, "MethodNotAllowed")),
+                }
+            }
+
+            fn holder(&self) -> Option<String> {
+                let lease = self.lease.lock().unwrap();
+                lease.as_ref()?["spec"]["holderIdentity"].as_str().map(str::to_string)
+            }
+
+            fn set_down(&self, down: bool) {
+                *self.down.lock().unwrap() = down;
+            }
+        }
+
+        fn respond(code: StatusCode, body: Value) -> Response<Body> {
+            Response::builder().status(code).body(Body::from(serde_json::to_vec(&body).unwrap())).unwrap()
+        }
+
+        fn status(code: u16, reason: &str) -> Value {
+            json!({"apiVersion": "v1", "kind": "Status", "status": "Failure", "code": code, "reason": reason, "message": reason})
+        }
+
+        /// A running candidate; it stops (releasing the lease) when `stop` is dropped.
+        struct Candidate {
+            leads: watch::Receiver<bool>,
+            stop: tokio::sync::oneshot::Sender<()>,
+            task: tokio::task::JoinHandle<()>,
+        }
+
+        fn candidate(server: &LeaseServer, identity: &str) -> Candidate {
+            let (leader, leads) = watch::channel(false);
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let elector = LeaderElector::new(server.api(), "tracelight-controller", identity.to_string());
+            let task = tokio::spawn(elector.run(leader, async move {
+                let _ = stopped.await;
+            }));
+            Candidate { leads, stop, task }
+        }
+
+        /// `a` leads, then `b` starts and follows.
+        async fn leader_and_follower(server: &LeaseServer) -> (Candidate, Candidate) {
+            let mut a = candidate(server, "a");
+            until(&mut a.leads, true).await;
+            (a, candidate(server, "b"))
+        }
+
+        /// How long until the candidate's leadership is `value`; fails after two minutes.
+        async fn until(leads: &mut watch::Receiver<bool>, value: bool) -> Duration {
+            let start = Instant::now();
+            tokio::time::timeout(Duration::from_secs(120), leads.wait_for(|l| *l == value))
+                .await
+                .unwrap_or_else(|_| panic!("leadership not {value} within 120 s"))
+                .unwrap();
+            start.elapsed()
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn a_leader_that_cannot_renew_steps_down_before_the_lease_expires_for_the_others() {
+            let server = LeaseServer::default();
+            let mut a = candidate(&server, "a");
+            until(&mut a.leads, true).await;
+            let renewed = Instant::now();
+            server.set_down(true);
+            until(&mut a.leads, false).await;
+            let stepped_down_after = renewed.elapsed();
+            assert!(
+                stepped_down_after <= RENEW_DEADLINE,
+                "still leading {stepped_down_after:?} after its last renewal"
+            );
+            assert!(stepped_down_after < LEASE_DURATION);
+            // Back up: it renews its own (still held) lease and leads again.
+            server.set_down(false);
+            until(&mut a.leads, true).await;
+            assert_eq!(server.holder().as_deref(), Some("a"));
+            a.task.abort();
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn a_released_lease_is_taken_within_one_renew_period() {
+            let server = LeaseServer::default();
+            let (a, mut b) = leader_and_follower(&server).await;
+            tokio::time::sleep(LEASE_DURATION * 2).await;
+            assert!(!*b.leads.borrow(), "b took a lease that a kept renewing");
+            drop(a.stop);
+            a.task.await.unwrap();
+            assert_eq!(server.holder(), None, "a released it on shutdown");
+            let took = until(&mut b.leads, true).await;
+            assert!(took <= RENEW_PERIOD, "b took over {took:?} after the release");
+            assert_eq!(server.holder().as_deref(), Some("b"));
+            b.task.abort();
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn a_killed_leaders_lease_is_taken_once_unrenewed_for_its_duration() {
+            let server = LeaseServer::default();
+            let (a, mut b) = leader_and_follower(&server).await;
+            tokio::time::sleep(RENEW_PERIOD).await;
+            a.task.abort(); // killed: no release
+            let _ = a.task.await;
+            let took = until(&mut b.leads, true).await;
+            assert!(took >= LEASE_DURATION - RENEW_PERIOD, "b took a lease renewed {took:?} ago");
+            assert!(took <= LEASE_DURATION + RENEW_PERIOD, "b waited {took:?}");
+            assert_eq!(server.holder().as_deref(), Some("b"));
+            b.task.abort();
+        }
     }
 }

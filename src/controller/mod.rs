@@ -239,31 +239,11 @@ async fn cancel_on_error<T, E>(token: CancellationToken, fut: impl Future<Output
 
 /// Cancels `token` on the first SIGTERM/SIGINT; a second signal exits at once.
 async fn cancel_on_signal(token: CancellationToken) {
-    wait_for_signal().await;
+    tracelight_process::signal::shutdown_requested().await;
     tracing::info!("signal received: shutting down (send again to exit immediately)");
     token.cancel();
-    wait_for_signal().await;
+    tracelight_process::signal::shutdown_requested().await;
     std::process::exit(130);
-}
-
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            },
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }
 
 /// What the policy controller is configured with, from the flags.

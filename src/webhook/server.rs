@@ -16,8 +16,8 @@ use super::certs::CertResolver;
 use super::index::Index;
 use crate::telemetry::Metrics;
 use axum::extract::State;
-use axum::http::{header, StatusCode};
-use axum::response::IntoResponse;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -196,14 +196,8 @@ pub fn admin_router(state: AdminState) -> Router {
         .with_state(state)
 }
 
-async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
-    match state.metrics.encode() {
-        Ok(text) => {
-            let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-            (StatusCode::OK, [(header::CONTENT_TYPE, content_type)], text).into_response()
-        }
-        Err(error) => (StatusCode::INTERNAL_SERVER_ERROR, format!("encoding metrics: {error}")).into_response(),
-    }
+async fn metrics(State(state): State<AdminState>) -> Response {
+    state.metrics.with_registry(|registry| tracelight_process::metrics::response(registry))
 }
 
 async fn readyz(State(state): State<AdminState>) -> (StatusCode, &'static str) {
