@@ -7,7 +7,7 @@
 //! with its own identity, and budgets are turned into the effective ratio of the moment plus a
 //! local cap. The agent evaluates only span-level matches, in order, first match wins.
 //!
-//! Patterns are compiled by [`Pattern::compile`] on both sides (the operator to validate a
+//! Patterns are compiled by [`StringMatch::compile`] on both sides (the operator to validate a
 //! policy, the agent on load) with the same engine (`regex-lite`), so a pattern the operator
 //! accepts is one the agent can run.
 
