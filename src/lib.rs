@@ -8,9 +8,11 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod baseline;
 pub mod cli;
 pub mod controller;
 pub mod inject;
+pub mod review;
 pub mod rollout;
 pub mod sampling;
 pub mod telemetry;

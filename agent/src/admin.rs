@@ -19,7 +19,9 @@ struct AdminState {
 }
 
 pub fn router(shared: Arc<Shared>) -> Router {
-    let registry = shared.metrics.registry();
+    let mut registry = shared.metrics.registry();
+    registry.register_collector(Box::new(super::red::RedCollector(shared.pipeline.red.clone())));
+    registry.register_collector(Box::new(super::usage::UsageCollector));
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
@@ -62,5 +64,7 @@ pub fn build_report(shared: &Shared) -> Report {
         truncated: shared.pipeline.services.truncation(),
         sampling_rules: shared.metrics.rule_counts(),
         kept_bytes: shared.metrics.kept_bytes.get(),
+        red: shared.pipeline.red.report(),
+        usage: super::usage::current(),
     }
 }

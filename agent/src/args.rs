@@ -95,6 +95,8 @@ flags! {
     log_format: LogFormat = LogFormat::Json, " Log format: text or json.";
     worker_threads: usize = 1,
         " Threads running receivers and export; 1 runs everything on one thread, the smallest footprint.";
+    red_metrics: bool = true,
+        " Count rate, errors and duration of server and consumer spans before sampling (/metrics, report): true or false.";
 }
 
 /// What the command line asks for.
@@ -173,7 +175,7 @@ macro_rules! parse_with_from_str {
         }
     )*};
 }
-parse_with_from_str!(u16, u32, u64, usize, IpAddr, PathBuf, http::Uri);
+parse_with_from_str!(u16, u32, u64, usize, bool, IpAddr, PathBuf, http::Uri);
 
 impl ParseFlag for LogFormat {
     fn parse_flag(value: &str) -> Result<Self, String> {
@@ -209,7 +211,7 @@ macro_rules! show_with_display {
         }
     )*};
 }
-show_with_display!(u16, u32, u64, usize, IpAddr, http::Uri);
+show_with_display!(u16, u32, u64, usize, bool, IpAddr, http::Uri);
 
 impl ShowDefault for PathBuf {
     fn show(&self) -> Option<String> {

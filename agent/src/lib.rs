@@ -40,6 +40,7 @@ pub mod pipeline;
 pub mod queue;
 pub mod receiver_grpc;
 pub mod receiver_http;
+pub mod red;
 pub mod report;
 pub mod report_push;
 pub mod rules;
@@ -47,6 +48,7 @@ pub mod sampler;
 pub mod server;
 pub mod settings;
 pub mod tracestate;
+pub mod usage;
 pub mod wire;
 
 use anyhow::Context as _;
@@ -127,7 +129,8 @@ pub async fn start(args: AgentArgs) -> anyhow::Result<RunningAgent> {
 pub async fn start_with_identity(args: AgentArgs, identity: enrich::PodIdentity) -> anyhow::Result<RunningAgent> {
     let metrics = Arc::new(metrics::Metrics::default());
     let queue = Arc::new(queue::Queue::new(args.queue_bytes, metrics.clone()));
-    let pipeline = Arc::new(pipeline::Pipeline::new(identity, queue.clone(), metrics.clone()));
+    let red = Arc::new(red::Red::new(args.red_metrics));
+    let pipeline = Arc::new(pipeline::Pipeline::new(identity, queue.clone(), metrics.clone()).with_red(red));
     // A request as large as allowed is never refused for being alone (its wire bytes and its
     // inflated copy are both charged).
     let admission = admission::Admission::new(args.max_inflight_bytes.max(args.max_request_bytes.saturating_mul(2)));

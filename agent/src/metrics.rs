@@ -178,9 +178,11 @@ impl Metrics {
             .collect()
     }
 
-    /// A registry with every metric under the `tracelight_agent` prefix.
+    /// A registry with every metric under the `tracelight_agent` prefix (the RED and process
+    /// collectors are added beside, unprefixed, by the admin server).
     pub fn registry(&self) -> Registry {
-        let mut r = Registry::with_prefix("tracelight_agent");
+        let mut root = Registry::default();
+        let r = root.sub_registry_with_prefix("tracelight_agent");
         r.register("spans_received", "Spans received from applications", self.received.clone());
         r.register("spans_sampled_out", "Spans dropped by the sampler", self.sampled_out.clone());
         r.register("spans_exported", "Spans accepted by the collector", self.exported.clone());
@@ -221,6 +223,6 @@ impl Metrics {
             "Spans a rule's ratio kept but its local spans-per-second cap dropped",
             self.rule_capped.clone(),
         );
-        r
+        root
     }
 }

@@ -51,6 +51,8 @@ pub struct Pipeline {
     pub services: ServicesSeen,
     /// The fallback rule's counters, for requests processed without rules.
     fallback: super::metrics::RuleCounters,
+    /// RED metrics, counted from every span before sampling (`super::red`).
+    pub red: Arc<super::red::Red>,
 }
 
 impl Pipeline {
@@ -64,7 +66,14 @@ impl Pipeline {
             metrics,
             services: ServicesSeen::default(),
             fallback,
+            red: Arc::new(super::red::Red::new(true)),
         }
+    }
+
+    /// This pipeline counting RED metrics in `red` (disabled: counting nothing).
+    pub fn with_red(mut self, red: Arc<super::red::Red>) -> Pipeline {
+        self.red = red;
+        self
     }
 
     pub fn live(&self) -> Arc<LiveSettings> {
@@ -84,7 +93,7 @@ impl Pipeline {
         let rules = Rules { threshold: live.threshold, attributes: &live.attributes, sampling: live.rules.as_deref() };
         SCRATCH.with_borrow_mut(|out| {
             out.clear();
-            let result = wire::process(request, rules, out).map(|processed| {
+            let result = wire::process_with_red(request, rules, Some(&self.red), out).map(|processed| {
                 for (service, spans) in processed.services {
                     self.services.record(service.unwrap_or("unknown_service"), spans as u64);
                 }

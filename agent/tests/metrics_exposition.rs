@@ -1,12 +1,13 @@
 //! The agent's /metrics text with every family populated (every transport, drop reason, export
 //! outcome and reload result), rendered from the registry the admin server serves
-//! (`Metrics::registry`, encoded as `admin.rs` does). With `TRACELIGHT_METRICS_DUMP=<dir>` it is
+//! (`Metrics::registry` with the RED and process collectors, encoded as `admin.rs` does). With `TRACELIGHT_METRICS_DUMP=<dir>` it is
 //! written to `<dir>/agent.txt`: `make test-alerts` checks that every metric and label value the
 //! alert rules and the Grafana dashboard use is one the agent exports.
 
 use tracelight_agent::metrics::{
     DropReason, Metrics, Outcome, OutcomeLabel, ReloadLabel, ReloadResult, Transport, TransportLabel,
 };
+use tracelight_agent::red::{Batch, Observation, Red, RedCollector, RedKind};
 
 #[test]
 fn exposition_for_the_alert_checks() {
@@ -31,13 +32,26 @@ fn exposition_for_the_alert_checks() {
         m.config_reloads.get_or_create(&ReloadLabel { result }).inc();
     }
 
+    // The RED histograms (both kinds, failed and not) and the process metrics, as the admin
+    // server registers them beside the agent's own.
+    let red = std::sync::Arc::new(Red::new(true));
+    let mut batch = Batch::default();
+    for (kind, error) in [(RedKind::Server, false), (RedKind::Server, true), (RedKind::Consumer, false)] {
+        batch.observe("frontend", Observation { kind, route: "/items/{id}", error, seconds: 0.01 });
+    }
+    red.merge(&mut batch);
+    let mut registry = m.registry();
+    registry.register_collector(Box::new(RedCollector(red)));
+    registry.register_collector(Box::new(tracelight_agent::usage::UsageCollector));
+
     let mut text = String::new();
-    prometheus_client::encoding::text::encode(&mut text, &m.registry()).unwrap();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
     for line in [
         r#"tracelight_agent_spans_dropped_total{reason="QueueFull"} 1"#,
         r#"tracelight_agent_export_duration_seconds_count{outcome="Retryable"} 1"#,
         "tracelight_agent_spans_exported_total 4",
         "tracelight_agent_queue_bytes 1024",
+        r#"http_server_request_duration_seconds_count{service_name="frontend",http_route="/items/{id}",error_type="_OTHER"} 1"#,
     ] {
         assert!(text.lines().any(|l| l == line), "missing `{line}` in\n{text}");
     }

@@ -10,6 +10,7 @@
 //! a contract-1 agent sends neither [`AgentReport::contract_version`] nor
 //! [`AgentReport::agent_version`].
 
+use crate::red::{AgentUsage, RedReport};
 use crate::sampling::RuleCounts;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -73,6 +74,15 @@ pub struct AgentReport {
     /// (OTLP protobuf, before compression): with the span counters, what a pod costs the backend.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub kept_bytes: u64,
+    /// Contract 3: request rate, errors and durations per service from the server and consumer
+    /// spans received (before sampling), for the operator's baseline. Absent from agents that
+    /// count none (`--red-metrics=false`) and from older agents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub red: Option<RedReport>,
+    /// Contract 3: the agent's own CPU time and resident memory (overhead in the baseline and
+    /// the review). Absent where `/proc/self` cannot be read and from older agents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<AgentUsage>,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -148,6 +158,14 @@ mod tests {
             ("checkout-api".into(), RuleCounts { received: 0, kept: 0, capped: 1, kept_errors: 0 }),
         ]);
         r.kept_bytes = 2400;
+        r.red = Some(RedReport {
+            bounds: vec![0.01, 0.1],
+            services: BTreeMap::from([(
+                "checkout".into(),
+                crate::red::RedCounts { requests: 10, errors: 1, duration_seconds_sum: 0.25, buckets: vec![6, 3, 1] },
+            )]),
+        });
+        r.usage = Some(AgentUsage { cpu_seconds: 1.5, rss_bytes: 5_000_000 });
         r
     }
 
@@ -179,6 +197,8 @@ mod tests {
             truncated: None,
             sampling_rules: BTreeMap::new(),
             kept_bytes: 0,
+            red: None,
+            usage: None,
         }
     }
 
@@ -199,6 +219,14 @@ mod tests {
         let report: AgentReport = serde_json::from_str(FUTURE_FIXTURE).unwrap();
         let mut want = fixture_report(9, Some("0.9.0"));
         want.spans.dropped.insert("budgetExceeded".into(), 4);
+        want.red = Some(RedReport {
+            bounds: vec![0.1],
+            services: BTreeMap::from([(
+                "checkout".into(),
+                crate::red::RedCounts { requests: 12, errors: 1, duration_seconds_sum: 0.0, buckets: vec![11, 1] },
+            )]),
+        });
+        want.usage = Some(AgentUsage { cpu_seconds: 2.0, rss_bytes: 4096 });
         assert_eq!(report, want);
     }
 

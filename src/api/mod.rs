@@ -6,12 +6,14 @@ pub mod keys;
 pub mod legacy;
 pub mod policy;
 pub mod quantity;
+pub mod review;
 pub mod selector;
 pub mod status;
 pub mod validate;
 
 pub use policy::*;
 pub use quantity::Duration;
+pub use review::*;
 pub use status::*;
 pub use tracelight_contract::Ratio;
 

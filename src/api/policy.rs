@@ -120,6 +120,15 @@ pub struct TracingPolicySpec {
     /// Default: one phase containing every governed namespace, one workload at a time.
     #[serde(default)]
     pub rollout: RolloutSpec,
+
+    /// After the rollout: how often coverage and agent overhead are reviewed, and the overhead
+    /// bounds. Default: daily, no bounds.
+    #[serde(default)]
+    pub review: super::review::ReviewSpec,
+
+    /// Alerts the operator renders against the baseline it records. Default: none.
+    #[serde(default)]
+    pub alerting: super::review::AlertingSpec,
 }
 
 pub fn default_namespace_selector() -> LabelSelector {

@@ -36,6 +36,13 @@ pub struct TracingPolicyStatus {
     /// Where the phased rollout stands; the operator continues from here after a restart.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<RolloutStatus>,
+    /// Per workload, what "normal" looked like at the end of a phase's soak (rate, errors,
+    /// durations, agent overhead); `tracelight verify --baseline` prints it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<super::review::BaselineStatus>,
+    /// The last scheduled review of coverage and overhead, and what it found.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub review: Option<super::review::ReviewStatus>,
 }
 
 /// Progress of the phased rollout, and what it is waiting for.

@@ -53,6 +53,16 @@ pub fn validate(spec: &TracingPolicySpec) -> Result<(), ValidationErrors> {
         );
     }
     check_sampling_rules(spec, &mut push);
+    if spec.review.interval.get().as_secs() < crate::api::MIN_REVIEW_INTERVAL_SECS {
+        push(
+            "spec.review.interval".into(),
+            format!(
+                "{} is shorter than the shortest interval, {}s",
+                spec.review.interval,
+                crate::api::MIN_REVIEW_INTERVAL_SECS
+            ),
+        );
+    }
     if let Err(e) = check_endpoint(&spec.collector.endpoint) {
         push("spec.collector.endpoint".into(), e);
     }
@@ -249,6 +259,17 @@ rules:
         );
         assert!(errors[0].message.contains("invalid regex \"(Pay\""), "{}", errors[0].message);
         assert!(s.sampling.drop_health_checks && s.sampling.keep_errors, "defaults on");
+    }
+
+    #[test]
+    fn a_review_interval_under_ten_seconds_is_refused() {
+        let mut s = spec();
+        assert_eq!(s.review.interval.to_string(), "24h", "daily by default");
+        s.review.interval = crate::api::Duration::from_secs(5);
+        let errors = validate(&s).unwrap_err().0;
+        assert_eq!(errors[0].field, "spec.review.interval");
+        s.review.interval = crate::api::Duration::from_secs(10);
+        assert!(validate(&s).is_ok());
     }
 
     #[test]

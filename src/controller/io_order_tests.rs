@@ -233,6 +233,7 @@ fn context(
         reports: ReportStore::default(),
         serving_ca: Arc::new(crate::webhook::certs::CertResolver::new()),
         reconcile_all,
+        after_rollout: super::after_rollout::State::new("tracelight-system"),
     })
 }
 

@@ -18,6 +18,7 @@
 //! metadata only, and the initial lists of the large caches come in pages (`paged_lists`). The
 //! figures at scale and how they moved are in `docs/performance.md`.
 
+pub mod after_rollout;
 pub mod cache;
 pub mod events;
 pub mod lease;
@@ -193,6 +194,7 @@ async fn run_async(args: ControllerArgs, trace_stats: Option<telemetry::traces::
         leader_address,
     });
     let inject_options = webhook.inject_options();
+    let webhook_namespace = webhook.namespace.clone();
     // The webhook's report endpoint fills it; the leader's reconciles read it.
     let reports = crate::webhook::reports::ReportStore::default();
     // The webhook loads the serving certificate; the controller hands its CA to the agents.
@@ -216,7 +218,7 @@ async fn run_async(args: ControllerArgs, trace_stats: Option<telemetry::traces::
             client,
             metrics,
             lease,
-            PolicySettings { inject_options, secret_sources },
+            PolicySettings { inject_options, secret_sources, operator_namespace: webhook_namespace },
             reports,
             resolver,
             shutdown.clone(),
@@ -253,6 +255,8 @@ struct PolicySettings {
     inject_options: InjectOptions,
     /// The namespaces source Secrets may come from.
     secret_sources: resources::SecretSources,
+    /// The operator's namespace (`--namespace`): where the regression rules go.
+    operator_namespace: String,
 }
 
 /// Runs the controllers whenever this replica leads (always, without a `lease`), until `shutdown`.
@@ -449,6 +453,7 @@ async fn run_policy_controller(
         reports,
         serving_ca,
         reconcile_all,
+        after_rollout: after_rollout::State::new(&settings.operator_namespace),
     });
     ctx.metrics.policies.follow(ctx.policies.clone());
     let policies = controller

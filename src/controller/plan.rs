@@ -485,6 +485,9 @@ pub fn desired_status(
             ..Default::default()
         })),
         rollout: outcome.map(|o| o.status.clone()).or_else(|| previous.and_then(|s| s.rollout.clone())),
+        // Recorded at a soak's end and by the scheduled review (`super::after_rollout`): kept.
+        baseline: previous.and_then(|s| s.baseline.clone()),
+        review: previous.and_then(|s| s.review.clone()),
     }
 }
 

@@ -93,6 +93,8 @@ pub struct Context {
     /// Asks for every policy to be reconciled: a policy that changes its selectors or goes away
     /// can hand namespaces over to (or take them from) another one.
     pub reconcile_all: UnboundedSender<()>,
+    /// The baseline, review and regression rules' own state (`super::after_rollout`).
+    pub after_rollout: super::after_rollout::State,
 }
 
 /// Why a reconcile failed. `kind` labels the failure metric.
@@ -265,11 +267,14 @@ async fn apply(policy: &TracingPolicy, ctx: &Context) -> Result<Action, Error> {
         budgets_unmet: crate::sampling::SamplingPlan::has_budget(&policy.spec.sampling).then(|| sampling.unmet.clone()),
         sampling: Some(sampling.status),
     };
-    let status = desired_status(policy, &observation, previous, now);
+    let mut status = desired_status(policy, &observation, previous, now);
+    let after = super::after_rollout::decide(policy, &engine.coverage, &engine.workload_pods, &mut status, ctx, now);
     // Most reconciles of a rollout in progress change nothing the status shows.
     if previous != Some(&status) {
         patch_status(policy, &status, ctx).await?;
     }
+    let review_requeue = after.requeue_after;
+    super::after_rollout::carry_out(policy, after, ctx).await;
     // Restarts after the status write: the namespaces they inject into are recorded Active.
     let restart_failures = carry_out(policy, &engine.plan, &requested, gates.dry_run, ctx, now).await;
     if previous.and_then(|s| s.observed_generation) != policy.metadata.generation {
@@ -311,6 +316,8 @@ async fn apply(policy: &TracingPolicy, ctx: &Context) -> Result<Action, Error> {
         if observation.budgets_unmet.is_some() { requeue.min(crate::sampling::BUDGET_INTERVAL) } else { requeue };
     // The engine asks to look again at a soak's end or a health deadline.
     let requeue = engine.plan.requeue_after.map_or(requeue, |d| requeue.min(d.max(MIN_REQUEUE)));
+    // The next scheduled review.
+    let requeue = review_requeue.map_or(requeue, |d| requeue.min(d.max(MIN_REQUEUE)));
     Ok(Action::requeue(requeue))
 }
 
@@ -338,6 +345,8 @@ struct EnginePlan {
     leaving: Vec<String>,
     /// Coverage of the governed namespaces' workloads, from the agents' reports.
     coverage: BTreeMap<String, Vec<(WorkloadId, WorkloadCoverage)>>,
+    /// Pod uids of the governed workloads (baseline and review).
+    workload_pods: super::after_rollout::WorkloadPods,
 }
 
 /// Observes the workloads of governed and leaving namespaces and asks the engine what to do.
@@ -370,6 +379,7 @@ fn plan_rollout(
     let generation = policy.metadata.generation.unwrap_or_default();
     let coverage = rollout_coverage(plan, &snapshot, &|uid| ctx.reports.get(uid), generation, now);
     apply_reporting(&mut workloads, &coverage);
+    let workload_pods = super::rollout::workload_pods(plan, &snapshot);
     drop(snapshot);
     ctx.requested.lock().unwrap_or_else(std::sync::PoisonError::into_inner).overlay(&mut workloads, now);
     fill_health(&mut workloads, &pods);
@@ -386,7 +396,7 @@ fn plan_rollout(
         "rollout plan"
     );
     let leaving = still_leaving(&leaving, &workloads, &engine);
-    EnginePlan { plan: engine, workloads, leaving, coverage }
+    EnginePlan { plan: engine, workloads, leaving, coverage, workload_pods }
 }
 
 /// Health of the restarts in flight (only where a restart is settling), from the pod cache.
@@ -885,7 +895,7 @@ impl Context {
     }
 
     /// Publishes an Event on the policy; a failure is logged, never fails the reconcile.
-    async fn publish(
+    pub(super) async fn publish(
         &self,
         policy: &TracingPolicy,
         type_: EventType,

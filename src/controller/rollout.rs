@@ -186,6 +186,15 @@ pub fn coverage(
     by_ns
 }
 
+/// Pod uids of every workload in the governed namespaces (for the baseline and the review).
+pub fn workload_pods(plan: &NamespacePlan, snapshot: &Snapshot) -> super::after_rollout::WorkloadPods {
+    snapshot
+        .workloads_with_pods(|ns| plan.governs(ns))
+        .into_iter()
+        .map(|(_, id, pods)| (id, pods.iter().map(|p| p.uid.to_string()).filter(|uid| !uid.is_empty()).collect()))
+        .collect()
+}
+
 /// Sets each workload's span gate input from its coverage.
 pub fn apply_reporting(
     workloads: &mut [WorkloadObservation],

@@ -493,6 +493,7 @@ fn coverage_joins_pods_with_their_reports_and_feeds_the_gate_and_the_status() {
         config_generation: 3,
         agent_version: "0.2.0".into(),
         sampling: Default::default(),
+        history: Default::default(),
     };
     // web's agent saw spans; worker's agent reports none; the other namespace is not governed.
     let report_of = |uid: &str| match uid {

@@ -33,6 +33,8 @@ pub struct PodReport {
     pub agent_version: String,
     /// Its sampling counters and the rates they make (contract 3 agents; empty before).
     pub sampling: crate::sampling::rates::PodSampling,
+    /// Its recent RED, drop and usage counters, for the baseline and the review.
+    pub history: crate::baseline::PodHistory,
 }
 
 /// The key a report counts under in the status's `agentVersions`: the version the agent reports
@@ -165,6 +167,7 @@ mod tests {
             config_generation: generation,
             agent_version: "0.2.0".into(),
             sampling: Default::default(),
+            history: Default::default(),
         }
     }
 

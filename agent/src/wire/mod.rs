@@ -17,6 +17,7 @@ pub mod reader;
 pub mod schema;
 
 use super::enrich;
+use super::red::{self, Red, RedKind};
 use super::rules::{RuleSet, SpanFacts};
 use super::sampler::{self, Decision, Threshold};
 use super::tracestate;
@@ -88,8 +89,23 @@ pub struct RuleTally {
 /// Process one encoded request: the kept spans are appended to `out` as `resource_spans`
 /// entries (a valid request on their own). On error `out` is left as it was.
 pub fn process<'a>(request: &'a [u8], rules: Rules<'a>, out: &mut Vec<u8>) -> Result<Processed<'a>, WireError> {
+    process_with_red(request, rules, None, out)
+}
+
+/// [`process`], counting the request's server and consumer spans in `red` (before sampling) when
+/// given. Counts are merged once the request is known valid, except that a request with more
+/// than a few dozen distinct routes merges them as it goes (see [`red::Batch`]).
+pub fn process_with_red<'a>(
+    request: &'a [u8],
+    rules: Rules<'a>,
+    red: Option<&'a Red>,
+    out: &mut Vec<u8>,
+) -> Result<Processed<'a>, WireError> {
     let start = out.len();
     let mut ingest = Ingest {
+        red: red.filter(|r| r.enabled()),
+        red_batch: red::Batch::default(),
+        red_service: "unknown_service",
         rules,
         fresh_state: fresh_state(rules.threshold),
         attr_state: Vec::new(),
@@ -101,8 +117,13 @@ pub fn process<'a>(request: &'a [u8], rules: Rules<'a>, out: &mut Vec<u8>) -> Re
         processed.rules = std::mem::take(&mut ingest.tally);
         processed
     });
-    if result.is_err() {
-        out.truncate(start);
+    match &result {
+        Err(_) => out.truncate(start),
+        Ok(_) => {
+            if let Some(red) = ingest.red {
+                red.merge(&mut ingest.red_batch);
+            }
+        }
     }
     result
 }
@@ -134,6 +155,11 @@ struct Ingest<'a> {
     /// The last decisions of this resource (span facts -> rule): spans of one service repeat a
     /// few routes, and comparing facts is cheaper than trying every rule again.
     memo: Vec<(SpanFacts<'a>, usize)>,
+    /// Where RED observations are counted (none: `--red-metrics=false`).
+    red: Option<&'a Red>,
+    red_batch: red::Batch<'a>,
+    /// The `service.name` the current resource's spans count under.
+    red_service: &'a str,
 }
 
 /// Decisions remembered per resource.
@@ -187,13 +213,16 @@ impl<'a> Ingest<'a> {
         }
         self.append_missing_attributes(out);
         wrap_len_field(out, resource_start, 1);
-        if let Some(set) = self.rules.sampling {
+        if self.rules.sampling.is_some() || self.red.is_some() {
             // The name the spans leave with: the application's, else the one the agent adds.
             let ours = self.rules.attributes.iter().zip(&self.attr_state).find_map(|((k, v), state)| {
                 (k == "service.name" && *state != AttrState::Present).then_some(v.as_str())
             });
-            set.service_matches(ours.or(service.value), &mut self.services_ok);
-            self.memo.clear();
+            self.red_service = ours.or(service.value).unwrap_or("unknown_service");
+            if let Some(set) = self.rules.sampling {
+                set.service_matches(ours.or(service.value), &mut self.services_ok);
+                self.memo.clear();
+            }
         }
 
         let mut counts = Ingested::default();
@@ -303,9 +332,11 @@ impl<'a> Ingest<'a> {
         let sampling = self.rules.sampling;
         // What the rules read of a span; without rules the span's other fields are only checked.
         let keys: &[&str] = sampling.map_or(&[], |s| s.keys.as_slice());
-        let read_status = sampling.is_some_and(|s| s.keep_errors);
+        let counting = self.red.is_some();
+        let read_status = counting || sampling.is_some_and(|s| s.keep_errors);
         let mut facts = SpanFacts::default();
         let mut is_error = false;
+        let mut span_red = SpanRed::default();
         let (mut trace_id, mut span_id, mut trace_state): (&[u8], &[u8], &str) = (&[], &[], "");
         let mut fields = Fields::new(span);
         while let Some(field) = fields.next_field()? {
@@ -316,16 +347,25 @@ impl<'a> Ingest<'a> {
                 1 => trace_id = body(&field),
                 2 => span_id = body(&field),
                 3 => trace_state = utf8(body(&field))?,
-                6 if sampling.is_some() => {
+                5 if counting => span_red.name = body(&field),
+                6 if sampling.is_some() || counting => {
                     if let Value::Varint(kind) = field.value {
                         facts.kind = SpanKind::from_otlp(kind);
+                        span_red.kind = RedKind::from_otlp(kind);
+                        span_red.kind_seen = true;
                     }
                 }
-                9 if read_attribute => {
-                    if let Some((slot, value)) = wanted_attribute(body(&field), keys)? {
-                        if facts.values[slot].is_none() {
-                            facts.values[slot] = value;
+                7 | 8 if counting => span_red.time(field.number, field.value),
+                9 if read_attribute || counting => {
+                    if read_attribute {
+                        if let Some((slot, value)) = wanted_attribute(body(&field), keys)? {
+                            if facts.values[slot].is_none() {
+                                facts.values[slot] = value;
+                            }
                         }
+                    }
+                    if counting {
+                        span_red.attribute(body(&field))?;
                     }
                 }
                 15 if read_status => is_error = status_is_error(body(&field))?,
@@ -336,6 +376,11 @@ impl<'a> Ingest<'a> {
         if !valid_ids(trace_id, span_id) {
             counts.rejected = 1;
             return Ok(counts);
+        }
+        if let (Some(red), Some(observation)) = (self.red, span_red.observation(is_error)?) {
+            if self.red_batch.observe(self.red_service, observation) {
+                red.merge(&mut self.red_batch);
+            }
         }
         let kept = match sampling {
             None => sample(self.rules.threshold, self.fresh_state.as_deref(), trace_id, trace_state),
@@ -450,6 +495,57 @@ fn status_is_error(status: &[u8]) -> Result<bool, WireError> {
         }
     }
     Ok(error)
+}
+
+/// What RED reads of one span while it is walked.
+#[derive(Default)]
+struct SpanRed<'a> {
+    kind: Option<RedKind>,
+    /// Whether the kind field came (before it, every attribute is looked at).
+    kind_seen: bool,
+    name: &'a [u8],
+    start: u64,
+    end: u64,
+    route: Option<&'a str>,
+}
+
+impl<'a> SpanRed<'a> {
+    fn time(&mut self, number: u32, value: Value<'_>) {
+        if let Value::I64(t) = value {
+            if number == 7 {
+                self.start = t;
+            } else {
+                self.end = t;
+            }
+        }
+    }
+
+    /// Notes the route attribute of the span's kind; other attributes cost a look at their key.
+    fn attribute(&mut self, kv: &'a [u8]) -> Result<(), WireError> {
+        if self.route.is_some() || (self.kind_seen && self.kind.is_none()) {
+            return Ok(());
+        }
+        const KEYS: [&str; 2] = ["http.route", "messaging.destination.name"];
+        if let Some((slot, Some(value))) = wanted_attribute(kv, &KEYS)? {
+            // Before the kind is known (an encoder that writes attributes first), either counts.
+            if self.kind.is_none_or(|k| k.route_attribute() == KEYS[slot]) {
+                self.route = Some(value);
+            }
+        }
+        Ok(())
+    }
+
+    /// The span's observation, when it is a server or consumer span.
+    fn observation(&self, error: bool) -> Result<Option<red::Observation<'a>>, WireError> {
+        let Some(kind) = self.kind else { return Ok(None) };
+        let route = match self.route {
+            Some(route) => route,
+            None => utf8(self.name)?,
+        };
+        // A span ending before it starts (clock skew) took no measurable time.
+        let seconds = self.end.saturating_sub(self.start) as f64 / 1e9;
+        Ok(Some(red::Observation { kind, route, error, seconds }))
+    }
 }
 
 enum Kept<'s> {

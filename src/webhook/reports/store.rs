@@ -83,11 +83,17 @@ impl ReportStore {
             config_generation: report.config_generation,
             agent_version: agent_version_key(report.contract_version, report.agent_version.as_deref()),
             sampling: Default::default(),
+            history: Default::default(),
         };
         let mut reports = self.reports.write().unwrap_or_else(|p| p.into_inner());
         // Rates need the previous counters of the same pod.
         let before = reports.get(&pod.pod_uid).map(|old| &old.sampling).cloned().unwrap_or_default();
         new.sampling = before.next(&report.sampling_rules, report.kept_bytes, now);
+        if let Some(old) = reports.get(&pod.pod_uid) {
+            new.history = old.history.next(report, now);
+        } else {
+            new.history = crate::baseline::PodHistory::default().next(report, now);
+        }
         let material = match reports.get(&pod.pod_uid) {
             None => true,
             Some(old) => {
@@ -162,6 +168,8 @@ mod tests {
             truncated: None,
             sampling_rules: BTreeMap::new(),
             kept_bytes: 0,
+            red: None,
+            usage: None,
         }
     }
 
