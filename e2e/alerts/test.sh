@@ -11,7 +11,9 @@
 #   4. metriccheck: every metric name and label value a rule or a dashboard panel uses is one the
 #      code exports, read from the /metrics texts the operator's and the agent's own registries
 #      render (the `exposition_for_the_alert_checks` tests);
-#   5. that each check fails on a bad input (e2e/alerts/testdata/).
+#   5. the per-workload regression rules the operator renders against a baseline: promtool check
+#      rules, promtool test rules (tests/baseline.test.yaml) and metriccheck;
+#   6. that each check fails on a bad input (e2e/alerts/testdata/).
 # Prints `test-alerts: N passed, M failed` last; exits 1 when anything failed.
 set -euo pipefail
 
@@ -75,6 +77,8 @@ fi
 # 3. promtool test rules.
 tests=()
 for f in "$HERE"/tests/*.yaml; do
+  # The operator's own rules are rendered by the code below (step 5).
+  [[ ${f##*/} == baseline.test.yaml ]] && continue
   cp "$f" "$work/"
   tests+=("${f##*/}")
 done
@@ -101,7 +105,30 @@ else
   bad "no /metrics text from the code's registries"
 fi
 
-# 5. Each check fails on a bad input.
+# 5. The regression rules the operator renders (written by the test
+#    exposition_for_the_alert_checks_baseline_rules above).
+if [[ -s $work/baseline-rules.yaml ]]; then
+  if "$promtool" check rules "$work/baseline-rules.yaml"; then
+    ok "promtool check rules (the operator's regression rules)"
+  else
+    bad "promtool check rules (the operator's regression rules)"
+  fi
+  cp "$HERE/tests/baseline.test.yaml" "$work/"
+  if (cd "$work" && "$promtool" test rules baseline.test.yaml); then
+    ok "promtool test rules (baseline.test.yaml)"
+  else
+    bad "promtool test rules (baseline.test.yaml)"
+  fi
+  if check -rules "$work/baseline-rules.yaml"; then
+    ok "every metric and label value of the operator's regression rules is exported"
+  else
+    bad "the operator's regression rules use metrics the agent does not export"
+  fi
+else
+  bad "no regression rules rendered by the operator's code"
+fi
+
+# 6. Each check fails on a bad input.
 if check -rules "$HERE/testdata/bad.rules.yaml" >"$work/bad.out" 2>&1; then
   bad "metriccheck passed a misspelled metric and a wrong label value"
 elif [[ $(grep -c '^FAIL' "$work/bad.out") -eq 2 ]]; then

@@ -281,7 +281,7 @@ pub fn record<'h>(
 }
 
 /// `v` to `digits` decimals: the status is not rewritten for noise in the last bits.
-fn round(v: f64, digits: i32) -> f64 {
+pub(crate) fn round(v: f64, digits: i32) -> f64 {
     let f = 10f64.powi(digits);
     (v * f).round() / f
 }

@@ -20,8 +20,8 @@ pub const ERROR_RATE_ALERT: &str = "TracelightWorkloadErrorRateRegression";
 pub const RUNBOOK_BASE: &str = "https://github.com/tracelight/tracelight/blob/main/docs/alerts.md";
 /// The range the alerts' rates are taken over.
 pub const RATE_WINDOW: &str = "5m";
-const BUCKET_SERIES: &str = "http_server_request_duration_seconds_bucket|messaging_process_duration_seconds_bucket";
-const COUNT_SERIES: &str = "http_server_request_duration_seconds_count|messaging_process_duration_seconds_count";
+/// The RED histograms of both span kinds (their label sets differ, so `or` keeps both).
+const HISTOGRAMS: [&str; 2] = ["http_server_request_duration_seconds", "messaging_process_duration_seconds"];
 
 /// Name of the rule object of `policy`.
 pub fn rule_name(policy: &str) -> String {
@@ -39,8 +39,10 @@ fn workload_rules(policy: &str, w: &WorkloadBaseline, alerting: &AlertingSpec) -
     if w.services.is_empty() || w.requests_per_second <= 0.0 {
         return Vec::new();
     }
+    // Regex matchers only: `namespace` is a target label (not in the agent's exposition, which
+    // `make test-alerts` checks equality matchers against); a namespace name is [a-z0-9-] only.
     let selector = format!(
-        "namespace=\"{}\", service_name=~\"{}\"",
+        "namespace=~\"{}\", service_name=~\"{}\"",
         label_escape(&w.namespace),
         label_escape(&w.services.iter().map(|s| regex_escape(s)).collect::<Vec<_>>().join("|"))
     );
@@ -55,11 +57,12 @@ fn workload_rules(policy: &str, w: &WorkloadBaseline, alerting: &AlertingSpec) -
     let window = format!("{} to {}", w.window_start.0, w.window_end.0);
     let mut rules = Vec::new();
     if let Some(p99) = w.duration_p99_seconds.filter(|p| *p > 0.0) {
-        let threshold = p99 * alerting.latency_factor;
+        let threshold = super::round(p99 * alerting.latency_factor, 6);
         rules.push(json!({
             "alert": LATENCY_ALERT,
             "expr": format!(
-                "histogram_quantile(0.99, sum by (le) (rate({{__name__=~\"{BUCKET_SERIES}\", {selector}}}[{RATE_WINDOW}]))) > {threshold}"
+                "histogram_quantile(0.99, sum by (le) ({})) > {threshold}",
+                either(|h| format!("rate({h}_bucket{{{selector}}}[{RATE_WINDOW}])"))
             ),
             "for": alerting.for_.to_string(),
             "labels": labels,
@@ -73,14 +76,13 @@ fn workload_rules(policy: &str, w: &WorkloadBaseline, alerting: &AlertingSpec) -
             },
         }));
     }
-    let threshold = w.error_rate + alerting.error_rate_increase;
+    let threshold = super::round(w.error_rate + alerting.error_rate_increase, 6);
     if threshold < 1.0 {
-        let failed =
-            format!("sum(rate({{__name__=~\"{COUNT_SERIES}\", {selector}, error_type!=\"\"}}[{RATE_WINDOW}]))");
-        let all = format!("sum(rate({{__name__=~\"{COUNT_SERIES}\", {selector}}}[{RATE_WINDOW}]))");
+        let failed = either(|h| format!("rate({h}_count{{{selector}, error_type!=\"\"}}[{RATE_WINDOW}])"));
+        let all = either(|h| format!("rate({h}_count{{{selector}}}[{RATE_WINDOW}])"));
         rules.push(json!({
             "alert": ERROR_RATE_ALERT,
-            "expr": format!("{failed} / {all} > {threshold}"),
+            "expr": format!("sum({failed}) / sum({all}) > {threshold}"),
             "for": alerting.for_.to_string(),
             "labels": labels,
             "annotations": {
@@ -94,6 +96,11 @@ fn workload_rules(policy: &str, w: &WorkloadBaseline, alerting: &AlertingSpec) -
         }));
     }
     rules
+}
+
+/// `part` of both histograms, joined with `or`.
+fn either(part: impl Fn(&str) -> String) -> String {
+    HISTOGRAMS.map(part).join(" or ")
 }
 
 /// The whole object, for server-side apply.
@@ -173,13 +180,13 @@ mod tests {
         assert_eq!(rules[0]["alert"], LATENCY_ALERT);
         assert_eq!(
             rules[0]["expr"],
-            "histogram_quantile(0.99, sum by (le) (rate({__name__=~\"http_server_request_duration_seconds_bucket|messaging_process_duration_seconds_bucket\", namespace=\"shop\", service_name=~\"web|web\\\\.v2\"}[5m]))) > 0.75"
+            "histogram_quantile(0.99, sum by (le) (rate(http_server_request_duration_seconds_bucket{namespace=~\"shop\", service_name=~\"web|web\\\\.v2\"}[5m]) or rate(messaging_process_duration_seconds_bucket{namespace=~\"shop\", service_name=~\"web|web\\\\.v2\"}[5m]))) > 0.75"
         );
         assert_eq!(rules[0]["for"], "2m");
         assert_eq!(rules[0]["labels"]["workload"], "web");
         assert_eq!(rules[1]["alert"], ERROR_RATE_ALERT);
         let expr = rules[1]["expr"].as_str().unwrap();
-        assert!(expr.ends_with("> 0.060000000000000005") || expr.ends_with("> 0.06"), "{expr}");
+        assert!(expr.ends_with("> 0.06"), "{expr}");
         assert!(expr.contains("error_type!=\"\""), "{expr}");
         assert_eq!(
             rules[1]["annotations"]["runbook_url"],
@@ -203,6 +210,25 @@ mod tests {
             json!([]),
             "no requests, no services, error alert could not fire, no p99"
         );
+    }
+
+    /// The rules of a sample baseline as a Prometheus rules file. With
+    /// `TRACELIGHT_METRICS_DUMP=<dir>` (`make test-alerts`) it is written to
+    /// `<dir>/baseline-rules.yaml`, where `promtool check rules`, `promtool test rules`
+    /// (e2e/alerts/tests/baseline.test.yaml) and metriccheck read it.
+    #[test]
+    fn exposition_for_the_alert_checks_baseline_rules() {
+        let mut checkout = workload("checkout", &["checkout"], 20.0, 0.01, Some(0.25));
+        checkout.duration_p50_seconds = Some(0.02);
+        let worker =
+            WorkloadBaseline { kind: "StatefulSet".into(), ..workload("worker", &["worker"], 2.0, 0.0, Some(1.0)) };
+        let spec = rule_spec("shop", &baseline(vec![checkout, worker]), &AlertingSpec::default());
+        let yaml = serde_yaml::to_string(&spec).unwrap();
+        assert!(yaml.contains("alert: TracelightWorkloadLatencyRegression"), "{yaml}");
+        if let Some(dir) = std::env::var_os("TRACELIGHT_METRICS_DUMP") {
+            let path = std::path::Path::new(&dir).join("baseline-rules.yaml");
+            std::fs::write(&path, yaml).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+        }
     }
 
     #[test]

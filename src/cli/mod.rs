@@ -1,6 +1,7 @@
 //! Commands besides the operator and the agent: `crd` and `inject` (offline), `preview` and
 //! `verify` (read the cluster, change nothing).
 
+pub mod baseline;
 pub mod crd;
 pub mod inject;
 pub mod preview;

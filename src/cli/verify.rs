@@ -20,6 +20,11 @@ pub struct VerifyArgs {
     /// Keep looking until every workload reports, for at most this long (e.g. 2m).
     #[arg(long, value_parser = Duration::parse)]
     pub wait: Option<Duration>,
+    /// Print the baseline recorded at the end of the rollout's soaks (requests/s, error rate,
+    /// p50/p95/p99, agent CPU and memory per pod, the window) and the last review's findings
+    /// instead; fails when no baseline is recorded.
+    #[arg(long)]
+    pub baseline: bool,
 }
 
 /// One row of the table.
@@ -121,7 +126,11 @@ pub fn run(args: &VerifyArgs) -> anyhow::Result<bool> {
             if let Some(name) = &args.name {
                 anyhow::ensure!(policies.iter().any(|p| p.name_any() == *name), "TracingPolicy {name} not found");
             }
-            let (table, ok) = verdict(&policies, args);
+            let (table, ok) = if args.baseline {
+                super::baseline::table(&policies, args.name.as_deref(), args.namespace.as_deref())
+            } else {
+                verdict(&policies, args)
+            };
             if ok || deadline.is_none_or(|d| tokio::time::Instant::now() >= d) {
                 print!("{table}");
                 return Ok(ok);
@@ -171,7 +180,7 @@ mod tests {
     }
 
     fn args(name: Option<&str>, namespace: Option<&str>) -> VerifyArgs {
-        VerifyArgs { name: name.map(Into::into), namespace: namespace.map(Into::into), wait: None }
+        VerifyArgs { name: name.map(Into::into), namespace: namespace.map(Into::into), wait: None, baseline: false }
     }
 
     #[test]
