@@ -106,7 +106,8 @@ pub struct Histogram {
 
 impl Histogram {
     pub fn observe(&mut self, seconds: f64) {
-        let i = DURATION_BOUNDS_SECONDS.iter().position(|&b| seconds <= b).unwrap_or(BUCKETS - 1);
+        // The first bound not below `seconds` (binary search; past the last: the +Inf bucket).
+        let i = DURATION_BOUNDS_SECONDS.partition_point(|&b| b < seconds);
         self.buckets[i] += 1;
         self.sum += seconds;
         self.count += 1;

@@ -521,11 +521,30 @@ impl<'a> SpanRed<'a> {
     }
 
     /// Notes the route attribute of the span's kind; other attributes cost a look at their key.
+    #[inline]
     fn attribute(&mut self, kv: &'a [u8]) -> Result<(), WireError> {
         if self.route.is_some() || (self.kind_seen && self.kind.is_none()) {
             return Ok(());
         }
         const KEYS: [&str; 2] = ["http.route", "messaging.destination.name"];
+        // Fast path: a key written first with a one-byte length (what every SDK writes) is read
+        // in place, and the other attributes are dismissed without walking them.
+        if let [0x0a, len, rest @ ..] = kv {
+            if let Some(key) = rest.get(..*len as usize).filter(|_| *len < 0x80) {
+                let Some(slot) = KEYS.iter().position(|k| k.as_bytes() == key) else { return Ok(()) };
+                // `value: AnyValue { string_value }` right after, with one-byte lengths, and
+                // nothing else in the attribute: read in place (the schema validated the UTF-8).
+                if let [0x12, any_len, 0x0a, str_len, value @ ..] = &rest[key.len()..] {
+                    if *any_len < 0x80 && *str_len as usize + 2 == *any_len as usize && value.len() == *str_len as usize
+                    {
+                        if self.kind.is_none_or(|k| k.route_attribute() == KEYS[slot]) {
+                            self.route = Some(utf8(value)?);
+                        }
+                        return Ok(());
+                    }
+                }
+            }
+        }
         if let Some((slot, Some(value))) = wanted_attribute(kv, &KEYS)? {
             // Before the kind is known (an encoder that writes attributes first), either counts.
             if self.kind.is_none_or(|k| k.route_attribute() == KEYS[slot]) {
@@ -543,7 +562,7 @@ impl<'a> SpanRed<'a> {
             None => utf8(self.name)?,
         };
         // A span ending before it starts (clock skew) took no measurable time.
-        let seconds = self.end.saturating_sub(self.start) as f64 / 1e9;
+        let seconds = self.end.saturating_sub(self.start) as f64 * 1e-9;
         Ok(Some(red::Observation { kind, route, error, seconds }))
     }
 }
