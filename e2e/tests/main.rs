@@ -9,7 +9,7 @@
 //!
 //! `E2E_ONLY=rollout make e2e` runs only the phased-rollout steps (after the certificate
 //! bootstrap), for a quicker loop while working on the rollout; `E2E_ONLY=resilience` only its
-//! crash-loop, missed-pod and two-replica steps; `E2E_ONLY=injection` only the injection steps; `E2E_ONLY=secrets` only the Secret least-privilege step; `E2E_ONLY=coverage` only the two-replica coverage step.
+//! crash-loop, missed-pod and two-replica steps; `E2E_ONLY=injection` only the injection steps; `E2E_ONLY=secrets` only the Secret least-privilege step; `E2E_ONLY=coverage` only the two-replica coverage step; `E2E_ONLY=baseline` only the baseline and regression-rule step.
 //!
 //! Steps that stop or restart the operator cannot interleave with the others, so the cluster
 //! part is one test, [`operator_on_a_real_cluster`], running its steps in order and logging each.

@@ -2,6 +2,7 @@
 //! it saw; the operator's log is attached to any failure.
 
 pub mod bad_input;
+pub mod baseline;
 pub mod certificates;
 pub mod chart_values;
 pub mod fail_open;
@@ -48,6 +49,7 @@ async fn steps(suite: &mut Suite) -> anyhow::Result<()> {
         Ok("resilience") => return resilience_steps(suite).await,
         Ok("injection") => return injection_steps(suite).await,
         Ok("coverage") => return rollout_resilience::two_replicas_count_every_report(suite).await,
+        Ok("baseline") => return baseline::prometheus_rule_follows_the_baseline(suite).await,
         Ok("secrets") => return secrets::secrets_outside_the_operator_namespace_are_refused(suite).await,
         _ => {}
     }
@@ -87,5 +89,6 @@ async fn resilience_steps(suite: &mut Suite) -> anyhow::Result<()> {
     rollout_resilience::crash_looping_workload_is_rolled_back(suite).await?;
     rollout_resilience::missed_pods_are_counted_then_repaired(suite).await?;
     rollout_resilience::two_replicas_one_leader(suite).await?;
-    rollout_resilience::two_replicas_count_every_report(suite).await
+    rollout_resilience::two_replicas_count_every_report(suite).await?;
+    baseline::prometheus_rule_follows_the_baseline(suite).await
 }

@@ -36,7 +36,7 @@ fn values() -> Vec<String> {
     .collect()
 }
 
-fn crd_dir() -> anyhow::Result<PathBuf> {
+pub(super) fn crd_dir() -> anyhow::Result<PathBuf> {
     let mut cmd = Command::new("bash");
     cmd.arg(repo_root().join("e2e/alerts/build.sh")).arg("crds");
     let out = checked(cmd)?;

@@ -337,7 +337,7 @@ const COVERED: &str = "e2e-coverage-ha";
 const PUSH_EVERY: Duration = Duration::from_secs(6);
 
 /// A projected token of the report audience bound to `pod`, as the agent container gets it.
-fn report_token(suite: &Suite, ns: &str, pod: &k8s_openapi::api::core::v1::Pod) -> anyhow::Result<String> {
+pub(super) fn report_token(suite: &Suite, ns: &str, pod: &k8s_openapi::api::core::v1::Pod) -> anyhow::Result<String> {
     let sa = pod.spec.as_ref().and_then(|s| s.service_account_name.clone()).unwrap_or_else(|| "default".into());
     let (name, uid) = (pod.name_any(), pod.metadata.uid.clone().unwrap_or_default());
     let token = suite.cluster.kubectl([
