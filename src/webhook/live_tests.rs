@@ -130,9 +130,12 @@ async fn live_certificates_bootstrap_publish_and_rotate_without_restart() {
     };
     let shutdown = CancellationToken::new();
     let resolver = Arc::new(CertResolver::new());
+    let (view, view_driver) = crate::cluster_view::ClusterView::watch(client.clone());
+    let view_task = tokio::spawn(view_driver);
     let server = tokio::spawn(run(
         args,
         client.clone(),
+        view,
         Metrics::new(),
         reports::ReportStore::default(),
         tokio::sync::watch::channel(None).1,
@@ -171,6 +174,7 @@ async fn live_certificates_bootstrap_publish_and_rotate_without_restart() {
 
     shutdown.cancel();
     tokio::time::timeout(StdDuration::from_secs(15), server).await.unwrap().unwrap().unwrap();
+    view_task.abort();
     configs.delete(&id, &DeleteParams::default()).await.unwrap();
     namespaces.delete(&id, &DeleteParams::default()).await.unwrap();
 }

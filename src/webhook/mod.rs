@@ -3,18 +3,17 @@
 
 pub mod certs;
 pub mod handler;
-pub mod index;
 pub mod metrics;
 pub mod reports;
 pub mod rotation;
 pub mod server;
 
 use crate::api::Duration;
+use crate::cluster_view::ClusterView;
 use crate::inject::{DefaultImages, InjectOptions};
 use crate::telemetry::Metrics;
 use certs::{CertResolver, LeafSpec};
 use handler::AdmissionState;
-use index::Index;
 use metrics::AdmissionMetrics;
 use rotation::{CertSource, SelfSigned};
 use std::net::SocketAddr;
@@ -179,14 +178,15 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, Webho
     TcpListener::bind(addr).await.map_err(|source| WebhookError::Bind { what, addr, source })
 }
 
-/// Runs the webhook until `shutdown` is cancelled: the namespace/policy index, certificate
-/// bootstrap and rotation, the HTTPS admission server and the admin server.
+/// Runs the webhook until `shutdown` is cancelled: certificate bootstrap and rotation, the HTTPS
+/// admission server and the admin server. Admission reads `view` (driven by the caller).
 ///
 /// Webhook metrics are registered into `metrics`; the admin server's `/metrics` renders the
 /// whole registry, so register other components' metrics into the same `Metrics`.
 pub async fn run(
     args: WebhookArgs,
     client: kube::Client,
+    view: ClusterView,
     metrics: Metrics,
     reports: reports::ReportStore,
     leader_address: tokio::sync::watch::Receiver<Option<String>>,
@@ -194,10 +194,9 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), WebhookError> {
     args.validate()?;
-    let (index, index_driver) = Index::watch(client.clone());
     let tls = server::tls_config(resolver.clone())?;
     let admission = AdmissionState {
-        index: index.clone(),
+        view: view.clone(),
         options: Arc::new(args.inject_options()),
         metrics: AdmissionMetrics::register(&metrics),
     };
@@ -212,17 +211,13 @@ pub async fn run(
         forward: Some(forward),
         limits: Arc::default(),
     };
-    let admin = server::AdminState { metrics, index, resolver: resolver.clone() };
+    let admin = server::AdminState { metrics, view, resolver: resolver.clone() };
     let webhook_listener = bind("webhook", args.webhook_addr).await?;
     let admin_listener = bind("admin", args.admin_addr).await?;
     tracing::info!(webhook = %args.webhook_addr, admin = %args.admin_addr, mode = ?args.cert_mode, "webhook starting");
 
     // Stops everything when asked to, or when one server fails.
     let stop = shutdown.child_token();
-    let watches = stop.clone();
-    let index_task = tokio::spawn(async move {
-        tokio::select! { _ = index_driver => {}, _ = watches.cancelled() => {} }
-    });
     let interval = args.cert_check_interval.get();
     let cert_task = tokio::spawn(args.cert_source(client).run(resolver, interval, stop.clone()));
     let https = server::serve_https(
@@ -238,7 +233,7 @@ pub async fn run(
     };
     let ((), admin_result) = tokio::join!(https, admin);
     stop.cancel();
-    let _ = tokio::join!(index_task, cert_task);
+    let _ = cert_task.await;
     tracing::info!("webhook stopped");
     admin_result
 }
