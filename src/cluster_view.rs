@@ -20,19 +20,22 @@ use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
 use std::fmt::Debug;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 
 /// Names of changed objects a subscriber may fall behind by before it resynchronizes from the
 /// store (a namespace relabelled in bulk, a relist).
 const CHANGE_BUFFER: usize = 1024;
 
 /// One watched kind: its store, whether the first list arrived, and the names that change.
+///
+/// Readiness is our own flag, set by the one task that waits on the store's: kube's
+/// `Store::wait_until_ready` wakes only the last of several concurrent waiters (its `DelayedInit`
+/// keeps one waker), so the controller and the change subscribers must not wait on it together.
 #[derive(Clone)]
 struct Watched<K: Resource<DynamicType = ()> + 'static> {
     store: Store<K>,
-    synced: Arc<AtomicBool>,
+    synced: Arc<watch::Sender<bool>>,
     changes: broadcast::Sender<ObjectRef<K>>,
 }
 
@@ -41,7 +44,16 @@ where
     K: Resource<DynamicType = ()> + Clone + 'static,
 {
     fn new(store: Store<K>, synced: bool) -> Self {
-        Watched { store, synced: Arc::new(AtomicBool::new(synced)), changes: broadcast::channel(CHANGE_BUFFER).0 }
+        Watched { store, synced: Arc::new(watch::Sender::new(synced)), changes: broadcast::channel(CHANGE_BUFFER).0 }
+    }
+
+    fn is_synced(&self) -> bool {
+        *self.synced.borrow()
+    }
+
+    /// Returns once the first full list is in the store (never, if the watch is dropped first).
+    async fn wait_synced(&self) -> bool {
+        self.synced.subscribe().wait_for(|synced| *synced).await.is_ok()
     }
 
     /// Every object in the store once it is synced, then each object that changes (added,
@@ -53,19 +65,20 @@ where
     {
         // Subscribed before the store is read, so no change between the two is missed.
         let receiver = self.changes.subscribe();
-        let store = self.store.clone();
-        futures::stream::unfold((receiver, store, true), |(mut receiver, store, mut resync)| async move {
+        let watched = self.clone();
+        futures::stream::unfold((receiver, watched, true), |(mut receiver, watched, mut resync)| async move {
+            let store = watched.store.clone();
             loop {
                 if resync {
-                    if store.wait_until_ready().await.is_err() {
+                    if !watched.wait_synced().await {
                         return None;
                     }
-                    return Some((futures::stream::iter(store.state()), (receiver, store, false)));
+                    return Some((futures::stream::iter(store.state()), (receiver, watched, false)));
                 }
                 match receiver.recv().await {
                     Ok(name) => {
                         if let Some(object) = store.get(&name) {
-                            return Some((futures::stream::iter(vec![object]), (receiver, store, false)));
+                            return Some((futures::stream::iter(vec![object]), (receiver, watched, false)));
                         }
                     }
                     Err(broadcast::error::RecvError::Lagged(missed)) => {
@@ -132,7 +145,13 @@ impl ClusterView {
 
     /// Both stores have received their initial list: lookups now reflect the cluster.
     pub fn ready(&self) -> bool {
-        self.namespaces.synced.load(Ordering::Acquire) && self.policies.synced.load(Ordering::Acquire)
+        self.namespaces.is_synced() && self.policies.is_synced()
+    }
+
+    /// Returns once both stores hold their first full list.
+    pub async fn wait_synced(&self) {
+        self.namespaces.wait_synced().await;
+        self.policies.wait_synced().await;
     }
 
     /// The namespace store, for the controllers' lookups.
@@ -230,7 +249,7 @@ where
     let synced = watched.synced.clone();
     let mark_ready = async move {
         if reader.wait_until_ready().await.is_ok() {
-            synced.store(true, Ordering::Release);
+            synced.send_replace(true);
             tracing::info!(%kind, objects = reader.len(), "cluster view synced");
         }
     };
@@ -277,11 +296,15 @@ mod tests {
     struct Feed {
         writer: reflector::store::Writer<TracingPolicy>,
         announcer: Announcer<TracingPolicy>,
+        synced: Arc<watch::Sender<bool>>,
     }
 
     impl Feed {
         fn apply_policy_event(&mut self, event: watcher::Event<TracingPolicy>) {
             self.writer.apply_watcher_event(&event);
+            if matches!(event, watcher::Event::InitDone) {
+                self.synced.send_replace(true);
+            }
             self.announcer.announce(&event);
         }
     }
@@ -293,7 +316,8 @@ mod tests {
             policies: Watched::new(policy_store, false),
         };
         let announcer = Announcer::new(view.policies.changes.clone());
-        (view, Feed { writer, announcer })
+        let synced = view.policies.synced.clone();
+        (view, Feed { writer, announcer, synced })
     }
 
     async fn next(stream: &mut (impl Stream<Item = Arc<TracingPolicy>> + Unpin)) -> Option<(String, i64)> {

@@ -442,6 +442,12 @@ async fn run_policy_controller(
     let (statefulsets, statefulset_cache) = workload_cache::<StatefulSet>(&client, nudge.clone(), "statefulset");
     let (daemonsets, daemonset_cache) = workload_cache::<DaemonSet>(&client, nudge, "daemonset");
 
+    // Started once the view is synced, so that kube's wait for the store (see `cluster_view`)
+    // finds it ready instead of waiting beside the view's own.
+    tokio::select! {
+        () = view.wait_synced() => {}
+        () = shutdown.cancelled() => return,
+    }
     let controller = Controller::for_shared_stream(view.policy_triggers(), view.policy_store());
     let ctx = Arc::new(Context {
         events: events::Publisher::new(client.clone(), REPORTER, std::env::var("POD_NAME").ok()),
