@@ -93,6 +93,14 @@ where
     }
 }
 
+/// The API client and the process's view of the cluster, handed together to the webhook and the
+/// controllers.
+#[derive(Clone)]
+pub struct Cluster {
+    pub client: Client,
+    pub view: ClusterView,
+}
+
 /// Synchronous lookups of the cluster's Namespaces and TracingPolicies, and their changes.
 #[derive(Clone)]
 pub struct ClusterView {
@@ -165,7 +173,8 @@ impl ClusterView {
     }
 
     /// Every policy once the store is synced, then each policy that changes: the policy
-    /// controller's trigger (see [`Watched::changed_objects`]).
+    /// controller's trigger. A subscriber that falls behind gets the whole store again; deleted
+    /// policies are not yielded.
     pub fn policy_triggers(&self) -> impl Stream<Item = Arc<TracingPolicy>> + Send + 'static {
         self.policies.changed_objects()
     }

@@ -13,7 +13,8 @@
 //!
 //! # Memory
 //!
-//! The caches hold what the decisions read, never whole objects: pods as a [`PodSummary`] decoded
+//! Namespaces and TracingPolicies are watched once per process ([`ClusterView`], shared with the
+//! webhook); the caches hold what the decisions read, never whole objects: pods as a [`PodSummary`] decoded
 //! straight from the watch's JSON, workloads as the rollout's summary, owned agent objects as
 //! metadata only, and the initial lists of the large caches come in pages (`paged_lists`). The
 //! figures at scale and how they moved are in `docs/performance.md`.
@@ -32,7 +33,7 @@ mod trace;
 #[cfg(test)]
 mod io_order_tests;
 
-use crate::cluster_view::ClusterView;
+use crate::cluster_view::{Cluster, ClusterView};
 use crate::inject::InjectOptions;
 use crate::rollout::pod::PodSummary;
 use crate::telemetry::{self, LogFormat, Metrics};
@@ -211,8 +212,7 @@ async fn run_async(args: ControllerArgs, trace_stats: Option<telemetry::traces::
         shutdown.clone(),
         crate::webhook::run(
             webhook,
-            client.clone(),
-            view.clone(),
+            Cluster { client: client.clone(), view: view.clone() },
             metrics.clone(),
             reports.clone(),
             leader_address_rx,
@@ -223,8 +223,7 @@ async fn run_async(args: ControllerArgs, trace_stats: Option<telemetry::traces::
     let controllers = cancel_on_error(
         shutdown.clone(),
         run_controllers(
-            client,
-            view,
+            Cluster { client, view },
             metrics,
             lease,
             PolicySettings { inject_options, secret_sources },
@@ -270,8 +269,7 @@ struct PolicySettings {
 
 /// Runs the controllers whenever this replica leads (always, without a `lease`), until `shutdown`.
 async fn run_controllers(
-    client: Client,
-    view: ClusterView,
+    Cluster { client, view }: Cluster,
     metrics: Metrics,
     lease: Option<Election>,
     settings: PolicySettings,

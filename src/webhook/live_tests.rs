@@ -134,8 +134,7 @@ async fn live_certificates_bootstrap_publish_and_rotate_without_restart() {
     let view_task = tokio::spawn(view_driver);
     let server = tokio::spawn(run(
         args,
-        client.clone(),
-        view,
+        crate::cluster_view::Cluster { client: client.clone(), view },
         Metrics::new(),
         reports::ReportStore::default(),
         tokio::sync::watch::channel(None).1,

@@ -9,7 +9,7 @@ pub mod rotation;
 pub mod server;
 
 use crate::api::Duration;
-use crate::cluster_view::ClusterView;
+use crate::cluster_view::Cluster;
 use crate::inject::{DefaultImages, InjectOptions};
 use crate::telemetry::Metrics;
 use certs::{CertResolver, LeafSpec};
@@ -179,14 +179,13 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, Webho
 }
 
 /// Runs the webhook until `shutdown` is cancelled: certificate bootstrap and rotation, the HTTPS
-/// admission server and the admin server. Admission reads `view` (driven by the caller).
+/// admission server and the admin server. Admission reads the cluster view (driven by the caller).
 ///
 /// Webhook metrics are registered into `metrics`; the admin server's `/metrics` renders the
 /// whole registry, so register other components' metrics into the same `Metrics`.
 pub async fn run(
     args: WebhookArgs,
-    client: kube::Client,
-    view: ClusterView,
+    cluster: Cluster,
     metrics: Metrics,
     reports: reports::ReportStore,
     leader_address: tokio::sync::watch::Receiver<Option<String>>,
@@ -194,6 +193,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), WebhookError> {
     args.validate()?;
+    let Cluster { client, view } = cluster;
     let tls = server::tls_config(resolver.clone())?;
     let admission = AdmissionState {
         view: view.clone(),
