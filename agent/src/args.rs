@@ -268,9 +268,9 @@ mod tests {
         let a = run(&["--otlp-grpc-port=14317", "--admin-host", "0.0.0.0", "--log-format=text"]).unwrap();
         assert_eq!(a.otlp_grpc_port, 14317);
         assert_eq!(a.admin_host, IpAddr::from([0, 0, 0, 0]));
+        assert!(matches!(a.log_format, LogFormat::Text));
         let a = run(&["--health-host=fd00::7", "--health-metrics", "true"]).unwrap();
         assert_eq!((a.health_host, a.health_metrics), (Some("fd00::7".parse().unwrap()), true));
-        assert!(matches!(a.log_format, LogFormat::Text));
     }
 
     #[test]

@@ -85,7 +85,7 @@ async fn metrics_and_the_whole_admin_are_exposed_only_when_asked() {
     let outside = agent.health_addr.expect("a health listener");
     assert_eq!(try_get(outside, "/metrics").await, Ok(200));
     let (_, text) = get(&format!("http://{outside}/metrics")).await;
-    assert!(text.contains("tracelight_agent_spans_received_total"), "{text}");
+    assert!(text.contains("tracelight_agent_spans_exported_total"), "{text}");
     assert_eq!(try_get(outside, "/report").await, Ok(404));
     agent.shutdown().await;
 
