@@ -368,11 +368,11 @@ impl RunningPod {
     /// `kubectl port-forward` or a container of the pod reach it: status and body.
     pub async fn loopback_get(&self, port: u16, path: &str) -> anyhow::Result<(u16, String)> {
         let url = format!("http://127.0.0.1:{port}{path}");
-        let out = tokio::process::Command::new(ip_binary()?)
-            .args(["netns", "exec", &self.net.netns, "curl", "-sS", "--max-time", "10", "-w", "\n%{http_code}", &url])
-            .stdin(Stdio::null())
-            .output()
-            .await
+        let mut cmd = Command::new(ip_binary()?);
+        cmd.args(["netns", "exec", &self.net.netns, "curl", "-sS", "--max-time", "10", "-w", "\n%{http_code}", &url])
+            .stdin(Stdio::null());
+        let out = tokio::task::spawn_blocking(move || cmd.output())
+            .await?
             .context("running curl in the pod's network namespace")?;
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         ensure!(out.status.success(), "GET {url} in {}: {}", self.net.netns, String::from_utf8_lossy(&out.stderr));
