@@ -188,12 +188,8 @@ pub async fn start_with_identity(args: AgentArgs, identity: enrich::PodIdentity)
         background.push(tokio::spawn(pusher.run(receivers_stop.clone())));
     }
     let limits = server_limits(&args);
-    let mut admin = vec![tokio::spawn(admin::serve(
-        admin_listener,
-        admin::router(shared.clone()),
-        limits,
-        admin_stop.clone(),
-    ))];
+    let mut admin =
+        vec![tokio::spawn(admin::serve(admin_listener, admin::router(shared.clone()), limits, admin_stop.clone()))];
     if let Some(listener) = health_listener {
         let router = admin::health_router(shared.clone(), args.health_metrics);
         admin.push(tokio::spawn(admin::serve(listener, router, limits, admin_stop.clone())));

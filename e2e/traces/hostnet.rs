@@ -123,7 +123,9 @@ pub async fn run(
         let exited = pod.exited();
         ensure!(exited.is_empty(), "pod {}: containers exited: {exited:?}", pod.name);
     }
-    log.note(&format!("both hostNetwork agents run side by side on {node}; spans of {WORKLOADS:?} reached the collector"));
+    log.note(&format!(
+        "both hostNetwork agents run side by side on {node}; spans of {WORKLOADS:?} reached the collector"
+    ));
     Ok(hostnet)
 }
 
@@ -195,20 +197,28 @@ async fn colliding_workload_is_not_scheduled(
     create(client, ns, shop::host_network_inventory(name, crate::support::free_port(), node)).await?;
     let api = Api::<Pod>::namespaced(client.clone(), ns);
     let lp = ListParams::default().labels(&format!("app={name}"));
-    let message = wait::until(&format!("the pod of {ns}/{name} to be refused by the scheduler"), Duration::from_secs(60), || async {
-        let pods = api.list(&lp).await?.items;
-        let pod = pods.first().context("no pod yet")?;
-        ensure!(pod.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_none(), "scheduled: {:?}", pod.spec.as_ref().and_then(|s| s.node_name.clone()));
-        let condition = pod
-            .status
-            .iter()
-            .flat_map(|s| s.conditions.iter().flatten())
-            .find(|c| c.type_ == "PodScheduled" && c.status == "False")
-            .context("no PodScheduled=False condition yet")?;
-        let message = condition.message.clone().unwrap_or_default();
-        ensure!(message.contains("free ports"), "PodScheduled=False: {message}");
-        Ok(message)
-    })
+    let message = wait::until(
+        &format!("the pod of {ns}/{name} to be refused by the scheduler"),
+        Duration::from_secs(60),
+        || async {
+            let pods = api.list(&lp).await?.items;
+            let pod = pods.first().context("no pod yet")?;
+            ensure!(
+                pod.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_none(),
+                "scheduled: {:?}",
+                pod.spec.as_ref().and_then(|s| s.node_name.clone())
+            );
+            let condition = pod
+                .status
+                .iter()
+                .flat_map(|s| s.conditions.iter().flatten())
+                .find(|c| c.type_ == "PodScheduled" && c.status == "False")
+                .context("no PodScheduled=False condition yet")?;
+            let message = condition.message.clone().unwrap_or_default();
+            ensure!(message.contains("free ports"), "PodScheduled=False: {message}");
+            Ok(message)
+        },
+    )
     .await?;
     log.note(&format!("{ns}/{name} needs the slot of {}: Pending ({message})", WORKLOADS[0]));
     Api::<Deployment>::namespaced(client.clone(), ns).delete(name, &Default::default()).await?;

@@ -311,9 +311,8 @@ async fn traces(suite: &mut harness::Suite, otelcol: &std::path::Path) -> anyhow
         ensure!(code == 0 && table.contains("OK: every instrumented workload sends spans"), "exit {code}:\n{table}");
         log.note("tracelight verify: exit 1 naming tax-legacy as silent; exit 0 for the fully covered shop");
 
-        let hostnet = hostnet.insert(
-            hostnet::run(suite, &mut network, &images, &dir, &extra_hosts, &collector, &endpoint).await?,
-        );
+        let hostnet = hostnet
+            .insert(hostnet::run(suite, &mut network, &images, &dir, &extra_hosts, &collector, &endpoint).await?);
 
         // Then everything is flushed and stopped (apps, agents, collector, in that order) and the
         // final output checked: nothing arrived late, twice, split, or from elsewhere.

@@ -295,7 +295,8 @@ fn host_network_pods_get_their_workloads_slot_as_host_ports() {
     let m = injected(
         inject(&case_pod("daemonset-hostnetwork"), "monitoring", &base_policy(), &InjectOptions::default()).unwrap(),
     );
-    let slot = HostPortRange::DEFAULT.slot_ports(host_slot("monitoring/DaemonSet/node-exporter", HostPortRange::DEFAULT));
+    let slot =
+        HostPortRange::DEFAULT.slot_ports(host_slot("monitoring/DaemonSet/node-exporter", HostPortRange::DEFAULT));
     assert!((20000..=22999).contains(&slot.otlp_grpc), "{slot:?}");
     assert_eq!(
         env_value(container(&m.pod, "exporter"), "OTEL_EXPORTER_OTLP_ENDPOINT"),

@@ -18,7 +18,8 @@ fn non_loopback_address() -> IpAddr {
     let text = String::from_utf8_lossy(&out.stdout);
     let words: Vec<&str> = text.split_whitespace().collect();
     let addr = words.windows(2).find(|w| w[0] == "inet").map(|w| w[1].split('/').next().unwrap_or_default());
-    let addr: IpAddr = addr.and_then(|a| a.parse().ok()).unwrap_or_else(|| panic!("no global IPv4 address in:\n{text}"));
+    let addr: IpAddr =
+        addr.and_then(|a| a.parse().ok()).unwrap_or_else(|| panic!("no global IPv4 address in:\n{text}"));
     assert!(!addr.is_loopback(), "{addr}");
     addr
 }
@@ -90,11 +91,8 @@ async fn metrics_and_the_whole_admin_are_exposed_only_when_asked() {
     agent.shutdown().await;
 
     // --admin-host=0.0.0.0: everything on every address; no separate health listener.
-    let args = AgentArgs {
-        admin_host: IpAddr::from([0, 0, 0, 0]),
-        health_host: Some(pod_ip),
-        ..default_admin_args(&dir)
-    };
+    let args =
+        AgentArgs { admin_host: IpAddr::from([0, 0, 0, 0]), health_host: Some(pod_ip), ..default_admin_args(&dir) };
     let agent = tracelight_agent::start_with_identity(args, identity()).await.expect("starts");
     assert_eq!(agent.health_addr, None);
     let outside = SocketAddr::new(pod_ip, agent.admin_addr.port());
