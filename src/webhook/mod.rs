@@ -122,7 +122,6 @@ impl WebhookArgs {
                 agent: self.agent_image.clone(),
                 instrumentation: self.instrumentation_images.iter().cloned().collect(),
             },
-            ..InjectOptions::default()
         }
     }
 
