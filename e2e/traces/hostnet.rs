@@ -1,4 +1,4 @@
-//! Two `hostNetwork` pods on one node (issue 15): the agents of two workloads share the node's
+//! Two `hostNetwork` pods on one node (issue 15): the agents of two DaemonSets share the node's
 //! ports, so each takes its workload's slot in the reserved range (`tracelight::inject::ports`),
 //! declared as host ports. Both pods run in the node's one network namespace
 //! ([`Network::node_net`]): both agents must start and both applications' spans must reach the
@@ -15,7 +15,7 @@ use crate::shop;
 use crate::support::objects::{from_json, wait_injecting, ENABLED};
 use crate::support::{wait, StepLog};
 use anyhow::{ensure, Context as _};
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Secret};
 use kube::api::{Api, ListParams, PostParams};
 use kube::{Client, ResourceExt};
@@ -129,8 +129,8 @@ pub async fn run(
     Ok(hostnet)
 }
 
-fn slot_key(ns: &str, deployment: &str) -> String {
-    host_slot_key(ns, Some(("Deployment", deployment)), "")
+fn slot_key(ns: &str, daemonset: &str) -> String {
+    host_slot_key(ns, Some(("DaemonSet", daemonset)), "")
 }
 
 /// The first kwok node (the e2e cluster's nodes run no kubelet; the runner plays it).
@@ -142,10 +142,10 @@ async fn kwok_node(client: &Client) -> anyhow::Result<String> {
 }
 
 async fn create(client: &Client, ns: &str, w: shop::Workload) -> anyhow::Result<()> {
-    Api::<Deployment>::namespaced(client.clone(), ns)
+    Api::<DaemonSet>::namespaced(client.clone(), ns)
         .create(&PostParams::default(), &from_json(w.deployment)?)
         .await
-        .with_context(|| format!("creating Deployment {ns}/{}", w.name))?;
+        .with_context(|| format!("creating DaemonSet {ns}/{}", w.name))?;
     Ok(())
 }
 
@@ -221,6 +221,6 @@ async fn colliding_workload_is_not_scheduled(
     )
     .await?;
     log.note(&format!("{ns}/{name} needs the slot of {}: Pending ({message})", WORKLOADS[0]));
-    Api::<Deployment>::namespaced(client.clone(), ns).delete(name, &Default::default()).await?;
+    Api::<DaemonSet>::namespaced(client.clone(), ns).delete(name, &Default::default()).await?;
     Ok(())
 }

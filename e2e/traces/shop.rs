@@ -187,8 +187,10 @@ pub fn broken_tax() -> Workload {
     })
 }
 
-/// An inventory service on the node's network (`hostNetwork`), pinned to `node`, serving on
-/// `port` of the node; no Service (a hosts file cannot name a node port).
+/// An inventory service on the node's network (`hostNetwork`): a DaemonSet (in `deployment`)
+/// pinned to `node`, serving on `port` of the node; no Service (a hosts file cannot name a node
+/// port). A DaemonSet replaces a pod by deleting it first, so a restart never needs the node's
+/// ports twice (a Deployment's surge pod would wait for its own application port).
 pub fn host_network_inventory(name: &'static str, port: u16, node: &str) -> Workload {
     let mut w = workload(Spec {
         name,
@@ -204,6 +206,10 @@ pub fn host_network_inventory(name: &'static str, port: u16, node: &str) -> Work
         }),
         traced: true,
     });
+    w.deployment["kind"] = json!("DaemonSet");
+    if let Some(spec) = w.deployment["spec"].as_object_mut() {
+        spec.remove("replicas");
+    }
     let spec = &mut w.deployment["spec"]["template"]["spec"];
     spec["hostNetwork"] = json!(true);
     spec["nodeSelector"] = json!({"kubernetes.io/hostname": node});
