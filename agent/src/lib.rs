@@ -1,6 +1,7 @@
 //! `tracelight-agent`: the sidecar. OTLP in (gRPC and HTTP on the pod's loopback), consistent
 //! sampling, `k8s.*` enrichment, a byte-bounded queue, export with retries to the policy's
-//! collector, live reload of its config, and a self-report on an admin port.
+//! collector, live reload of its config, and a self-report on an admin port (on the pod's
+//! loopback; `/healthz` also on the pod IP, see [`admin`]).
 //!
 //! ```text
 //! receivers (grpc, http) -> admission -> pipeline (validate, sample, enrich: `wire`, on the
@@ -78,6 +79,8 @@ pub struct RunningAgent {
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    /// The health listener (`--health-host`, on the admin port), when there is one.
+    pub health_addr: Option<SocketAddr>,
     pub shared: Arc<Shared>,
     receivers_stop: CancellationToken,
     export_stop: CancellationToken,
@@ -85,7 +88,8 @@ pub struct RunningAgent {
     shutdown_timeout: Duration,
     receivers: Vec<JoinHandle<()>>,
     background: Vec<JoinHandle<()>>,
-    admin: JoinHandle<()>,
+    /// The admin server, and the health server when there is one.
+    admin: Vec<JoinHandle<()>>,
     admin_stop: CancellationToken,
 }
 
@@ -144,6 +148,11 @@ pub async fn start_with_identity(args: AgentArgs, identity: enrich::PodIdentity)
     let admin_listener = bind(args.admin_host, args.admin_port, "admin").await?;
     let (grpc_addr, http_addr, admin_addr) =
         (grpc_listener.local_addr()?, http_listener.local_addr()?, admin_listener.local_addr()?);
+    let health_listener = match health_host(&args) {
+        Some(host) => Some(bind(host, admin_addr.port(), "health").await?),
+        None => None,
+    };
+    let health_addr = health_listener.as_ref().map(TcpListener::local_addr).transpose()?;
 
     let (clients_tx, clients_rx) = watch::channel(None);
     let mut watcher = config_watch::ConfigWatcher::new(args.config.clone(), shared.clone(), clients_tx);
@@ -178,13 +187,19 @@ pub async fn start_with_identity(args: AgentArgs, identity: enrich::PodIdentity)
     if let Some(pusher) = report_pusher(&args, &shared) {
         background.push(tokio::spawn(pusher.run(receivers_stop.clone())));
     }
-    let stop = admin_stop.clone();
-    let admin = tokio::spawn(admin::serve(admin_listener, shared.clone(), server_limits(&args), stop));
-    tracing::info!(%grpc_addr, %http_addr, %admin_addr, "agent started");
+    let limits = server_limits(&args);
+    let mut admin =
+        vec![tokio::spawn(admin::serve(admin_listener, admin::router(shared.clone()), limits, admin_stop.clone()))];
+    if let Some(listener) = health_listener {
+        let router = admin::health_router(shared.clone(), args.health_metrics);
+        admin.push(tokio::spawn(admin::serve(listener, router, limits, admin_stop.clone())));
+    }
+    tracing::info!(%grpc_addr, %http_addr, %admin_addr, health_addr = ?health_addr, "agent started");
     Ok(RunningAgent {
         grpc_addr,
         http_addr,
         admin_addr,
+        health_addr,
         shared,
         receivers_stop,
         export_stop,
@@ -195,6 +210,17 @@ pub async fn start_with_identity(args: AgentArgs, identity: enrich::PodIdentity)
         admin,
         admin_stop,
     })
+}
+
+/// Where the health listener binds: `--health-host`, unless the admin server already listens
+/// there (or everywhere, when exposed on purpose with `--admin-host=0.0.0.0`).
+fn health_host(args: &AgentArgs) -> Option<IpAddr> {
+    let host = args.health_host?;
+    if args.admin_host.is_unspecified() || host == args.admin_host {
+        tracing::info!(%host, admin_host = %args.admin_host, "the admin server already answers health checks there");
+        return None;
+    }
+    Some(host)
 }
 
 fn report_pusher(args: &AgentArgs, shared: &Arc<Shared>) -> Option<report_push::ReportPusher> {
@@ -266,12 +292,19 @@ impl RunningAgent {
             }
         }
         self.admin_stop.cancel();
-        let _ = tokio::time::timeout(Duration::from_millis(200), self.admin).await;
+        let _ = tokio::time::timeout(Duration::from_millis(200), wait_all(self.admin)).await;
         tracing::info!("agent stopped");
     }
 
     pub fn report(&self) -> report::Report {
         admin::build_report(&self.shared)
+    }
+}
+
+/// Waits for every handle (their results are not needed).
+async fn wait_all(handles: Vec<JoinHandle<()>>) {
+    for h in handles {
+        let _ = h.await;
     }
 }
 

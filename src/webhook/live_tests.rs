@@ -127,6 +127,8 @@ async fn live_certificates_bootstrap_publish_and_rotate_without_restart() {
         agent_report_url: None,
         agent_image: crate::inject::shipped_agent_image(),
         instrumentation_images: Vec::new(),
+        agent_admin_exposure: Default::default(),
+        agent_host_port_range: Default::default(),
     };
     let shutdown = CancellationToken::new();
     let resolver = Arc::new(CertResolver::new());

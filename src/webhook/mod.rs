@@ -98,6 +98,15 @@ pub struct WebhookArgs {
         value_parser = crate::inject::parse_instrumentation_image
     )]
     pub instrumentation_images: Vec<(crate::inject::Language, String)>,
+    /// What of the injected agents' admin port is reachable from outside their pod: `health`
+    /// (`/healthz` on the pod IP, for the kubelet), `metrics` (also `/metrics`, for a
+    /// PodMonitor) or `all` (also `/report`). The rest stays on the pod's loopback.
+    #[arg(long, env = "TRACELIGHT_AGENT_ADMIN_EXPOSURE", default_value = "health")]
+    pub agent_admin_exposure: crate::inject::AdminExposure,
+    /// Reserved node ports the agents of hostNetwork pods take a slot of three in, by a hash
+    /// of their workload, declared as hostPorts (FIRST-LAST).
+    #[arg(long, env = "TRACELIGHT_AGENT_HOST_PORT_RANGE", default_value = "20000-22999")]
+    pub agent_host_port_range: crate::inject::ports::HostPortRange,
 }
 
 impl WebhookArgs {
@@ -106,11 +115,12 @@ impl WebhookArgs {
         InjectOptions {
             native_sidecar: self.native_sidecar,
             report_url: self.agent_reports.then(|| self.report_url()),
+            admin_exposure: self.agent_admin_exposure,
+            host_port_range: self.agent_host_port_range,
             images: DefaultImages {
                 agent: self.agent_image.clone(),
                 instrumentation: self.instrumentation_images.iter().cloned().collect(),
             },
-            ..InjectOptions::default()
         }
     }
 
