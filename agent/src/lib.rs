@@ -271,8 +271,13 @@ pub fn server_limits(args: &AgentArgs) -> server::ServerLimits {
     }
 }
 
+/// Time past the shutdown deadline for the exporter to abort its sends and count them as dropped
+/// (under load the count otherwise raced the deadline and was lost). The injector leaves the pod's
+/// grace period well beyond `--shutdown-timeout-secs`.
+const SHUTDOWN_WRAP_UP: Duration = Duration::from_millis(250);
+
 impl RunningAgent {
-    /// Stop within `--shutdown-timeout-secs`, whatever clients do: stop accepting connections,
+    /// Stop within `--shutdown-timeout-secs` (plus [`SHUTDOWN_WRAP_UP`]), whatever clients do: stop accepting connections,
     /// give requests in progress `--drain-timeout-secs` (then their connections are closed),
     /// flush the queue in the time left, then stop the admin server. Exports keep running while
     /// the receivers drain.
@@ -286,8 +291,9 @@ impl RunningAgent {
         let _ = self.flush_by.set(deadline);
         self.export_stop.cancel();
         for b in self.background {
-            // A report push in progress is abandoned at the deadline.
-            if tokio::time::timeout_at(deadline, b).await.is_err() {
+            // A report push in progress is abandoned at the deadline; the exporter, which stops
+            // its sends at the deadline itself, gets a moment beyond it to count what it abandoned.
+            if tokio::time::timeout_at(deadline + SHUTDOWN_WRAP_UP, b).await.is_err() {
                 tracing::warn!("shutdown deadline reached with a background task still running");
             }
         }
