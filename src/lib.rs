@@ -10,6 +10,7 @@
 pub mod api;
 pub mod baseline;
 pub mod cli;
+pub mod cluster_view;
 pub mod controller;
 pub mod inject;
 pub mod review;
