@@ -127,7 +127,11 @@ async fn steps(suite: &mut Suite, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
     let web = baseline.workloads.iter().find(|w| w.name == "web").context("web has no baseline")?;
     let window = web.window_end.0.duration_since(web.window_start.0).as_secs_f64();
     ensure!(baseline.phase == "pilot" && (39.0..=41.0).contains(&window), "phase {} over {window}s", baseline.phase);
-    ensure!((web.requests_per_second - RPS).abs() <= RPS * 0.1, "web: {} requests/s, pushed {RPS}", web.requests_per_second);
+    ensure!(
+        (web.requests_per_second - RPS).abs() <= RPS * 0.1,
+        "web: {} requests/s, pushed {RPS}",
+        web.requests_per_second
+    );
     ensure!((web.error_rate - 0.01).abs() < 0.005, "web: error rate {}", web.error_rate);
     let p99 = web.duration_p99_seconds.context("no p99")?;
     ensure!((p99 - 0.0991).abs() < 1e-3, "web: p99 {p99}, expected 0.0991 (99% of the way through 10-100 ms)");
@@ -147,7 +151,10 @@ async fn steps(suite: &mut Suite, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
         async move {
             let rule = rules.get(&name).await?;
             ensure!(rule.labels().get("release").map(String::as_str) == Some("prometheus"), "ruleLabels not applied");
-            ensure!(rule.metadata.owner_references.iter().flatten().any(|o| o.name == POLICY), "not owned by the policy");
+            ensure!(
+                rule.metadata.owner_references.iter().flatten().any(|o| o.name == POLICY),
+                "not owned by the policy"
+            );
             let text = serde_json::to_string(&rule.data["spec"])?;
             let latency = rule.data["spec"]["groups"][0]["rules"]
                 .as_array()
@@ -160,12 +167,16 @@ async fn steps(suite: &mut Suite, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
             Ok(())
         }
     };
-    wait::until("the PrometheusRule at 2 x the baseline p99", Duration::from_secs(60), || expect(threshold(2.0))).await?;
+    wait::until("the PrometheusRule at 2 x the baseline p99", Duration::from_secs(60), || expect(threshold(2.0)))
+        .await?;
     patch_policy(&client, POLICY, json!({"spec": {"alerting": {"latencyFactor": 3}}})).await?;
-    wait::until("the PrometheusRule at 3 x the baseline p99", Duration::from_secs(60), || expect(threshold(3.0))).await?;
+    wait::until("the PrometheusRule at 3 x the baseline p99", Duration::from_secs(60), || expect(threshold(3.0)))
+        .await?;
     let p = policies.get(POLICY).await?;
     let review = p.status.and_then(|s| s.review).context("no review after the rollout completed")?;
-    suite.log.note(&format!("rule follows the baseline and latencyFactor; review: {} finding(s)", review.findings.len()));
+    suite
+        .log
+        .note(&format!("rule follows the baseline and latencyFactor; review: {} finding(s)", review.findings.len()));
     patch_policy(&client, POLICY, json!({"spec": {"alerting": {"regressionRules": false}}})).await?;
     wait::until("the PrometheusRule removed", Duration::from_secs(60), || async {
         ensure!(rules.get_opt(&name).await?.is_none(), "still there");
