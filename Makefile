@@ -100,6 +100,12 @@ bench-agent-compare: agent-release ## Agent vs OpenTelemetry Collector, same pip
 	@REL="$${CARGO_TARGET_DIR:-target}/release" && \
 	python3 e2e/collector/bench.py "$(AGENT_RELEASE)/tracelight-agent" "$$(e2e/collector/build.sh | tail -n1)" "$$REL/examples/otlp_loadgen"
 
+.PHONY: bench-agent-red
+bench-agent-red: agent-release ## Agent with RED metrics on vs off, same load, alternating rounds; last line is RESULT red_throughput_cost_pct=... red_idle_rss_delta_mib=...
+	$(CARGO) build --release --locked -p tracelight-agent --example otlp_loadgen
+	@REL="$${CARGO_TARGET_DIR:-target}/release" && \
+	BENCH_RED=1 python3 e2e/collector/bench.py "$(AGENT_RELEASE)/tracelight-agent" none "$$REL/examples/otlp_loadgen"
+
 .PHONY: fuzz
 FUZZ_SECONDS ?= 60
 fuzz: ## Fuzz the OTLP/HTTP decode path for FUZZ_SECONDS (cargo-fuzz, nightly); a crash input lands in fuzz/artifacts/

@@ -18,6 +18,13 @@ generator and the sink on core 1 (`pin`), so neither competes with the other for
 ratio depends less on the machine's scheduler. Both processes under test get the same core.
 
 Usage: bench.py AGENT_BIN COLLECTOR_BIN LOADGEN_BIN  (see `make bench-agent-compare`)
+
+With BENCH_RED=1 (`make bench-agent-red`) it compares the agent with itself instead: RED metrics on
+(the default) and off (`--red-metrics=false`), BENCH_ROUNDS rounds (default 3) alternating on and
+off, each from a cold page cache, and prints every round, the medians and, last,
+`RESULT red_throughput_cost_pct=... red_idle_rss_delta_mib=...` (from the medians of spans per
+CPU-second at maximum load and of idle RSS; positive: RED costs). The load is the generator's
+spans, all server spans with a route: the worst case for RED.
 """
 import json
 import os
@@ -147,10 +154,10 @@ def pin(core):
 MEASURED_CORE, LOAD_CORE = 0, 1
 
 
-def start_agent(agent_bin, config, grpc, http, admin):
+def start_agent(agent_bin, config, grpc, http, admin, extra=()):
     return subprocess.Popen(
         [agent_bin, "--config", config, "--otlp-grpc-port", str(grpc), "--otlp-http-port", str(http),
-         "--admin-host", "127.0.0.1", "--admin-port", str(admin)],
+         "--admin-host", "127.0.0.1", "--admin-port", str(admin), *extra],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=pin(MEASURED_CORE),
     )
 
@@ -224,8 +231,55 @@ def measure(name, proc, port, loadgen, stats, admin=None):
     return {"name": name, "idle": idle, "idle_parts": idle_parts, "rows": rows}
 
 
+def median(values):
+    v = sorted(values)
+    n = len(v)
+    return v[n // 2] if n % 2 else (v[n // 2 - 1] + v[n // 2]) / 2
+
+
+def red_compare(agent_bin, loadgen):
+    """RED on against off, alternating; see the module doc."""
+    rounds = int(os.environ.get("BENCH_ROUNDS", "3"))
+    runs = {"on": [], "off": []}
+    with tempfile.TemporaryDirectory() as d:
+        sink_grpc = free_port()
+        stats = os.path.join(d, "sink-bytes")
+        sink = subprocess.Popen([loadgen, "--sink", str(sink_grpc), "--sink-stats", stats], stdout=subprocess.DEVNULL,
+                                preexec_fn=pin(LOAD_CORE))
+        try:
+            wait_port(sink_grpc)
+            for i in range(rounds):
+                # Alternate which goes first, so a drift of the machine's load falls on both.
+                for mode in (("on", "off") if i % 2 == 0 else ("off", "on")):
+                    port, admin = free_port(), free_port()
+                    evict_from_page_cache(agent_bin)
+                    extra = () if mode == "on" else ("--red-metrics=false",)
+                    agent = start_agent(agent_bin, agent_config(d, sink_grpc), port, free_port(), admin, extra)
+                    m = measure(f"red {mode}", agent, port, loadgen, stats, admin)
+                    at_max = m["rows"][-1]
+                    runs[mode].append({"per_cpu": at_max["per_cpu"], "rate": at_max["sent"] / at_max["seconds"],
+                                       "idle": m["idle"], "idle_anon": m["idle_parts"][0]})
+                    r = runs[mode][-1]
+                    print(f"round {i + 1} RED {mode:>3}: at max {r['rate']:>9.0f} spans/s, {r['per_cpu']:>9.0f} spans/cpu-s; "
+                          f"idle RSS {r['idle']:.2f} MiB (anon {r['idle_anon']:.2f})", flush=True)
+        finally:
+            sink.terminate()
+            sink.wait(timeout=30)
+    med = {mode: {k: median([r[k] for r in runs[mode]]) for k in runs[mode][0]} for mode in runs}
+    for mode in ("on", "off"):
+        per_cpu = [r["per_cpu"] for r in runs[mode]]
+        print(f"median RED {mode:>3}: {med[mode]['per_cpu']:.0f} spans/cpu-s (range {min(per_cpu):.0f}-{max(per_cpu):.0f}), "
+              f"{med[mode]['rate']:.0f} spans/s, idle RSS {med[mode]['idle']:.2f} MiB (anon {med[mode]['idle_anon']:.2f})")
+    cost = (1 - med["on"]["per_cpu"] / med["off"]["per_cpu"]) * 100 if med["off"]["per_cpu"] else 0.0
+    rate_cost = (1 - med["on"]["rate"] / med["off"]["rate"]) * 100 if med["off"]["rate"] else 0.0
+    rss = med["on"]["idle"] - med["off"]["idle"]
+    print(f"RESULT red_throughput_cost_pct={cost:.1f} red_rate_cost_pct={rate_cost:.1f} red_idle_rss_delta_mib={rss:.2f}")
+
+
 def main():
     agent_bin, collector_bin, loadgen = sys.argv[1:4]
+    if os.environ.get("BENCH_RED") == "1":
+        return red_compare(agent_bin, loadgen)
     with tempfile.TemporaryDirectory() as d:
         # The destination of both pipelines: accepts without decoding (see otlp_loadgen), so that
         # on a 2-core machine it takes as little CPU as possible from the process measured.

@@ -103,6 +103,8 @@ pub struct Span {
     pub name: String,
     pub kind: i64,
     pub attributes: BTreeMap<String, String>,
+    /// End minus start, in seconds (0 when the times are missing).
+    pub duration_seconds: f64,
 }
 
 impl Span {
@@ -159,6 +161,9 @@ pub fn read_spans(path: &Path) -> Vec<Span> {
                 let scope = ss["scope"]["name"].as_str().unwrap_or("").to_string();
                 for s in ss["spans"].as_array().into_iter().flatten() {
                     let field = |k: &str| s[k].as_str().unwrap_or("").to_string();
+                    let nanos = |k: &str| s[k].as_str().and_then(|t| t.parse::<u64>().ok()).unwrap_or(0);
+                    let duration_seconds =
+                        nanos("endTimeUnixNano").saturating_sub(nanos("startTimeUnixNano")) as f64 / 1e9;
                     spans.push(Span {
                         resource: resource.clone(),
                         scope: scope.clone(),
@@ -168,6 +173,7 @@ pub fn read_spans(path: &Path) -> Vec<Span> {
                         name: field("name"),
                         kind: s["kind"].as_i64().unwrap_or(0),
                         attributes: attrs(&s["attributes"]),
+                        duration_seconds,
                     });
                 }
             }

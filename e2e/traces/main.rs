@@ -12,6 +12,10 @@
 //!   sample from the injected `OTEL_TRACES_SAMPLER` (parent-based), the agents sample nothing out,
 //!   and 200 requests must keep whole traces within the same bound.
 //!
+//! Then the after-rollout step ([`after_rollout`]): the baseline recorded at a soak's end matches
+//! the load generated, and a workload made silent raises `Regression` within one review.
+//! `E2E_ONLY=baseline make e2e-traces` runs only that step.
+//!
 //! It reuses the cluster suite's setup (`e2e/tests/suite/setup.rs`, see [`harness`]: chart in URL
 //! mode, operator as a local process with the chart's ServiceAccount) and so owns the cluster's
 //! Tracelight objects while it runs, like `make e2e`: both hold the lock file [`support::cluster_lock`] for
@@ -19,6 +23,8 @@
 //! namespaces), the collector (`TRACELIGHT_OTELCOL`, from e2e/collector/build.sh) and the shop's
 //! prepared content (e2e/apps/prepare.sh); without them it fails, never skips.
 
+// The baseline at a soak's end and the review after it (issue 18).
+mod after_rollout;
 mod check;
 mod collector;
 mod coverage;
@@ -274,6 +280,12 @@ async fn traces(suite: &mut harness::Suite, otelcol: &std::path::Path) -> anyhow
     let extra_hosts = [coverage::operator_hosts_entry(network.host_ip(), harness::NAMESPACE, "tracelight-webhook")];
     let mut broken = None;
     let mut hostnet = None;
+    let mut after = None;
+    if std::env::var("E2E_ONLY").as_deref() == Ok("baseline") {
+        // Only the after-rollout step (the shops are deployed, not run): a quicker loop.
+        let after = after_rollout::run(suite, &mut network, &images, &dir, &extra_hosts, &collector, &endpoint).await;
+        return after.map(|mut shop| shop.running.iter_mut().for_each(|p| p.stop()));
+    }
     let result = async {
         for shop in shops.iter_mut() {
             run_shop(shop, &client, &mut network, &images, &dir, &extra_hosts, &log).await?;
@@ -313,6 +325,8 @@ async fn traces(suite: &mut harness::Suite, otelcol: &std::path::Path) -> anyhow
 
         let hostnet = hostnet
             .insert(hostnet::run(suite, &mut network, &images, &dir, &extra_hosts, &collector, &endpoint).await?);
+        let after = after
+            .insert(after_rollout::run(suite, &mut network, &images, &dir, &extra_hosts, &collector, &endpoint).await?);
 
         // Then everything is flushed and stopped (apps, agents, collector, in that order) and the
         // final output checked: nothing arrived late, twice, split, or from elsewhere.
@@ -320,14 +334,16 @@ async fn traces(suite: &mut harness::Suite, otelcol: &std::path::Path) -> anyhow
         for pod in agent.running.iter_mut().chain(sdk.running.iter_mut()) {
             pod.stop();
         }
-        for pod in broken.running.iter_mut().chain(hostnet.running.iter_mut()) {
+        for pod in broken.running.iter_mut().chain(hostnet.running.iter_mut()).chain(after.running.iter_mut()) {
             pod.stop();
         }
         collector.stop()?;
         let spans = collector.spans();
         let stray: Vec<&Span> = spans
             .iter()
-            .filter(|s| ![&agent.ns, &sdk.ns, &hostnet.ns].map(Some).contains(&s.resource.get("k8s.namespace.name")))
+            .filter(|s| {
+                ![&agent.ns, &sdk.ns, &hostnet.ns, &after.ns].map(Some).contains(&s.resource.get("k8s.namespace.name"))
+            })
             .collect();
         ensure!(
             stray.is_empty(),
@@ -370,6 +386,7 @@ async fn traces(suite: &mut harness::Suite, otelcol: &std::path::Path) -> anyhow
     drop(shops);
     drop(broken);
     drop(hostnet);
+    drop(after);
     drop(report_service);
     drop(collector);
     drop(network);
