@@ -226,7 +226,12 @@ async fn only_pod(client: &Client, ns: &str, injected: bool) -> anyhow::Result<P
         let pods = api.list(&lp).await?.items;
         ensure!(pods.len() == 1, "{} pods", pods.len());
         let pod = pods.into_iter().next().expect("one pod");
-        let has_agent = pod.spec.iter().flat_map(|s| &s.containers).any(|c| c.name == AGENT_CONTAINER);
+        // A native sidecar (an init container) or a plain container, depending on the chart.
+        let has_agent = pod
+            .spec
+            .iter()
+            .flat_map(|s| s.containers.iter().chain(s.init_containers.iter().flatten()))
+            .any(|c| c.name == AGENT_CONTAINER);
         ensure!(has_agent == injected, "pod {}: agent container {has_agent}", pod.name_any());
         ensure!(pod.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some(), "not scheduled");
         ensure!(pod.metadata.deletion_timestamp.is_none(), "being deleted");
