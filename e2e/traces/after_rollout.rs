@@ -138,7 +138,7 @@ pub async fn run(
     let (policy, baseline) = recorded?;
     ensure!(load.failed.is_empty(), "requests failed: {:?}", load.failed);
     log.note(&format!("load: {} requests at {:.2}/s over {:.0}s", load.sent, load.rate(), load.elapsed.as_secs_f64()));
-    check_baseline(&baseline, &load, collector, &ns)?;
+    log.note(&check_baseline(&baseline, &load, collector, &ns)?);
     let review = policy.status.as_ref().and_then(|s| s.review.clone()).context("no review once Complete")?;
     let silent = |kind: FindingKind, namespace: &str, workload: &str| {
         kind == FindingKind::WentSilent && namespace == ns && workload == format!("Deployment/{WORKLOAD}")
@@ -173,8 +173,8 @@ pub async fn run(
     Ok(shop)
 }
 
-/// The baseline against the load and the server spans the collector received.
-fn check_baseline(b: &WorkloadBaseline, load: &Load, collector: &Collector, ns: &str) -> anyhow::Result<()> {
+/// The baseline against the load and the server spans the collector received; what was compared.
+fn check_baseline(b: &WorkloadBaseline, load: &Load, collector: &Collector, ns: &str) -> anyhow::Result<String> {
     let window = b.window_end.0.duration_since(b.window_start.0).as_secs_f64();
     let rate = load.rate();
     ensure!(
@@ -197,6 +197,10 @@ fn check_baseline(b: &WorkloadBaseline, load: &Load, collector: &Collector, ns: 
     let true_quantile = |q: f64| durations[((durations.len() - 1) as f64 * q).round() as usize];
     // p50: within its bucket (neighbouring bounds are at most 2.5 apart; the first starts at 0).
     // p99: the right order of magnitude (the collector's tail is a sample, over a longer time).
+    let mut compared = format!(
+        "baseline over {window:.0}s: {:.2} requests/s (load {rate:.2}/s), error rate {}",
+        b.requests_per_second, b.error_rate
+    );
     for (name, q, factor, measured) in
         [("p50", 0.5, 2.5, b.duration_p50_seconds), ("p99", 0.99, 10.0, b.duration_p99_seconds)]
     {
@@ -207,6 +211,7 @@ fn check_baseline(b: &WorkloadBaseline, load: &Load, collector: &Collector, ns: 
             (lo..=hi).contains(&measured),
             "baseline {name} {measured}s, the collector's server spans say {truth}s (accepted {lo}..{hi})"
         );
+        compared.push_str(&format!(", {name} {:.2}ms (server spans {:.2}ms)", measured * 1e3, truth * 1e3));
     }
     let ordered = [b.duration_p50_seconds, b.duration_p95_seconds, b.duration_p99_seconds];
     ensure!(ordered.windows(2).all(|p| p[0] <= p[1]), "percentiles out of order: {b:?}");
@@ -214,7 +219,7 @@ fn check_baseline(b: &WorkloadBaseline, load: &Load, collector: &Collector, ns: 
         b.agent_cpu_millicores.is_some() && b.agent_memory_bytes.is_some_and(|m| m > 1 << 20),
         "agent overhead missing: {b:?}"
     );
-    Ok(())
+    Ok(compared)
 }
 
 /// The one pod of the workload, once it is the only one; `injected`: carrying the agent.
