@@ -18,6 +18,7 @@ generator and the sink on core 1 (`pin`), so neither competes with the other for
 ratio depends less on the machine's scheduler. Both processes under test get the same core.
 
 Usage: bench.py AGENT_BIN COLLECTOR_BIN LOADGEN_BIN  (see `make bench-agent-compare`)
+BENCH_AGENT_FLAGS="--batch-bytes 262144 ..." passes extra flags to the agent, for tuning experiments.
 """
 import json
 import os
@@ -150,7 +151,9 @@ MEASURED_CORE, LOAD_CORE = 0, 1
 def start_agent(agent_bin, config, grpc, http, admin):
     return subprocess.Popen(
         [agent_bin, "--config", config, "--otlp-grpc-port", str(grpc), "--otlp-http-port", str(http),
-         "--admin-host", "127.0.0.1", "--admin-port", str(admin)],
+         "--admin-host", "127.0.0.1", "--admin-port", str(admin)]
+        # Extra agent flags for tuning experiments (the RESULT line is for the defaults).
+        + os.environ.get("BENCH_AGENT_FLAGS", "").split(),
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=pin(MEASURED_CORE),
     )
 
