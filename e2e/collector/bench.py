@@ -25,6 +25,8 @@ off, each from a cold page cache, and prints every round, the medians and, last,
 `RESULT red_throughput_cost_pct=... red_idle_rss_delta_mib=...` (from the medians of spans per
 CPU-second at maximum load and of idle RSS; positive: RED costs). The load is the generator's
 spans, all server spans with a route: the worst case for RED.
+
+BENCH_AGENT_FLAGS="--batch-bytes 262144 ..." passes extra flags to the agent, for tuning experiments.
 """
 import json
 import os
@@ -157,7 +159,9 @@ MEASURED_CORE, LOAD_CORE = 0, 1
 def start_agent(agent_bin, config, grpc, http, admin, extra=()):
     return subprocess.Popen(
         [agent_bin, "--config", config, "--otlp-grpc-port", str(grpc), "--otlp-http-port", str(http),
-         "--admin-host", "127.0.0.1", "--admin-port", str(admin), *extra],
+         "--admin-host", "127.0.0.1", "--admin-port", str(admin), *extra]
+        # Extra agent flags for tuning experiments (the RESULT line is for the defaults).
+        + os.environ.get("BENCH_AGENT_FLAGS", "").split(),
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=pin(MEASURED_CORE),
     )
 
