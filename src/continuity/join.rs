@@ -19,7 +19,7 @@ pub struct Inventory {
 /// An end of an edge.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Node {
-    Workload(WorkloadKey),
+    Workload(Arc<WorkloadKey>),
     /// A host (or destination) that is no known workload.
     External(String),
 }
@@ -71,7 +71,7 @@ pub struct WorkloadFacts {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Graph {
     pub edges: BTreeMap<(Node, Node, EdgeKind), Edge>,
-    pub workloads: BTreeMap<WorkloadKey, WorkloadFacts>,
+    pub workloads: BTreeMap<Arc<WorkloadKey>, WorkloadFacts>,
     /// Probe traces per namespace (a trace through two namespaces counts in both).
     pub namespace_traces: BTreeMap<String, u32>,
     /// Calls without a child not judged yet (younger than [`SETTLE_SECS`]).
@@ -113,7 +113,7 @@ pub fn join(window: &ProbeWindow, inventory: &Inventory, now: i64) -> Graph {
     for (&trace, spans) in &window.traces {
         j.trace(window, trace, spans, &mut orphans);
     }
-    let reporting: HashSet<&WorkloadKey> = window.pods(now).map(|p| &p.workload).collect();
+    let reporting: HashSet<&WorkloadKey> = window.pods(now).map(|p| &*p.workload).collect();
     let names = Names::new(window, inventory, now);
     for orphan in orphans {
         j.judge(&orphan, window, inventory, &reporting, &names, now);
@@ -124,27 +124,24 @@ pub fn join(window: &ProbeWindow, inventory: &Inventory, now: i64) -> Graph {
 struct Join<'w> {
     graph: Graph,
     /// (caller's namespace, peer) -> the workload that served it in a connected call.
-    learned: HashMap<(&'w str, &'w str), &'w WorkloadKey>,
+    learned: HashMap<(&'w str, &'w str), &'w Arc<WorkloadKey>>,
     /// Destination -> the workloads consuming it.
-    consumers: HashMap<&'w str, BTreeSet<&'w WorkloadKey>>,
+    consumers: HashMap<&'w str, BTreeSet<&'w Arc<WorkloadKey>>>,
     /// Producer spans a consumer links to (`trace`, `span`): connected, not orphans.
     linked: HashSet<(u128, u64)>,
 }
 
 impl<'w> Join<'w> {
-    fn facts(&mut self, w: &WorkloadKey) -> &mut WorkloadFacts {
-        if !self.graph.workloads.contains_key(w) {
-            self.graph.workloads.insert(w.clone(), WorkloadFacts::default());
-        }
-        self.graph.workloads.get_mut(w).expect("inserted above")
+    fn facts(&mut self, w: &Arc<WorkloadKey>) -> &mut WorkloadFacts {
+        self.graph.workloads.entry(w.clone()).or_default()
     }
 
-    fn edge(&mut self, from: &WorkloadKey, to: Node, kind: EdgeKind) -> &mut Edge {
+    fn edge(&mut self, from: &Arc<WorkloadKey>, to: Node, kind: EdgeKind) -> &mut Edge {
         self.graph.edges.entry((Node::Workload(from.clone()), to, kind)).or_default()
     }
 
     fn trace(&mut self, window: &'w ProbeWindow, trace: u128, spans: &'w [Span], orphans: &mut Vec<Orphan<'w>>) {
-        let mut workloads: Vec<&WorkloadKey> = spans.iter().map(|s| &s.pod.workload).collect();
+        let mut workloads: Vec<&Arc<WorkloadKey>> = spans.iter().map(|s| &s.pod.workload).collect();
         workloads.sort();
         workloads.dedup();
         let mut namespaces: Vec<&str> = workloads.iter().map(|w| w.namespace.as_str()).collect();
@@ -257,7 +254,7 @@ impl<'w> Join<'w> {
             self.edge(from, Node::External(to), kind).calls += 1;
             return;
         };
-        let (reason, message) = if !reporting.contains(&callee) {
+        let (reason, message) = if !reporting.contains(&*callee) {
             let m = format!("{callee} has no reporting agent: it cannot continue the trace");
             (BreakReason::CalleeNotInstrumented, m)
         } else {
@@ -284,7 +281,7 @@ impl<'w> Join<'w> {
     }
 
     /// The workload a call was meant for, if the join can tell.
-    fn callee_of(&self, span: &Span, names: &Names) -> Option<WorkloadKey> {
+    fn callee_of(&self, span: &Span, names: &Names) -> Option<Arc<WorkloadKey>> {
         let from = &span.pod.workload;
         let peer = span.peer.as_deref()?;
         if kind_is(span, SpanKind::Producer) {
@@ -327,7 +324,7 @@ fn host_of(peer: &str) -> &str {
 /// Workloads by name, to resolve a host to one.
 struct Names {
     /// (namespace, workload name or `service.name`) -> the workload.
-    by_name: HashMap<(String, String), WorkloadKey>,
+    by_name: HashMap<(String, String), Arc<WorkloadKey>>,
     namespaces: HashSet<String>,
 }
 
@@ -335,7 +332,7 @@ impl Names {
     fn new(window: &ProbeWindow, inventory: &Inventory, now: i64) -> Names {
         let mut by_name = HashMap::new();
         for w in &inventory.workloads {
-            by_name.insert((w.namespace.clone(), w.name.clone()), w.clone());
+            by_name.insert((w.namespace.clone(), w.name.clone()), Arc::new(w.clone()));
         }
         for p in window.pods(now) {
             by_name
@@ -358,7 +355,7 @@ impl Names {
 
     /// `name`, `name.namespace`, `name.namespace.svc...`: the workload of that name, in the
     /// caller's namespace for a bare name. An IP address names nothing.
-    fn resolve(&self, caller_ns: &str, host: &str) -> Option<WorkloadKey> {
+    fn resolve(&self, caller_ns: &str, host: &str) -> Option<Arc<WorkloadKey>> {
         if host.parse::<std::net::IpAddr>().is_ok() {
             return None;
         }

@@ -3,6 +3,7 @@
 use super::*;
 use crate::api::ContinuityState;
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use tracelight_contract::probe::{ProbeSpan, Probes};
 use tracelight_contract::sampling::SpanKind::{self, Client, Consumer, Producer, Server};
 
@@ -165,8 +166,11 @@ fn a_container_propagator_override_breaks_exactly_its_edge_and_says_why() {
     assert!(early.edges.values().all(|e| e.broken == 0));
     let g = join(&w, &inv, T0 + SETTLE_SECS);
     assert_eq!(edges(&g), ["shop/frontend -> shop/pricing (request) 4/0", "shop/pricing -> shop/tax (request) 4/4"]);
-    let tax_edge =
-        &g.edges[&(Node::Workload(pricing.workload.clone()), Node::Workload(tax.workload.clone()), EdgeKind::Request)];
+    let tax_edge = &g.edges[&(
+        Node::Workload(Arc::new(pricing.workload.clone())),
+        Node::Workload(Arc::new(tax.workload.clone())),
+        EdgeKind::Request,
+    )];
     assert_eq!(tax_edge.reason, Some(BreakReason::PropagatorOverride));
     let message = tax_edge.message.as_deref().unwrap();
     assert!(message.contains("shop/tax's container api sets OTEL_PROPAGATORS=b3"), "{message}");
@@ -189,7 +193,11 @@ fn policies_with_no_common_format_are_a_mismatch() {
     add(&mut w, &a, vec![span(7, 1, 0, Server, None), span(7, 2, 1, Client, Some("ledger.bank:80"))], T0);
     add(&mut w, &b, vec![span(99, 3, 0, Server, None)], T0);
     let g = join(&w, &inventory(&[&a, &b], &[]), T0 + 100);
-    let e = &g.edges[&(Node::Workload(a.workload.clone()), Node::Workload(b.workload.clone()), EdgeKind::Request)];
+    let e = &g.edges[&(
+        Node::Workload(Arc::new(a.workload.clone())),
+        Node::Workload(Arc::new(b.workload.clone())),
+        EdgeKind::Request,
+    )];
     assert_eq!((e.broken, e.reason), (1, Some(BreakReason::PropagatorMismatch)));
     assert!(e.message.as_deref().unwrap().contains("bank/ledger reads b3"), "{:?}", e.message);
 }
@@ -213,8 +221,8 @@ fn a_callee_without_an_agent_and_a_dropped_context_are_told_apart() {
     let g = join(&w, &inventory(&[&web, &api], &[("shop", "legacy")]), T0 + 100);
     let reason = |to: &str| {
         g.edges[&(
-            Node::Workload(web.workload.clone()),
-            Node::Workload(WorkloadKey::new("shop", "Deployment", to)),
+            Node::Workload(Arc::new(web.workload.clone())),
+            Node::Workload(Arc::new(WorkloadKey::new("shop", "Deployment", to))),
             EdgeKind::Request,
         )]
             .reason
@@ -359,4 +367,10 @@ fn the_window_forgets_old_traces_and_stays_under_its_cap() {
     bad.trace_id = "zz".into();
     add(&mut w, &web, vec![bad], T0 + window::WINDOW_SECS + 3);
     assert_eq!(w.rejected, 1);
+}
+
+#[test]
+fn a_probe_span_in_the_window_stays_small() {
+    // The window holds up to MAX_SPANS of them: its memory bound is this times the cap.
+    assert!(std::mem::size_of::<window::Span>() <= 96, "{}", std::mem::size_of::<window::Span>());
 }

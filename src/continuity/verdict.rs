@@ -18,7 +18,7 @@ fn trace_id(trace: u128) -> String {
 /// The continuity of `workload`; `None` when no probe trace involves it.
 pub fn workload_continuity(graph: &Graph, workload: &WorkloadKey) -> Option<TraceContinuity> {
     let facts = graph.workloads.get(workload)?;
-    let node = Node::Workload(workload.clone());
+    let node = Node::Workload(std::sync::Arc::new(workload.clone()));
     let touches = |(from, to, _): &(Node, Node, _)| *from == node || *to == node;
     let broken =
         graph.edges.iter().find(|(key, e)| touches(key) && e.broken > 0).map(|((from, to, _), e)| BrokenLink {

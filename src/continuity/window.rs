@@ -23,7 +23,8 @@ const MAX_THRESHOLDS: usize = 32;
 #[derive(Debug, PartialEq, Eq, Hash)]
 pub struct PodInfo {
     pub uid: Box<str>,
-    pub workload: WorkloadKey,
+    /// Shared with the graph's edges and entries (one allocation per workload, not per edge).
+    pub workload: Arc<WorkloadKey>,
     /// The policy whose config the agent runs (its `propagators` are the injected ones).
     pub policy: Option<Box<str>>,
     /// Containers that set `OTEL_PROPAGATORS` themselves, with the value.
@@ -99,6 +100,10 @@ impl ProbeWindow {
         threshold: u64,
         now: i64,
     ) -> Arc<PodInfo> {
+        let workload = match self.pods.get(uid) {
+            Some(p) if *p.info.workload == workload => p.info.workload.clone(),
+            _ => Arc::new(workload),
+        };
         let info = PodInfo {
             uid: uid.into(),
             workload,
@@ -213,13 +218,13 @@ impl ProbeWindow {
     pub fn workload_threshold(&self, workload: &WorkloadKey, now: i64) -> Option<u64> {
         self.pods
             .values()
-            .filter(|p| p.info.workload == *workload)
+            .filter(|p| *p.info.workload == *workload)
             .flat_map(|p| p.thresholds.iter().filter(|(at, _)| *at >= now - WINDOW_SECS).map(|(_, t)| *t))
             .min()
     }
 
     /// Every pod that reported within the window.
-    pub fn pods(&self, now: i64) -> impl Iterator<Item = &Arc<PodInfo>> {
+    pub fn pods(&self, now: i64) -> impl Iterator<Item = &Arc<PodInfo>> + '_ {
         self.pods
             .values()
             .filter(move |p| p.thresholds.back().is_some_and(|(at, _)| *at >= now - WINDOW_SECS))

@@ -106,6 +106,7 @@ cluster (operator.enabled=false), the port of webhook.url (443 when the URL has 
 - --lease-name={{ .Values.operator.leaderElection.leaseName }}
 - --native-sidecar={{ .Values.operator.nativeSidecar }}
 - --agent-reports={{ .Values.operator.agentReports }}
+- --probe-ratio={{ .Values.operator.probeRatio }}
 - --agent-image={{ .Values.agent.image | default (include "tracelight.image" .) }}
 {{- with .Values.secrets.sourceNamespaces }}
 - --secret-namespace={{ join "," . }}

@@ -279,7 +279,7 @@ mod tests {
         store.accept(&pod("a"), &r, at(30));
         let (spans, workload) = store.with_probes(|w| {
             let trace = w.trace(0x0af7651916cd43dd8448eb211c80319c).unwrap();
-            (w.len(), trace[0].pod.workload.clone())
+            (w.len(), (*trace[0].pod.workload).clone())
         });
         assert_eq!(
             (spans, workload),
