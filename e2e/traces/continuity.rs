@@ -14,7 +14,7 @@ use crate::harness::Suite;
 use crate::runner::images::Images;
 use crate::runner::net::Network;
 use crate::support::objects::{assert_injected, from_json, ENABLED};
-use crate::support::{wait, StepLog};
+use crate::support::wait;
 use anyhow::{ensure, Context as _};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service;
@@ -165,6 +165,26 @@ pub async fn wait_broken_by_override(client: &Client, policy: &str, ns: &str) ->
         Ok(e.clone())
     })
     .await
+}
+
+/// Whether `tracelight graph`'s text lists every known edge of `ns` with no broken call, and says
+/// no edge is broken (database calls may be listed too: they are calls, never judged).
+pub fn graph_lists(text: &str, ns: &str) -> bool {
+    let rows: BTreeSet<(String, String, String, String)> = text
+        .lines()
+        .filter_map(|l| match l.split_whitespace().collect::<Vec<_>>()[..] {
+            [from, "->", to, kind, _calls, broken, ..] => {
+                Some((from.to_string(), to.to_string(), kind.to_string(), broken.to_string()))
+            }
+            _ => None,
+        })
+        .collect();
+    let known = known_edges(ns);
+    known
+        .iter()
+        .all(|(from, to, kind)| rows.contains(&(from.clone(), to.clone(), kind.as_str().to_string(), "0".into())))
+        && rows.iter().filter(|r| r.2 != EdgeKind::Database.as_str()).count() == known.len()
+        && text.contains(" edges, 0 broken, from ")
 }
 
 /// Runs `tracelight graph` as a user would; its exit code and output.

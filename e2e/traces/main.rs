@@ -30,6 +30,8 @@ mod coverage;
 // `make demo`'s trace (ignored; run by e2e/demo.sh).
 mod demo;
 mod harness;
+// Two hostNetwork pods on one node.
+mod hostnet;
 // The operator's own traces (a separate test, sharing the harness and the collector).
 mod operator_spans;
 mod runner;
@@ -280,6 +282,7 @@ async fn traces(suite: &mut harness::Suite, otelcol: &std::path::Path) -> anyhow
     let extra_hosts = [coverage::operator_hosts_entry(network.host_ip(), harness::NAMESPACE, "tracelight-webhook")];
     let mut broken = None;
     let mut variant = None;
+    let mut hostnet = None;
     let result = async {
         for shop in shops.iter_mut() {
             run_shop(shop, &client, &mut network, &images, &dir, &extra_hosts, &log).await?;
@@ -329,8 +332,8 @@ async fn traces(suite: &mut harness::Suite, otelcol: &std::path::Path) -> anyhow
         ensure!(code == 0 && table.contains(" Connected "), "the connected shop fails verify: exit {code}:\n{table}");
         let (code, text) = continuity::graph(&binary, &suite.cluster.kubeconfig, POLICY_SDK, &sdk.ns, false)?;
         eprint!("{text}");
-        ensure!(code == 0 && text.contains("4 edges, 0 broken"), "tracelight graph: exit {code}:\n{text}");
-        log.note("tracelight verify passes the connected shop; tracelight graph lists its 4 edges");
+        ensure!(code == 0 && continuity::graph_lists(&text, &sdk.ns), "tracelight graph: exit {code}:\n{text}");
+        log.note("tracelight verify passes the connected shop; tracelight graph lists its 4 edges, none broken");
 
         // A service whose own env sets a propagator its caller does not use.
         let shop_label = (SHOP_LABEL, "agent");
@@ -363,13 +366,21 @@ async fn traces(suite: &mut harness::Suite, otelcol: &std::path::Path) -> anyhow
         ensure!(dot.contains("PropagatorOverride\", color=red"), "tracelight graph -o dot:\n{dot}");
         log.note("tracelight verify: exit 1 naming the broken edge and its cause; graph -o dot draws it red");
 
+        let hostnet = hostnet
+            .insert(hostnet::run(suite, &mut network, &images, &dir, &extra_hosts, &collector, &endpoint).await?);
+
         // Then everything is flushed and stopped (apps, agents, collector, in that order) and the
         // final output checked: nothing arrived late, twice, split, or from elsewhere.
         log.step("stop the pods (SIGTERM: SDKs and agents flush) and the collector; check the final output");
         for pod in agent.running.iter_mut().chain(sdk.running.iter_mut()) {
             pod.stop();
         }
-        for pod in broken.running.iter_mut().chain(variant.iter_mut().flat_map(|v| v.running.iter_mut())) {
+        for pod in broken
+            .running
+            .iter_mut()
+            .chain(hostnet.running.iter_mut())
+            .chain(variant.iter_mut().flat_map(|v| v.running.iter_mut()))
+        {
             pod.stop();
         }
         collector.stop()?;
@@ -378,12 +389,12 @@ async fn traces(suite: &mut harness::Suite, otelcol: &std::path::Path) -> anyhow
             .iter()
             .filter(|s| {
                 let ns = s.resource.get("k8s.namespace.name");
-                ![Some(&agent.ns), Some(&sdk.ns), variant.as_ref().map(|v| &v.ns)].contains(&ns)
+                ![Some(&agent.ns), Some(&sdk.ns), Some(&hostnet.ns), variant.as_ref().map(|v| &v.ns)].contains(&ns)
             })
             .collect();
         ensure!(
             stray.is_empty(),
-            "spans from neither shop namespace: {:?}",
+            "spans from no namespace of the test: {:?}",
             stray.iter().map(|s| s.describe()).collect::<Vec<_>>()
         );
         let (all_at_once, sampled): (Vec<Span>, Vec<Span>) =
@@ -422,6 +433,7 @@ async fn traces(suite: &mut harness::Suite, otelcol: &std::path::Path) -> anyhow
     drop(shops);
     drop(broken);
     drop(variant);
+    drop(hostnet);
     drop(report_service);
     drop(collector);
     drop(network);
@@ -453,8 +465,12 @@ async fn check_reports(
 ) -> anyhow::Result<()> {
     let admin = policy.spec.agent.ports.admin;
     for (pod, _) in shop.running.iter().zip(workloads).filter(|(_, w)| w.traced) {
-        let (status, body) = http_get(pod.net.ip, admin, "/report").await?;
-        ensure!(status == 200, "{}: GET /report: HTTP {status}", pod.name);
+        // The admin server is on the pod's loopback; on the pod IP only /healthz answers (the
+        // runner's probes passed there).
+        let (status, body) = pod.loopback_get(admin, "/report").await?;
+        ensure!(status == 200, "{}: GET /report on the pod's loopback: HTTP {status}", pod.name);
+        let (outside, _) = http_get(pod.net.ip, admin, "/report").await?;
+        ensure!(outside == 404, "{}: GET /report on the pod IP {}: HTTP {outside}, want 404", pod.name, pod.net.ip);
         let report: serde_json::Value = serde_json::from_str(&body)?;
         let spans = &report["spans"];
         let dropped: u64 = spans["dropped"].as_object().into_iter().flatten().filter_map(|(_, n)| n.as_u64()).sum();
@@ -536,12 +552,12 @@ async fn resample(log: &StepLog, client: &Client, shop: &mut Shop, workloads: &[
         if !w.traced {
             continue;
         }
-        let ip = pod.net.ip;
+        let pod = &*pod;
         wait::until(
             &format!("the agent of {} to apply ratio {SAMPLED_RATIO}", pod.name),
             Duration::from_secs(30),
             || async {
-                let (status, body) = http_get(ip, admin, "/report").await?;
+                let (status, body) = pod.loopback_get(admin, "/report").await?;
                 ensure!(status == 200, "GET /report: HTTP {status}");
                 let report: serde_json::Value = serde_json::from_str(&body)?;
                 ensure!(report["samplingRatio"].as_f64() == Some(SAMPLED_RATIO), "report {report}");

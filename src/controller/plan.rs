@@ -308,8 +308,12 @@ pub struct Observation {
     pub budgets_unmet: Option<Vec<String>>,
     /// With probe traces on: the service graph of the policy's namespaces and the
     /// `TracesConnected` condition as `(status, reason, message)`.
-    pub continuity: Option<(Option<ServiceGraph>, (&'static str, &'static str, String))>,
+    pub continuity: Option<ContinuityObservation>,
 }
+
+/// The service graph (`None`: nothing joined yet) and the `TracesConnected` condition as
+/// `(status, reason, message)`.
+pub type ContinuityObservation = (Option<ServiceGraph>, (&'static str, &'static str, String));
 
 /// The rollout engine's verdict, as the status reports it.
 #[derive(Clone, Debug, PartialEq)]

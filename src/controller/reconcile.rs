@@ -327,7 +327,7 @@ fn traces_continuity(
     policies: &[Arc<TracingPolicy>],
     ctx: &Context,
     now: Timestamp,
-) -> Option<(Option<crate::api::ServiceGraph>, (&'static str, &'static str, String))> {
+) -> Option<super::plan::ContinuityObservation> {
     if !ctx.continuity.enabled() {
         return None;
     }

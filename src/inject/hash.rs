@@ -4,7 +4,7 @@
 //! in agent mode, API key) are deliberately left out: agents reload them without a restart.
 
 use super::language::Language;
-use super::InjectOptions;
+use super::{AdminExposure, InjectOptions};
 use crate::api::{AgentPorts, AgentSpec, Propagator, SamplingMode, TracingPolicy};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -29,6 +29,13 @@ struct ManifestInputs<'a> {
     /// when off, so hashes from before the report channel existed stay the same.
     #[serde(skip_serializing_if = "Option::is_none")]
     report_url: Option<&'a str>,
+    /// The agent's flags and env follow it. Left out at its default, like `report_url`.
+    #[serde(skip_serializing_if = "is_default_exposure")]
+    admin_exposure: AdminExposure,
+}
+
+fn is_default_exposure(e: &AdminExposure) -> bool {
+    *e == AdminExposure::default()
 }
 
 #[derive(Serialize)]
@@ -71,6 +78,7 @@ pub fn manifest_hash(
             })
             .collect(),
         report_url: options.report_url.as_deref(),
+        admin_exposure: options.admin_exposure,
     };
     let bytes = serde_json::to_vec(&inputs).expect("manifest inputs always serialize");
     let digest = Sha256::digest(&bytes);
