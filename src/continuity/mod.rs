@@ -1,7 +1,7 @@
 //! Trace continuity (pure): are the spans of one request in one trace? The agents record the
 //! shape of a small, consistent sample of traces before sampling (probe traces, see
 //! `tracelight_contract::probe`); the operator files them in a bounded [`ProbeWindow`] as
-//! reports arrive, and [`join`] assembles them into the service graph and its broken links.
+//! reports arrive, and [`join()`] assembles them into the service graph and its broken links.
 //! [`verdict`] turns the graph into the status of a workload and a policy.
 //!
 //! # What the join can tell

@@ -1,5 +1,5 @@
-//! The probe spans of the last [`WINDOW`], from every agent's reports, bounded by
-//! [`MAX_SPANS`]: what [`super::join`] reads. Adding is cheap (the report's spans are parsed and
+//! The probe spans of the last [`WINDOW_SECS`], from every agent's reports, bounded by
+//! [`MAX_SPANS`]: what [`super::join()`] reads. Adding is cheap (the report's spans are parsed and
 //! filed under their trace); everything derived is left to the join.
 //!
 //! Deduplicated by span id within a trace, so an agent that reports the same spans twice (a push
