@@ -2,8 +2,11 @@
 //! -> consistent sampling (ratio 0.5) -> enrichment -> queue, for requests of 100 realistic spans.
 //! No network: this measures the CPU cost per span inside the agent.
 //!
-//! After criterion's report, prints `RESULT agent_spans_per_sec=<spans/s on one core>` as the last
-//! line, measured separately over a fixed number of iterations.
+//! After criterion's report, prints `RESULT agent_spans_per_sec=<spans/s on one core>
+//! probes_on_spans_per_sec=<the same with probe traces on> probe_cost_pct=<the difference, %>` as
+//! the last line, measured separately over a fixed number of iterations: probes off and on in
+//! alternating rounds, the best round of each (so a noisy neighbour hurts both alike). Probes on:
+//! the default probe ratio, the buffer taken every 100 requests as a report would.
 
 use criterion::{criterion_group, Criterion, Throughput};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -67,7 +70,7 @@ fn request(seed: u64) -> ExportTraceServiceRequest {
     }
 }
 
-fn pipeline() -> Pipeline {
+fn pipeline(probe_below: u64) -> Pipeline {
     let metrics = Arc::new(Metrics::default());
     let queue = Arc::new(Queue::new(64 << 20, metrics.clone()));
     let identity = PodIdentity {
@@ -84,6 +87,7 @@ fn pipeline() -> Pipeline {
         attributes: identity.attributes(),
         generation: 1,
         rules: None,
+        probe_below,
     });
     p
 }
@@ -105,7 +109,7 @@ fn ingest(p: &Pipeline, body: &[u8], encoding: Option<&str>) {
 fn bench(c: &mut Criterion) {
     let bodies: Vec<Vec<u8>> = (0..16).map(|s| request(s).encode_to_vec()).collect();
     let gzipped: Vec<Vec<u8>> = bodies.iter().map(|b| gzip(b)).collect();
-    let p = pipeline();
+    let p = pipeline(0);
     let mut g = c.benchmark_group("agent_ingest");
     g.throughput(Throughput::Elements(SPANS as u64));
     let mut i = 0;
@@ -121,7 +125,35 @@ fn bench(c: &mut Criterion) {
             ingest(&p, &gzipped[i], Some("gzip"))
         })
     });
+    let probed = pipeline(probe_below());
+    let mut n = 0;
+    g.bench_function("gzip_protobuf_100_spans_probes_on", |b| {
+        b.iter(|| {
+            i = (i + 1) % gzipped.len();
+            n += 1;
+            if n % 100 == 0 {
+                black_box(probed.probes.take());
+            }
+            ingest(&probed, &gzipped[i], Some("gzip"))
+        })
+    });
     g.finish();
+}
+
+fn probe_below() -> u64 {
+    tracelight_contract::probe::threshold_for_ratio(tracelight_contract::probe::DEFAULT_PROBE_RATIO)
+}
+
+/// Spans per second over [`TIMED_ITERATIONS`] requests.
+fn timed(p: &Pipeline, bodies: &[Vec<u8>]) -> f64 {
+    let started = Instant::now();
+    for i in 0..TIMED_ITERATIONS {
+        if i % 100 == 99 {
+            black_box(p.probes.take());
+        }
+        ingest(p, &bodies[i % bodies.len()], Some("gzip"));
+    }
+    (TIMED_ITERATIONS * SPANS) as f64 / started.elapsed().as_secs_f64()
 }
 
 criterion_group!(benches, bench);
@@ -134,11 +166,12 @@ fn main() {
         return;
     }
     let bodies: Vec<Vec<u8>> = (0..16).map(|s| gzip(&request(s).encode_to_vec())).collect();
-    let p = pipeline();
-    let started = Instant::now();
-    for i in 0..TIMED_ITERATIONS {
-        ingest(&p, &bodies[i % bodies.len()], Some("gzip"));
+    let (off, on) = (pipeline(0), pipeline(probe_below()));
+    let (mut best_off, mut best_on) = (0f64, 0f64);
+    for _ in 0..5 {
+        best_off = best_off.max(timed(&off, &bodies));
+        best_on = best_on.max(timed(&on, &bodies));
     }
-    let per_sec = (TIMED_ITERATIONS * SPANS) as f64 / started.elapsed().as_secs_f64();
-    println!("RESULT agent_spans_per_sec={per_sec:.0}");
+    let cost = (best_off - best_on) / best_off * 100.0;
+    println!("RESULT agent_spans_per_sec={best_off:.0} probes_on_spans_per_sec={best_on:.0} probe_cost_pct={cost:.1}");
 }

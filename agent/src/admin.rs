@@ -88,5 +88,7 @@ pub fn build_report(shared: &Shared) -> Report {
         truncated: shared.pipeline.services.truncation(),
         sampling_rules: shared.metrics.rule_counts(),
         kept_bytes: shared.metrics.kept_bytes.get(),
+        // Taken by the report pusher only (see `report_push`).
+        probes: None,
     }
 }

@@ -73,6 +73,10 @@ pub struct AgentReport {
     /// (OTLP protobuf, before compression): with the span counters, what a pod costs the backend.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub kept_bytes: u64,
+    /// Contract 3: the probe traces recorded since the last report (see [`crate::probe`]);
+    /// absent when probes are off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probes: Option<crate::probe::Probes>,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -148,6 +152,26 @@ mod tests {
             ("checkout-api".into(), RuleCounts { received: 0, kept: 0, capped: 1, kept_errors: 0 }),
         ]);
         r.kept_bytes = 2400;
+        r.probes = Some(crate::probe::Probes {
+            threshold: 1 << 50,
+            spans: vec![crate::probe::ProbeSpan {
+                trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
+                span_id: "00f067aa0ba902b7".into(),
+                parent_span_id: Some("b7ad6b7169203331".into()),
+                kind: Some(crate::sampling::SpanKind::Client),
+                service: "checkout".into(),
+                remote_parent: Some(false),
+                peer: Some("pricing:8070".into()),
+                destination: None,
+                db: false,
+                error: false,
+                link: None,
+                start_unix_nano: 1_700_000_000_000_000_000,
+                duration_nanos: 1_500_000,
+            }],
+            left_out: 2,
+            propagator_overrides: BTreeMap::from([("api".into(), "b3".into())]),
+        });
         r
     }
 
@@ -179,6 +203,7 @@ mod tests {
             truncated: None,
             sampling_rules: BTreeMap::new(),
             kept_bytes: 0,
+            probes: None,
         }
     }
 

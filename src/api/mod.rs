@@ -2,6 +2,7 @@
 //! components ask about a policy (which namespaces it governs, whether a namespace is active).
 
 pub mod agent_config;
+pub mod continuity;
 pub mod keys;
 pub mod legacy;
 pub mod policy;
@@ -10,6 +11,7 @@ pub mod selector;
 pub mod status;
 pub mod validate;
 
+pub use continuity::*;
 pub use policy::*;
 pub use quantity::Duration;
 pub use status::*;
