@@ -86,6 +86,10 @@ e2e-agent: ## Agent interop: Rust + Python SDKs -> agent -> real OpenTelemetry C
 	TRACELIGHT_OTELCOL="$$OTELCOL" TRACELIGHT_PYTHON="$$PY" \
 	$(CARGO) test --locked -p tracelight-agent --test agent collector:: -- --ignored --nocapture
 
+.PHONY: bench-join
+bench-join: ## The operator's join of probe traces from 10,000 agents (synthetic); last line is RESULT agents=... join_ms=... join_rss_mib=...
+	$(CARGO) bench --locked --bench join
+
 .PHONY: bench-agent
 bench-agent: ## Agent hot path (decode, sample, enrich, queue); last line is RESULT agent_spans_per_sec=...
 	$(CARGO) bench --locked -p tracelight-agent --bench agent

@@ -1,7 +1,7 @@
 //! Tracelight: a Kubernetes operator that turns on distributed tracing for a cluster's
 //! workloads without touching their code.
 //!
-//! Pure decisions (`api`, `inject`, `rollout`) live apart from I/O (`webhook`, `controller`): the
+//! Pure decisions (`api`, `inject`, `rollout`, `sampling`, `continuity`) live apart from I/O (`webhook`, `controller`): the
 //! I/O parts call the pure ones and decide nothing themselves. The agent sidecar is its own
 //! binary (`agent/`); what the two exchange is the `tracelight_contract` crate.
 
@@ -11,6 +11,7 @@ pub mod api;
 pub mod baseline;
 pub mod cli;
 pub mod cluster_view;
+pub mod continuity;
 pub mod controller;
 pub mod inject;
 pub mod review;

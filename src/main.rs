@@ -31,8 +31,11 @@ enum Command {
     Inject(tracelight::cli::inject::InjectArgs),
     /// Print the rollout a policy would run on the cluster now (phases, batches), changing nothing.
     Preview(tracelight::cli::preview::PreviewArgs),
-    /// Check that every instrumented workload sends spans (exits 1 when one is silent).
+    /// Check that every instrumented workload sends spans and its traces are whole (exits 1 when
+    /// one is silent or a trace link is broken).
     Verify(tracelight::cli::verify::VerifyArgs),
+    /// Print the service graph from the agents' probe traces, as text or Graphviz DOT (`-o dot`).
+    Graph(tracelight::cli::graph::GraphArgs),
     /// Run the operator: admission webhook, certificate management and controllers.
     Controller(Box<tracelight::controller::ControllerArgs>),
 }
@@ -43,6 +46,7 @@ fn main() -> ExitCode {
         Command::Crd => tracelight::cli::crd::run(&mut std::io::stdout()),
         Command::Inject(args) => tracelight::cli::inject::run(&args),
         Command::Preview(args) => tracelight::cli::preview::run(&args),
+        Command::Graph(args) => tracelight::cli::graph::run(&args),
         Command::Verify(args) => match tracelight::cli::verify::run(&args) {
             Ok(true) => Ok(()),
             // The table says which workloads failed.

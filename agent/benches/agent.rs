@@ -5,9 +5,12 @@
 //! Every span is a server span with an `http.route`: the worst case for the RED metrics
 //! (`red`), which the `red_off` variants leave out (`--red-metrics=false`).
 //!
-//! After criterion's report, prints `RESULT agent_spans_per_sec=<spans/s on one core>
-//! red_off_spans_per_sec=<the same without RED> red_cost_pct=<how much slower with RED>` as the
-//! last line, measured separately over a fixed number of iterations, alternating the two.
+//! After criterion's report, prints `RESULT agent_spans_per_sec=<spans/s on one core, RED on,
+//! probes off> red_off_spans_per_sec=<the same without RED> red_cost_pct=<how much slower with
+//! RED> probes_on_spans_per_sec=<RED on, probe traces on> probe_cost_pct=<the difference, %>` as
+//! the last line, measured separately over a fixed number of iterations: the three settings in
+//! alternating rounds, the best round of each (so a noisy neighbour hurts all alike). Probes on:
+//! the default probe ratio, the buffer taken every 100 requests as a report would.
 
 use criterion::{criterion_group, Criterion, Throughput};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -71,7 +74,7 @@ fn request(seed: u64) -> ExportTraceServiceRequest {
     }
 }
 
-fn pipeline(red: bool) -> Pipeline {
+fn pipeline(red: bool, probe_below: u64) -> Pipeline {
     let metrics = Arc::new(Metrics::default());
     let queue = Arc::new(Queue::new(64 << 20, metrics.clone()));
     let identity = PodIdentity {
@@ -88,6 +91,7 @@ fn pipeline(red: bool) -> Pipeline {
         attributes: identity.attributes(),
         generation: 1,
         rules: None,
+        probe_below,
     });
     p
 }
@@ -109,8 +113,8 @@ fn ingest(p: &Pipeline, body: &[u8], encoding: Option<&str>) {
 fn bench(c: &mut Criterion) {
     let bodies: Vec<Vec<u8>> = (0..16).map(|s| request(s).encode_to_vec()).collect();
     let gzipped: Vec<Vec<u8>> = bodies.iter().map(|b| gzip(b)).collect();
-    let p = pipeline(true);
-    let off = pipeline(false);
+    let p = pipeline(true, 0);
+    let off = pipeline(false, 0);
     let mut g = c.benchmark_group("agent_ingest");
     g.throughput(Throughput::Elements(SPANS as u64));
     let mut i = 0;
@@ -132,7 +136,35 @@ fn bench(c: &mut Criterion) {
             ingest(&p, &gzipped[i], Some("gzip"))
         })
     });
+    let probed = pipeline(true, probe_below());
+    let mut n = 0;
+    g.bench_function("gzip_protobuf_100_spans_probes_on", |b| {
+        b.iter(|| {
+            i = (i + 1) % gzipped.len();
+            n += 1;
+            if n % 100 == 0 {
+                black_box(probed.probes.take());
+            }
+            ingest(&probed, &gzipped[i], Some("gzip"))
+        })
+    });
     g.finish();
+}
+
+fn probe_below() -> u64 {
+    tracelight_contract::probe::threshold_for_ratio(tracelight_contract::probe::DEFAULT_PROBE_RATIO)
+}
+
+/// Spans per second over [`TIMED_ITERATIONS`] requests.
+fn timed(p: &Pipeline, bodies: &[Vec<u8>]) -> f64 {
+    let started = Instant::now();
+    for i in 0..TIMED_ITERATIONS {
+        if i % 100 == 99 {
+            black_box(p.probes.take());
+        }
+        ingest(p, &bodies[i % bodies.len()], Some("gzip"));
+    }
+    (TIMED_ITERATIONS * SPANS) as f64 / started.elapsed().as_secs_f64()
 }
 
 criterion_group!(benches, bench);
@@ -145,23 +177,17 @@ fn main() {
         return;
     }
     let bodies: Vec<Vec<u8>> = (0..16).map(|s| gzip(&request(s).encode_to_vec())).collect();
-    let (on, off) = (pipeline(true), pipeline(false));
-    // Alternating rounds, so a noisy neighbour slows both alike; the best round of each counts.
-    let (mut best_on, mut best_off) = (f64::MAX, f64::MAX);
+    let (on, off, probes) = (pipeline(true, 0), pipeline(false, 0), pipeline(true, probe_below()));
+    let (mut best_on, mut best_off, mut best_probes) = (0f64, 0f64, 0f64);
     for _ in 0..5 {
-        for (p, best) in [(&on, &mut best_on), (&off, &mut best_off)] {
-            let started = Instant::now();
-            for i in 0..TIMED_ITERATIONS {
-                ingest(p, &bodies[i % bodies.len()], Some("gzip"));
-            }
-            *best = best.min(started.elapsed().as_secs_f64());
-        }
+        best_on = best_on.max(timed(&on, &bodies));
+        best_off = best_off.max(timed(&off, &bodies));
+        best_probes = best_probes.max(timed(&probes, &bodies));
     }
-    let spans = (TIMED_ITERATIONS * SPANS) as f64;
-    let cost = (best_on / best_off - 1.0) * 100.0;
+    let red_cost = (best_off - best_on) / best_off * 100.0;
+    let probe_cost = (best_on - best_probes) / best_on * 100.0;
     println!(
-        "RESULT agent_spans_per_sec={:.0} red_off_spans_per_sec={:.0} red_cost_pct={cost:.1}",
-        spans / best_on,
-        spans / best_off
+        "RESULT agent_spans_per_sec={best_on:.0} red_off_spans_per_sec={best_off:.0} red_cost_pct={red_cost:.1} \
+         probes_on_spans_per_sec={best_probes:.0} probe_cost_pct={probe_cost:.1}"
     );
 }

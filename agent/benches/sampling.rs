@@ -128,6 +128,7 @@ fn apply(p: &Pipeline, sampling: &AgentSampling, generation: i64) {
         attributes: p.identity.attributes(),
         generation,
         rules: (!rules.is_plain()).then(|| Arc::new(rules)),
+        probe_below: 0,
     });
 }
 

@@ -92,5 +92,7 @@ pub fn build_report(shared: &Shared) -> Report {
         kept_bytes: shared.metrics.kept_bytes.get(),
         red: shared.pipeline.red.report(),
         usage: super::usage::current(),
+        // Taken by the report pusher only (see `report_push`).
+        probes: None,
     }
 }

@@ -101,6 +101,10 @@ impl ConfigWatcher {
             attributes,
             generation: c.generation,
             rules: (!rules.is_plain()).then(|| Arc::new(rules)),
+            probe_below: c
+                .probes
+                .as_ref()
+                .map_or(0, |p| tracelight_contract::probe::threshold_for_ratio(p.ratio.get())),
         });
         // Queued spans stay in the queue; the export loop picks up the new client for its next batch.
         self.clients.send_replace(Some(Arc::new(client)));

@@ -124,6 +124,8 @@ mod tests {
             threshold: crate::sampler::Threshold::for_ratio(0.5),
             attributes: &[],
             sampling: None,
+            // Every trace a probe: the probe reader sees every input too.
+            probe_below: 1 << 56,
         };
         let mut out = Vec::new();
         crate::wire::process(bytes, rules, &mut out).map(|p| p.counts.queued)

@@ -26,11 +26,19 @@ pub struct LiveSettings {
     /// Sampling rules, `keepErrors`, caps; `None` when the config has none (the fast path:
     /// spans are counted under the fallback rule in bulk).
     pub rules: Option<Arc<RuleSet>>,
+    /// Spans of traces whose randomness is below this are recorded as probes (0: off).
+    pub probe_below: u64,
 }
 
 impl Default for LiveSettings {
     fn default() -> Self {
-        LiveSettings { threshold: Threshold::Keep(0), attributes: Vec::new(), generation: 0, rules: None }
+        LiveSettings {
+            threshold: Threshold::Keep(0),
+            attributes: Vec::new(),
+            generation: 0,
+            rules: None,
+            probe_below: 0,
+        }
     }
 }
 
@@ -49,6 +57,8 @@ pub struct Pipeline {
     pub queue: Arc<Queue>,
     pub metrics: Arc<Metrics>,
     pub services: ServicesSeen,
+    /// Probe spans waiting for the next report.
+    pub probes: super::probes::ProbeBuffer,
     /// The fallback rule's counters, for requests processed without rules.
     fallback: super::metrics::RuleCounters,
     /// RED metrics, counted from every span before sampling (`super::red`).
@@ -65,6 +75,7 @@ impl Pipeline {
             queue,
             metrics,
             services: ServicesSeen::default(),
+            probes: super::probes::ProbeBuffer::from_env(),
             fallback,
             red: Arc::new(super::red::Red::new(true)),
         }
@@ -82,6 +93,7 @@ impl Pipeline {
 
     pub fn set_live(&self, settings: LiveSettings) {
         self.metrics.config_generation.set(settings.generation);
+        self.probes.configure(settings.probe_below);
         *self.live.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(settings);
     }
 
@@ -90,10 +102,18 @@ impl Pipeline {
     #[tracing::instrument(level = "debug", skip_all, fields(transport = ?transport, bytes = request.len()))]
     pub fn ingest(&self, request: &[u8], transport: Transport) -> Result<Ingested, WireError> {
         let live = self.live();
-        let rules = Rules { threshold: live.threshold, attributes: &live.attributes, sampling: live.rules.as_deref() };
+        let rules = Rules {
+            threshold: live.threshold,
+            attributes: &live.attributes,
+            sampling: live.rules.as_deref(),
+            probe_below: live.probe_below,
+        };
         SCRATCH.with_borrow_mut(|out| {
             out.clear();
-            let result = wire::process_with_red(request, rules, Some(&self.red), out).map(|processed| {
+            let result = wire::process_with_red(request, rules, Some(&self.red), out).map(|mut processed| {
+                if !processed.probes.is_empty() {
+                    self.probes.record(std::mem::take(&mut processed.probes));
+                }
                 for (service, spans) in processed.services {
                     self.services.record(service.unwrap_or("unknown_service"), spans as u64);
                 }
@@ -195,6 +215,7 @@ pub(crate) mod tests {
             attributes: vec![("k8s.pod.name".into(), "p".into())],
             generation: 7,
             rules: None,
+            probe_below: 0,
         });
         let mut high = [0u8; 16];
         high[9] = 0xff;
@@ -219,6 +240,25 @@ pub(crate) mod tests {
         p.ingest_request(&request(vec![span([1; 16])]), Transport::Http).expect("valid");
         assert_eq!(p.queue.usage(), (0, 0));
         assert_eq!(p.services.snapshot().get("unknown_service"), Some(&1));
+    }
+
+    #[test]
+    fn probe_traces_are_recorded_before_sampling_and_only_they() {
+        let p = pipeline();
+        // Sampling keeps nothing; probes take the traces whose randomness is below 2^40.
+        p.set_live(LiveSettings { threshold: Threshold::Never, probe_below: 1 << 40, ..LiveSettings::default() });
+        let mut probe = [0xaa; 16];
+        probe[9..].copy_from_slice(&[0, 0, 0, 0, 0, 1, 2]);
+        let other = [0xaa; 16];
+        p.ingest_request(&request(vec![span(probe), span(other)]), Transport::Http).expect("valid");
+        assert_eq!(p.queue.usage(), (0, 0), "sampled out");
+        let probes = p.probes.take().expect("probes on");
+        assert_eq!(probes.spans.len(), 1);
+        assert_eq!(probes.spans[0].trace_id, tracelight_contract::probe::to_hex(&probe));
+        assert_eq!(probes.spans[0].service, "unknown_service");
+        p.set_live(LiveSettings::default());
+        p.ingest_request(&request(vec![span(probe)]), Transport::Http).expect("valid");
+        assert_eq!(p.probes.take(), None, "probes off");
     }
 
     #[test]

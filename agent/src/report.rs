@@ -107,11 +107,19 @@ pub fn bounded_json(report: Report) -> Vec<u8> {
 /// services with the longest names go first, their spans counted under `_other` and their number
 /// in [`Truncated::services_left_out`]. With names bounded and services capped this does not
 /// happen in practice; it keeps a report from being refused (413) forever if it ever would.
+/// Probe spans go first, all of them (threshold 0: the operator then expects none from this
+/// interval, so nothing looks broken for their absence).
 pub fn bounded_json_under(mut report: Report, max: usize) -> Vec<u8> {
     loop {
         let json = serde_json::to_vec(&report).unwrap_or_default();
         if json.len() <= max {
             return json;
+        }
+        if let Some(probes) = report.probes.as_mut().filter(|p| !p.spans.is_empty()) {
+            probes.left_out += probes.spans.len() as u64;
+            probes.spans.clear();
+            probes.threshold = 0;
+            continue;
         }
         let longest = report.services.keys().filter(|k| *k != OTHER).max_by_key(|k| k.len()).cloned();
         let Some(longest) = longest else { return json };

@@ -170,7 +170,24 @@ impl ReportPusher {
         let mut auth =
             HeaderValue::from_bytes(&[b"Bearer ", token.trim_ascii()].concat()).map_err(|_| PushError::TokenValue)?;
         auth.set_sensitive(true);
-        let body = super::report::bounded_json(build_report(&self.shared));
+        let mut report = build_report(&self.shared);
+        // Probes go with pushed reports only (never with `GET /report`), and come back on failure.
+        report.probes = self.shared.pipeline.probes.take();
+        let unsent = report.probes.clone();
+        let result = self.send(client, auth, report).await;
+        if let (Err(_), Some(unsent)) = (&result, unsent) {
+            self.shared.pipeline.probes.restore(unsent);
+        }
+        result
+    }
+
+    async fn send(
+        &self,
+        client: HttpsClient,
+        auth: HeaderValue,
+        report: super::report::Report,
+    ) -> Result<(), PushError> {
+        let body = super::report::bounded_json(report);
         let req = Request::post(self.url.clone())
             .header(header::CONTENT_TYPE, "application/json")
             .header(header::AUTHORIZATION, auth)

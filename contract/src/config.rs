@@ -97,6 +97,9 @@ pub struct AgentConfig {
     /// Resource attributes the agent adds to spans that lack them.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub resource_attributes: BTreeMap<String, String>,
+    /// Contract 3: probe traces (see [`crate::probe`]); absent: the agent records none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probes: Option<crate::probe::ProbeSettings>,
 }
 
 fn contract_v1() -> u32 {
@@ -272,6 +275,7 @@ mod tests {
             ratio: Ratio::new(0.5).unwrap(),
             spans_per_second: Some(12.5),
         }]);
+        c.probes = Some(crate::probe::ProbeSettings { ratio: Ratio::new(0.015625).unwrap() });
         c
     }
 
@@ -292,6 +296,7 @@ mod tests {
             },
             sampling: AgentSampling::ratio(Ratio::new(0.25).unwrap()),
             resource_attributes: BTreeMap::from([("deployment.environment".into(), "prod".into())]),
+            probes: None,
         }
     }
 
@@ -353,11 +358,13 @@ mod tests {
         let mut want = fixture_config(9);
         want.sampling.rules = crate::sampling::health_check_rules();
         want.sampling.rules.truncate(1);
+        // A probe setting this build does not know: the known ones take their defaults.
+        want.probes = Some(crate::probe::ProbeSettings::default());
         assert_eq!(parsed.config, want);
         assert!(parsed.is_from_newer_operator());
         assert_eq!(
             parsed.unknown_fields,
-            ["collector.retry", "sampling.rules.0.priority", "sampling.adaptive", "probes"]
+            ["collector.retry", "sampling.rules.0.priority", "sampling.adaptive", "probes.?.threshold"]
         );
     }
 

@@ -24,6 +24,7 @@
 
 pub mod collector;
 pub mod config;
+pub mod probe;
 pub mod ratio;
 pub mod red;
 pub mod report;
@@ -37,8 +38,9 @@ pub use report::AgentReport;
 /// The contract version this build speaks. Version 1 is Tracelight 0.1.0 (one binary, a strict
 /// config parser); version 2 added the versioned, skew-tolerant config file and the agent's
 /// version and contract in its report; version 3 added sampling rules, `keepErrors` and local
-/// caps to the config (within `config.v2.yaml`) and per-rule counters, the RED summary and the
-/// agent's own CPU and memory to the report.
+/// caps to the config (within `config.v2.yaml`); per-rule counters, the RED summary and the
+/// agent's own CPU and memory to the report; and probe traces (probe settings in the config,
+/// probe spans in the report; see [`probe`]).
 pub const CONTRACT_VERSION: u32 = 3;
 
 /// The version of this build (operator and agent are released together).

@@ -83,6 +83,10 @@ pub struct AgentReport {
     /// the review). Absent where `/proc/self` cannot be read and from older agents.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<AgentUsage>,
+    /// Contract 3: the probe traces recorded since the last report (see [`crate::probe`]);
+    /// absent when probes are off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probes: Option<crate::probe::Probes>,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -166,6 +170,26 @@ mod tests {
             )]),
         });
         r.usage = Some(AgentUsage { cpu_seconds: 1.5, rss_bytes: 5_000_000 });
+        r.probes = Some(crate::probe::Probes {
+            threshold: 1 << 50,
+            spans: vec![crate::probe::ProbeSpan {
+                trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
+                span_id: "00f067aa0ba902b7".into(),
+                parent_span_id: Some("b7ad6b7169203331".into()),
+                kind: Some(crate::sampling::SpanKind::Client),
+                service: "checkout".into(),
+                remote_parent: Some(false),
+                peer: Some("pricing:8070".into()),
+                destination: None,
+                db: false,
+                error: false,
+                link: None,
+                start_unix_nano: 1_700_000_000_000_000_000,
+                duration_nanos: 1_500_000,
+            }],
+            left_out: 2,
+            propagator_overrides: BTreeMap::from([("api".into(), "b3".into())]),
+        });
         r
     }
 
@@ -199,6 +223,7 @@ mod tests {
             kept_bytes: 0,
             red: None,
             usage: None,
+            probes: None,
         }
     }
 

@@ -174,6 +174,8 @@ fn required_literals(pattern: &str) -> Vec<String> {
     while i < chars.len() {
         let c = chars[i];
         match c {
+            // `x+*`, `x{2}*`: the repeated run is optional after all; rare, no prefilter.
+            '*' if i > 0 && matches!(chars[i - 1], '+' | '}') => return Vec::new(),
             '*' | '?' => {
                 run.pop();
                 end_run(&mut run, &mut out);
@@ -238,7 +240,8 @@ fn literal_prefix(pattern: &str) -> String {
     }
     let end = pattern.find(META).unwrap_or(pattern.len());
     let mut literal = pattern[..end].to_string();
-    if pattern[end..].starts_with(['*', '?', '{']) {
+    // `x+*`: the repeated character is optional after all.
+    if pattern[end..].starts_with(['*', '?', '{']) || pattern[end..].starts_with("+*") {
         literal.pop();
     }
     literal
@@ -404,6 +407,9 @@ mod tests {
         assert_eq!(required_literals("x{0,2}y{2}z"), ["y", "z"]);
         assert_eq!(required_literals("\\d+\\.json"), [".json"]);
         assert!(required_literals("/a|/b").is_empty());
+        assert!(required_literals("x+*.*").is_empty());
+        assert!(required_literals("ab{2}*c").is_empty());
+        assert_eq!(required_literals("ab+?c"), ["ab", "c"]);
         assert!(contains_in_order("/api/v1/users/7", &["/api/v".into(), "/users/".into()]));
         assert!(!contains_in_order("/users/api/v1", &["/api/v".into(), "/users/".into()]));
     }
@@ -429,6 +435,8 @@ mod tests {
         assert_eq!(literal_prefix("/a|/b"), "");
         assert_eq!(literal_prefix("(?i)/api"), "");
         assert_eq!(literal_prefix("plain"), "plain");
+        assert_eq!(literal_prefix("/ax+*"), "/a");
+        assert_eq!(literal_prefix("/ax+?"), "/ax");
         let p = StringMatch::regex("/users?/[0-9]+").compile().unwrap();
         assert!(p.is_match("/user/1") && p.is_match("/users/22") && !p.is_match("/items/1"));
     }

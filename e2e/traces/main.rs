@@ -12,6 +12,9 @@
 //!   sample from the injected `OTEL_TRACES_SAMPLER` (parent-based), the agents sample nothing out,
 //!   and 200 requests must keep whole traces within the same bound.
 //!
+//! Both shops' service graphs, joined by the operator from the agents' probe traces, must be
+//! exactly the shop's edges; a third namespace where `tax` sets its own propagator must be
+//! reported broken on exactly that edge ([`continuity`]).
 //! Then the after-rollout step ([`after_rollout`]): the baseline recorded at a soak's end matches
 //! the load generated, and a workload made silent raises `Regression` within one review.
 //! `E2E_ONLY=baseline make e2e-traces` runs only that step.
@@ -27,6 +30,7 @@
 mod after_rollout;
 mod check;
 mod collector;
+mod continuity;
 mod coverage;
 // `make demo`'s trace (ignored; run by e2e/demo.sh).
 mod demo;
@@ -101,7 +105,10 @@ async fn run(log: &StepLog) -> anyhow::Result<()> {
     shop::cache_dir()?;
     let mut suite = harness::setup::fresh_suite(log).await?;
     let result = async {
-        log.step("operator: a local process as the chart's ServiceAccount");
+        log.step("operator: a local process as the chart's ServiceAccount (every trace a probe)");
+        // Every trace a probe: the shop's few requests then show every edge.
+        suite.operator_args.retain(|a| !a.starts_with("--probe-ratio="));
+        suite.operator_args.push("--probe-ratio=1".into());
         suite.start_operator().await?;
         traces(&mut suite, &otelcol).await
     }
@@ -279,6 +286,7 @@ async fn traces(suite: &mut harness::Suite, otelcol: &std::path::Path) -> anyhow
     .await?;
     let extra_hosts = [coverage::operator_hosts_entry(network.host_ip(), harness::NAMESPACE, "tracelight-webhook")];
     let mut broken = None;
+    let mut variant = None;
     let mut hostnet = None;
     let mut after = None;
     if std::env::var("E2E_ONLY").as_deref() == Ok("baseline") {
@@ -323,6 +331,52 @@ async fn traces(suite: &mut harness::Suite, otelcol: &std::path::Path) -> anyhow
         ensure!(code == 0 && table.contains("OK: every instrumented workload sends spans"), "exit {code}:\n{table}");
         log.note("tracelight verify: exit 1 naming tax-legacy as silent; exit 0 for the fully covered shop");
 
+        // Trace continuity: both shops' graphs are the shop's edges, connected.
+        let traced: Vec<&str> = workloads.iter().filter(|w| w.traced).map(|w| w.name).collect();
+        for (policy, ns) in [(POLICY, &agent.ns), (POLICY_SDK, &sdk.ns)] {
+            log.step(&format!("service graph of {ns} in the status of {policy}: the shop's edges, connected"));
+            let edges = continuity::wait_connected(&client, policy, ns, &traced).await?;
+            let calls: Vec<String> = edges.iter().map(|e| format!("{} -> {} ({})", e.from, e.to, e.calls)).collect();
+            log.note(&format!("{ns}: {}", calls.join(", ")));
+        }
+        let (code, table) = coverage::verify(&binary, &suite.cluster.kubeconfig, POLICY_SDK, &sdk.ns)?;
+        ensure!(code == 0 && table.contains(" Connected "), "the connected shop fails verify: exit {code}:\n{table}");
+        let (code, text) = continuity::graph(&binary, &suite.cluster.kubeconfig, POLICY_SDK, &sdk.ns, false)?;
+        eprint!("{text}");
+        ensure!(code == 0 && continuity::graph_lists(&text, &sdk.ns), "tracelight graph: exit {code}:\n{text}");
+        log.note("tracelight verify passes the connected shop; tracelight graph lists its 4 edges, none broken");
+
+        // A service whose own env sets a propagator its caller does not use.
+        let shop_label = (SHOP_LABEL, "agent");
+        let v = variant.insert(
+            continuity::run_propagator_variant(
+                suite,
+                shop_label,
+                &agent.policy,
+                &mut network,
+                &images,
+                &dir,
+                &extra_hosts,
+            )
+            .await?,
+        );
+        let edge = continuity::wait_broken_by_override(&client, POLICY, &v.ns).await?;
+        log.note(&format!(
+            "{}: {} -> {} broken ({} of {} calls), PropagatorOverride",
+            v.ns, edge.from, edge.to, edge.broken, edge.calls
+        ));
+        let (code, table) = coverage::verify(&binary, &suite.cluster.kubeconfig, POLICY, &v.ns)?;
+        eprint!("{table}");
+        let named = format!("broken trace link {}/pricing -> {}/tax: PropagatorOverride", v.ns, v.ns);
+        ensure!(
+            code == 1 && table.contains(&named),
+            "tracelight verify exited {code}, want 1 naming {named}:\n{table}"
+        );
+        let (_, dot) = continuity::graph(&binary, &suite.cluster.kubeconfig, POLICY, &v.ns, true)?;
+        eprint!("{dot}");
+        ensure!(dot.contains("PropagatorOverride\", color=red"), "tracelight graph -o dot:\n{dot}");
+        log.note("tracelight verify: exit 1 naming the broken edge and its cause; graph -o dot draws it red");
+
         let hostnet = hostnet
             .insert(hostnet::run(suite, &mut network, &images, &dir, &extra_hosts, &collector, &endpoint).await?);
         let after = after
@@ -334,7 +388,13 @@ async fn traces(suite: &mut harness::Suite, otelcol: &std::path::Path) -> anyhow
         for pod in agent.running.iter_mut().chain(sdk.running.iter_mut()) {
             pod.stop();
         }
-        for pod in broken.running.iter_mut().chain(hostnet.running.iter_mut()).chain(after.running.iter_mut()) {
+        for pod in broken
+            .running
+            .iter_mut()
+            .chain(hostnet.running.iter_mut())
+            .chain(variant.iter_mut().flat_map(|v| v.running.iter_mut()))
+            .chain(after.running.iter_mut())
+        {
             pod.stop();
         }
         collector.stop()?;
@@ -342,7 +402,9 @@ async fn traces(suite: &mut harness::Suite, otelcol: &std::path::Path) -> anyhow
         let stray: Vec<&Span> = spans
             .iter()
             .filter(|s| {
-                ![&agent.ns, &sdk.ns, &hostnet.ns, &after.ns].map(Some).contains(&s.resource.get("k8s.namespace.name"))
+                let ns = s.resource.get("k8s.namespace.name");
+                let ours = [Some(&agent.ns), Some(&sdk.ns), Some(&hostnet.ns), variant.as_ref().map(|v| &v.ns)];
+                !ours.contains(&ns) && ns != Some(&after.ns)
             })
             .collect();
         ensure!(
@@ -385,6 +447,7 @@ async fn traces(suite: &mut harness::Suite, otelcol: &std::path::Path) -> anyhow
     let logs: String = shops.iter().flat_map(|s| s.running.iter()).map(|p| p.log_tails(30)).collect();
     drop(shops);
     drop(broken);
+    drop(variant);
     drop(hostnet);
     drop(after);
     drop(report_service);

@@ -71,6 +71,8 @@ fuzz_target!(|data: &[u8]| {
         attributes: vec![("k8s.pod.name".into(), "p".into())],
         generation: 1,
         rules,
+        // Every trace a probe: the probe reader sees every input too.
+        probe_below: 1 << 56,
     });
     let ingested = match payload {
         Payload::Protobuf(bytes) => {

@@ -41,6 +41,8 @@ pub fn agent_config_with(policy: &TracingPolicy, sampling: AgentSampling) -> Age
         },
         sampling,
         resource_attributes: spec.resource_attributes.clone(),
+        // The controller writes the ratio of its `--probe-ratio` (see `resources`).
+        probes: Some(tracelight_contract::probe::ProbeSettings::default()),
     }
 }
 

@@ -2,6 +2,7 @@
 //! components ask about a policy (which namespaces it governs, whether a namespace is active).
 
 pub mod agent_config;
+pub mod continuity;
 pub mod keys;
 pub mod legacy;
 pub mod policy;
@@ -11,6 +12,7 @@ pub mod selector;
 pub mod status;
 pub mod validate;
 
+pub use continuity::*;
 pub use policy::*;
 pub use quantity::Duration;
 pub use review::*;

@@ -43,6 +43,9 @@ pub struct TracingPolicyStatus {
     /// The last scheduled review of coverage and overhead, and what it found.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub review: Option<super::review::ReviewStatus>,
+    /// The service graph from the agents' probe traces (`tracelight graph` prints it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_graph: Option<super::continuity::ServiceGraph>,
 }
 
 /// Progress of the phased rollout, and what it is waiting for.
@@ -155,6 +158,10 @@ pub struct WorkloadCoverage {
     /// until two reports of one of its agents have arrived.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sampling: Option<WorkloadSampling>,
+    /// Whether the spans of its requests end up in one trace, from the probe traces; absent
+    /// until its agents or its peers' sent some.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traces: Option<super::continuity::TraceContinuity>,
     /// Per rule, spans per second its agents received and kept (the budgets' input; not
     /// shown in the status).
     #[serde(skip)]

@@ -33,6 +33,7 @@ pub(crate) fn report(requests: u64, errors: u64, buckets: [u64; 4], cpu: f64, rs
             )]),
         }),
         usage: Some(AgentUsage { cpu_seconds: cpu, rss_bytes: rss }),
+        probes: None,
     }
 }
 

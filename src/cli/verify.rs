@@ -1,10 +1,11 @@
 //! `tracelight verify`: the "confirm traces appear for every service" step of a rollout. Reads
 //! the policies' coverage (which the operator fills from the agents' reports), prints one row per
-//! workload — instrumented, reporting, last span seen, agent versions, services — and fails when
-//! an opted-in workload sends no spans. With `--wait`, looks again until every workload reports or
-//! time is up.
+//! workload — instrumented, reporting, last span seen, whether its traces are whole, agent
+//! versions, services — and fails when an opted-in workload sends no spans or is an end of a
+//! broken trace link (a call whose callee did not continue the trace, from the probe traces).
+//! With `--wait`, looks again until every workload passes or time is up.
 
-use crate::api::{CoverageState, Duration, TracingPolicy, WorkloadCoverage};
+use crate::api::{ContinuityState, CoverageState, Duration, TracingPolicy, WorkloadCoverage};
 use anyhow::Context as _;
 use kube::api::{Api, ListParams};
 use kube::{Client, ResourceExt};
@@ -36,7 +37,7 @@ struct Row {
 }
 
 impl Row {
-    /// Whether this workload fails verification, and why.
+    /// Whether this workload's spans fail to arrive, and why.
     fn problem(&self) -> Option<&'static str> {
         match self.workload.state {
             CoverageState::Reporting | CoverageState::OptedOut => None,
@@ -44,6 +45,23 @@ impl Row {
             CoverageState::Unreported => Some("no agent report (agent down or cannot reach the operator)"),
             CoverageState::NotInjected => Some("not instrumented (not rolled out yet, or rolled back)"),
         }
+    }
+
+    /// The broken trace link this workload is an end of, as a line.
+    fn broken_link(&self) -> Option<String> {
+        let traces = self.workload.traces.as_ref().filter(|t| t.state == ContinuityState::Broken)?;
+        let b = traces.broken.as_ref()?;
+        Some(format!(
+            "broken trace link {}: {}: {} (example trace {})",
+            b.edge,
+            b.reason.as_str(),
+            b.message,
+            b.example_trace_id
+        ))
+    }
+
+    fn traces(&self) -> String {
+        self.workload.traces.as_ref().map_or("-".to_string(), |t| format!("{:?}", t.state))
     }
 }
 
@@ -55,8 +73,8 @@ fn verdict(policies: &[TracingPolicy], args: &VerifyArgs) -> (String, bool) {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<20} {:<32} {:<11} {:>8} {:>9} {:>6}  {:<17} {:<agents_width$} SERVICES",
-        "NAMESPACE", "WORKLOAD", "STATE", "INJECTED", "REPORTING", "CONFIG", "LAST SPAN", "AGENTS"
+        "{:<20} {:<32} {:<11} {:>8} {:>9} {:>6}  {:<17} {:<9} {:<agents_width$} SERVICES",
+        "NAMESPACE", "WORKLOAD", "STATE", "INJECTED", "REPORTING", "CONFIG", "LAST SPAN", "TRACES", "AGENTS"
     );
     for (r, agents) in rows.iter().zip(&agents) {
         let w = &r.workload;
@@ -64,7 +82,7 @@ fn verdict(policies: &[TracingPolicy], args: &VerifyArgs) -> (String, bool) {
         let services = if w.services.is_empty() { "-".to_string() } else { w.services.join(",") };
         let _ = writeln!(
             out,
-            "{:<20} {:<32} {:<11} {:>8} {:>9} {:>6}  {:<17} {:<agents_width$} {}",
+            "{:<20} {:<32} {:<11} {:>8} {:>9} {:>6}  {:<17} {:<9} {:<agents_width$} {}",
             r.namespace,
             format!("{}/{}", w.kind, w.name),
             format!("{:?}", w.state),
@@ -72,21 +90,47 @@ fn verdict(policies: &[TracingPolicy], args: &VerifyArgs) -> (String, bool) {
             w.reporting,
             format!("{}/{}", w.current_config, w.injected),
             last,
+            r.traces(),
             agents,
             services
         );
     }
     let failing: Vec<&Row> = rows.iter().filter(|r| r.problem().is_some()).collect();
+    let broken: Vec<(&Row, String)> = rows.iter().filter_map(|r| Some((r, r.broken_link()?))).collect();
     let _ = writeln!(out);
     for r in &failing {
         let problem = r.problem().unwrap_or_default();
         let _ = writeln!(out, "FAIL {}/{}/{} ({}): {problem}", r.namespace, r.workload.kind, r.workload.name, r.policy);
     }
-    let ok = failing.is_empty() && !rows.is_empty();
+    for (r, link) in &broken {
+        let _ = writeln!(out, "FAIL {}/{}/{} ({}): {link}", r.namespace, r.workload.kind, r.workload.name, r.policy);
+    }
+    for r in &rows {
+        for finding in r.workload.traces.iter().flat_map(|t| &t.findings) {
+            let _ = writeln!(out, "WARN {}/{}/{}: {finding}", r.namespace, r.workload.kind, r.workload.name);
+        }
+    }
+    let ok = failing.is_empty() && broken.is_empty() && !rows.is_empty();
     let _ = match (rows.is_empty(), ok) {
         (true, _) => writeln!(out, "no workloads found: is the policy applied and a namespace opted in?"),
         (false, true) => writeln!(out, "OK: every instrumented workload sends spans ({} workloads)", rows.len()),
-        (false, false) => writeln!(out, "{} of {} workloads send no spans", failing.len(), rows.len()),
+        (false, false) => {
+            if !failing.is_empty() {
+                let _ = writeln!(out, "{} of {} workloads send no spans", failing.len(), rows.len());
+            }
+            let mut edges: Vec<&str> = broken
+                .iter()
+                .filter_map(|(r, _)| r.workload.traces.as_ref()?.broken.as_ref())
+                .map(|b| b.edge.as_str())
+                .collect();
+            edges.sort();
+            edges.dedup();
+            if edges.is_empty() {
+                Ok(())
+            } else {
+                writeln!(out, "{} broken trace link(s): {}", edges.len(), edges.join(", "))
+            }
+        }
     };
     (out, ok)
 }
@@ -224,6 +268,40 @@ mod tests {
         let column = lines[0].find("AGENTS").unwrap();
         assert!(lines[1][column..].starts_with("0.2.0:2,unknown (contract 1):1 frontend"), "{table}");
         assert!(lines[2][column..].starts_with("-  "), "{table}");
+    }
+
+    #[test]
+    fn a_broken_trace_link_fails_and_names_the_edge_and_its_cause() {
+        use crate::api::{BreakReason, BrokenLink, TraceContinuity};
+        let mut tax = workload("tax", CoverageState::Reporting);
+        tax.traces = Some(TraceContinuity {
+            state: ContinuityState::Broken,
+            probe_traces: 4,
+            broken: Some(BrokenLink {
+                edge: "shop/pricing -> shop/tax".into(),
+                reason: BreakReason::PropagatorOverride,
+                message: "shop/tax's container api sets OTEL_PROPAGATORS=b3 itself".into(),
+                example_trace_id: "0af7651916cd43dd8448eb211c80319c".into(),
+            }),
+            findings: vec!["clock skew of at least 900 ms between shop/pricing and shop/tax".into()],
+        });
+        let mut frontend = workload("frontend", CoverageState::Reporting);
+        frontend.traces =
+            Some(TraceContinuity { state: ContinuityState::Connected, probe_traces: 4, ..Default::default() });
+        let (table, ok) = verdict(&[policy("tracing", &[("shop", vec![frontend.clone(), tax])])], &args(None, None));
+        assert!(!ok, "{table}");
+        assert!(
+            table.contains(
+                "FAIL shop/Deployment/tax (tracing): broken trace link shop/pricing -> shop/tax: PropagatorOverride: \
+                 shop/tax's container api sets OTEL_PROPAGATORS=b3 itself (example trace 0af7651916cd43dd8448eb211c80319c)"
+            ),
+            "{table}"
+        );
+        assert!(table.contains("WARN shop/Deployment/tax: clock skew"), "{table}");
+        assert!(table.contains("1 broken trace link(s): shop/pricing -> shop/tax"), "{table}");
+        assert!(!table.contains("send no spans"), "{table}");
+        let (table, ok) = verdict(&[policy("tracing", &[("shop", vec![frontend])])], &args(None, None));
+        assert!(ok && table.contains(" Connected "), "{table}");
     }
 
     #[test]

@@ -232,6 +232,7 @@ fn context(
         written: Default::default(),
         reports: ReportStore::default(),
         serving_ca: Arc::new(crate::webhook::certs::CertResolver::new()),
+        continuity: Default::default(),
         reconcile_all,
         after_rollout: super::after_rollout::State::new("tracelight-system"),
     })

@@ -21,6 +21,7 @@
 
 pub mod after_rollout;
 pub mod cache;
+pub mod continuity;
 pub mod events;
 pub mod lease;
 pub mod metrics;
@@ -112,6 +113,18 @@ pub struct ControllerArgs {
     /// counted while this one leads.
     #[arg(long, env = "TRACELIGHT_ADVERTISE_ADDRESS")]
     pub advertise_address: Option<String>,
+
+    /// Fraction of traces every agent records the shape of (probe traces), for the service
+    /// graph and the broken-link check (`tracelight graph`, `tracelight verify`). The same traces
+    /// in every agent, whatever the sampling ratio; 0 turns probes off. Each agent sends at most
+    /// 64 probe spans per report.
+    #[arg(long, env = "TRACELIGHT_PROBE_RATIO", default_value_t = tracelight_contract::probe::DEFAULT_PROBE_RATIO, value_parser = probe_ratio)]
+    pub probe_ratio: f64,
+}
+
+fn probe_ratio(text: &str) -> Result<f64, String> {
+    let ratio: f64 = text.parse().map_err(|e| format!("{e}"))?;
+    tracelight_contract::Ratio::new(ratio).map(|r| r.get()).map_err(|e| e.to_string())
 }
 
 impl ControllerArgs {
@@ -179,7 +192,12 @@ async fn run_async(args: ControllerArgs, trace_stats: Option<telemetry::traces::
     tokio::spawn(cancel_on_signal(shutdown.clone()));
 
     let report_address = args.report_address(std::env::var("POD_IP").ok().as_deref());
-    let ControllerArgs { webhook, leader_election, lease_name, lease_namespace, secret_namespaces, .. } = args;
+    let ControllerArgs {
+        webhook, leader_election, lease_name, lease_namespace, secret_namespaces, probe_ratio, ..
+    } = args;
+    let probes = tracelight_contract::probe::ProbeSettings {
+        ratio: tracelight_contract::Ratio::new(probe_ratio).unwrap_or_default(),
+    };
     let secret_sources = resources::SecretSources::new(&webhook.namespace, &secret_namespaces);
     tracing::info!(namespaces = %secret_sources.describe(), "source Secrets are read from these namespaces only");
     let (leader_address, leader_address_rx) = watch::channel(None);
@@ -228,7 +246,7 @@ async fn run_async(args: ControllerArgs, trace_stats: Option<telemetry::traces::
             Cluster { client, view },
             metrics,
             lease,
-            PolicySettings { inject_options, secret_sources, operator_namespace: webhook_namespace },
+            PolicySettings { inject_options, secret_sources, operator_namespace: webhook_namespace, probes },
             reports,
             resolver,
             shutdown.clone(),
@@ -269,6 +287,8 @@ struct PolicySettings {
     secret_sources: resources::SecretSources,
     /// The operator's namespace (`--namespace`): where the regression rules go.
     operator_namespace: String,
+    /// What the agents' config asks of probe traces (`--probe-ratio`).
+    probes: tracelight_contract::probe::ProbeSettings,
 }
 
 /// Runs the controllers whenever this replica leads (always, without a `lease`), until `shutdown`.
@@ -469,6 +489,7 @@ async fn run_policy_controller(
         written: Default::default(),
         reports,
         serving_ca,
+        continuity: continuity::Continuity::new(settings.probes),
         reconcile_all,
         after_rollout: after_rollout::State::new(&settings.operator_namespace),
     });

@@ -7,7 +7,7 @@
 use crate::api::keys::INJECT_LABEL;
 use crate::api::{
     governing_policy, selector, AgentVersions, Coverage, NamespaceState, NamespaceStatus, PolicyPhase, RolloutStatus,
-    SamplingStatus, TracingPolicy, TracingPolicyStatus,
+    SamplingStatus, ServiceGraph, TracingPolicy, TracingPolicyStatus,
 };
 use crate::rollout::pod::PodSummary;
 use crate::rollout::RolloutPhase as EngineState;
@@ -25,6 +25,8 @@ pub const PROGRESSING: &str = "Progressing";
 pub const DEGRADED: &str = "Degraded";
 /// Present when the policy has a spans-per-second budget: whether every budget is met.
 pub const BUDGET_MET: &str = "BudgetMet";
+/// Condition type: whether the spans of one request end up in one trace (from probe traces).
+pub const TRACES_CONNECTED: &str = "TracesConnected";
 
 /// Condition reasons (also used as Event reasons where they match).
 pub mod reason {
@@ -304,7 +306,14 @@ pub struct Observation {
     pub sampling: Option<SamplingStatus>,
     /// With a budget in the policy: the budgets that cannot be met (empty: all are).
     pub budgets_unmet: Option<Vec<String>>,
+    /// With probe traces on: the service graph of the policy's namespaces and the
+    /// `TracesConnected` condition as `(status, reason, message)`.
+    pub continuity: Option<ContinuityObservation>,
 }
+
+/// The service graph (`None`: nothing joined yet) and the `TracesConnected` condition as
+/// `(status, reason, message)`.
+pub type ContinuityObservation = (Option<ServiceGraph>, (&'static str, &'static str, String));
 
 /// The rollout engine's verdict, as the status reports it.
 #[derive(Clone, Debug, PartialEq)]
@@ -460,7 +469,7 @@ pub fn desired_status(
         true => (true, reason::WITHIN_BUDGET, "every sampling budget is met or not yet measured".to_string()),
         false => (false, reason::BUDGET_UNMET, unmet.join("; ")),
     });
-    let conditions =
+    let mut conditions: Vec<Condition> =
         [(READY, Some(ready)), (PROGRESSING, Some(progressing)), (DEGRADED, Some(degraded)), (BUDGET_MET, budget)]
             .into_iter()
             .filter_map(|(type_, c)| c.map(|c| (type_, c)))
@@ -468,6 +477,10 @@ pub fn desired_status(
                 condition(type_, status, why, message, generation, prev_conditions, now)
             })
             .collect();
+    if let Some((_, (status, why, message))) = &observed.continuity {
+        let c = condition_status(TRACES_CONNECTED, status, why, message.clone(), generation, prev_conditions, now);
+        conditions.push(c);
+    }
 
     TracingPolicyStatus {
         observed_generation: generation,
@@ -488,6 +501,7 @@ pub fn desired_status(
         // Recorded at a soak's end and by the scheduled review (`super::after_rollout`): kept.
         baseline: previous.and_then(|s| s.baseline.clone()),
         review: previous.and_then(|s| s.review.clone()),
+        service_graph: observed.continuity.as_ref().and_then(|(graph, _)| graph.clone()),
     }
 }
 
@@ -553,7 +567,19 @@ pub fn condition(
     previous: &[Condition],
     now: Timestamp,
 ) -> Condition {
-    let status = if status { "True" } else { "False" };
+    condition_status(type_, if status { "True" } else { "False" }, reason, message, generation, previous, now)
+}
+
+/// [`condition`] with any status (`Unknown` too).
+pub fn condition_status(
+    type_: &str,
+    status: &str,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+    previous: &[Condition],
+    now: Timestamp,
+) -> Condition {
     let last_transition_time = previous
         .iter()
         .find(|c| c.type_ == type_ && c.status == status)

@@ -90,6 +90,8 @@ pub struct Context {
     /// Holds the CA that signs the webhook's certificate, copied into the agent ConfigMaps so
     /// agents can verify the report endpoint.
     pub serving_ca: Arc<crate::webhook::certs::CertResolver>,
+    /// Probe settings for the agents, and the service graph joined from their probe traces.
+    pub continuity: super::continuity::Continuity,
     /// Asks for every policy to be reconciled: a policy that changes its selectors or goes away
     /// can hand namespaces over to (or take them from) another one.
     pub reconcile_all: UnboundedSender<()>,
@@ -239,6 +241,7 @@ async fn apply(policy: &TracingPolicy, ctx: &Context) -> Result<Action, Error> {
         }
     }
     crate::sampling::annotate_workloads(&mut rollout.namespaces, &sampling);
+    let continuity = traces_continuity(&mut rollout.namespaces, &policies, ctx, now);
 
     let owned = cached_owned(policy, ctx);
     // Injected pods of leaving namespaces still mount the agent objects: they go once it has left.
@@ -266,6 +269,7 @@ async fn apply(policy: &TracingPolicy, ctx: &Context) -> Result<Action, Error> {
         rollout: Some(outcome),
         budgets_unmet: crate::sampling::SamplingPlan::has_budget(&policy.spec.sampling).then(|| sampling.unmet.clone()),
         sampling: Some(sampling.status),
+        continuity,
     };
     let mut status = desired_status(policy, &observation, previous, now);
     let after = super::after_rollout::decide(policy, &engine.coverage, &engine.workload_pods, &mut status, ctx, now);
@@ -314,11 +318,39 @@ async fn apply(policy: &TracingPolicy, ctx: &Context) -> Result<Action, Error> {
     // Budgets follow the agents' rates: look again at every report interval.
     let requeue =
         if observation.budgets_unmet.is_some() { requeue.min(crate::sampling::BUDGET_INTERVAL) } else { requeue };
+    // Broken links surface a settle delay after their call, from reports that wake nothing.
+    let requeue = if observation.continuity.is_some() { requeue.min(super::continuity::REQUEUE) } else { requeue };
     // The engine asks to look again at a soak's end or a health deadline.
     let requeue = engine.plan.requeue_after.map_or(requeue, |d| requeue.min(d.max(MIN_REQUEUE)));
     // The next scheduled review.
     let requeue = review_requeue.map_or(requeue, |d| requeue.min(d.max(MIN_REQUEUE)));
     Ok(Action::requeue(requeue))
+}
+
+/// Each workload's trace continuity and the policy's service graph and condition, from the
+/// (cached) join of the agents' probe traces; `None` with probes off.
+fn traces_continuity(
+    namespaces: &mut [NamespaceStatus],
+    policies: &[Arc<TracingPolicy>],
+    ctx: &Context,
+    now: Timestamp,
+) -> Option<super::plan::ContinuityObservation> {
+    if !ctx.continuity.enabled() {
+        return None;
+    }
+    let inventory = || {
+        let (deployments, statefulsets, daemonsets) =
+            (ctx.deployments.state(), ctx.statefulsets.state(), ctx.daemonsets.state());
+        let workloads = deployments
+            .iter()
+            .map(|d| &d.workload)
+            .chain(statefulsets.iter().map(|s| &s.workload))
+            .chain(daemonsets.iter().map(|d| &d.workload));
+        super::continuity::inventory(workloads, policies)
+    };
+    let graph = ctx.continuity.graph(&ctx.reports, inventory, now);
+    let service_graph = super::continuity::annotate(namespaces, &graph);
+    Some((service_graph, super::continuity::condition(namespaces)))
 }
 
 /// Sampling ratios and caps from the agents' measured rates (the coverage carries them) and the
@@ -683,7 +715,8 @@ async fn write_agent_objects(
     let ns = ctx.namespaces.get(&ObjectRef::new(namespace));
     let labels = ns.as_ref().map(|n| n.labels().clone()).unwrap_or_default();
     let agent_sampling = crate::sampling::render::agent_sampling(&policy.spec.sampling, namespace, &labels, sampling);
-    let cm = agent_configmap_with(policy, namespace, ctx.serving_ca.ca_bundle().as_deref(), agent_sampling);
+    let report_ca = ctx.serving_ca.ca_bundle();
+    let cm = agent_configmap_with(policy, namespace, report_ca.as_deref(), agent_sampling, &ctx.continuity.probes);
     let secret = needs_secret(policy).then(|| agent_secret(policy, namespace, secrets));
     let uid = ctx.namespaces.get(&ObjectRef::new(namespace)).and_then(|ns| ns.metadata.uid.clone());
     let key = (policy.name_any(), namespace.to_string(), uid.unwrap_or_default());

@@ -78,18 +78,20 @@ pub fn agent_configmap(policy: &TracingPolicy, namespace: &str, report_ca: Optio
         &BTreeMap::new(),
         &crate::sampling::SamplingPlan::default(),
     );
-    agent_configmap_with(policy, namespace, report_ca, sampling)
+    agent_configmap_with(policy, namespace, report_ca, sampling, &Default::default())
 }
 
 /// [`agent_configmap`] with the namespace's sampling settings (rules resolved, ratios and caps
-/// of the moment).
+/// of the moment) and the operator's probe settings (`--probe-ratio`).
 pub fn agent_configmap_with(
     policy: &TracingPolicy,
     namespace: &str,
     report_ca: Option<&str>,
     sampling: tracelight_contract::config::AgentSampling,
+    probes: &tracelight_contract::probe::ProbeSettings,
 ) -> ConfigMap {
-    let config = crate::api::agent_config::agent_config_with(policy, sampling);
+    let mut config = crate::api::agent_config::agent_config_with(policy, sampling);
+    config.probes = Some(probes.clone());
     // Every file version, so agents of the previous release keep reading theirs during an upgrade.
     let mut data: BTreeMap<String, String> =
         ConfigFile::ALL.iter().map(|file| (file.key().to_string(), file.render(&config))).collect();

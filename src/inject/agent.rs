@@ -46,6 +46,9 @@ pub struct AgentParams<'a> {
     pub report_url: Option<&'a str>,
     /// The pod's `terminationGracePeriodSeconds` (`None`: Kubernetes' default, 30).
     pub termination_grace_seconds: Option<i64>,
+    /// Containers that set `OTEL_PROPAGATORS` themselves (`container=value;...`), reported by the
+    /// agent with its probe traces.
+    pub propagator_overrides: Option<String>,
 }
 
 /// The pod IP (`status.podIP`), where the agent answers the kubelet's probes (`--health-host`).
@@ -77,6 +80,9 @@ pub fn agent_container(p: &AgentParams) -> Container {
     if let Some(w) = p.workload {
         env.push(literal(WORKLOAD_KIND_VAR, w.kind.as_str()));
         env.push(literal(WORKLOAD_NAME_VAR, w.name.as_str()));
+    }
+    if let Some(overrides) = &p.propagator_overrides {
+        env.push(literal(tracelight_contract::probe::PROPAGATOR_OVERRIDES_ENV, overrides.as_str()));
     }
     let mut mounts = vec![
         VolumeMount {

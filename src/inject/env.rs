@@ -165,6 +165,34 @@ pub fn app_env(ctx: &AppEnv) -> Vec<EnvVar> {
     env
 }
 
+/// The instrumented containers that set `OTEL_PROPAGATORS` themselves, for the agent's
+/// `TRACELIGHT_PROPAGATOR_OVERRIDES` (`container=value;...`; see `tracelight_contract::probe`):
+/// the operator's broken-link check then knows what the application really propagates with.
+/// A value that is not a literal (`valueFrom`, or a key of a visible `envFrom` source) is
+/// reported empty: set, but unknown. `None` when no container overrides the injected value.
+pub fn propagator_overrides<'a>(
+    containers: impl IntoIterator<Item = (&'a str, &'a [EnvVar], bool)>,
+    policy: &TracingPolicy,
+) -> Option<String> {
+    let injected: Vec<&str> = policy.spec.propagators.iter().map(|p| p.as_str()).collect();
+    let injected = injected.join(",");
+    let overrides: Vec<String> = containers
+        .into_iter()
+        .filter_map(|(name, env, sourced)| {
+            let own = env.iter().rfind(|e| e.name == "OTEL_PROPAGATORS");
+            let value = match own {
+                Some(EnvVar { value: Some(v), value_from: None, .. }) if *v == injected => return None,
+                Some(EnvVar { value: Some(v), value_from: None, .. }) => v.replace(';', ",").replace('$', "$$"),
+                Some(_) => String::new(),
+                None if sourced => String::new(),
+                None => return None,
+            };
+            Some(format!("{name}={value}"))
+        })
+        .collect();
+    (!overrides.is_empty()).then(|| overrides.join(";"))
+}
+
 /// `OTEL_RESOURCE_ATTRIBUTES`: the `k8s.*` semantic-convention attributes, then the policy's.
 fn resource_attributes(ctx: &AppEnv) -> String {
     let mut attrs: Vec<(String, String)> = vec![
@@ -352,6 +380,29 @@ mod tests {
 
     fn names(env: &[EnvVar]) -> Vec<&str> {
         env.iter().map(|e| e.name.as_str()).collect()
+    }
+
+    #[test]
+    fn propagator_overrides_name_containers_whose_own_value_differs_from_the_policys() {
+        let spec = serde_json::json!({"collector": {"endpoint": "http://c:4317", "protocol": "grpc"}});
+        let policy = TracingPolicy::new("p", serde_json::from_value(spec).unwrap());
+        let from_secret =
+            EnvVar { name: "OTEL_PROPAGATORS".into(), value: None, value_from: Some(EnvVarSource::default()) };
+        let same = [literal("OTEL_PROPAGATORS", "tracecontext,baggage")];
+        let b3 = [literal("OTEL_PROPAGATORS", "b3;x$y")];
+        let none: [EnvVar; 0] = [];
+        let overrides = propagator_overrides(
+            [
+                ("same", &same[..], false),
+                ("api", &b3[..], false),
+                ("secret", std::slice::from_ref(&from_secret), false),
+                ("sourced", &none[..], true),
+                ("plain", &none[..], false),
+            ],
+            &policy,
+        );
+        assert_eq!(overrides.as_deref(), Some("api=b3,x$$y;secret=;sourced="));
+        assert_eq!(propagator_overrides([("same", &same[..], false)], &policy), None);
     }
 
     #[test]

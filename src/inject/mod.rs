@@ -559,6 +559,14 @@ fn edits(
         with_secret: plan.with_secret,
         report_url: options.report_url.as_deref(),
         termination_grace_seconds: spec.termination_grace_period_seconds,
+        propagator_overrides: env::propagator_overrides(
+            plan.containers.iter().map(|c| {
+                let container = &spec.containers[c.index];
+                let env = container.env.as_deref().unwrap_or_default();
+                (container.name.as_str(), env, c.sourced.contains("OTEL_PROPAGATORS"))
+            }),
+            policy,
+        ),
     });
     let has_agent = spec.containers.iter().any(|c| c.name == AGENT_CONTAINER);
     let (init_agent, appended_container) = match (options.native_sidecar, has_agent) {

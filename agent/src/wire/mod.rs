@@ -13,6 +13,7 @@
 //! unknown fields of the request itself are not (a batch is a run of `resource_spans`).
 //! A request is all or nothing: on any error nothing is written and the sender gets the error.
 
+pub mod probe;
 pub mod reader;
 pub mod schema;
 
@@ -65,6 +66,9 @@ pub struct Rules<'s> {
     pub attributes: &'s [(String, String)],
     /// Sampling rules, `keepErrors` and caps; `None`: every span at `threshold`.
     pub sampling: Option<&'s RuleSet>,
+    /// Spans of traces whose randomness is below this are probes (0: probes off); see
+    /// `tracelight_contract::probe`.
+    pub probe_below: u64,
 }
 
 /// The outcome of a valid request.
@@ -75,6 +79,8 @@ pub struct Processed<'a> {
     pub services: Vec<(Option<&'a str>, usize)>,
     /// With sampling rules: per rule (the fallback last), spans decided, kept, capped.
     pub rules: Vec<RuleTally>,
+    /// The request's spans of probe traces, whatever sampling decided.
+    pub probes: Vec<tracelight_contract::probe::ProbeSpan>,
 }
 
 /// What one rule did with a request's spans.
@@ -112,9 +118,12 @@ pub fn process_with_red<'a>(
         services_ok: Vec::new(),
         tally: rules.sampling.map(|s| vec![RuleTally::default(); s.len() + 1]).unwrap_or_default(),
         memo: Vec::new(),
+        service: None,
+        probes: Vec::new(),
     };
     let result = ingest.request(request, out).map(|mut processed| {
         processed.rules = std::mem::take(&mut ingest.tally);
+        processed.probes = std::mem::take(&mut ingest.probes);
         processed
     });
     match &result {
@@ -160,6 +169,9 @@ struct Ingest<'a> {
     red_batch: red::Batch<'a>,
     /// The `service.name` the current resource's spans count under.
     red_service: &'a str,
+    /// The `service.name` of the resource being processed, as its spans leave (for probes).
+    service: Option<&'a str>,
+    probes: Vec<tracelight_contract::probe::ProbeSpan>,
 }
 
 /// Decisions remembered per resource.
@@ -213,16 +225,16 @@ impl<'a> Ingest<'a> {
         }
         self.append_missing_attributes(out);
         wrap_len_field(out, resource_start, 1);
-        if self.rules.sampling.is_some() || self.red.is_some() {
-            // The name the spans leave with: the application's, else the one the agent adds.
-            let ours = self.rules.attributes.iter().zip(&self.attr_state).find_map(|((k, v), state)| {
+        // The name the spans leave with: the application's, else the one the agent adds.
+        let ours =
+            self.rules.attributes.iter().zip(&self.attr_state).find_map(|((k, v), state)| {
                 (k == "service.name" && *state != AttrState::Present).then_some(v.as_str())
             });
-            self.red_service = ours.or(service.value).unwrap_or("unknown_service");
-            if let Some(set) = self.rules.sampling {
-                set.service_matches(ours.or(service.value), &mut self.services_ok);
-                self.memo.clear();
-            }
+        self.service = ours.or(service.value);
+        self.red_service = self.service.unwrap_or("unknown_service");
+        if let Some(set) = self.rules.sampling {
+            set.service_matches(ours.or(service.value), &mut self.services_ok);
+            self.memo.clear();
         }
 
         let mut counts = Ingested::default();
@@ -382,6 +394,11 @@ impl<'a> Ingest<'a> {
                 red.merge(&mut self.red_batch);
             }
         }
+        // Before sampling, and only the trace id's randomness: every agent picks the same traces.
+        if self.rules.probe_below > 0 && sampler::trace_randomness(trace_id).is_some_and(|r| r < self.rules.probe_below)
+        {
+            self.probes.push(probe::probe_span(span, self.service.unwrap_or("unknown_service"))?);
+        }
         let kept = match sampling {
             None => sample(self.rules.threshold, self.fresh_state.as_deref(), trace_id, trace_state),
             Some(set) => {
@@ -486,7 +503,7 @@ fn wanted_attribute<'a>(kv: &'a [u8], keys: &[&str]) -> Result<Option<(usize, Op
 }
 
 /// Whether a (validated) `Status` says `STATUS_CODE_ERROR` (2); the last occurrence wins.
-fn status_is_error(status: &[u8]) -> Result<bool, WireError> {
+pub(crate) fn status_is_error(status: &[u8]) -> Result<bool, WireError> {
     let mut error = false;
     let mut fields = Fields::new(status);
     while let Some(field) = fields.next_field()? {

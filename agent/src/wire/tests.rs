@@ -158,12 +158,13 @@ fn value_of<'r>(r: &'r Resource, key: &str) -> Option<&'r str> {
     })
 }
 
-const KEEP_ALL: Rules<'static> = Rules { threshold: Threshold::Keep(0), attributes: &[], sampling: None };
+const KEEP_ALL: Rules<'static> =
+    Rules { threshold: Threshold::Keep(0), attributes: &[], sampling: None, probe_below: 0 };
 
 #[test]
 fn a_bare_resource_gets_the_attributes() {
     let attrs = identity_attributes();
-    let rules = Rules { threshold: Threshold::Keep(0), attributes: &attrs, sampling: None };
+    let rules = Rules { threshold: Threshold::Keep(0), attributes: &attrs, sampling: None, probe_below: 0 };
     let req = one_resource(None, vec![span_with([1; 16], "")]);
     let (outcome, _) = wire_outcome(&req.encode_to_vec(), rules).expect("valid");
     let resource = outcome.queued.resource_spans[0].resource.clone().expect("resource written");
@@ -175,7 +176,7 @@ fn a_bare_resource_gets_the_attributes() {
 #[test]
 fn application_values_win_but_unexpanded_references_are_replaced() {
     let attrs = identity_attributes();
-    let rules = Rules { threshold: Threshold::Keep(0), attributes: &attrs, sampling: None };
+    let rules = Rules { threshold: Threshold::Keep(0), attributes: &attrs, sampling: None, probe_below: 0 };
     let resource = Resource {
         attributes: vec![
             kv("service.name", "cart"),
@@ -217,7 +218,7 @@ fn a_threshold_replaces_every_tracestate_field_once() {
     let mut rs = Vec::new();
     reader::put_len_field(&mut rs, 2, &scope);
     reader::put_len_field(&mut bytes, 1, &rs);
-    let rules = Rules { threshold: Threshold::for_ratio(0.5), attributes: &[], sampling: None };
+    let rules = Rules { threshold: Threshold::for_ratio(0.5), attributes: &[], sampling: None, probe_below: 0 };
     let (outcome, out) = wire_outcome(&bytes, rules).expect("valid");
     let kept = &outcome.queued.resource_spans[0].scope_spans[0].spans[0];
     assert_eq!(kept.trace_state, "ot=th:8;rv:ffffffffffffff,b=2");
@@ -349,7 +350,7 @@ proptest! {
     #[test]
     fn same_outcome_as_the_decoded_reference(req in request_strategy(), threshold in threshold_strategy()) {
         let attrs = identity_attributes();
-        let rules = Rules { threshold, attributes: &attrs, sampling: None };
+        let rules = Rules { threshold, attributes: &attrs, sampling: None, probe_below: 0 };
         let (got, _) = wire_outcome(&req.encode_to_vec(), rules).expect("a valid request is accepted");
         prop_assert_eq!(got, reference::process(req, rules));
     }
@@ -373,7 +374,7 @@ proptest! {
             bytes.truncate(cut.index(bytes.len()));
         }
         let attrs = identity_attributes();
-        let rules = Rules { threshold: Threshold::for_ratio(0.5), attributes: &attrs, sampling: None };
+        let rules = Rules { threshold: Threshold::for_ratio(0.5), attributes: &attrs, sampling: None, probe_below: 0 };
         let decoded = ExportTraceServiceRequest::decode(&bytes[..]);
         match wire_outcome(&bytes, rules) {
             Ok((got, _)) => {

@@ -124,6 +124,7 @@ health
 - --lease-name={{ .Values.operator.leaderElection.leaseName }}
 - --native-sidecar={{ .Values.operator.nativeSidecar }}
 - --agent-reports={{ .Values.operator.agentReports }}
+- --probe-ratio={{ .Values.operator.probeRatio }}
 - --agent-image={{ .Values.agent.image | default (include "tracelight.image" .) }}
 - --agent-admin-exposure={{ include "tracelight.agentAdminExposure" . }}
 - --agent-host-port-range={{ .Values.agent.hostPortRange }}

@@ -4,11 +4,13 @@
 //! [`ReportStore::subscribe`].
 
 use super::review::ReviewedPod;
+use crate::continuity::{ProbeWindow, WorkloadKey};
 use crate::rollout::coverage::{agent_version_key, PodReport, MAX_SERVICES, REPORT_STALE_AFTER};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use tokio::sync::watch;
+use tracelight_contract::probe::Probes;
 use tracelight_contract::report::AgentReport;
 
 /// How often agents push a report (the agent's default `--report-interval-secs`).
@@ -46,11 +48,18 @@ pub struct ReportStore {
     changed: Arc<watch::Sender<u64>>,
     /// Until when coverage is held (see [`COVERAGE_WARM_UP`]).
     warm_until: Arc<RwLock<Option<Timestamp>>>,
+    /// The probe spans of the reports (see `crate::continuity`).
+    probes: Arc<std::sync::Mutex<ProbeWindow>>,
 }
 
 impl Default for ReportStore {
     fn default() -> Self {
-        ReportStore { reports: Arc::default(), changed: Arc::new(watch::channel(0).0), warm_until: Arc::default() }
+        ReportStore {
+            reports: Arc::default(),
+            changed: Arc::new(watch::channel(0).0),
+            warm_until: Arc::default(),
+            probes: Arc::default(),
+        }
     }
 }
 
@@ -69,6 +78,9 @@ impl ReportStore {
     /// Records `report` for the reviewed `pod`, received `now`. Returns whether it changed
     /// something coverage depends on (and then notifies subscribers).
     pub fn accept(&self, pod: &ReviewedPod, report: &AgentReport, now: Timestamp) -> bool {
+        if let Some(probes) = &report.probes {
+            self.add_probes(pod, report, probes, now);
+        }
         let last_span_at = report
             .last_span_age_seconds
             .and_then(|age| now.checked_sub(SignedDuration::from_secs(i64::try_from(age).unwrap_or(i64::MAX))).ok());
@@ -109,6 +121,23 @@ impl ReportStore {
             self.changed.send_modify(|n| *n += 1);
         }
         material
+    }
+
+    /// Files a report's probe spans under the reviewed pod's namespace and the workload the
+    /// agent names (its pod, when it names none).
+    fn add_probes(&self, pod: &ReviewedPod, report: &AgentReport, probes: &Probes, now: Timestamp) {
+        let (kind, name) = match (&report.pod.workload_kind, &report.pod.workload_name) {
+            (Some(kind), Some(name)) => (kind.as_str(), name.as_str()),
+            _ => ("Pod", pod.pod_name.as_str()),
+        };
+        let workload = WorkloadKey::new(&pod.namespace, kind, name);
+        let mut window = self.probes.lock().unwrap_or_else(|p| p.into_inner());
+        window.add(&pod.pod_uid, workload, report.policy.as_deref(), probes, now.as_second());
+    }
+
+    /// Runs `f` on the probe window (read only; the join is `crate::continuity::join`).
+    pub fn with_probes<R>(&self, f: impl FnOnce(&ProbeWindow) -> R) -> R {
+        f(&self.probes.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// The last report of the pod with `uid`.
@@ -170,6 +199,7 @@ mod tests {
             kept_bytes: 0,
             red: None,
             usage: None,
+            probes: None,
         }
     }
 
@@ -239,6 +269,31 @@ mod tests {
         assert!(store.holds_coverage(at(30)));
         assert!(!store.holds_coverage(at(40)), "one report interval and a margin");
         assert!(store.clone().holds_coverage(at(1)), "shared by clones");
+    }
+
+    #[test]
+    fn probe_spans_are_filed_under_the_reviewed_namespace_and_the_agents_workload() {
+        let store = ReportStore::default();
+        let mut r = report(Some(1), 1);
+        r.pod.workload_kind = Some("Deployment".into());
+        r.pod.workload_name = Some("frontend".into());
+        let span: tracelight_contract::probe::ProbeSpan = serde_json::from_value(serde_json::json!({
+            "traceId": "0af7651916cd43dd8448eb211c80319c", "spanId": "b7ad6b7169203331", "kind": "server",
+            "service": "frontend"
+        }))
+        .unwrap();
+        r.probes = Some(Probes { threshold: 1 << 56, spans: vec![span], ..Default::default() });
+        store.accept(&pod("a"), &r, at(0));
+        store.accept(&pod("a"), &r, at(30));
+        let (spans, workload) = store.with_probes(|w| {
+            let trace = w.trace(0x0af7651916cd43dd8448eb211c80319c).unwrap();
+            (w.len(), (*trace[0].pod.workload).clone())
+        });
+        assert_eq!(
+            (spans, workload),
+            (1, WorkloadKey::new("shop", "Deployment", "frontend")),
+            "once, though sent twice"
+        );
     }
 
     #[test]

@@ -1,0 +1,210 @@
+//! The probe spans waiting for the next report (see `tracelight_contract::probe`): at most
+//! [`MAX_PROBE_SPANS`] per report, kept consistent under the cap by lowering this interval's
+//! threshold (the traces of lowest randomness stay, whole), and handed to the report pusher,
+//! which gives them back when a push fails.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use tracelight_contract::probe::{trace_randomness, ProbeSpan, Probes, MAX_PROBE_SPANS, PROPAGATOR_OVERRIDES_ENV};
+
+#[derive(Default)]
+pub struct ProbeBuffer {
+    state: Mutex<State>,
+    /// Application containers that set `OTEL_PROPAGATORS` themselves (from the injector).
+    overrides: BTreeMap<String, String>,
+}
+
+#[derive(Default)]
+struct State {
+    /// The configured threshold (0: probes off).
+    configured: u64,
+    /// This interval's threshold: the configured one, lowered when the cap was reached.
+    threshold: u64,
+    spans: Vec<ProbeSpan>,
+    left_out: u64,
+}
+
+impl State {
+    /// Keeps only the traces below `threshold`, counting the spans that go.
+    fn lower_to(&mut self, threshold: u64) {
+        self.threshold = threshold;
+        let before = self.spans.len();
+        self.spans.retain(|s| randomness(s) < threshold);
+        self.left_out += (before - self.spans.len()) as u64;
+    }
+}
+
+/// The randomness of a probe span's trace (its hex trace id, written by the agent).
+fn randomness(span: &ProbeSpan) -> u64 {
+    let mut id = [0u8; 16];
+    for (i, b) in id.iter_mut().enumerate() {
+        *b = span.trace_id.get(2 * i..2 * i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()).unwrap_or(0xff);
+    }
+    trace_randomness(&id).unwrap_or(u64::MAX)
+}
+
+impl ProbeBuffer {
+    /// A buffer for a pod whose application containers override the propagators as `overrides`.
+    pub fn new(overrides: BTreeMap<String, String>) -> ProbeBuffer {
+        ProbeBuffer { state: Mutex::default(), overrides }
+    }
+
+    /// Reads the overrides from [`PROPAGATOR_OVERRIDES_ENV`] (`container=value;...`).
+    pub fn from_env() -> ProbeBuffer {
+        ProbeBuffer::new(parse_overrides(&std::env::var(PROPAGATOR_OVERRIDES_ENV).unwrap_or_default()))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A new configured threshold (from a config reload); 0 turns probes off.
+    pub fn configure(&self, threshold: u64) {
+        let mut s = self.lock();
+        if s.configured == threshold {
+            return;
+        }
+        s.configured = threshold;
+        if threshold == 0 {
+            s.spans.clear();
+            s.threshold = 0;
+        } else if threshold < s.threshold || s.spans.is_empty() {
+            s.lower_to(threshold);
+        }
+    }
+
+    /// Adds a request's probe spans; over the cap, the interval's threshold drops to the
+    /// randomness of the highest trace kept until the spans fit.
+    pub fn record(&self, spans: Vec<ProbeSpan>) {
+        let mut s = self.lock();
+        for span in spans {
+            if randomness(&span) >= s.threshold {
+                s.left_out += 1;
+                continue;
+            }
+            s.spans.push(span);
+            while s.spans.len() > MAX_PROBE_SPANS {
+                let highest = s.spans.iter().map(randomness).max().unwrap_or(0);
+                s.lower_to(highest);
+            }
+        }
+    }
+
+    /// This interval's probes for a report (and a new interval at the configured threshold);
+    /// `None` when probes are off.
+    pub fn take(&self) -> Option<Probes> {
+        let mut s = self.lock();
+        if s.configured == 0 {
+            return None;
+        }
+        let probes = Probes {
+            threshold: s.threshold,
+            spans: std::mem::take(&mut s.spans),
+            left_out: std::mem::take(&mut s.left_out),
+            propagator_overrides: self.overrides.clone(),
+        };
+        s.threshold = s.configured;
+        Some(probes)
+    }
+
+    /// Gives back the probes of a report that could not be pushed: they join the current
+    /// interval, under the lower of the two thresholds.
+    pub fn restore(&self, probes: Probes) {
+        let mut s = self.lock();
+        if s.configured == 0 {
+            return;
+        }
+        s.left_out += probes.left_out;
+        let threshold = s.threshold.min(probes.threshold);
+        s.lower_to(threshold);
+        drop(s);
+        self.record(probes.spans);
+    }
+
+    /// Spans waiting.
+    pub fn len(&self) -> usize {
+        self.lock().spans.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// `container=value;container=value` (the injector's encoding; values never hold `;`).
+pub fn parse_overrides(text: &str) -> BTreeMap<String, String> {
+    text.split(';')
+        .filter_map(|item| item.split_once('='))
+        .filter(|(container, _)| !container.trim().is_empty())
+        .map(|(c, v)| (c.trim().to_string(), v.trim().to_string()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tracelight_contract::probe::to_hex;
+
+    fn span(randomness: u64, n: u8) -> ProbeSpan {
+        let mut id = [0u8; 16];
+        id[8..].copy_from_slice(&randomness.to_be_bytes());
+        ProbeSpan {
+            trace_id: to_hex(&id),
+            span_id: to_hex(&[n; 8]),
+            parent_span_id: None,
+            kind: None,
+            service: "s".into(),
+            remote_parent: None,
+            peer: None,
+            destination: None,
+            db: false,
+            error: false,
+            link: None,
+            start_unix_nano: 0,
+            duration_nanos: 0,
+        }
+    }
+
+    #[test]
+    fn over_the_cap_the_highest_traces_go_whole_and_the_threshold_says_so() {
+        let b = ProbeBuffer::default();
+        b.configure(1000);
+        // Two spans per trace, traces 0..40: 80 spans for a cap of 64.
+        b.record((0..40u64).flat_map(|r| [span(r * 10, 1), span(r * 10, 2)]).collect());
+        let p = b.take().expect("probes on");
+        assert!(p.spans.len() <= MAX_PROBE_SPANS && p.spans.len() % 2 == 0, "{}", p.spans.len());
+        assert!(p.spans.iter().all(|s| randomness(s) < p.threshold), "every span kept is under the threshold");
+        assert_eq!(p.spans.len() as u64 + p.left_out, 80, "every span kept or counted");
+        let kept: std::collections::BTreeSet<u64> = p.spans.iter().map(randomness).collect();
+        assert_eq!(kept, (0..kept.len() as u64).map(|r| r * 10).collect(), "the lowest traces, whole");
+        let next = b.take().expect("probes on");
+        assert_eq!((next.threshold, next.spans.len(), next.left_out), (1000, 0, 0), "a new interval");
+    }
+
+    #[test]
+    fn spans_above_the_threshold_are_not_kept_and_off_means_none() {
+        let b = ProbeBuffer::default();
+        assert_eq!(b.take(), None, "off until configured");
+        b.configure(100);
+        b.record(vec![span(5, 1), span(500, 2)]);
+        let p = b.take().unwrap();
+        assert_eq!((p.spans.len(), p.left_out), (1, 1));
+        b.record(vec![span(5, 1)]);
+        b.configure(0);
+        assert_eq!((b.take(), b.len()), (None, 0));
+    }
+
+    #[test]
+    fn a_failed_push_gives_its_probes_back() {
+        let b = ProbeBuffer::new(parse_overrides("api=b3; web = tracecontext,baggage;bad"));
+        b.configure(100);
+        b.record(vec![span(1, 1), span(2, 2)]);
+        let p = b.take().unwrap();
+        assert_eq!(p.propagator_overrides.get("web").map(String::as_str), Some("tracecontext,baggage"));
+        assert_eq!(p.propagator_overrides.len(), 2);
+        b.record(vec![span(3, 3)]);
+        b.restore(p);
+        let again = b.take().unwrap();
+        assert_eq!((again.spans.len(), again.threshold), (3, 100));
+    }
+}
