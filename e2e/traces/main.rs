@@ -28,6 +28,8 @@ mod harness;
 // The operator's own traces (a separate test, sharing the harness and the collector).
 mod operator_spans;
 mod runner;
+// Sampling rules and budgets on live agents (a separate test, sharing the harness and the shop).
+mod sampling;
 mod shop;
 
 // The cluster suite's support code, shared rather than copied; this binary uses part of it.

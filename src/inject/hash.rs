@@ -29,6 +29,9 @@ struct ManifestInputs<'a> {
     /// when off, so hashes from before the report channel existed stay the same.
     #[serde(skip_serializing_if = "Option::is_none")]
     report_url: Option<&'a str>,
+    /// The agents' report interval, when the operator sets one (an agent flag).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    report_interval_secs: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -71,6 +74,7 @@ pub fn manifest_hash(
             })
             .collect(),
         report_url: options.report_url.as_deref(),
+        report_interval_secs: options.report_url.as_ref().and(options.report_interval_secs),
     };
     let bytes = serde_json::to_vec(&inputs).expect("manifest inputs always serialize");
     let digest = Sha256::digest(&bytes);

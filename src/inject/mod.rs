@@ -79,6 +79,9 @@ pub struct InjectOptions {
     pub report_url: Option<String>,
     /// The images a policy that names none gets.
     pub images: DefaultImages,
+    /// Seconds between the agents' report pushes (`--report-interval-secs`); `None`: the
+    /// agent's default, 30 s. The budget loop looks at the rates as often.
+    pub report_interval_secs: Option<u64>,
 }
 
 impl Default for InjectOptions {
@@ -88,6 +91,7 @@ impl Default for InjectOptions {
             host_network_ports: AgentPorts { otlp_grpc: 14317, otlp_http: 14318, admin: 14133 },
             report_url: None,
             images: DefaultImages::default(),
+            report_interval_secs: None,
         }
     }
 }
@@ -494,6 +498,7 @@ fn edits(
         native_sidecar: options.native_sidecar,
         with_secret: plan.with_secret,
         report_url: options.report_url.as_deref(),
+        report_interval_secs: options.report_interval_secs,
         termination_grace_seconds: spec.termination_grace_period_seconds,
     });
     let has_agent = spec.containers.iter().any(|c| c.name == AGENT_CONTAINER);
