@@ -122,6 +122,6 @@ bench-scale: ## Rollout at scale on the local control plane (SCALE_NAMESPACES x 
 	$(CARGO) build --locked --release --bin tracelight
 	@e2e/cluster/up.sh >/dev/null
 	@mkdir -p target && set -o pipefail && \
-	TRACELIGHT_BIN=$(CURDIR)/target/release/tracelight \
+	TRACELIGHT_BIN=$(abspath $(or $(CARGO_TARGET_DIR),target))/release/tracelight \
 	$(CARGO) test --locked --features e2e --test e2e bench_scale -- --ignored --nocapture 2>&1 | tee target/bench-scale.log
 	@grep '^RESULT ' target/bench-scale.log | tail -n1

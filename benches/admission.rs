@@ -1,5 +1,5 @@
 //! The whole admission path for a realistic Deployment-created pod: decode the AdmissionReview,
-//! look up the index, decide, build the JSON patch, encode the response.
+//! look up the cluster view, decide, build the JSON patch, encode the response.
 //!
 //! After criterion's report, prints `RESULT admission_us=<median µs> ungoverned_us=<median µs>`
 //! as the last line, measured separately over a fixed number of timed iterations: the injected
@@ -10,9 +10,9 @@ use criterion::{criterion_group, Criterion, Throughput};
 use serde_json::{json, Value};
 use std::hint::black_box;
 use std::time::Instant;
+use tracelight::cluster_view::ClusterView;
 use tracelight::inject::InjectOptions;
 use tracelight::webhook::handler::review;
-use tracelight::webhook::index::Index;
 use tracelight::webhook::metrics::AdmissionMetrics;
 
 // The same allocator as the `tracelight` binary, so the figure is the one production sees.
@@ -157,7 +157,7 @@ fn review_body(namespace: &str) -> Vec<u8> {
 
 struct Fixture {
     body: Vec<u8>,
-    index: Index,
+    view: ClusterView,
     options: InjectOptions,
     metrics: AdmissionMetrics,
 }
@@ -166,14 +166,14 @@ impl Fixture {
     fn new(namespace: &str) -> Self {
         Fixture {
             body: review_body(namespace),
-            index: Index::from_objects(namespaces(), vec![policy()]),
+            view: ClusterView::from_objects(namespaces(), vec![policy()]),
             options: InjectOptions::default(),
             metrics: AdmissionMetrics::unregistered(),
         }
     }
 
     fn admit(&self) -> Vec<u8> {
-        let (status, body) = review(black_box(&self.body), &self.index, &self.options, &self.metrics);
+        let (status, body) = review(black_box(&self.body), &self.view, &self.options, &self.metrics);
         assert_eq!(status, 200);
         body
     }

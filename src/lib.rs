@@ -9,6 +9,7 @@
 
 pub mod api;
 pub mod cli;
+pub mod cluster_view;
 pub mod controller;
 pub mod inject;
 pub mod rollout;

@@ -1,4 +1,15 @@
 //! Admin server: `/healthz` (kubelet probes), `/metrics` (Prometheus text), `/report` (JSON).
+//!
+//! Two listeners on the same port, so the probes keep the port the pod spec names:
+//!
+//! - the **admin** listener, on the pod's loopback by default (`--admin-host`): everything. Only
+//!   the pod's own containers (and `kubectl port-forward`, which connects through the pod's
+//!   loopback) reach it; `--admin-host=0.0.0.0` exposes it to the network on purpose;
+//! - the **health** listener, on the pod IP (`--health-host`): `/healthz` only (plus `/metrics`
+//!   with `--health-metrics`, for a PodMonitor). The kubelet probes the pod IP, not the
+//!   pod's loopback, so probes need it; an `exec` probe would start a process every period.
+//!
+//! Binding one address each (not `0.0.0.0` for health) is what lets both share the port.
 
 use super::report::{self, Report};
 use super::server::{Guard, ServerLimits};
@@ -27,9 +38,24 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .with_state(Arc::new(AdminState { shared, registry }))
 }
 
-/// Serve the admin routes under `limits` (see `crate::server`); bodies are not charged.
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>, limits: ServerLimits, stop: CancellationToken) {
-    super::server::serve(listener, router(shared), Guard::new(limits, None), stop).await
+/// The routes of the health listener: `/healthz`, and `/metrics` when `with_metrics`. Nothing
+/// else of the agent (its report, its config) is reachable from the network through it.
+pub fn health_router(shared: Arc<Shared>, with_metrics: bool) -> Router {
+    if !with_metrics {
+        return Router::new().route("/healthz", get(healthz));
+    }
+    let registry = shared.metrics.registry();
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .with_state(Arc::new(AdminState { shared, registry }))
+}
+
+/// Serve `router` (the admin or the health routes) under `limits` (see `crate::server`); bodies
+/// are not charged. Each listener has its own connection cap, so a flood on the network side
+/// never locks the pod's own containers out of the loopback admin.
+pub async fn serve(listener: TcpListener, router: Router, limits: ServerLimits, stop: CancellationToken) {
+    super::server::serve(listener, router, Guard::new(limits, None), stop).await
 }
 
 /// Liveness only: the agent serves even before a valid config arrives (it then queues).

@@ -60,9 +60,12 @@ flags! {
         " Address the OTLP receivers bind (the pod's loopback: apps share it).";
     otlp_grpc_port: u16 = 4317, " OTLP/gRPC receiver port.";
     otlp_http_port: u16 = 4318, " OTLP/HTTP receiver port.";
-    admin_host: IpAddr = IpAddr::from([0, 0, 0, 0]),
-        " Address of the admin server (/healthz, /metrics, /report); reachable by the kubelet.";
+    admin_host: IpAddr = IpAddr::from([127, 0, 0, 1]),
+        " Address of the admin server (/healthz, /metrics, /report): the pod's loopback; 0.0.0.0 exposes it to the network.";
     admin_port: u16 = 13133, " Admin server port.";
+    health_host: Option<IpAddr> = None,
+        " Also answer /healthz (only) on this address, on the admin port: the pod IP, where the kubelet probes.";
+    health_metrics: bool = false, " Serve /metrics on --health-host too (for Prometheus; /report stays on loopback).";
     queue_bytes: usize = 16 << 20, " Bound of the export queue, in bytes; the oldest spans are dropped beyond it.";
     batch_bytes: usize = 512 << 10, " Target size of one export request, in bytes.";
     max_message_bytes: usize = 3584 << 10,
@@ -173,7 +176,7 @@ macro_rules! parse_with_from_str {
         }
     )*};
 }
-parse_with_from_str!(u16, u32, u64, usize, IpAddr, PathBuf, http::Uri);
+parse_with_from_str!(u16, u32, u64, usize, bool, IpAddr, PathBuf, http::Uri);
 
 impl ParseFlag for LogFormat {
     fn parse_flag(value: &str) -> Result<Self, String> {
@@ -209,7 +212,7 @@ macro_rules! show_with_display {
         }
     )*};
 }
-show_with_display!(u16, u32, u64, usize, IpAddr, http::Uri);
+show_with_display!(u16, u32, u64, usize, bool, IpAddr, http::Uri);
 
 impl ShowDefault for PathBuf {
     fn show(&self) -> Option<String> {
@@ -254,16 +257,20 @@ mod tests {
         assert_eq!(a.config, PathBuf::from("/etc/tracelight/agent/config.v2.yaml"));
         assert_eq!((a.otlp_grpc_port, a.otlp_http_port, a.admin_port), (4317, 4318, 13133));
         assert_eq!(a.listen_host, IpAddr::from([127, 0, 0, 1]));
+        assert_eq!(a.admin_host, IpAddr::from([127, 0, 0, 1]), "admin on loopback unless asked otherwise");
+        assert_eq!((a.health_host, a.health_metrics), (None, false));
         assert!(matches!(a.log_format, LogFormat::Json));
         assert!(a.report_url.is_none());
     }
 
     #[test]
     fn both_value_spellings_are_read() {
-        let a = run(&["--otlp-grpc-port=14317", "--admin-host", "127.0.0.1", "--log-format=text"]).unwrap();
+        let a = run(&["--otlp-grpc-port=14317", "--admin-host", "0.0.0.0", "--log-format=text"]).unwrap();
         assert_eq!(a.otlp_grpc_port, 14317);
-        assert_eq!(a.admin_host, IpAddr::from([127, 0, 0, 1]));
+        assert_eq!(a.admin_host, IpAddr::from([0, 0, 0, 0]));
         assert!(matches!(a.log_format, LogFormat::Text));
+        let a = run(&["--health-host=fd00::7", "--health-metrics", "true"]).unwrap();
+        assert_eq!((a.health_host, a.health_metrics), (Some("fd00::7".parse().unwrap()), true));
     }
 
     #[test]
@@ -274,6 +281,9 @@ mod tests {
         let err = run(&["--admin-port=70000"]).unwrap_err();
         assert!(matches!(&err, ArgsError::Invalid { flag, .. } if flag == "--admin-port"), "{err:?}");
         assert!(run(&["--log-format=xml"]).is_err());
+        // An unexpanded `$(POD_IP)` (the variable missing from the container) is refused, not ignored.
+        let err = run(&["--health-host=$(POD_IP)"]).unwrap_err();
+        assert!(matches!(&err, ArgsError::Invalid { flag, .. } if flag == "--health-host"), "{err:?}");
         assert_eq!(run(&["--report-url=https://op:443/r"]).unwrap_err(), ArgsError::ReportWithoutToken);
     }
 

@@ -1,6 +1,7 @@
 //! `tracelight-agent`: the sidecar. OTLP in (gRPC and HTTP on the pod's loopback), consistent
 //! sampling, `k8s.*` enrichment, a byte-bounded queue, export with retries to the policy's
-//! collector, live reload of its config, and a self-report on an admin port.
+//! collector, live reload of its config, and a self-report on an admin port (on the pod's
+//! loopback; `/healthz` also on the pod IP, see [`admin`]).
 //!
 //! ```text
 //! receivers (grpc, http) -> admission -> pipeline (validate, sample, enrich: `wire`, on the
@@ -78,6 +79,8 @@ pub struct RunningAgent {
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    /// The health listener (`--health-host`, on the admin port), when there is one.
+    pub health_addr: Option<SocketAddr>,
     pub shared: Arc<Shared>,
     receivers_stop: CancellationToken,
     export_stop: CancellationToken,
@@ -85,7 +88,8 @@ pub struct RunningAgent {
     shutdown_timeout: Duration,
     receivers: Vec<JoinHandle<()>>,
     background: Vec<JoinHandle<()>>,
-    admin: JoinHandle<()>,
+    /// The admin server, and the health server when there is one.
+    admin: Vec<JoinHandle<()>>,
     admin_stop: CancellationToken,
 }
 
@@ -144,6 +148,11 @@ pub async fn start_with_identity(args: AgentArgs, identity: enrich::PodIdentity)
     let admin_listener = bind(args.admin_host, args.admin_port, "admin").await?;
     let (grpc_addr, http_addr, admin_addr) =
         (grpc_listener.local_addr()?, http_listener.local_addr()?, admin_listener.local_addr()?);
+    let health_listener = match health_host(&args) {
+        Some(host) => Some(bind(host, admin_addr.port(), "health").await?),
+        None => None,
+    };
+    let health_addr = health_listener.as_ref().map(TcpListener::local_addr).transpose()?;
 
     let (clients_tx, clients_rx) = watch::channel(None);
     let mut watcher = config_watch::ConfigWatcher::new(args.config.clone(), shared.clone(), clients_tx);
@@ -178,13 +187,19 @@ pub async fn start_with_identity(args: AgentArgs, identity: enrich::PodIdentity)
     if let Some(pusher) = report_pusher(&args, &shared) {
         background.push(tokio::spawn(pusher.run(receivers_stop.clone())));
     }
-    let stop = admin_stop.clone();
-    let admin = tokio::spawn(admin::serve(admin_listener, shared.clone(), server_limits(&args), stop));
-    tracing::info!(%grpc_addr, %http_addr, %admin_addr, "agent started");
+    let limits = server_limits(&args);
+    let mut admin =
+        vec![tokio::spawn(admin::serve(admin_listener, admin::router(shared.clone()), limits, admin_stop.clone()))];
+    if let Some(listener) = health_listener {
+        let router = admin::health_router(shared.clone(), args.health_metrics);
+        admin.push(tokio::spawn(admin::serve(listener, router, limits, admin_stop.clone())));
+    }
+    tracing::info!(%grpc_addr, %http_addr, %admin_addr, health_addr = ?health_addr, "agent started");
     Ok(RunningAgent {
         grpc_addr,
         http_addr,
         admin_addr,
+        health_addr,
         shared,
         receivers_stop,
         export_stop,
@@ -195,6 +210,17 @@ pub async fn start_with_identity(args: AgentArgs, identity: enrich::PodIdentity)
         admin,
         admin_stop,
     })
+}
+
+/// Where the health listener binds: `--health-host`, unless the admin server already listens
+/// there (or everywhere, when exposed on purpose with `--admin-host=0.0.0.0`).
+fn health_host(args: &AgentArgs) -> Option<IpAddr> {
+    let host = args.health_host?;
+    if args.admin_host.is_unspecified() || host == args.admin_host {
+        tracing::info!(%host, admin_host = %args.admin_host, "the admin server already answers health checks there");
+        return None;
+    }
+    Some(host)
 }
 
 fn report_pusher(args: &AgentArgs, shared: &Arc<Shared>) -> Option<report_push::ReportPusher> {
@@ -245,8 +271,13 @@ pub fn server_limits(args: &AgentArgs) -> server::ServerLimits {
     }
 }
 
+/// Time past the shutdown deadline for the exporter to abort its sends and count them as dropped
+/// (under load the count otherwise raced the deadline and was lost). The injector leaves the pod's
+/// grace period well beyond `--shutdown-timeout-secs`.
+const SHUTDOWN_WRAP_UP: Duration = Duration::from_millis(250);
+
 impl RunningAgent {
-    /// Stop within `--shutdown-timeout-secs`, whatever clients do: stop accepting connections,
+    /// Stop within `--shutdown-timeout-secs` (plus [`SHUTDOWN_WRAP_UP`]), whatever clients do: stop accepting connections,
     /// give requests in progress `--drain-timeout-secs` (then their connections are closed),
     /// flush the queue in the time left, then stop the admin server. Exports keep running while
     /// the receivers drain.
@@ -260,18 +291,26 @@ impl RunningAgent {
         let _ = self.flush_by.set(deadline);
         self.export_stop.cancel();
         for b in self.background {
-            // A report push in progress is abandoned at the deadline.
-            if tokio::time::timeout_at(deadline, b).await.is_err() {
+            // A report push in progress is abandoned at the deadline; the exporter, which stops
+            // its sends at the deadline itself, gets a moment beyond it to count what it abandoned.
+            if tokio::time::timeout_at(deadline + SHUTDOWN_WRAP_UP, b).await.is_err() {
                 tracing::warn!("shutdown deadline reached with a background task still running");
             }
         }
         self.admin_stop.cancel();
-        let _ = tokio::time::timeout(Duration::from_millis(200), self.admin).await;
+        let _ = tokio::time::timeout(Duration::from_millis(200), wait_all(self.admin)).await;
         tracing::info!("agent stopped");
     }
 
     pub fn report(&self) -> report::Report {
         admin::build_report(&self.shared)
+    }
+}
+
+/// Waits for every handle (their results are not needed).
+async fn wait_all(handles: Vec<JoinHandle<()>>) {
+    for h in handles {
+        let _ = h.await;
     }
 }
 

@@ -25,6 +25,8 @@ mod coverage;
 // `make demo`'s trace (ignored; run by e2e/demo.sh).
 mod demo;
 mod harness;
+// Two hostNetwork pods on one node.
+mod hostnet;
 // The operator's own traces (a separate test, sharing the harness and the collector).
 mod operator_spans;
 mod runner;
@@ -273,6 +275,7 @@ async fn traces(suite: &mut harness::Suite, otelcol: &std::path::Path) -> anyhow
     .await?;
     let extra_hosts = [coverage::operator_hosts_entry(network.host_ip(), harness::NAMESPACE, "tracelight-webhook")];
     let mut broken = None;
+    let mut hostnet = None;
     let result = async {
         for shop in shops.iter_mut() {
             run_shop(shop, &client, &mut network, &images, &dir, &extra_hosts, &log).await?;
@@ -310,24 +313,27 @@ async fn traces(suite: &mut harness::Suite, otelcol: &std::path::Path) -> anyhow
         ensure!(code == 0 && table.contains("OK: every instrumented workload sends spans"), "exit {code}:\n{table}");
         log.note("tracelight verify: exit 1 naming tax-legacy as silent; exit 0 for the fully covered shop");
 
+        let hostnet = hostnet
+            .insert(hostnet::run(suite, &mut network, &images, &dir, &extra_hosts, &collector, &endpoint).await?);
+
         // Then everything is flushed and stopped (apps, agents, collector, in that order) and the
         // final output checked: nothing arrived late, twice, split, or from elsewhere.
         log.step("stop the pods (SIGTERM: SDKs and agents flush) and the collector; check the final output");
         for pod in agent.running.iter_mut().chain(sdk.running.iter_mut()) {
             pod.stop();
         }
-        for pod in broken.running.iter_mut() {
+        for pod in broken.running.iter_mut().chain(hostnet.running.iter_mut()) {
             pod.stop();
         }
         collector.stop()?;
         let spans = collector.spans();
         let stray: Vec<&Span> = spans
             .iter()
-            .filter(|s| ![&agent.ns, &sdk.ns].map(Some).contains(&s.resource.get("k8s.namespace.name")))
+            .filter(|s| ![&agent.ns, &sdk.ns, &hostnet.ns].map(Some).contains(&s.resource.get("k8s.namespace.name")))
             .collect();
         ensure!(
             stray.is_empty(),
-            "spans from neither shop namespace: {:?}",
+            "spans from no namespace of the test: {:?}",
             stray.iter().map(|s| s.describe()).collect::<Vec<_>>()
         );
         let (all_at_once, sampled): (Vec<Span>, Vec<Span>) =
@@ -365,6 +371,7 @@ async fn traces(suite: &mut harness::Suite, otelcol: &std::path::Path) -> anyhow
     let logs: String = shops.iter().flat_map(|s| s.running.iter()).map(|p| p.log_tails(30)).collect();
     drop(shops);
     drop(broken);
+    drop(hostnet);
     drop(report_service);
     drop(collector);
     drop(network);
@@ -396,8 +403,12 @@ async fn check_reports(
 ) -> anyhow::Result<()> {
     let admin = policy.spec.agent.ports.admin;
     for (pod, _) in shop.running.iter().zip(workloads).filter(|(_, w)| w.traced) {
-        let (status, body) = http_get(pod.net.ip, admin, "/report").await?;
-        ensure!(status == 200, "{}: GET /report: HTTP {status}", pod.name);
+        // The admin server is on the pod's loopback; on the pod IP only /healthz answers (the
+        // runner's probes passed there).
+        let (status, body) = pod.loopback_get(admin, "/report").await?;
+        ensure!(status == 200, "{}: GET /report on the pod's loopback: HTTP {status}", pod.name);
+        let (outside, _) = http_get(pod.net.ip, admin, "/report").await?;
+        ensure!(outside == 404, "{}: GET /report on the pod IP {}: HTTP {outside}, want 404", pod.name, pod.net.ip);
         let report: serde_json::Value = serde_json::from_str(&body)?;
         let spans = &report["spans"];
         let dropped: u64 = spans["dropped"].as_object().into_iter().flatten().filter_map(|(_, n)| n.as_u64()).sum();
@@ -479,12 +490,12 @@ async fn resample(log: &StepLog, client: &Client, shop: &mut Shop, workloads: &[
         if !w.traced {
             continue;
         }
-        let ip = pod.net.ip;
+        let pod = &*pod;
         wait::until(
             &format!("the agent of {} to apply ratio {SAMPLED_RATIO}", pod.name),
             Duration::from_secs(30),
             || async {
-                let (status, body) = http_get(ip, admin, "/report").await?;
+                let (status, body) = pod.loopback_get(admin, "/report").await?;
                 ensure!(status == 200, "GET /report: HTTP {status}");
                 let report: serde_json::Value = serde_json::from_str(&body)?;
                 ensure!(report["samplingRatio"].as_f64() == Some(SAMPLED_RATIO), "report {report}");

@@ -144,8 +144,8 @@ async fn sampling(suite: &mut harness::Suite, otelcol: &std::path::Path) -> anyh
         let load = Load::start(&shop, &workloads)?;
         let mut watch = Watch::new(&client, &shop, &workloads);
 
-        budget_holds(&log, &mut watch, &shop, &load).await?;
-        ratio_lowered_live(&log, &client, &mut watch, &shop).await?;
+        budget_holds(&log, &mut watch, &mut shop, &load).await?;
+        ratio_lowered_live(&log, &client, &mut watch, &mut shop).await?;
 
         log.step("stop the load; no pod replaced, no container or agent restarted");
         let (load_started, load_wall) = (load.started, load.started_wall);
@@ -400,7 +400,7 @@ fn kept_rate(samples: &[Sample], rule: &str, from: Instant, to: Instant) -> Opti
     (secs > 0.0).then(|| (counts(b, rule).1 - counts(a, rule).1) as f64 / secs)
 }
 
-/// 1. The inventory's kept rate reaches its budget within ±10% by [`CONVERGED_BY`] and stays.
+/// Step 1: the inventory's kept rate reaches its budget within ±10% by [`CONVERGED_BY`] and stays.
 async fn budget_holds(log: &StepLog, watch: &mut Watch, shop: &mut Shop, load: &Load) -> anyhow::Result<()> {
     log.step(&format!(
         "budget: {NOISY_RPS} requests/s to the inventory (2 spans each) and {CHECKOUT_RPS} checkouts/s; \
@@ -446,7 +446,7 @@ async fn budget_holds(log: &StepLog, watch: &mut Watch, shop: &mut Shop, load: &
     Ok(())
 }
 
-/// 2. The pricing rule's ratio lowered live: pricing's and tax's agents drop its spans within
+/// Step 2: the pricing rule's ratio lowered live; pricing's and tax's agents drop its spans within
 /// [`RATIO_DEADLINE`], and keep a fraction near [`LOWERED_RATIO`].
 async fn ratio_lowered_live(log: &StepLog, client: &Client, watch: &mut Watch, shop: &mut Shop) -> anyhow::Result<()> {
     let agents = ["pricing", "tax"];
@@ -526,7 +526,7 @@ async fn budget_status(log: &StepLog, client: &Client) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// 3. Every checkout trace with an inventory span (the lowest ratio on its path) is whole: those
+/// Step 3: every checkout trace with an inventory span (the lowest ratio on its path) is whole: those
 /// started from `from_unix_nano` on (before, the local cap was allowed to act).
 fn whole_traces(
     log: &StepLog,

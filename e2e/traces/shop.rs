@@ -187,6 +187,36 @@ pub fn broken_tax() -> Workload {
     })
 }
 
+/// An inventory service on the node's network (`hostNetwork`): a DaemonSet (in `deployment`)
+/// pinned to `node`, serving on `port` of the node; no Service (a hosts file cannot name a node
+/// port). A DaemonSet replaces a pod by deleting it first, so a restart never needs the node's
+/// ports twice (a Deployment's surge pod would wait for its own application port).
+pub fn host_network_inventory(name: &'static str, port: u16, node: &str) -> Workload {
+    let mut w = workload(Spec {
+        name,
+        container: "api",
+        image: "tracelight-e2e/shop-inventory:1",
+        language: None,
+        port: Some(port),
+        env: vec![("INVENTORY_DB", "/data/inventory.db")],
+        args: None,
+        extra: json!({
+            "volumeMounts": [{"name": "data", "mountPath": "/data"}],
+            "volumes": [{"name": "data", "emptyDir": {}}]
+        }),
+        traced: true,
+    });
+    w.deployment["kind"] = json!("DaemonSet");
+    if let Some(spec) = w.deployment["spec"].as_object_mut() {
+        spec.remove("replicas");
+    }
+    let spec = &mut w.deployment["spec"]["template"]["spec"];
+    spec["hostNetwork"] = json!(true);
+    spec["nodeSelector"] = json!({"kubernetes.io/hostname": node});
+    w.service = None;
+    w
+}
+
 /// The shape of every request's trace.
 pub fn topology(policy: &TracingPolicy) -> Topology {
     let pair = |a: &str, b: &str| (a.to_string(), b.to_string());

@@ -13,7 +13,8 @@
 //!
 //! # Memory
 //!
-//! The caches hold what the decisions read, never whole objects: pods as a [`PodSummary`] decoded
+//! Namespaces and TracingPolicies are watched once per process ([`ClusterView`], shared with the
+//! webhook); the caches hold what the decisions read, never whole objects: pods as a [`PodSummary`] decoded
 //! straight from the watch's JSON, workloads as the rollout's summary, owned agent objects as
 //! metadata only, and the initial lists of the large caches come in pages (`paged_lists`). The
 //! figures at scale and how they moved are in `docs/performance.md`.
@@ -32,14 +33,14 @@ mod trace;
 #[cfg(test)]
 mod io_order_tests;
 
-use crate::api::TracingPolicy;
+use crate::cluster_view::{Cluster, ClusterView};
 use crate::inject::InjectOptions;
 use crate::rollout::pod::PodSummary;
 use crate::telemetry::{self, LogFormat, Metrics};
 use crate::webhook::reports::ReportStore;
 use anyhow::Context as _;
 use cache::{CachedWorkload, WatchedPod};
-use futures::{StreamExt, TryStreamExt};
+use futures::{Stream, StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use kube::api::Api;
@@ -193,6 +194,15 @@ async fn run_async(args: ControllerArgs, trace_stats: Option<telemetry::traces::
         leader_address,
     });
     let inject_options = webhook.inject_options();
+    // One watch per kind for Namespaces and TracingPolicies: admission and the controllers read
+    // the same stores.
+    let (view, view_driver) = ClusterView::watch(client.clone());
+    let view_task = {
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            tokio::select! { () = view_driver => {}, () = stop.cancelled() => {} }
+        })
+    };
     // The webhook's report endpoint fills it; the leader's reconciles read it.
     let reports = crate::webhook::reports::ReportStore::default();
     // The webhook loads the serving certificate; the controller hands its CA to the agents.
@@ -202,7 +212,7 @@ async fn run_async(args: ControllerArgs, trace_stats: Option<telemetry::traces::
         shutdown.clone(),
         crate::webhook::run(
             webhook,
-            client.clone(),
+            Cluster { client: client.clone(), view: view.clone() },
             metrics.clone(),
             reports.clone(),
             leader_address_rx,
@@ -213,7 +223,7 @@ async fn run_async(args: ControllerArgs, trace_stats: Option<telemetry::traces::
     let controllers = cancel_on_error(
         shutdown.clone(),
         run_controllers(
-            client,
+            Cluster { client, view },
             metrics,
             lease,
             PolicySettings { inject_options, secret_sources },
@@ -223,6 +233,8 @@ async fn run_async(args: ControllerArgs, trace_stats: Option<telemetry::traces::
         ),
     );
     let (webhook, controllers) = tokio::join!(webhook, controllers);
+    shutdown.cancel();
+    let _ = view_task.await;
     webhook.context("webhook")?;
     controllers.context("controllers")?;
     tracing::info!("shut down");
@@ -257,7 +269,7 @@ struct PolicySettings {
 
 /// Runs the controllers whenever this replica leads (always, without a `lease`), until `shutdown`.
 async fn run_controllers(
-    client: Client,
+    Cluster { client, view }: Cluster,
     metrics: Metrics,
     lease: Option<Election>,
     settings: PolicySettings,
@@ -293,7 +305,7 @@ async fn run_controllers(
         let mut lost = leader_rx.clone();
         tokio::select! {
             // Returns after a graceful shutdown: in-flight reconciles finish first.
-            () = run_policy_controller(client.clone(), controller_metrics.clone(), settings.clone(), reports.clone(), serving_ca.clone(), shutdown.clone()) => {}
+            () = run_policy_controller(client.clone(), view.clone(), controller_metrics.clone(), settings.clone(), reports.clone(), serving_ca.clone(), shutdown.clone()) => {}
             _ = lost.wait_for(|leads| !*leads) => tracing::warn!("leadership lost: controllers stopped"),
             // A shutdown while the policy watch is still listing left kube's controller waiting
             // for a store that never fills (seen once in e2e: SIGTERM ignored until SIGKILL).
@@ -338,17 +350,36 @@ const REPORT_WAKE_INTERVAL: std::time::Duration = std::time::Duration::from_secs
 
 /// What of a namespace can change the policies' decisions: its labels, and whether it is being
 /// deleted (a terminating namespace is no longer governed).
-fn governance_relevant(ns: &Namespace) -> Option<u64> {
+fn governance_relevant(ns: &Namespace) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     (ns.labels(), ns.metadata.deletion_timestamp.is_some()).hash(&mut hasher);
-    Some(hasher.finish())
+    hasher.finish()
+}
+
+/// Yields once for each namespace seen for the first time or whose [`governance_relevant`] state
+/// changed; other changes (annotations, status) are dropped. Names of namespaces gone from
+/// `store` are forgotten once they outnumber the live ones.
+fn governance_changes(
+    namespaces: impl Stream<Item = Arc<Namespace>>,
+    store: reflector::Store<Namespace>,
+) -> impl Stream<Item = ()> {
+    let mut seen = std::collections::HashMap::<String, u64>::new();
+    namespaces.filter_map(move |ns| {
+        let state = governance_relevant(&ns);
+        let changed = seen.insert(ns.name_any(), state) != Some(state);
+        if seen.len() > 2 * store.len() + 64 {
+            seen.retain(|name, _| store.get(&reflector::ObjectRef::new(name)).is_some());
+        }
+        ready(changed.then_some(()))
+    })
 }
 
 /// The TracingPolicy controller, with its namespace and pod-metadata caches, until `shutdown`
 /// (in-flight reconciles finish first).
 async fn run_policy_controller(
     client: Client,
+    view: ClusterView,
     metrics: ControllerMetrics,
     settings: PolicySettings,
     reports: ReportStore,
@@ -360,23 +391,14 @@ async fn run_policy_controller(
 
     // The caches are driven by their own futures, not by the controller: a reconcile waits for
     // them to fill, and must never wait on a stream that only the controller itself polls.
-    let (namespaces, ns_writer) = reflector::store::<Namespace>();
-    let namespace_trigger = reconcile_all.clone();
-    let namespace_cache = watcher(Api::<Namespace>::all(client.clone()), watcher::Config::default().any_semantic())
-        .default_backoff()
-        .reflect(ns_writer)
-        .touched_objects()
-        // Label changes can change what every policy governs: re-reconcile them all.
-        .predicate_filter(governance_relevant, Default::default())
-        .for_each(move |r| {
-            match r {
-                Ok(_) => {
-                    let _ = namespace_trigger.unbounded_send(());
-                }
-                Err(e) => tracing::warn!(error = %e, "namespace watch failed"),
-            }
-            ready(())
-        });
+    // Namespaces and policies come from the process's shared view (the webhook reads the same).
+    let namespaces = view.namespace_store();
+    // Label changes can change what every policy governs: re-reconcile them all.
+    let namespace_reconcile_all = reconcile_all.clone();
+    let namespace_trigger = governance_changes(view.namespace_changes(), namespaces.clone()).for_each(move |()| {
+        let _ = namespace_reconcile_all.unbounded_send(());
+        ready(())
+    });
 
     // Pods are decoded into what the controller reads of them (see `cache`): the health of
     // restarts in flight comes from this cache, not from listing pods.
@@ -418,18 +440,13 @@ async fn run_policy_controller(
     let (statefulsets, statefulset_cache) = workload_cache::<StatefulSet>(&client, nudge.clone(), "statefulset");
     let (daemonsets, daemonset_cache) = workload_cache::<DaemonSet>(&client, nudge, "daemonset");
 
-    // As `Controller::new` watches them, without managed fields: they repeat the shape of the
-    // status (a workload list per namespace) and no reconcile reads them.
-    let (policies, policy_writer) = reflector::store::<TracingPolicy>();
-    let policy_changes = watcher(Api::<TracingPolicy>::all(client.clone()), watcher::Config::default().any_semantic())
-        .modify(|p| {
-            // Before the managed fields go: they tell a legacy default from a pinned image.
-            crate::api::legacy::forget_legacy_defaults(p);
-            p.metadata.managed_fields = None;
-        })
-        .reflect(policy_writer)
-        .applied_objects();
-    let controller = Controller::for_stream(policy_changes, policies);
+    // Started once the view is synced, so that kube's wait for the store (see `cluster_view`)
+    // finds it ready instead of waiting beside the view's own.
+    tokio::select! {
+        () = view.wait_synced() => {}
+        () = shutdown.cancelled() => return,
+    }
+    let controller = Controller::for_shared_stream(view.policy_triggers(), view.policy_store());
     let ctx = Arc::new(Context {
         events: events::Publisher::new(client.clone(), REPORTER, std::env::var("POD_NAME").ok()),
         client,
@@ -468,7 +485,7 @@ async fn run_policy_controller(
         });
     tokio::select! {
         () = policies => {}
-        () = namespace_cache => {}
+        () = namespace_trigger => {}
         () = pod_cache => {}
         () = report_trigger => {}
         () = owned_configmap_cache => {}
@@ -610,6 +627,27 @@ mod tests {
         ns.metadata.deletion_timestamp =
             Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH));
         assert_ne!(governance_relevant(&ns), labelled);
+    }
+
+    #[tokio::test]
+    async fn only_first_sightings_and_governance_changes_trigger() {
+        let ns = |name: &str, label: Option<&str>, note: &str| {
+            let mut ns = Namespace::default();
+            ns.metadata.name = Some(name.into());
+            ns.metadata.labels = label.map(|v| [("tracelight.io/enabled".to_string(), v.to_string())].into());
+            ns.metadata.annotations = Some([("note".to_string(), note.to_string())].into());
+            Arc::new(ns)
+        };
+        let seen = vec![
+            ns("shop", None, "a"),
+            ns("shop", None, "b"),         // annotation only: dropped
+            ns("shop", Some("true"), "b"), // opted in
+            ns("web", None, "a"),          // first sighting
+            ns("shop", Some("true"), "c"), // annotation only: dropped
+        ];
+        let store = ClusterView::from_objects(vec![], vec![]).namespace_store();
+        let triggers: Vec<()> = governance_changes(futures::stream::iter(seen), store).collect().await;
+        assert_eq!(triggers.len(), 3);
     }
 
     #[test]

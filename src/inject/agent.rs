@@ -1,7 +1,8 @@
 //! The agent sidecar container and the volumes it needs.
 
-use super::env::{downward_env, literal, POD_NAMESPACE_VAR, WORKLOAD_KIND_VAR, WORKLOAD_NAME_VAR};
+use super::env::{downward_env, field_ref, literal, POD_NAMESPACE_VAR, WORKLOAD_KIND_VAR, WORKLOAD_NAME_VAR};
 use super::workload::WorkloadRef;
+use super::AdminExposure;
 use crate::api::{AgentPorts, AgentSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, HTTPGetAction, Probe,
@@ -31,6 +32,10 @@ pub struct AgentParams<'a> {
     /// The agent image, resolved (the policy's, else the operator's).
     pub image: &'a str,
     pub ports: AgentPorts,
+    /// The pod shares the node's network: the ports are declared as host ports, so the
+    /// scheduler never puts two pods needing one of them on the same node.
+    pub host_network: bool,
+    pub admin_exposure: AdminExposure,
     /// Names of the gRPC, HTTP and admin ports (`None`: left unnamed, the name is taken).
     pub port_names: [Option<&'static str>; 3],
     pub namespace: &'a str,
@@ -44,6 +49,9 @@ pub struct AgentParams<'a> {
     /// The pod's `terminationGracePeriodSeconds` (`None`: Kubernetes' default, 30).
     pub termination_grace_seconds: Option<i64>,
 }
+
+/// The pod IP (`status.podIP`), where the agent answers the kubelet's probes (`--health-host`).
+pub const POD_IP_VAR: &str = "TRACELIGHT_POD_IP";
 
 /// Longest shutdown the agent is given (drain, then flush), in seconds.
 const AGENT_SHUTDOWN_SECS: i64 = 10;
@@ -63,6 +71,9 @@ pub fn agent_shutdown_secs(termination_grace_seconds: Option<i64>) -> i64 {
 pub fn agent_container(p: &AgentParams) -> Container {
     let mut env = downward_env();
     env.push(literal(POD_NAMESPACE_VAR, p.namespace));
+    if p.admin_exposure != AdminExposure::All {
+        env.push(field_ref(POD_IP_VAR, "status.podIP"));
+    }
     // Plain values, not fieldRefs: the owner is known at admission and ownerReferences are not
     // available through the downward API.
     if let Some(w) = p.workload {
@@ -94,6 +105,8 @@ pub fn agent_container(p: &AgentParams) -> Container {
             ..Default::default()
         });
     }
+    // The kubelet probes the pod IP: the agent answers /healthz there on the admin port, the
+    // rest of its admin server stays on the pod's loopback (`--health-host`, see agent_args).
     let health = Probe {
         http_get: Some(HTTPGetAction {
             path: Some("/healthz".into()),
@@ -112,9 +125,9 @@ pub fn agent_container(p: &AgentParams) -> Container {
         args: Some(agent_args(p)),
         env: Some(env),
         ports: Some(vec![
-            port(p.port_names[0], p.ports.otlp_grpc),
-            port(p.port_names[1], p.ports.otlp_http),
-            port(p.port_names[2], p.ports.admin),
+            port(p.port_names[0], p.ports.otlp_grpc, p.host_network),
+            port(p.port_names[1], p.ports.otlp_http, p.host_network),
+            port(p.port_names[2], p.ports.admin, p.host_network),
         ]),
         resources: Some(p.spec.resources.clone()),
         security_context: Some(restricted_security_context()),
@@ -141,6 +154,15 @@ fn agent_args(p: &AgentParams) -> Vec<String> {
         format!("--admin-port={}", p.ports.admin),
         format!("--shutdown-timeout-secs={}", agent_shutdown_secs(p.termination_grace_seconds)),
     ];
+    // The admin server listens on the pod's loopback (the agent's default); health, and metrics
+    // when asked, also on the pod IP; `all` puts the whole admin server on every address.
+    match p.admin_exposure {
+        AdminExposure::Health => args.push(format!("--health-host=$({POD_IP_VAR})")),
+        AdminExposure::Metrics => {
+            args.extend([format!("--health-host=$({POD_IP_VAR})"), "--health-metrics=true".into()])
+        }
+        AdminExposure::All => args.push("--admin-host=0.0.0.0".into()),
+    }
     if let Some(url) = p.report_url {
         args.extend([
             format!("--report-url={url}"),
@@ -155,10 +177,13 @@ fn agent_args(p: &AgentParams) -> Vec<String> {
     args
 }
 
-fn port(name: Option<&str>, number: u16) -> ContainerPort {
+fn port(name: Option<&str>, number: u16, host_network: bool) -> ContainerPort {
     ContainerPort {
         name: name.map(String::from),
         container_port: i32::from(number),
+        // With hostNetwork a host port must equal the container port (the API server would
+        // default it so); written out, the pod spec shows what the scheduler checks.
+        host_port: host_network.then_some(i32::from(number)),
         protocol: Some("TCP".into()),
         ..Default::default()
     }
@@ -247,6 +272,8 @@ mod shutdown_tests {
             spec: &spec,
             image: "agent:1",
             ports: AgentPorts { otlp_grpc: 4317, otlp_http: 4318, admin: 13133 },
+            host_network: false,
+            admin_exposure: AdminExposure::default(),
             port_names: [None; 3],
             namespace: "ns",
             workload: None,

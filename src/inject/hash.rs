@@ -4,7 +4,7 @@
 //! in agent mode, API key) are deliberately left out: agents reload them without a restart.
 
 use super::language::Language;
-use super::InjectOptions;
+use super::{AdminExposure, InjectOptions};
 use crate::api::{AgentPorts, AgentSpec, Propagator, SamplingMode, TracingPolicy};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -32,6 +32,13 @@ struct ManifestInputs<'a> {
     /// The agents' report interval, when the operator sets one (an agent flag).
     #[serde(skip_serializing_if = "Option::is_none")]
     report_interval_secs: Option<u64>,
+    /// The agent's flags and env follow it. Left out at its default, like `report_url`.
+    #[serde(skip_serializing_if = "is_default_exposure")]
+    admin_exposure: AdminExposure,
+}
+
+fn is_default_exposure(e: &AdminExposure) -> bool {
+    *e == AdminExposure::default()
 }
 
 #[derive(Serialize)]
@@ -75,6 +82,7 @@ pub fn manifest_hash(
             .collect(),
         report_url: options.report_url.as_deref(),
         report_interval_secs: options.report_url.as_ref().and(options.report_interval_secs),
+        admin_exposure: options.admin_exposure,
     };
     let bytes = serde_json::to_vec(&inputs).expect("manifest inputs always serialize");
     let digest = Sha256::digest(&bytes);

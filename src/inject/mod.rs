@@ -10,7 +10,9 @@
 //!
 //! - give the agent a port another container of the pod listens on ([`ports`]): the agent
 //!   moves, and the injected endpoint follows it; with no free port the pod is skipped
-//!   ([`SkipReason::PortConflict`]);
+//!   ([`SkipReason::PortConflict`]); `hostNetwork` pods get a slot of host ports per workload,
+//!   so that two of them on one node never share a port;
+//! - expose the agent's report or metrics to the network unless asked ([`AdminExposure`]);
 //! - half-override a container's export settings or switch off a signal it exports ([`mod@env`]);
 //! - let an injected value win over a container's own `env`, or over keys of its `envFrom`
 //!   sources where the caller can see them ([`EnvSources`]);
@@ -29,7 +31,9 @@ pub mod ports;
 mod sources;
 mod workload;
 
-pub use agent::{AGENT_BINARY, AGENT_CONTAINER, CONFIG_VOLUME, REPORT_TOKEN_VOLUME, SECRET_VOLUME, TMP_VOLUME};
+pub use agent::{
+    AGENT_BINARY, AGENT_CONTAINER, CONFIG_VOLUME, POD_IP_VAR, REPORT_TOKEN_VOLUME, SECRET_VOLUME, TMP_VOLUME,
+};
 pub use env::Export;
 pub use hash::manifest_hash;
 pub use images::{parse_instrumentation_image, shipped_agent_image, DefaultImages};
@@ -72,8 +76,10 @@ pub struct InjectOptions {
     /// Inject the agent as a native sidecar (init container with `restartPolicy: Always`,
     /// Kubernetes >= 1.29). `false` injects a plain container for older clusters.
     pub native_sidecar: bool,
-    /// Agent ports for `hostNetwork` pods, which share the node's ports.
-    pub host_network_ports: AgentPorts,
+    /// Reserved node ports the agents of `hostNetwork` pods take their slots in ([`ports`]).
+    pub host_port_range: ports::HostPortRange,
+    /// What of the agent's admin port is reachable from outside the pod ([`AdminExposure`]).
+    pub admin_exposure: AdminExposure,
     /// The operator's report endpoint: agents push their reports there, authenticated with a
     /// projected token the injector mounts. `None`: no report channel.
     pub report_url: Option<String>,
@@ -88,10 +94,54 @@ impl Default for InjectOptions {
     fn default() -> Self {
         InjectOptions {
             native_sidecar: true,
-            host_network_ports: AgentPorts { otlp_grpc: 14317, otlp_http: 14318, admin: 14133 },
+            host_port_range: ports::HostPortRange::DEFAULT,
+            admin_exposure: AdminExposure::Health,
             report_url: None,
             images: DefaultImages::default(),
             report_interval_secs: None,
+        }
+    }
+}
+
+/// What of the agent's admin port (`/healthz`, `/metrics`, `/report`) is reachable from
+/// outside the pod. The admin server always listens on the pod's loopback; the kubelet probes
+/// the pod IP, so `/healthz` is always answered there too (see the agent's `admin` module).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AdminExposure {
+    /// Only `/healthz` on the pod IP.
+    #[default]
+    Health,
+    /// `/healthz` and `/metrics` on the pod IP (for a PodMonitor); `/report` stays inside.
+    Metrics,
+    /// The whole admin server on every address of the pod (as before 0.2.0).
+    All,
+}
+
+impl AdminExposure {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdminExposure::Health => "health",
+            AdminExposure::Metrics => "metrics",
+            AdminExposure::All => "all",
+        }
+    }
+}
+
+/// An unknown `--agent-admin-exposure` value.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown admin exposure {0:?}: expected health, metrics or all")]
+pub struct UnknownAdminExposure(String);
+
+impl std::str::FromStr for AdminExposure {
+    type Err = UnknownAdminExposure;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "health" => Ok(AdminExposure::Health),
+            "metrics" => Ok(AdminExposure::Metrics),
+            "all" => Ok(AdminExposure::All),
+            other => Err(UnknownAdminExposure(other.to_string())),
         }
     }
 }
@@ -256,7 +306,7 @@ fn inject_inner(
         return Ok(Outcome::Skipped(SkipReason::NoEligibleContainers));
     };
     let mut warnings = Vec::new();
-    let plan = match plan(pod, spec, policy, options, sources, &mut warnings) {
+    let plan = match plan(pod, spec, namespace, policy, options, sources, &mut warnings) {
         Ok(plan) => plan,
         Err(reason) => return Ok(Outcome::Skipped(reason)),
     };
@@ -309,6 +359,8 @@ struct Plan {
     /// Instrumented containers, in `spec.containers` order.
     containers: Vec<ContainerPlan>,
     ports: AgentPorts,
+    /// The pod shares the node's network: the agent's ports are declared as host ports.
+    host_network: bool,
     /// Names of the agent's ports; `None` where a user container already uses the name.
     port_names: [Option<&'static str>; 3],
     with_secret: bool,
@@ -347,18 +399,29 @@ impl Plan {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn plan(
     pod: &Pod,
     spec: &PodSpec,
+    namespace: &str,
     policy: &TracingPolicy,
     options: &InjectOptions,
     sources: &EnvSources,
     warnings: &mut Vec<String>,
 ) -> Result<Plan, SkipReason> {
-    let preferred = if spec.host_network == Some(true) { options.host_network_ports } else { policy.spec.agent.ports };
-    let ports = ports::plan_ports(preferred, &ports::taken_ports(spec, AGENT_CONTAINER))
-        .map_err(|e| SkipReason::PortConflict(e.to_string()))?;
-    if ports != preferred {
+    let workload = workload_of(&pod.metadata);
+    let host_network = spec.host_network == Some(true);
+    let taken = ports::taken_ports(spec, AGENT_CONTAINER);
+    let ports = if host_network {
+        let name = pod.metadata.name.as_deref().or(pod.metadata.generate_name.as_deref()).unwrap_or_default();
+        let key = ports::host_slot_key(namespace, workload.as_ref().map(|w| (w.kind.as_str(), w.name.as_str())), name);
+        ports::plan_host_ports(&key, options.host_port_range, &taken)
+    } else {
+        ports::plan_ports(policy.spec.agent.ports, &taken)
+    }
+    .map_err(|e| SkipReason::PortConflict(e.to_string()))?;
+    if !host_network && ports != policy.spec.agent.ports {
+        let preferred = policy.spec.agent.ports;
         warnings.push(format!(
             "the pod already uses some of the agent's ports {}/{}/{}: the agent listens on {}/{}/{} instead",
             preferred.otlp_grpc, preferred.otlp_http, preferred.admin, ports.otlp_grpc, ports.otlp_http, ports.admin
@@ -373,12 +436,11 @@ fn plan(
         .map(|index| container_plan(&spec.containers[index], index, &requested, &ours, sources, warnings))
         .collect();
     let with_secret = agent_config::needs_secret(policy);
-    let workload = workload_of(&pod.metadata);
     let service_name = service_name_for(pod, workload.as_ref());
     let by_name: BTreeMap<String, Option<Language>> =
         containers.iter().map(|c| (spec.containers[c.index].name.clone(), c.language)).collect();
     let hash = manifest_hash(policy, ports, options, with_secret, &by_name);
-    Ok(Plan { containers, ports, port_names, with_secret, workload, service_name, hash })
+    Ok(Plan { containers, ports, host_network, port_names, with_secret, workload, service_name, hash })
 }
 
 /// The language, export owner and sourced variables of one instrumented container.
@@ -492,6 +554,8 @@ fn edits(
         spec: &policy.spec.agent,
         image: options.images.agent(&policy.spec.agent),
         ports: plan.ports,
+        host_network: plan.host_network,
+        admin_exposure: options.admin_exposure,
         port_names: plan.port_names,
         namespace,
         workload: plan.workload.as_ref(),
@@ -634,7 +698,8 @@ pub fn expected_manifest_hash(pod: &Pod, policy: &TracingPolicy, options: &Injec
         return None;
     }
     let spec = pod.spec.as_ref()?;
-    let plan = plan(pod, spec, policy, options, &EnvSources::default(), &mut Vec::new()).ok()?;
+    let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
+    let plan = plan(pod, spec, namespace, policy, options, &EnvSources::default(), &mut Vec::new()).ok()?;
     (!plan.containers.is_empty()).then_some(plan.hash)
 }
 

@@ -17,12 +17,29 @@
 //! after it, then the 99 ports after `port`). When none is free (never seen in practice: a pod
 //! would have to reveal some 200 ports around each), the pod is not injected.
 //!
-//! `hostNetwork` pods start from the operator's host-network ports and are planned the same way;
-//! ports of other pods on the node are not visible here (see issue 15).
+//! # hostNetwork pods: a port slot per workload
+//!
+//! A `hostNetwork` pod shares the node's ports with every other `hostNetwork` pod there, and the
+//! webhook sees only the pod it admits. So such a pod's agent takes a **slot** of three
+//! consecutive ports (gRPC, HTTP, admin) in a reserved range ([`HostPortRange`], default
+//! 20000-22999: 1,000 slots, below the NodePort range and Linux' ephemeral ports), the slot
+//! chosen by a hash of the pod's namespace and workload ([`host_slot_key`]): every pod of a
+//! workload gets the same slot, on every node and after every restart, so the manifest hash
+//! stays stable. A slot with a port the pod itself reveals is passed over for the next one.
+//!
+//! The ports are declared as `hostPort`s: two pods that need the same slot never land on one
+//! node, because the scheduler refuses the second there (it stays Pending, or goes elsewhere)
+//! instead of its agent failing to bind. Two given workloads share a slot with probability
+//! 1/1000; among n `hostNetwork` workloads on one node some two do with probability
+//! 1 - (999/1000 x ... x (1000-n+1)/1000): 1% for 5, 4.4% for 10, 17% for 20. The rollout's
+//! health gate rolls back a restarted workload whose pods cannot be scheduled.
 
 use crate::api::AgentPorts;
 use k8s_openapi::api::core::v1::{Container, PodSpec};
+use sha2::{Digest, Sha256};
 use std::collections::BTreeSet;
+use std::fmt;
+use std::str::FromStr;
 
 /// Name prefix of the agent's port names. Port names must be unique in a pod, and plain names
 /// such as `otlp-grpc` are what collector pods use for their own receivers.
@@ -70,6 +87,97 @@ pub fn plan_ports(preferred: AgentPorts, taken: &BTreeSet<u16>) -> Result<AgentP
         otlp_http: pick("OTLP/HTTP", preferred.otlp_http)?,
         admin: pick("admin", preferred.admin)?,
     })
+}
+
+/// The reserved node ports `hostNetwork` agents take their slots in (both ends included).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HostPortRange {
+    first: u16,
+    last: u16,
+}
+
+/// Why a host port range was refused (flag `--agent-host-port-range`).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum HostPortRangeError {
+    #[error("expected FIRST-LAST, e.g. 20000-22999, got {0:?}")]
+    Syntax(String),
+    #[error("host port range {first}-{last} must lie within 1024-65535 and hold at least 3 ports (one slot)")]
+    Bounds { first: u16, last: u16 },
+}
+
+impl HostPortRange {
+    /// 20000-22999: 1,000 slots, above the usual service ports, below the NodePort range
+    /// (30000-32767) and Linux' ephemeral ports (32768-60999), so no node service or outgoing
+    /// connection takes them.
+    pub const DEFAULT: HostPortRange = HostPortRange { first: 20000, last: 22999 };
+
+    pub fn new(first: u16, last: u16) -> Result<HostPortRange, HostPortRangeError> {
+        if first < 1024 || last < first || last - first < 2 {
+            return Err(HostPortRangeError::Bounds { first, last });
+        }
+        Ok(HostPortRange { first, last })
+    }
+
+    /// Slots of three ports in the range (a remainder of one or two ports stays unused).
+    pub fn slots(&self) -> u16 {
+        (self.last - self.first + 1) / 3
+    }
+
+    /// The ports of slot `slot` (< [`Self::slots`]).
+    pub fn slot_ports(&self, slot: u16) -> AgentPorts {
+        let base = self.first + 3 * slot;
+        AgentPorts { otlp_grpc: base, otlp_http: base + 1, admin: base + 2 }
+    }
+}
+
+impl Default for HostPortRange {
+    fn default() -> Self {
+        HostPortRange::DEFAULT
+    }
+}
+
+impl FromStr for HostPortRange {
+    type Err = HostPortRangeError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let syntax = || HostPortRangeError::Syntax(s.to_string());
+        let (first, last) = s.trim().split_once('-').ok_or_else(syntax)?;
+        let port = |p: &str| p.trim().parse::<u16>().map_err(|_| syntax());
+        HostPortRange::new(port(first)?, port(last)?)
+    }
+}
+
+impl fmt::Display for HostPortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.first, self.last)
+    }
+}
+
+/// What a `hostNetwork` pod's slot is chosen by: its namespace and workload
+/// (`shop/DaemonSet/node-agent`), or its own name for a pod no workload owns. Pods of one
+/// workload share it, so they share a slot (and a manifest hash).
+pub fn host_slot_key(namespace: &str, workload: Option<(&str, &str)>, pod_name: &str) -> String {
+    match workload {
+        Some((kind, name)) => format!("{namespace}/{kind}/{name}"),
+        None => format!("{namespace}/Pod/{pod_name}"),
+    }
+}
+
+/// The slot `key` hashes to: SHA-256, so it is the same on every platform and release.
+pub fn host_slot(key: &str, range: HostPortRange) -> u16 {
+    let digest = Sha256::digest(key.as_bytes());
+    let n = u64::from_be_bytes(digest[..8].try_into().expect("a SHA-256 digest has 8 bytes"));
+    (n % u64::from(range.slots())) as u16
+}
+
+/// The agent's ports for a `hostNetwork` pod: the slot `key` hashes to, or the next slot
+/// (wrapping around) whose three ports the pod itself does not reveal in `taken`.
+pub fn plan_host_ports(key: &str, range: HostPortRange, taken: &BTreeSet<u16>) -> Result<AgentPorts, NoFreePort> {
+    let (start, slots) = (host_slot(key, range), range.slots());
+    (0..slots)
+        .map(|i| range.slot_ports((start + i) % slots))
+        .find(|p| [p.otlp_grpc, p.otlp_http, p.admin].iter().all(|port| !taken.contains(port)))
+        .ok_or(NoFreePort { which: "hostNetwork", preferred: range.slot_ports(start).otlp_grpc })
 }
 
 /// `port`, then `port + 10000 ..= port + 10099`, then `port + 1 ..= port + 99`, within 1024..=65535.
@@ -228,6 +336,60 @@ mod tests {
     fn no_free_candidate_is_an_error() {
         let all: BTreeSet<u16> = (1024..=65535).collect();
         assert_eq!(plan_ports(DEFAULTS, &all), Err(NoFreePort { which: "OTLP/gRPC", preferred: 4317 }));
+    }
+
+    const RANGE: HostPortRange = HostPortRange::DEFAULT;
+    const PINNED_SLOT: u16 = 480;
+
+    #[test]
+    fn host_network_slots_are_three_consecutive_ports_in_the_range() {
+        assert_eq!(RANGE.slots(), 1000);
+        assert_eq!(RANGE.slot_ports(0), AgentPorts { otlp_grpc: 20000, otlp_http: 20001, admin: 20002 });
+        assert_eq!(RANGE.slot_ports(999), AgentPorts { otlp_grpc: 22997, otlp_http: 22998, admin: 22999 });
+        for key in ["a/DaemonSet/x", "b/Deployment/y", "c/Pod/z", ""] {
+            let slot = host_slot(key, RANGE);
+            assert!(slot < RANGE.slots(), "{key}: slot {slot}");
+            assert_eq!(plan_host_ports(key, RANGE, &BTreeSet::new()), Ok(RANGE.slot_ports(slot)));
+        }
+    }
+
+    #[test]
+    fn a_workload_keeps_its_slot_and_workloads_spread_over_the_slots() {
+        let key = host_slot_key("monitoring", Some(("DaemonSet", "node-exporter")), "node-exporter-x7k2p");
+        assert_eq!(key, "monitoring/DaemonSet/node-exporter");
+        // Pinned: a new release must not move every hostNetwork agent (and restart its workload).
+        assert_eq!(host_slot(&key, RANGE), PINNED_SLOT);
+        assert_eq!(host_slot_key("ns", None, "debug"), "ns/Pod/debug");
+        assert_ne!(host_slot("shop/DaemonSet/a", RANGE), host_slot("other/DaemonSet/a", RANGE), "namespaces count");
+        // 1,000 workloads occupy about 1000 x (1 - 1/e) = 632 distinct slots when hashed evenly.
+        let used: BTreeSet<u16> = (0..1000).map(|i| host_slot(&format!("ns/Deployment/w{i}"), RANGE)).collect();
+        assert!((580..=680).contains(&used.len()), "{} distinct slots", used.len());
+    }
+
+    #[test]
+    fn a_slot_with_a_port_the_pod_uses_is_passed_over() {
+        let key = "shop/DaemonSet/agent";
+        let home = host_slot(key, RANGE);
+        let taken = ports(&[RANGE.slot_ports(home).otlp_http, 8080]);
+        assert_eq!(plan_host_ports(key, RANGE, &taken), Ok(RANGE.slot_ports((home + 1) % RANGE.slots())));
+        let last = HostPortRange::new(22994, 22999).unwrap();
+        let key = (0..).map(|i| format!("k{i}")).find(|k| host_slot(k, last) == 1).unwrap();
+        assert_eq!(plan_host_ports(&key, last, &ports(&[22998])), Ok(last.slot_ports(0)), "wraps around");
+        let err = plan_host_ports(&key, last, &ports(&[22994, 22997])).unwrap_err();
+        assert_eq!(err.to_string(), "no free port for the agent's hostNetwork listener near 22997");
+    }
+
+    #[test]
+    fn host_port_ranges_are_parsed_and_checked() {
+        assert_eq!("20000-22999".parse::<HostPortRange>(), Ok(RANGE));
+        assert_eq!(" 21000 - 21005 ".parse::<HostPortRange>().map(|r| r.slots()), Ok(2));
+        assert_eq!(RANGE.to_string(), "20000-22999");
+        assert!(matches!("20000".parse::<HostPortRange>(), Err(HostPortRangeError::Syntax(_))));
+        assert!(matches!("a-b".parse::<HostPortRange>(), Err(HostPortRangeError::Syntax(_))));
+        assert!(matches!("80-90".parse::<HostPortRange>(), Err(HostPortRangeError::Bounds { .. })));
+        assert!(matches!("20001-20000".parse::<HostPortRange>(), Err(HostPortRangeError::Bounds { .. })));
+        assert!(matches!("20000-20001".parse::<HostPortRange>(), Err(HostPortRangeError::Bounds { .. })));
+        assert!(matches!("65534-65536".parse::<HostPortRange>(), Err(HostPortRangeError::Syntax(_))));
     }
 
     #[test]

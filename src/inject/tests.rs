@@ -290,16 +290,88 @@ fn service_env_points_at_local_agent() {
 }
 
 #[test]
-fn host_network_pods_use_alternate_ports() {
+fn host_network_pods_get_their_workloads_slot_as_host_ports() {
+    use crate::inject::ports::{host_slot, HostPortRange};
     let m = injected(
         inject(&case_pod("daemonset-hostnetwork"), "monitoring", &base_policy(), &InjectOptions::default()).unwrap(),
     );
+    let slot =
+        HostPortRange::DEFAULT.slot_ports(host_slot("monitoring/DaemonSet/node-exporter", HostPortRange::DEFAULT));
+    assert!((20000..=22999).contains(&slot.otlp_grpc), "{slot:?}");
     assert_eq!(
-        env_value(container(&m.pod, "exporter"), "OTEL_EXPORTER_OTLP_ENDPOINT").as_deref(),
-        Some("http://127.0.0.1:14318")
+        env_value(container(&m.pod, "exporter"), "OTEL_EXPORTER_OTLP_ENDPOINT"),
+        Some(format!("http://127.0.0.1:{}", slot.otlp_http))
     );
-    let args = container(&m.pod, AGENT_CONTAINER).args.clone().unwrap();
-    assert!(args.contains(&"--otlp-grpc-port=14317".to_string()), "{args:?}");
+    let agent = container(&m.pod, AGENT_CONTAINER);
+    let args = agent.args.clone().unwrap();
+    for flag in [
+        format!("--otlp-grpc-port={}", slot.otlp_grpc),
+        format!("--otlp-http-port={}", slot.otlp_http),
+        format!("--admin-port={}", slot.admin),
+    ] {
+        assert!(args.contains(&flag), "{flag} not in {args:?}");
+    }
+    // Declared as host ports: the scheduler keeps a second pod needing the slot off the node.
+    let declared: Vec<(i32, Option<i32>)> =
+        agent.ports.iter().flatten().map(|p| (p.container_port, p.host_port)).collect();
+    let want = [slot.otlp_grpc, slot.otlp_http, slot.admin].map(|p| (i32::from(p), Some(i32::from(p))));
+    assert_eq!(declared, want);
+    // Pods of other workloads get other host ports; pods without hostNetwork get none.
+    let plain = injected(inject(&case_pod("deployment"), "shop", &base_policy(), &InjectOptions::default()).unwrap());
+    let agent = container(&plain.pod, AGENT_CONTAINER);
+    assert!(agent.ports.iter().flatten().all(|p| p.host_port.is_none()));
+}
+
+#[test]
+fn two_host_network_workloads_get_different_slots_and_one_workload_one_slot() {
+    let pod = |name: &str, suffix: &str| {
+        let mut pod = case_pod("daemonset-hostnetwork");
+        let owner = &mut pod.metadata.owner_references.as_mut().unwrap()[0];
+        owner.name = name.into();
+        pod.metadata.generate_name = Some(format!("{name}-"));
+        pod.metadata.name = Some(format!("{name}-{suffix}"));
+        pod
+    };
+    let ports = |pod: &Pod| {
+        let m = injected(inject(pod, "monitoring", &base_policy(), &InjectOptions::default()).unwrap());
+        (container(&m.pod, AGENT_CONTAINER).args.clone().unwrap(), m.manifest_hash)
+    };
+    let (a1, hash1) = ports(&pod("node-exporter", "x1"));
+    let (a2, hash2) = ports(&pod("node-exporter", "y2"));
+    assert_eq!((&a1, &hash1), (&a2, &hash2), "pods of one workload share the slot and the manifest hash");
+    let (b, _) = ports(&pod("log-shipper", "x1"));
+    assert_ne!(a1, b, "two workloads on one node must not want the same ports");
+}
+
+#[test]
+fn the_admin_port_is_exposed_only_as_far_as_asked() {
+    use crate::inject::{AdminExposure, POD_IP_VAR};
+    let agent_of = |exposure| {
+        let options = InjectOptions { admin_exposure: exposure, ..Default::default() };
+        let m = injected(inject(&case_pod("deployment"), "shop", &base_policy(), &options).unwrap());
+        (container(&m.pod, AGENT_CONTAINER).clone(), m.manifest_hash)
+    };
+    let (health, health_hash) = agent_of(AdminExposure::Health);
+    let args = health.args.clone().unwrap();
+    assert!(args.contains(&format!("--health-host=$({POD_IP_VAR})")), "{args:?}");
+    assert!(!args.iter().any(|a| a.starts_with("--admin-host") || a.starts_with("--health-metrics")), "{args:?}");
+    let pod_ip = health.env.iter().flatten().find(|e| e.name == POD_IP_VAR).expect("the pod IP variable");
+    let field = pod_ip.value_from.as_ref().and_then(|v| v.field_ref.as_ref()).map(|f| f.field_path.as_str());
+    assert_eq!(field, Some("status.podIP"));
+
+    let (metrics, metrics_hash) = agent_of(AdminExposure::Metrics);
+    let args = metrics.args.clone().unwrap();
+    assert!(args.contains(&"--health-metrics=true".to_string()), "{args:?}");
+    assert!(args.contains(&format!("--health-host=$({POD_IP_VAR})")), "{args:?}");
+
+    let (all, all_hash) = agent_of(AdminExposure::All);
+    let args = all.args.clone().unwrap();
+    assert!(args.contains(&"--admin-host=0.0.0.0".to_string()), "{args:?}");
+    assert!(!args.iter().any(|a| a.starts_with("--health-host")), "{args:?}");
+    // A change of exposure changes the agent's flags: workloads are restarted to get it.
+    assert!(health_hash != metrics_hash && metrics_hash != all_hash && health_hash != all_hash);
+    assert_eq!("metrics".parse::<AdminExposure>(), Ok(AdminExposure::Metrics));
+    assert!("everything".parse::<AdminExposure>().is_err());
 }
 
 #[test]

@@ -1,12 +1,12 @@
 //! `POST /mutate-pods`: AdmissionReview in, AdmissionReview out.
 //!
 //! All decisions come from [`crate::inject::decide`]; this module only parses, looks up the
-//! index, and turns the outcome into a response. The webhook never blocks pod creation: every
+//! cluster view, and turns the outcome into a response. The webhook never blocks pod creation: every
 //! failure past parsing the body becomes `allowed: true` with a warning (fail open).
 
-use super::index::Index;
 use super::metrics::{AdmissionMetrics, AdmissionResult};
 use crate::api::TracingPolicy;
+use crate::cluster_view::ClusterView;
 use crate::inject::{self, InjectError, InjectOptions, Outcome};
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
@@ -37,7 +37,7 @@ const WARNING_PREFIX: &str = "tracelight:";
 /// What the admission route needs; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct AdmissionState {
-    pub index: Index,
+    pub view: ClusterView,
     pub options: Arc<InjectOptions>,
     pub metrics: AdmissionMetrics,
 }
@@ -66,7 +66,7 @@ async fn refuse_declared_oversize(request: axum::extract::Request, next: axum::m
 
 async fn mutate_pods(State(state): State<AdmissionState>, body: Bytes) -> Response {
     // In-memory work measured in microseconds: no need to move it off the async worker.
-    let (status, body) = review(&body, &state.index, &state.options, &state.metrics);
+    let (status, body) = review(&body, &state.view, &state.options, &state.metrics);
     let content_type = if status == StatusCode::OK { "application/json" } else { "text/plain; charset=utf-8" };
     (status, [(header::CONTENT_TYPE, content_type)], body).into_response()
 }
@@ -75,11 +75,11 @@ async fn mutate_pods(State(state): State<AdmissionState>, body: Bytes) -> Respon
 /// AdmissionReview; otherwise 200 with the response review (always `allowed: true`).
 pub fn review(
     body: &[u8],
-    index: &Index,
+    view: &ClusterView,
     options: &InjectOptions,
     metrics: &AdmissionMetrics,
 ) -> (StatusCode, Vec<u8>) {
-    review_with(body, index, options, metrics, &decide_with_injector)
+    review_with(body, view, options, metrics, &decide_with_injector)
 }
 
 /// The decision function the handler calls; a parameter so tests can inject a failing one.
@@ -98,7 +98,7 @@ fn decide_with_injector(
 /// [`review`] with the decision function as a parameter.
 pub fn review_with(
     body: &[u8],
-    index: &Index,
+    view: &ClusterView,
     options: &InjectOptions,
     metrics: &AdmissionMetrics,
     decide: &DecideFn<'_>,
@@ -114,7 +114,7 @@ pub fn review_with(
     };
     let span = admission.span();
     let _entered = span.enter();
-    let verdict = admit(admission, &span, index, options, decide);
+    let verdict = admit(admission, &span, view, options, decide);
     record_verdict(&span, &verdict);
     log_verdict(&verdict);
     metrics.record(verdict.result, &verdict.reason, started.elapsed());
@@ -351,7 +351,7 @@ fn log_verdict(verdict: &Verdict) {
 fn admit(
     admission: Admission<'_>,
     span: &tracing::Span,
-    index: &Index,
+    view: &ClusterView,
     options: &InjectOptions,
     decide: &DecideFn<'_>,
 ) -> Verdict {
@@ -372,8 +372,8 @@ fn admit(
         return Verdict::unchanged(base, Invalid, "missing_object", msg);
     };
     // The namespace decides first: a pod of a namespace no policy injects now is not decoded.
-    let policies = index.policies();
-    let gated = match namespace.as_deref().map(|ns| gate(ns, index, &policies)) {
+    let policies = view.policies();
+    let gated = match namespace.as_deref().map(|ns| gate(ns, view, &policies)) {
         Some(Ok(ns)) => Some(ns),
         Some(Err(closed)) => return closed.verdict(base),
         None => None,
@@ -393,7 +393,7 @@ fn admit(
                 let msg = format!("{WARNING_PREFIX} admission request names no namespace; admitted unchanged");
                 return Verdict::unchanged(base, Invalid, "missing_namespace", msg);
             };
-            match gate(ns_name, index, &policies) {
+            match gate(ns_name, view, &policies) {
                 Ok(ns) => ns,
                 Err(closed) => return closed.verdict(base),
             }
@@ -417,7 +417,7 @@ fn admit(
 
 /// Why the pods of a namespace are not decided now, known before a pod is decoded.
 enum Closed {
-    /// The index does not know the namespace (just created, or still syncing).
+    /// The cluster view does not know the namespace (just created, or still syncing).
     Unknown(String),
     /// No policy injects the namespace's pods now.
     Skip(inject::SkipReason),
@@ -442,8 +442,8 @@ impl Closed {
 }
 
 /// The namespace `ns_name`, when a policy injects its pods now.
-fn gate(ns_name: &str, index: &Index, policies: &[Arc<TracingPolicy>]) -> Result<Arc<Namespace>, Closed> {
-    let ns = index.namespace(ns_name).ok_or_else(|| Closed::Unknown(ns_name.to_string()))?;
+fn gate(ns_name: &str, view: &ClusterView, policies: &[Arc<TracingPolicy>]) -> Result<Arc<Namespace>, Closed> {
+    let ns = view.namespace(ns_name).ok_or_else(|| Closed::Unknown(ns_name.to_string()))?;
     inject::namespace_gate(&ns, policies.iter().map(Arc::as_ref)).map_err(Closed::Skip)?;
     Ok(ns)
 }

@@ -48,8 +48,8 @@ fn review_body(kind: &str, operation: &str, namespace: &str, object: Option<Valu
         .unwrap()
 }
 
-fn index() -> Index {
-    Index::from_objects(
+fn view() -> ClusterView {
+    ClusterView::from_objects(
         vec![namespace("shop", true), namespace("pending", true), namespace("plain", false)],
         vec![policy(&["shop"])],
     )
@@ -58,7 +58,7 @@ fn index() -> Index {
 /// Runs a review through `decide` and returns the HTTP status and the parsed response.
 fn run(body: &[u8], decide: &DecideFn<'_>) -> (StatusCode, Value, AdmissionMetrics) {
     let metrics = AdmissionMetrics::unregistered();
-    let (status, bytes) = review_with(body, &index(), &InjectOptions::default(), &metrics, decide);
+    let (status, bytes) = review_with(body, &view(), &InjectOptions::default(), &metrics, decide);
     let value =
         serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
     (status, value, metrics)
@@ -165,7 +165,7 @@ fn injector_error_is_allowed_unchanged_with_warning() {
 }
 
 #[test]
-fn decision_receives_pod_namespace_and_policies_from_the_index() {
+fn decision_receives_pod_namespace_and_policies_from_the_cluster_view() {
     let checking = |pod: &Pod, ns: &Namespace, policies: &[Arc<TracingPolicy>], _: &InjectOptions| {
         assert_eq!(pod.metadata.generate_name.as_deref(), Some("checkout-7d9f8-"));
         assert_eq!(ns.metadata.name.as_deref(), Some("shop"));

@@ -128,12 +128,16 @@ async fn live_certificates_bootstrap_publish_and_rotate_without_restart() {
         agent_report_interval: None,
         agent_image: crate::inject::shipped_agent_image(),
         instrumentation_images: Vec::new(),
+        agent_admin_exposure: Default::default(),
+        agent_host_port_range: Default::default(),
     };
     let shutdown = CancellationToken::new();
     let resolver = Arc::new(CertResolver::new());
+    let (view, view_driver) = crate::cluster_view::ClusterView::watch(client.clone());
+    let view_task = tokio::spawn(view_driver);
     let server = tokio::spawn(run(
         args,
-        client.clone(),
+        crate::cluster_view::Cluster { client: client.clone(), view },
         Metrics::new(),
         reports::ReportStore::default(),
         tokio::sync::watch::channel(None).1,
@@ -172,6 +176,7 @@ async fn live_certificates_bootstrap_publish_and_rotate_without_restart() {
 
     shutdown.cancel();
     tokio::time::timeout(StdDuration::from_secs(15), server).await.unwrap().unwrap().unwrap();
+    view_task.abort();
     configs.delete(&id, &DeleteParams::default()).await.unwrap();
     namespaces.delete(&id, &DeleteParams::default()).await.unwrap();
 }

@@ -3,18 +3,17 @@
 
 pub mod certs;
 pub mod handler;
-pub mod index;
 pub mod metrics;
 pub mod reports;
 pub mod rotation;
 pub mod server;
 
 use crate::api::Duration;
+use crate::cluster_view::Cluster;
 use crate::inject::{DefaultImages, InjectOptions};
 use crate::telemetry::Metrics;
 use certs::{CertResolver, LeafSpec};
 use handler::AdmissionState;
-use index::Index;
 use metrics::AdmissionMetrics;
 use rotation::{CertSource, SelfSigned};
 use std::net::SocketAddr;
@@ -116,6 +115,15 @@ pub struct WebhookArgs {
         value_parser = crate::inject::parse_instrumentation_image
     )]
     pub instrumentation_images: Vec<(crate::inject::Language, String)>,
+    /// What of the injected agents' admin port is reachable from outside their pod: `health`
+    /// (`/healthz` on the pod IP, for the kubelet), `metrics` (also `/metrics`, for a
+    /// PodMonitor) or `all` (also `/report`). The rest stays on the pod's loopback.
+    #[arg(long, env = "TRACELIGHT_AGENT_ADMIN_EXPOSURE", default_value = "health")]
+    pub agent_admin_exposure: crate::inject::AdminExposure,
+    /// Reserved node ports the agents of hostNetwork pods take a slot of three in, by a hash
+    /// of their workload, declared as hostPorts (FIRST-LAST).
+    #[arg(long, env = "TRACELIGHT_AGENT_HOST_PORT_RANGE", default_value = "20000-22999")]
+    pub agent_host_port_range: crate::inject::ports::HostPortRange,
 }
 
 impl WebhookArgs {
@@ -124,12 +132,13 @@ impl WebhookArgs {
         InjectOptions {
             native_sidecar: self.native_sidecar,
             report_url: self.agent_reports.then(|| self.report_url()),
+            admin_exposure: self.agent_admin_exposure,
+            host_port_range: self.agent_host_port_range,
             images: DefaultImages {
                 agent: self.agent_image.clone(),
                 instrumentation: self.instrumentation_images.iter().cloned().collect(),
             },
             report_interval_secs: self.agent_report_interval.map(|d| d.get().as_secs()),
-            ..InjectOptions::default()
         }
     }
 
@@ -197,14 +206,14 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, Webho
     TcpListener::bind(addr).await.map_err(|source| WebhookError::Bind { what, addr, source })
 }
 
-/// Runs the webhook until `shutdown` is cancelled: the namespace/policy index, certificate
-/// bootstrap and rotation, the HTTPS admission server and the admin server.
+/// Runs the webhook until `shutdown` is cancelled: certificate bootstrap and rotation, the HTTPS
+/// admission server and the admin server. Admission reads the cluster view (driven by the caller).
 ///
 /// Webhook metrics are registered into `metrics`; the admin server's `/metrics` renders the
 /// whole registry, so register other components' metrics into the same `Metrics`.
 pub async fn run(
     args: WebhookArgs,
-    client: kube::Client,
+    cluster: Cluster,
     metrics: Metrics,
     reports: reports::ReportStore,
     leader_address: tokio::sync::watch::Receiver<Option<String>>,
@@ -212,10 +221,10 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), WebhookError> {
     args.validate()?;
-    let (index, index_driver) = Index::watch(client.clone());
+    let Cluster { client, view } = cluster;
     let tls = server::tls_config(resolver.clone())?;
     let admission = AdmissionState {
-        index: index.clone(),
+        view: view.clone(),
         options: Arc::new(args.inject_options()),
         metrics: AdmissionMetrics::register(&metrics),
     };
@@ -230,17 +239,13 @@ pub async fn run(
         forward: Some(forward),
         limits: Arc::default(),
     };
-    let admin = server::AdminState { metrics, index, resolver: resolver.clone() };
+    let admin = server::AdminState { metrics, view, resolver: resolver.clone() };
     let webhook_listener = bind("webhook", args.webhook_addr).await?;
     let admin_listener = bind("admin", args.admin_addr).await?;
     tracing::info!(webhook = %args.webhook_addr, admin = %args.admin_addr, mode = ?args.cert_mode, "webhook starting");
 
     // Stops everything when asked to, or when one server fails.
     let stop = shutdown.child_token();
-    let watches = stop.clone();
-    let index_task = tokio::spawn(async move {
-        tokio::select! { _ = index_driver => {}, _ = watches.cancelled() => {} }
-    });
     let interval = args.cert_check_interval.get();
     let cert_task = tokio::spawn(args.cert_source(client).run(resolver, interval, stop.clone()));
     let https = server::serve_https(
@@ -256,7 +261,7 @@ pub async fn run(
     };
     let ((), admin_result) = tokio::join!(https, admin);
     stop.cancel();
-    let _ = tokio::join!(index_task, cert_task);
+    let _ = cert_task.await;
     tracing::info!("webhook stopped");
     admin_result
 }

@@ -13,7 +13,7 @@
 //! (ALPN), so there are no HTTP/2 streams to multiply a connection's cost.
 
 use super::certs::CertResolver;
-use super::index::Index;
+use crate::cluster_view::ClusterView;
 use crate::telemetry::Metrics;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -183,11 +183,11 @@ async fn serve_connection(
 #[derive(Clone, Debug)]
 pub struct AdminState {
     pub metrics: Metrics,
-    pub index: Index,
+    pub view: ClusterView,
     pub resolver: Arc<CertResolver>,
 }
 
-/// `/metrics` (OpenMetrics text), `/readyz` (index synced and a certificate loaded), `/livez`.
+/// `/metrics` (OpenMetrics text), `/readyz` (cluster view synced and a certificate loaded), `/livez`.
 pub fn admin_router(state: AdminState) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
@@ -201,9 +201,9 @@ async fn metrics(State(state): State<AdminState>) -> Response {
 }
 
 async fn readyz(State(state): State<AdminState>) -> (StatusCode, &'static str) {
-    match (state.index.ready(), state.resolver.is_loaded()) {
+    match (state.view.ready(), state.resolver.is_loaded()) {
         (true, true) => (StatusCode::OK, "ok"),
-        (false, _) => (StatusCode::SERVICE_UNAVAILABLE, "namespace/policy index not synced yet"),
+        (false, _) => (StatusCode::SERVICE_UNAVAILABLE, "namespace/policy view not synced yet"),
         (true, false) => (StatusCode::SERVICE_UNAVAILABLE, "no serving certificate loaded yet"),
     }
 }

@@ -18,7 +18,7 @@ const HOUR: Duration = Duration::from_secs(3600);
 
 fn admission_state() -> AdmissionState {
     AdmissionState {
-        index: Index::from_objects(vec![], vec![]),
+        view: ClusterView::from_objects(vec![], vec![]),
         options: Arc::new(InjectOptions::default()),
         metrics: AdmissionMetrics::unregistered(),
     }
@@ -132,7 +132,7 @@ async fn admin_server_reports_readiness_liveness_and_metrics() {
     admission.record(crate::webhook::metrics::AdmissionResult::Injected, "none", Duration::from_micros(80));
     let resolver = Arc::new(CertResolver::new());
     let state =
-        AdminState { metrics: registry, index: Index::from_objects(vec![], vec![]), resolver: resolver.clone() };
+        AdminState { metrics: registry, view: ClusterView::from_objects(vec![], vec![]), resolver: resolver.clone() };
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let shutdown = CancellationToken::new();

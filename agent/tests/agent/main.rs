@@ -2,6 +2,7 @@
 //! own receivers (or a scripted fake collector) out, all on 127.0.0.1 random ports.
 
 mod abuse;
+mod admin_exposure;
 mod collector;
 mod faults;
 mod grpc_faults;

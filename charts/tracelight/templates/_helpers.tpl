@@ -95,6 +95,24 @@ cluster (operator.enabled=false), the port of webhook.url (443 when the URL has 
 {{- end }}
 
 {{/* The operator's command line. */}}
+{{/*
+What of the agents' admin port is reachable from outside their pods: agent.adminExposure, or
+metrics when the PodMonitor needs it. A PodMonitor with `health` would scrape nothing.
+*/}}
+{{- define "tracelight.agentAdminExposure" -}}
+{{- $exposure := .Values.agent.adminExposure -}}
+{{- if and .Values.monitoring.podMonitor.enabled (eq $exposure "health") -}}
+{{- fail "monitoring.podMonitor.enabled needs the agents' /metrics on the pod IP: set agent.adminExposure to metrics or all (or leave it empty)" -}}
+{{- end -}}
+{{- if $exposure -}}
+{{- $exposure -}}
+{{- else if .Values.monitoring.podMonitor.enabled -}}
+metrics
+{{- else -}}
+health
+{{- end -}}
+{{- end -}}
+
 {{- define "tracelight.args" -}}
 - controller
 - --webhook-addr=0.0.0.0:{{ include "tracelight.webhookPort" . }}
@@ -107,6 +125,8 @@ cluster (operator.enabled=false), the port of webhook.url (443 when the URL has 
 - --native-sidecar={{ .Values.operator.nativeSidecar }}
 - --agent-reports={{ .Values.operator.agentReports }}
 - --agent-image={{ .Values.agent.image | default (include "tracelight.image" .) }}
+- --agent-admin-exposure={{ include "tracelight.agentAdminExposure" . }}
+- --agent-host-port-range={{ .Values.agent.hostPortRange }}
 {{- with .Values.secrets.sourceNamespaces }}
 - --secret-namespace={{ join "," . }}
 {{- end }}

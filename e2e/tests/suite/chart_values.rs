@@ -12,13 +12,15 @@ pub async fn rejected_by_schema(cluster: &Cluster) -> anyhow::Result<()> {
         cluster.helm_output(["template", "t", &chart, "--set", "webhook.url=https://127.0.0.1:8443/mutate-pods"])?;
     ensure!(ok.status.success(), "valid values were rejected: {}", String::from_utf8_lossy(&ok.stderr));
 
-    let cases: [(&str, &[&str]); 6] = [
+    let cases: [(&str, &[&str]); 8] = [
         ("certificates.mode=bogus", &["certificates", "mode", "self-signed"]),
         ("telemetry.samplingRatio=1.5", &["telemetry", "samplingRatio"]),
         ("telemetry.otlpEndpoint=collector:4317", &["telemetry", "otlpEndpoint"]),
         ("webhook.timeoutSeconds=99", &["webhook", "timeoutSeconds", "30"]),
         ("webhook.url=http://127.0.0.1:8443/mutate-pods", &["webhook", "url"]),
         ("replicas=0", &["replicas"]),
+        ("agent.adminExposure=everything", &["agent", "adminExposure", "metrics"]),
+        ("agent.hostPortRange=20000:22999", &["agent", "hostPortRange"]),
     ];
     for (value, expected) in cases {
         let out = cluster.helm_output(["template", "t", &chart, "--set", value])?;

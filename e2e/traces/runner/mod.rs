@@ -12,7 +12,7 @@
 //!   image content; the agent, a native sidecar, starts first and must pass its startup probe
 //!   before the next container starts ([`pod`]);
 //! - one network namespace per pod, so every pod has its own loopback for its agent, with
-//!   Service names in the pod's hosts file ([`net`]).
+//!   Service names in the pod's hosts file; `hostNetwork` pods share their node's ([`net`]).
 //!
 //! Not emulated, on purpose: users, read-only mounts, resource limits, restarts, other volume
 //! types (hostPath, PVCs, ...), exec and gRPC probes, Service link env variables. Anything the

@@ -3,6 +3,10 @@
 //! bridge owned by the run. The host side of the bridge is the "node": the collector listens
 //! there. Names resolve through `/etc/netns/<netns>/hosts`, which `ip netns exec` mounts over
 //! `/etc/hosts` for the pod's processes. Needs root (`ip netns`).
+//!
+//! `hostNetwork` pods run in their node's network namespace ([`Network::node_net`]): one per
+//! node name, made like a pod's and shared by every `hostNetwork` pod scheduled there, so two
+//! of them really share one set of ports, as on a node.
 
 use anyhow::{bail, Context as _};
 use std::net::Ipv4Addr;
@@ -17,6 +21,8 @@ pub struct Network {
     subnet: [u8; 3],
     next_host: u8,
     namespaces: Vec<String>,
+    /// The network namespace of each node that runs `hostNetwork` pods.
+    nodes: std::collections::BTreeMap<String, PodNet>,
 }
 
 /// One pod's place on the network.
@@ -81,6 +87,7 @@ impl Network {
             subnet: [10, 213, third],
             next_host: 2,
             namespaces: Vec::new(),
+            nodes: Default::default(),
         };
         ip(["link", "add", &net.bridge, "type", "bridge"])?;
         ip(["addr", "add", &format!("{}/24", net.host_ip()), "dev", &net.bridge])?;
@@ -113,6 +120,16 @@ impl Network {
         ip(["-n", &netns, "link", "set", "lo", "up"])?;
         ip(["-n", &netns, "route", "add", "default", "via", &self.host_ip().to_string()])?;
         Ok(PodNet { netns, ip: ipaddr })
+    }
+
+    /// The network of node `node`, shared by its `hostNetwork` pods (made on first use).
+    pub fn node_net(&mut self, node: &str) -> anyhow::Result<PodNet> {
+        if let Some(net) = self.nodes.get(node) {
+            return Ok(net.clone());
+        }
+        let net = self.add_pod()?;
+        self.nodes.insert(node.to_string(), net.clone());
+        Ok(net)
     }
 
     /// Writes the pod's `/etc/hosts` (seen by processes started with `ip netns exec`).

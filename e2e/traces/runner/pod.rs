@@ -65,6 +65,10 @@ pub async fn start(
     ensure!(spec.node_name.is_some(), "pod {} is not scheduled (no spec.nodeName)", pod.name_any());
     let mut inputs = inputs.clone();
     inputs.pod_ip = Some(net.ip);
+    if spec.host_network == Some(true) {
+        // The pod's IP is its node's.
+        inputs.host_ip = Some(net.ip);
+    }
     std::fs::create_dir_all(dir.join("logs"))?;
     let volumes = write_volumes(pod, spec.volumes.as_deref().unwrap_or_default(), &inputs, &dir.join("volumes"))?;
     let mut running = RunningPod {
@@ -358,6 +362,22 @@ impl RunningPod {
             );
             tokio::time::sleep(period).await;
         }
+    }
+
+    /// `GET path` on the pod's loopback (`curl` in the pod's network namespace), as
+    /// `kubectl port-forward` or a container of the pod reach it: status and body.
+    pub async fn loopback_get(&self, port: u16, path: &str) -> anyhow::Result<(u16, String)> {
+        let url = format!("http://127.0.0.1:{port}{path}");
+        let mut cmd = Command::new(ip_binary()?);
+        cmd.args(["netns", "exec", &self.net.netns, "curl", "-sS", "--max-time", "10", "-w", "\n%{http_code}", &url])
+            .stdin(Stdio::null());
+        let out = tokio::task::spawn_blocking(move || cmd.output())
+            .await?
+            .context("running curl in the pod's network namespace")?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        ensure!(out.status.success(), "GET {url} in {}: {}", self.net.netns, String::from_utf8_lossy(&out.stderr));
+        let (body, status) = text.rsplit_once('\n').context("no status line from curl")?;
+        Ok((status.trim().parse().context("curl's status")?, body.to_string()))
     }
 
     /// The last `lines` lines of each container's log.
