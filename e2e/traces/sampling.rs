@@ -293,8 +293,9 @@ struct Sample {
 struct Watch {
     client: Client,
     ns: String,
-    /// Agents by workload name: admin address.
-    agents: BTreeMap<String, (Ipv4Addr, u16)>,
+    /// Agents by workload name: the pod's index in the shop's running pods, and the admin port
+    /// (`/report` answers on the pod's loopback only).
+    agents: BTreeMap<String, (usize, u16)>,
     samples: BTreeMap<String, Vec<Sample>>,
     uptime: BTreeMap<String, u64>,
     synced: Instant,
@@ -307,8 +308,9 @@ impl Watch {
             .running
             .iter()
             .zip(workloads)
-            .filter(|(_, w)| w.traced)
-            .map(|(p, w)| (w.name.to_string(), (p.net.ip, admin)))
+            .enumerate()
+            .filter(|(_, (_, w))| w.traced)
+            .map(|(i, (_, w))| (w.name.to_string(), (i, admin)))
             .collect();
         Watch {
             client: client.clone(),
@@ -334,7 +336,7 @@ impl Watch {
         while Instant::now() < end {
             let next = Instant::now() + every;
             for name in workloads {
-                let sample = self.sample(name).await?;
+                let sample = self.sample(shop, name).await?;
                 self.samples.entry(name.to_string()).or_default().push(sample);
             }
             if self.synced.elapsed() >= VOLUME_SYNC {
@@ -348,9 +350,9 @@ impl Watch {
         Ok(())
     }
 
-    async fn sample(&mut self, name: &str) -> anyhow::Result<Sample> {
-        let (ip, port) = self.agents[name];
-        let (status, body) = http_get(ip, port, "/report").await?;
+    async fn sample(&mut self, shop: &Shop, name: &str) -> anyhow::Result<Sample> {
+        let (pod, port) = self.agents[name];
+        let (status, body) = shop.running[pod].loopback_get(port, "/report").await?;
         let at = Instant::now();
         ensure!(status == 200, "{name}: GET /report: HTTP {status}");
         let report: AgentReport = serde_json::from_str(&body).with_context(|| format!("{name}: report {body}"))?;
