@@ -277,7 +277,7 @@ pub fn server_limits(args: &AgentArgs) -> server::ServerLimits {
 const SHUTDOWN_WRAP_UP: Duration = Duration::from_millis(250);
 
 impl RunningAgent {
-    /// Stop within `--shutdown-timeout-secs` (plus [`SHUTDOWN_WRAP_UP`]), whatever clients do: stop accepting connections,
+    /// Stop within `--shutdown-timeout-secs` (plus `SHUTDOWN_WRAP_UP`), whatever clients do: stop accepting connections,
     /// give requests in progress `--drain-timeout-secs` (then their connections are closed),
     /// flush the queue in the time left, then stop the admin server. Exports keep running while
     /// the receivers drain.

@@ -210,7 +210,7 @@ fn is_plain_string_attribute(kv: &[u8]) -> bool {
     plain_attribute_parts(kv).is_some_and(|(key, string)| key.is_ascii() && string.is_ascii())
 }
 
-/// The key and string value of a `KeyValue` of [`is_plain_string_attribute`]'s shape, their
+/// The key and string value of a `KeyValue` of `is_plain_string_attribute`'s shape, their
 /// contents not yet checked (`None`: another shape).
 #[inline]
 pub fn plain_attribute_parts(kv: &[u8]) -> Option<(&[u8], &[u8])> {
