@@ -124,6 +124,9 @@ health
 - --lease-name={{ .Values.operator.leaderElection.leaseName }}
 - --native-sidecar={{ .Values.operator.nativeSidecar }}
 - --agent-reports={{ .Values.operator.agentReports }}
+{{- with .Values.operator.agentReportInterval }}
+- --agent-report-interval={{ . }}
+{{- end }}
 - --agent-image={{ .Values.agent.image | default (include "tracelight.image" .) }}
 - --agent-admin-exposure={{ include "tracelight.agentAdminExposure" . }}
 - --agent-host-port-range={{ .Values.agent.hostPortRange }}
