@@ -198,6 +198,7 @@ mod tests {
             name: id.into(),
             kind,
             attributes: attrs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            start_unix_nano: 0,
         }
     }
 

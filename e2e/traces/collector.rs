@@ -103,6 +103,8 @@ pub struct Span {
     pub name: String,
     pub kind: i64,
     pub attributes: BTreeMap<String, String>,
+    /// `startTimeUnixNano` (0 when absent).
+    pub start_unix_nano: u64,
 }
 
 impl Span {
@@ -168,6 +170,7 @@ pub fn read_spans(path: &Path) -> Vec<Span> {
                         name: field("name"),
                         kind: s["kind"].as_i64().unwrap_or(0),
                         attributes: attrs(&s["attributes"]),
+                        start_unix_nano: s["startTimeUnixNano"].as_str().and_then(|t| t.parse().ok()).unwrap_or(0),
                     });
                 }
             }
