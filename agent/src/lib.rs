@@ -38,6 +38,7 @@ pub mod enrich;
 pub mod exporter;
 pub mod metrics;
 pub mod pipeline;
+pub mod probes;
 pub mod queue;
 pub mod receiver_grpc;
 pub mod receiver_http;
