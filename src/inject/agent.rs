@@ -288,6 +288,7 @@ mod shutdown_tests {
             report_url,
             report_interval_secs,
             termination_grace_seconds: None,
+            propagator_overrides: None,
         };
         let has = |p: &AgentParams| agent_args(p).iter().any(|a| a == "--report-interval-secs=10");
         assert!(has(&params(Some("https://op/v1/agent-reports"), Some(10))));

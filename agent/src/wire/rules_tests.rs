@@ -127,7 +127,12 @@ fn wire_outcome(
     attributes: &[(String, String)],
 ) -> Result_ {
     let set = crate::rules::RuleSet::compile(sampling, identity, &Metrics::default()).expect("generated rules compile");
-    let rules = Rules { threshold: Threshold::for_ratio(sampling.ratio.get()), attributes, sampling: Some(&set) };
+    let rules = Rules {
+        threshold: Threshold::for_ratio(sampling.ratio.get()),
+        attributes,
+        sampling: Some(&set),
+        probe_below: 0,
+    };
     let (bytes, mut out) = (request.encode_to_vec(), Vec::new());
     let processed = process(&bytes, rules, &mut out).expect("a valid request is accepted");
     let queued = ExportTraceServiceRequest::decode(&out[..]).expect("valid protobuf");
