@@ -240,24 +240,34 @@ impl RuleSet {
     }
 }
 
-/// A token bucket: `rate` tokens a second, holding at most one second's worth.
+/// Seconds of its rate a local cap holds. SDKs export in batches, every 5 s by default
+/// (`OTEL_BSP_SCHEDULE_DELAY`), so a pod keeping exactly its share receives 5 s of kept spans at
+/// once: a bucket of one second cut every batch to a fifth and held pods far under their budget
+/// (seen in the traces suite). Ten seconds also absorb a batch delayed by a retry; a burst
+/// still cannot run over by more than this much before the operator's next update.
+pub const CAP_BURST_SECS: f64 = 10.0;
+
+/// A token bucket: `rate` tokens a second, holding at most [`CAP_BURST_SECS`] of them (and at
+/// least one token).
 #[derive(Debug)]
 pub struct TokenBucket {
     rate: f64,
+    capacity: f64,
     tokens: f64,
     last: Instant,
 }
 
 impl TokenBucket {
     pub fn new(rate: f64) -> TokenBucket {
-        TokenBucket { rate, tokens: rate.max(1.0), last: Instant::now() }
+        let capacity = (rate * CAP_BURST_SECS).max(1.0);
+        TokenBucket { rate, capacity, tokens: capacity, last: Instant::now() }
     }
 
     /// Takes one token at `now`, if there is one.
     pub fn take(&mut self, now: Instant) -> bool {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.last = now;
-        self.tokens = (self.tokens + elapsed * self.rate).min(self.rate.max(1.0));
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.capacity);
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
             true
@@ -398,10 +408,24 @@ mod tests {
     #[test]
     fn token_bucket_holds_its_rate() {
         let start = Instant::now();
-        let mut b = TokenBucket { rate: 10.0, tokens: 10.0, last: start };
+        let mut b = TokenBucket { last: start, ..TokenBucket::new(10.0) };
         let taken = (0..1000).filter(|i| b.take(start + Duration::from_millis(*i * 5))).count();
-        // 5 s at 10/s plus the initial second's worth.
-        assert!((55..=61).contains(&taken), "{taken}");
+        // 5 s at 10/s plus the initial burst of CAP_BURST_SECS at 10/s.
+        assert!((148..=151).contains(&taken), "{taken}");
+        // Then it holds its rate: 10 s more of one attempt every 5 ms lets 100 through.
+        let later = start + Duration::from_secs(5);
+        let taken = (1..=2000).filter(|i| b.take(later + Duration::from_millis(*i * 5))).count();
+        assert!((99..=101).contains(&taken), "{taken}");
+    }
+
+    #[test]
+    fn a_batch_of_an_sdk_at_its_share_passes_the_cap() {
+        // Kept spans at 20/s arriving in one batch every 5 s (the SDKs' default), capped at 1.5x.
+        let start = Instant::now();
+        let mut b = TokenBucket { last: start, ..TokenBucket::new(30.0) };
+        let batches = (1..=12u64).map(|n| start + Duration::from_secs(5 * n));
+        let passed: usize = batches.map(|at| (0..100).filter(|_| b.take(at)).count()).sum();
+        assert_eq!(passed, 1200, "nothing of a batch at the share is cut");
     }
 
     proptest! {

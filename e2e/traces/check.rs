@@ -199,6 +199,7 @@ mod tests {
             kind,
             attributes: attrs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             duration_seconds: 0.001,
+            start_unix_nano: 0,
         }
     }
 

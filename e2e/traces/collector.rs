@@ -105,6 +105,8 @@ pub struct Span {
     pub attributes: BTreeMap<String, String>,
     /// End minus start, in seconds (0 when the times are missing).
     pub duration_seconds: f64,
+    /// `startTimeUnixNano` (0 when absent).
+    pub start_unix_nano: u64,
 }
 
 impl Span {
@@ -174,6 +176,7 @@ pub fn read_spans(path: &Path) -> Vec<Span> {
                         kind: s["kind"].as_i64().unwrap_or(0),
                         attributes: attrs(&s["attributes"]),
                         duration_seconds,
+                        start_unix_nano: s["startTimeUnixNano"].as_str().and_then(|t| t.parse().ok()).unwrap_or(0),
                     });
                 }
             }

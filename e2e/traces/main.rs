@@ -40,6 +40,8 @@ mod hostnet;
 // The operator's own traces (a separate test, sharing the harness and the collector).
 mod operator_spans;
 mod runner;
+// Sampling rules and budgets on live agents (a separate test, sharing the harness and the shop).
+mod sampling;
 mod shop;
 
 // The cluster suite's support code, shared rather than copied; this binary uses part of it.
@@ -63,7 +65,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
-use support::objects::{assert_injected, assert_untouched, from_json, wait_injecting, ENABLED};
+use support::objects::{assert_injected_with, assert_untouched, from_json, wait_injecting, ENABLED};
 use support::{wait, StepLog};
 use tracelight::api::TracingPolicy;
 use tracelight_contract::config::{AgentConfig, ConfigFile, AGENT_CONFIGMAP};
@@ -158,6 +160,16 @@ impl Shop {
 
 /// Creates a namespace labelled `e2e.tracelight.io/traces=<mode>`, a policy selecting it, and the
 /// shop's workloads in it; checks how the webhook injected the pods.
+/// The injector settings of the operator as `suite` runs it: the chart's, and the report
+/// interval when a test sets `--agent-report-interval` (whole seconds).
+fn inject_options(suite: &harness::Suite) -> tracelight::inject::InjectOptions {
+    let interval = suite.operator_args.iter().rev().find_map(|a| {
+        let secs = a.strip_prefix("--agent-report-interval=")?.strip_suffix('s')?;
+        Some(secs.parse().expect("--agent-report-interval in whole seconds, like 10s"))
+    });
+    tracelight::inject::InjectOptions { report_interval_secs: interval, ..support::objects::operator_inject_options() }
+}
+
 async fn deploy_shop(
     suite: &mut harness::Suite,
     name: &str,
@@ -198,7 +210,7 @@ async fn deploy_shop(
     for w in &workloads {
         let pod = scheduled_pod(&client, &ns, w.name).await?;
         if w.traced {
-            assert_injected(&pod, w.name, &policy)?;
+            assert_injected_with(&pod, w.name, &policy, &inject_options(suite))?;
             log.note(&format!("{ns}/{}: pod {} injected, on node {}", w.name, pod.name_any(), node_of(&pod)));
         } else {
             assert_untouched(&pod)?;

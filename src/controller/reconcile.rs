@@ -316,8 +316,11 @@ async fn apply(policy: &TracingPolicy, ctx: &Context) -> Result<Action, Error> {
     // Secrets are not watched: look again soon for the one that is missing.
     let requeue = if observation.missing_secrets.is_empty() { REQUEUE_AFTER } else { RETRY_AFTER };
     // Budgets follow the agents' rates: look again at every report interval.
-    let requeue =
-        if observation.budgets_unmet.is_some() { requeue.min(crate::sampling::BUDGET_INTERVAL) } else { requeue };
+    let budget_interval = ctx
+        .inject_options
+        .report_interval_secs
+        .map_or(crate::sampling::BUDGET_INTERVAL, std::time::Duration::from_secs);
+    let requeue = if observation.budgets_unmet.is_some() { requeue.min(budget_interval) } else { requeue };
     // Broken links surface a settle delay after their call, from reports that wake nothing.
     let requeue = if observation.continuity.is_some() { requeue.min(super::continuity::REQUEUE) } else { requeue };
     // The engine asks to look again at a soak's end or a health deadline.

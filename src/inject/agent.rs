@@ -44,6 +44,8 @@ pub struct AgentParams<'a> {
     pub with_secret: bool,
     /// The operator's report endpoint (`None`: the agent does not report).
     pub report_url: Option<&'a str>,
+    /// `--report-interval-secs` (`None`: the agent's default).
+    pub report_interval_secs: Option<u64>,
     /// The pod's `terminationGracePeriodSeconds` (`None`: Kubernetes' default, 30).
     pub termination_grace_seconds: Option<i64>,
     /// Containers that set `OTEL_PROPAGATORS` themselves (`container=value;...`), reported by the
@@ -174,6 +176,9 @@ fn agent_args(p: &AgentParams) -> Vec<String> {
             // The operator writes its CA into the agent ConfigMap, next to the config.
             format!("--report-ca-file={AGENT_CONFIG_DIR}/{REPORT_CA_KEY}"),
         ]);
+        if let Some(secs) = p.report_interval_secs {
+            args.push(format!("--report-interval-secs={secs}"));
+        }
     }
     args
 }
@@ -264,7 +269,33 @@ fn report_token_volume() -> Volume {
 
 #[cfg(test)]
 mod shutdown_tests {
-    use super::agent_shutdown_secs;
+    use super::*;
+
+    #[test]
+    fn the_report_interval_is_an_agent_flag_only_with_a_report_channel() {
+        let spec = AgentSpec::default();
+        let params = |report_url, report_interval_secs| AgentParams {
+            spec: &spec,
+            image: "agent:1",
+            ports: AgentPorts { otlp_grpc: 4317, otlp_http: 4318, admin: 13133 },
+            host_network: false,
+            admin_exposure: AdminExposure::default(),
+            port_names: [None; 3],
+            namespace: "ns",
+            workload: None,
+            native_sidecar: true,
+            with_secret: false,
+            report_url,
+            report_interval_secs,
+            termination_grace_seconds: None,
+            propagator_overrides: None,
+        };
+        let has = |p: &AgentParams| agent_args(p).iter().any(|a| a == "--report-interval-secs=10");
+        assert!(has(&params(Some("https://op/v1/agent-reports"), Some(10))));
+        assert!(!has(&params(None, Some(10))), "no reports, no interval");
+        let default = agent_args(&params(Some("https://op/v1/agent-reports"), None));
+        assert!(!default.iter().any(|a| a.starts_with("--report-interval-secs")), "{default:?}");
+    }
 
     #[test]
     fn the_agent_exits_before_the_pods_grace_period_ends() {

@@ -29,6 +29,9 @@ struct ManifestInputs<'a> {
     /// when off, so hashes from before the report channel existed stay the same.
     #[serde(skip_serializing_if = "Option::is_none")]
     report_url: Option<&'a str>,
+    /// The agents' report interval, when the operator sets one (an agent flag).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    report_interval_secs: Option<u64>,
     /// The agent's flags and env follow it. Left out at its default, like `report_url`.
     #[serde(skip_serializing_if = "is_default_exposure")]
     admin_exposure: AdminExposure,
@@ -78,6 +81,7 @@ pub fn manifest_hash(
             })
             .collect(),
         report_url: options.report_url.as_deref(),
+        report_interval_secs: options.report_url.as_ref().and(options.report_interval_secs),
         admin_exposure: options.admin_exposure,
     };
     let bytes = serde_json::to_vec(&inputs).expect("manifest inputs always serialize");

@@ -85,6 +85,9 @@ pub struct InjectOptions {
     pub report_url: Option<String>,
     /// The images a policy that names none gets.
     pub images: DefaultImages,
+    /// Seconds between the agents' report pushes (`--report-interval-secs`); `None`: the
+    /// agent's default, 30 s. The budget loop looks at the rates as often.
+    pub report_interval_secs: Option<u64>,
 }
 
 impl Default for InjectOptions {
@@ -95,6 +98,7 @@ impl Default for InjectOptions {
             admin_exposure: AdminExposure::Health,
             report_url: None,
             images: DefaultImages::default(),
+            report_interval_secs: None,
         }
     }
 }
@@ -558,6 +562,7 @@ fn edits(
         native_sidecar: options.native_sidecar,
         with_secret: plan.with_secret,
         report_url: options.report_url.as_deref(),
+        report_interval_secs: options.report_interval_secs,
         termination_grace_seconds: spec.termination_grace_period_seconds,
         propagator_overrides: env::propagator_overrides(
             plan.containers.iter().map(|c| {

@@ -27,7 +27,8 @@ use tracelight_contract::sampling::{FALLBACK_RULE, HEALTH_CHECK_RULE};
 
 /// How far above its share a pod may go before its local cap drops spans.
 pub const LOCAL_CAP_FACTOR: f64 = 1.5;
-/// How often a policy with a budget is reconciled (the agents report every 30 s).
+/// How often a policy with a budget is reconciled: the agents' report interval, by default 30 s
+/// (`--agent-report-interval` sets both).
 pub const BUDGET_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
 /// No local cap below this many spans per second (a cap of 0.3/s would cut a quiet pod's
 /// every other span for nothing).

@@ -125,6 +125,7 @@ async fn live_certificates_bootstrap_publish_and_rotate_without_restart() {
         namespace: id.clone(),
         agent_reports: true,
         agent_report_url: None,
+        agent_report_interval: None,
         agent_image: crate::inject::shipped_agent_image(),
         instrumentation_images: Vec::new(),
         agent_admin_exposure: Default::default(),

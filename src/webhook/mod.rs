@@ -33,6 +33,18 @@ pub enum CertMode {
     Files,
 }
 
+/// `--agent-report-interval`: whole seconds from 5 s (reports closer together make no rate,
+/// [`crate::sampling::rates::MIN_WINDOW_SECS`]) to 2 minutes (a pod silent for
+/// [`crate::rollout::coverage::REPORT_STALE_AFTER`] stops counting).
+fn parse_report_interval(text: &str) -> Result<Duration, String> {
+    let d = Duration::parse(text).map_err(|e| e.to_string())?;
+    let secs = d.get().as_secs_f64();
+    if !(crate::sampling::rates::MIN_WINDOW_SECS..=120.0).contains(&secs) {
+        return Err(format!("report interval {text} is outside 5s..2m"));
+    }
+    Ok(d)
+}
+
 /// Flags of the admission webhook (flattened into `tracelight controller`).
 #[derive(clap::Args, Clone, Debug)]
 pub struct WebhookArgs {
@@ -79,6 +91,11 @@ pub struct WebhookArgs {
     /// `https://<service-name>.<namespace>.svc:443/v1/agent-reports`.
     #[arg(long, env = "TRACELIGHT_AGENT_REPORT_URL")]
     pub agent_report_url: Option<String>,
+    /// How often injected agents push their reports (between 5s and 2m), and so how often
+    /// sampling budgets are recomputed from the rates they report. Default: the agent's own,
+    /// 30s. A change restarts injected workloads (it is an agent flag).
+    #[arg(long, env = "TRACELIGHT_AGENT_REPORT_INTERVAL", value_parser = parse_report_interval)]
+    pub agent_report_interval: Option<Duration>,
     /// The agent image injected when a policy names none (`spec.agent.image` empty). Default:
     /// the image of this operator's release, which holds both binaries.
     #[arg(
@@ -121,6 +138,7 @@ impl WebhookArgs {
                 agent: self.agent_image.clone(),
                 instrumentation: self.instrumentation_images.iter().cloned().collect(),
             },
+            report_interval_secs: self.agent_report_interval.map(|d| d.get().as_secs()),
         }
     }
 
@@ -304,6 +322,18 @@ mod tests {
         assert_eq!(args.inject_options().report_url, None);
         assert_eq!(args.cert_mode, CertMode::Files);
         args.validate().unwrap();
+    }
+
+    #[test]
+    fn the_agent_report_interval_reaches_the_injector_within_bounds() {
+        let args = Cli::try_parse_from(["t"]).unwrap().webhook;
+        assert_eq!(args.inject_options().report_interval_secs, None, "the agent's default");
+        let args = Cli::try_parse_from(["t", "--agent-report-interval", "10s"]).unwrap().webhook;
+        assert_eq!(args.inject_options().report_interval_secs, Some(10));
+        for bad in ["4s", "3m", "10"] {
+            let e = Cli::try_parse_from(["t", "--agent-report-interval", bad]).err().expect(bad);
+            assert!(e.to_string().contains(bad), "{e}");
+        }
     }
 
     #[test]

@@ -354,6 +354,17 @@ impl<'a> Ingest<'a> {
         while let Some(field) = fields.next_field()? {
             // The tracestate is checked here, the rest (nested attributes too) by the schema.
             let read_attribute = field.number == 9 && !keys.is_empty();
+            if read_attribute {
+                // The common shape is checked and read in one look (the schema's fast path).
+                if let Some((slot, value)) = plain_wanted_attribute(&field, keys)? {
+                    if let Some(slot) = slot {
+                        if facts.values[slot].is_none() {
+                            facts.values[slot] = Some(value);
+                        }
+                    }
+                    continue;
+                }
+            }
             check_field(Message::Span, &field, depth, field.number == 3)?;
             match field.number {
                 1 => trace_id = body(&field),
@@ -468,6 +479,34 @@ fn sample<'s>(threshold: Threshold, fresh: Option<&'s str>, trace_id: &[u8], tra
     }
 }
 
+/// A span attribute (field 9) of the shape every SDK writes a string attribute in
+/// ([`schema::plain_attribute_parts`]), validated as the schema would: `Some((slot, value))`,
+/// the slot of its key among `keys` if any; `None` when it has another shape (then the general
+/// path checks and reads it).
+#[inline]
+fn plain_wanted_attribute<'a>(field: &Field<'a>, keys: &[&str]) -> Result<Option<(Option<usize>, &'a str)>, WireError> {
+    let Value::Len(kv) = field.value else { return Ok(None) };
+    let Some((key, value)) = schema::plain_attribute_parts(kv) else { return Ok(None) };
+    if !key.is_ascii() {
+        return Ok(None);
+    }
+    match key_slot(keys, key) {
+        Some(slot) => Ok(Some((Some(slot), utf8(value)?))),
+        None if schema::valid_utf8(value) => Ok(Some((None, ""))),
+        None => Err(WireError::Malformed("string field is not valid UTF-8")),
+    }
+}
+
+/// The index of `key` in `keys` (a handful of known keys: compared by length and first byte
+/// before their bytes).
+#[inline]
+fn key_slot(keys: &[&str], key: &[u8]) -> Option<usize> {
+    keys.iter().position(|k| {
+        let k = k.as_bytes();
+        k.len() == key.len() && k.first() == key.first() && k == key
+    })
+}
+
 /// A (validated) `KeyValue` whose key is one of `keys`: the key's index and the value when it
 /// is a string. Other attributes cost a look at their key only.
 fn wanted_attribute<'a>(kv: &'a [u8], keys: &[&str]) -> Result<Option<(usize, Option<&'a str>)>, WireError> {
@@ -477,7 +516,7 @@ fn wanted_attribute<'a>(kv: &'a [u8], keys: &[&str]) -> Result<Option<(usize, Op
     while let Some(field) = fields.next_field()? {
         match (field.number, field.value) {
             (1, Value::Len(key)) => {
-                slot = keys.iter().position(|k| k.as_bytes() == key);
+                slot = key_slot(keys, key);
                 if slot.is_none() {
                     return Ok(None);
                 }
@@ -687,5 +726,7 @@ fn write_with_state(span: &[u8], state: &str, out: &mut Vec<u8>) -> Result<(), W
     Ok(())
 }
 
+#[cfg(test)]
+mod rules_tests;
 #[cfg(test)]
 mod tests;

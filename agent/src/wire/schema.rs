@@ -185,7 +185,7 @@ pub fn utf8(bytes: &[u8]) -> Result<&str, WireError> {
 /// Most strings in spans are short ASCII, which `is_ascii` checks several times faster than
 /// the general UTF-8 validation it falls back to.
 #[inline]
-fn valid_utf8(bytes: &[u8]) -> bool {
+pub fn valid_utf8(bytes: &[u8]) -> bool {
     bytes.is_ascii() || std::str::from_utf8(bytes).is_ok()
 }
 
@@ -207,20 +207,23 @@ pub fn validate(message: Message, body: &[u8], depth: u32) -> Result<(), WireErr
 /// bytes. Anything else (longer, other types, other field order) takes the general path.
 #[inline]
 fn is_plain_string_attribute(kv: &[u8]) -> bool {
-    let [0x0a, key_len, rest @ ..] = kv else { return false };
+    plain_attribute_parts(kv).is_some_and(|(key, string)| key.is_ascii() && string.is_ascii())
+}
+
+/// The key and string value of a `KeyValue` of `is_plain_string_attribute`'s shape, their
+/// contents not yet checked (`None`: another shape).
+#[inline]
+pub fn plain_attribute_parts(kv: &[u8]) -> Option<(&[u8], &[u8])> {
+    let [0x0a, key_len, rest @ ..] = kv else { return None };
     let key_len = usize::from(*key_len);
     if key_len >= 0x80 || rest.len() < key_len {
-        return false;
+        return None;
     }
     let (key, rest) = rest.split_at(key_len);
-    let [0x12, any_len, 0x0a, string_len, string @ ..] = rest else { return false };
+    let [0x12, any_len, 0x0a, string_len, string @ ..] = rest else { return None };
     let (any_len, string_len) = (usize::from(*any_len), usize::from(*string_len));
-    any_len < 0x80
-        && string_len < 0x80
-        && any_len == string_len + 2
-        && string.len() == string_len
-        && key.is_ascii()
-        && string.is_ascii()
+    (any_len < 0x80 && string_len < 0x80 && any_len == string_len + 2 && string.len() == string_len)
+        .then_some((key, string))
 }
 
 /// One level deeper, or the recursion limit error.

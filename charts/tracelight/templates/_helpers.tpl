@@ -125,6 +125,9 @@ health
 - --native-sidecar={{ .Values.operator.nativeSidecar }}
 - --agent-reports={{ .Values.operator.agentReports }}
 - --probe-ratio={{ .Values.operator.probeRatio }}
+{{- with .Values.operator.agentReportInterval }}
+- --agent-report-interval={{ . }}
+{{- end }}
 - --agent-image={{ .Values.agent.image | default (include "tracelight.image" .) }}
 - --agent-admin-exposure={{ include "tracelight.agentAdminExposure" . }}
 - --agent-host-port-range={{ .Values.agent.hostPortRange }}

@@ -202,11 +202,21 @@ pub fn operator_inject_options() -> InjectOptions {
 /// The manifest hash must be the policy status' one or, while the controller does not publish
 /// it, the one the injector computes for this pod and policy.
 pub fn assert_injected(pod: &Pod, service: &str, policy: &TracingPolicy) -> anyhow::Result<()> {
+    assert_injected_with(pod, service, policy, &operator_inject_options())
+}
+
+/// [`assert_injected`] by an operator with the injector settings `options`.
+pub fn assert_injected_with(
+    pod: &Pod,
+    service: &str,
+    policy: &TracingPolicy,
+    options: &InjectOptions,
+) -> anyhow::Result<()> {
     let manifest_hash = policy
         .status
         .as_ref()
         .and_then(|s| s.manifest_hash.clone())
-        .or_else(|| expected_manifest_hash(pod, policy, &operator_inject_options()))
+        .or_else(|| expected_manifest_hash(pod, policy, options))
         .context("the injector would not inject this pod at all")?;
     let policy = policy.name_any();
     let policy = policy.as_str();
