@@ -224,6 +224,9 @@ pub enum FindingKind {
     SpansDropped,
     /// A workload whose agents use more CPU or memory than `spec.review` allows.
     OverheadAboveBound,
+    /// A workload at one end of a broken trace link (from the probe traces: its calls do not
+    /// continue the caller's trace).
+    TracesBroken,
 }
 
 impl FindingKind {
@@ -233,6 +236,7 @@ impl FindingKind {
             FindingKind::WentSilent => "WentSilent",
             FindingKind::SpansDropped => "SpansDropped",
             FindingKind::OverheadAboveBound => "OverheadAboveBound",
+            FindingKind::TracesBroken => "TracesBroken",
         }
     }
 }

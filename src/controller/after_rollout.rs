@@ -110,6 +110,18 @@ pub fn decide(
             })
         };
         let active = |ns: &str| status.namespace_state(ns) == Some(crate::api::NamespaceState::Active);
+        // The join's verdicts are in the status (`continuity::annotate`), not in the coverage.
+        let broken_link = |ns: &str, id: &WorkloadId| {
+            let w = status
+                .namespaces
+                .iter()
+                .find(|n| n.name == ns)?
+                .workloads
+                .iter()
+                .find(|w| w.kind == id.kind.as_str() && w.name == id.name)?;
+            let traces = w.traces.as_ref().filter(|t| t.state == crate::api::ContinuityState::Broken)?;
+            traces.broken.clone()
+        };
         let inputs: Vec<review::WorkloadInput> = coverage
             .iter()
             .flat_map(|(ns, all)| {
@@ -125,6 +137,7 @@ pub fn decide(
                         .filter_map(|uid| reports.get(uid.as_str())?.last_span_at)
                         .max(),
                     pods: histories(id),
+                    broken_link: broken_link(ns, id),
                 })
             })
             .collect();

@@ -86,6 +86,10 @@ pub fn annotate(namespaces: &mut [NamespaceStatus], graph: &Graph) -> Option<Ser
     continuity::service_graph(graph, &names)
 }
 
+/// The `TracesConnected` condition's reason when a link is broken (the alert
+/// `TracelightTraceLinksBroken` matches it).
+pub const BROKEN_LINKS: &str = "BrokenLinks";
+
 /// The `TracesConnected` condition: `(status, reason, message)`.
 pub fn condition(namespaces: &[NamespaceStatus]) -> (&'static str, &'static str, String) {
     let workloads = || namespaces.iter().flat_map(|ns| ns.workloads.iter().map(move |w| (ns, w)));
@@ -99,7 +103,7 @@ pub fn condition(namespaces: &[NamespaceStatus]) -> (&'static str, &'static str,
         |s: ContinuityState| workloads().filter(|(_, w)| w.traces.as_ref().is_some_and(|t| t.state == s)).count();
     if !broken.is_empty() {
         let n = broken.len();
-        return ("False", "BrokenLinks", format!("{n} broken edge(s): {}", broken.join("; ")));
+        return ("False", BROKEN_LINKS, format!("{n} broken edge(s): {}", broken.join("; ")));
     }
     match state(ContinuityState::Connected) {
         0 => ("Unknown", "NotEnoughProbes", "not enough probe traces yet to tell whether traces are whole".into()),

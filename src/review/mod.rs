@@ -14,10 +14,15 @@
 //!   none received a span for a whole review interval, having received spans before.
 //! - **Drops are new drops.** A counter that grew since the previous review is a regression;
 //!   drops before it were reported then.
+//! - **Broken trace links come from the join.** A workload the join calls `Broken` (its
+//!   `status...workloads[].traces`, see `crate::continuity`) is a finding; `Unknown` (too few
+//!   probe traces) is not.
 //! - **Findings are facts at review time.** Between reviews the status keeps the last verdict;
 //!   a fix shows at the next review (a workload change brings it forward).
 
-use crate::api::{CoverageState, FindingKind, ReviewFinding, ReviewSpec, ReviewStatus, WorkloadCoverage, MAX_FINDINGS};
+use crate::api::{
+    BrokenLink, CoverageState, FindingKind, ReviewFinding, ReviewSpec, ReviewStatus, WorkloadCoverage, MAX_FINDINGS,
+};
 use crate::baseline::PodHistory;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
@@ -42,6 +47,8 @@ pub struct WorkloadInput<'h> {
     pub last_span_at: Option<Timestamp>,
     /// Its pods' counter histories.
     pub pods: Vec<&'h PodHistory>,
+    /// The broken trace link it is an end of, when the join calls it `Broken`.
+    pub broken_link: Option<BrokenLink>,
 }
 
 /// A hash of the set of workloads (namespace, kind, name): another set triggers a review.
@@ -157,6 +164,18 @@ fn findings_of(
         out.push(finding(
             FindingKind::OverheadAboveBound,
             format!("an agent of this workload uses {}", over.join(", ")),
+        ));
+    }
+    if let Some(link) = &w.broken_link {
+        out.push(finding(
+            FindingKind::TracesBroken,
+            format!(
+                "broken trace link {}: {} ({}; example trace {})",
+                link.edge,
+                link.reason.as_str(),
+                link.message,
+                link.example_trace_id
+            ),
         ));
     }
     out

@@ -14,6 +14,7 @@ fn input<'h>(c: &'h WorkloadCoverage, last_span: Option<i64>, pods: Vec<&'h PodH
         excluded: false,
         last_span_at: last_span.map(at),
         pods,
+        broken_link: None,
     }
 }
 
@@ -109,6 +110,27 @@ fn agent_overhead_above_the_bounds_is_found() {
     assert_eq!(kinds(&r), [(FindingKind::OverheadAboveBound, "Deployment/web")]);
     assert!(r.findings[0].message.contains("CPU 5.0m above the bound of 2m"), "{}", r.findings[0].message);
     assert!(r.findings[0].message.contains("memory 5.7 MiB"), "{}", r.findings[0].message);
+}
+
+#[test]
+fn a_broken_trace_link_is_found() {
+    use crate::api::BreakReason;
+    let tax = coverage("tax", CoverageState::Reporting, 1);
+    let web = coverage("web", CoverageState::Reporting, 1);
+    let link = BrokenLink {
+        edge: "shop/pricing -> shop/tax".into(),
+        reason: BreakReason::PropagatorOverride,
+        message: "tax sets OTEL_PROPAGATORS=b3".into(),
+        example_trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
+    };
+    let inputs =
+        [WorkloadInput { broken_link: Some(link), ..input(&tax, Some(590), vec![]) }, input(&web, Some(590), vec![])];
+    let r = review(&spec(60), None, String::new(), &inputs, at(600));
+    assert_eq!(kinds(&r), [(FindingKind::TracesBroken, "Deployment/tax")]);
+    let message = &r.findings[0].message;
+    assert!(message.contains("shop/pricing -> shop/tax: PropagatorOverride"), "{message}");
+    assert!(message.contains("4bf92f3577b34da6a3ce929d0e0e4736"), "{message}");
+    assert_eq!(condition(&r).1, "TracesBroken");
 }
 
 #[test]
