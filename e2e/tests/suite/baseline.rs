@@ -11,6 +11,7 @@ use super::{Suite, NAMESPACE};
 use crate::support::objects::ENABLED;
 use crate::support::wait;
 use anyhow::{ensure, Context as _};
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use kube::api::{Api, DynamicObject, ListParams, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use kube::{Client, ResourceExt};
@@ -28,6 +29,13 @@ const RPS: f64 = 10.0;
 const PUSH_EVERY: Duration = Duration::from_secs(6);
 /// The pilot phase's soak, the baseline's window (checked as 59-61 s).
 const SOAK: &str = "60s";
+
+/// The CA bundle the webhook configuration publishes now.
+async fn webhook_ca(configs: &Api<MutatingWebhookConfiguration>) -> anyhow::Result<Vec<u8>> {
+    let config = configs.get(super::WEBHOOK_CONFIG).await?;
+    let ca = config.webhooks.and_then(|w| w.into_iter().next()).and_then(|w| w.client_config.ca_bundle);
+    Ok(ca.context("no caBundle published")?.0)
+}
 
 fn rules_api(client: &Client) -> Api<DynamicObject> {
     let gvk = GroupVersionKind::gvk("monitoring.coreos.com", "v1", "PrometheusRule");
@@ -66,15 +74,7 @@ pub async fn prometheus_rule_follows_the_baseline(suite: &mut Suite) -> anyhow::
 
 async fn steps(suite: &mut Suite, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
     let client = suite.cluster.client.clone();
-    let configs = Api::<k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration>::all(client.clone());
-    let ca = configs
-        .get(super::WEBHOOK_CONFIG)
-        .await?
-        .webhooks
-        .and_then(|w| w.into_iter().next())
-        .and_then(|w| w.client_config.ca_bundle)
-        .context("no caBundle published")?
-        .0;
+    let configs = Api::<MutatingWebhookConfiguration>::all(client.clone());
     let ns = suite.namespaces.create("baseline", &[ENABLED, (GROUP, "baseline")]).await?;
     running_deployments(&client, &ns, &["web", "api"]).await?;
     // The soak is the baseline's window: long enough that the stand-in agents, which start pushing
@@ -116,12 +116,19 @@ async fn steps(suite: &mut Suite, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
             for (token, pod, service) in &agents {
                 let body = serde_json::to_vec(&report(pod, &ns2, service, started.elapsed().as_secs_f64()))
                     .unwrap_or_default();
-                match crate::support::tls::post_with_token(port, &ca, "/v1/agent-reports", token, &body).await {
+                // As an agent re-reads its mounted CA: the bundle changes when the certificates
+                // rotate (the earlier steps of the suite run them on a 90 s validity).
+                let pushed = match webhook_ca(&configs).await {
+                    Ok(ca) => crate::support::tls::post_with_token(port, &ca, "/v1/agent-reports", token, &body).await,
+                    Err(e) => Err(e),
+                };
+                match pushed {
                     Ok(204) => accepted += 1,
                     other => refusals.lock().unwrap_or_else(|p| p.into_inner()).push(format!(
-                        "{:.0}s {}: {other:?}",
+                        "{:.0}s {}: {}",
                         started.elapsed().as_secs_f64(),
-                        pod.name_any()
+                        pod.name_any(),
+                        other.map_or_else(|e| format!("{e:#}"), |status| format!("HTTP {status}"))
                     )),
                 }
             }
