@@ -67,7 +67,9 @@ flags! {
         " Also answer /healthz (only) on this address, on the admin port: the pod IP, where the kubelet probes.";
     health_metrics: bool = false, " Serve /metrics on --health-host too (for Prometheus; /report stays on loopback).";
     queue_bytes: usize = 16 << 20, " Bound of the export queue, in bytes; the oldest spans are dropped beyond it.";
-    batch_bytes: usize = 512 << 10, " Target size of one export request, in bytes.";
+    pace_above_bytes: usize = 512 << 10,
+        " While exports succeed, a request arriving with more than this queued waits (up to 1 s) for the exporter to catch up, so senders slow down instead of the queue growing; 0: never wait.";
+    batch_bytes: usize = 256 << 10, " Target size of one export request, in bytes.";
     max_message_bytes: usize = 3584 << 10,
         " Largest export request, in bytes; larger incoming requests are split (gRPC receivers refuse over 4 MiB by default).";
     batch_linger_ms: u64 = 500, " Longest wait for a batch to fill, in milliseconds.";

@@ -17,9 +17,10 @@
 //! - **Anonymous, the agent's own.** At idle: relocated pointers, the heap (runtime, servers,
 //!   config, metrics), stacks. Under load, on top: up to `--export-concurrency` requests in
 //!   flight, each holding its batch (up to `--batch-bytes` of encoded spans) and its gzipped body,
-//!   one reused deflate state, and requests being decoded. The queue fills towards
-//!   `--queue-bytes` only when the collector takes spans slower than they arrive. Freed memory
-//!   goes back to the OS after 100 ms (`tracelight_process::allocator`).
+//!   one reused deflate state, and requests being decoded. While exports succeed, the queue
+//!   stays near `--pace-above-bytes` (receivers wait for the exporter: [`queue`]); it fills
+//!   towards `--queue-bytes` only while the collector fails. Freed memory goes back to the OS
+//!   after 100 ms (`tracelight_process::allocator`).
 //! - **File-backed: the pages of this binary and libc that ran.** The kernel maps code around
 //!   each page executed (fault-around, or a whole large folio of the page cache), so this part
 //!   follows the size of the binary's code more than the size of the agent's hot path. The agent
@@ -133,7 +134,7 @@ pub async fn start(args: AgentArgs) -> anyhow::Result<RunningAgent> {
 /// [`start`] with an explicit pod identity instead of the downward-API environment.
 pub async fn start_with_identity(args: AgentArgs, identity: enrich::PodIdentity) -> anyhow::Result<RunningAgent> {
     let metrics = Arc::new(metrics::Metrics::default());
-    let queue = Arc::new(queue::Queue::new(args.queue_bytes, metrics.clone()));
+    let queue = Arc::new(queue::Queue::new(args.queue_bytes, metrics.clone()).with_pacing(args.pace_above_bytes));
     let red = Arc::new(red::Red::new(args.red_metrics));
     let pipeline = Arc::new(pipeline::Pipeline::new(identity, queue.clone(), metrics.clone()).with_red(red));
     // A request as large as allowed is never refused for being alone (its wire bytes and its

@@ -92,6 +92,10 @@ pub struct Metrics {
     pub malformed_requests: Counter,
     pub queue_bytes: Gauge,
     pub queue_spans: Gauge,
+    /// Requests that waited for the exporter to catch up (`crate::queue::Queue::pace`), and
+    /// how long they waited in all.
+    pub paced_requests: Counter,
+    pub pace_wait_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
     pub export_duration: Family<OutcomeLabel, Histogram>,
     pub config_generation: Gauge,
     pub config_reloads: Family<ReloadLabel, Counter>,
@@ -117,6 +121,8 @@ impl Default for Metrics {
             malformed_requests: Counter::default(),
             queue_bytes: Gauge::default(),
             queue_spans: Gauge::default(),
+            paced_requests: Counter::default(),
+            pace_wait_seconds: Counter::default(),
             export_duration: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.001, 2.0, 14))),
             config_generation: Gauge::default(),
             config_reloads: Family::default(),
@@ -195,6 +201,16 @@ impl Metrics {
         );
         r.register("queue_bytes", "Bytes of spans waiting for export", self.queue_bytes.clone());
         r.register("queue_spans", "Spans waiting for export", self.queue_spans.clone());
+        r.register(
+            "requests_paced",
+            "Requests that waited for the exporter to catch up (senders slowed down)",
+            self.paced_requests.clone(),
+        );
+        r.register(
+            "pace_wait_seconds",
+            "Time requests waited for the exporter, in all",
+            self.pace_wait_seconds.clone(),
+        );
         r.register("export_duration_seconds", "Duration of export requests", self.export_duration.clone());
         r.register("config_generation", "Policy generation of the config in effect", self.config_generation.clone());
         r.register("config_reloads", "Config reloads, by result", self.config_reloads.clone());

@@ -3,12 +3,19 @@
 //!
 //! Batches are held protobuf-encoded, so the byte bound is the memory actually used (decoded
 //! spans take several times their encoded size) and export needs no re-encoding.
+//!
+//! **Pacing.** While exports succeed, a backlog means the exporter lacks CPU or bandwidth, not a
+//! collector: the receivers then wait ([`Queue::pace`]) for the exporter to catch up before they
+//! take more, so the applications' exporters slow down and the queue stays near its pace mark
+//! instead of growing to its bound (and evicting). During a collector outage (exports failing)
+//! nothing waits: the queue buffers up to its bound as before.
 
 use super::metrics::{DropReason, Metrics};
 use bytes::Bytes;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::trace::v1::ResourceSpans;
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -70,16 +77,81 @@ struct Inner {
     spans: usize,
 }
 
+/// Longest a request waits for the exporter to catch up ([`Queue::pace`]); it is taken after
+/// that, so a sender is slowed down, never refused, by pacing.
+pub const PACE_MAX_WAIT: Duration = Duration::from_secs(1);
+
 pub struct Queue {
     inner: Mutex<Inner>,
     ready: Notify,
     capacity: usize,
     metrics: Arc<Metrics>,
+    /// Queued bytes above which receivers wait for a healthy exporter (`usize::MAX`: never).
+    pace_above: usize,
+    /// The last export succeeded: a backlog is the exporter falling behind, not an outage.
+    exporting: AtomicBool,
+    /// Wakes paced requests when the queue falls to the pace mark (or export starts failing).
+    caught_up: Notify,
 }
 
 impl Queue {
     pub fn new(capacity: usize, metrics: Arc<Metrics>) -> Queue {
-        Queue { inner: Mutex::new(Inner::default()), ready: Notify::new(), capacity, metrics }
+        Queue {
+            inner: Mutex::new(Inner::default()),
+            ready: Notify::new(),
+            capacity,
+            metrics,
+            pace_above: usize::MAX,
+            exporting: AtomicBool::new(false),
+            caught_up: Notify::new(),
+        }
+    }
+
+    /// This queue, pacing receivers above `bytes` queued (0: never).
+    pub fn with_pacing(mut self, bytes: usize) -> Queue {
+        self.pace_above = if bytes == 0 { usize::MAX } else { bytes };
+        self
+    }
+
+    /// The exporter's last result: pacing applies only while exports succeed.
+    pub fn set_exporting(&self, ok: bool) {
+        let was = self.exporting.swap(ok, Ordering::Relaxed);
+        if was && !ok {
+            // Export started failing: nobody waits for it any longer.
+            self.caught_up.notify_waiters();
+        }
+    }
+
+    fn behind(&self) -> bool {
+        self.exporting.load(Ordering::Relaxed) && self.lock().bytes > self.pace_above
+    }
+
+    /// Wait, up to `max_wait`, while a healthy exporter is behind (see the module doc). Returns
+    /// how long it waited.
+    pub async fn pace(&self, max_wait: Duration) -> Duration {
+        let started = Instant::now();
+        let deadline = started + max_wait;
+        let mut waited = false;
+        loop {
+            let caught_up = self.caught_up.notified();
+            tokio::pin!(caught_up);
+            // Registered before the check, so a wake-up between the two is not lost.
+            caught_up.as_mut().enable();
+            if !self.behind() {
+                break;
+            }
+            waited = true;
+            if tokio::time::timeout_at(deadline, caught_up).await.is_err() {
+                break;
+            }
+        }
+        if !waited {
+            return Duration::ZERO;
+        }
+        let waited = started.elapsed();
+        self.metrics.paced_requests.inc();
+        self.metrics.pace_wait_seconds.inc_by(waited.as_secs_f64());
+        waited
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -206,6 +278,9 @@ impl Queue {
     fn publish(&self, g: &Inner) {
         self.metrics.queue_bytes.set(g.bytes as i64);
         self.metrics.queue_spans.set(g.spans as i64);
+        if self.pace_above != usize::MAX && g.bytes <= self.pace_above {
+            self.caught_up.notify_waiters();
+        }
     }
 }
 
@@ -380,5 +455,68 @@ mod tests {
         let start = Instant::now();
         q.wait_batch(1 << 19, Duration::from_millis(200)).await;
         assert!(start.elapsed() >= Duration::from_millis(200));
+    }
+
+    fn paced_queue(marks_in_batches: usize) -> (Arc<Queue>, Arc<Metrics>, usize) {
+        let m = Arc::new(Metrics::default());
+        let one = batch(10).bytes;
+        let q = Arc::new(Queue::new(one * 100, m.clone()).with_pacing(one * marks_in_batches));
+        (q, m, one)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_backlog_behind_a_healthy_exporter_paces_until_it_is_taken() {
+        let (q, m, one) = paced_queue(2);
+        for _ in 0..4 {
+            q.push(batch(10));
+        }
+        assert_eq!(q.pace(PACE_MAX_WAIT).await, Duration::ZERO, "no export has succeeded yet: no pacing");
+        q.set_exporting(true);
+        let taker = {
+            let q = q.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                q.take(one).expect("queued");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                q.take(one).expect("queued");
+            })
+        };
+        let waited = q.pace(PACE_MAX_WAIT).await;
+        assert_eq!(waited, Duration::from_millis(300), "woken when the queue fell to its mark, not before");
+        assert_eq!(q.usage().0, one * 2);
+        taker.await.expect("taker");
+        assert_eq!(q.pace(PACE_MAX_WAIT).await, Duration::ZERO, "at the mark: no wait");
+        assert_eq!(m.paced_requests.get(), 1);
+        assert!((m.pace_wait_seconds.get() - 0.3).abs() < 1e-6);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pacing_waits_at_most_its_bound_and_never_during_an_outage() {
+        let (q, _, _) = paced_queue(1);
+        for _ in 0..3 {
+            q.push(batch(10));
+        }
+        q.set_exporting(true);
+        assert_eq!(q.pace(PACE_MAX_WAIT).await, PACE_MAX_WAIT, "nobody exports: taken after the bound");
+        let failing = {
+            let q = q.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                q.set_exporting(false);
+            })
+        };
+        assert_eq!(q.pace(PACE_MAX_WAIT).await, Duration::from_millis(50), "export failing: waiters released");
+        failing.await.expect("task");
+        assert_eq!(q.pace(PACE_MAX_WAIT).await, Duration::ZERO, "during an outage the queue buffers");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pacing_off_never_waits() {
+        let m = Arc::new(Metrics::default());
+        let q = Queue::new(1 << 20, m.clone()).with_pacing(0);
+        q.push(batch(100));
+        q.set_exporting(true);
+        assert_eq!(q.pace(PACE_MAX_WAIT).await, Duration::ZERO);
+        assert_eq!(m.paced_requests.get(), 0);
     }
 }

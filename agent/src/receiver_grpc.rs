@@ -3,6 +3,7 @@
 use super::admission::{Admission, Charge};
 use super::metrics::Transport;
 use super::pipeline::Pipeline;
+use super::queue::PACE_MAX_WAIT;
 use super::server::{BodyError, BoxError, Guard, ServerLimits};
 use bytes::{Buf, Bytes};
 use opentelemetry_proto::tonic::collector::trace::v1::{ExportTracePartialSuccess, ExportTraceServiceResponse};
@@ -97,11 +98,16 @@ struct ExportMethod(Arc<GrpcReceiver>);
 
 impl tonic::server::UnaryService<Bytes> for ExportMethod {
     type Response = ExportTraceServiceResponse;
-    type Future = std::future::Ready<Result<Response<ExportTraceServiceResponse>, Status>>;
+    type Future = BoxFuture<Result<Response<ExportTraceServiceResponse>, Status>>;
 
     fn call(&mut self, request: Request<Bytes>) -> Self::Future {
-        let charge = request.extensions().get::<Arc<Charge>>();
-        std::future::ready(self.0.export(request.get_ref(), charge.map(|c| &**c)).map(Response::new))
+        let receiver = self.0.clone();
+        Box::pin(async move {
+            // A healthy exporter that is behind gets the CPU first (`crate::queue`).
+            receiver.pipeline.queue.pace(PACE_MAX_WAIT).await;
+            let charge = request.extensions().get::<Arc<Charge>>();
+            receiver.export(request.get_ref(), charge.map(|c| &**c)).map(Response::new)
+        })
     }
 }
 

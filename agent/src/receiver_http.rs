@@ -74,6 +74,8 @@ async fn export_traces(State(rx): State<Arc<HttpReceiver>>, request: axum::extra
             None => return refused(&rx, encoding),
         },
     };
+    // A healthy exporter that is behind gets the CPU first (`crate::queue`).
+    rx.pipeline.queue.pace(super::queue::PACE_MAX_WAIT).await;
     let content_encoding = header_str(headers, header::CONTENT_ENCODING);
     let content_type = header_str(headers, header::CONTENT_TYPE);
     let ingested = match decode::decode_request(content_type, content_encoding, &bytes, rx.max_body) {

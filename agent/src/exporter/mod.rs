@@ -111,6 +111,8 @@ impl Sender {
     async fn send(&self, client: &Client, batch: Batch) -> Sent {
         let started = Instant::now();
         let result = client.export(&batch).await;
+        // A collector that answers (even a refusal) is no outage: receivers pace to it.
+        self.queue.set_exporting(!matches!(result, Err(ExportError::Retryable { .. })));
         let outcome = match &result {
             Ok(_) => Outcome::Success,
             Err(ExportError::Retryable { .. }) => Outcome::Retryable,

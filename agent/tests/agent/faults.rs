@@ -36,6 +36,47 @@ async fn collector_down_then_back_loses_nothing() {
     agent.shutdown().await;
 }
 
+/// A collector that answers, slowly: senders are paced to the exporter (they wait), so the queue
+/// stays near its pace mark and nothing is evicted; with pacing off the same sends pile up.
+async fn queue_peak_behind_a_slow_collector(pace: bool) -> (usize, usize, u64) {
+    let (addr, collector, _task) = fake_collector(ANY_PORT).await;
+    *collector.delay.lock().expect("lock") = Duration::from_millis(150);
+    let dir = temp_dir(if pace { "paced" } else { "unpaced" });
+    let cfg = dir.join("config.yaml");
+    write_atomic(&cfg, &config_yaml(1, &format!("http://{addr}"), "http/protobuf", 1.0, ""));
+    let one_request = tracelight_agent::queue::Batch::new(request(10, "svc").resource_spans).bytes;
+    let mut a = args(&cfg);
+    a.batch_bytes = one_request * 2;
+    a.batch_linger_ms = 10;
+    a.export_concurrency = 1;
+    a.pace_above_bytes = if pace { one_request * 2 } else { 0 };
+    let agent = tracelight_agent::start_with_identity(a, identity()).await.expect("start");
+    // Pacing starts once an export has succeeded: the collector is there, only slow.
+    send_http(&agent, 10).await;
+    assert!(wait_until(Duration::from_secs(5), || collector.spans() == 10).await);
+    let mut peak = 0;
+    for _ in 0..16 {
+        send_http(&agent, 10).await;
+        peak = peak.max(agent.shared.metrics.queue_bytes.get() as usize);
+    }
+    assert!(wait_until(Duration::from_secs(20), || collector.spans() == 170).await, "got {}", collector.spans());
+    assert_eq!(agent.shared.metrics.dropped_count(DropReason::QueueFull), 0);
+    let paced = agent.shared.metrics.paced_requests.get();
+    agent.shutdown().await;
+    (peak, one_request, paced)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_collector_paces_senders_instead_of_growing_the_queue() {
+    let (peak, one, paced) = queue_peak_behind_a_slow_collector(true).await;
+    assert!(paced > 0, "no request waited");
+    // The mark, plus the one request that found the queue at the mark and was taken.
+    assert!(peak <= one * 3, "queue peaked at {peak} bytes, {:.1} requests", peak as f64 / one as f64);
+    let (peak, one, paced) = queue_peak_behind_a_slow_collector(false).await;
+    assert_eq!(paced, 0);
+    assert!(peak > one * 6, "without pacing the sends pile up: peak {peak} bytes ({one} per request)");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overflow_drops_oldest_and_counts_exactly() {
     let down = down_port();

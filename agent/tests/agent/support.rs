@@ -200,6 +200,8 @@ pub type Answer = (u16, Vec<(&'static str, String)>, Vec<u8>);
 pub struct FakeCollector {
     pub script: Mutex<VecDeque<Answer>>,
     pub requests: Mutex<Vec<(HeaderMap, ExportTraceServiceRequest)>>,
+    /// How long each answer takes (a slow collector).
+    pub delay: Mutex<Duration>,
 }
 
 impl FakeCollector {
@@ -223,6 +225,8 @@ async fn fake_export(State(fc): State<Arc<FakeCollector>>, headers: HeaderMap, b
         body.to_vec()
     };
     let req = ExportTraceServiceRequest::decode(&raw[..]).expect("protobuf from agent");
+    let delay = *fc.delay.lock().expect("lock");
+    tokio::time::sleep(delay).await;
     fc.requests.lock().expect("lock").push((headers, req));
     let next = fc.script.lock().expect("lock").pop_front();
     let (status, hdrs, body) = next.unwrap_or((200, vec![], ExportTraceServiceResponse::default().encode_to_vec()));
