@@ -37,12 +37,9 @@ fn span(trace: u128, id: u64, parent: u64, kind: SpanKind, service: &str, peer: 
         service: service.to_string(),
         remote_parent: Some(parent != 0 && kind == SpanKind::Server),
         peer,
-        destination: None,
-        db: false,
-        error: false,
-        link: None,
         start_unix_nano: 1_700_000_000_000_000_000 + u64::try_from(trace % 1_000_000).unwrap_or(0) * 1000,
         duration_nanos: 2_000_000,
+        ..ProbeSpan::default()
     }
 }
 

@@ -5,13 +5,17 @@
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
-use tracelight_contract::probe::{trace_randomness, ProbeSpan, Probes, MAX_PROBE_SPANS, PROPAGATOR_OVERRIDES_ENV};
+use tracelight_contract::probe::{
+    trace_randomness, ProbeSpan, Probes, HOST_NETWORK_ENV, MAX_PROBE_SPANS, POD_IP_ENV, PROPAGATOR_OVERRIDES_ENV,
+};
 
 #[derive(Default)]
 pub struct ProbeBuffer {
     state: Mutex<State>,
     /// Application containers that set `OTEL_PROPAGATORS` themselves (from the injector).
     overrides: BTreeMap<String, String>,
+    /// The pod's IP, unless the pod shares its node's (`hostNetwork`).
+    pod_ip: Option<String>,
 }
 
 #[derive(Default)]
@@ -46,12 +50,21 @@ fn randomness(span: &ProbeSpan) -> u64 {
 impl ProbeBuffer {
     /// A buffer for a pod whose application containers override the propagators as `overrides`.
     pub fn new(overrides: BTreeMap<String, String>) -> ProbeBuffer {
-        ProbeBuffer { state: Mutex::default(), overrides }
+        ProbeBuffer { state: Mutex::default(), overrides, pod_ip: None }
     }
 
-    /// Reads the overrides from [`PROPAGATOR_OVERRIDES_ENV`] (`container=value;...`).
+    /// This buffer, reporting `ip` as the pod's.
+    pub fn with_pod_ip(mut self, ip: Option<String>) -> ProbeBuffer {
+        self.pod_ip = ip;
+        self
+    }
+
+    /// Reads the overrides from [`PROPAGATOR_OVERRIDES_ENV`] (`container=value;...`) and the
+    /// pod's IP from [`POD_IP_ENV`] (none with [`HOST_NETWORK_ENV`] `true`).
     pub fn from_env() -> ProbeBuffer {
-        ProbeBuffer::new(parse_overrides(&std::env::var(PROPAGATOR_OVERRIDES_ENV).unwrap_or_default()))
+        let var = |name: &str| std::env::var(name).unwrap_or_default();
+        ProbeBuffer::new(parse_overrides(&var(PROPAGATOR_OVERRIDES_ENV)))
+            .with_pod_ip(pod_ip(&var(POD_IP_ENV), &var(HOST_NETWORK_ENV)))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -102,6 +115,7 @@ impl ProbeBuffer {
             spans: std::mem::take(&mut s.spans),
             left_out: std::mem::take(&mut s.left_out),
             propagator_overrides: self.overrides.clone(),
+            pod_ip: self.pod_ip.clone(),
         };
         s.threshold = s.configured;
         Some(probes)
@@ -140,6 +154,15 @@ pub fn parse_overrides(text: &str) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// The pod IP to report: a valid address, and none in a `hostNetwork` pod (its node's address
+/// would name every pod of the node that calls out).
+fn pod_ip(ip: &str, host_network: &str) -> Option<String> {
+    if host_network.trim() == "true" {
+        return None;
+    }
+    ip.trim().parse::<std::net::IpAddr>().ok().map(|ip| ip.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -148,21 +171,18 @@ mod tests {
     fn span(randomness: u64, n: u8) -> ProbeSpan {
         let mut id = [0u8; 16];
         id[8..].copy_from_slice(&randomness.to_be_bytes());
-        ProbeSpan {
-            trace_id: to_hex(&id),
-            span_id: to_hex(&[n; 8]),
-            parent_span_id: None,
-            kind: None,
-            service: "s".into(),
-            remote_parent: None,
-            peer: None,
-            destination: None,
-            db: false,
-            error: false,
-            link: None,
-            start_unix_nano: 0,
-            duration_nanos: 0,
-        }
+        ProbeSpan { trace_id: to_hex(&id), span_id: to_hex(&[n; 8]), service: "s".into(), ..ProbeSpan::default() }
+    }
+
+    #[test]
+    fn the_pod_ip_is_reported_unless_the_pod_shares_its_node_address() {
+        assert_eq!(pod_ip("10.0.0.7", ""), Some("10.0.0.7".into()));
+        assert_eq!(pod_ip(" fd00::7 ", "false"), Some("fd00::7".into()));
+        assert_eq!(pod_ip("10.0.0.7", "true"), None, "hostNetwork");
+        assert_eq!(pod_ip("$(TRACELIGHT_POD_IP)", ""), None, "unexpanded");
+        let b = ProbeBuffer::default().with_pod_ip(pod_ip("10.0.0.7", ""));
+        b.configure(1 << 55);
+        assert_eq!(b.take().and_then(|p| p.pod_ip), Some("10.0.0.7".into()));
     }
 
     #[test]

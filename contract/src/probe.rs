@@ -43,6 +43,11 @@ pub const RANDOMNESS_BITS: u32 = 56;
 /// Name of the agent's environment variable listing the application containers that set
 /// `OTEL_PROPAGATORS` themselves (`container=value;...`; set by the injector, only when one does).
 pub const PROPAGATOR_OVERRIDES_ENV: &str = "TRACELIGHT_PROPAGATOR_OVERRIDES";
+/// Name of the agent's environment variable holding the pod's IP (downward API `status.podIP`).
+pub const POD_IP_ENV: &str = "TRACELIGHT_POD_IP";
+/// Name of the agent's environment variable set to `true` in a `hostNetwork` pod, whose IP is
+/// its node's and so names no single pod.
+pub const HOST_NETWORK_ENV: &str = "TRACELIGHT_HOST_NETWORK";
 
 /// Probe settings in the agent config (contract 3; absent: no probes).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -102,6 +107,10 @@ pub struct Probes {
     /// container's value wins over the policy's.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub propagator_overrides: BTreeMap<String, String>,
+    /// The pod's own IP (none in a `hostNetwork` pod): the operator names the caller of a
+    /// server span by the address its request came from ([`ProbeSpan::caller`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_ip: Option<String>,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -113,7 +122,7 @@ fn is_false(b: &bool) -> bool {
 }
 
 /// The identity and shape of one span.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct ProbeSpan {
     /// 32 lowercase hex digits.
@@ -136,6 +145,10 @@ pub struct ProbeSpan {
     /// the port when known (`tax:8090`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peer: Option<String>,
+    /// The address a server span's request came from: the socket peer
+    /// (`network.peer.address`, `net.sock.peer.addr`, `net.peer.ip`), else `client.address`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caller: Option<String>,
     /// The messaging destination of a producer or consumer span (`messaging.destination.name`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub destination: Option<String>,

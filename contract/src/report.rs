@@ -180,6 +180,7 @@ mod tests {
                 service: "checkout".into(),
                 remote_parent: Some(false),
                 peer: Some("pricing:8070".into()),
+                caller: None,
                 destination: None,
                 db: false,
                 error: false,
@@ -189,6 +190,7 @@ mod tests {
             }],
             left_out: 2,
             propagator_overrides: BTreeMap::from([("api".into(), "b3".into())]),
+            pod_ip: None,
         });
         r
     }

@@ -84,6 +84,14 @@ struct Orphan<'w> {
     span: &'w Span,
 }
 
+/// A server span that started a trace for a request from another instrumented pod (named by the
+/// address the request came from), judged once every trace has been read.
+struct Restart<'w> {
+    trace: u128,
+    span: &'w Span,
+    caller: &'w Arc<PodInfo>,
+}
+
 /// The randomness of a trace id (its low 56 bits).
 pub fn randomness(trace: u128) -> u64 {
     (trace as u64) & ((1 << 56) - 1)
@@ -107,8 +115,14 @@ fn is_callee(span: &Span) -> bool {
 
 /// Assembles the graph from the window at `now` (Unix seconds).
 pub fn join(window: &ProbeWindow, inventory: &Inventory, now: i64) -> Graph {
-    let mut j =
-        Join { graph: Graph::default(), learned: HashMap::new(), consumers: HashMap::new(), linked: HashSet::new() };
+    let mut j = Join {
+        graph: Graph::default(),
+        learned: HashMap::new(),
+        consumers: HashMap::new(),
+        linked: HashSet::new(),
+        pods_by_ip: pods_by_ip(window, now),
+        restarts: Vec::new(),
+    };
     let mut orphans = Vec::new();
     for (&trace, spans) in &window.traces {
         j.trace(window, trace, spans, &mut orphans);
@@ -118,7 +132,28 @@ pub fn join(window: &ProbeWindow, inventory: &Inventory, now: i64) -> Graph {
     for orphan in orphans {
         j.judge(&orphan, window, inventory, &reporting, &names, now);
     }
+    for restart in std::mem::take(&mut j.restarts) {
+        j.judge_restart(&restart, inventory);
+    }
     j.graph
+}
+
+/// The reporting pods by IP; an IP two workloads' pods reported (an address reused within the
+/// window) names neither.
+fn pods_by_ip(window: &ProbeWindow, now: i64) -> HashMap<&str, Option<&Arc<PodInfo>>> {
+    let mut by_ip: HashMap<&str, Option<&Arc<PodInfo>>> = HashMap::new();
+    for pod in window.pods(now) {
+        let Some(ip) = pod.ip.as_deref() else { continue };
+        by_ip
+            .entry(ip)
+            .and_modify(|seen| {
+                if seen.is_some_and(|p| p.workload != pod.workload) {
+                    *seen = None;
+                }
+            })
+            .or_insert(Some(pod));
+    }
+    by_ip
 }
 
 struct Join<'w> {
@@ -129,6 +164,10 @@ struct Join<'w> {
     consumers: HashMap<&'w str, BTreeSet<&'w Arc<WorkloadKey>>>,
     /// Producer spans a consumer links to (`trace`, `span`): connected, not orphans.
     linked: HashSet<(u128, u64)>,
+    /// The reporting pods by IP (see [`pods_by_ip`]).
+    pods_by_ip: HashMap<&'w str, Option<&'w Arc<PodInfo>>>,
+    /// Server spans that started a trace for an instrumented caller.
+    restarts: Vec<Restart<'w>>,
 }
 
 impl<'w> Join<'w> {
@@ -216,6 +255,12 @@ impl<'w> Join<'w> {
                 }
             }
             self.facts(me).new_traces += 1;
+            // A server span's peer is the address its request came from.
+            let from_ip = span.peer.as_deref().filter(|_| kind_is(span, SpanKind::Server));
+            let caller = from_ip.and_then(|ip| self.pods_by_ip.get(ip).copied().flatten());
+            if let Some(caller) = caller.filter(|c| c.workload != *me) {
+                self.restarts.push(Restart { trace, span, caller });
+            }
             return;
         }
         let parent = spans.iter().find(|p| p.id == span.parent);
@@ -278,6 +323,42 @@ impl<'w> Join<'w> {
             edge.example = Some(orphan.trace);
         }
         self.facts(&callee);
+    }
+
+    /// A server span that started a new trace although the request came from a pod whose
+    /// application sends spans: a broken call on the edge caller -> callee, whether or not the
+    /// caller's own client span is among the probes (its trace id is another one, and a client
+    /// library the instrumentation does not cover makes no client span at all).
+    fn judge_restart(&mut self, restart: &Restart<'w>, inventory: &Inventory) {
+        let (span, caller) = (restart.span, restart.caller);
+        // An agent that reports no spans (a pod whose application is not instrumented, such as
+        // a scraper in an injected namespace) sends requests without context by design.
+        if self.graph.workloads.get(&caller.workload).is_none_or(|f| f.probe_traces == 0) {
+            return;
+        }
+        let callee = &span.pod.workload;
+        let new_traces = self.graph.workloads.get(callee).map_or(0, |f| f.new_traces);
+        let (reason, message) = match cause(caller, Some(&span.pod), callee, inventory, new_traces) {
+            (BreakReason::ContextDropped, _) => (
+                BreakReason::ContextDropped,
+                format!(
+                    "{callee} started a new trace at a request from {} ({}), whose application is \
+                     instrumented: its client sent no context {callee} reads (a client library the \
+                     instrumentation does not cover, or a proxy in between that drops the headers)",
+                    caller.workload,
+                    caller.ip.as_deref().unwrap_or_default()
+                ),
+            ),
+            other => other,
+        };
+        let edge = self.edge(&caller.workload, Node::Workload(callee.clone()), EdgeKind::Request);
+        edge.calls += 1;
+        edge.broken += 1;
+        if edge.reason.is_none() {
+            edge.reason = Some(reason);
+            edge.message = Some(message);
+            edge.example = Some(restart.trace);
+        }
     }
 
     /// The workload a call was meant for, if the join can tell.

@@ -26,6 +26,16 @@
 //! of the same pod (a library instrumented at two levels) is judged through the inner one.
 //! Calls to a host that is no known workload are edges to that host, not broken ones.
 //!
+//! The callee's side shows a break too: a server span that starts a trace (no parent) for a
+//! request that came from an instrumented pod. Agents report their pod's IP (none in a
+//! `hostNetwork` pod: the node's address names no single pod) and the address each server
+//! span's request came from (the socket peer, else `client.address`); when that address is a
+//! reporting pod of another workload whose application sends spans, the call on the edge
+//! caller -> callee is broken, with the cause as above (the context was dropped: the caller's
+//! client library is not instrumented or a proxy drops the headers, unless the propagators say
+//! otherwise). This also catches a caller that makes no client span at all. An address two
+//! workloads' pods reported within the window names neither.
+//!
 //! It also finds double instrumentation (a server span whose parent is a server span of the same
 //! pod, or two server spans of one pod under one client span) and clock skew (a server span that
 //! starts before its client span, or ends after it, by more than [`SKEW_BOUND_MS`]).

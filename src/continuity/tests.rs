@@ -16,10 +16,17 @@ struct Pod {
     workload: WorkloadKey,
     policy: &'static str,
     overrides: BTreeMap<String, String>,
+    ip: Option<&'static str>,
 }
 
 fn pod(uid: &'static str, ns: &str, name: &str) -> Pod {
-    Pod { uid, workload: WorkloadKey::new(ns, "Deployment", name), policy: "tracing", overrides: BTreeMap::new() }
+    Pod {
+        uid,
+        workload: WorkloadKey::new(ns, "Deployment", name),
+        policy: "tracing",
+        overrides: BTreeMap::new(),
+        ip: None,
+    }
 }
 
 fn span(trace: u128, id: u64, parent: u64, kind: SpanKind, peer: Option<&str>) -> ProbeSpan {
@@ -32,11 +39,9 @@ fn span(trace: u128, id: u64, parent: u64, kind: SpanKind, peer: Option<&str>) -
         remote_parent: (parent != 0).then_some(kind == Server || kind == Consumer),
         peer: peer.filter(|_| kind == Client).map(String::from),
         destination: peer.filter(|_| kind == Producer || kind == Consumer).map(String::from),
-        db: false,
-        error: false,
-        link: None,
         start_unix_nano: 10_000_000_000,
         duration_nanos: 1_000_000,
+        ..ProbeSpan::default()
     }
 }
 
@@ -48,7 +53,13 @@ fn add_under(window: &mut ProbeWindow, pod: &Pod, mut spans: Vec<ProbeSpan>, thr
     for s in &mut spans {
         s.service = pod.workload.name.clone();
     }
-    let probes = Probes { threshold, spans, left_out: 0, propagator_overrides: pod.overrides.clone() };
+    let probes = Probes {
+        threshold,
+        spans,
+        left_out: 0,
+        propagator_overrides: pod.overrides.clone(),
+        pod_ip: pod.ip.map(String::from),
+    };
     window.add(pod.uid, pod.workload.clone(), Some(pod.policy), &probes, at);
 }
 
@@ -373,4 +384,65 @@ fn the_window_forgets_old_traces_and_stays_under_its_cap() {
 fn a_probe_span_in_the_window_stays_small() {
     // The window holds up to MAX_SPANS of them: its memory bound is this times the cap.
     assert!(std::mem::size_of::<window::Span>() <= 96, "{}", std::mem::size_of::<window::Span>());
+}
+
+/// A server span of `ledger` that started trace 99 for a request from `caller_ip`.
+fn restarted_at_ledger(caller_ip: &str) -> ProbeSpan {
+    ProbeSpan { caller: Some(caller_ip.into()), ..span(99, 3, 0, Server, None) }
+}
+
+#[test]
+fn a_server_span_starting_a_trace_for_an_instrumented_caller_is_a_broken_edge() {
+    // web's HTTP client makes no client span and sends no context: only its server span shows.
+    let a = Pod { ip: Some("10.0.0.1"), ..pod("a", "shop", "web") };
+    let b = Pod { ip: Some("10.0.0.2"), ..pod("b", "shop", "ledger") };
+    let mut w = ProbeWindow::default();
+    add(&mut w, &a, vec![span(7, 1, 0, Server, None)], T0);
+    add(&mut w, &b, vec![restarted_at_ledger("10.0.0.1")], T0);
+    let g = join(&w, &inventory(&[&a, &b], &[]), T0 + 1);
+    assert_eq!(edges(&g), ["shop/web -> shop/ledger (request) 1/1"]);
+    let e = g.edges.values().next().unwrap();
+    assert_eq!((e.reason, e.example), (Some(BreakReason::ContextDropped), Some(99)));
+    let message = e.message.as_deref().unwrap();
+    assert!(message.contains("shop/ledger started a new trace at a request from shop/web (10.0.0.1)"), "{message}");
+    assert_eq!(state(&g, &b), Some(ContinuityState::Broken));
+
+    // The same with policies that share no format: the cause is the mismatch.
+    let b = Pod { policy: "legacy", ..b };
+    let mut w = ProbeWindow::default();
+    add(&mut w, &a, vec![span(7, 1, 0, Server, None)], T0);
+    add(&mut w, &b, vec![restarted_at_ledger("10.0.0.1")], T0);
+    let g = join(&w, &inventory(&[&a, &b], &[]), T0 + 1);
+    let e = g.edges.values().next().unwrap();
+    assert_eq!((e.broken, e.reason), (1, Some(BreakReason::PropagatorMismatch)));
+}
+
+#[test]
+fn a_new_trace_is_judged_only_when_its_caller_is_known_and_instrumented() {
+    let web = Pod { ip: Some("10.0.0.1"), ..pod("a", "shop", "web") };
+    let ledger = Pod { ip: Some("10.0.0.2"), ..pod("b", "shop", "ledger") };
+    // An agent whose application sends no spans (a scraper in an injected namespace).
+    let scraper = Pod { ip: Some("10.0.0.3"), ..pod("c", "monitoring", "prometheus") };
+    // Two workloads' pods reported one address within the window (an IP reused).
+    let old = Pod { ip: Some("10.0.0.4"), ..pod("d", "shop", "batch") };
+    let new = Pod { ip: Some("10.0.0.4"), ..pod("e", "shop", "cron") };
+    let mut w = ProbeWindow::default();
+    add(&mut w, &web, vec![span(7, 1, 0, Server, None)], T0);
+    add(&mut w, &scraper, vec![], T0);
+    add(&mut w, &old, vec![span(8, 1, 0, Server, None)], T0);
+    add(&mut w, &new, vec![span(9, 1, 0, Server, None)], T0);
+    let spans = vec![
+        ProbeSpan { caller: Some("10.0.0.3".into()), ..span(100, 3, 0, Server, None) },
+        ProbeSpan { caller: Some("10.0.0.4".into()), ..span(101, 3, 0, Server, None) },
+        // An address no reporting pod has: a caller outside the mesh of agents.
+        ProbeSpan { caller: Some("192.0.2.1".into()), ..span(102, 3, 0, Server, None) },
+        // The same workload calling itself is no edge.
+        ProbeSpan { caller: Some("10.0.0.2".into()), ..span(103, 3, 0, Server, None) },
+        // A server span that continued its trace was never broken.
+        ProbeSpan { caller: Some("10.0.0.1".into()), ..span(7, 3, 2, Server, None) },
+    ];
+    add(&mut w, &ledger, spans, T0);
+    let g = join(&w, &inventory(&[&web, &ledger, &scraper, &old, &new], &[]), T0 + 1);
+    assert!(g.edges.values().all(|e| e.broken == 0), "{:?}", edges(&g));
+    assert_eq!(g.workloads[&ledger.workload].new_traces, 4);
 }

@@ -29,6 +29,8 @@ pub struct PodInfo {
     pub policy: Option<Box<str>>,
     /// Containers that set `OTEL_PROPAGATORS` themselves, with the value.
     pub overrides: BTreeMap<String, String>,
+    /// The pod's IP, as its agent reported it (none in a `hostNetwork` pod).
+    pub ip: Option<Box<str>>,
 }
 
 /// One probe span, compact.
@@ -47,7 +49,8 @@ pub struct Span {
     pub received: i64,
     pub pod: Arc<PodInfo>,
     pub service: Arc<str>,
-    /// The peer of a client span, or the destination of a producer or consumer.
+    /// The other side: the peer of a client span, the destination of a producer or consumer,
+    /// the address a server span's request came from.
     pub peer: Option<Arc<str>>,
     /// The first link (`trace`, `span`).
     pub link: Option<Box<(u128, u64)>>,
@@ -77,7 +80,7 @@ impl ProbeWindow {
     /// Files `probes` from the pod `uid` of `workload`, received at `now` (Unix seconds).
     pub fn add(&mut self, uid: &str, workload: WorkloadKey, policy: Option<&str>, probes: &Probes, now: i64) {
         self.expire(now);
-        let info = self.pod(uid, workload, policy, &probes.propagator_overrides, probes.threshold, now);
+        let info = self.pod(uid, workload, policy, probes, now);
         for span in &probes.spans {
             match self.span(span, &info, now) {
                 Some((trace, s)) => self.insert(trace, s, now),
@@ -96,8 +99,7 @@ impl ProbeWindow {
         uid: &str,
         workload: WorkloadKey,
         policy: Option<&str>,
-        overrides: &BTreeMap<String, String>,
-        threshold: u64,
+        probes: &Probes,
         now: i64,
     ) -> Arc<PodInfo> {
         let workload = match self.pods.get(uid) {
@@ -108,7 +110,8 @@ impl ProbeWindow {
             uid: uid.into(),
             workload,
             policy: policy.map(Into::into),
-            overrides: overrides.iter().take(16).map(|(k, v)| (bounded(k), bounded(v))).collect(),
+            overrides: probes.propagator_overrides.iter().take(16).map(|(k, v)| (bounded(k), bounded(v))).collect(),
+            ip: probes.pod_ip.as_deref().map(|ip| bounded(ip).into()),
         };
         let state = match self.pods.get_mut(uid) {
             Some(state) => {
@@ -121,7 +124,7 @@ impl ProbeWindow {
                 self.pods.entry(uid.into()).or_insert(PodState { info: Arc::new(info), thresholds: VecDeque::new() })
             }
         };
-        state.thresholds.push_back((now, threshold));
+        state.thresholds.push_back((now, probes.threshold));
         while state.thresholds.len() > MAX_THRESHOLDS {
             state.thresholds.pop_front();
         }
@@ -152,7 +155,11 @@ impl ProbeWindow {
             let (t, s) = l.split_once(':')?;
             Some(Box::new((parse_u128(t)?, parse_u64(s)?)))
         });
-        let peer = s.peer.as_deref().or(s.destination.as_deref()).map(|p| self.name(p));
+        let peer = match s.kind {
+            Some(SpanKind::Server) => s.caller.as_deref(),
+            _ => s.peer.as_deref().or(s.destination.as_deref()),
+        };
+        let peer = peer.map(|p| self.name(p));
         Some((
             trace,
             Span {

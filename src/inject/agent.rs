@@ -53,8 +53,9 @@ pub struct AgentParams<'a> {
     pub propagator_overrides: Option<String>,
 }
 
-/// The pod IP (`status.podIP`), where the agent answers the kubelet's probes (`--health-host`).
-pub const POD_IP_VAR: &str = "TRACELIGHT_POD_IP";
+/// The pod IP (`status.podIP`), where the agent answers the kubelet's probes (`--health-host`)
+/// and which it reports with its probe traces (callers of server spans are named by it).
+pub const POD_IP_VAR: &str = tracelight_contract::probe::POD_IP_ENV;
 
 /// Longest shutdown the agent is given (drain, then flush), in seconds.
 const AGENT_SHUTDOWN_SECS: i64 = 10;
@@ -74,8 +75,10 @@ pub fn agent_shutdown_secs(termination_grace_seconds: Option<i64>) -> i64 {
 pub fn agent_container(p: &AgentParams) -> Container {
     let mut env = downward_env();
     env.push(literal(POD_NAMESPACE_VAR, p.namespace));
-    if p.admin_exposure != AdminExposure::All {
-        env.push(field_ref(POD_IP_VAR, "status.podIP"));
+    env.push(field_ref(POD_IP_VAR, "status.podIP"));
+    if p.host_network {
+        // The node's address: it names no single pod, so the agent does not report it.
+        env.push(literal(tracelight_contract::probe::HOST_NETWORK_ENV, "true"));
     }
     // Plain values, not fieldRefs: the owner is known at admission and ownerReferences are not
     // available through the downward API.

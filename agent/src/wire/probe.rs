@@ -23,6 +23,10 @@ struct Peer<'a> {
     destination: Option<&'a str>,
     old_destination: Option<&'a str>,
     db: bool,
+    /// Where a server span's request came from: the socket peer, else the client address
+    /// (which a proxy may have set from `X-Forwarded-For`).
+    socket_peer: Option<&'a str>,
+    client_address: Option<&'a str>,
 }
 
 impl<'a> Peer<'a> {
@@ -37,6 +41,10 @@ impl<'a> Peer<'a> {
             ("messaging.destination.name", AttrValue::Str(v)) => self.destination = Some(v),
             ("messaging.destination", AttrValue::Str(v)) => self.old_destination = Some(v),
             ("db.system" | "db.system.name", _) => self.db = true,
+            ("network.peer.address" | "net.sock.peer.addr" | "net.peer.ip", AttrValue::Str(v)) => {
+                self.socket_peer = Some(v)
+            }
+            ("client.address", AttrValue::Str(v)) => self.client_address = Some(v),
             _ => {}
         }
     }
@@ -83,21 +91,7 @@ enum AttrValue<'a> {
 
 /// The probe record of one span of resource `service`.
 pub fn probe_span(span: &[u8], service: &str) -> Result<ProbeSpan, WireError> {
-    let mut out = ProbeSpan {
-        trace_id: String::new(),
-        span_id: String::new(),
-        parent_span_id: None,
-        kind: None,
-        service: bounded_name(service).to_string(),
-        remote_parent: None,
-        peer: None,
-        destination: None,
-        db: false,
-        error: false,
-        link: None,
-        start_unix_nano: 0,
-        duration_nanos: 0,
-    };
+    let mut out = ProbeSpan { service: bounded_name(service).to_string(), ..ProbeSpan::default() };
     let (mut start, mut end) = (0u64, 0u64);
     let mut peer = Peer::default();
     let mut fields = Fields::new(span);
@@ -131,6 +125,10 @@ pub fn probe_span(span: &[u8], service: &str) -> Result<ProbeSpan, WireError> {
         Some(SpanKind::Client) => out.peer = peer.peer().map(|p| bounded_name(&p).to_string()),
         Some(SpanKind::Producer | SpanKind::Consumer) => {
             out.destination = peer.destination.or(peer.old_destination).map(|d| bounded_name(d).to_string());
+        }
+        Some(SpanKind::Server) => {
+            let caller = peer.socket_peer.or(peer.client_address).map(str::trim).filter(|c| !c.is_empty());
+            out.caller = caller.map(|c| bounded_name(c).to_string());
         }
         _ => {}
     }
@@ -222,6 +220,26 @@ mod tests {
         };
         let p = probe_span(&newer.encode_to_vec(), "frontend").unwrap();
         assert_eq!((p.peer.as_deref(), p.remote_parent), (Some("inventory:8080"), Some(false)));
+    }
+
+    #[test]
+    fn a_server_span_names_where_its_request_came_from() {
+        let server = |attributes| Span {
+            trace_id: vec![0xab; 16],
+            span_id: vec![1; 8],
+            kind: 2,
+            attributes,
+            ..Default::default()
+        };
+        let socket = server(vec![kv("client.address", s("203.0.113.9")), kv("network.peer.address", s("10.0.0.7"))]);
+        let p = probe_span(&socket.encode_to_vec(), "tax").unwrap();
+        assert_eq!(p.caller.as_deref(), Some("10.0.0.7"), "the socket peer wins over a forwarded client address");
+        let old = server(vec![kv("net.peer.ip", s("10.0.0.8"))]);
+        assert_eq!(probe_span(&old.encode_to_vec(), "tax").unwrap().caller.as_deref(), Some("10.0.0.8"));
+        let forwarded = server(vec![kv("client.address", s("10.0.0.9"))]);
+        assert_eq!(probe_span(&forwarded.encode_to_vec(), "tax").unwrap().caller.as_deref(), Some("10.0.0.9"));
+        let client = Span { kind: 3, ..socket };
+        assert_eq!(probe_span(&client.encode_to_vec(), "tax").unwrap().caller, None, "only server spans");
     }
 
     #[test]
