@@ -13,6 +13,7 @@ pub mod cli;
 pub mod cluster_view;
 pub mod continuity;
 pub mod controller;
+pub mod decision;
 pub mod inject;
 pub mod review;
 pub mod rollout;

@@ -3,8 +3,8 @@
 //! cluster (read-only); decides with the same pure functions as the controller.
 
 use crate::api::{NamespaceState, TracingPolicy, TracingPolicyStatus};
-use crate::controller::plan::plan_namespaces;
-use crate::controller::rollout::{leaving_namespaces, observation, observe_workloads, unclaimed_namespaces, Snapshot};
+use crate::decision::governance::govern;
+use crate::decision::workloads::{leaving_namespaces, observation, observe_workloads, unclaimed_namespaces, Snapshot};
 use crate::inject::InjectOptions;
 use crate::rollout::pod::PodSummary;
 use crate::rollout::preview::{preview, Preview};
@@ -84,7 +84,7 @@ async fn preview_cluster(args: &PreviewArgs) -> anyhow::Result<String> {
     let pods: Vec<PodSummary> = pods.items.iter().map(|p| PodSummary::from_meta(&p.metadata, Box::default())).collect();
 
     let others: Vec<&TracingPolicy> = policies.iter().filter(|p| p.name_any() != policy.name_any()).collect();
-    let plan = plan_namespaces(&policy, others.iter().copied().chain([&policy]), namespaces.iter());
+    let plan = govern(&policy, others.iter().copied().chain([&policy]), namespaces.iter());
     let mut all: Vec<&TracingPolicy> = others.clone();
     all.push(&policy);
     let unclaimed = unclaimed_namespaces(&policy.name_any(), &all, namespaces.iter());

@@ -227,7 +227,7 @@ fn context(
         statefulsets,
         daemonsets,
         inject_options: InjectOptions::default(),
-        secret_sources: super::resources::SecretSources::new("tracelight-system", &[]),
+        secret_sources: crate::decision::agent_objects::SecretSources::new("tracelight-system", &[]),
         requested: Default::default(),
         written: Default::default(),
         reports: ReportStore::default(),
@@ -331,7 +331,7 @@ async fn a_failed_config_write_is_recorded_in_the_status_and_fails_the_reconcile
     let status = server.body_of(Method::PATCH, STATUS);
     assert_ne!(status["status"]["namespaces"][0]["state"], "Active", "not Active without its config: {status}");
     assert!(!status.to_string().contains("NamespaceActivated"));
-    assert_eq!(error_policy(Arc::new(p), &error, ctx), Action::requeue(super::reconcile::RETRY_AFTER));
+    assert_eq!(error_policy(Arc::new(p), &error, ctx), Action::requeue(crate::decision::RETRY_AFTER));
 }
 
 #[tokio::test]
