@@ -518,3 +518,166 @@ pub fn decide_departure(policy: &TracingPolicy, inputs: &RolloutInputs) -> Depar
         engine: view.engine,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{PolicyPhase, TracingPolicySpec};
+    use crate::inject::InjectOptions;
+    use k8s_openapi::api::core::v1::Namespace;
+    use status::{DEGRADED, READY};
+
+    fn policy(status: Option<TracingPolicyStatus>) -> TracingPolicy {
+        let spec: TracingPolicySpec = serde_json::from_value(serde_json::json!({
+            "collector": {"endpoint": "http://collector:4317", "protocol": "grpc"}
+        }))
+        .unwrap();
+        let mut p = TracingPolicy::new("default", spec);
+        p.metadata.generation = Some(1);
+        p.metadata.creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now()));
+        p.status = status;
+        p
+    }
+
+    fn now() -> Timestamp {
+        Timestamp::from_second(1_800_000_000).unwrap()
+    }
+
+    fn namespace(name: &str) -> Arc<Namespace> {
+        Arc::new(
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": name, "uid": format!("{name}-uid"), "labels": {"tracelight.io/enabled": "true"}}
+            }))
+            .unwrap(),
+        )
+    }
+
+    fn active(names: &[&str]) -> TracingPolicyStatus {
+        TracingPolicyStatus {
+            observed_generation: Some(1),
+            namespaces: names
+                .iter()
+                .map(|n| NamespaceStatus { name: n.to_string(), state: NamespaceState::Active, ..Default::default() })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    /// The intent for `policy` over namespaces `names` (no workloads, no pods).
+    fn intent_for(policy: &TracingPolicy, names: &[&str], secrets: SourceSecrets) -> ReconcileIntent {
+        let policies = vec![Arc::new(policy.clone())];
+        let namespaces: Vec<Arc<Namespace>> = names.iter().map(|n| namespace(n)).collect();
+        let options = InjectOptions::default();
+        let probes = ProbeSettings::default();
+        let requested = workloads::Requested::default();
+        let inputs = ReconcileInputs {
+            policy,
+            rollout: RolloutInputs {
+                policies: &policies,
+                namespaces: &namespaces,
+                workloads: &[],
+                pods: &[],
+                requested: &requested,
+                report_of: &|_| None,
+                inject_options: &options,
+                now: now(),
+            },
+            owned: Vec::new(),
+            agent_objects_present: &|_, _| false,
+            secrets,
+            holds_coverage: false,
+            report_ca: None,
+            probes: &probes,
+            service_graph: None,
+        };
+        decide(&inputs)
+    }
+
+    fn condition_reason_of(status: &TracingPolicyStatus, type_: &str) -> String {
+        status.conditions.iter().find(|c| c.type_ == type_).map(|c| c.reason.clone()).unwrap_or_default()
+    }
+
+    #[test]
+    fn a_new_namespace_is_written_recorded_active_and_announced() {
+        let p = policy(None);
+        let intent = intent_for(&p, &["shop"], SourceSecrets::default());
+        assert_eq!(intent.writes.iter().map(|w| w.namespace.as_str()).collect::<Vec<_>>(), ["shop"]);
+        assert_eq!(intent.writes[0].namespace_uid, "shop-uid");
+        let status = intent.status.as_ref().expect("a new status");
+        assert_eq!(status.namespace_state("shop"), Some(NamespaceState::Active));
+        assert_eq!(intent.events.iter().map(|e| e.reason.as_str()).collect::<Vec<_>>(), ["NamespaceActivated"]);
+        assert!(intent.write_failures.is_empty());
+        assert!(intent.reconcile_all, "a generation not observed yet");
+        assert_eq!(intent.requeue, REQUEUE_AFTER);
+    }
+
+    #[test]
+    fn after_a_failed_write_a_new_namespace_waits_and_the_status_says_why() {
+        let p = policy(None);
+        let intent = intent_for(&p, &["shop", "web"], SourceSecrets::default());
+        let failures = BTreeMap::from([("shop".to_string(), "injected failure".to_string())]);
+        let intent = intent.after_writes(&p, &failures);
+        let status = intent.status.as_ref().expect("a new status");
+        assert_eq!(status.namespace_state("shop"), Some(NamespaceState::Pending), "not Active without its config");
+        assert_eq!(status.namespace_state("web"), Some(NamespaceState::Active));
+        assert_eq!(condition_reason_of(status, DEGRADED), reason::WRITE_FAILED);
+        assert_eq!(intent.write_failures, ["shop: injected failure"]);
+        let activated: Vec<_> = intent.events.iter().filter_map(|e| e.related.as_ref()?.name.as_deref()).collect();
+        assert_eq!(activated, ["web"], "only the namespace whose config was written is announced");
+        assert_eq!(intent.writes.len(), 2, "what was to be written is unchanged");
+    }
+
+    #[test]
+    fn after_a_failed_write_an_active_namespace_stays_active() {
+        let p = policy(Some(active(&["shop"])));
+        let intent = intent_for(&p, &["shop"], SourceSecrets::default());
+        assert_eq!(intent.writes.len(), 1, "an active namespace's config is refreshed");
+        let failures = BTreeMap::from([("shop".to_string(), "injected failure".to_string())]);
+        let intent = intent.after_writes(&p, &failures);
+        let status = intent.status.as_ref().expect("the failure changes the status");
+        assert_eq!(status.namespace_state("shop"), Some(NamespaceState::Active), "running agents keep their config");
+        assert_eq!(condition_reason_of(status, DEGRADED), reason::WRITE_FAILED);
+        assert!(intent.events.is_empty());
+    }
+
+    #[test]
+    fn without_failures_the_intent_is_unchanged() {
+        let p = policy(None);
+        let intent = intent_for(&p, &["shop"], SourceSecrets::default());
+        let (status, events, requeue) = (intent.status.clone(), intent.events.clone(), intent.requeue);
+        let intent = intent.after_writes(&p, &BTreeMap::new());
+        assert_eq!((intent.status, intent.events, intent.requeue), (status, events, requeue));
+    }
+
+    #[test]
+    fn a_missing_secret_writes_nothing_new_and_looks_again_soon() {
+        let p = policy(None);
+        let secrets = SourceSecrets { missing: vec!["Secret ops/key has no key api-key".into()], ..Default::default() };
+        let intent = intent_for(&p, &["shop"], secrets);
+        assert!(intent.writes.is_empty());
+        let status = intent.status.as_ref().unwrap();
+        assert_eq!(status.phase, Some(PolicyPhase::Degraded));
+        assert_eq!(condition_reason_of(status, READY), reason::SECRET_NOT_FOUND);
+        assert_eq!(intent.events.iter().map(|e| e.reason.as_str()).collect::<Vec<_>>(), [reason::SECRET_NOT_FOUND]);
+        assert_eq!(intent.requeue, RETRY_AFTER);
+    }
+
+    #[test]
+    fn an_unchanged_status_is_not_written_again() {
+        let p = policy(None);
+        let first = intent_for(&p, &["shop"], SourceSecrets::default());
+        let p = policy(first.status);
+        let again = intent_for(&p, &["shop"], SourceSecrets::default());
+        assert_eq!(again.status, None);
+        assert!(!again.reconcile_all);
+        assert!(again.events.is_empty(), "activated once");
+    }
+
+    #[test]
+    fn a_dry_run_requests_no_restart_and_no_rollback() {
+        let mut p = policy(Some(active(&["shop"])));
+        p.spec.rollout.dry_run = true;
+        let intent = intent_for(&p, &["shop"], SourceSecrets::default());
+        assert!(intent.restarts.is_empty() && intent.rollbacks.is_empty());
+    }
+}
