@@ -11,11 +11,11 @@ use crate::api::validate::validate;
 use crate::api::{TracingPolicy, TracingPolicyStatus};
 use crate::decision::agent_objects::{self, is_owned_by, owned_selector, SourceKind, WriteMemo};
 use crate::decision::governance::{OwnedKind, OwnedObject};
-use crate::decision::status::{condition_reason, invalid_spec_status, reason, READY};
+use crate::decision::status::reason;
 use crate::decision::workloads::{restart_note, workload_restart_note, Requested, RolloutInputs};
 use crate::decision::{
-    decide, decide_departure, AgentObjects, DepartureIntent, ReconcileInputs, ReconcileIntent, SourceSecrets,
-    MIN_REQUEUE, RETRY_AFTER,
+    cleaned_up_note, decide, decide_departure, decide_invalid_spec, AgentObjects, DepartureIntent, ReconcileInputs,
+    ReconcileIntent, SourceSecrets, MIN_REQUEUE, RETRY_AFTER,
 };
 use crate::inject::InjectOptions;
 use crate::rollout::pod::PodSummary;
@@ -359,15 +359,14 @@ fn workload_ref(id: &WorkloadId) -> ObjectReference {
 
 /// Reports an invalid spec in the status (once per generation as an Event) and changes nothing else.
 async fn reject_invalid(policy: &TracingPolicy, message: &str, ctx: &Context) -> Result<Action, Error> {
-    let previous = policy.status.as_ref();
-    let already_reported = condition_reason(previous, READY) == Some(reason::INVALID_SPEC)
-        && previous.and_then(|s| s.observed_generation) == policy.metadata.generation;
-    patch_status(policy, &invalid_spec_status(policy, message, previous, Timestamp::now()), ctx).await?;
-    if already_reported {
-        tracing::debug!(error = %message, "invalid spec (already reported)");
-    } else {
-        tracing::warn!(error = %message, previous_reason = ?condition_reason(previous, READY), "invalid spec");
-        ctx.publish(policy, EventType::Warning, reason::INVALID_SPEC, "Validate", message.to_string(), None).await;
+    let intent = decide_invalid_spec(policy, message, Timestamp::now());
+    patch_status(policy, &intent.status, ctx).await?;
+    match intent.event {
+        Some(event) => {
+            tracing::warn!(error = %message, "invalid spec");
+            ctx.publish(policy, event.type_, &event.reason, event.action, event.note, event.related).await;
+        }
+        None => tracing::debug!(error = %message, "invalid spec (already reported)"),
     }
     // A spec change triggers the next reconcile.
     Ok(Action::await_change())
@@ -408,11 +407,7 @@ async fn cleanup(policy: &TracingPolicy, ctx: &Context) -> Result<Action, Error>
         namespaces = namespaces.len(),
         "policy deleted: workloads restarted without injection, agent objects removed"
     );
-    let mut note = format!("removed the agent config from {} namespace(s)", namespaces.len());
-    if !departure.given_up.is_empty() {
-        let names: Vec<String> = departure.given_up.iter().map(ToString::to_string).collect();
-        note.push_str(&format!("; still running injected pods (their restart never finished): {}", names.join(", ")));
-    }
+    let note = cleaned_up_note(namespaces.len(), &departure.given_up);
     ctx.publish(policy, EventType::Normal, "CleanedUp", "Cleanup", note, None).await;
     // Namespaces this policy shadowed may now belong to another one.
     ctx.request_reconcile_all();

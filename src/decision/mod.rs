@@ -481,6 +481,32 @@ fn namespace_ref(name: &str) -> ObjectReference {
     }
 }
 
+/// What the reconcile of a policy whose spec failed validation does: write the status (the
+/// conditions say why; nothing else changes), and publish one Warning Event per generation.
+#[derive(Debug)]
+pub struct InvalidSpecIntent {
+    pub status: TracingPolicyStatus,
+    /// `None`: already reported for this generation.
+    pub event: Option<PolicyEvent>,
+}
+
+/// What the reconcile of a policy with an invalid spec does (see [`InvalidSpecIntent`]).
+pub fn decide_invalid_spec(policy: &TracingPolicy, message: &str, now: Timestamp) -> InvalidSpecIntent {
+    let previous = policy.status.as_ref();
+    let already_reported = condition_reason(previous, READY) == Some(reason::INVALID_SPEC)
+        && previous.and_then(|s| s.observed_generation) == policy.metadata.generation;
+    InvalidSpecIntent {
+        status: status::invalid_spec_status(policy, message, previous, now),
+        event: (!already_reported).then(|| PolicyEvent {
+            type_: EventType::Warning,
+            reason: reason::INVALID_SPEC.into(),
+            action: "Validate",
+            note: message.to_string(),
+            related: None,
+        }),
+    }
+}
+
 /// What a deleted policy's reconcile does in the namespaces it leaves: restart their injected
 /// workloads without injection (in the policy's batches), and keep the finalizer while any
 /// still carries injection.
@@ -517,6 +543,16 @@ pub fn decide_departure(policy: &TracingPolicy, inputs: &RolloutInputs) -> Depar
         seen_requests: view.seen_requests,
         engine: view.engine,
     }
+}
+
+/// The Event note once a deleted policy's objects are removed from `namespaces` namespaces.
+pub fn cleaned_up_note(namespaces: usize, given_up: &[WorkloadId]) -> String {
+    let mut note = format!("removed the agent config from {namespaces} namespace(s)");
+    if !given_up.is_empty() {
+        let names: Vec<String> = given_up.iter().map(ToString::to_string).collect();
+        note.push_str(&format!("; still running injected pods (their restart never finished): {}", names.join(", ")));
+    }
+    note
 }
 
 #[cfg(test)]
@@ -671,6 +707,17 @@ mod tests {
         assert_eq!(again.status, None);
         assert!(!again.reconcile_all);
         assert!(again.events.is_empty(), "activated once");
+    }
+
+    #[test]
+    fn an_invalid_spec_is_reported_once_per_generation() {
+        let p = policy(None);
+        let first = decide_invalid_spec(&p, "spec.propagators: bad", now());
+        assert_eq!(first.event.as_ref().map(|e| e.reason.as_str()), Some(reason::INVALID_SPEC));
+        let p = policy(Some(first.status));
+        let again = decide_invalid_spec(&p, "spec.propagators: bad", now());
+        assert!(again.event.is_none(), "already reported for this generation");
+        assert_eq!(condition_reason_of(&again.status, READY), reason::INVALID_SPEC);
     }
 
     #[test]
