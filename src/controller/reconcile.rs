@@ -20,7 +20,7 @@ use crate::decision::{
 use crate::inject::InjectOptions;
 use crate::rollout::pod::PodSummary;
 use crate::rollout::workload::Workload;
-use crate::rollout::{observe, Restart, RestartMark, Rollback, WorkloadId, WorkloadKind};
+use crate::rollout::{observe, Plan, Restart, RestartMark, Rollback, WorkloadId, WorkloadKind};
 use crate::webhook::reports::ReportStore;
 use futures::channel::mpsc::UnboundedSender;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
@@ -220,11 +220,7 @@ async fn apply(policy: &TracingPolicy, ctx: &Context) -> Result<Action, Error> {
     }
     super::after_rollout::apply_follow_up(policy, intent.follow_up, ctx).await;
     // Restarts after the status write: the namespaces they inject into are recorded Active.
-    let restarted = request_restarts(policy, &intent.restarts, ctx, now).await;
-    if !restarted.done.is_empty() {
-        let note = restart_note(&restarted.done, &intent.engine);
-        ctx.publish(policy, EventType::Normal, reason::RESTARTING, "Restart", note, None).await;
-    }
+    let restart_failures = request_restarts(policy, &intent.restarts, &intent.engine, ctx, now).await;
     let rollback_failures = request_rollbacks(policy, &intent.rollbacks, ctx, now).await;
     if intent.reconcile_all {
         ctx.request_reconcile_all();
@@ -237,39 +233,39 @@ async fn apply(policy: &TracingPolicy, ctx: &Context) -> Result<Action, Error> {
     if !intent.write_failures.is_empty() {
         return Err(Error::WriteFailed(intent.write_failures.len()));
     }
-    if let Some(e) = restarted.failures.into_iter().chain(rollback_failures).next() {
+    if let Some(e) = restart_failures.into_iter().chain(rollback_failures).next() {
         return Err(e);
     }
     Ok(Action::requeue(intent.requeue))
 }
 
-/// The restarts requested, and the requests that failed.
-struct Restarted<'a> {
-    done: Vec<&'a Restart>,
-    failures: Vec<Error>,
-}
-
-/// Requests the restarts, a few at a time, each with its Event on the workload. Failures are
-/// returned (the reconcile is retried); the other restarts still happen.
-async fn request_restarts<'a>(
+/// Requests the restarts, a few at a time, each with its Event on the workload, then one Event on
+/// the policy naming those requested (`engine`: the plan they come from, for the note). Failures
+/// are returned (the reconcile is retried); the other restarts still happen.
+async fn request_restarts(
     policy: &TracingPolicy,
-    restarts: &'a [Restart],
+    restarts: &[Restart],
+    engine: &Plan,
     ctx: &Context,
     now: Timestamp,
-) -> Restarted<'a> {
+) -> Vec<Error> {
     let policy_name = &policy.name_any();
-    let mut restarted = Restarted { done: Vec::new(), failures: Vec::new() };
+    let (mut done, mut failures) = (Vec::new(), Vec::new());
     // A batch of restarts is sent a few at a time: one by one, a batch of 50 took seconds.
     for chunk in restarts.chunks(CONCURRENT_RESTARTS) {
         let requests: Vec<_> = chunk.iter().map(|r| request_restart(r, policy_name, ctx, now)).collect();
         for (r, result) in futures::future::join_all(requests).await {
             match result {
-                Ok(()) => restarted.done.push(r),
-                Err(e) => restarted.failures.push(e),
+                Ok(()) => done.push(r),
+                Err(e) => failures.push(e),
             }
         }
     }
-    restarted
+    if !done.is_empty() {
+        let note = restart_note(&done, engine);
+        ctx.publish(policy, EventType::Normal, reason::RESTARTING, "Restart", note, None).await;
+    }
+    failures
 }
 
 /// Rolls the workloads back (each with its Events). Failures are returned; the other rollbacks
@@ -381,13 +377,9 @@ async fn cleanup(policy: &TracingPolicy, ctx: &Context) -> Result<Action, Error>
     let departure = ctx.decide_departure(policy, now);
     trace::record_plan(&Span::current(), &departure.engine, departure.gates);
     ctx.requested().forget(&departure.seen_requests);
-    let restarted = request_restarts(policy, &departure.restarts, ctx, now).await;
-    if !restarted.done.is_empty() {
-        let note = restart_note(&restarted.done, &departure.engine);
-        ctx.publish(policy, EventType::Normal, reason::RESTARTING, "Restart", note, None).await;
-    }
+    let restart_failures = request_restarts(policy, &departure.restarts, &departure.engine, ctx, now).await;
     let rollback_failures = request_rollbacks(policy, &departure.rollbacks, ctx, now).await;
-    if let Some(e) = restarted.failures.into_iter().chain(rollback_failures).next() {
+    if let Some(e) = restart_failures.into_iter().chain(rollback_failures).next() {
         return Err(e);
     }
     for id in &departure.given_up {
