@@ -455,7 +455,7 @@ async fn run_policy_controller(
 
     // The agent objects the policies own (metadata only): which ones to remove, and whether one
     // was deleted by hand, without listing them on every reconcile. Watched by their one name, so
-    // the operator needs no read of any other Secret outside its namespace (see `resources`).
+    // the operator needs no read of any other Secret outside its namespace (see `crate::decision::agent_objects`).
     let (owned_configmaps, owned_configmap_cache) = owned_cache::<ConfigMap>(&client, AGENT_CONFIGMAP, "configmap");
     let (owned_secrets, owned_secret_cache) = owned_cache::<Secret>(&client, AGENT_SECRET, "secret");
 

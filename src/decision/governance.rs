@@ -52,23 +52,23 @@ pub fn govern<'a>(
     let me = policy.name_any();
     let candidates: Vec<&TracingPolicy> =
         std::iter::once(policy).chain(policies.into_iter().filter(|p| p.name_any() != me)).collect();
-    let mut plan = Governance::default();
+    let mut governance = Governance::default();
     for ns in namespaces {
         if is_terminating(ns) || !policy.governs(ns) {
             continue;
         }
         match governing_policy(candidates.iter().copied(), ns) {
             Some(winner) if winner.name_any() != me => {
-                plan.overlaps.push(Overlap { namespace: ns.name_any(), governed_by: winner.name_any() })
+                governance.overlaps.push(Overlap { namespace: ns.name_any(), governed_by: winner.name_any() })
             }
-            _ => plan
+            _ => governance
                 .governed
                 .push(GovernedNamespace { name: ns.name_any(), rollout_phase: rollout_phase_for(policy, ns) }),
         }
     }
-    plan.governed.sort_by(|a, b| a.name.cmp(&b.name));
-    plan.overlaps.sort_by(|a, b| a.namespace.cmp(&b.namespace));
-    plan
+    governance.governed.sort_by(|a, b| a.name.cmp(&b.name));
+    governance.overlaps.sort_by(|a, b| a.namespace.cmp(&b.namespace));
+    governance
 }
 
 fn is_terminating(ns: &Namespace) -> bool {
@@ -108,10 +108,10 @@ pub struct OwnedObject {
 
 /// Owned objects that must go: everything in namespaces the policy no longer governs, and the
 /// agent Secret where the policy no longer needs one (its API key or CA reference was removed).
-pub fn stale_objects(plan: &Governance, needs_secret: bool, owned: &[OwnedObject]) -> Vec<OwnedObject> {
+pub fn stale_objects(governance: &Governance, needs_secret: bool, owned: &[OwnedObject]) -> Vec<OwnedObject> {
     let mut stale: Vec<OwnedObject> = owned
         .iter()
-        .filter(|o| !plan.governs(&o.namespace) || (o.kind == OwnedKind::Secret && !needs_secret))
+        .filter(|o| !governance.governs(&o.namespace) || (o.kind == OwnedKind::Secret && !needs_secret))
         .cloned()
         .collect();
     stale.sort();

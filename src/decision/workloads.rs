@@ -66,7 +66,7 @@ pub fn progress_from(status: Option<&TracingPolicyStatus>) -> Progress {
 /// `unclaimed`: existing namespaces no policy governs.
 pub fn leaving_namespaces(
     previous: Option<&TracingPolicyStatus>,
-    plan: &Governance,
+    governance: &Governance,
     unclaimed: &BTreeSet<String>,
 ) -> Vec<String> {
     let Some(previous) = previous else { return Vec::new() };
@@ -74,7 +74,7 @@ pub fn leaving_namespaces(
         .namespaces
         .iter()
         .filter(|n| matches!(n.state, NamespaceState::Active | NamespaceState::Leaving))
-        .filter(|n| !plan.governs(&n.name) && unclaimed.contains(&n.name))
+        .filter(|n| !governance.governs(&n.name) && unclaimed.contains(&n.name))
         .map(|n| n.name.clone())
         .collect();
     leaving.sort();
@@ -142,17 +142,17 @@ impl<'a> Snapshot<'a> {
 /// [`health_check_since`]) and reporting from the agents' reports (see [`coverage`](fn@coverage)).
 pub fn observe_workloads(
     policy: &TracingPolicy,
-    plan: &Governance,
+    governance: &Governance,
     leaving: &[String],
     snapshot: &Snapshot,
     options: &InjectOptions,
 ) -> Vec<WorkloadObservation> {
-    let relevant = |ns: &str| plan.governs(ns) || leaving.iter().any(|l| l == ns);
+    let relevant = |ns: &str| governance.governs(ns) || leaving.iter().any(|l| l == ns);
     let mut observed: Vec<WorkloadObservation> = snapshot
         .workloads_with_pods(relevant)
         .into_iter()
         .map(|(w, id, pods)| {
-            let governed = plan.governs(&id.namespace);
+            let governed = governance.governs(&id.namespace);
             observe::observe(w, &pods, Health::Healthy, None, policy, options, governed)
         })
         .collect();
@@ -163,14 +163,14 @@ pub fn observe_workloads(
 /// Coverage of every workload in the governed namespaces, by namespace, from the agents' reports
 /// (looked up by pod uid). `generation`: the policy generation of the current agent config.
 pub fn coverage(
-    plan: &Governance,
+    governance: &Governance,
     snapshot: &Snapshot,
     report_of: &dyn Fn(&str) -> Option<PodReport>,
     generation: i64,
     now: Timestamp,
 ) -> BTreeMap<String, Vec<(WorkloadId, WorkloadCoverage)>> {
     let mut by_ns: BTreeMap<String, Vec<(WorkloadId, WorkloadCoverage)>> = BTreeMap::new();
-    for (w, id, pods) in snapshot.workloads_with_pods(|ns| plan.governs(ns)) {
+    for (w, id, pods) in snapshot.workloads_with_pods(|ns| governance.governs(ns)) {
         let reports: BTreeMap<&str, PodReport> = pods
             .iter()
             .map(|p| &*p.uid)
@@ -188,9 +188,9 @@ pub fn coverage(
 }
 
 /// Pod uids of every workload in the governed namespaces (for the baseline and the review).
-pub fn workload_pods(plan: &Governance, snapshot: &Snapshot) -> WorkloadPods {
+pub fn workload_pods(governance: &Governance, snapshot: &Snapshot) -> WorkloadPods {
     snapshot
-        .workloads_with_pods(|ns| plan.governs(ns))
+        .workloads_with_pods(|ns| governance.governs(ns))
         .into_iter()
         .map(|(_, id, pods)| (id, pods.iter().map(|p| p.uid.to_string()).filter(|uid| !uid.is_empty()).collect()))
         .collect()
@@ -245,14 +245,14 @@ pub fn health_check_since(w: &WorkloadObservation) -> Option<Timestamp> {
 /// The engine's observation.
 pub fn observation(
     policy: &TracingPolicy,
-    plan: &Governance,
+    governance: &Governance,
     workloads: Vec<WorkloadObservation>,
     previous: Option<&TracingPolicyStatus>,
     now: Timestamp,
 ) -> rollout::Observation {
     rollout::Observation {
         phases: phase_settings(policy),
-        namespaces: plan
+        namespaces: governance
             .governed
             .iter()
             .map(|g| NamespaceObservation { name: g.name.clone(), phase: phase_index(policy, &g.rollout_phase) })
