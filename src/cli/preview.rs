@@ -3,8 +3,8 @@
 //! cluster (read-only); decides with the same pure functions as the controller.
 
 use crate::api::{NamespaceState, TracingPolicy, TracingPolicyStatus};
-use crate::controller::plan::plan_namespaces;
-use crate::controller::rollout::{leaving_namespaces, observation, observe_workloads, unclaimed_namespaces, Snapshot};
+use crate::decision::governance::govern;
+use crate::decision::workloads::{leaving_namespaces, observation, observe_workloads, unclaimed_namespaces, Snapshot};
 use crate::inject::InjectOptions;
 use crate::rollout::pod::PodSummary;
 use crate::rollout::preview::{preview, Preview};
@@ -84,11 +84,11 @@ async fn preview_cluster(args: &PreviewArgs) -> anyhow::Result<String> {
     let pods: Vec<PodSummary> = pods.items.iter().map(|p| PodSummary::from_meta(&p.metadata, Box::default())).collect();
 
     let others: Vec<&TracingPolicy> = policies.iter().filter(|p| p.name_any() != policy.name_any()).collect();
-    let plan = plan_namespaces(&policy, others.iter().copied().chain([&policy]), namespaces.iter());
+    let governance = govern(&policy, others.iter().copied().chain([&policy]), namespaces.iter());
     let mut all: Vec<&TracingPolicy> = others.clone();
     all.push(&policy);
     let unclaimed = unclaimed_namespaces(&policy.name_any(), &all, namespaces.iter());
-    let leaving = leaving_namespaces(policy.status.as_ref(), &plan, &unclaimed);
+    let leaving = leaving_namespaces(policy.status.as_ref(), &governance, &unclaimed);
     let workloads: Vec<Workload> = deployments
         .iter()
         .map(Workload::from)
@@ -101,8 +101,8 @@ async fn preview_cluster(args: &PreviewArgs) -> anyhow::Result<String> {
         images: crate::inject::DefaultImages { agent: args.agent_image.clone(), ..Default::default() },
         ..Default::default()
     };
-    let workloads = observe_workloads(&policy, &plan, &leaving, &snapshot, &options);
-    let obs = observation(&policy, &plan, workloads, policy.status.as_ref(), Timestamp::now());
+    let workloads = observe_workloads(&policy, &governance, &leaving, &snapshot, &options);
+    let obs = observation(&policy, &governance, workloads, policy.status.as_ref(), Timestamp::now());
     let mut pods_by_ns: BTreeMap<String, u32> = BTreeMap::new();
     for w in obs.workloads.iter().filter(|w| w.desired_hash.is_some()) {
         *pods_by_ns.entry(w.id.namespace.clone()).or_default() += w.pods.total;

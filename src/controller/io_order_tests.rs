@@ -13,7 +13,7 @@ use crate::telemetry::Metrics;
 use crate::webhook::reports::ReportStore;
 use http::{Method, Request, Response, StatusCode};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::client::Body;
@@ -66,6 +66,12 @@ impl ApiServer {
         self.sent.lock().unwrap().push((Sent::new(parts.method.clone(), &path), body.clone()));
         if self.failing.lock().unwrap().iter().any(|f| path.contains(f.as_str())) {
             return respond(StatusCode::INTERNAL_SERVER_ERROR, &status_body(500, "injected failure"));
+        }
+        if parts.method == Method::DELETE {
+            return respond(
+                StatusCode::OK,
+                &json!({"apiVersion": "v1", "kind": "Status", "status": "Success", "code": 200}),
+            );
         }
         let answer = if path.contains("/tracingpolicies/") {
             // The policy as it is after the write (the reconciler reads nothing else from it).
@@ -195,6 +201,18 @@ fn context(
     deployments: Vec<Value>,
     running: Vec<PodSummary>,
 ) -> Arc<Context> {
+    context_owning(server, policy, namespaces, deployments, running, &[])
+}
+
+/// [`context`], with the policy's agent ConfigMap cached in each of `owned_in`.
+fn context_owning(
+    server: &ApiServer,
+    policy: &TracingPolicy,
+    namespaces: &[&str],
+    deployments: Vec<Value>,
+    running: Vec<PodSummary>,
+    owned_in: &[&str],
+) -> Arc<Context> {
     let client = server.client();
     *server.policy.lock().unwrap() = serde_json::to_value(policy).unwrap();
     let (policies, w) = reflector::store::<TracingPolicy>();
@@ -204,7 +222,20 @@ fn context(
     let (pods, w) = reflector::store::<PodSummary>();
     ready(w, running);
     let (owned_configmaps, w) = reflector::store();
-    ready(w, Vec::new());
+    let owned: Vec<kube::core::PartialObjectMeta<ConfigMap>> = owned_in
+        .iter()
+        .map(|ns| {
+            serde_json::from_value(json!({
+                "apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {
+                    "name": "tracelight-agent", "namespace": ns, "resourceVersion": "7",
+                    "labels": {"app.kubernetes.io/managed-by": "tracelight", "tracelight.io/policy": "default"}
+                }
+            }))
+            .unwrap()
+        })
+        .collect();
+    ready(w, owned);
     let (owned_secrets, w) = reflector::store();
     ready(w, Vec::new());
     let (deployment_store, w) = reflector::store::<super::cache::CachedWorkload<Deployment>>();
@@ -227,7 +258,7 @@ fn context(
         statefulsets,
         daemonsets,
         inject_options: InjectOptions::default(),
-        secret_sources: super::resources::SecretSources::new("tracelight-system", &[]),
+        secret_sources: crate::decision::agent_objects::SecretSources::new("tracelight-system", &[]),
         requested: Default::default(),
         written: Default::default(),
         reports: ReportStore::default(),
@@ -331,7 +362,7 @@ async fn a_failed_config_write_is_recorded_in_the_status_and_fails_the_reconcile
     let status = server.body_of(Method::PATCH, STATUS);
     assert_ne!(status["status"]["namespaces"][0]["state"], "Active", "not Active without its config: {status}");
     assert!(!status.to_string().contains("NamespaceActivated"));
-    assert_eq!(error_policy(Arc::new(p), &error, ctx), Action::requeue(super::reconcile::RETRY_AFTER));
+    assert_eq!(error_policy(Arc::new(p), &error, ctx), Action::requeue(crate::decision::RETRY_AFTER));
 }
 
 #[tokio::test]
@@ -373,4 +404,24 @@ async fn a_secret_outside_the_allowed_namespaces_is_never_read_nor_copied() {
     let reasons: Vec<&Value> =
         status["status"]["conditions"].as_array().into_iter().flatten().map(|c| &c["reason"]).collect();
     assert!(reasons.contains(&&json!("SecretNotAllowed")), "conditions: {status}");
+}
+
+#[tokio::test]
+async fn stale_agent_objects_go_after_the_writes_and_before_the_status() {
+    let server = ApiServer::default();
+    let p = policy(true, None);
+    // `old` is no longer governed (its label went) and was never active: nothing waits there.
+    let ctx = context_owning(&server, &p, &["shop"], Vec::new(), Vec::new(), &["old"]);
+    reconcile(Arc::new(p), ctx).await.unwrap();
+    assert_eq!(
+        server.sent(),
+        [
+            Sent::new(Method::PATCH, &configmap("shop")),
+            Sent::new(Method::DELETE, &configmap("old")),
+            Sent::new(Method::PATCH, STATUS),
+            Sent::new(Method::POST, &events("default")),
+        ]
+    );
+    let delete = server.body_of(Method::DELETE, &configmap("old"));
+    assert_eq!(delete["preconditions"]["resourceVersion"], "7", "guarded by the version the cache saw: {delete}");
 }

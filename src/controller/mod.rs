@@ -1,12 +1,15 @@
 //! `tracelight controller`: the operator process. Every replica serves the admission webhook;
 //! the replica holding the leader Lease also runs the controllers.
 //!
+//! It holds I/O only: what a reconcile does is decided by [`crate::decision`] (pure), and carried
+//! out here.
+//!
 //! - [`cache`]: what the controller keeps of the pods it watches;
 //! - [`events`]: the Events it publishes;
-//! - [`plan`]: pure decisions (governed namespaces, steps, counts, status);
-//! - [`resources`]: the objects written into governed namespaces, as pure values;
-//! - [`rollout`]: the phased rollout's observation and outcome (pure; the engine is `crate::rollout`);
-//! - [`reconcile`](mod@reconcile): the TracingPolicy reconciler (I/O);
+//! - [`reconcile`](mod@reconcile): the TracingPolicy reconciler: gathers the cached state, asks
+//!   [`crate::decision`], and carries out its intent in order;
+//! - [`after_rollout`]: applies the regression rule and publishes the review's Events;
+//! - [`continuity`]: the probe settings and the cached service graph;
 //! - [`lease`]: leader election;
 //! - `trace`: what the reconcile spans (the operator's own traces) say;
 //! - [`metrics`]: the controller's metrics.
@@ -25,17 +28,15 @@ pub mod continuity;
 pub mod events;
 pub mod lease;
 pub mod metrics;
-pub mod plan;
 pub mod policy_metrics;
 pub mod reconcile;
-pub mod resources;
-pub mod rollout;
 mod trace;
 
 #[cfg(test)]
 mod io_order_tests;
 
 use crate::cluster_view::{Cluster, ClusterView};
+use crate::decision::agent_objects;
 use crate::inject::InjectOptions;
 use crate::rollout::pod::PodSummary;
 use crate::telemetry::{self, LogFormat, Metrics};
@@ -198,7 +199,7 @@ async fn run_async(args: ControllerArgs, trace_stats: Option<telemetry::traces::
     let probes = tracelight_contract::probe::ProbeSettings {
         ratio: tracelight_contract::Ratio::new(probe_ratio).unwrap_or_default(),
     };
-    let secret_sources = resources::SecretSources::new(&webhook.namespace, &secret_namespaces);
+    let secret_sources = crate::decision::agent_objects::SecretSources::new(&webhook.namespace, &secret_namespaces);
     tracing::info!(namespaces = %secret_sources.describe(), "source Secrets are read from these namespaces only");
     let (leader_address, leader_address_rx) = watch::channel(None);
     if leader_election && report_address.is_none() {
@@ -284,7 +285,7 @@ struct PolicySettings {
     /// The webhook's injection options, so expected manifest hashes match what it injects.
     inject_options: InjectOptions,
     /// The namespaces source Secrets may come from.
-    secret_sources: resources::SecretSources,
+    secret_sources: crate::decision::agent_objects::SecretSources,
     /// The operator's namespace (`--namespace`): where the regression rules go.
     operator_namespace: String,
     /// What the agents' config asks of probe traces (`--probe-ratio`).
@@ -454,7 +455,7 @@ async fn run_policy_controller(
 
     // The agent objects the policies own (metadata only): which ones to remove, and whether one
     // was deleted by hand, without listing them on every reconcile. Watched by their one name, so
-    // the operator needs no read of any other Secret outside its namespace (see `resources`).
+    // the operator needs no read of any other Secret outside its namespace (see `crate::decision::agent_objects`).
     let (owned_configmaps, owned_configmap_cache) = owned_cache::<ConfigMap>(&client, AGENT_CONFIGMAP, "configmap");
     let (owned_secrets, owned_secret_cache) = owned_cache::<Secret>(&client, AGENT_SECRET, "secret");
 
@@ -565,8 +566,8 @@ where
     let (store, writer) = reflector::store::<PartialObjectMeta<K>>();
     let config = watcher::Config::default()
         .any_semantic()
-        .labels(&resources::managed_selector())
-        .fields(&resources::owned_name_selector(name));
+        .labels(&agent_objects::managed_selector())
+        .fields(&agent_objects::owned_name_selector(name));
     let cache = watcher(Api::<PartialObjectMeta<K>>::all(client.clone()), config)
         .default_backoff()
         .modify(|o| o.metadata.managed_fields = None)

@@ -402,7 +402,7 @@ mod tests {
     #[test]
     fn exposition_for_the_alert_checks() {
         use crate::controller::metrics::ControllerMetrics;
-        use crate::controller::plan::{DEGRADED, PROGRESSING, READY, TRACES_CONNECTED};
+        use crate::decision::status::{DEGRADED, PROGRESSING, READY, TRACES_CONNECTED};
         use crate::webhook::certs::{make_ca, make_leaf, CertResolver, LeafSpec};
         use crate::webhook::metrics::{AdmissionMetrics, AdmissionResult, CertificateExpiry};
         use std::time::Duration;
@@ -432,7 +432,7 @@ mod tests {
         status.conditions = [READY, PROGRESSING, DEGRADED]
             .iter()
             .flat_map(|t| [condition(t, "True", "Reason"), condition(t, "False", "Reason")])
-            .chain([condition(TRACES_CONNECTED, "False", crate::controller::continuity::BROKEN_LINKS)])
+            .chain([condition(TRACES_CONNECTED, "False", crate::decision::continuity::BROKEN_LINKS)])
             .collect();
         status.namespaces[0].workloads = COVERAGE_STATES.iter().map(|(state, name)| workload(name, *state)).collect();
         status.namespaces.push(NamespaceStatus {

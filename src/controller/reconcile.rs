@@ -1,30 +1,26 @@
-//! The TracingPolicy reconciler: gathers what the pure [`plan`](mod@super::plan) functions need,
-//! carries out what they decide (agent ConfigMaps and Secrets, status, Events) and nothing more.
+//! The TracingPolicy reconciler (I/O only): gathers the cached state and the source Secrets,
+//! asks [`crate::decision`] what to do ([`decide`]), and carries the intent out in order: agent
+//! objects, stale objects, status (computed again by the pure side where a write failed),
+//! follow-up, restarts and rollbacks, Events. It decides nothing itself.
 
 use super::cache::CachedWorkload;
 use super::metrics::ControllerMetrics;
-use super::plan::{
-    self, condition_reason, desired_status, invalid_spec_status, plan_namespaces, pod_counts, reason, stale_objects,
-    step_for, Gates, Observation, OwnedKind, OwnedObject, RolloutOutcome, Step, READY,
-};
-use super::resources::{
-    self, agent_configmap_with, agent_secret, is_owned_by, objects_digest, owned_selector, SecretValues, SourceKind,
-    WriteMemo,
-};
-use super::rollout::{
-    add_coverage, apply_reporting, coverage as rollout_coverage, departure, health_check_since, hold_coverage,
-    leaving_namespaces, longest_health_deadline, observation as rollout_observation, observe_workloads,
-    outdated_by_namespace, restart_note, restarts_to_request, rollout_status, still_leaving, unclaimed_namespaces,
-    workload_restart_note, Requested, Snapshot,
-};
 use super::trace;
-use crate::api::agent_config::needs_secret;
 use crate::api::keys::FIELD_MANAGER;
 use crate::api::validate::validate;
-use crate::api::{NamespaceState, NamespaceStatus, TracingPolicy, TracingPolicyStatus, WorkloadCoverage};
+use crate::api::{TracingPolicy, TracingPolicyStatus};
+use crate::decision::agent_objects::{self, is_owned_by, owned_selector, SourceKind, WriteMemo};
+use crate::decision::governance::{OwnedKind, OwnedObject};
+use crate::decision::status::reason;
+use crate::decision::workloads::{restart_note, workload_restart_note, Requested, RolloutInputs};
+use crate::decision::{
+    cleaned_up_note, decide, decide_departure, decide_invalid_spec, AgentObjects, DepartureIntent, ReconcileInputs,
+    ReconcileIntent, SourceSecrets, MIN_REQUEUE, RETRY_AFTER,
+};
 use crate::inject::InjectOptions;
 use crate::rollout::pod::PodSummary;
-use crate::rollout::{self, observe, RestartMark, WorkloadId, WorkloadKind, WorkloadObservation};
+use crate::rollout::workload::Workload;
+use crate::rollout::{observe, Plan, Restart, RestartMark, Rollback, WorkloadId, WorkloadKind};
 use crate::webhook::reports::ReportStore;
 use futures::channel::mpsc::UnboundedSender;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
@@ -46,15 +42,8 @@ use tracing::Span;
 
 /// Finalizer that keeps a policy until the objects it owns in user namespaces are removed.
 pub const FINALIZER: &str = "tracelight.io/cleanup";
-/// Periodic re-reconcile, to refresh pod counts (pods do not trigger reconciles) and repair agent
-/// objects deleted by hand.
-pub const REQUEUE_AFTER: Duration = Duration::from_secs(60);
-/// Shortest requeue the rollout asks for (a deadline just passed).
-const MIN_REQUEUE: Duration = Duration::from_secs(1);
 /// How often a deleted policy looks at the workloads it waits for.
 const LEAVING_POLL: Duration = Duration::from_secs(2);
-/// Retry delay after a failed reconcile.
-pub const RETRY_AFTER: Duration = Duration::from_secs(15);
 /// Restart requests (a patch and an Event each) in flight at once within a reconcile.
 const CONCURRENT_RESTARTS: usize = 8;
 /// How long a reconcile waits for the namespace and pod caches to fill at start-up.
@@ -80,7 +69,7 @@ pub struct Context {
     /// The webhook's injection options, so expected manifest hashes match what it injects.
     pub inject_options: InjectOptions,
     /// The namespaces source Secrets may come from.
-    pub secret_sources: resources::SecretSources,
+    pub secret_sources: agent_objects::SecretSources,
     /// Restarts and rollbacks requested and not yet seen in the workload caches.
     pub requested: std::sync::Mutex<Requested>,
     /// Agent objects applied recently, not applied again while unchanged.
@@ -205,298 +194,90 @@ pub fn error_policy(policy: Arc<TracingPolicy>, error: &Error, ctx: Arc<Context>
     Action::requeue(RETRY_AFTER)
 }
 
+/// Gathers the cached state, decides, and carries the intent out in order: agent objects,
+/// deletions, status, follow-up, restarts, Events.
 async fn apply(policy: &TracingPolicy, ctx: &Context) -> Result<Action, Error> {
     ctx.wait_for_caches().await?;
-    let previous = policy.status.as_ref();
     if let Err(errors) = validate(&policy.spec) {
         Span::current().record("waiting", "invalid_spec");
         return reject_invalid(policy, &errors.to_string(), ctx).await;
     }
-
-    let policies = ctx.policies.state();
-    let namespaces = ctx.namespaces.state();
-    let plan = plan_namespaces(policy, policies.iter().map(Arc::as_ref), namespaces.iter().map(Arc::as_ref));
-    // Secrets outside the allowed namespaces are refused before anything is read.
-    let refused_secrets = ctx.secret_sources.refusals(policy);
-    let (secret_values, missing_secrets) = if refused_secrets.is_empty() {
-        read_source_secrets(policy, ctx).await?
-    } else {
-        (SecretValues::default(), Vec::new())
-    };
-    let gates = Gates {
-        paused: policy.spec.rollout.paused,
-        dry_run: policy.spec.rollout.dry_run,
-        secrets_ready: missing_secrets.is_empty() && refused_secrets.is_empty(),
-    };
+    let secrets = read_source_secrets(policy, ctx).await?;
     let now = Timestamp::now();
-    let engine = plan_rollout(policy, &plan, &policies, &namespaces, ctx, now);
-    trace::record_plan(&Span::current(), &engine.plan, gates);
-    let reached: BTreeSet<String> = engine.plan.active_namespaces.iter().cloned().collect();
-    let sampling = sampling_plan(policy, &engine);
-    let mut rollout = roll_out(policy, &plan, gates, &reached, &secret_values, &sampling, ctx).await;
-    add_rollout_counts(&mut rollout.namespaces, &engine, ctx);
-    if ctx.reports.holds_coverage(now) {
-        for ns in &mut rollout.namespaces {
-            hold_coverage(ns, previous.and_then(|p| p.namespaces.iter().find(|n| n.name == ns.name)));
-        }
-    }
-    crate::sampling::annotate_workloads(&mut rollout.namespaces, &sampling);
-    let continuity = traces_continuity(&mut rollout.namespaces, &policies, ctx, now);
+    let intent = ctx.decide(policy, secrets, now);
+    trace::record_plan(&Span::current(), &intent.engine, intent.gates);
+    ctx.requested().forget(&intent.seen_requests);
 
-    let owned = cached_owned(policy, ctx);
-    // Injected pods of leaving namespaces still mount the agent objects: they go once it has left.
-    let stale = stale_objects(&plan, needs_secret(policy), &owned);
-    for object in stale.iter().filter(|o| !engine.leaving.contains(&o.namespace)) {
+    let failures = write_agent_objects(policy, &intent.writes, ctx).await;
+    // The second pure step: the status (and what follows) where writing failed.
+    let intent = intent.after_writes(policy, &failures);
+    for object in &intent.deletes {
         delete_owned(object, ctx).await?;
         tracing::info!(namespace = %object.namespace, kind = ?object.kind, "removed agent object the policy no longer needs");
     }
-
-    let previously_active: BTreeSet<String> = previous
-        .map(|s| s.namespaces.iter().filter(|n| n.state == NamespaceState::Active).map(|n| n.name.clone()).collect())
-        .unwrap_or_default();
-    let requested = restarts_to_request(&engine.plan, &previously_active, gates.dry_run);
-    let outcome = RolloutOutcome {
-        state: engine.plan.state,
-        message: engine.plan.message.clone(),
-        status: rollout_status(&engine.plan, &engine.workloads, &requested, previous, gates.dry_run),
-    };
-    let observation = Observation {
-        namespaces: rollout.namespaces,
-        overlaps: plan.overlaps,
-        missing_secrets,
-        refused_secrets,
-        write_failures: rollout.write_failures,
-        rollout: Some(outcome),
-        budgets_unmet: crate::sampling::SamplingPlan::has_budget(&policy.spec.sampling).then(|| sampling.unmet.clone()),
-        sampling: Some(sampling.status),
-        continuity,
-    };
-    let mut status = desired_status(policy, &observation, previous, now);
-    let after = super::after_rollout::decide(policy, &engine.coverage, &engine.workload_pods, &mut status, ctx, now);
-    // Most reconciles of a rollout in progress change nothing the status shows.
-    if previous != Some(&status) {
-        patch_status(policy, &status, ctx).await?;
+    if let Some(status) = &intent.status {
+        patch_status(policy, status, ctx).await?;
     }
-    let review_requeue = after.requeue_after;
-    super::after_rollout::carry_out(policy, after, ctx).await;
+    super::after_rollout::apply_follow_up(policy, intent.follow_up, ctx).await;
     // Restarts after the status write: the namespaces they inject into are recorded Active.
-    let restart_failures = carry_out(policy, &engine.plan, &requested, gates.dry_run, ctx, now).await;
-    if previous.and_then(|s| s.observed_generation) != policy.metadata.generation {
+    let restart_failures = request_restarts(policy, &intent.restarts, &intent.engine, ctx, now).await;
+    let rollback_failures = request_rollbacks(policy, &intent.rollbacks, ctx, now).await;
+    if intent.reconcile_all {
         ctx.request_reconcile_all();
     }
     // Events after the status write: "activated" means the webhook now injects there.
-    for ns in &rollout.activated {
-        tracing::info!(namespace = %ns, "namespace activated");
-        let note = format!("agent config written to namespace {ns}; new pods there are injected");
-        ctx.publish(policy, EventType::Normal, "NamespaceActivated", "Activate", note, Some(namespace_ref(ns))).await;
+    for event in intent.events {
+        tracing::info!(reason = %event.reason, note = %event.note, "event");
+        ctx.publish(policy, event.type_, &event.reason, event.action, event.note, event.related).await;
     }
-    for (ns, skipped) in crate::controller::plan::newly_skipped(previous, &status) {
-        let note = format!(
-            "{skipped} pod(s) in namespace {ns} were not injected; the reason is in each pod's annotation tracelight.io/injection-status"
-        );
-        ctx.publish(policy, EventType::Warning, reason::INJECTION_SKIPPED, "Inject", note, Some(namespace_ref(&ns)))
-            .await;
+    if !intent.write_failures.is_empty() {
+        return Err(Error::WriteFailed(intent.write_failures.len()));
     }
-    if !observation.missing_secrets.is_empty() && condition_reason(previous, READY) != Some(reason::SECRET_NOT_FOUND) {
-        let note = observation.missing_secrets.join("; ");
-        ctx.publish(policy, EventType::Warning, reason::SECRET_NOT_FOUND, "CopySecret", note, None).await;
-    }
-    if !observation.refused_secrets.is_empty() && condition_reason(previous, READY) != Some(reason::SECRET_NOT_ALLOWED)
-    {
-        tracing::warn!(refused = ?observation.refused_secrets, "policy names a Secret outside the allowed namespaces");
-        let note = observation.refused_secrets.join("; ");
-        ctx.publish(policy, EventType::Warning, reason::SECRET_NOT_ALLOWED, "CopySecret", note, None).await;
-    }
-    if !observation.write_failures.is_empty() {
-        return Err(Error::WriteFailed(observation.write_failures.len()));
-    }
-    if let Some(e) = restart_failures.into_iter().next() {
+    if let Some(e) = restart_failures.into_iter().chain(rollback_failures).next() {
         return Err(e);
     }
-    // Secrets are not watched: look again soon for the one that is missing.
-    let requeue = if observation.missing_secrets.is_empty() { REQUEUE_AFTER } else { RETRY_AFTER };
-    // Budgets follow the agents' rates: look again at every report interval.
-    let budget_interval = ctx
-        .inject_options
-        .report_interval_secs
-        .map_or(crate::sampling::BUDGET_INTERVAL, std::time::Duration::from_secs);
-    let requeue = if observation.budgets_unmet.is_some() { requeue.min(budget_interval) } else { requeue };
-    // Broken links surface a settle delay after their call, from reports that wake nothing.
-    let requeue = if observation.continuity.is_some() { requeue.min(super::continuity::REQUEUE) } else { requeue };
-    // The engine asks to look again at a soak's end or a health deadline.
-    let requeue = engine.plan.requeue_after.map_or(requeue, |d| requeue.min(d.max(MIN_REQUEUE)));
-    // The next scheduled review.
-    let requeue = review_requeue.map_or(requeue, |d| requeue.min(d.max(MIN_REQUEUE)));
-    Ok(Action::requeue(requeue))
+    Ok(Action::requeue(intent.requeue))
 }
 
-/// Each workload's trace continuity and the policy's service graph and condition, from the
-/// (cached) join of the agents' probe traces; `None` with probes off.
-fn traces_continuity(
-    namespaces: &mut [NamespaceStatus],
-    policies: &[Arc<TracingPolicy>],
-    ctx: &Context,
-    now: Timestamp,
-) -> Option<super::plan::ContinuityObservation> {
-    if !ctx.continuity.enabled() {
-        return None;
-    }
-    let inventory = || {
-        let (deployments, statefulsets, daemonsets) =
-            (ctx.deployments.state(), ctx.statefulsets.state(), ctx.daemonsets.state());
-        let workloads = deployments
-            .iter()
-            .map(|d| &d.workload)
-            .chain(statefulsets.iter().map(|s| &s.workload))
-            .chain(daemonsets.iter().map(|d| &d.workload));
-        super::continuity::inventory(workloads, policies)
-    };
-    let graph = ctx.continuity.graph(&ctx.reports, inventory, now);
-    let service_graph = super::continuity::annotate(namespaces, &graph);
-    Some((service_graph, super::continuity::condition(namespaces)))
-}
-
-/// Sampling ratios and caps from the agents' measured rates (the coverage carries them) and the
-/// ratios in effect (the previous status).
-fn sampling_plan(policy: &TracingPolicy, engine: &EnginePlan) -> crate::sampling::SamplingPlan {
-    let coverage: BTreeMap<String, Vec<(String, &WorkloadCoverage)>> = engine
-        .coverage
-        .iter()
-        .map(|(ns, all)| {
-            (ns.clone(), all.iter().map(|(id, c)| (format!("{}/{}", id.kind.as_str(), id.name), c)).collect())
-        })
-        .collect();
-    let previous = policy.status.as_ref().and_then(|s| s.sampling.as_ref());
-    let sampling = crate::sampling::plan(&policy.spec.sampling, &coverage, previous);
-    tracing::debug!(ratios = ?sampling.ratios, unmet = sampling.unmet.len(), "sampling plan");
-    sampling
-}
-
-/// The rollout engine's plan, with what it was computed from.
-struct EnginePlan {
-    plan: rollout::Plan,
-    workloads: Vec<WorkloadObservation>,
-    /// Namespaces the policy left whose workloads still carry (or are losing) injection.
-    leaving: Vec<String>,
-    /// Coverage of the governed namespaces' workloads, from the agents' reports.
-    coverage: BTreeMap<String, Vec<(WorkloadId, WorkloadCoverage)>>,
-    /// Pod uids of the governed workloads (baseline and review).
-    workload_pods: super::after_rollout::WorkloadPods,
-}
-
-/// Observes the workloads of governed and leaving namespaces and asks the engine what to do.
-fn plan_rollout(
+/// Requests the restarts, a few at a time, each with its Event on the workload, then one Event on
+/// the policy naming those requested (`engine`: the plan they come from, for the note). Failures
+/// are returned (the reconcile is retried); the other restarts still happen.
+async fn request_restarts(
     policy: &TracingPolicy,
-    plan: &plan::NamespacePlan,
-    policies: &[Arc<TracingPolicy>],
-    namespaces: &[Arc<Namespace>],
-    ctx: &Context,
-    now: Timestamp,
-) -> EnginePlan {
-    let previous = policy.status.as_ref();
-    let policy_refs: Vec<&TracingPolicy> = policies.iter().map(Arc::as_ref).collect();
-    let unclaimed = unclaimed_namespaces(&policy.name_any(), &policy_refs, namespaces.iter().map(Arc::as_ref));
-    let leaving = leaving_namespaces(previous, plan, &unclaimed);
-    let (deployments, statefulsets, daemonsets) =
-        (ctx.deployments.state(), ctx.statefulsets.state(), ctx.daemonsets.state());
-    let pods = ctx.pods.state();
-    let snapshot = Snapshot {
-        workloads: deployments
-            .iter()
-            .map(|d| &d.workload)
-            .chain(statefulsets.iter().map(|s| &s.workload))
-            .chain(daemonsets.iter().map(|d| &d.workload))
-            .collect(),
-        pods: pods.iter().map(Arc::as_ref).collect(),
-    };
-    let mut workloads = observe_workloads(policy, plan, &leaving, &snapshot, &ctx.inject_options);
-    ctx.reports.prune(now);
-    let generation = policy.metadata.generation.unwrap_or_default();
-    let coverage = rollout_coverage(plan, &snapshot, &|uid| ctx.reports.get(uid), generation, now);
-    apply_reporting(&mut workloads, &coverage);
-    let workload_pods = super::rollout::workload_pods(plan, &snapshot);
-    drop(snapshot);
-    ctx.requested.lock().unwrap_or_else(std::sync::PoisonError::into_inner).overlay(&mut workloads, now);
-    fill_health(&mut workloads, &pods);
-    let observation = rollout_observation(policy, plan, workloads.clone(), previous, now);
-    let engine = rollout::plan(&observation);
-    tracing::debug!(
-        state = ?engine.state,
-        message = %engine.message,
-        restarts = engine.restarts.len(),
-        in_flight = engine.in_flight.len(),
-        phase = engine.progress.phase,
-        soak_started = ?engine.progress.soak_started,
-        workloads = ?workloads.iter().map(|w| (w.id.to_string(), w.pods, w.rolled_out, w.restart.as_ref().map(|m| m.at))).collect::<Vec<_>>(),
-        "rollout plan"
-    );
-    let leaving = still_leaving(&leaving, &workloads, &engine);
-    EnginePlan { plan: engine, workloads, leaving, coverage, workload_pods }
-}
-
-/// Health of the restarts in flight (only where a restart is settling), from the pod cache.
-fn fill_health(workloads: &mut [WorkloadObservation], pods: &[Arc<PodSummary>]) {
-    for w in workloads.iter_mut() {
-        let Some(since) = health_check_since(w) else { continue };
-        let mine: Vec<&PodSummary> =
-            pods.iter().map(Arc::as_ref).filter(|p| observe::pod_belongs_to(p, &w.id)).collect();
-        w.health = observe::health(&mine, since);
-    }
-}
-
-/// Per-namespace outdated counts from the workloads, and the leaving namespaces' entries.
-fn add_rollout_counts(namespaces: &mut Vec<NamespaceStatus>, engine: &EnginePlan, ctx: &Context) {
-    let outdated = outdated_by_namespace(&engine.workloads);
-    for ns in namespaces.iter_mut() {
-        ns.counts.outdated = outdated.get(&ns.name).copied().unwrap_or_default();
-        add_coverage(ns, engine.coverage.get(&ns.name).map(Vec::as_slice).unwrap_or_default());
-    }
-    let pods = ctx.pods.state();
-    for name in &engine.leaving {
-        let in_ns = pods.iter().map(Arc::as_ref).filter(|p| *p.namespace == **name);
-        let mut counts = pod_counts(in_ns, None, false);
-        counts.outdated = outdated.get(name).copied().unwrap_or_default();
-        namespaces.push(NamespaceStatus {
-            name: name.clone(),
-            rollout_phase: None,
-            state: NamespaceState::Leaving,
-            counts,
-            workloads: Vec::new(),
-        });
-    }
-}
-
-/// Requests the restarts and rollbacks of the plan, with their Events. Failures are returned
-/// (the reconcile is retried); the other actions still happen.
-async fn carry_out(
-    policy: &TracingPolicy,
-    plan: &rollout::Plan,
-    requested: &[&rollout::Restart],
-    dry_run: bool,
+    restarts: &[Restart],
+    engine: &Plan,
     ctx: &Context,
     now: Timestamp,
 ) -> Vec<Error> {
-    let mut failures = Vec::new();
-    if dry_run {
-        return failures;
-    }
     let policy_name = &policy.name_any();
+    let (mut done, mut failures) = (Vec::new(), Vec::new());
     // A batch of restarts is sent a few at a time: one by one, a batch of 50 took seconds.
-    let mut restarted = Vec::new();
-    for chunk in requested.chunks(CONCURRENT_RESTARTS) {
+    for chunk in restarts.chunks(CONCURRENT_RESTARTS) {
         let requests: Vec<_> = chunk.iter().map(|r| request_restart(r, policy_name, ctx, now)).collect();
         for (r, result) in futures::future::join_all(requests).await {
             match result {
-                Ok(()) => restarted.push(r),
+                Ok(()) => done.push(r),
                 Err(e) => failures.push(e),
             }
         }
     }
-    if !restarted.is_empty() {
-        let note = restart_note(&restarted, plan);
+    if !done.is_empty() {
+        let note = restart_note(&done, engine);
         ctx.publish(policy, EventType::Normal, reason::RESTARTING, "Restart", note, None).await;
     }
-    for rb in &plan.rollbacks {
+    failures
+}
+
+/// Rolls the workloads back (each with its Events). Failures are returned; the other rollbacks
+/// still happen.
+async fn request_rollbacks(
+    policy: &TracingPolicy,
+    rollbacks: &[Rollback],
+    ctx: &Context,
+    now: Timestamp,
+) -> Vec<Error> {
+    let mut failures = Vec::new();
+    for rb in rollbacks {
         if let Err(e) = patch_workload(&rb.workload, "rollback", &observe::rollback_patch(&rb.reason, now), ctx).await {
             failures.push(e);
             continue;
@@ -521,11 +302,11 @@ async fn carry_out(
 
 /// Restarts one workload, with its Event.
 async fn request_restart<'a>(
-    r: &'a rollout::Restart,
+    r: &'a Restart,
     policy_name: &str,
     ctx: &Context,
     now: Timestamp,
-) -> (&'a rollout::Restart, Result<(), Error>) {
+) -> (&'a Restart, Result<(), Error>) {
     let result = patch_workload(&r.workload, "restart", &observe::restart_patch(&r.hash, now), ctx).await;
     if result.is_ok() {
         ctx.remember(&r.workload, &r.hash, None, now);
@@ -572,67 +353,16 @@ fn workload_ref(id: &WorkloadId) -> ObjectReference {
     }
 }
 
-/// What happened in the governed namespaces during one reconcile.
-struct Rollout {
-    namespaces: Vec<NamespaceStatus>,
-    write_failures: Vec<String>,
-    activated: Vec<String>,
-}
-
-/// Carries out the step of every governed namespace (activating those the rollout reached) and
-/// counts its pods. A namespace where
-/// writing fails keeps its previous state; the others go on.
-async fn roll_out(
-    policy: &TracingPolicy,
-    plan: &plan::NamespacePlan,
-    gates: Gates,
-    reached: &BTreeSet<String>,
-    secrets: &SecretValues,
-    sampling: &crate::sampling::SamplingPlan,
-    ctx: &Context,
-) -> Rollout {
-    let previous = policy.status.as_ref();
-    let mut pods_by_ns = pods_by_namespace(&ctx.pods, plan);
-    let mut rollout = Rollout { namespaces: Vec::new(), write_failures: Vec::new(), activated: Vec::new() };
-    for ns in &plan.governed {
-        let mut step = step_for(previous.and_then(|s| s.namespace_state(&ns.name)), gates, reached.contains(&ns.name));
-        if step.writes_config() {
-            if let Err(e) = write_agent_objects(policy, &ns.name, secrets, sampling, ctx).await {
-                tracing::warn!(namespace = %ns.name, error = %e, "writing agent objects failed");
-                rollout.write_failures.push(format!("{}: {e}", ns.name));
-                // An active namespace keeps its (older) config; a new one waits for the next try.
-                step = if step == Step::Refresh { Step::Keep } else { Step::Hold(plan::HoldReason::WriteFailed) };
-            }
-        }
-        if step == Step::Activate {
-            rollout.activated.push(ns.name.clone());
-        }
-        let state = step.resulting_state();
-        let pods = pods_by_ns.remove(ns.name.as_str()).unwrap_or_default();
-        let active = state == NamespaceState::Active;
-        let counts = pod_counts(pods.iter().map(Arc::as_ref), policy.spec.pod_selector.as_ref(), active);
-        rollout.namespaces.push(NamespaceStatus {
-            name: ns.name.clone(),
-            rollout_phase: Some(ns.rollout_phase.clone()),
-            state,
-            counts,
-            workloads: Vec::new(),
-        });
-    }
-    rollout
-}
-
 /// Reports an invalid spec in the status (once per generation as an Event) and changes nothing else.
 async fn reject_invalid(policy: &TracingPolicy, message: &str, ctx: &Context) -> Result<Action, Error> {
-    let previous = policy.status.as_ref();
-    let already_reported = condition_reason(previous, READY) == Some(reason::INVALID_SPEC)
-        && previous.and_then(|s| s.observed_generation) == policy.metadata.generation;
-    patch_status(policy, &invalid_spec_status(policy, message, previous, Timestamp::now()), ctx).await?;
-    if already_reported {
-        tracing::debug!(error = %message, "invalid spec (already reported)");
-    } else {
-        tracing::warn!(error = %message, previous_reason = ?condition_reason(previous, READY), "invalid spec");
-        ctx.publish(policy, EventType::Warning, reason::INVALID_SPEC, "Validate", message.to_string(), None).await;
+    let intent = decide_invalid_spec(policy, message, Timestamp::now());
+    patch_status(policy, &intent.status, ctx).await?;
+    match intent.event {
+        Some(event) => {
+            tracing::warn!(error = %message, "invalid spec");
+            ctx.publish(policy, event.type_, &event.reason, event.action, event.note, event.related).await;
+        }
+        None => tracing::debug!(error = %message, "invalid spec (already reported)"),
     }
     // A spec change triggers the next reconcile.
     Ok(Action::await_change())
@@ -644,19 +374,12 @@ async fn reject_invalid(policy: &TracingPolicy, message: &str, ctx: &Context) ->
 async fn cleanup(policy: &TracingPolicy, ctx: &Context) -> Result<Action, Error> {
     ctx.wait_for_caches().await?;
     let now = Timestamp::now();
-    // Deleting a policy ends its rollout, pause included: the user asked for everything to go,
-    // so its workloads leave in its batches even when it was paused.
-    let mut leaving_policy = policy.clone();
-    leaving_policy.spec.rollout.paused = false;
-    let policies = ctx.policies.state();
-    let namespaces = ctx.namespaces.state();
-    let nothing_governed = plan::NamespacePlan::default();
-    let engine = plan_rollout(&leaving_policy, &nothing_governed, &policies, &namespaces, ctx, now);
-    let open = Gates { paused: false, dry_run: false, secrets_ready: true };
-    trace::record_plan(&Span::current(), &engine.plan, open);
-    let departure = departure(&engine.workloads, &engine.plan, longest_health_deadline(policy), now);
-    let failures = carry_out(policy, &engine.plan, &departure.restarts, false, ctx, now).await;
-    if let Some(e) = failures.into_iter().next() {
+    let departure = ctx.decide_departure(policy, now);
+    trace::record_plan(&Span::current(), &departure.engine, departure.gates);
+    ctx.requested().forget(&departure.seen_requests);
+    let restart_failures = request_restarts(policy, &departure.restarts, &departure.engine, ctx, now).await;
+    let rollback_failures = request_rollbacks(policy, &departure.rollbacks, ctx, now).await;
+    if let Some(e) = restart_failures.into_iter().chain(rollback_failures).next() {
         return Err(e);
     }
     for id in &departure.given_up {
@@ -676,65 +399,67 @@ async fn cleanup(policy: &TracingPolicy, ctx: &Context) -> Result<Action, Error>
         namespaces = namespaces.len(),
         "policy deleted: workloads restarted without injection, agent objects removed"
     );
-    let mut note = format!("removed the agent config from {} namespace(s)", namespaces.len());
-    if !departure.given_up.is_empty() {
-        let names: Vec<String> = departure.given_up.iter().map(ToString::to_string).collect();
-        note.push_str(&format!("; still running injected pods (their restart never finished): {}", names.join(", ")));
-    }
+    let note = cleaned_up_note(namespaces.len(), &departure.given_up);
     ctx.publish(policy, EventType::Normal, "CleanedUp", "Cleanup", note, None).await;
     // Namespaces this policy shadowed may now belong to another one.
     ctx.request_reconcile_all();
     Ok(Action::await_change())
 }
 
-/// Reads the source Secrets: the values found, and a description of each one missing.
-async fn read_source_secrets(policy: &TracingPolicy, ctx: &Context) -> Result<(SecretValues, Vec<String>), Error> {
-    let mut values = SecretValues::default();
-    let mut missing = Vec::new();
-    for (kind, r) in resources::source_secret_refs(policy) {
+/// Reads the source Secrets: the values found, and a description of each one missing. Secrets
+/// outside the allowed namespaces are refused before anything is read.
+async fn read_source_secrets(policy: &TracingPolicy, ctx: &Context) -> Result<SourceSecrets, Error> {
+    let refused = ctx.secret_sources.refusals(policy);
+    if !refused.is_empty() {
+        return Ok(SourceSecrets { refused, ..Default::default() });
+    }
+    let mut secrets = SourceSecrets::default();
+    for (kind, r) in agent_objects::source_secret_refs(policy) {
         let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &r.namespace);
         let secret =
             api.get_opt(&r.name).await.map_err(Error::kube("reading", format!("Secret {}/{}", r.namespace, r.name)))?;
-        match resources::pick_key(secret.as_ref(), kind, &r) {
+        match agent_objects::pick_key(secret.as_ref(), kind, &r) {
             Ok(value) => match kind {
-                SourceKind::ApiKey => values.api_key = Some(value),
-                SourceKind::Ca => values.ca = Some(value),
+                SourceKind::ApiKey => secrets.values.api_key = Some(value),
+                SourceKind::Ca => secrets.values.ca = Some(value),
             },
-            Err(description) => missing.push(description),
+            Err(description) => secrets.missing.push(description),
         }
     }
-    Ok((values, missing))
+    Ok(secrets)
 }
 
-/// Server-side applies the agent ConfigMap (and Secret, when the policy needs one) in `namespace`.
-#[tracing::instrument(skip_all, fields(%namespace, skipped = Empty, error = Empty, otel.status_code = Empty))]
+/// Applies the agent objects of every namespace in turn; returns the namespaces where it failed,
+/// with the error (the others go on).
 async fn write_agent_objects(
     policy: &TracingPolicy,
-    namespace: &str,
-    secrets: &SecretValues,
-    sampling: &crate::sampling::SamplingPlan,
+    writes: &[AgentObjects],
     ctx: &Context,
-) -> Result<(), Error> {
-    let ns = ctx.namespaces.get(&ObjectRef::new(namespace));
-    let labels = ns.as_ref().map(|n| n.labels().clone()).unwrap_or_default();
-    let agent_sampling = crate::sampling::render::agent_sampling(&policy.spec.sampling, namespace, &labels, sampling);
-    let report_ca = ctx.serving_ca.ca_bundle();
-    let cm = agent_configmap_with(policy, namespace, report_ca.as_deref(), agent_sampling, &ctx.continuity.probes);
-    let secret = needs_secret(policy).then(|| agent_secret(policy, namespace, secrets));
-    let uid = ctx.namespaces.get(&ObjectRef::new(namespace)).and_then(|ns| ns.metadata.uid.clone());
-    let key = (policy.name_any(), namespace.to_string(), uid.unwrap_or_default());
-    let digest = objects_digest(&cm, secret.as_ref());
+) -> BTreeMap<String, String> {
+    let mut failures = BTreeMap::new();
+    for objects in writes {
+        if let Err(e) = write_namespace_objects(policy, objects, ctx).await {
+            tracing::warn!(namespace = %objects.namespace, error = %e, "writing agent objects failed");
+            failures.insert(objects.namespace.clone(), e.to_string());
+        }
+    }
+    failures
+}
+
+/// Server-side applies the agent ConfigMap (and Secret, when the policy needs one) in one
+/// namespace, unless the same objects were applied there recently and are still there.
+#[tracing::instrument(skip_all, fields(namespace = %objects.namespace, skipped = Empty, error = Empty, otel.status_code = Empty))]
+async fn write_namespace_objects(policy: &TracingPolicy, objects: &AgentObjects, ctx: &Context) -> Result<(), Error> {
+    let key = (policy.name_any(), objects.namespace.clone(), objects.namespace_uid.clone());
     let now = std::time::Instant::now();
     // One deleted by hand is missing from the cache: written again at once.
-    let present = ctx.owned_configmaps.get(&ObjectRef::new(AGENT_CONFIGMAP).within(namespace)).is_some()
-        && (secret.is_none() || ctx.owned_secrets.get(&ObjectRef::new(AGENT_SECRET).within(namespace)).is_some());
-    if present && ctx.written().is_fresh(&key, &digest, now) {
+    if objects.present && ctx.written().is_fresh(&key, &objects.digest, now) {
         // Unchanged since the last apply: no API call.
         Span::current().record("skipped", true);
         return Ok(());
     }
-    traced(apply_agent_objects(namespace, &cm, secret.as_ref(), ctx).await)?;
-    ctx.written().record(key, digest, now);
+    traced(apply_agent_objects(&objects.namespace, &objects.configmap, objects.secret.as_ref(), ctx).await)?;
+    ctx.written().record(key, objects.digest.clone(), now);
     Ok(())
 }
 
@@ -788,11 +513,11 @@ fn owned_object(kind: OwnedKind, meta: &kube::core::ObjectMeta) -> OwnedObject {
 async fn list_owned(policy: &TracingPolicy, ctx: &Context) -> Result<Vec<OwnedObject>, Error> {
     let lp = ListParams::default().labels(&owned_selector(policy));
     let cms = Api::<ConfigMap>::all(ctx.client.clone())
-        .list_metadata(&lp.clone().fields(&resources::owned_name_selector(AGENT_CONFIGMAP)))
+        .list_metadata(&lp.clone().fields(&agent_objects::owned_name_selector(AGENT_CONFIGMAP)))
         .await
         .map_err(Error::kube("listing", "owned ConfigMaps"))?;
     let secrets = Api::<Secret>::all(ctx.client.clone())
-        .list_metadata(&lp.fields(&resources::owned_name_selector(AGENT_SECRET)))
+        .list_metadata(&lp.fields(&agent_objects::owned_name_selector(AGENT_SECRET)))
         .await
         .map_err(Error::kube("listing", "owned Secrets"))?;
     Ok(cms
@@ -878,27 +603,18 @@ where
     }
 }
 
-/// The cached pods of the governed namespaces, grouped by namespace.
-fn pods_by_namespace<'a>(
-    pods: &Store<PodSummary>,
-    plan: &'a plan::NamespacePlan,
-) -> BTreeMap<&'a str, Vec<Arc<PodSummary>>> {
-    let mut grouped: BTreeMap<&str, Vec<_>> = BTreeMap::new();
-    for pod in pods.state() {
-        if let Some(g) = plan.governed.iter().find(|g| *g.name == *pod.namespace) {
-            grouped.entry(g.name.as_str()).or_default().push(pod);
-        }
-    }
-    grouped
-}
-
-fn namespace_ref(name: &str) -> ObjectReference {
-    ObjectReference {
-        api_version: Some("v1".into()),
-        kind: Some("Namespace".into()),
-        name: Some(name.into()),
-        ..Default::default()
-    }
+/// The workloads of the three cached kinds, as the rollout's summaries.
+fn cached_workloads<'a>(
+    deployments: &'a [Arc<CachedWorkload<Deployment>>],
+    statefulsets: &'a [Arc<CachedWorkload<StatefulSet>>],
+    daemonsets: &'a [Arc<CachedWorkload<DaemonSet>>],
+) -> Vec<&'a Workload> {
+    deployments
+        .iter()
+        .map(|d| &d.workload)
+        .chain(statefulsets.iter().map(|s| &s.workload))
+        .chain(daemonsets.iter().map(|d| &d.workload))
+        .collect()
 }
 
 impl Context {
@@ -914,6 +630,78 @@ impl Context {
         cache_ready(&self.daemonsets, "daemonset").await
     }
 
+    /// Decides what the reconcile of a live policy does, from snapshots of the caches.
+    fn decide(&self, policy: &TracingPolicy, secrets: SourceSecrets, now: Timestamp) -> ReconcileIntent {
+        let policies = self.policies.state();
+        let namespaces = self.namespaces.state();
+        let pods = self.pods.state();
+        let (deployments, statefulsets, daemonsets) =
+            (self.deployments.state(), self.statefulsets.state(), self.daemonsets.state());
+        let workloads = cached_workloads(&deployments, &statefulsets, &daemonsets);
+        self.reports.prune(now);
+        let requested = self.requested().clone();
+        let report_of = |uid: &str| self.reports.get(uid);
+        let present = |namespace: &str, with_secret: bool| {
+            self.owned_configmaps.get(&ObjectRef::new(AGENT_CONFIGMAP).within(namespace)).is_some()
+                && (!with_secret || self.owned_secrets.get(&ObjectRef::new(AGENT_SECRET).within(namespace)).is_some())
+        };
+        let service_graph = self.continuity.enabled().then(|| {
+            let inventory = || crate::decision::continuity::inventory(workloads.iter().copied(), &policies);
+            self.continuity.graph(&self.reports, inventory, now)
+        });
+        let inputs = ReconcileInputs {
+            policy,
+            rollout: RolloutInputs {
+                policies: &policies,
+                namespaces: &namespaces,
+                workloads: &workloads,
+                pods: &pods,
+                requested: &requested,
+                report_of: &report_of,
+                inject_options: &self.inject_options,
+                now,
+            },
+            owned: cached_owned(policy, self),
+            agent_objects_present: &present,
+            secrets,
+            holds_coverage: self.reports.holds_coverage(now),
+            report_ca: self.serving_ca.ca_bundle(),
+            probes: &self.continuity.probes,
+            service_graph,
+        };
+        decide(&inputs)
+    }
+
+    /// Decides what the reconcile of a deleted policy does, from snapshots of the caches.
+    fn decide_departure(&self, policy: &TracingPolicy, now: Timestamp) -> DepartureIntent {
+        let policies = self.policies.state();
+        let namespaces = self.namespaces.state();
+        let pods = self.pods.state();
+        let (deployments, statefulsets, daemonsets) =
+            (self.deployments.state(), self.statefulsets.state(), self.daemonsets.state());
+        let workloads = cached_workloads(&deployments, &statefulsets, &daemonsets);
+        self.reports.prune(now);
+        let requested = self.requested().clone();
+        let report_of = |uid: &str| self.reports.get(uid);
+        decide_departure(
+            policy,
+            &RolloutInputs {
+                policies: &policies,
+                namespaces: &namespaces,
+                workloads: &workloads,
+                pods: &pods,
+                requested: &requested,
+                report_of: &report_of,
+                inject_options: &self.inject_options,
+                now,
+            },
+        )
+    }
+
+    fn requested(&self) -> std::sync::MutexGuard<'_, Requested> {
+        self.requested.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     fn written(&self) -> std::sync::MutexGuard<'_, WriteMemo> {
         self.written.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -921,8 +709,7 @@ impl Context {
     /// Remembers a patch until the workload cache shows it.
     fn remember(&self, id: &WorkloadId, hash: &str, excluded: Option<&str>, at: Timestamp) {
         let mark = RestartMark { hash: hash.to_string(), at };
-        let mut requested = self.requested.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        requested.record(id.clone(), mark, excluded.map(str::to_string));
+        self.requested().record(id.clone(), mark, excluded.map(str::to_string));
     }
 
     fn request_reconcile_all(&self) {

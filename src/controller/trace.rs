@@ -2,9 +2,9 @@
 //! [`crate::telemetry::traces`]): what the rollout plan decided and why it waits, and how the
 //! reconcile ended. The field names are declared on [`super::reconcile::reconcile`]'s span.
 
-use super::plan::Gates;
 use super::reconcile::Error;
 use crate::api::PolicyPhase;
+use crate::decision::governance::Gates;
 use crate::rollout::{Plan, RolloutPhase};
 use kube::runtime::controller::Action;
 use tracing::Span;

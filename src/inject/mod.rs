@@ -355,9 +355,9 @@ fn is_selected(pod: &Pod, policy: &TracingPolicy) -> bool {
 }
 
 /// What will be done to one pod.
-struct Plan {
+struct PodInjection {
     /// Instrumented containers, in `spec.containers` order.
-    containers: Vec<ContainerPlan>,
+    containers: Vec<ContainerInjection>,
     ports: AgentPorts,
     /// The pod shares the node's network: the agent's ports are declared as host ports.
     host_network: bool,
@@ -370,7 +370,7 @@ struct Plan {
 }
 
 /// What will be done to one instrumented container.
-struct ContainerPlan {
+struct ContainerInjection {
     /// Index in `spec.containers`.
     index: usize,
     language: Option<Language>,
@@ -379,7 +379,7 @@ struct ContainerPlan {
     sourced: BTreeSet<String>,
 }
 
-impl Plan {
+impl PodInjection {
     fn languages(&self) -> Vec<Language> {
         let mut langs: Vec<Language> = self.containers.iter().filter_map(|c| c.language).collect();
         langs.sort();
@@ -408,7 +408,7 @@ fn plan(
     options: &InjectOptions,
     sources: &EnvSources,
     warnings: &mut Vec<String>,
-) -> Result<Plan, SkipReason> {
+) -> Result<PodInjection, SkipReason> {
     let workload = workload_of(&pod.metadata);
     let host_network = spec.host_network == Some(true);
     let taken = ports::taken_ports(spec, AGENT_CONTAINER);
@@ -431,7 +431,7 @@ fn plan(
     let port_names = ports::PORT_NAMES.map(|n| (!taken_names.contains(n)).then_some(n));
     let ours = env::agent_export_env(policy, ports);
     let requested = LanguageRequest::from_annotations(pod.metadata.annotations.as_ref(), warnings);
-    let containers: Vec<ContainerPlan> = eligible_containers(pod, spec, warnings)
+    let containers: Vec<ContainerInjection> = eligible_containers(pod, spec, warnings)
         .into_iter()
         .map(|index| container_plan(&spec.containers[index], index, &requested, &ours, sources, warnings))
         .collect();
@@ -440,7 +440,7 @@ fn plan(
     let by_name: BTreeMap<String, Option<Language>> =
         containers.iter().map(|c| (spec.containers[c.index].name.clone(), c.language)).collect();
     let hash = manifest_hash(policy, ports, options, with_secret, &by_name);
-    Ok(Plan { containers, ports, host_network, port_names, with_secret, workload, service_name, hash })
+    Ok(PodInjection { containers, ports, host_network, port_names, with_secret, workload, service_name, hash })
 }
 
 /// The language, export owner and sourced variables of one instrumented container.
@@ -451,7 +451,7 @@ fn container_plan(
     ours: &[EnvVar],
     sources: &EnvSources,
     warnings: &mut Vec<String>,
-) -> ContainerPlan {
+) -> ContainerInjection {
     let resolved = sources.resolve(c.env_from.as_deref().unwrap_or_default());
     let user_env = c.env.as_deref().unwrap_or_default();
     let own = user_env
@@ -478,7 +478,7 @@ fn container_plan(
         }
     });
     let sourced = resolved.vars.into_keys().filter(|k| !user_env.iter().any(|e| e.name == *k)).collect();
-    ContainerPlan { index, language, export, sourced }
+    ContainerInjection { index, language, export, sourced }
 }
 
 /// A joined language variable that a visible `envFrom` source defines (and `env` does not).
@@ -514,7 +514,7 @@ fn eligible_containers(pod: &Pod, spec: &PodSpec, warnings: &mut Vec<String>) ->
 
 /// A user container or volume already named like one the injector adds (only checked on pods
 /// that were not injected before, where such a name cannot be ours).
-fn name_conflict(spec: &PodSpec, plan: &Plan) -> Option<String> {
+fn name_conflict(spec: &PodSpec, plan: &PodInjection) -> Option<String> {
     let mut volumes: Vec<String> =
         vec![CONFIG_VOLUME.into(), TMP_VOLUME.into(), SECRET_VOLUME.into(), REPORT_TOKEN_VOLUME.into()];
     volumes.extend(plan.languages().iter().map(|l| l.volume_name()));
@@ -536,7 +536,7 @@ fn edits(
     namespace: &str,
     policy: &TracingPolicy,
     options: &InjectOptions,
-    plan: &Plan,
+    plan: &PodInjection,
 ) -> edits::Edits {
     let mut annotations = vec![(MANIFEST_HASH_ANNOTATION, plan.hash.clone()), (POLICY_ANNOTATION, policy.name_any())];
     for (key, export) in
@@ -631,8 +631,8 @@ fn container_edits(
     c: &Container,
     namespace: &str,
     policy: &TracingPolicy,
-    plan: &Plan,
-    cp: &ContainerPlan,
+    plan: &PodInjection,
+    cp: &ContainerInjection,
 ) -> edits::ContainerEdits {
     let mut injected = env::app_env(&env::AppEnv {
         policy,

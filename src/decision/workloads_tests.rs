@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::api::{NamespaceStatus, TracingPolicySpec};
-use crate::controller::plan::GovernedNamespace;
+use crate::decision::governance::GovernedNamespace;
 // The engine tests' fixtures: a Deployment whose 2 pods are not injected yet.
 use crate::rollout::tests::{fresh as workload, id, HASH};
 use crate::rollout::{PodCounts, RestartMark, Rollback, RolloutPhase};
@@ -39,8 +39,8 @@ fn namespace(name: &str, enabled: bool) -> Namespace {
     ns
 }
 
-fn governed(names: &[(&str, &str)]) -> NamespacePlan {
-    NamespacePlan {
+fn governed(names: &[(&str, &str)]) -> Governance {
+    Governance {
         governed: names
             .iter()
             .map(|(name, phase)| GovernedNamespace { name: name.to_string(), rollout_phase: phase.to_string() })

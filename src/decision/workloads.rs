@@ -1,11 +1,11 @@
-//! The policy controller's side of the phased rollout, as pure functions: the engine's
-//! [`Observation`](rollout::Observation) assembled from cache snapshots, and the engine's
-//! [`Plan`] turned into what the reconciler writes (which restarts, which status).
-//!
-//! Kept apart from [`plan`](super::plan) (namespace governance and the status of a policy) so
-//! each file reads as one story; both are pure and the reconciler decides nothing itself.
+//! The workloads of a policy's namespaces, as the rollout engine (`crate::rollout`) sees them, as
+//! pure functions: the engine's [`Observation`](rollout::Observation) assembled from cache
+//! snapshots, the coverage from the agents' reports, and the engine's [`Plan`] turned into what
+//! the reconcile requests (which restarts, which status, a deleted policy's departure).
+//! [`Requested`] is the memo of restarts requested that the caches do not show yet.
 
-use super::plan::NamespacePlan;
+use super::after_rollout::WorkloadPods;
+use super::governance::Governance;
 use crate::api::{
     governing_policy, CoverageState, ExcludedWorkload, NamespaceState, NamespaceStatus, RolloutStatus, TracingPolicy,
     TracingPolicyStatus, WorkloadCoverage,
@@ -24,6 +24,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{self as jiff, Timestamp};
 use kube::ResourceExt;
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 /// The engine's pacing settings from `spec.rollout.phases` (empty: the engine's single default phase).
 pub fn phase_settings(policy: &TracingPolicy) -> Vec<PhaseSettings> {
@@ -65,7 +66,7 @@ pub fn progress_from(status: Option<&TracingPolicyStatus>) -> Progress {
 /// `unclaimed`: existing namespaces no policy governs.
 pub fn leaving_namespaces(
     previous: Option<&TracingPolicyStatus>,
-    plan: &NamespacePlan,
+    governance: &Governance,
     unclaimed: &BTreeSet<String>,
 ) -> Vec<String> {
     let Some(previous) = previous else { return Vec::new() };
@@ -73,7 +74,7 @@ pub fn leaving_namespaces(
         .namespaces
         .iter()
         .filter(|n| matches!(n.state, NamespaceState::Active | NamespaceState::Leaving))
-        .filter(|n| !plan.governs(&n.name) && unclaimed.contains(&n.name))
+        .filter(|n| !governance.governs(&n.name) && unclaimed.contains(&n.name))
         .map(|n| n.name.clone())
         .collect();
     leaving.sort();
@@ -141,17 +142,17 @@ impl<'a> Snapshot<'a> {
 /// [`health_check_since`]) and reporting from the agents' reports (see [`coverage`](fn@coverage)).
 pub fn observe_workloads(
     policy: &TracingPolicy,
-    plan: &NamespacePlan,
+    governance: &Governance,
     leaving: &[String],
     snapshot: &Snapshot,
     options: &InjectOptions,
 ) -> Vec<WorkloadObservation> {
-    let relevant = |ns: &str| plan.governs(ns) || leaving.iter().any(|l| l == ns);
+    let relevant = |ns: &str| governance.governs(ns) || leaving.iter().any(|l| l == ns);
     let mut observed: Vec<WorkloadObservation> = snapshot
         .workloads_with_pods(relevant)
         .into_iter()
         .map(|(w, id, pods)| {
-            let governed = plan.governs(&id.namespace);
+            let governed = governance.governs(&id.namespace);
             observe::observe(w, &pods, Health::Healthy, None, policy, options, governed)
         })
         .collect();
@@ -162,14 +163,14 @@ pub fn observe_workloads(
 /// Coverage of every workload in the governed namespaces, by namespace, from the agents' reports
 /// (looked up by pod uid). `generation`: the policy generation of the current agent config.
 pub fn coverage(
-    plan: &NamespacePlan,
+    governance: &Governance,
     snapshot: &Snapshot,
     report_of: &dyn Fn(&str) -> Option<PodReport>,
     generation: i64,
     now: Timestamp,
 ) -> BTreeMap<String, Vec<(WorkloadId, WorkloadCoverage)>> {
     let mut by_ns: BTreeMap<String, Vec<(WorkloadId, WorkloadCoverage)>> = BTreeMap::new();
-    for (w, id, pods) in snapshot.workloads_with_pods(|ns| plan.governs(ns)) {
+    for (w, id, pods) in snapshot.workloads_with_pods(|ns| governance.governs(ns)) {
         let reports: BTreeMap<&str, PodReport> = pods
             .iter()
             .map(|p| &*p.uid)
@@ -187,9 +188,9 @@ pub fn coverage(
 }
 
 /// Pod uids of every workload in the governed namespaces (for the baseline and the review).
-pub fn workload_pods(plan: &NamespacePlan, snapshot: &Snapshot) -> super::after_rollout::WorkloadPods {
+pub fn workload_pods(governance: &Governance, snapshot: &Snapshot) -> WorkloadPods {
     snapshot
-        .workloads_with_pods(|ns| plan.governs(ns))
+        .workloads_with_pods(|ns| governance.governs(ns))
         .into_iter()
         .map(|(_, id, pods)| (id, pods.iter().map(|p| p.uid.to_string()).filter(|uid| !uid.is_empty()).collect()))
         .collect()
@@ -244,14 +245,14 @@ pub fn health_check_since(w: &WorkloadObservation) -> Option<Timestamp> {
 /// The engine's observation.
 pub fn observation(
     policy: &TracingPolicy,
-    plan: &NamespacePlan,
+    governance: &Governance,
     workloads: Vec<WorkloadObservation>,
     previous: Option<&TracingPolicyStatus>,
     now: Timestamp,
 ) -> rollout::Observation {
     rollout::Observation {
         phases: phase_settings(policy),
-        namespaces: plan
+        namespaces: governance
             .governed
             .iter()
             .map(|g| NamespaceObservation { name: g.name.clone(), phase: phase_index(policy, &g.rollout_phase) })
@@ -296,10 +297,82 @@ pub fn still_leaving(leaving: &[String], workloads: &[WorkloadObservation], plan
         .collect()
 }
 
+/// The rollout engine's plan for a policy, with what it was computed from.
+#[derive(Clone, Debug)]
+pub struct RolloutView {
+    pub engine: Plan,
+    pub workloads: Vec<WorkloadObservation>,
+    /// Namespaces the policy left whose workloads still carry (or are losing) injection.
+    pub leaving: Vec<String>,
+    /// Coverage of the governed namespaces' workloads, from the agents' reports.
+    pub coverage: BTreeMap<String, Vec<(WorkloadId, WorkloadCoverage)>>,
+    /// Pod uids of the governed workloads (baseline and review).
+    pub workload_pods: WorkloadPods,
+    /// Requests the memo no longer needs to remember (see [`Requested::forgotten_in`]).
+    pub seen_requests: Vec<(WorkloadId, Timestamp)>,
+}
+
+/// What the rollout view is computed from: snapshots of the caches.
+pub struct RolloutInputs<'a> {
+    pub policies: &'a [Arc<TracingPolicy>],
+    pub namespaces: &'a [Arc<Namespace>],
+    pub workloads: &'a [&'a Workload],
+    pub pods: &'a [Arc<PodSummary>],
+    /// The restarts and rollbacks requested that the caches may not show yet.
+    pub requested: &'a Requested,
+    /// The agents' reports, by pod uid.
+    pub report_of: &'a dyn Fn(&str) -> Option<PodReport>,
+    pub inject_options: &'a InjectOptions,
+    pub now: Timestamp,
+}
+
+/// Observes the workloads of governed and leaving namespaces and asks the engine what to do.
+pub fn view_rollout(policy: &TracingPolicy, governance: &Governance, inputs: &RolloutInputs) -> RolloutView {
+    let now = inputs.now;
+    let previous = policy.status.as_ref();
+    let policy_refs: Vec<&TracingPolicy> = inputs.policies.iter().map(Arc::as_ref).collect();
+    let unclaimed = unclaimed_namespaces(&policy.name_any(), &policy_refs, inputs.namespaces.iter().map(Arc::as_ref));
+    let leaving = leaving_namespaces(previous, governance, &unclaimed);
+    let snapshot =
+        Snapshot { workloads: inputs.workloads.to_vec(), pods: inputs.pods.iter().map(Arc::as_ref).collect() };
+    let mut workloads = observe_workloads(policy, governance, &leaving, &snapshot, inputs.inject_options);
+    let generation = policy.metadata.generation.unwrap_or_default();
+    let coverage = coverage(governance, &snapshot, inputs.report_of, generation, now);
+    apply_reporting(&mut workloads, &coverage);
+    let workload_pods = workload_pods(governance, &snapshot);
+    let mut requested = inputs.requested.clone();
+    requested.overlay(&mut workloads, now);
+    let seen_requests = inputs.requested.forgotten_in(&requested);
+    fill_health(&mut workloads, &snapshot.pods);
+    let observation = observation(policy, governance, workloads.clone(), previous, now);
+    let engine = rollout::plan(&observation);
+    tracing::debug!(
+        state = ?engine.state,
+        message = %engine.message,
+        restarts = engine.restarts.len(),
+        in_flight = engine.in_flight.len(),
+        phase = engine.progress.phase,
+        soak_started = ?engine.progress.soak_started,
+        workloads = ?workloads.iter().map(|w| (w.id.to_string(), w.pods, w.rolled_out, w.restart.as_ref().map(|m| m.at))).collect::<Vec<_>>(),
+        "rollout plan"
+    );
+    let leaving = still_leaving(&leaving, &workloads, &engine);
+    RolloutView { engine, workloads, leaving, coverage, workload_pods, seen_requests }
+}
+
+/// Health of the restarts in flight (only where a restart is settling), from the cached pods.
+fn fill_health(workloads: &mut [WorkloadObservation], pods: &[&PodSummary]) {
+    for w in workloads.iter_mut() {
+        let Some(since) = health_check_since(w) else { continue };
+        let mine: Vec<&PodSummary> = pods.iter().copied().filter(|p| observe::pod_belongs_to(p, &w.id)).collect();
+        w.health = observe::health(&mine, since);
+    }
+}
+
 /// Restarts and rollbacks this operator requested, remembered until the workload cache shows
 /// them: a reconcile that runs before the cache has caught up with a patch must neither request
 /// the same restart again nor count the workload as settled.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Requested(BTreeMap<WorkloadId, Expectation>);
 
 /// What a patch set on a workload's template.
@@ -334,6 +407,22 @@ impl Requested {
             w.rolled_out = false;
             if e.excluded.is_some() {
                 w.excluded.clone_from(&e.excluded);
+            }
+        }
+    }
+
+    /// The requests `self` remembers that `overlaid` (a copy after [`overlay`](Self::overlay)) no
+    /// longer does: the cache shows them, or they are too old to matter.
+    pub fn forgotten_in(&self, overlaid: &Requested) -> Vec<(WorkloadId, Timestamp)> {
+        self.0.iter().filter(|(id, _)| !overlaid.0.contains_key(*id)).map(|(id, e)| (id.clone(), e.mark.at)).collect()
+    }
+
+    /// Forgets the requests [`forgotten_in`](Self::forgotten_in) listed, unless one was requested
+    /// again since.
+    pub fn forget(&mut self, forgotten: &[(WorkloadId, Timestamp)]) {
+        for (id, at) in forgotten {
+            if self.0.get(id).is_some_and(|e| e.mark.at == *at) {
+                self.0.remove(id);
             }
         }
     }
@@ -508,5 +597,5 @@ fn truncate_at_char(s: &mut String, max: usize) {
 }
 
 #[cfg(test)]
-#[path = "rollout_tests.rs"]
+#[path = "workloads_tests.rs"]
 mod tests;

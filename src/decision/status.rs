@@ -1,23 +1,16 @@
-//! The policy controller's decisions, as pure functions: which namespaces a policy governs, what
-//! to do in each of them, how many pods are covered, and the status that results.
-//!
-//! The reconciler gathers the inputs (policies, namespaces, pod metadata, source Secrets), calls
-//! these functions and carries out what they return; it decides nothing itself.
+//! The status of a policy after a reconcile, as pure functions: its phase and conditions from
+//! the namespaces' states and counts, the rollout engine's verdict, the source Secrets, the
+//! sampling budgets and trace continuity ([`StatusInputs`]), and the status of an invalid spec.
 
-use crate::api::keys::INJECT_LABEL;
+use super::governance::Overlap;
 use crate::api::{
-    governing_policy, selector, AgentVersions, Coverage, NamespaceState, NamespaceStatus, PolicyPhase, RolloutStatus,
-    SamplingStatus, ServiceGraph, TracingPolicy, TracingPolicyStatus,
+    AgentVersions, Coverage, NamespaceState, NamespaceStatus, PolicyPhase, RolloutStatus, SamplingStatus, ServiceGraph,
+    TracingPolicy, TracingPolicyStatus,
 };
-use crate::rollout::pod::PodSummary;
 use crate::rollout::RolloutPhase as EngineState;
-use k8s_openapi::api::core::v1::Namespace;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
-
-/// Rollout phase of a namespace when the policy declares no phases.
-pub const DEFAULT_ROLLOUT_PHASE: &str = "default";
 
 /// Condition types written by the controller.
 pub const READY: &str = "Ready";
@@ -64,210 +57,6 @@ pub fn newly_skipped(previous: Option<&TracingPolicyStatus>, next: &TracingPolic
         .collect()
 }
 
-/// A namespace this policy governs (and no older policy claims), with its rollout phase.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct GovernedNamespace {
-    pub name: String,
-    pub rollout_phase: String,
-}
-
-/// A namespace this policy's selector matches but an older policy governs.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Overlap {
-    pub namespace: String,
-    pub governed_by: String,
-}
-
-/// Where a policy applies, computed from every policy and namespace the controller knows.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct NamespacePlan {
-    /// Sorted by name.
-    pub governed: Vec<GovernedNamespace>,
-    /// Sorted by namespace name.
-    pub overlaps: Vec<Overlap>,
-}
-
-impl NamespacePlan {
-    pub fn governs(&self, namespace: &str) -> bool {
-        self.governed.iter().any(|g| g.name == namespace)
-    }
-}
-
-/// Which namespaces `policy` governs among `namespaces`, given all known `policies` (the store may
-/// lag behind, so `policy` itself is taken from the argument, not from `policies`).
-/// Terminating namespaces are not governed: nothing can be written there any more.
-pub fn plan_namespaces<'a>(
-    policy: &'a TracingPolicy,
-    policies: impl IntoIterator<Item = &'a TracingPolicy>,
-    namespaces: impl IntoIterator<Item = &'a Namespace>,
-) -> NamespacePlan {
-    let me = policy.name_any();
-    let candidates: Vec<&TracingPolicy> =
-        std::iter::once(policy).chain(policies.into_iter().filter(|p| p.name_any() != me)).collect();
-    let mut plan = NamespacePlan::default();
-    for ns in namespaces {
-        if is_terminating(ns) || !policy.governs(ns) {
-            continue;
-        }
-        match governing_policy(candidates.iter().copied(), ns) {
-            Some(winner) if winner.name_any() != me => {
-                plan.overlaps.push(Overlap { namespace: ns.name_any(), governed_by: winner.name_any() })
-            }
-            _ => plan
-                .governed
-                .push(GovernedNamespace { name: ns.name_any(), rollout_phase: rollout_phase_for(policy, ns) }),
-        }
-    }
-    plan.governed.sort_by(|a, b| a.name.cmp(&b.name));
-    plan.overlaps.sort_by(|a, b| a.namespace.cmp(&b.namespace));
-    plan
-}
-
-fn is_terminating(ns: &Namespace) -> bool {
-    ns.metadata.deletion_timestamp.is_some()
-        || ns.status.as_ref().and_then(|s| s.phase.as_deref()).is_some_and(|p| p == "Terminating")
-}
-
-/// The rollout phase `ns` belongs to: the first phase whose selector matches it (a phase without
-/// selector takes every remaining namespace), else the last phase, else [`DEFAULT_ROLLOUT_PHASE`].
-pub fn rollout_phase_for(policy: &TracingPolicy, ns: &Namespace) -> String {
-    let phases = &policy.spec.rollout.phases;
-    let matches =
-        |sel: &Option<LabelSelector>| sel.as_ref().is_none_or(|s| selector::matches(s, ns.labels()).unwrap_or(false));
-    phases
-        .iter()
-        .find(|p| matches(&p.namespace_selector))
-        .or(phases.last())
-        .map_or_else(|| DEFAULT_ROLLOUT_PHASE.to_string(), |p| p.name.clone())
-}
-
-/// Kind of an object the policy owns in a user namespace.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum OwnedKind {
-    ConfigMap,
-    Secret,
-}
-
-/// An object the policy owns, as listed (metadata only).
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub struct OwnedObject {
-    pub kind: OwnedKind,
-    pub namespace: String,
-    pub name: String,
-    /// Deletion is guarded by this version, so an object another policy just took over survives.
-    pub resource_version: Option<String>,
-}
-
-/// Owned objects that must go: everything in namespaces the policy no longer governs, and the
-/// agent Secret where the policy no longer needs one (its API key or CA reference was removed).
-pub fn stale_objects(plan: &NamespacePlan, needs_secret: bool, owned: &[OwnedObject]) -> Vec<OwnedObject> {
-    let mut stale: Vec<OwnedObject> = owned
-        .iter()
-        .filter(|o| !plan.governs(&o.namespace) || (o.kind == OwnedKind::Secret && !needs_secret))
-        .cloned()
-        .collect();
-    stale.sort();
-    stale
-}
-
-/// What gates the activation of namespaces in this reconcile.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Gates {
-    /// `spec.rollout.paused`: no new namespace becomes active.
-    pub paused: bool,
-    /// `spec.rollout.dryRun`: nothing new is written or activated.
-    pub dry_run: bool,
-    /// Every source Secret the policy references exists with its key.
-    pub secrets_ready: bool,
-}
-
-/// What to do in one governed namespace.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Step {
-    /// Write the agent config (and Secret) and mark the namespace `Active` for the first time.
-    Activate,
-    /// Already active: rewrite the agent config so live changes (sampling, endpoint) reach the agents.
-    Refresh,
-    /// Already active, but the config cannot be written now (a source Secret is missing): leave
-    /// what is there, so running agents keep working.
-    Keep,
-    /// Not active, and not to be activated now.
-    Hold(HoldReason),
-}
-
-/// Why a namespace stays `Pending`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum HoldReason {
-    Paused,
-    DryRun,
-    SecretNotFound,
-    /// Writing the agent objects failed; retried on the next reconcile.
-    WriteFailed,
-    /// The namespace's rollout phase has not started yet.
-    PhaseNotReached,
-}
-
-impl Step {
-    /// The namespace's state once the step is carried out.
-    pub fn resulting_state(self) -> NamespaceState {
-        match self {
-            Step::Activate | Step::Refresh | Step::Keep => NamespaceState::Active,
-            Step::Hold(_) => NamespaceState::Pending,
-        }
-    }
-
-    /// Whether the step writes the agent ConfigMap (and Secret).
-    pub fn writes_config(self) -> bool {
-        matches!(self, Step::Activate | Step::Refresh)
-    }
-}
-
-/// The step for a namespace previously in state `previous` (None: never recorded). `reached`:
-/// the rollout engine has reached the namespace's phase. An active namespace stays active.
-pub fn step_for(previous: Option<NamespaceState>, gates: Gates, reached: bool) -> Step {
-    let active = previous == Some(NamespaceState::Active);
-    match (active, gates) {
-        (true, Gates { secrets_ready: false, .. }) => Step::Keep,
-        (true, _) => Step::Refresh,
-        (false, Gates { secrets_ready: false, .. }) => Step::Hold(HoldReason::SecretNotFound),
-        (false, Gates { dry_run: true, .. }) => Step::Hold(HoldReason::DryRun),
-        (false, Gates { paused: true, .. }) => Step::Hold(HoldReason::Paused),
-        (false, _) if !reached => Step::Hold(HoldReason::PhaseNotReached),
-        (false, _) => Step::Activate,
-    }
-}
-
-/// Pod counts of one namespace from its cached pods.
-///
-/// `selected`: not terminating, not opted out, matched by `podSelector`; `injected`: selected and
-/// labelled `tracelight.io/injected=true`; `skipped`: selected, not injected, and the webhook said
-/// why on the pod; `missed`: selected, not injected, namespace active.
-/// `outdated` is left 0 here: it needs each workload's expected manifest hash (see
-/// `inject::hash`), so the reconciler fills it from the rollout's workload observations.
-pub fn pod_counts<'a>(
-    pods: impl IntoIterator<Item = &'a PodSummary>,
-    pod_selector: Option<&LabelSelector>,
-    active: bool,
-) -> Coverage {
-    let mut counts = Coverage::default();
-    for pod in pods {
-        let opted_out = pod.labels.get(INJECT_LABEL) == Some("false");
-        let selected = pod_selector.is_none_or(|s| pod.selected_by(s).unwrap_or(false));
-        if pod.deleting || opted_out || !selected {
-            continue;
-        }
-        counts.selected += 1;
-        if pod.injected() {
-            counts.injected += 1;
-        } else if pod.skipped {
-            counts.skipped += 1;
-        } else if active {
-            counts.missed += 1;
-        }
-    }
-    counts
-}
-
 /// Sum of per-namespace counts, with the number of namespaces and the agent versions on one line.
 pub fn total_coverage(namespaces: &[NamespaceStatus]) -> Coverage {
     let mut total = namespaces.iter().fold(
@@ -290,7 +79,7 @@ pub fn total_coverage(namespaces: &[NamespaceStatus]) -> Coverage {
 
 /// What the reconciler observed and did, as input to [`desired_status`].
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct Observation {
+pub struct StatusInputs {
     /// Every governed namespace with its state after this reconcile and its pod counts.
     pub namespaces: Vec<NamespaceStatus>,
     pub overlaps: Vec<Overlap>,
@@ -308,12 +97,12 @@ pub struct Observation {
     pub budgets_unmet: Option<Vec<String>>,
     /// With probe traces on: the service graph of the policy's namespaces and the
     /// `TracesConnected` condition as `(status, reason, message)`.
-    pub continuity: Option<ContinuityObservation>,
+    pub continuity: Option<ContinuityVerdict>,
 }
 
 /// The service graph (`None`: nothing joined yet) and the `TracesConnected` condition as
 /// `(status, reason, message)`.
-pub type ContinuityObservation = (Option<ServiceGraph>, (&'static str, &'static str, String));
+pub type ContinuityVerdict = (Option<ServiceGraph>, (&'static str, &'static str, String));
 
 /// The rollout engine's verdict, as the status reports it.
 #[derive(Clone, Debug, PartialEq)]
@@ -354,7 +143,7 @@ fn progressing_condition(outcome: &RolloutOutcome, pending: usize) -> (bool, &'s
 /// The status of a valid policy after a reconcile.
 pub fn desired_status(
     policy: &TracingPolicy,
-    observed: &Observation,
+    observed: &StatusInputs,
     previous: Option<&TracingPolicyStatus>,
     now: Timestamp,
 ) -> TracingPolicyStatus {
@@ -623,8 +412,7 @@ mod tests {
         assert!(newly_skipped(Some(&before), &status(&[("shop", 0)])).is_empty(), "fewer is no news");
         assert_eq!(newly_skipped(None, &status(&[("shop", 1)])), vec![("shop".to_string(), 1)]);
     }
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelectorRequirement, ObjectMeta};
-    use std::collections::BTreeMap;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
     fn policy(name: &str, created: i64) -> TracingPolicy {
         let spec: TracingPolicySpec = serde_json::from_value(serde_json::json!({
@@ -635,17 +423,6 @@ mod tests {
         p.metadata.generation = Some(3);
         p.metadata.creation_timestamp = Some(Time(Timestamp::from_second(created).unwrap()));
         p
-    }
-
-    fn namespace(name: &str, labels: &[(&str, &str)]) -> Namespace {
-        let mut ns = Namespace::default();
-        ns.metadata.name = Some(name.into());
-        ns.metadata.labels = Some(labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect());
-        ns
-    }
-
-    fn enabled(name: &str) -> Namespace {
-        namespace(name, &[("tracelight.io/enabled", "true")])
     }
 
     fn phase(name: &str, selector: Option<LabelSelector>) -> RolloutPhase {
@@ -666,150 +443,6 @@ mod tests {
         Timestamp::from_second(1_800_000_000).unwrap()
     }
 
-    #[test]
-    fn governs_labelled_namespaces_only_sorted() {
-        let p = policy("default", 100);
-        let nss = [enabled("b"), namespace("plain", &[]), enabled("a")];
-        let plan = plan_namespaces(&p, [], &nss);
-        let names: Vec<_> = plan.governed.iter().map(|g| g.name.as_str()).collect();
-        assert_eq!(names, ["a", "b"]);
-        assert!(plan.overlaps.is_empty());
-        assert_eq!(plan.governed[0].rollout_phase, DEFAULT_ROLLOUT_PHASE);
-    }
-
-    #[test]
-    fn older_policy_wins_an_overlap_and_the_younger_reports_it() {
-        let old = policy("old", 100);
-        let young = policy("young", 200);
-        let nss = [enabled("shop")];
-        let plan = plan_namespaces(&young, [&old, &young], &nss);
-        assert!(plan.governed.is_empty());
-        assert_eq!(plan.overlaps, vec![Overlap { namespace: "shop".into(), governed_by: "old".into() }]);
-        let plan = plan_namespaces(&old, [&old, &young], &nss);
-        assert_eq!(plan.governed.len(), 1);
-        assert!(plan.overlaps.is_empty());
-    }
-
-    #[test]
-    fn a_policy_being_deleted_does_not_win_overlaps() {
-        let mut old = policy("old", 100);
-        old.metadata.deletion_timestamp = Some(Time(now()));
-        let young = policy("young", 200);
-        let plan = plan_namespaces(&young, [&old], &[enabled("shop")]);
-        assert_eq!(plan.governed.len(), 1);
-    }
-
-    #[test]
-    fn terminating_namespaces_are_not_governed() {
-        let mut ns = enabled("gone");
-        ns.metadata.deletion_timestamp = Some(Time(now()));
-        let plan = plan_namespaces(&policy("p", 1), [], &[ns]);
-        assert!(plan.governed.is_empty());
-    }
-
-    #[test]
-    fn rollout_phase_is_first_match_else_last_phase() {
-        let mut p = policy("p", 1);
-        let pilot = LabelSelector {
-            match_expressions: Some(vec![LabelSelectorRequirement {
-                key: "tier".into(),
-                operator: "In".into(),
-                values: Some(vec!["pilot".into()]),
-            }]),
-            ..Default::default()
-        };
-        let prod = LabelSelector {
-            match_labels: Some(BTreeMap::from([("tier".to_string(), "prod".to_string())])),
-            ..Default::default()
-        };
-        p.spec.rollout.phases = vec![phase("pilot", Some(pilot)), phase("expansion", Some(prod))];
-        assert_eq!(rollout_phase_for(&p, &namespace("a", &[("tier", "pilot")])), "pilot");
-        assert_eq!(rollout_phase_for(&p, &namespace("b", &[("tier", "prod")])), "expansion");
-        assert_eq!(rollout_phase_for(&p, &namespace("c", &[])), "expansion");
-        p.spec.rollout.phases.push(phase("rest", None));
-        assert_eq!(rollout_phase_for(&p, &namespace("c", &[])), "rest");
-    }
-
-    fn owned(kind: OwnedKind, ns: &str) -> OwnedObject {
-        OwnedObject { kind, namespace: ns.into(), name: "tracelight-agent".into(), resource_version: Some("1".into()) }
-    }
-
-    #[test]
-    fn stale_objects_are_those_outside_governed_namespaces_and_unneeded_secrets() {
-        let plan = plan_namespaces(&policy("p", 1), [], &[enabled("a")]);
-        let all = [
-            owned(OwnedKind::ConfigMap, "a"),
-            owned(OwnedKind::Secret, "a"),
-            owned(OwnedKind::ConfigMap, "gone"),
-            owned(OwnedKind::Secret, "gone"),
-        ];
-        let stale = stale_objects(&plan, true, &all);
-        assert_eq!(stale, vec![owned(OwnedKind::ConfigMap, "gone"), owned(OwnedKind::Secret, "gone")]);
-        let stale = stale_objects(&plan, false, &all);
-        assert_eq!(stale.len(), 3);
-        assert!(stale.contains(&owned(OwnedKind::Secret, "a")));
-    }
-
-    #[test]
-    fn steps_respect_pause_dry_run_and_missing_secrets() {
-        let open = Gates { paused: false, dry_run: false, secrets_ready: true };
-        assert_eq!(step_for(None, open, true), Step::Activate);
-        assert_eq!(step_for(Some(NamespaceState::Pending), open, true), Step::Activate);
-        assert_eq!(step_for(Some(NamespaceState::Active), open, true), Step::Refresh);
-        let paused = Gates { paused: true, ..open };
-        assert_eq!(step_for(None, paused, true), Step::Hold(HoldReason::Paused));
-        assert_eq!(step_for(Some(NamespaceState::Active), paused, true), Step::Refresh);
-        let dry = Gates { dry_run: true, ..open };
-        assert_eq!(step_for(None, dry, true), Step::Hold(HoldReason::DryRun));
-        let no_secret = Gates { secrets_ready: false, ..open };
-        assert_eq!(step_for(None, no_secret, true), Step::Hold(HoldReason::SecretNotFound));
-        assert_eq!(step_for(Some(NamespaceState::Active), no_secret, true), Step::Keep);
-        assert_eq!(step_for(None, open, false), Step::Hold(HoldReason::PhaseNotReached));
-        assert_eq!(step_for(Some(NamespaceState::Pending), open, false), Step::Hold(HoldReason::PhaseNotReached));
-        assert_eq!(step_for(Some(NamespaceState::Active), open, false), Step::Refresh);
-        assert!(!Step::Keep.writes_config());
-        assert_eq!(Step::Keep.resulting_state(), NamespaceState::Active);
-    }
-
-    fn pod(labels: &[(&str, &str)]) -> PodSummary {
-        let meta = ObjectMeta {
-            labels: Some(labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()),
-            ..Default::default()
-        };
-        PodSummary::from_meta(&meta, Box::default())
-    }
-
-    #[test]
-    fn pod_counts_selected_injected_missed() {
-        let mut terminating = pod(&[]);
-        terminating.deleting = true;
-        let pods = [
-            pod(&[("tracelight.io/injected", "true")]),
-            pod(&[]),
-            pod(&[("tracelight.io/inject", "false")]),
-            terminating,
-        ];
-        let counts = pod_counts(&pods, None, true);
-        assert_eq!((counts.selected, counts.injected, counts.missed, counts.outdated), (2, 1, 1, 0));
-        // Nothing is missed where the rollout has not arrived yet.
-        assert_eq!(pod_counts(&pods, None, false).missed, 0);
-        // A pod the webhook skipped with a reason is counted as skipped, not missed.
-        let mut skipped = pod(&[]);
-        skipped.skipped = true;
-        let counts = pod_counts(&[skipped], None, true);
-        assert_eq!((counts.selected, counts.skipped, counts.missed), (1, 1, 0));
-    }
-
-    #[test]
-    fn pod_selector_narrows_selection() {
-        let sel = LabelSelector {
-            match_labels: Some(BTreeMap::from([("app".to_string(), "api".to_string())])),
-            ..Default::default()
-        };
-        let pods = [pod(&[("app", "api")]), pod(&[("app", "db")])];
-        assert_eq!(pod_counts(&pods, Some(&sel), true).selected, 1);
-    }
-
     fn cond<'a>(s: &'a TracingPolicyStatus, t: &str) -> &'a Condition {
         s.conditions.iter().find(|c| c.type_ == t).unwrap()
     }
@@ -819,7 +452,7 @@ mod tests {
         let p = policy("p", 1);
         let mut a = ns_status("a", NamespaceState::Active);
         a.counts = Coverage { selected: 3, injected: 2, missed: 1, ..Default::default() };
-        let obs = Observation { namespaces: vec![a, ns_status("b", NamespaceState::Active)], ..Default::default() };
+        let obs = StatusInputs { namespaces: vec![a, ns_status("b", NamespaceState::Active)], ..Default::default() };
         let s = desired_status(&p, &obs, None, now());
         assert_eq!(s.phase, Some(PolicyPhase::Complete));
         assert_eq!(s.observed_generation, Some(3));
@@ -858,7 +491,7 @@ mod tests {
 
     #[test]
     fn no_namespaces_is_pending() {
-        let s = desired_status(&policy("p", 1), &Observation::default(), None, now());
+        let s = desired_status(&policy("p", 1), &StatusInputs::default(), None, now());
         assert_eq!(s.phase, Some(PolicyPhase::Pending));
         assert_eq!(cond(&s, READY).reason, reason::NO_NAMESPACES);
         assert_eq!(s.coverage.unwrap().namespaces, 0);
@@ -868,7 +501,7 @@ mod tests {
     fn paused_policy_is_paused_with_pending_namespaces() {
         let mut p = policy("p", 1);
         p.spec.rollout.paused = true;
-        let obs = Observation {
+        let obs = StatusInputs {
             namespaces: vec![ns_status("a", NamespaceState::Active), ns_status("b", NamespaceState::Pending)],
             ..Default::default()
         };
@@ -883,7 +516,7 @@ mod tests {
     fn dry_run_stays_pending() {
         let mut p = policy("p", 1);
         p.spec.rollout.dry_run = true;
-        let obs = Observation { namespaces: vec![ns_status("a", NamespaceState::Pending)], ..Default::default() };
+        let obs = StatusInputs { namespaces: vec![ns_status("a", NamespaceState::Pending)], ..Default::default() };
         let s = desired_status(&p, &obs, None, now());
         assert_eq!(s.phase, Some(PolicyPhase::Pending));
         assert_eq!(cond(&s, PROGRESSING).reason, reason::DRY_RUN);
@@ -892,7 +525,7 @@ mod tests {
 
     #[test]
     fn missing_secret_is_not_ready_and_degraded() {
-        let obs = Observation {
+        let obs = StatusInputs {
             namespaces: vec![ns_status("a", NamespaceState::Pending)],
             missing_secrets: vec!["Secret ops/backend has no key api-key".into()],
             ..Default::default()
@@ -906,7 +539,7 @@ mod tests {
 
     #[test]
     fn refused_secret_is_not_ready_with_its_own_reason() {
-        let obs = Observation {
+        let obs = StatusInputs {
             namespaces: vec![ns_status("a", NamespaceState::Pending)],
             refused_secrets: vec!["API key Secret kube-system/x is outside ...".into()],
             ..Default::default()
@@ -922,7 +555,7 @@ mod tests {
 
     #[test]
     fn overlap_is_reported_naming_both_policies() {
-        let obs = Observation {
+        let obs = StatusInputs {
             namespaces: vec![ns_status("a", NamespaceState::Active)],
             overlaps: vec![Overlap { namespace: "shop".into(), governed_by: "old".into() }],
             ..Default::default()
@@ -938,19 +571,19 @@ mod tests {
     #[test]
     fn transition_time_is_kept_while_status_is_unchanged() {
         let p = policy("p", 1);
-        let obs = Observation { namespaces: vec![ns_status("a", NamespaceState::Active)], ..Default::default() };
+        let obs = StatusInputs { namespaces: vec![ns_status("a", NamespaceState::Active)], ..Default::default() };
         let first = desired_status(&p, &obs, None, now());
         let later = Timestamp::from_second(1_800_000_600).unwrap();
         let second = desired_status(&p, &obs, Some(&first), later);
         assert_eq!(cond(&second, READY).last_transition_time, Time(now()));
-        let third = desired_status(&p, &Observation::default(), Some(&second), later);
+        let third = desired_status(&p, &StatusInputs::default(), Some(&second), later);
         assert_eq!(cond(&third, READY).last_transition_time, Time(later));
     }
 
     #[test]
     fn invalid_spec_keeps_rolled_out_namespaces() {
         let p = policy("p", 1);
-        let obs = Observation { namespaces: vec![ns_status("a", NamespaceState::Active)], ..Default::default() };
+        let obs = StatusInputs { namespaces: vec![ns_status("a", NamespaceState::Active)], ..Default::default() };
         let before = desired_status(&p, &obs, None, now());
         let s = invalid_spec_status(&p, "invalid TracingPolicy: spec.propagators: bad", Some(&before), now());
         assert_eq!(s.phase, Some(PolicyPhase::Degraded));
@@ -987,7 +620,7 @@ mod tests {
     #[test]
     fn restarting_is_progressing_and_the_status_records_the_rollout() {
         let p = with_phases(policy("p", 1));
-        let obs = Observation {
+        let obs = StatusInputs {
             namespaces: vec![ns_status("a", NamespaceState::Active), ns_status("b", NamespaceState::Active)],
             rollout: Some(outcome(EngineState::Progressing, "phase \"expansion\": 1 restarting")),
             ..Default::default()
@@ -1014,7 +647,7 @@ mod tests {
 
     #[test]
     fn soaking_is_progressing_with_its_own_reason() {
-        let obs = Observation {
+        let obs = StatusInputs {
             namespaces: vec![ns_status("a", NamespaceState::Active)],
             rollout: Some(outcome(EngineState::Soaking, "phase \"pilot\" soaking, 4s left")),
             ..Default::default()
@@ -1027,7 +660,7 @@ mod tests {
 
     #[test]
     fn a_rollback_is_degraded_and_not_ready() {
-        let obs = Observation {
+        let obs = StatusInputs {
             namespaces: vec![ns_status("a", NamespaceState::Active)],
             rollout: Some(outcome(EngineState::Degraded, "rolled back a/Deployment/web: not ready within 5s")),
             ..Default::default()
@@ -1047,7 +680,7 @@ mod tests {
     fn a_dry_run_shows_the_plan_and_changes_nothing() {
         let mut p = policy("p", 1);
         p.spec.rollout.dry_run = true;
-        let obs = Observation {
+        let obs = StatusInputs {
             namespaces: vec![ns_status("a", NamespaceState::Pending)],
             rollout: Some(outcome(EngineState::Degraded, "phase \"default\": 1 restarting")),
             ..Default::default()
@@ -1064,7 +697,7 @@ mod tests {
     fn a_paused_rollout_explains_where_it_stopped() {
         let mut p = policy("p", 1);
         p.spec.rollout.paused = true;
-        let obs = Observation {
+        let obs = StatusInputs {
             namespaces: vec![ns_status("a", NamespaceState::Active)],
             rollout: Some(outcome(EngineState::Paused, "paused in phase \"default\"")),
             ..Default::default()
@@ -1081,7 +714,7 @@ mod tests {
 
     #[test]
     fn leaving_namespaces_are_not_pending() {
-        let obs = Observation {
+        let obs = StatusInputs {
             namespaces: vec![ns_status("a", NamespaceState::Active), ns_status("gone", NamespaceState::Leaving)],
             rollout: Some(outcome(EngineState::Complete, "all 1 phase(s) rolled out")),
             ..Default::default()
@@ -1097,7 +730,7 @@ mod tests {
             rollout: Some(RolloutStatus { phase_index: 1, ..Default::default() }),
             ..Default::default()
         };
-        let obs = Observation { namespaces: vec![ns_status("a", NamespaceState::Active)], ..Default::default() };
+        let obs = StatusInputs { namespaces: vec![ns_status("a", NamespaceState::Active)], ..Default::default() };
         let s = desired_status(&policy("p", 1), &obs, Some(&previous), now());
         assert_eq!(s.rollout.map(|r| r.phase_index), Some(1));
     }
