@@ -108,7 +108,13 @@ bench-agent-compare: agent-release ## Agent vs OpenTelemetry Collector, same pip
 bench-agent-red: agent-release ## Agent with RED metrics on vs off, same load, alternating rounds; last line is RESULT red_throughput_cost_pct=... red_idle_rss_delta_mib=...
 	$(CARGO) build --release --locked -p tracelight-agent --example otlp_loadgen
 	@REL="$${CARGO_TARGET_DIR:-target}/release" && \
-	BENCH_RED=1 python3 e2e/collector/bench.py "$(AGENT_RELEASE)/tracelight-agent" none "$$REL/examples/otlp_loadgen"
+	BENCH_AB=red python3 e2e/collector/bench.py "$(AGENT_RELEASE)/tracelight-agent" none "$$REL/examples/otlp_loadgen"
+
+.PHONY: bench-agent-probes
+bench-agent-probes: agent-release ## Agent with probe traces on vs off, same load, alternating rounds; last line is RESULT probes_throughput_cost_pct=... probes_idle_rss_delta_mib=...
+	$(CARGO) build --release --locked -p tracelight-agent --example otlp_loadgen
+	@REL="$${CARGO_TARGET_DIR:-target}/release" && \
+	BENCH_AB=probes python3 e2e/collector/bench.py "$(AGENT_RELEASE)/tracelight-agent" none "$$REL/examples/otlp_loadgen"
 
 .PHONY: fuzz
 FUZZ_SECONDS ?= 60

@@ -19,12 +19,18 @@ ratio depends less on the machine's scheduler. Both processes under test get the
 
 Usage: bench.py AGENT_BIN COLLECTOR_BIN LOADGEN_BIN  (see `make bench-agent-compare`)
 
-With BENCH_RED=1 (`make bench-agent-red`) it compares the agent with itself instead: RED metrics on
-(the default) and off (`--red-metrics=false`), BENCH_ROUNDS rounds (default 3) alternating on and
-off, each from a cold page cache, and prints every round, the medians and, last,
-`RESULT red_throughput_cost_pct=... red_idle_rss_delta_mib=...` (from the medians of spans per
-CPU-second at maximum load and of idle RSS; positive: RED costs). The load is the generator's
-spans, all server spans with a route: the worst case for RED.
+The agent's config is what the operator writes for a namespace: sampling at 50% and probe traces
+at the default 1/64 (`probes` in the config).
+
+With BENCH_AB=red (`make bench-agent-red`) or BENCH_AB=probes (`make bench-agent-probes`) it
+compares the agent with itself instead, a feature on (the default) and off: RED metrics
+(`--red-metrics=false`) or probe traces (no `probes` in the config). BENCH_ROUNDS rounds (default
+3) alternate on and off, each from a cold page cache; it prints every round, the medians and,
+last, `RESULT <feature>_throughput_cost_pct=... <feature>_rate_cost_pct=...
+<feature>_idle_rss_delta_mib=...` (from the medians of spans per CPU-second at maximum load, of
+the rate reached there, and of idle RSS; positive: the feature costs). The load is the
+generator's spans, all server spans with a route: the worst case for RED. (BENCH_RED=1 is
+BENCH_AB=red.)
 
 BENCH_AGENT_FLAGS="--batch-bytes 262144 ..." passes extra flags to the agent, for tuning experiments.
 """
@@ -81,13 +87,15 @@ def rss_parts(pid):
     return parts.get("RssAnon", 0.0), parts.get("RssFile", 0.0)
 
 
-def agent_config(dir_, sink_port):
+def agent_config(dir_, sink_port, probes=True):
     path = os.path.join(dir_, "agent.yaml")
     with open(path, "w") as f:
         f.write(
             "generation: 1\npolicy: bench\ncollector:\n"
             f"  endpoint: http://127.0.0.1:{sink_port}\n  protocol: grpc\n  compression: gzip\n"
             "sampling:\n  ratio: 0.5\n"
+            # The operator's default probe ratio (tracelight_contract::probe::DEFAULT_PROBE_RATIO).
+            + ("probes:\n  ratio: 0.015625\n" if probes else "")
         )
     return path
 
@@ -241,8 +249,12 @@ def median(values):
     return v[n // 2] if n % 2 else (v[n // 2 - 1] + v[n // 2]) / 2
 
 
-def red_compare(agent_bin, loadgen):
-    """RED on against off, alternating; see the module doc."""
+# What each A/B comparison turns off: (agent flags, probes in the config).
+AB_OFF = {"red": (("--red-metrics=false",), True), "probes": ((), False)}
+
+
+def ab_compare(feature, agent_bin, loadgen):
+    """`feature` on against off, alternating; see the module doc."""
     rounds = int(os.environ.get("BENCH_ROUNDS", "3"))
     runs = {"on": [], "off": []}
     with tempfile.TemporaryDirectory() as d:
@@ -257,14 +269,15 @@ def red_compare(agent_bin, loadgen):
                 for mode in (("on", "off") if i % 2 == 0 else ("off", "on")):
                     port, admin = free_port(), free_port()
                     evict_from_page_cache(agent_bin)
-                    extra = () if mode == "on" else ("--red-metrics=false",)
-                    agent = start_agent(agent_bin, agent_config(d, sink_grpc), port, free_port(), admin, extra)
-                    m = measure(f"red {mode}", agent, port, loadgen, stats, admin)
+                    extra, probes = ((), True) if mode == "on" else AB_OFF[feature]
+                    config = agent_config(d, sink_grpc, probes=probes)
+                    agent = start_agent(agent_bin, config, port, free_port(), admin, extra)
+                    m = measure(f"{feature} {mode}", agent, port, loadgen, stats, admin)
                     at_max = m["rows"][-1]
                     runs[mode].append({"per_cpu": at_max["per_cpu"], "rate": at_max["sent"] / at_max["seconds"],
                                        "idle": m["idle"], "idle_anon": m["idle_parts"][0]})
                     r = runs[mode][-1]
-                    print(f"round {i + 1} RED {mode:>3}: at max {r['rate']:>9.0f} spans/s, {r['per_cpu']:>9.0f} spans/cpu-s; "
+                    print(f"round {i + 1} {feature} {mode:>3}: at max {r['rate']:>9.0f} spans/s, {r['per_cpu']:>9.0f} spans/cpu-s; "
                           f"idle RSS {r['idle']:.2f} MiB (anon {r['idle_anon']:.2f})", flush=True)
         finally:
             sink.terminate()
@@ -272,18 +285,22 @@ def red_compare(agent_bin, loadgen):
     med = {mode: {k: median([r[k] for r in runs[mode]]) for k in runs[mode][0]} for mode in runs}
     for mode in ("on", "off"):
         per_cpu = [r["per_cpu"] for r in runs[mode]]
-        print(f"median RED {mode:>3}: {med[mode]['per_cpu']:.0f} spans/cpu-s (range {min(per_cpu):.0f}-{max(per_cpu):.0f}), "
+        print(f"median {feature} {mode:>3}: {med[mode]['per_cpu']:.0f} spans/cpu-s (range {min(per_cpu):.0f}-{max(per_cpu):.0f}), "
               f"{med[mode]['rate']:.0f} spans/s, idle RSS {med[mode]['idle']:.2f} MiB (anon {med[mode]['idle_anon']:.2f})")
     cost = (1 - med["on"]["per_cpu"] / med["off"]["per_cpu"]) * 100 if med["off"]["per_cpu"] else 0.0
     rate_cost = (1 - med["on"]["rate"] / med["off"]["rate"]) * 100 if med["off"]["rate"] else 0.0
     rss = med["on"]["idle"] - med["off"]["idle"]
-    print(f"RESULT red_throughput_cost_pct={cost:.1f} red_rate_cost_pct={rate_cost:.1f} red_idle_rss_delta_mib={rss:.2f}")
+    print(f"RESULT {feature}_throughput_cost_pct={cost:.1f} {feature}_rate_cost_pct={rate_cost:.1f} "
+          f"{feature}_idle_rss_delta_mib={rss:.2f}")
 
 
 def main():
     agent_bin, collector_bin, loadgen = sys.argv[1:4]
-    if os.environ.get("BENCH_RED") == "1":
-        return red_compare(agent_bin, loadgen)
+    feature = os.environ.get("BENCH_AB") or ("red" if os.environ.get("BENCH_RED") == "1" else None)
+    if feature:
+        if feature not in AB_OFF:
+            raise SystemExit(f"BENCH_AB={feature}: one of {', '.join(AB_OFF)}")
+        return ab_compare(feature, agent_bin, loadgen)
     with tempfile.TemporaryDirectory() as d:
         # The destination of both pipelines: accepts without decoding (see otlp_loadgen), so that
         # on a 2-core machine it takes as little CPU as possible from the process measured.
