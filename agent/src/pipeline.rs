@@ -106,7 +106,9 @@ impl Pipeline {
             threshold: live.threshold,
             attributes: &live.attributes,
             sampling: live.rules.as_deref(),
-            probe_below: live.probe_below,
+            // The interval's threshold, lowered once the cap is reached: spans above it are not
+            // even read (at 1/64 of every trace, building them cost 12% of the throughput).
+            probe_below: if live.probe_below > 0 { self.probes.threshold().min(live.probe_below) } else { 0 },
         };
         SCRATCH.with_borrow_mut(|out| {
             out.clear();
@@ -259,6 +261,25 @@ pub(crate) mod tests {
         p.set_live(LiveSettings::default());
         p.ingest_request(&request(vec![span(probe)]), Transport::Http).expect("valid");
         assert_eq!(p.probes.take(), None, "probes off");
+    }
+
+    #[test]
+    fn once_the_probe_cap_lowers_the_threshold_spans_above_it_are_not_recorded() {
+        let p = pipeline();
+        p.set_live(LiveSettings { threshold: Threshold::Never, probe_below: 1 << 56, ..LiveSettings::default() });
+        // 100 traces of randomness 1..=100: over the cap of 64, the threshold drops.
+        let trace = |r: u8| {
+            let mut id = [0xaa; 16];
+            id[9..].copy_from_slice(&[0, 0, 0, 0, 0, 0, r]);
+            id
+        };
+        p.ingest_request(&request((1..=100).map(|r| span(trace(r))).collect()), Transport::Http).expect("valid");
+        let lowered = p.probes.threshold();
+        assert!(lowered <= 65, "{lowered}");
+        p.ingest_request(&request(vec![span(trace(200))]), Transport::Http).expect("valid");
+        let taken = p.probes.take().map(|t| (t.threshold, t.spans.len(), t.left_out));
+        // Left out: the 36 recorded before the threshold dropped; the later span was never read.
+        assert_eq!(taken, Some((lowered, 64, 36)), "a span above the lowered threshold is not looked at");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! which gives them back when a push fails.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use tracelight_contract::probe::{
     trace_randomness, ProbeSpan, Probes, HOST_NETWORK_ENV, MAX_PROBE_SPANS, POD_IP_ENV, PROPAGATOR_OVERRIDES_ENV,
@@ -16,6 +17,9 @@ pub struct ProbeBuffer {
     overrides: BTreeMap<String, String>,
     /// The pod's IP, unless the pod shares its node's (`hostNetwork`).
     pod_ip: Option<String>,
+    /// The interval's threshold, readable without the lock: the ingest path records only the
+    /// spans under it, so once the cap has lowered it the spans above cost nothing.
+    current: AtomicU64,
 }
 
 #[derive(Default)]
@@ -50,7 +54,7 @@ fn randomness(span: &ProbeSpan) -> u64 {
 impl ProbeBuffer {
     /// A buffer for a pod whose application containers override the propagators as `overrides`.
     pub fn new(overrides: BTreeMap<String, String>) -> ProbeBuffer {
-        ProbeBuffer { state: Mutex::default(), overrides, pod_ip: None }
+        ProbeBuffer { state: Mutex::default(), overrides, pod_ip: None, current: AtomicU64::new(0) }
     }
 
     /// This buffer, reporting `ip` as the pod's.
@@ -84,6 +88,12 @@ impl ProbeBuffer {
         } else if threshold < s.threshold || s.spans.is_empty() {
             s.lower_to(threshold);
         }
+        self.current.store(s.threshold, Ordering::Relaxed);
+    }
+
+    /// The threshold spans are recorded under in this interval (0: none).
+    pub fn threshold(&self) -> u64 {
+        self.current.load(Ordering::Relaxed)
     }
 
     /// Adds a request's probe spans; over the cap, the interval's threshold drops to the
@@ -101,6 +111,7 @@ impl ProbeBuffer {
                 s.lower_to(highest);
             }
         }
+        self.current.store(s.threshold, Ordering::Relaxed);
     }
 
     /// This interval's probes for a report (and a new interval at the configured threshold);
@@ -118,6 +129,7 @@ impl ProbeBuffer {
             pod_ip: self.pod_ip.clone(),
         };
         s.threshold = s.configured;
+        self.current.store(s.threshold, Ordering::Relaxed);
         Some(probes)
     }
 
@@ -189,9 +201,14 @@ mod tests {
     fn over_the_cap_the_highest_traces_go_whole_and_the_threshold_says_so() {
         let b = ProbeBuffer::default();
         b.configure(1000);
+        assert_eq!(b.threshold(), 1000);
         // Two spans per trace, traces 0..40: 80 spans for a cap of 64.
         b.record((0..40u64).flat_map(|r| [span(r * 10, 1), span(r * 10, 2)]).collect());
+        let lowered = b.threshold();
+        assert!(lowered < 400, "the ingest path sees the lowered threshold: {lowered}");
         let p = b.take().expect("probes on");
+        assert_eq!(p.threshold, lowered);
+        assert_eq!(b.threshold(), 1000, "a new interval starts at the configured threshold");
         assert!(p.spans.len() <= MAX_PROBE_SPANS && p.spans.len() % 2 == 0, "{}", p.spans.len());
         assert!(p.spans.iter().all(|s| randomness(s) < p.threshold), "every span kept is under the threshold");
         assert_eq!(p.spans.len() as u64 + p.left_out, 80, "every span kept or counted");

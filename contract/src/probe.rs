@@ -99,7 +99,8 @@ pub struct Probes {
     pub threshold: u64,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub spans: Vec<ProbeSpan>,
-    /// Probe spans left out to stay under the cap (those above the lowered threshold).
+    /// Probe spans left out to stay under the cap: those recorded before the threshold was
+    /// lowered (spans above a lowered threshold are not looked at, so not counted).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub left_out: u64,
     /// The pod's application containers that set `OTEL_PROPAGATORS` in their own environment,
