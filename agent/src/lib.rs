@@ -26,7 +26,7 @@
 //!   follows the size of the binary's code more than the size of the agent's hot path. The agent
 //!   is therefore its own binary, linking no Kubernetes client, no operator code and no
 //!   OpenTelemetry SDK; `make bench-agent-compare` measures both parts against the OpenTelemetry
-//!   Collector (figures in the README).
+//!   Collector (figures in `docs/performance.md`).
 
 #![forbid(unsafe_code)]
 
