@@ -448,7 +448,8 @@ async fn write_agent_objects(
 
 /// Server-side applies the agent ConfigMap (and Secret, when the policy needs one) in one
 /// namespace, unless the same objects were applied there recently and are still there.
-#[tracing::instrument(skip_all, fields(namespace = %objects.namespace, skipped = Empty, error = Empty, otel.status_code = Empty))]
+// The span keeps the name the README documents for the operator's traces.
+#[tracing::instrument(name = "write_agent_objects", skip_all, fields(namespace = %objects.namespace, skipped = Empty, error = Empty, otel.status_code = Empty))]
 async fn write_namespace_objects(policy: &TracingPolicy, objects: &AgentObjects, ctx: &Context) -> Result<(), Error> {
     let key = (policy.name_any(), objects.namespace.clone(), objects.namespace_uid.clone());
     let now = std::time::Instant::now();
