@@ -56,6 +56,19 @@ pub struct Edge {
     pub max_skew_ms: u64,
 }
 
+impl Edge {
+    /// One more call the callee did not continue; the first one's cause and trace are kept.
+    fn count_broken(&mut self, reason: BreakReason, message: String, trace: u128) {
+        self.calls += 1;
+        self.broken += 1;
+        if self.reason.is_none() {
+            self.reason = Some(reason);
+            self.message = Some(message);
+            self.example = Some(trace);
+        }
+    }
+}
+
 /// What the probes say about one workload.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct WorkloadFacts {
@@ -314,14 +327,7 @@ impl<'w> Join<'w> {
             let new_traces = self.graph.workloads.get(&callee).map_or(0, |f| f.new_traces);
             cause(caller_pod, callee_pod.as_deref(), &callee, inventory, new_traces)
         };
-        let edge = self.edge(from, Node::Workload(callee.clone()), kind);
-        edge.calls += 1;
-        edge.broken += 1;
-        if edge.reason.is_none() {
-            edge.reason = Some(reason);
-            edge.message = Some(message);
-            edge.example = Some(orphan.trace);
-        }
+        self.edge(from, Node::Workload(callee.clone()), kind).count_broken(reason, message, orphan.trace);
         self.facts(&callee);
     }
 
@@ -352,13 +358,7 @@ impl<'w> Join<'w> {
             other => other,
         };
         let edge = self.edge(&caller.workload, Node::Workload(callee.clone()), EdgeKind::Request);
-        edge.calls += 1;
-        edge.broken += 1;
-        if edge.reason.is_none() {
-            edge.reason = Some(reason);
-            edge.message = Some(message);
-            edge.example = Some(restart.trace);
-        }
+        edge.count_broken(reason, message, restart.trace);
     }
 
     /// The workload a call was meant for, if the join can tell.
