@@ -75,6 +75,8 @@ async fn report(State(s): State<Arc<AdminState>>) -> Response {
 }
 
 pub fn build_report(shared: &Shared) -> Report {
+    // Read first: the counters below are at least as recent as this clock reading.
+    let uptime = shared.started.elapsed();
     let config = shared.config.read().unwrap_or_else(|p| p.into_inner()).clone();
     Report {
         contract_version: tracelight_contract::CONTRACT_VERSION,
@@ -85,7 +87,8 @@ pub fn build_report(shared: &Shared) -> Report {
         sampling_ratio: config.as_ref().map(|c| c.sampling.ratio.get()),
         services: shared.pipeline.services.snapshot(),
         spans: report::span_counts(&shared.metrics),
-        uptime_seconds: shared.started.elapsed().as_secs(),
+        uptime_seconds: uptime.as_secs(),
+        uptime_ms: Some(u64::try_from(uptime.as_millis()).unwrap_or(u64::MAX)),
         last_span_age_seconds: shared.pipeline.services.last_span_age().map(|age| age.as_secs()),
         truncated: shared.pipeline.services.truncation(),
         sampling_rules: shared.metrics.rule_counts(),

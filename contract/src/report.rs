@@ -58,6 +58,11 @@ pub struct AgentReport {
     pub spans: SpanCounts,
     #[serde(default)]
     pub uptime_seconds: u64,
+    /// Contract 3: the agent's uptime in milliseconds when it read the counters of this report.
+    /// The operator measures rates between two reports on this clock, so a report that reaches
+    /// it late (a slow network, a busy operator) does not make a rate look high or low.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uptime_ms: Option<u64>,
     /// Seconds since the agent last received a span; none when it never has.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_span_age_seconds: Option<u64>,
@@ -162,6 +167,7 @@ mod tests {
             ("checkout-api".into(), RuleCounts { received: 0, kept: 0, capped: 1, kept_errors: 0 }),
         ]);
         r.kept_bytes = 2400;
+        r.uptime_ms = Some(40_250);
         r.red = Some(RedReport {
             bounds: vec![0.01, 0.1],
             services: BTreeMap::from([(
@@ -219,6 +225,7 @@ mod tests {
                 queued: 0,
             },
             uptime_seconds: 40,
+            uptime_ms: None,
             last_span_age_seconds: Some(2),
             truncated: None,
             sampling_rules: BTreeMap::new(),

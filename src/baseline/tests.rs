@@ -21,6 +21,7 @@ pub(crate) fn report(requests: u64, errors: u64, buckets: [u64; 4], cpu: f64, rs
         services: BTreeMap::new(),
         spans: SpanCounts::default(),
         uptime_seconds: 0,
+        uptime_ms: None,
         last_span_age_seconds: None,
         truncated: None,
         sampling_rules: BTreeMap::new(),

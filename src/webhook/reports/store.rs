@@ -100,7 +100,12 @@ impl ReportStore {
         let mut reports = self.reports.write().unwrap_or_else(|p| p.into_inner());
         // Rates need the previous counters of the same pod.
         let before = reports.get(&pod.pod_uid).map(|old| &old.sampling).cloned().unwrap_or_default();
-        new.sampling = before.next(&report.sampling_rules, report.kept_bytes, now);
+        new.sampling = before.next(crate::sampling::rates::Snapshot::new(
+            &report.sampling_rules,
+            report.kept_bytes,
+            report.uptime_ms,
+            now,
+        ));
         if let Some(old) = reports.get(&pod.pod_uid) {
             new.history = old.history.next(report, now);
         } else {
@@ -193,6 +198,7 @@ mod tests {
             services: BTreeMap::from([("frontend".to_string(), 3)]),
             spans: SpanCounts::default(),
             uptime_seconds: 5,
+            uptime_ms: None,
             last_span_age_seconds: last_span_age,
             truncated: None,
             sampling_rules: BTreeMap::new(),
