@@ -8,9 +8,13 @@
 //! After criterion's report, prints `RESULT agent_spans_per_sec=<spans/s on one core, RED on,
 //! probes off> red_off_spans_per_sec=<the same without RED> red_cost_pct=<how much slower with
 //! RED> probes_on_spans_per_sec=<RED on, probe traces on> probe_cost_pct=<the difference, %>` as
-//! the last line, measured separately over a fixed number of iterations: the three settings in
-//! alternating rounds, the best round of each (so a noisy neighbour hurts all alike). Probes on:
-//! the default probe ratio, the buffer taken every 100 requests as a report would.
+//! the last line, measured separately in many short rounds: each round times [`ROUND_REQUESTS`]
+//! requests of each setting back to back, in an order that rotates, and a cost is the median
+//! over rounds of that round's ratio. This machine's speed drifts by tens of percent within a
+//! minute (other tenants); a paired ratio within ~50 ms does not, where the best of a few long
+//! rounds of each setting did (RED's cost read 5-11% on one build). The spans/s are the
+//! medians of the rounds. Probes on: the default probe ratio, the buffer taken every 100
+//! requests as a report would.
 
 use criterion::{criterion_group, Criterion, Throughput};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -30,7 +34,10 @@ use tracelight_agent::queue::Queue;
 use tracelight_agent::sampler::Threshold;
 
 const SPANS: usize = 100;
-const TIMED_ITERATIONS: usize = 2000;
+/// Requests of each setting per round (~15 ms each).
+const ROUND_REQUESTS: usize = 200;
+/// Rounds for the `RESULT` line.
+const ROUNDS: usize = 150;
 
 fn kv(key: &str, value: &str) -> KeyValue {
     KeyValue {
@@ -155,16 +162,21 @@ fn probe_below() -> u64 {
     tracelight_contract::probe::threshold_for_ratio(tracelight_contract::probe::DEFAULT_PROBE_RATIO)
 }
 
-/// Spans per second over [`TIMED_ITERATIONS`] requests.
-fn timed(p: &Pipeline, bodies: &[Vec<u8>]) -> f64 {
+/// Seconds for [`ROUND_REQUESTS`] requests, starting at body `first`.
+fn timed(p: &Pipeline, bodies: &[Vec<u8>], first: usize) -> f64 {
     let started = Instant::now();
-    for i in 0..TIMED_ITERATIONS {
+    for i in first..first + ROUND_REQUESTS {
         if i % 100 == 99 {
             black_box(p.probes.take());
         }
         ingest(p, &bodies[i % bodies.len()], Some("gzip"));
     }
-    (TIMED_ITERATIONS * SPANS) as f64 / started.elapsed().as_secs_f64()
+    started.elapsed().as_secs_f64()
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
 }
 
 criterion_group!(benches, bench);
@@ -177,17 +189,26 @@ fn main() {
         return;
     }
     let bodies: Vec<Vec<u8>> = (0..16).map(|s| gzip(&request(s).encode_to_vec())).collect();
-    let (on, off, probes) = (pipeline(true, 0), pipeline(false, 0), pipeline(true, probe_below()));
-    let (mut best_on, mut best_off, mut best_probes) = (0f64, 0f64, 0f64);
-    for _ in 0..5 {
-        best_on = best_on.max(timed(&on, &bodies));
-        best_off = best_off.max(timed(&off, &bodies));
-        best_probes = best_probes.max(timed(&probes, &bodies));
+    let settings = [pipeline(true, 0), pipeline(false, 0), pipeline(true, probe_below())];
+    // Seconds per round, by setting.
+    let mut secs: [Vec<f64>; 3] = Default::default();
+    for round in 0..ROUNDS {
+        for k in 0..settings.len() {
+            let s = (round + k) % settings.len();
+            secs[s].push(timed(&settings[s], &bodies, round * ROUND_REQUESTS));
+        }
     }
-    let red_cost = (best_off - best_on) / best_off * 100.0;
-    let probe_cost = (best_on - best_probes) / best_on * 100.0;
+    let per_sec = |s: &[f64]| (ROUND_REQUESTS * SPANS) as f64 / median(s.to_vec());
+    // Per round: the throughput `a` lost against `b`, in percent.
+    let cost = |a: &[f64], b: &[f64]| median(a.iter().zip(b).map(|(a, b)| (1.0 - b / a) * 100.0).collect());
+    let [on, off, probes] = &secs;
     println!(
-        "RESULT agent_spans_per_sec={best_on:.0} red_off_spans_per_sec={best_off:.0} red_cost_pct={red_cost:.1} \
-         probes_on_spans_per_sec={best_probes:.0} probe_cost_pct={probe_cost:.1}"
+        "RESULT agent_spans_per_sec={:.0} red_off_spans_per_sec={:.0} red_cost_pct={:.1} \
+         probes_on_spans_per_sec={:.0} probe_cost_pct={:.1}",
+        per_sec(on),
+        per_sec(off),
+        cost(on, off),
+        per_sec(probes),
+        cost(probes, on)
     );
 }

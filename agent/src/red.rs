@@ -27,8 +27,9 @@
 //! # Cost
 //!
 //! The wire walk reads kind, times, status and the route attribute of each span it already
-//! visits, and collects a request's observations locally ([`Batch`]); the shared table is locked
-//! once per request. `make bench-agent` measures the path with and without.
+//! visits, and collects a request's observations locally ([`Batch`], in integer nanoseconds, the
+//! route as wire bytes); the shared table is locked once per request. `make bench-agent`
+//! measures the path with and without (docs/performance.md).
 
 use crate::report::truncate_name;
 use prometheus_client::collector::Collector;
@@ -140,36 +141,147 @@ impl Pair {
 #[derive(Debug, Clone, Copy)]
 pub struct Observation<'a> {
     pub kind: RedKind,
-    pub route: &'a str,
+    /// The route (or the span's name), as on the wire: the schema validated it as UTF-8, and it
+    /// is read as a string once per key of a request, not once per span.
+    pub route: &'a [u8],
     pub error: bool,
-    pub seconds: f64,
+    /// Duration (end minus start; 0 for a span that ends before it starts).
+    pub nanos: u64,
+}
+
+/// [`DURATION_BOUNDS_SECONDS`] in nanoseconds.
+const BOUNDS_NANOS: [u64; BUCKETS - 1] = bounds_nanos();
+/// Per bit length `n` of a duration in nanoseconds, the bounds below its range
+/// `[2^(n-1), 2^n)`: the bucket search starts there and steps past at most the bounds inside
+/// that range (two for these bounds). Replaces a binary search over floats on every span.
+const FIRST_CANDIDATE: [u8; 65] = first_candidates();
+
+const fn bounds_nanos() -> [u64; BUCKETS - 1] {
+    let mut out = [0; BUCKETS - 1];
+    let mut i = 0;
+    while i < out.len() {
+        out[i] = (DURATION_BOUNDS_SECONDS[i] * 1e9 + 0.5) as u64;
+        i += 1;
+    }
+    out
+}
+
+const fn first_candidates() -> [u8; 65] {
+    let mut out = [0; 65];
+    let mut bits = 1;
+    while bits <= 64 {
+        let low = 1u64 << (bits - 1);
+        let mut n = 0;
+        while n < BOUNDS_NANOS.len() && BOUNDS_NANOS[n] < low {
+            n += 1;
+        }
+        out[bits] = n as u8;
+        bits += 1;
+    }
+    out
+}
+
+/// The bucket of a duration: the first bound not below it (past the last: the +Inf bucket).
+#[inline]
+fn bucket(nanos: u64) -> usize {
+    let mut i = FIRST_CANDIDATE[(u64::BITS - nanos.leading_zeros()) as usize] as usize;
+    while i < BOUNDS_NANOS.len() && BOUNDS_NANOS[i] < nanos {
+        i += 1;
+    }
+    i
+}
+
+/// A request's histogram of one key, in integer nanoseconds (cheaper per span than floats).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct NanosHistogram {
+    buckets: [u64; BUCKETS],
+    /// Saturates only past 584 years of summed durations (a forged span's).
+    sum_nanos: u64,
+    count: u64,
+}
+
+impl NanosHistogram {
+    #[inline]
+    fn observe(&mut self, nanos: u64) {
+        self.buckets[bucket(nanos)] += 1;
+        self.sum_nanos = self.sum_nanos.saturating_add(nanos);
+        self.count += 1;
+    }
+
+    fn seconds(&self) -> Histogram {
+        Histogram { buckets: self.buckets, sum: self.sum_nanos as f64 * 1e-9, count: self.count }
+    }
+}
+
+/// `a == b`, without a call to `memcmp` for the short strings routes mostly are: each span
+/// compares its route with the last one's.
+#[inline]
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let word = |s: &[u8], at: usize| u64::from_ne_bytes(s[at..at + 8].try_into().unwrap_or_default());
+    match a.len() {
+        // Two overlapping words cover the whole of 8 to 16 bytes.
+        n @ 8..=16 => word(a, 0) == word(b, 0) && word(a, n - 8) == word(b, n - 8),
+        17..=32 => {
+            let n = a.len();
+            word(a, 0) == word(b, 0)
+                && word(a, 8) == word(b, 8)
+                && word(a, n - 16) == word(b, n - 16)
+                && word(a, n - 8) == word(b, n - 8)
+        }
+        _ => a == b,
+    }
+}
+
+/// One key of a request.
+#[derive(Debug)]
+struct BatchEntry<'a> {
+    service: &'a str,
+    kind: RedKind,
+    route: &'a [u8],
+    ok: NanosHistogram,
+    error: NanosHistogram,
 }
 
 /// A request's observations, per key, before they are merged into [`Red`].
 #[derive(Debug, Default)]
 pub struct Batch<'a> {
-    entries: Vec<(&'a str, RedKind, &'a str, Pair)>,
+    entries: Vec<BatchEntry<'a>>,
     /// The entry the last observation went to (spans of a request mostly repeat one route).
     last: usize,
 }
 
 impl<'a> Batch<'a> {
     /// Counts one span of `service`; returns whether the batch is full and should be merged.
+    #[inline]
     pub fn observe(&mut self, service: &'a str, o: Observation<'a>) -> bool {
-        let hit = |e: &(&str, RedKind, &str, Pair)| e.1 == o.kind && e.2 == o.route && e.0 == service;
+        // The service is the same slice for a resource's spans: pointers first, then bytes.
+        let hit = |e: &BatchEntry| {
+            e.kind == o.kind
+                && same_bytes(e.route, o.route)
+                && (std::ptr::eq(e.service, service) || e.service == service)
+        };
         let i = match self.entries.get(self.last) {
             Some(e) if hit(e) => self.last,
             _ => match self.entries.iter().position(hit) {
                 Some(i) => i,
                 None => {
-                    self.entries.push((service, o.kind, o.route, Pair::default()));
+                    self.entries.push(BatchEntry {
+                        service,
+                        kind: o.kind,
+                        route: o.route,
+                        ok: NanosHistogram::default(),
+                        error: NanosHistogram::default(),
+                    });
                     self.entries.len() - 1
                 }
             },
         };
         self.last = i;
-        let pair = &mut self.entries[i].3;
-        if o.error { &mut pair.error } else { &mut pair.ok }.observe(o.seconds);
+        let entry = &mut self.entries[i];
+        if o.error { &mut entry.error } else { &mut entry.ok }.observe(o.nanos);
         self.entries.len() >= BATCH_KEYS
     }
 
@@ -236,8 +348,10 @@ impl Red {
             return;
         }
         let mut table = self.table.lock().unwrap_or_else(|p| p.into_inner());
-        for (service, kind, route, pair) in batch.entries.drain(..) {
-            table.add(service, kind, route, &pair);
+        for e in batch.entries.drain(..) {
+            // Validated by the schema; a route that is not UTF-8 all the same counts as `_OTHER`.
+            let route = std::str::from_utf8(e.route).unwrap_or(OTHER);
+            table.add(e.service, e.kind, route, &Pair { ok: e.ok.seconds(), error: e.error.seconds() });
         }
         batch.last = 0;
     }
@@ -330,7 +444,46 @@ mod tests {
     use std::sync::Arc;
 
     fn obs(kind: RedKind, route: &str, error: bool, seconds: f64) -> Observation<'_> {
-        Observation { kind, route, error, seconds }
+        Observation { kind, route: route.as_bytes(), error, nanos: (seconds * 1e9).round() as u64 }
+    }
+
+    #[test]
+    fn same_bytes_is_equality() {
+        let samples: Vec<Vec<u8>> = (0..40)
+            .flat_map(|n| {
+                let base: Vec<u8> = (0..n).map(|i| b'a' + (i % 26) as u8).collect();
+                // The same, and one byte changed at each position.
+                let mut all = vec![base.clone()];
+                all.extend((0..n).map(|i| {
+                    let mut v = base.clone();
+                    v[i] ^= 1;
+                    v
+                }));
+                all
+            })
+            .collect();
+        for a in &samples {
+            for b in &samples {
+                assert_eq!(same_bytes(a, b), a == b, "{a:?} {b:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_bucket_of_a_duration_is_the_first_bound_not_below_it() {
+        // Against the plain search over the float bounds: every bound, its neighbours, and
+        // every power of two (the edges of the lookup table).
+        let mut durations: Vec<u64> = vec![0, 1, u64::MAX];
+        for b in BOUNDS_NANOS {
+            durations.extend([b - 1, b, b + 1]);
+        }
+        durations.extend((0..64).flat_map(|k| [(1u64 << k) - 1, 1 << k, (1 << k) + 1]));
+        for nanos in durations {
+            let want = DURATION_BOUNDS_SECONDS.partition_point(|&b| ((b * 1e9).round() as u64) < nanos);
+            assert_eq!(bucket(nanos), want, "{nanos} ns");
+        }
+        assert_eq!(bucket(2_000_000), 2, "2 ms: up to 2.5 ms");
+        assert_eq!(bucket(20_000_000_000), BUCKETS - 1, "20 s: +Inf");
     }
 
     #[test]

@@ -37,7 +37,7 @@ fn exposition_for_the_alert_checks() {
     let red = std::sync::Arc::new(Red::new(true));
     let mut batch = Batch::default();
     for (kind, error) in [(RedKind::Server, false), (RedKind::Server, true), (RedKind::Consumer, false)] {
-        batch.observe("frontend", Observation { kind, route: "/items/{id}", error, seconds: 0.01 });
+        batch.observe("frontend", Observation { kind, route: b"/items/{id}", error, nanos: 10_000_000 });
     }
     red.merge(&mut batch);
     let mut registry = m.registry();

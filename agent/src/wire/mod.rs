@@ -400,7 +400,7 @@ impl<'a> Ingest<'a> {
             counts.rejected = 1;
             return Ok(counts);
         }
-        if let (Some(red), Some(observation)) = (self.red, span_red.observation(is_error)?) {
+        if let (Some(red), Some(observation)) = (self.red, span_red.observation(is_error)) {
             if self.red_batch.observe(self.red_service, observation) {
                 red.merge(&mut self.red_batch);
             }
@@ -562,7 +562,7 @@ struct SpanRed<'a> {
     name: &'a [u8],
     start: u64,
     end: u64,
-    route: Option<&'a str>,
+    route: Option<&'a [u8]>,
 }
 
 impl<'a> SpanRed<'a> {
@@ -594,7 +594,7 @@ impl<'a> SpanRed<'a> {
                     if *any_len < 0x80 && *str_len as usize + 2 == *any_len as usize && value.len() == *str_len as usize
                     {
                         if self.kind.is_none_or(|k| k.route_attribute() == KEYS[slot]) {
-                            self.route = Some(utf8(value)?);
+                            self.route = Some(value);
                         }
                         return Ok(());
                     }
@@ -604,22 +604,20 @@ impl<'a> SpanRed<'a> {
         if let Some((slot, Some(value))) = wanted_attribute(kv, &KEYS)? {
             // Before the kind is known (an encoder that writes attributes first), either counts.
             if self.kind.is_none_or(|k| k.route_attribute() == KEYS[slot]) {
-                self.route = Some(value);
+                self.route = Some(value.as_bytes());
             }
         }
         Ok(())
     }
 
     /// The span's observation, when it is a server or consumer span.
-    fn observation(&self, error: bool) -> Result<Option<red::Observation<'a>>, WireError> {
-        let Some(kind) = self.kind else { return Ok(None) };
-        let route = match self.route {
-            Some(route) => route,
-            None => utf8(self.name)?,
-        };
+    fn observation(&self, error: bool) -> Option<red::Observation<'a>> {
+        let kind = self.kind?;
+        // The name is a string field the schema checked, like the route attribute.
+        let route = self.route.unwrap_or(self.name);
         // A span ending before it starts (clock skew) took no measurable time.
-        let seconds = self.end.saturating_sub(self.start) as f64 * 1e-9;
-        Ok(Some(red::Observation { kind, route, error, seconds }))
+        let nanos = self.end.saturating_sub(self.start);
+        Some(red::Observation { kind, route, error, nanos })
     }
 }
 
