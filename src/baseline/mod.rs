@@ -6,7 +6,8 @@
 //! covered at a coarser step). When a phase's soak ends ([`soak_ended`]), each workload's
 //! baseline is the difference of its pods' counters across the soak ([`measure`]):
 //!
-//! - requests per second: per pod, requests over the pod's own measured span of time, summed;
+//! - requests per second: per pod, requests over the pod's own measured span of time (on the
+//!   agent's clock, so a report received late changes nothing), summed;
 //! - error rate: failed requests over requests, all pods together;
 //! - p50/p95/p99: from the summed bucket counts, interpolated within a bucket exactly as
 //!   Prometheus's `histogram_quantile` does, so the regression alerts compare like with like;
@@ -32,7 +33,11 @@ pub const MIN_WINDOW_SECS: f64 = 10.0;
 /// One report's counters, all services of the pod together.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Sample {
+    /// When the operator received the report: places the sample in time (the soak's window).
     pub at: Timestamp,
+    /// The agent's uptime when it read its counters (ms), when it says: the divisor of rates,
+    /// so that a report received late does not stretch or shrink a window.
+    pub agent_clock_ms: Option<u64>,
     pub requests: u64,
     pub errors: u64,
     pub duration_sum: f64,
@@ -42,6 +47,16 @@ pub struct Sample {
     pub dropped: u64,
     pub cpu_seconds: Option<f64>,
     pub rss_bytes: Option<u64>,
+}
+
+impl Sample {
+    /// Seconds from `earlier` to this sample: on the agent's clock when both carry it.
+    pub fn secs_since(&self, earlier: &Sample) -> f64 {
+        match (self.agent_clock_ms, earlier.agent_clock_ms) {
+            (Some(now), Some(then)) => now.saturating_sub(then) as f64 / 1000.0,
+            _ => self.at.duration_since(earlier.at).as_secs_f64(),
+        }
+    }
 }
 
 /// A pod's recent counters.
@@ -57,6 +72,7 @@ impl PodHistory {
     pub fn next(&self, report: &AgentReport, now: Timestamp) -> PodHistory {
         let mut sample = Sample {
             at: now,
+            agent_clock_ms: report.uptime_ms,
             dropped: report.spans.dropped.values().sum(),
             cpu_seconds: report.usage.as_ref().map(|u| u.cpu_seconds),
             rss_bytes: report.usage.as_ref().map(|u| u.rss_bytes),
@@ -75,7 +91,8 @@ impl PodHistory {
             }
         }
         let restarted = self.samples.back().is_some_and(|last| {
-            last.requests > sample.requests
+            last.agent_clock_ms.zip(sample.agent_clock_ms).is_some_and(|(a, b)| a > b)
+                || last.requests > sample.requests
                 || last.dropped > sample.dropped
                 || last.cpu_seconds.zip(sample.cpu_seconds).is_some_and(|(a, b)| a > b)
         });
@@ -123,7 +140,7 @@ impl PodHistory {
     pub fn cpu_cores_since(&self, since: Timestamp) -> Option<f64> {
         let first = self.samples.iter().rev().find(|s| s.at <= since).or_else(|| self.samples.front())?;
         let last = self.latest()?;
-        let secs = last.at.duration_since(first.at).as_secs_f64();
+        let secs = last.secs_since(first);
         if secs < MIN_WINDOW_SECS {
             return None;
         }
@@ -158,7 +175,10 @@ pub fn measure<'h>(
     let (mut cpu, mut cpu_pods, mut rss, mut rss_pods) = (0.0, 0u32, 0u64, 0u64);
     for history in pods {
         let Some((first, last)) = history.window(start, end) else { continue };
-        let secs = last.at.duration_since(first.at).as_secs_f64();
+        let secs = last.secs_since(first);
+        if secs <= 0.0 {
+            continue;
+        }
         m.pods += 1;
         let n = last.requests - first.requests;
         requests += n;

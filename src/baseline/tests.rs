@@ -150,3 +150,27 @@ fn recording_replaces_measured_workloads_and_keeps_the_others() {
     let api = second.workloads.iter().find(|w| w.name == "api").unwrap();
     assert_eq!(api.window_start.0, at(0), "not measured again: its earlier figures stay");
 }
+
+#[test]
+fn rates_are_measured_on_the_agents_clock_when_reports_arrive_late() {
+    // 10 requests/s; the agent reads its counters every 30 s, but the last report of the window
+    // reaches the operator 20 s late.
+    let mut h = PodHistory::default();
+    for (clock, received) in [(0u64, 0i64), (30, 30), (60, 60), (90, 110)] {
+        let n = 10 * clock;
+        let mut r = report(n, 0, [0, n, 0, 0], 0.005 * clock as f64, 6_000_000);
+        r.uptime_ms = Some(clock * 1000);
+        h = h.next(&r, at(received));
+    }
+    let m = measure([&h], at(0), at(120)).expect("covered");
+    assert!(
+        (m.requests_per_second - 10.0).abs() < 1e-9,
+        "{}: over 90 s, not the 110 s between receipts",
+        m.requests_per_second
+    );
+    assert!((m.cpu_millicores.unwrap() - 5.0).abs() < 1e-6);
+    // An agent whose clock went back restarted, even if its counters did not go down yet.
+    let mut r = report(900, 0, [0, 900, 0, 0], 0.5, 6_000_000);
+    r.uptime_ms = Some(5_000);
+    assert_eq!(h.next(&r, at(140)).samples.len(), 1);
+}
