@@ -5,7 +5,6 @@
 
 use crate::api::{EdgeKind, GraphEdge, TracingPolicy};
 use anyhow::Context as _;
-use kube::api::{Api, ListParams};
 use kube::{Client, ResourceExt};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -118,14 +117,7 @@ pub fn run(args: &GraphArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
         let client = Client::try_default().await.context("connecting to the cluster (KUBECONFIG)")?;
-        let policies = Api::<TracingPolicy>::all(client)
-            .list(&ListParams::default())
-            .await
-            .context("listing TracingPolicies")?
-            .items;
-        if let Some(name) = &args.name {
-            anyhow::ensure!(policies.iter().any(|p| p.name_any() == *name), "TracingPolicy {name} not found");
-        }
+        let policies = super::list_policies(&client, args.name.as_deref()).await?;
         print!("{}", render(&policies, args));
         Ok(())
     })

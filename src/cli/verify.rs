@@ -7,7 +7,6 @@
 
 use crate::api::{ContinuityState, CoverageState, Duration, TracingPolicy, WorkloadCoverage};
 use anyhow::Context as _;
-use kube::api::{Api, ListParams};
 use kube::{Client, ResourceExt};
 use std::fmt::Write as _;
 
@@ -162,14 +161,7 @@ pub fn run(args: &VerifyArgs) -> anyhow::Result<bool> {
         let client = Client::try_default().await.context("connecting to the cluster (KUBECONFIG)")?;
         let deadline = args.wait.map(|w| tokio::time::Instant::now() + w.get());
         loop {
-            let policies = Api::<TracingPolicy>::all(client.clone())
-                .list(&ListParams::default())
-                .await
-                .context("listing TracingPolicies")?
-                .items;
-            if let Some(name) = &args.name {
-                anyhow::ensure!(policies.iter().any(|p| p.name_any() == *name), "TracingPolicy {name} not found");
-            }
+            let policies = super::list_policies(&client, args.name.as_deref()).await?;
             let (table, ok) = if args.baseline {
                 super::baseline::table(&policies, args.name.as_deref(), args.namespace.as_deref())
             } else {

@@ -631,8 +631,8 @@ impl Context {
         cache_ready(&self.daemonsets, "daemonset").await
     }
 
-    /// Decides what the reconcile of a live policy does, from snapshots of the caches.
-    fn decide(&self, policy: &TracingPolicy, secrets: SourceSecrets, now: Timestamp) -> ReconcileIntent {
+    /// Runs `decide` on the rollout inputs, made from snapshots of the caches at `now`.
+    fn with_rollout_inputs<R>(&self, now: Timestamp, decide: impl FnOnce(RolloutInputs<'_>) -> R) -> R {
         let policies = self.policies.state();
         let namespaces = self.namespaces.state();
         let pods = self.pods.state();
@@ -642,61 +642,48 @@ impl Context {
         self.reports.prune(now);
         let requested = self.requested().clone();
         let report_of = |uid: &str| self.reports.get(uid);
-        let present = |namespace: &str, with_secret: bool| {
-            self.owned_configmaps.get(&ObjectRef::new(AGENT_CONFIGMAP).within(namespace)).is_some()
-                && (!with_secret || self.owned_secrets.get(&ObjectRef::new(AGENT_SECRET).within(namespace)).is_some())
-        };
-        let service_graph = self.continuity.enabled().then(|| {
-            let inventory = || crate::decision::continuity::inventory(workloads.iter().copied(), &policies);
-            self.continuity.graph(&self.reports, inventory, now)
-        });
-        let inputs = ReconcileInputs {
-            policy,
-            rollout: RolloutInputs {
-                policies: &policies,
-                namespaces: &namespaces,
-                workloads: &workloads,
-                pods: &pods,
-                requested: &requested,
-                report_of: &report_of,
-                inject_options: &self.inject_options,
-                now,
-            },
-            owned: cached_owned(policy, self),
-            agent_objects_present: &present,
-            secrets,
-            holds_coverage: self.reports.holds_coverage(now),
-            report_ca: self.serving_ca.ca_bundle(),
-            probes: &self.continuity.probes,
-            service_graph,
-        };
-        decide(&inputs)
+        decide(RolloutInputs {
+            policies: &policies,
+            namespaces: &namespaces,
+            workloads: &workloads,
+            pods: &pods,
+            requested: &requested,
+            report_of: &report_of,
+            inject_options: &self.inject_options,
+            now,
+        })
+    }
+
+    /// Decides what the reconcile of a live policy does, from snapshots of the caches.
+    fn decide(&self, policy: &TracingPolicy, secrets: SourceSecrets, now: Timestamp) -> ReconcileIntent {
+        self.with_rollout_inputs(now, |rollout| {
+            let present = |namespace: &str, with_secret: bool| {
+                self.owned_configmaps.get(&ObjectRef::new(AGENT_CONFIGMAP).within(namespace)).is_some()
+                    && (!with_secret
+                        || self.owned_secrets.get(&ObjectRef::new(AGENT_SECRET).within(namespace)).is_some())
+            };
+            let service_graph = self.continuity.enabled().then(|| {
+                let inventory =
+                    || crate::decision::continuity::inventory(rollout.workloads.iter().copied(), rollout.policies);
+                self.continuity.graph(&self.reports, inventory, now)
+            });
+            decide(&ReconcileInputs {
+                policy,
+                rollout,
+                owned: cached_owned(policy, self),
+                agent_objects_present: &present,
+                secrets,
+                holds_coverage: self.reports.holds_coverage(now),
+                report_ca: self.serving_ca.ca_bundle(),
+                probes: &self.continuity.probes,
+                service_graph,
+            })
+        })
     }
 
     /// Decides what the reconcile of a deleted policy does, from snapshots of the caches.
     fn decide_departure(&self, policy: &TracingPolicy, now: Timestamp) -> DepartureIntent {
-        let policies = self.policies.state();
-        let namespaces = self.namespaces.state();
-        let pods = self.pods.state();
-        let (deployments, statefulsets, daemonsets) =
-            (self.deployments.state(), self.statefulsets.state(), self.daemonsets.state());
-        let workloads = cached_workloads(&deployments, &statefulsets, &daemonsets);
-        self.reports.prune(now);
-        let requested = self.requested().clone();
-        let report_of = |uid: &str| self.reports.get(uid);
-        decide_departure(
-            policy,
-            &RolloutInputs {
-                policies: &policies,
-                namespaces: &namespaces,
-                workloads: &workloads,
-                pods: &pods,
-                requested: &requested,
-                report_of: &report_of,
-                inject_options: &self.inject_options,
-                now,
-            },
-        )
+        self.with_rollout_inputs(now, |rollout| decide_departure(policy, &rollout))
     }
 
     fn requested(&self) -> std::sync::MutexGuard<'_, Requested> {

@@ -313,6 +313,7 @@ pub struct RolloutView {
 }
 
 /// What the rollout view is computed from: snapshots of the caches.
+#[derive(Clone, Copy)]
 pub struct RolloutInputs<'a> {
     pub policies: &'a [Arc<TracingPolicy>],
     pub namespaces: &'a [Arc<Namespace>],
