@@ -17,6 +17,12 @@ CACHE="${TRACELIGHT_SHOP_CACHE:-$HOME/.cache/tracelight/shop}"
 PYTHON="${PYTHON:-python3}"
 JAVA_AGENT_VERSION=2.21.0
 mkdir -p "$CACHE"
+# One run at a time: a second run's `rm -rf` of a part would race the first's install of it
+# (seen: two runs started close together, `npm ci` and `rm` of node_modules at once).
+if command -v flock >/dev/null; then
+  exec 9>"$CACHE/.prepare.lock"
+  flock 9
+fi
 
 fresh() { [[ -f "$CACHE/$1.stamp" ]] && [[ "$(cat "$CACHE/$1.stamp")" == "$2" ]]; }
 stamp() { printf '%s' "$2" > "$CACHE/$1.stamp"; }
