@@ -8,7 +8,10 @@
 //! collector: the receivers then wait ([`Queue::pace`]) for the exporter to catch up before they
 //! take more, so the applications' exporters slow down and the queue stays near its pace mark
 //! instead of growing to its bound (and evicting). During a collector outage (exports failing)
-//! nothing waits: the queue buffers up to its bound as before.
+//! nothing waits: the queue buffers up to its bound as before. A catch-up wakes every waiting
+//! request, but each re-checks the queue and goes on to queue without yielding in between, so on
+//! the default single-threaded runtime only as many go as fit under the mark and the rest wait
+//! again: no herd (with `--worker-threads` N, up to N may pass the check together).
 
 use super::metrics::{DropReason, Metrics};
 use bytes::Bytes;
@@ -508,6 +511,50 @@ mod tests {
         assert_eq!(q.pace(PACE_MAX_WAIT).await, Duration::from_millis(50), "export failing: waiters released");
         failing.await.expect("task");
         assert_eq!(q.pace(PACE_MAX_WAIT).await, Duration::ZERO, "during an outage the queue buffers");
+    }
+
+    /// Several senders waiting: each catch-up releases them all, but each re-checks before it
+    /// queues, so only as many go as fit under the mark (here one per batch the exporter takes);
+    /// the others wait again. No herd: the queue passes its mark by one request at most.
+    #[tokio::test(start_paused = true)]
+    async fn waiting_senders_go_one_catch_up_at_a_time() {
+        const SENDERS: usize = 5;
+        let (q, m, one) = paced_queue(2);
+        for _ in 0..4 {
+            q.push(batch(10));
+        }
+        q.set_exporting(true);
+        let senders: Vec<_> = (0..SENDERS)
+            .map(|_| {
+                let q = q.clone();
+                tokio::spawn(async move {
+                    let waited = q.pace(PACE_MAX_WAIT).await;
+                    q.push(batch(10));
+                    waited
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(q.usage().0, one * 4, "all {SENDERS} wait while the exporter is behind");
+        // The exporter takes down to the mark, then one batch at a time.
+        q.take(one * 2).expect("queued");
+        for _ in 0..2 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            assert_eq!(q.usage().0, one * 3, "the mark (2) plus the one sender that went");
+            q.take(one).expect("queued");
+        }
+        let mut waits = Vec::new();
+        for s in senders {
+            waits.push(s.await.expect("sender"));
+        }
+        waits.sort();
+        let ms = |n| Duration::from_millis(n);
+        assert_eq!(
+            waits,
+            [ms(100), ms(200), ms(300), PACE_MAX_WAIT, PACE_MAX_WAIT],
+            "one per catch-up, then the bound"
+        );
+        assert_eq!(m.paced_requests.get(), SENDERS as u64);
     }
 
     #[tokio::test(start_paused = true)]
