@@ -573,6 +573,46 @@ mod tests {
 
     /// Through the pipeline: every server and consumer span counts, before sampling drops them.
     #[test]
+    fn the_route_is_read_when_sampling_rules_read_attributes_too() {
+        use crate::metrics::{Metrics, Transport};
+        use crate::pipeline::tests::{request, span};
+        use crate::pipeline::{LiveSettings, Pipeline};
+        use crate::rules::RuleSet;
+        use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
+        use tracelight_contract::config::AgentSampling;
+        use tracelight_contract::sampling::{AgentRule, AttributeMatch, StringMatch};
+        use tracelight_contract::Ratio;
+        let metrics = Arc::new(Metrics::default());
+        let queue = Arc::new(crate::queue::Queue::new(1 << 20, metrics.clone()));
+        let p = Pipeline::new(Default::default(), queue, metrics.clone());
+        // A rule that reads an attribute: the wire path then takes its attribute fast path.
+        let rule = AgentRule {
+            name: "checkout".into(),
+            workloads: Vec::new(),
+            services: Vec::new(),
+            span_kinds: Vec::new(),
+            attributes: vec![AttributeMatch { key: "http.route".into(), value: StringMatch::exact("/checkout") }],
+            ratio: Ratio::new(1.0).unwrap(),
+            spans_per_second: None,
+        };
+        let sampling = AgentSampling { rules: vec![rule], ..AgentSampling::ratio(Ratio::new(0.5).unwrap()) };
+        let set = RuleSet::compile(&sampling, &Default::default(), &metrics).expect("rules compile");
+        p.set_live(LiveSettings { rules: Some(Arc::new(set)), ..LiveSettings::default() });
+        let mut s = span([1; 16]);
+        s.kind = 2;
+        s.name = "GET".into();
+        s.attributes = vec![KeyValue {
+            key: "http.route".into(),
+            value: Some(AnyValue { value: Some(any_value::Value::StringValue("/items/{id}".into())) }),
+            ..Default::default()
+        }];
+        p.ingest_request(&request(vec![s]), Transport::Http).expect("valid");
+        let snapshot = p.red.snapshot();
+        assert_eq!(snapshot.len(), 1);
+        assert_eq!(snapshot[0].2, "/items/{id}", "the route attribute, not the span name");
+    }
+
+    #[test]
     fn spans_count_before_sampling_with_their_route_status_and_duration() {
         use crate::metrics::{Metrics, Transport};
         use crate::pipeline::tests::{request, span};

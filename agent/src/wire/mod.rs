@@ -362,6 +362,11 @@ impl<'a> Ingest<'a> {
                             facts.values[slot] = Some(value);
                         }
                     }
+                    // RED reads the route from the same attributes (skipping this left RED with
+                    // the span's name as route whenever rules read attributes).
+                    if counting {
+                        span_red.attribute(body(&field))?;
+                    }
                     continue;
                 }
             }
