@@ -20,6 +20,7 @@
 pub mod rules;
 
 use crate::api::{BaselineStatus, RolloutStatus, WorkloadBaseline, MAX_BASELINE_WORKLOADS};
+use crate::rollout::coverage::CountedAt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use std::collections::VecDeque;
@@ -50,12 +51,13 @@ pub struct Sample {
 }
 
 impl Sample {
-    /// Seconds from `earlier` to this sample: on the agent's clock when both carry it.
+    fn counted_at(&self) -> CountedAt {
+        CountedAt { received_at: self.at, agent_clock_ms: self.agent_clock_ms }
+    }
+
+    /// Seconds from `earlier` to this sample (see [`CountedAt::secs_since`]).
     pub fn secs_since(&self, earlier: &Sample) -> f64 {
-        match (self.agent_clock_ms, earlier.agent_clock_ms) {
-            (Some(now), Some(then)) => now.saturating_sub(then) as f64 / 1000.0,
-            _ => self.at.duration_since(earlier.at).as_secs_f64(),
-        }
+        self.counted_at().secs_since(earlier.counted_at())
     }
 }
 
@@ -91,7 +93,7 @@ impl PodHistory {
             }
         }
         let restarted = self.samples.back().is_some_and(|last| {
-            last.agent_clock_ms.zip(sample.agent_clock_ms).is_some_and(|(a, b)| a > b)
+            sample.counted_at().clock_went_back(last.counted_at())
                 || last.requests > sample.requests
                 || last.dropped > sample.dropped
                 || last.cpu_seconds.zip(sample.cpu_seconds).is_some_and(|(a, b)| a > b)

@@ -37,6 +37,30 @@ pub struct PodReport {
     pub history: crate::baseline::PodHistory,
 }
 
+/// When a report's counters were read, for rates between two reports: the agent's uptime (ms)
+/// when it says (so a report the operator received late does not stretch or shrink a window),
+/// else when the operator received it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CountedAt {
+    pub received_at: Timestamp,
+    pub agent_clock_ms: Option<u64>,
+}
+
+impl CountedAt {
+    /// Seconds from `earlier` to this one: on the agent's clock when both carry it.
+    pub fn secs_since(self, earlier: CountedAt) -> f64 {
+        match (self.agent_clock_ms, earlier.agent_clock_ms) {
+            (Some(now), Some(then)) => now.saturating_sub(then) as f64 / 1000.0,
+            _ => self.received_at.duration_since(earlier.received_at).as_secs_f64(),
+        }
+    }
+
+    /// Whether the agent's clock went back since `earlier`: a new run of the agent.
+    pub fn clock_went_back(self, earlier: CountedAt) -> bool {
+        matches!((self.agent_clock_ms, earlier.agent_clock_ms), (Some(now), Some(then)) if now < then)
+    }
+}
+
 /// The key a report counts under in the status's `agentVersions`: the version the agent reports
 /// if it looks like one (begins with a digit; letters, digits, `.`, `+`, `-`; at most
 /// [`MAX_AGENT_VERSION_LEN`] characters), [`AgentVersions::unknown`] when it reports none (agents

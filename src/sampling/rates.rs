@@ -12,6 +12,7 @@
 //!   reports when the interval is short), which the budgets need steady.
 
 use crate::api::RuleRate;
+use crate::rollout::coverage::CountedAt;
 use k8s_openapi::jiff::Timestamp;
 use std::collections::{BTreeMap, VecDeque};
 use tracelight_contract::sampling::RuleCounts;
@@ -56,17 +57,18 @@ impl Snapshot {
         Snapshot { counts, kept_bytes, received_at, agent_clock_ms }
     }
 
-    /// Seconds from `earlier` to this snapshot: on the agent's clock when both carry it.
+    fn counted_at(&self) -> CountedAt {
+        CountedAt { received_at: self.received_at, agent_clock_ms: self.agent_clock_ms }
+    }
+
+    /// Seconds from `earlier` to this snapshot (see [`CountedAt::secs_since`]).
     fn secs_since(&self, earlier: &Snapshot) -> f64 {
-        match (self.agent_clock_ms, earlier.agent_clock_ms) {
-            (Some(now), Some(then)) => now.saturating_sub(then) as f64 / 1000.0,
-            _ => self.received_at.duration_since(earlier.received_at).as_secs_f64(),
-        }
+        self.counted_at().secs_since(earlier.counted_at())
     }
 
     /// Whether this snapshot comes from a new run of the agent: its clock or a counter went back.
     fn restarted_since(&self, earlier: &Snapshot) -> bool {
-        let clock_back = matches!((self.agent_clock_ms, earlier.agent_clock_ms), (Some(now), Some(then)) if now < then);
+        let clock_back = self.counted_at().clock_went_back(earlier.counted_at());
         let counter_back = self.counts.iter().any(|(name, c)| {
             earlier.counts.get(name).is_some_and(|old| c.received < old.received || c.kept < old.kept)
         });
